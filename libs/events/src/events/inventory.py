@@ -1,0 +1,92 @@
+"""Messages of the inventory service: stock events and the commands it accepts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from events.envelope import Command, Event
+from events.types import Allocation, CountryCode, LineItem, Sku
+
+
+class ReserveStock(Command):
+    """Reserve every line at the nearest warehouse that can serve it; all or nothing."""
+
+    routing_key = "inventory.reserve_stock"
+    order_id: str
+    items: Annotated[list[LineItem], Field(min_length=1)]
+    country: CountryCode
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+class ReleaseStock(Command):
+    """Give back whatever the order still holds reserved (a no-op if it holds nothing)."""
+
+    routing_key = "inventory.release_stock"
+    order_id: str
+    reason: str
+
+
+class CommitStock(Command):
+    """The parcel left the warehouse: the reserved units leave the shelf for good."""
+
+    routing_key = "inventory.commit_stock"
+    order_id: str
+
+
+class RestockItems(Command):
+    """A returned parcel was received back: put its units on the shelf again."""
+
+    routing_key = "inventory.restock"
+    order_id: str
+    items: Annotated[list[LineItem], Field(min_length=1)]
+
+
+class StockReserved(Event):
+    routing_key = "stock.reserved"
+    order_id: str
+    allocations: list[Allocation]
+
+
+class Shortage(LineItem):
+    available: int
+
+
+class StockReservationFailed(Event):
+    routing_key = "stock.reservation_failed"
+    order_id: str
+    reason: str = "out_of_stock"
+    shortages: list[Shortage] = []
+
+
+class StockReleased(Event):
+    routing_key = "stock.released"
+    order_id: str
+    allocations: list[Allocation]
+
+
+class StockCommitted(Event):
+    routing_key = "stock.committed"
+    order_id: str
+    allocations: list[Allocation]
+
+
+class StockRestocked(Event):
+    """Units came onto the shelf: a receipt (``order_id`` None) or a return."""
+
+    routing_key = "stock.restocked"
+    order_id: str | None = None
+    warehouse: str
+    sku: Sku
+    quantity: int
+
+
+class StockLow(Event):
+    routing_key = "stock.low"
+    warehouse: str
+    sku: Sku
+    available: int
+    threshold: int
+    reorder_quantity: int

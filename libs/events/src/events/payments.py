@@ -1,0 +1,52 @@
+"""Messages of the payments service."""
+
+from __future__ import annotations
+
+from events.envelope import Command, Event
+from events.types import CurrencyCode, Money, PaymentMethod
+
+
+class CapturePayment(Command):
+    """Charge the customer. Point-to-point only: the token never goes into an event or a log."""
+
+    routing_key = "payments.capture_payment"
+    order_id: str
+    amount: Money
+    currency: CurrencyCode
+    method: PaymentMethod
+    token: str
+
+
+class RefundPayment(Command):
+    """Refund ``amount`` (the whole captured amount when None) of the order's payment."""
+
+    routing_key = "payments.refund_payment"
+    order_id: str
+    amount: Money | None = None
+    reason: str
+    refund_key: str  # the same key twice is one refund
+
+
+class PaymentCaptured(Event):
+    routing_key = "payment.captured"
+    order_id: str
+    payment_id: str
+    amount: Money
+    currency: CurrencyCode
+    method: PaymentMethod
+
+
+class PaymentFailed(Event):
+    routing_key = "payment.failed"
+    order_id: str
+    reason: str  # "declined", "provider_unavailable", ...
+
+
+class PaymentRefunded(Event):
+    routing_key = "payment.refunded"
+    order_id: str
+    payment_id: str
+    refund_id: str
+    amount: Money
+    refunded_total: Money
+    currency: CurrencyCode

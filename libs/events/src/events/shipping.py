@@ -1,0 +1,79 @@
+"""Messages of the shipping service."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from events.envelope import Command, Event
+from events.orders import Address
+from events.types import LineItem, ShipmentStatus
+
+
+class CreateShipment(Command):
+    """Book a carrier for the order's parcel from ``warehouse``. Carries the address (point-to-point)."""
+
+    routing_key = "shipping.create_shipment"
+    order_id: str
+    warehouse: str
+    warehouse_country: str | None = None
+    address: Address
+    items: Annotated[list[LineItem], Field(min_length=1)]
+
+
+class ChangeShipmentAddress(Command):
+    routing_key = "shipping.change_address"
+    order_id: str
+    address: Address
+
+
+class CancelShipment(Command):
+    routing_key = "shipping.cancel_shipment"
+    order_id: str
+    reason: str
+
+
+class ExpectReturn(Command):
+    """The customer asked to return these items: expect the parcel back."""
+
+    routing_key = "shipping.expect_return"
+    order_id: str
+    items: Annotated[list[LineItem], Field(min_length=1)]
+
+
+class ShipmentCreated(Event):
+    routing_key = "shipment.created"
+    order_id: str
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+    warehouse: str
+    estimated_delivery: date
+
+
+class ShipmentUpdated(Event):
+    routing_key = "shipment.updated"
+    order_id: str
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+    status: ShipmentStatus
+    at: datetime
+    location: str | None = None
+
+
+class ShipmentFailed(Event):
+    routing_key = "shipment.failed"
+    order_id: str
+    reason: str
+
+
+class ShipmentReturned(Event):
+    routing_key = "shipment.returned"
+    order_id: str
+    shipment_id: str
+    tracking_number: str
+    items: list[LineItem]
+    at: datetime

@@ -1,0 +1,135 @@
+"""Every exchange and queue of the system, in one table, declared the same way by every service.
+
+Each service declares the whole topology when it starts (declarations are idempotent), so a
+command or event published before its consumer ever ran waits in the consumer's queue.
+
+Queues are durable quorum queues with a delivery limit; a message that reaches the limit, or that
+a consumer rejects as malformed, is dead-lettered (at least once) to ``oms.dead-letter``.
+Events that no queue subscribes to go to the alternate exchange ``oms.events.unrouted`` instead of
+being returned, so a publish is only ever refused for a command nobody can take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from events.names import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    UNROUTED_EXCHANGE,
+    UNROUTED_QUEUE,
+)
+
+DELIVERY_LIMIT = 10
+"""Redeliveries before a message is dead-lettered (RabbitMQ 3.10 sets no default)."""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    service: str
+    exchange: str
+    routing_key: str
+
+
+def _command(routing_key: str) -> QueueSpec:
+    service = routing_key.split(".", 1)[0]
+    return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key)
+
+
+def _event(service: str, routing_key: str) -> QueueSpec:
+    return QueueSpec(f"{service}.on.{routing_key}", service, EVENTS_EXCHANGE, routing_key)
+
+
+QUEUES: tuple[QueueSpec, ...] = (
+    # orders: the gateway's intake command, and every reply the saga follows
+    _command("orders.place_order"),
+    _event("orders", "stock.reserved"),
+    _event("orders", "stock.reservation_failed"),
+    _event("orders", "stock.released"),
+    _event("orders", "payment.captured"),
+    _event("orders", "payment.failed"),
+    _event("orders", "payment.refunded"),
+    _event("orders", "shipment.created"),
+    _event("orders", "shipment.updated"),
+    _event("orders", "shipment.failed"),
+    _event("orders", "shipment.returned"),
+    # inventory
+    _command("inventory.reserve_stock"),
+    _command("inventory.release_stock"),
+    _command("inventory.commit_stock"),
+    _command("inventory.restock"),
+    # payments
+    _command("payments.capture_payment"),
+    _command("payments.refund_payment"),
+    # shipping
+    _command("shipping.create_shipment"),
+    _command("shipping.change_address"),
+    _command("shipping.cancel_shipment"),
+    _command("shipping.expect_return"),
+    # notifications
+    _command("notifications.register_recipient"),
+    _event("notifications", "order.status_changed"),
+    _event("notifications", "payment.refunded"),
+)
+
+_BY_NAME = {q.name: q for q in QUEUES}
+
+
+def queue_arguments(name: str) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def spec(name: str) -> QueueSpec:
+    return _BY_NAME[name]
+
+
+def command_queue(routing_key: str) -> str:
+    return spec(routing_key).name
+
+
+def event_queue(service: str, routing_key: str) -> str:
+    return spec(f"{service}.on.{routing_key}").name
+
+
+def queues_of(service: str) -> list[QueueSpec]:
+    return [q for q in QUEUES if q.service == service]
+
+
+async def declare(channel: AbstractChannel) -> None:
+    """Declare every exchange, queue and binding. Safe to call from every service at every start."""
+    unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    events = await channel.declare_exchange(
+        EVENTS_EXCHANGE,
+        aio_pika.ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": UNROUTED_EXCHANGE},
+    )
+    commands = await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+
+    dlq = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    await dlq.bind(dead)
+    parked = await channel.declare_queue(
+        UNROUTED_QUEUE,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-max-length": 10_000, "x-overflow": "drop-head"},
+    )
+    await parked.bind(unrouted)
+
+    exchanges = {EVENTS_EXCHANGE: events, COMMANDS_EXCHANGE: commands}
+    for q in QUEUES:
+        queue = await channel.declare_queue(q.name, durable=True, arguments=queue_arguments(q.name))
+        await queue.bind(exchanges[q.exchange], routing_key=q.routing_key)

@@ -1,0 +1,1 @@
+"""Developer tooling for the OMS: local broker, supervisor, benchmark."""

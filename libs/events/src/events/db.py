@@ -1,0 +1,110 @@
+"""Engine and session factory, with the two tables every service keeps for messaging.
+
+SQLite (the default) runs in WAL mode and takes the write lock when a transaction begins
+(``BEGIN IMMEDIATE``), so concurrent handlers queue for it instead of failing to upgrade a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    make_url,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+messaging_metadata = MetaData()
+
+outbox_message = Table(
+    "outbox_message",
+    messaging_metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("exchange", String(64), nullable=False),
+    Column("routing_key", String(128), nullable=False),
+    Column("message_type", String(128), nullable=False),
+    Column("correlation_id", String(64), nullable=True),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+Index(
+    "ix_outbox_message_pending",
+    outbox_message.c.seq,
+    sqlite_where=outbox_message.c.published_at.is_(None),
+    postgresql_where=outbox_message.c.published_at.is_(None),
+)
+
+processed_message = Table(
+    "processed_message",
+    messaging_metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("consumer", String(128), primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    if not is_sqlite(url):
+        return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - driver hook
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below decide
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn) -> None:  # pragma: no cover - driver hook
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(
+    engine: AsyncEngine, *, on_outbox_commit: Callable[[], None] | None = None
+) -> async_sessionmaker:
+    """Sessions that call ``on_outbox_commit`` after a commit that staged outbox messages."""
+
+    class ServiceSession(Session):
+        pass
+
+    if on_outbox_commit is not None:
+
+        @event.listens_for(ServiceSession, "after_commit")
+        def _after_commit(session: Session) -> None:
+            if session.info.pop("outbox_staged", False):
+                on_outbox_commit()
+
+    @event.listens_for(ServiceSession, "after_rollback")
+    def _after_rollback(session: Session) -> None:
+        session.info.pop("outbox_staged", None)
+
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ServiceSession)

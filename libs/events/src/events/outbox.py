@@ -1,0 +1,227 @@
+"""Transactional outbox: messages are written in the same transaction as the state change that
+emits them, and a relay publishes them afterwards with publisher confirms, persistent delivery and
+mandatory routing. A row is marked published only after the broker confirmed it; one the broker
+refused is retried with back-off. The relay wakes as soon as a transaction that staged messages
+commits, and also polls, so rows left by a crash are sent after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from events.db import outbox_message
+from events.envelope import Envelope, Incoming, Message, build
+from events.logs import get_logger
+from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+from events.telemetry import current_traceparent
+
+log = get_logger("events.outbox")
+
+
+async def stage(
+    session: AsyncSession,
+    payload: Message,
+    *,
+    service: str,
+    subject: str | None,
+    causation: Incoming | Envelope[Any] | None = None,
+    correlationid: str | None = None,
+    message_id: str | None = None,
+) -> str:
+    """Add ``payload`` to the outbox inside the caller's transaction; returns the message id."""
+    envelope = build(
+        payload,
+        service=service,
+        subject=subject,
+        causation=causation,
+        correlationid=correlationid,
+        traceparent=current_traceparent(),
+        message_id=message_id,
+    )
+    await session.execute(
+        insert(outbox_message).values(
+            message_id=envelope["id"],
+            exchange=COMMANDS_EXCHANGE if payload.is_command else EVENTS_EXCHANGE,
+            routing_key=payload.routing_key,
+            message_type=envelope["type"],
+            correlation_id=envelope["correlationid"],
+            body=json.dumps(envelope, separators=(",", ":")),
+            created_at=datetime.now(UTC),
+            attempts=0,
+        )
+    )
+    session.info["outbox_staged"] = True
+    return envelope["id"]
+
+
+def _retry_delay(attempts: int) -> timedelta:
+    return timedelta(seconds=min(0.5 * 2 ** max(attempts - 1, 0), 30.0))
+
+
+class OutboxRelay:
+    """Publishes staged messages. One per service process; safe beside others on PostgreSQL."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        amqp_url: str,
+        *,
+        service: str,
+        batch: int = 200,
+        poll_seconds: float = 1.0,
+        retention: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._sessions = sessions
+        self._url = amqp_url
+        self._service = service
+        self._batch = batch
+        self._poll = poll_seconds
+        self._retention = retention
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        self.published = 0
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def _connect(self) -> None:
+        if self._connection is None:
+            self._connection = await aio_pika.connect_robust(
+                self._url, client_properties={"connection_name": f"{self._service}-outbox"}
+            )
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchanges = {}
+
+    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+        if name not in self._exchanges:
+            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        return self._exchanges[name]
+
+    async def _run(self) -> None:
+        last_purge = datetime.now(UTC)
+        while True:
+            try:
+                await self._connect()
+                while await self.publish_pending():
+                    pass
+                if datetime.now(UTC) - last_purge > timedelta(minutes=5):
+                    await self._purge()
+                    last_purge = datetime.now(UTC)
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database down: keep the rows, try again
+                self.last_error = repr(exc)
+                log.warning("outbox.relay_error", error=repr(exc))
+                await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of due messages; returns how many were confirmed.
+
+        The rows are read and marked in two short transactions, with the broker round trips in
+        between, so handlers never wait on the broker for the database lock. Two relays on one
+        database may then both send a row: consumers de-duplicate on the message id.
+        """
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(outbox_message)
+                    .where(outbox_message.c.published_at.is_(None))
+                    .where(
+                        outbox_message.c.next_attempt_at.is_(None) | (outbox_message.c.next_attempt_at <= now)
+                    )
+                    .order_by(outbox_message.c.seq)
+                    .limit(self._batch)
+                )
+            ).mappings().all()
+        if not rows:
+            return 0
+        results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+        ok = [row["seq"] for row, r in zip(rows, results, strict=True) if r is None]
+        failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
+        async with self._sessions.begin() as session:
+            if ok:
+                await session.execute(
+                    update(outbox_message).where(outbox_message.c.seq.in_(ok)).values(published_at=datetime.now(UTC))
+                )
+            for row, error in failed:
+                attempts = row["attempts"] + 1
+                log.warning(
+                    "outbox.publish_failed",
+                    message_id=row["message_id"],
+                    routing_key=row["routing_key"],
+                    attempts=attempts,
+                    error=repr(error),
+                )
+                await session.execute(
+                    update(outbox_message)
+                    .where(outbox_message.c.seq == row["seq"])
+                    .values(attempts=attempts, next_attempt_at=now + _retry_delay(attempts), last_error=repr(error)[:1000])
+                )
+        self.published += len(ok)
+        if failed and isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
+            raise failed[0][1]
+        return len(ok)
+
+    async def _publish(self, row: Any) -> None:
+        exchange = await self._exchange(row["exchange"])
+        body = row["body"].encode()
+        traceparent = json.loads(body).get("traceparent")
+        message = aio_pika.Message(
+            body,
+            content_type=CLOUDEVENTS_CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=row["message_id"],
+            correlation_id=row["correlation_id"],
+            type=row["message_type"],
+            app_id=f"oms-{self._service}",
+            timestamp=row["created_at"],
+            headers={"traceparent": traceparent} if traceparent else {},
+        )
+        await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=10)
+
+    async def _purge(self) -> None:
+        cutoff = datetime.now(UTC) - self._retention
+        async with self._sessions.begin() as session:
+            await session.execute(
+                outbox_message.delete().where(outbox_message.c.published_at.is_not(None), outbox_message.c.published_at < cutoff)
+            )
+
+    async def backlog(self) -> int:
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(func.count()).select_from(outbox_message).where(outbox_message.c.published_at.is_(None))
+            ) or 0

@@ -1,0 +1,127 @@
+"""What a service process holds while it runs: engine, sessions, broker, outbox relay, metrics.
+
+Built and torn down in the service's lifespan (nothing exists at import time), so tests build
+their own with their own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from faststream.rabbit import RabbitBroker, RabbitRouter
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from events import topology
+from events.broker import make_broker
+from events.db import make_engine, make_sessionmaker
+from events.logs import get_logger, setup_logging
+from events.outbox import OutboxRelay
+from events.settings import ServiceSettings
+from events.telemetry import setup_tracing
+
+log = get_logger("events.runtime")
+
+
+async def declare_topology(amqp_url: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        await topology.declare(await connection.channel())
+    finally:
+        await connection.close()
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    routers: Iterable[RabbitRouter] = ()
+    context: dict[str, Any] = field(default_factory=dict)
+
+    registry: CollectorRegistry = field(init=False)
+    engine: AsyncEngine = field(init=False)
+    sessions: async_sessionmaker = field(init=False)
+    broker: RabbitBroker = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    started: bool = field(init=False, default=False)
+
+    @property
+    def service(self) -> str:
+        return self.settings.service
+
+    async def __aenter__(self) -> ServiceRuntime:
+        s = self.settings
+        setup_logging(s.service, json=s.log_json, level=s.log_level)
+        setup_tracing(s.service)
+        self.registry = CollectorRegistry()
+        self.engine = make_engine(s.database_url)
+        self.relay = OutboxRelay(
+            None,  # set below, once the session factory exists
+            s.amqp_url,
+            service=s.service,
+            batch=s.outbox_batch,
+            poll_seconds=s.outbox_poll_seconds,
+        )
+        self.sessions = make_sessionmaker(self.engine, on_outbox_commit=self.relay.wake)
+        self.relay._sessions = self.sessions
+        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
+        for router in self.routers:
+            self.broker.include_router(router)
+        self.broker.context.set_global("sessions", self.sessions)
+        self.broker.context.set_global("settings", s)
+        self.broker.context.set_global("runtime", self)
+        for key, value in self.context.items():
+            self.broker.context.set_global(key, value)
+        backlog = Gauge("oms_outbox_backlog", "Outbox messages not yet confirmed by the broker", registry=self.registry)
+        backlog.set_function(lambda: self._backlog)
+        self._backlog = 0
+
+        await self._connect_broker()
+        await self.relay.start()
+        self.started = True
+        log.info("service.started", port=s.http_port)
+        return self
+
+    async def _connect_broker(self) -> None:
+        """Declare the topology and start consuming; wait for the broker rather than crash-loop."""
+        delay = 0.5
+        while True:
+            try:
+                await declare_topology(self.settings.amqp_url)
+                await self.broker.start()
+                return
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning("broker.unreachable", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        await self.relay.stop()
+        await self.engine.dispose()
+        log.info("service.stopped")
+
+    async def database_ok(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def broker_ok(self) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=1.0)) and self.relay.connected
+        except Exception:
+            return False
+
+    async def refresh_backlog(self) -> int:
+        with contextlib.suppress(Exception):
+            self._backlog = await self.relay.backlog()
+        return self._backlog

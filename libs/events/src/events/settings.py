@@ -1,0 +1,73 @@
+"""The settings every service shares; each service subclasses with its own ``env_prefix``.
+
+``AMQP_URL``, ``DATABASE_URL``, ``API_KEYS``, ``OMS_ENV`` and ``LOG_JSON`` may also be given without
+the service prefix; the prefixed name wins.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Role(StrEnum):
+    GATEWAY = "gateway"
+    OPS = "ops"
+    ADMIN = "admin"
+
+
+DEV_API_KEYS: dict[str, Role] = {
+    "dev-gateway-key": Role.GATEWAY,
+    "dev-ops-key": Role.OPS,
+    "dev-admin-key": Role.ADMIN,
+}
+
+_UNPREFIXED = {
+    "amqp_url": "AMQP_URL",
+    "database_url": "DATABASE_URL",
+    "api_keys": "API_KEYS",
+    "environment": "OMS_ENV",
+    "log_json": "LOG_JSON",
+}
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service: str = "service"
+    environment: Literal["local", "test", "production"] = "local"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    api_keys: dict[str, Role] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    log_json: bool = False
+    log_level: str = "INFO"
+    prefetch: int = 32
+    outbox_batch: int = 200
+    outbox_poll_seconds: float = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unprefixed(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for field, env in _UNPREFIXED.items():
+                if field not in values and env in os.environ:
+                    values[field] = os.environ[env]
+        return values
+
+    @model_validator(mode="after")
+    def _safe(self) -> ServiceSettings:
+        if not self.database_url:
+            var = os.environ.get("OMS_VAR_DIR", ".var")
+            self.database_url = f"sqlite+aiosqlite:///{var}/{self.service}.db"
+        if self.environment == "production":
+            if set(self.api_keys) & set(DEV_API_KEYS):
+                raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")
+            if "guest:guest@" in self.amqp_url:
+                raise ValueError("the guest broker account must not be used in production: set AMQP_URL")
+        return self

@@ -1,0 +1,155 @@
+"""HTTP pieces every service shares: problem+json errors (RFC 9457), API keys with roles,
+``/healthz``, ``/readyz``, ``/metrics``, and a span plus log context per request."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from events.logs import get_logger
+from events.runtime import ServiceRuntime
+from events.settings import Role
+from events.telemetry import context_from, tracer
+
+log = get_logger("events.web")
+
+PROBLEM = "application/problem+json"
+PROBLEM_BASE = "https://oms.dev/problems/"
+
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json``."""
+
+    def __init__(self, status: int, type_: str, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.type, self.title, self.detail, self.extra = status, type_, title, detail, extra
+
+
+def problem_response(status: int, type_: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def validation_errors(errors: Any) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"field": "items.0.quantity", "message": ..., "type": ...}``."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        out.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid"), "type": e.get("type", "value_error")})
+    return out
+
+
+def runtime(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime
+
+
+Runtime = Annotated[ServiceRuntime, Depends(runtime)]
+
+
+def require(*roles: Role):
+    """A dependency that lets through only callers whose API key holds one of ``roles`` (admin: all)."""
+
+    def check(request: Request) -> Role:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise Problem(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <api key>")
+        role = request.app.state.runtime.settings.api_keys.get(key.strip())
+        if role is None:
+            raise Problem(401, "unauthorized", "Unauthorized", "unknown API key")
+        if role is not Role.ADMIN and role not in roles:
+            raise Problem(403, "forbidden", "Forbidden", f"this key's role ({role}) may not do this")
+        return role
+
+    return Depends(check)
+
+
+_HTTP_METRICS: dict[str, Any] = {}
+
+
+def _http_metrics() -> tuple[Counter, Histogram]:
+    if not _HTTP_METRICS:  # once per process: the default registry refuses a second registration
+        _HTTP_METRICS["requests"] = Counter("oms_http_requests", "HTTP requests", ["method", "route", "status"])
+        _HTTP_METRICS["latency"] = Histogram("oms_http_request_seconds", "HTTP request latency", ["method", "route"])
+    return _HTTP_METRICS["requests"], _HTTP_METRICS["latency"]
+
+
+def install(app: FastAPI, service: str) -> None:
+    """Error handlers, request middleware and the health/metrics routes."""
+    requests, latency = _http_metrics()
+
+    @app.exception_handler(Problem)
+    async def _problem(_request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc.errors())
+        fields = ", ".join(e["field"] for e in errors)
+        return problem_response(422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, "http-error", str(exc.detail), str(exc.detail))
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        ctx = context_from(request.headers.get("traceparent"))
+        with tracer().start_as_current_span(
+            f"{request.method} {request.url.path}", context=ctx, kind=trace.SpanKind.SERVER
+        ):
+            bound = structlog.contextvars.bind_contextvars(http_method=request.method, http_path=request.url.path)
+            try:
+                response = await call_next(request)
+            except Exception:
+                log.exception("http.unhandled")
+                response = problem_response(500, "internal", "Internal error", "the request could not be handled")
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    app.include_router(health_router())
+
+
+def health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        rt: ServiceRuntime | None = getattr(request.app.state, "runtime", None)
+        checks = {
+            "database": bool(rt and await rt.database_ok()),
+            "broker": bool(rt and rt.started and await rt.broker_ok()),
+        }
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import REGISTRY
+
+        rt: ServiceRuntime | None = getattr(request.app.state, "runtime", None)
+        body = generate_latest(REGISTRY)
+        if rt is not None:
+            await rt.refresh_backlog()
+            body += generate_latest(rt.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,75 @@
+"""HTTP: read a payment (ops), refund by hand (admin). Thin: a refund by hand goes through the same
+``payments.refund_payment`` command as the saga's, through the outbox."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+from uuid import uuid4
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from events import outbox
+from events.payments import RefundPayment
+from events.settings import Role
+from events.types import Money
+from events.web import Problem, Runtime, require
+from payments.db import Payment, Refund
+
+router = APIRouter(prefix="/v1/payments", tags=["payments"])
+
+
+class RefundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount: Annotated[Money, Field(gt=Decimal("0"))] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _view(p: Payment, refunds: list[Refund]) -> dict:
+    return {
+        "order_id": p.order_id,
+        "payment_id": p.payment_id,
+        "method": p.method,
+        "status": p.status,
+        "failure_reason": p.failure_reason,
+        "amount": format(p.amount, "f"),
+        "refunded_amount": format(p.refunded_amount, "f"),
+        "currency": p.currency,
+        "created_at": p.created_at.isoformat(),
+        "updated_at": p.updated_at.isoformat(),
+        "refunds": [
+            {"refund_id": r.refund_id, "amount": format(r.amount, "f"), "reason": r.reason, "created_at": r.created_at.isoformat()}
+            for r in refunds
+        ],
+    }
+
+
+@router.get("/{order_id}", dependencies=[require(Role.OPS, Role.GATEWAY)])
+async def get_payment(order_id: str, rt: Runtime) -> dict:
+    async with rt.sessions() as session:
+        payment = await session.get(Payment, order_id)
+        if payment is None:
+            raise Problem(404, "not-found", "Not found", f"no payment for order {order_id}")
+        refunds = (await session.scalars(select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at))).all()
+        return _view(payment, list(refunds))
+
+
+@router.post("/{order_id}/refunds", status_code=202, dependencies=[require(Role.ADMIN)])
+async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundRequest, Body()]) -> dict:
+    async with rt.sessions.begin() as session:
+        payment = await session.get(Payment, order_id)
+        if payment is None or payment.status == "failed":
+            raise Problem(409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment")
+        remaining = payment.amount - payment.refunded_amount
+        if (body.amount or remaining) > remaining or remaining <= 0:
+            raise Problem(409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded")
+        key = f"manual-{uuid4()}"
+        await outbox.stage(
+            session,
+            RefundPayment(order_id=order_id, amount=body.amount, reason=body.reason, refund_key=key),
+            service="payments",
+            subject=order_id,
+        )
+    return {"order_id": order_id, "refund_key": key, "status": "accepted"}

@@ -1,0 +1,182 @@
+"""Subscribers: decode → provider → payment row + outbox event in ONE transaction.
+
+The provider is called outside any transaction (it may take seconds); the order id is its
+idempotency key, and the payment row's primary key is the order id, so an order is charged once
+whatever is redelivered or sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+from uuid import uuid4
+
+from faststream import Context
+from faststream.rabbit import RabbitRouter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from events import inbox, outbox
+from events.broker import Permanent, queue
+from events.envelope import Envelope
+from events.logs import get_logger
+from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
+from events.types import PaymentStatus
+from payments.config import Settings
+from payments.db import Payment, Refund
+from payments.domain import RefundRefused, decide_refund, mask_token
+from payments.provider import Declined, SandboxProvider, Transient
+
+SERVICE = "payments"
+CAPTURE = "payments.capture_payment"
+REFUND = "payments.refund_payment"
+
+log = get_logger(__name__)
+router = RabbitRouter()
+
+Sessions = Annotated[async_sessionmaker, Context("sessions")]
+Provider = Annotated[SandboxProvider, Context("provider")]
+Config = Annotated[Settings, Context("settings")]
+
+
+async def _with_retries(call, settings: Settings):
+    """Call the provider, retrying transient failures with exponential back-off."""
+    for attempt in range(1, settings.provider_attempts + 1):
+        try:
+            return await asyncio.wait_for(call(), timeout=settings.provider_timeout_seconds)
+        except Transient as exc:
+            if attempt == settings.provider_attempts:
+                raise
+            delay = settings.provider_retry_base_seconds * 2 ** (attempt - 1)
+            log.info("payment.provider_retry", attempt=attempt, delay_s=delay, error=str(exc))
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _captured_event(p: Payment) -> PaymentCaptured:
+    return PaymentCaptured(
+        order_id=p.order_id, payment_id=p.payment_id, amount=p.amount, currency=p.currency, method=p.method
+    )
+
+
+async def _restage_outcome(session: AsyncSession, p: Payment, msg: Envelope) -> None:
+    """The order was decided before: tell the asker the same outcome again."""
+    if p.status == PaymentStatus.FAILED:
+        event = PaymentFailed(order_id=p.order_id, reason=p.failure_reason or "declined")
+    else:
+        event = _captured_event(p)
+    await outbox.stage(session, event, service=SERVICE, subject=p.order_id, causation=msg)
+
+
+@router.subscriber(queue(CAPTURE))
+async def handle_capture_payment(
+    msg: Envelope[CapturePayment], sessions: Sessions, provider: Provider, settings: Config
+) -> None:
+    cmd = msg.data
+    async with sessions.begin() as session:
+        existing = await session.get(Payment, cmd.order_id)
+        if existing is not None:
+            if await inbox.claim(session, msg.id, CAPTURE):
+                log.info("payment.already_decided", status=existing.status)
+                await _restage_outcome(session, existing, msg)
+            return
+
+    reason: str | None = None
+    provider_ref: str | None = None
+    try:
+        provider_ref = await _with_retries(
+            lambda: provider.capture(order_id=cmd.order_id, token=cmd.token, amount=cmd.amount, currency=cmd.currency),
+            settings,
+        )
+    except Declined:
+        reason = "declined"
+    except Transient:
+        reason = "provider_unavailable"
+    except TimeoutError:
+        reason = "provider_timeout"
+
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, CAPTURE):
+            return
+        payment = Payment(
+            order_id=cmd.order_id,
+            payment_id=f"pay-{uuid4()}",
+            method=cmd.method,
+            token_hint=mask_token(cmd.token),
+            currency=cmd.currency,
+            amount=cmd.amount,
+            status=PaymentStatus.FAILED if reason else PaymentStatus.CAPTURED,
+            failure_reason=reason,
+            refunded_amount=Decimal("0"),
+            provider_ref=provider_ref,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(payment)
+        await session.flush()  # the primary key (order id) refuses a second payment for the order
+        await _restage_outcome(session, payment, msg)
+    log.info("payment.decided", status=payment.status, reason=reason, amount=str(cmd.amount))
+
+
+@router.subscriber(queue(REFUND))
+async def handle_refund_payment(
+    msg: Envelope[RefundPayment], sessions: Sessions, provider: Provider, settings: Config
+) -> None:
+    cmd = msg.data
+    async with sessions.begin() as session:
+        done = await session.scalar(select(Refund).where(Refund.refund_key == cmd.refund_key))
+        payment = await session.get(Payment, cmd.order_id)
+        if done is not None:
+            if await inbox.claim(session, msg.id, REFUND):
+                await outbox.stage(session, _refunded_event(payment, done), service=SERVICE, subject=cmd.order_id, causation=msg)
+            return
+        if payment is None or payment.status == PaymentStatus.FAILED:
+            raise Permanent(f"no captured payment for order {cmd.order_id}")
+        try:
+            decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount, requested=cmd.amount)
+        except RefundRefused as exc:
+            raise Permanent(str(exc)) from exc
+        provider_ref = payment.provider_ref
+
+    refund_ref = await _with_retries(lambda: provider.refund(payment_ref=provider_ref, amount=decision.amount), settings)
+
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, REFUND):
+            return
+        payment = await session.get(Payment, cmd.order_id)
+        # Decide again inside the transaction: another refund may have committed meanwhile.
+        try:
+            decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount, requested=cmd.amount)
+        except RefundRefused as exc:
+            raise Permanent(str(exc)) from exc
+        refund = Refund(
+            refund_id=f"ref-{uuid4()}",
+            refund_key=cmd.refund_key,
+            order_id=cmd.order_id,
+            amount=decision.amount,
+            reason=cmd.reason[:200],
+            provider_ref=refund_ref,
+            created_at=now,
+        )
+        payment.refunded_amount = decision.refunded_total
+        payment.status = decision.status
+        payment.updated_at = now
+        session.add(refund)
+        await session.flush()
+        await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
+    log.info("payment.refunded", amount=str(decision.amount), refunded_total=str(decision.refunded_total))
+
+
+def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
+    return PaymentRefunded(
+        order_id=payment.order_id,
+        payment_id=payment.payment_id,
+        refund_id=refund.refund_id,
+        amount=refund.amount,
+        refunded_total=payment.refunded_amount,
+        currency=payment.currency,
+    )

@@ -47,6 +47,7 @@ class PaymentRefunded(Event):
     order_id: str
     payment_id: str
     refund_id: str
+    refund_key: str | None = None  # the key of the RefundPayment command this answers
     amount: Money
     refunded_total: Money
     currency: CurrencyCode

@@ -176,6 +176,7 @@ def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
         order_id=payment.order_id,
         payment_id=payment.payment_id,
         refund_id=refund.refund_id,
+        refund_key=refund.refund_key,
         amount=refund.amount,
         refunded_total=payment.refunded_amount,
         currency=payment.currency,

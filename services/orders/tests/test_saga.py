@@ -1,0 +1,263 @@
+"""Every path of the order saga, one test each (pure: no database, no broker)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from events.inventory import Shortage, StockReleased, StockReservationFailed, StockReserved
+from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+from events.shipping import ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.types import Allocation, LineItem
+from orders.saga import (
+    AddressChangeRequested,
+    CancelRequested,
+    CancelShipment,
+    Capture,
+    ChangeShipmentAddress,
+    Commit,
+    CreateShipment,
+    DeadlineReached,
+    ExpectReturn,
+    RaiseAttention,
+    Refund,
+    Refused,
+    Release,
+    Reserve,
+    Restock,
+    ReturnRequested,
+    Saga,
+    Timeouts,
+    advance,
+    start,
+)
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+TIMEOUTS = Timeouts(payment_seconds=10, step_seconds=30, max_resends=2)
+ORDER = "ord_1"
+TOTAL = Decimal("79.80")
+
+RESERVED = StockReserved(order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
+OUT_OF_STOCK = StockReservationFailed(
+    order_id=ORDER, shortages=[Shortage(sku="SKU-RED-MUG", quantity=2, available=1)]
+)
+RELEASED = StockReleased(order_id=ORDER, allocations=[])
+CAPTURED = PaymentCaptured(order_id=ORDER, payment_id="pay-1", amount=TOTAL, currency="CNY", method="card")
+DECLINED = PaymentFailed(order_id=ORDER, reason="declined")
+SHIP_CREATED = ShipmentCreated(
+    order_id=ORDER, shipment_id="shp-1", carrier="sf-express", tracking_number="SF1", warehouse="SH",
+    estimated_delivery=date(2026, 11, 27),
+)
+SHIP_FAILED = ShipmentFailed(order_id=ORDER, reason="no_carrier")
+
+
+def carrier(status: str) -> ShipmentUpdated:
+    return ShipmentUpdated(
+        order_id=ORDER, shipment_id="shp-1", carrier="sf-express", tracking_number="SF1", status=status, at=T0
+    )
+
+
+def refunded(key: str, amount: Decimal, refund_id: str = "ref-1", total: Decimal | None = None) -> PaymentRefunded:
+    return PaymentRefunded(
+        order_id=ORDER, payment_id="pay-1", refund_id=refund_id, refund_key=key, amount=amount,
+        refunded_total=total if total is not None else amount, currency="CNY",
+    )
+
+
+def run(*replies, now: datetime = T0) -> tuple[Saga, list]:
+    """Start a saga and feed it the replies; returns the saga and every intent along the way."""
+    saga, intents = start(order_id=ORDER, total=TOTAL, currency="CNY", now=now, timeouts=TIMEOUTS)
+    seen = list(intents)
+    for reply in replies:
+        saga, intents = advance(saga, reply, now=now, timeouts=TIMEOUTS)
+        seen += intents
+    return saga, seen
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_happy_path_reaches_delivered_and_commits_stock_once():
+    saga, intents = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"),
+                        carrier("out_for_delivery"), carrier("delivered"))
+    assert saga.status == "delivered"
+    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH"), Commit()]
+    assert saga.deadline_at is None
+
+
+def test_each_status_in_order():
+    saga, _ = start(order_id=ORDER, total=TOTAL, currency="CNY", now=T0, timeouts=TIMEOUTS)
+    seen = [saga.status]
+    for reply in (RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"), carrier("delivered")):
+        saga, _ = advance(saga, reply, now=T0, timeouts=TIMEOUTS)
+        seen.append(saga.status)
+    assert seen == ["submitted", "confirmed", "paid", "picking", "shipped", "in_transit", "delivered"]
+
+
+def test_out_of_stock_cancels_without_charging_or_releasing():
+    saga, intents = run(OUT_OF_STOCK)
+    assert (saga.status, saga.reason) == ("cancelled", "out_of_stock")
+    assert intents == [Reserve()]
+    assert saga.deadline_at is None
+
+
+def test_payment_declined_releases_stock():
+    saga, intents = run(RESERVED, DECLINED)
+    assert (saga.status, saga.reason) == ("cancelled", "payment_declined")
+    assert intents[-1] == Release()
+    saga, _ = advance(saga, RELEASED, now=T0, timeouts=TIMEOUTS)
+    assert saga.stock == "released" and saga.deadline_at is None
+
+
+def test_payment_deadline_cancels_with_payment_timeout_and_releases():
+    saga, _ = run(RESERVED)
+    assert saga.deadline_at == at(10)
+    early, intents = advance(saga, DeadlineReached(), now=at(5), timeouts=TIMEOUTS)
+    assert early.status == "confirmed" and intents == []
+    saga, intents = advance(saga, DeadlineReached(), now=at(10), timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
+    assert intents == [Release()]
+
+
+def test_capture_after_the_deadline_is_refunded_never_kept():
+    saga, _ = run(RESERVED)
+    saga, _ = advance(saga, DeadlineReached(), now=at(11), timeouts=TIMEOUTS)
+    saga, intents = advance(saga, CAPTURED, now=at(20), timeouts=TIMEOUTS)
+    assert saga.status == "cancelled" and saga.reason == "payment_timeout"
+    assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
+    again, intents = advance(saga, CAPTURED, now=at(21), timeouts=TIMEOUTS)
+    assert intents == []  # the same capture twice: still one refund
+
+
+def test_no_carrier_cancels_refunds_and_releases():
+    saga, intents = run(RESERVED, CAPTURED, SHIP_FAILED)
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
+    assert intents[-2:] == [Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]
+
+
+@pytest.mark.parametrize(
+    ("replies", "compensations"),
+    [
+        ((), [Release()]),
+        ((RESERVED,), [Release()]),
+        # paid: the shipment is being booked, so it is cancelled too
+        ((RESERVED, CAPTURED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]),
+        ((RESERVED, CAPTURED, SHIP_CREATED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]),
+    ],
+    ids=["submitted", "confirmed", "paid", "picking"],
+)
+def test_cancel_before_shipment_compensates_exactly_the_steps_done(replies, compensations):
+    saga, before = run(*replies)
+    saga, intents = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "customer_request")
+    assert intents == compensations
+
+
+def test_cancel_racing_a_capture_in_flight_ends_with_one_refund():
+    saga, _ = run(RESERVED)
+    saga, first = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+    saga, second = advance(saga, CAPTURED, now=T0, timeouts=TIMEOUTS)
+    saga, third = advance(saga, CAPTURED, now=T0, timeouts=TIMEOUTS)
+    refunds = [i for i in first + second + third if isinstance(i, Refund)]
+    assert refunds == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
+    assert saga.status == "cancelled"
+
+
+@pytest.mark.parametrize("progress", ["picked_up", "in_transit", "delivered"])
+def test_cancel_from_shipped_on_is_refused(progress):
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier(progress))
+    with pytest.raises(Refused, match="return"):
+        advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+
+
+def test_cancel_twice_is_one_cancellation():
+    saga, _ = run(RESERVED, CancelRequested())
+    again, intents = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+    assert intents == [] and again.status == "cancelled"
+
+
+def test_address_change_follows_the_shipment_and_is_refused_after_shipping():
+    saga, _ = run(RESERVED)
+    assert advance(saga, AddressChangeRequested(), now=T0, timeouts=TIMEOUTS)[1] == []
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED)
+    assert advance(saga, AddressChangeRequested(), now=T0, timeouts=TIMEOUTS)[1] == [ChangeShipmentAddress()]
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"))
+    with pytest.raises(Refused):
+        advance(saga, AddressChangeRequested(), now=T0, timeouts=TIMEOUTS)
+
+
+def test_return_after_delivery_restocks_and_refunds_the_returned_amount():
+    items = [LineItem(sku="SKU-RED-MUG", quantity=1)]
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("delivered"))
+    with pytest.raises(Refused):
+        advance(saga, ReturnRequested(items=items, amount=TOTAL + 1), now=T0, timeouts=TIMEOUTS)
+    saga, intents = advance(saga, ReturnRequested(items=items, amount=Decimal("39.90")), now=T0, timeouts=TIMEOUTS)
+    assert saga.status == "return_requested" and intents == [ExpectReturn(items=items)]
+    back = ShipmentReturned(order_id=ORDER, shipment_id="shp-1", tracking_number="SF1", items=items, at=T0)
+    saga, intents = advance(saga, back, now=T0, timeouts=TIMEOUTS)
+    assert saga.status == "returned"
+    assert intents == [Restock(items=items), Refund(amount=Decimal("39.90"), key=f"{ORDER}:return")]
+    saga, _ = advance(saga, refunded(f"{ORDER}:return", Decimal("39.90")), now=T0, timeouts=TIMEOUTS)
+    assert saga.deadline_at is None and saga.refunded == Decimal("39.90")
+
+
+def test_return_before_delivery_is_refused():
+    saga, _ = run(RESERVED, CAPTURED)
+    with pytest.raises(Refused):
+        advance(saga, ReturnRequested(items=[LineItem(sku="SKU-RED-MUG", quantity=1)], amount=Decimal("1")),
+                now=T0, timeouts=TIMEOUTS)
+
+
+def test_carrier_news_never_goes_backwards_and_may_overtake_shipment_created():
+    saga, intents = run(RESERVED, CAPTURED, carrier("in_transit"), SHIP_CREATED, carrier("picked_up"))
+    assert saga.status == "in_transit"
+    assert intents.count(Commit()) == 1
+
+
+def test_stock_step_resends_then_gives_up_with_saga_timeout():
+    saga, _ = run()
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert intents == [Reserve()] and saga.deadline_at == at(60)
+    saga, intents = advance(saga, DeadlineReached(), now=at(60), timeouts=TIMEOUTS)
+    assert intents == [Reserve()]
+    saga, intents = advance(saga, DeadlineReached(), now=at(90), timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "saga_timeout")
+    assert intents == [Release()]
+
+
+def test_unanswered_compensation_is_resent_then_marked_for_attention():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED)
+    assert saga.waiting_for == "compensate"
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert intents == [Release(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]  # resent, same key
+    saga, _ = advance(saga, RELEASED, now=at(31), timeouts=TIMEOUTS)
+    saga, intents = advance(saga, DeadlineReached(), now=at(61), timeouts=TIMEOUTS)
+    assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
+    saga, intents = advance(saga, DeadlineReached(), now=at(91), timeouts=TIMEOUTS)
+    assert len(intents) == 1 and isinstance(intents[0], RaiseAttention)
+    assert saga.attention and saga.deadline_at is None and saga.status == "cancelled"
+
+
+def test_compensations_answered_clear_the_deadline():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED, RELEASED, refunded(f"{ORDER}:cancel", TOTAL))
+    assert saga.deadline_at is None and saga.unrefunded == 0 and saga.refunded == TOTAL
+
+
+def test_the_same_refund_told_twice_counts_once():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED, refunded(f"{ORDER}:cancel", TOTAL), refunded(f"{ORDER}:cancel", TOTAL))
+    assert saga.refunded == TOTAL
+
+
+def test_late_and_duplicate_replies_are_ignored_not_fatal():
+    saga, intents = run(RESERVED, RESERVED, CAPTURED, RESERVED, DECLINED, SHIP_CREATED, SHIP_CREATED, SHIP_FAILED)
+    assert saga.status == "picking"
+    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH")]
+    assert saga.ignored == 5
+
+
+def test_saga_round_trips_through_its_stored_form():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED, refunded(f"{ORDER}:cancel", TOTAL))
+    assert Saga.from_dict(saga.to_dict()) == saga

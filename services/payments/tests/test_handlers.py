@@ -1,0 +1,102 @@
+"""The capture and refund handlers on a real SQLite database, with the sandbox provider."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from events.broker import Permanent
+from events.db import outbox_message
+from events.envelope import Envelope, build
+from events.payments import CapturePayment, RefundPayment
+from payments.config import Settings
+from payments.db import Payment
+from payments.handlers import handle_capture_payment, handle_refund_payment
+from payments.provider import SandboxProvider
+
+SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=0.2, database_url="sqlite://")
+
+
+def capture(order_id: str, token: str, amount: str = "25.00") -> Envelope[CapturePayment]:
+    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token)
+    return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
+
+
+def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
+    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
+
+
+async def published(sessions) -> list[dict]:
+    async with sessions() as session:
+        rows = (await session.execute(select(outbox_message).order_by(outbox_message.c.seq))).mappings().all()
+    return [{"key": r["routing_key"], **json.loads(r["body"])} for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "event"),
+    [("tok_ok", "captured", "payment.captured"), ("tok_visa", "captured", "payment.captured"),
+     ("tok_declined", "failed", "payment.failed"), ("tok_flaky", "captured", "payment.captured"),
+     ("tok_slow", "failed", "payment.failed")],
+)
+async def test_sandbox_tokens(sessions, token, status, event):
+    await handle_capture_payment(capture("o1", token), sessions, SandboxProvider(), SETTINGS)
+    async with sessions() as session:
+        payment = await session.get(Payment, "o1")
+    assert payment.status == status
+    assert payment.token_hint == "tok_***"
+    events = await published(sessions)
+    assert [e["key"] for e in events] == [event]
+    assert "tok_" not in json.dumps(events), "a token must never reach an event"
+
+
+async def test_slow_provider_fails_with_provider_timeout(sessions):
+    await handle_capture_payment(capture("o1", "tok_slow"), sessions, SandboxProvider(), SETTINGS)
+    assert (await published(sessions))[0]["data"]["reason"] == "provider_timeout"
+
+
+async def test_flaky_exhausting_its_retries_fails_as_provider_unavailable(sessions):
+    stingy = SETTINGS.model_copy(update={"provider_attempts": 2})
+    await handle_capture_payment(capture("o1", "tok_flaky"), sessions, SandboxProvider(), stingy)
+    assert (await published(sessions))[0]["data"]["reason"] == "provider_unavailable"
+
+
+async def test_the_same_command_twice_charges_once(sessions):
+    msg = capture("o1", "tok_ok")
+    provider = SandboxProvider()
+    await handle_capture_payment(msg, sessions, provider, SETTINGS)
+    await handle_capture_payment(msg, sessions, provider, SETTINGS)
+    assert len(await published(sessions)) == 1
+
+
+async def test_a_second_capture_command_for_the_order_repeats_the_outcome_without_charging(sessions):
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, SandboxProvider(), SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, SandboxProvider(), SETTINGS)
+    events = await published(sessions)
+    assert [e["key"] for e in events] == ["payment.captured", "payment.captured"]
+    assert events[0]["data"]["payment_id"] == events[1]["data"]["payment_id"]
+    async with sessions() as session:
+        assert len((await session.scalars(select(Payment))).all()) == 1
+
+
+async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
+    provider = SandboxProvider()
+    await handle_capture_payment(capture("o1", "tok_ok", "25.00"), sessions, provider, SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, provider, SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, provider, SETTINGS)  # another message, same key
+    refunds = [e for e in await published(sessions) if e["key"] == "payment.refunded"]
+    assert len(refunds) == 2 and refunds[0]["data"]["refund_id"] == refunds[1]["data"]["refund_id"]
+    assert refunds[0]["data"]["refund_key"] == "o1:cancel"
+    async with sessions() as session:
+        payment = await session.get(Payment, "o1")
+    assert (payment.refunded_amount, payment.status) == (Decimal("25.00"), "refunded")
+    with pytest.raises(Permanent):
+        await handle_refund_payment(refund("o1", "o1:more", "1.00"), sessions, provider, SETTINGS)
+
+
+async def test_refund_without_a_capture_is_permanent(sessions):
+    with pytest.raises(Permanent):
+        await handle_refund_payment(refund("nope", "k"), sessions, SandboxProvider(), SETTINGS)

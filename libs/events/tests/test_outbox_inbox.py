@@ -1,0 +1,171 @@
+"""The outbox and the inbox against a real broker and a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import aio_pika
+import pytest
+from sqlalchemy import func, select
+
+from events import inbox, outbox, topology
+from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
+from events.envelope import Command, Event
+from events.names import EVENTS_EXCHANGE
+from events.outbox import OutboxRelay
+from events.telemetry import setup_tracing, tracer
+
+pytestmark = pytest.mark.integration
+
+
+class Pinged(Event):
+    routing_key = "test.pinged"
+    n: int
+
+
+class Nobody(Command):
+    routing_key = "nobody.listens"
+
+
+@pytest.fixture
+async def db(tmp_path):
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/svc.db")
+    async with engine.begin() as conn:
+        await conn.run_sync(messaging_metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def listener(rabbit):
+    """An exclusive queue bound to test.pinged on oms.events."""
+    connection = await aio_pika.connect(rabbit.url)
+    channel = await connection.channel()
+    await topology.declare(channel)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(await channel.get_exchange(EVENTS_EXCHANGE), routing_key=Pinged.routing_key)
+    yield queue
+    await connection.close()
+
+
+async def _take(queue, count: int, timeout: float = 10.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    got = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(got) < count and loop.time() < deadline:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is None:
+            await asyncio.sleep(0.02)
+        else:
+            got.append(message)
+    return got
+
+
+async def _pending(sessions) -> int:
+    async with sessions() as session:
+        return await session.scalar(
+            select(func.count()).select_from(outbox_message).where(outbox_message.c.published_at.is_(None))
+        )
+
+
+async def test_only_committed_messages_are_published_persistent_and_traced(rabbit, db, listener):
+    setup_tracing("test")
+    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=60)  # polling off: only wake-ups
+    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
+    relay._sessions = sessions
+    await relay.start()
+    try:
+        with pytest.raises(RuntimeError):
+            async with sessions.begin() as session:
+                await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")
+                raise RuntimeError("the state change failed")
+        with tracer().start_as_current_span("place order"):
+            async with sessions.begin() as session:
+                message_id = await outbox.stage(session, Pinged(n=2), service="test", subject="ord-2")
+
+        [message] = await _take(listener, 1)
+        body = json.loads(message.body)
+        assert body["id"] == message_id and body["data"] == {"n": 2} and body["subject"] == "ord-2"
+        assert body["type"] == "oms.test.pinged.v1" and body["source"] == "oms/test"
+        assert body["correlationid"] == "ord-2" and body["traceparent"].startswith("00-")
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.content_type == "application/cloudevents+json"
+        assert message.message_id == message_id
+        assert await _take(listener, 1, timeout=0.5) == []  # the rolled-back one never left
+        assert await _pending(sessions) == 0
+    finally:
+        await relay.stop()
+
+
+async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, db):
+    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=0.1)
+    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
+    relay._sessions = sessions
+    connection = await aio_pika.connect(rabbit.url)
+    await topology.declare(await connection.channel())
+    await relay.start()
+    try:
+        async with sessions.begin() as session:
+            await outbox.stage(session, Nobody(), service="test", subject=None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        attempts = 0
+        while loop.time() < deadline and attempts < 2:
+            async with sessions() as session:
+                attempts = await session.scalar(select(outbox_message.c.attempts))
+            await asyncio.sleep(0.05)
+        assert attempts >= 2, "the broker's refusal must be seen and the message tried again"
+        assert await _pending(sessions) == 1
+
+        # Once a queue takes that command, the next attempt goes through.
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(await channel.get_exchange("oms.commands"), routing_key=Nobody.routing_key)
+        [message] = await _take(queue, 1, timeout=15)
+        assert json.loads(message.body)["type"] == "oms.command.nobody.listens.v1"
+    finally:
+        await relay.stop()
+        await connection.close()
+
+
+async def test_messages_staged_while_the_broker_is_unreachable_wait_in_the_outbox(rabbit, db, listener):
+    relay = OutboxRelay(None, "amqp://guest:guest@127.0.0.1:1/", service="test", poll_seconds=0.1)
+    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
+    relay._sessions = sessions
+    await relay.start()
+    try:
+        async with sessions.begin() as session:
+            await outbox.stage(session, Pinged(n=3), service="test", subject="ord-3")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while relay.last_error is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert relay.last_error is not None, "the relay should have tried and failed"
+        assert await _pending(sessions) == 1
+    finally:
+        await relay.stop()
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=0.1)  # the broker is back
+    await relay.start()
+    try:
+        [message] = await _take(listener, 1)
+        assert json.loads(message.body)["data"] == {"n": 3}
+    finally:
+        await relay.stop()
+
+
+async def test_inbox_claims_a_message_once_per_consumer(db):
+    sessions = make_sessionmaker(db)
+    message_id = str(uuid.uuid4())
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, message_id, "a") is True
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, message_id, "a") is False
+        assert await inbox.claim(session, message_id, "b") is True
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as session:
+            assert await inbox.claim(session, "rolled-back", "a") is True
+            raise RuntimeError("effect failed")
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, "rolled-back", "a") is True  # a failed attempt claims nothing

@@ -39,9 +39,9 @@ def revision(migrations_dir: Path, database_url: str, message: str) -> None:
     command.revision(config(migrations_dir, database_url), message=message, autogenerate=True)
 
 
-def run_env(metadata: MetaData) -> None:
+def run_env(metadata: MetaData, *more: MetaData) -> None:
     """The body of a service's ``env.py``: migrate its own tables and the messaging tables."""
-    target = [metadata, messaging_metadata]
+    target = [metadata, messaging_metadata, *more]
     url = context.config.get_main_option("sqlalchemy.url")
 
     def run(connection: Connection) -> None:

@@ -123,7 +123,10 @@ class OutboxRelay:
 
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         if name not in self._exchanges:
-            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+            # "" is the default exchange: straight to the queue named by the routing key (replays).
+            self._exchanges[name] = (
+                self._channel.default_exchange if name == "" else await self._channel.get_exchange(name, ensure=False)
+            )
         return self._exchanges[name]
 
     async def _run(self) -> None:

@@ -1,7 +1,6 @@
 from decimal import Decimal
 
 import pytest
-
 from payments.domain import RefundRefused, decide_refund, mask_token
 
 

@@ -6,8 +6,6 @@ import json
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
-
 from events.broker import Permanent
 from events.db import outbox_message
 from events.envelope import Envelope, build
@@ -16,6 +14,7 @@ from payments.config import Settings
 from payments.db import Payment
 from payments.handlers import handle_capture_payment, handle_refund_payment
 from payments.provider import SandboxProvider
+from sqlalchemy import select
 
 SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=0.2, database_url="sqlite://")
 
@@ -100,3 +99,35 @@ async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
 async def test_refund_without_a_capture_is_permanent(sessions):
     with pytest.raises(Permanent):
         await handle_refund_payment(refund("nope", "k"), sessions, SandboxProvider(), SETTINGS)
+
+
+async def test_payments_are_listed_for_the_consistency_check(sessions):
+
+    import httpx
+    from events.web import install
+    from fastapi import FastAPI
+    from payments.api import router
+
+    app = FastAPI()
+    install(app, "payments")
+    app.include_router(router)
+
+    class Runtime:
+        pass
+
+    rt = Runtime()
+    rt.sessions = sessions
+    rt.settings = SETTINGS
+    app.state.runtime = rt
+    for i in range(3):
+        await handle_capture_payment(capture(f"o{i}", "tok_ok"), sessions, SandboxProvider(), SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, SandboxProvider(), SETTINGS)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        ops = {"Authorization": "Bearer dev-ops-key"}
+        page = (await client.get("/v1/payments", params={"limit": 2}, headers=ops)).json()
+        assert [p["order_id"] for p in page["items"]] == ["o0", "o1"] and page["next"] == "o1"
+        assert page["items"][1]["refunded_amount"] == "25.00" and len(page["items"][1]["refunds"]) == 1
+        rest = (await client.get("/v1/payments", params={"after": "o1"}, headers=ops)).json()
+        assert [p["order_id"] for p in rest["items"]] == ["o2"] and rest["next"] is None
+        assert (await client.get("/v1/payments", headers={"Authorization": "Bearer dev-gateway-key"})).status_code == 403
+        assert (await client.get("/v1/payments")).status_code == 401

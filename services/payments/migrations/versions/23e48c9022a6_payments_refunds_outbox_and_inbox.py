@@ -4,9 +4,8 @@ Revision ID: 23e48c9022a6
 Revises: 
 Create Date: 2026-11-24 11:56:34.176980
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '23e48c9022a6'
 down_revision = None

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from events.cli import main
+
 from payments.config import Settings
 
 main(

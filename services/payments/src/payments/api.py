@@ -7,15 +7,15 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-
 from events import outbox
 from events.payments import RefundPayment
 from events.settings import Role
 from events.types import Money
 from events.web import Problem, Runtime, require
+from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
 from payments.db import Payment, Refund
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
@@ -44,6 +44,31 @@ def _view(p: Payment, refunds: list[Refund]) -> dict:
             for r in refunds
         ],
     }
+
+
+@router.get("", dependencies=[require(Role.OPS)])
+async def list_payments(
+    rt: Runtime,
+    status: Annotated[str | None, Query(pattern="^(captured|failed|partially_refunded|refunded)$")] = None,
+    after: Annotated[str | None, Query(description="order id to continue after (the previous page's next)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict:
+    """Every payment, by order id: what the consistency check (`make verify`) reads."""
+    query = select(Payment).order_by(Payment.order_id).limit(limit)
+    if status:
+        query = query.where(Payment.status == status)
+    if after:
+        query = query.where(Payment.order_id > after)
+    async with rt.sessions() as session:
+        payments = (await session.scalars(query)).all()
+        refunds = (
+            await session.scalars(select(Refund).where(Refund.order_id.in_([p.order_id for p in payments])))
+        ).all()
+    by_order: dict[str, list[Refund]] = {}
+    for r in refunds:
+        by_order.setdefault(r.order_id, []).append(r)
+    items = [_view(p, by_order.get(p.order_id, [])) for p in payments]
+    return {"items": items, "next": items[-1]["order_id"] if len(items) == limit else None}
 
 
 @router.get("/{order_id}", dependencies=[require(Role.OPS, Role.GATEWAY)])

@@ -1,0 +1,172 @@
+"""Audit a running OMS through its public APIs (``make verify``; the fault tests end with it).
+
+Checks, for every order:
+- it is final, or something will move it: the carrier (picking, shipped, in transit, return
+  requested), or a saga deadline (submitted, confirmed, paid: changed within ``--stuck-after``);
+- the stock it holds reserved is exactly its lines while it is confirmed, paid or picking, and
+  nothing otherwise;
+- captured minus refunded is what it should have paid: its total once paid and not cancelled,
+  nothing when cancelled, less than the total (something refunded) when returned;
+- it has at most one shipment, and there is no payment or shipment for an order nobody placed.
+
+Prints what it found and exits 1 on any breach. ``--settle N`` first waits up to N seconds for the
+system to go quiet (no order changing between two looks), so it can follow a load test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+OPS = {"Authorization": "Bearer dev-ops-key"}
+FINAL = {"delivered", "cancelled", "returned"}
+CARRIER_MOVES = {"picking", "shipped", "in_transit", "return_requested"}
+SAGA_MOVES = {"submitted", "confirmed", "paid"}
+HOLDS_STOCK = {"confirmed", "paid", "picking"}
+PAID = {"paid", "picking", "shipped", "in_transit", "delivered", "return_requested"}
+
+
+@dataclass
+class Report:
+    orders: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    breaches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+    def breach(self, text: str) -> None:
+        self.breaches.append(text)
+
+    def render(self) -> str:
+        lines = [f"orders: {self.orders}  " + "  ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()))]
+        if self.ok:
+            lines.append("consistency: OK (no breach)")
+        else:
+            lines.append(f"consistency: {len(self.breaches)} breach(es)")
+            lines += [f"  - {b}" for b in self.breaches[:200]]
+        return "\n".join(lines)
+
+
+async def _pages(client: httpx.AsyncClient, path: str, cursor_param: str, next_key: str, **params: Any) -> list[dict]:
+    items: list[dict] = []
+    cursor = None
+    while True:
+        query = {**params, **({cursor_param: cursor} if cursor else {})}
+        r = await client.get(path, params=query, headers=OPS)
+        r.raise_for_status()
+        page = r.json()
+        items += page["items"]
+        cursor = page.get(next_key)
+        if not cursor:
+            return items
+
+
+async def collect(urls: dict[str, str]) -> dict[str, list[dict]]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        orders, reservations, payments, shipments = await asyncio.gather(
+            _pages(client, urls["orders"] + "/v1/orders", "cursor", "next_cursor", limit=200),
+            _pages(client, urls["inventory"] + "/v1/reservations", "after", "next", status="reserved", limit=1000),
+            _pages(client, urls["payments"] + "/v1/payments", "after", "next", limit=1000),
+            _pages(client, urls["shipping"] + "/v1/shipments", "after", "next", limit=1000),
+        )
+    return {"orders": orders, "reservations": reservations, "payments": payments, "shipments": shipments}
+
+
+def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta) -> Report:
+    report = Report()
+    orders = {o["id"]: o for o in data["orders"]}
+    report.orders = len(orders)
+    report.by_status = Counter(o["status"] for o in orders.values())
+
+    held: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in data["reservations"]:
+        held[r["order_id"]][r["sku"]] += int(r["quantity"])
+    payments = {p["order_id"]: p for p in data["payments"]}
+    shipments = Counter(s["order_id"] for s in data["shipments"])
+
+    for order_id, order in orders.items():
+        status = order["status"]
+        updated = datetime.fromisoformat(order["updated_at"])
+        if status in SAGA_MOVES and now - updated > stuck_after:
+            report.breach(f"{order_id}: stuck in {status} since {order['updated_at']}")
+        elif status not in FINAL | CARRIER_MOVES | SAGA_MOVES:
+            report.breach(f"{order_id}: unknown status {status}")
+
+        lines = Counter()
+        for item in order["items"]:
+            lines[item["sku"]] += int(item["quantity"])
+        holds = held.pop(order_id, Counter())
+        if status in HOLDS_STOCK and holds != lines:
+            report.breach(f"{order_id}: {status} but holds {dict(holds)} reserved for lines {dict(lines)}")
+        elif status not in HOLDS_STOCK | {"submitted"} and holds:
+            report.breach(f"{order_id}: {status} still holds {dict(holds)} reserved")
+
+        p = payments.pop(order_id, None)
+        captured = Decimal(p["amount"]) if p and p["status"] != "failed" else Decimal("0")
+        refunded = Decimal(p["refunded_amount"]) if p else Decimal("0")
+        total = Decimal(order["total"])
+        kept = captured - refunded
+        if status in PAID and status != "return_requested" and kept != total:
+            report.breach(f"{order_id}: {status} but kept {kept} of a {total} order")
+        elif status == "cancelled" and kept != 0:
+            report.breach(f"{order_id}: cancelled but kept {kept} (captured {captured}, refunded {refunded})")
+        elif status == "returned" and not (0 <= kept < total):
+            report.breach(f"{order_id}: returned but kept {kept} of {total}")
+        elif status in ("submitted", "confirmed") and captured and not refunded and now - updated > stuck_after:
+            report.breach(f"{order_id}: {status} with a capture of {captured} for long")
+
+        if shipments.pop(order_id, 0) > 1:
+            report.breach(f"{order_id}: more than one shipment")
+
+    for order_id in held:
+        report.breach(f"stock reserved for unknown order {order_id}")
+    for order_id in payments:
+        report.breach(f"payment for unknown order {order_id}")
+    for order_id in shipments:
+        report.breach(f"shipment for unknown order {order_id}")
+    return report
+
+
+async def verify(urls: dict[str, str], *, stuck_after: timedelta = timedelta(minutes=2), settle: float = 0.0) -> Report:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
+    data = await collect(urls)
+    while loop.time() < deadline:
+        report = audit(data, now=datetime.now(UTC), stuck_after=stuck_after)
+        moving = sum(v for k, v in report.by_status.items() if k in SAGA_MOVES)
+        if report.ok and moving == 0:
+            return report
+        await asyncio.sleep(1.0)
+        data = await collect(urls)
+    return audit(data, now=datetime.now(UTC), stuck_after=stuck_after)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m omstools.verify", description=__doc__.split("\n")[0])
+    for service, port in (("orders", 8000), ("inventory", 8001), ("payments", 8002), ("shipping", 8003)):
+        parser.add_argument(f"--{service}-url", default=f"http://127.0.0.1:{port}")
+    parser.add_argument("--stuck-after", type=float, default=120.0, help="seconds a saga step may take")
+    parser.add_argument("--settle", type=float, default=0.0, help="wait up to this many seconds for quiet first")
+    args = parser.parse_args(argv)
+    urls = {s: getattr(args, f"{s}_url").rstrip("/") for s in ("orders", "inventory", "payments", "shipping")}
+    try:
+        report = asyncio.run(verify(urls, stuck_after=timedelta(seconds=args.stuck_after), settle=args.settle))
+    except httpx.HTTPError as exc:
+        print(f"verify: cannot read the system: {exc!r}", file=sys.stderr)
+        return 2
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+
 from payments.domain import RefundRefused, decide_refund, mask_token
 
 

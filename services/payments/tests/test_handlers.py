@@ -6,6 +6,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
+
 from events.broker import Permanent
 from events.db import outbox_message
 from events.envelope import Envelope, build
@@ -14,7 +16,6 @@ from payments.config import Settings
 from payments.db import Payment
 from payments.handlers import handle_capture_payment, handle_refund_payment
 from payments.provider import SandboxProvider
-from sqlalchemy import select
 
 SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=0.2, database_url="sqlite://")
 
@@ -104,8 +105,9 @@ async def test_refund_without_a_capture_is_permanent(sessions):
 async def test_payments_are_listed_for_the_consistency_check(sessions):
 
     import httpx
-    from events.web import install
     from fastapi import FastAPI
+
+    from events.web import install
     from payments.api import router
 
     app = FastAPI()

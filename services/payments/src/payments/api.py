@@ -7,15 +7,15 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
+from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
 from events import outbox
 from events.payments import RefundPayment
 from events.settings import Role
 from events.types import Money
 from events.web import Problem, Runtime, require
-from fastapi import APIRouter, Body, Query
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-
 from payments.db import Payment, Refund
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from events.runtime import ServiceRuntime
-from events.web import install
 from fastapi import FastAPI
 
+from events.runtime import ServiceRuntime
+from events.web import install
 from payments import api, handlers
 from payments.config import Settings
 from payments.provider import SandboxProvider

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from events.settings import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from events.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from events.db import UtcDateTime
 from sqlalchemy import ForeignKey, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from events.db import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -13,17 +13,17 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
+from faststream import Context
+from faststream.rabbit import RabbitRouter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from events import inbox, outbox
 from events.broker import Permanent, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
 from events.types import PaymentStatus
-from faststream import Context
-from faststream.rabbit import RabbitRouter
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from payments.config import Settings
 from payments.db import Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token

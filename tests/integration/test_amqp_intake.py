@@ -11,7 +11,7 @@ import uuid
 import aio_pika
 import pytest
 
-from .helpers import GATEWAY, eventually, order_body
+from integration.helpers import GATEWAY, eventually, order_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("manual_carrier")]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import GATEWAY, OPS, eventually, get_order, order_body, place, stock, wait_status
+from integration.helpers import GATEWAY, OPS, eventually, get_order, order_body, place, stock, wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("simulated_carrier")]
 

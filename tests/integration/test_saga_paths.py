@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from .helpers import (
+from integration.helpers import (
     GATEWAY,
     carrier_event,
     eventually,

@@ -98,3 +98,13 @@ async def clients(oms):
 @pytest.fixture
 def mailbox(oms) -> Mailbox:
     return Mailbox(oms.mail_dir)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault scenarios' counts (placed, final, lost, duplicated), for the record."""
+    from integration.faults import SCORES
+
+    if SCORES:
+        terminalreporter.section("fault scenarios")
+        for line in SCORES:
+            terminalreporter.write_line(line)

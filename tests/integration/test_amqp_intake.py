@@ -10,7 +10,6 @@ import uuid
 
 import aio_pika
 import pytest
-
 from integration.helpers import GATEWAY, eventually, order_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("manual_carrier")]

@@ -8,7 +8,6 @@ language; the stock it took leaves the shelf for good.
 from __future__ import annotations
 
 import pytest
-
 from integration.helpers import GATEWAY, OPS, eventually, get_order, order_body, place, stock, wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("simulated_carrier")]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from integration.helpers import (
     GATEWAY,
     carrier_event,

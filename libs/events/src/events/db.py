@@ -6,6 +6,7 @@ SQLite (the default) runs in WAL mode and takes the write lock when a transactio
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -108,13 +109,32 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return engine
 
 
+class InjectedCommitFailure(RuntimeError):
+    """Raised on purpose by the fault injection below; never in a normal run."""
+
+
 def make_sessionmaker(
-    engine: AsyncEngine, *, on_outbox_commit: Callable[[], None] | None = None
+    engine: AsyncEngine,
+    *,
+    on_outbox_commit: Callable[[], None] | None = None,
+    fail_commit_rate: float = 0.0,
 ) -> async_sessionmaker:
-    """Sessions that call ``on_outbox_commit`` after a commit that staged outbox messages."""
+    """Sessions that call ``on_outbox_commit`` after a commit that staged outbox messages.
+
+    ``fail_commit_rate`` (fault injection for the resilience tests, ``OMS_FAULT_FAIL_COMMIT_RATE``;
+    0 in every real run) makes that share of commits that handled a message fail, to show that the
+    message is then redelivered and applied once.
+    """
 
     class ServiceSession(Session):
         pass
+
+    if fail_commit_rate > 0:
+
+        @event.listens_for(ServiceSession, "before_commit")
+        def _fail_some(session: Session) -> None:
+            if session.info.get("outbox_staged") and random.random() < fail_commit_rate:
+                raise InjectedCommitFailure("injected commit failure")
 
     if on_outbox_commit is not None:
 

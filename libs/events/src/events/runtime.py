@@ -67,7 +67,9 @@ class ServiceRuntime:
             batch=s.outbox_batch,
             poll_seconds=s.outbox_poll_seconds,
         )
-        self.sessions = make_sessionmaker(self.engine, on_outbox_commit=self.relay.wake)
+        self.sessions = make_sessionmaker(
+            self.engine, on_outbox_commit=self.relay.wake, fail_commit_rate=s.fault_fail_commit_rate
+        )
         self.relay._sessions = self.sessions
         self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
         for router in self.routers:

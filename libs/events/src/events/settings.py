@@ -32,6 +32,7 @@ _UNPREFIXED = {
     "api_keys": "API_KEYS",
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
+    "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
 }
 
 
@@ -50,6 +51,8 @@ class ServiceSettings(BaseSettings):
     prefetch: int = 32
     outbox_batch: int = 200
     outbox_poll_seconds: float = 1.0
+    fault_fail_commit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fault injection for the resilience tests only (OMS_FAULT_FAIL_COMMIT_RATE)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -68,6 +71,8 @@ class ServiceSettings(BaseSettings):
         if self.environment == "production":
             if set(self.api_keys) & set(DEV_API_KEYS):
                 raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")
+            if self.fault_fail_commit_rate:
+                raise ValueError("fault injection must not be switched on in production")
             if "guest:guest@" in self.amqp_url:
                 raise ValueError("the guest broker account must not be used in production: set AMQP_URL")
         return self

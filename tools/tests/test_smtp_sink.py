@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+
 from omstools.rabbit import free_port, port_open
 from omstools.smtp_sink import Mailbox, SmtpSink, read_messages
 

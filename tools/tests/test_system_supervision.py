@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from omstools.system import StartupError, System
 
 DUMMY = Path(__file__).with_name("dummy_service.py")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from events.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTIFICATIONS_", extra="ignore")
+
+    service: str = "notifications"
+    http_port: int = 8004
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_timeout: float = 10.0
+    """Seconds for one SMTP conversation (connect, send, quit) before it counts as a transient failure."""
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "OMS <orders@oms.local>"
+
+    send_lease_seconds: float = 15.0
+    """How long a handler owns a pending notification while it sends it. Another delivery of the same
+    event waits (is retried) until then, so two consumers never send one notification at the same time;
+    after a crash the redelivered event sends it once the lease has run out. Keep it above smtp_timeout,
+    and well below the ~30 s a message spends in retries before it is dead-lettered."""
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> Settings:
+        if self.send_lease_seconds <= self.smtp_timeout:
+            raise ValueError("send_lease_seconds must be greater than smtp_timeout")
+        return self

@@ -1,0 +1,304 @@
+"""Subscribers: who to tell (``register_recipient``) and what to tell them (``order.status_changed``,
+``payment.refunded``).
+
+A notification is sent only after its intent is recorded. One transaction claims the event in the
+inbox and writes a ``pending`` row per channel the customer wants (unique per event and channel).
+Then each row is leased, sent outside any transaction, and a second transaction marks it ``sent``
+(or ``failed``) and stages ``notification.sent`` / ``notification.failed`` in the outbox.
+
+The honest guarantee is at least once: a crash after the SMTP server took an e-mail and before its
+row is marked sends it again when the event is redelivered (once: then the row is marked). Every
+attempt carries the same Message-ID, derived from the event id, so mail clients show one message.
+
+Errors follow the shared consume policy: a recipient not registered yet (the command and the event
+may arrive in either order), a channel that is down, or a row another delivery is sending raise an
+ordinary exception, and the event is retried with back-off; a redelivered event finishes whatever
+of it is still pending.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from typing import Annotated, Any
+from uuid import uuid4
+
+from faststream import Context
+from faststream.rabbit import RabbitRouter
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from events import inbox, outbox, topology
+from events.broker import queue
+from events.envelope import Envelope
+from events.logs import get_logger
+from events.notifications import NotificationFailed, NotificationSent, RegisterRecipient
+from events.orders import OrderStatusChanged
+from events.payments import PaymentRefunded
+from notifications.channels import ChannelAdapter, Outgoing, Rejected, Transient
+from notifications.config import Settings
+from notifications.db import Notification, Preference, Recipient
+from notifications.domain import (
+    DEFAULT_CHANNELS,
+    REFUND_TEMPLATE,
+    Channel,
+    NotificationStatus,
+    address_for,
+    enabled_channels,
+    mask_address,
+    mask_email,
+    message_id,
+    resolve_locale,
+    status_template,
+)
+from notifications.templates import render
+
+SERVICE = "notifications"
+REGISTER = topology.command_queue("notifications.register_recipient")
+STATUS_CHANGED = topology.event_queue(SERVICE, "order.status_changed")
+REFUNDED = topology.event_queue(SERVICE, "payment.refunded")
+
+log = get_logger(__name__)
+router = RabbitRouter()
+
+Sessions = Annotated[async_sessionmaker, Context("sessions")]
+Channels = Annotated[dict[str, ChannelAdapter], Context("channels")]
+Config = Annotated[Settings, Context("settings")]
+
+
+class RecipientNotRegistered(Exception):
+    """The event came before the order's ``register_recipient`` command: retried until it is there."""
+
+
+class DeliveryPending(Exception):
+    """Some notification of the event is not sent yet: the event is retried and sends what is left."""
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@router.subscriber(queue(REGISTER))
+async def handle_register_recipient(msg: Envelope[RegisterRecipient], sessions: Sessions) -> None:
+    cmd = msg.data
+    now = datetime.now(UTC)
+    at = _aware(msg.time)
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, REGISTER):
+            return
+        recipient = await session.get(Recipient, cmd.order_id)
+        if recipient is None:
+            session.add(
+                Recipient(
+                    order_id=cmd.order_id,
+                    customer_id=cmd.customer_id,
+                    name=cmd.name,
+                    email=cmd.email,
+                    phone=cmd.phone,
+                    locale=cmd.locale,
+                    registered_at=at,
+                    updated_at=now,
+                )
+            )
+        elif at >= recipient.registered_at:
+            recipient.customer_id, recipient.name, recipient.email = cmd.customer_id, cmd.name, cmd.email
+            recipient.phone, recipient.locale = cmd.phone, cmd.locale
+            recipient.registered_at, recipient.updated_at = at, now
+    log.info("recipient.registered", email=mask_email(cmd.email), locale=resolve_locale(cmd.locale))
+
+
+@router.subscriber(queue(STATUS_CHANGED))
+async def on_order_status_changed(
+    msg: Envelope[OrderStatusChanged], sessions: Sessions, channels: Channels, settings: Config
+) -> None:
+    event = msg.data
+    await _record(sessions, msg, STATUS_CHANGED, event.order_id, status_template(event.to_status), settings,
+                  reason=event.reason)
+    await _deliver(sessions, channels, settings, msg)
+
+
+@router.subscriber(queue(REFUNDED))
+async def on_payment_refunded(
+    msg: Envelope[PaymentRefunded], sessions: Sessions, channels: Channels, settings: Config
+) -> None:
+    event = msg.data
+    await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
+                  amount=event.amount, currency=event.currency)
+    await _deliver(sessions, channels, settings, msg)
+
+
+async def _record(
+    sessions: async_sessionmaker,
+    msg: Envelope[Any],
+    consumer: str,
+    order_id: str,
+    template: str,
+    settings: Settings,
+    **params: Any,
+) -> None:
+    """Write a ``pending`` notification per channel the customer wants, once per event."""
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, consumer):
+            return  # recorded before: _deliver finishes whatever is still pending
+        recipient = await session.get(Recipient, order_id)
+        if recipient is None:
+            raise RecipientNotRegistered(f"no recipient registered for order {order_id} yet")
+        done = set(
+            (await session.scalars(select(Notification.channel).where(Notification.source_event_id == msg.id))).all()
+        )
+        wanted = await _channels_of(session, recipient.customer_id)
+        rendered = render(template, recipient.locale, order_id=order_id, name=recipient.name, **params)
+        domain = parseaddr(settings.mail_from)[1].rpartition("@")[2]
+        now = datetime.now(UTC)
+        for channel in wanted:
+            if channel.value in done:
+                continue
+            address = address_for(channel, email=recipient.email, phone=recipient.phone,
+                                  customer_id=recipient.customer_id)
+            row = Notification(
+                id=str(uuid4()),
+                source_event_id=msg.id,
+                source_type=msg.type,
+                order_id=order_id,
+                customer_id=recipient.customer_id,
+                channel=channel.value,
+                template=template,
+                locale=rendered.locale,
+                address=address,
+                subject=rendered.subject,
+                body=rendered.body,
+                message_id=message_id(msg.id, channel, domain),
+                status=NotificationStatus.PENDING if address else NotificationStatus.FAILED,
+                attempts=0,
+                last_error=None if address else "no_address",
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            if not address:
+                await _stage_outcome(session, msg, row)
+        await session.flush()  # the unique key (event, channel) refuses a second row
+    log.info("notification.recorded", template=template, channels=[c.value for c in wanted])
+
+
+async def _channels_of(session: AsyncSession, customer_id: str) -> list[Channel]:
+    pref = await session.get(Preference, customer_id)
+    if pref is None:
+        return sorted(DEFAULT_CHANNELS)
+    return enabled_channels(email=pref.email, sms=pref.sms, push=pref.push)
+
+
+async def _deliver(
+    sessions: async_sessionmaker, channels: dict[str, ChannelAdapter], settings: Settings, msg: Envelope[Any]
+) -> None:
+    """Send every pending notification of ``msg`` that no other delivery is sending right now."""
+    now = datetime.now(UTC)
+    lease_until = now + timedelta(seconds=settings.send_lease_seconds)
+    leased: list[tuple[Notification, str | None]] = []
+    busy = 0
+    async with sessions.begin() as session:
+        rows = (
+            await session.scalars(
+                select(Notification)
+                .where(Notification.source_event_id == msg.id, Notification.status == NotificationStatus.PENDING)
+                .order_by(Notification.channel)
+            )
+        ).all()
+        for row in rows:
+            taken = await session.execute(
+                update(Notification)
+                .where(
+                    Notification.id == row.id,
+                    Notification.status == NotificationStatus.PENDING,
+                    or_(Notification.lease_until.is_(None), Notification.lease_until <= now),
+                )
+                .values(lease_until=lease_until, attempts=Notification.attempts + 1, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount != 1:
+                busy += 1
+                continue
+            recipient = await session.get(Recipient, row.order_id)
+            leased.append((row, recipient.name if recipient else None))
+
+    not_sent: list[str] = []
+    for row, name in leased:
+        adapter = channels.get(row.channel)
+        outgoing = Outgoing(
+            channel=row.channel, address=row.address or "", name=name, subject=row.subject, body=row.body,
+            locale=row.locale, message_id=row.message_id,
+        )
+        try:
+            if adapter is None:
+                raise Rejected("channel_unavailable")
+            ref = await adapter.send(outgoing)
+        except Rejected as exc:
+            await _finish(sessions, msg, row, NotificationStatus.FAILED, error=str(exc))
+        except Exception as exc:  # Transient, or anything unexpected: keep it pending, retry the event
+            reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
+            await _release(sessions, row, reason)
+            not_sent.append(f"{row.channel}: {reason}")
+            log.warning("notification.not_sent", channel=row.channel, template=row.template,
+                        recipient=mask_address(row.channel, row.address), error=reason)
+        else:
+            await _finish(sessions, msg, row, NotificationStatus.SENT, ref=ref)
+
+    if not_sent:
+        raise DeliveryPending(f"not sent yet ({'; '.join(not_sent)})")
+    if busy:
+        raise DeliveryPending(f"{busy} notification(s) of this event are being sent by another delivery")
+
+
+async def _finish(
+    sessions: async_sessionmaker,
+    msg: Envelope[Any],
+    row: Notification,
+    status: NotificationStatus,
+    *,
+    ref: str | None = None,
+    error: str | None = None,
+) -> None:
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        marked = await session.execute(
+            update(Notification)
+            .where(Notification.id == row.id, Notification.status == NotificationStatus.PENDING)
+            .values(status=status, provider_ref=ref, last_error=error, lease_until=None, updated_at=now,
+                    sent_at=now if status == NotificationStatus.SENT else None)
+            .execution_options(synchronize_session=False)
+        )
+        if marked.rowcount != 1:
+            return  # marked meanwhile by a delivery that took over an expired lease
+        row.status, row.last_error = status, error
+        await _stage_outcome(session, msg, row)
+    log.info(
+        f"notification.{status}",
+        channel=row.channel,
+        template=row.template,
+        locale=row.locale,
+        recipient=mask_address(row.channel, row.address),
+        error=error,
+    )
+
+
+async def _release(sessions: async_sessionmaker, row: Notification, reason: str) -> None:
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == row.id, Notification.status == NotificationStatus.PENDING)
+            .values(lease_until=None, last_error=reason[:200], updated_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Notification) -> None:
+    """``notification.sent`` / ``notification.failed``: channel, template, locale and order only."""
+    if row.status == NotificationStatus.SENT:
+        event: NotificationSent | NotificationFailed = NotificationSent(
+            order_id=row.order_id, channel=row.channel, template=row.template, locale=row.locale
+        )
+    else:
+        event = NotificationFailed(
+            order_id=row.order_id, channel=row.channel, template=row.template, reason=row.last_error or "failed"
+        )
+    await outbox.stage(session, event, service=SERVICE, subject=row.order_id, causation=msg)

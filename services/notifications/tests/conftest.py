@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from events.db import make_engine, make_sessionmaker, messaging_metadata
-from notifications.channels import Outgoing, Rejected, Transient
+from notifications.channels import Outgoing
 from notifications.config import Settings
 from notifications.db import Base
 
@@ -44,5 +44,3 @@ class RecordingChannel:
 def channels() -> dict[str, RecordingChannel]:
     return {name: RecordingChannel(name) for name in ("email", "sms", "push")}
 
-
-__all__ = ["RecordingChannel", "Rejected", "Transient"]

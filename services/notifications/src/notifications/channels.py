@@ -83,9 +83,9 @@ class SmtpEmail:
         email["Subject"] = message.subject
         email["Message-ID"] = message.message_id
         email["Date"] = format_datetime(datetime.now(UTC))
-        email["Content-Language"] = message.locale
         email["Auto-Submitted"] = "auto-generated"
-        email.set_content(message.body)
+        email.set_content(message.body)  # drops every Content-* header set before it
+        email["Content-Language"] = message.locale
         return email
 
     async def send(self, message: Outgoing) -> str:

@@ -277,7 +277,7 @@ async def _finish(
         template=row.template,
         locale=row.locale,
         recipient=mask_address(row.channel, row.address),
-        error=error,
+        **({"error": error} if error else {}),
     )
 
 

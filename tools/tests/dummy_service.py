@@ -2,8 +2,8 @@
 
 Follows the services' convention: its port in ``<NAME>_HTTP_PORT``,
 ``GET /readyz`` answers 200. ``DUMMY_MODE``: ``serve`` (default), ``die`` (exit 3 at once),
-``stubborn`` (ignore SIGTERM). ``migrate`` writes ``<OMS_VAR_DIR>/<name>.migrated`` and exits,
-or exits 2 when ``DUMMY_MODE=fail-migrate``.
+``stubborn`` (ignore SIGTERM). ``migrate`` and ``seed`` write ``<OMS_VAR_DIR>/<name>.<command>.done``
+and exit, or exit 2 when ``DUMMY_MODE=fail-<command>``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ def main() -> int:
     command = sys.argv[1]
     name = sys.argv[2]
     mode = os.environ.get("DUMMY_MODE", "serve")
-    if command == "migrate":
-        if mode == "fail-migrate":
-            print("migration failed on purpose", flush=True)
+    if command in ("migrate", "seed"):
+        if mode == f"fail-{command}":
+            print(f"{command} failed on purpose", flush=True)
             return 2
-        Path(os.environ["OMS_VAR_DIR"], f"{name}.migrated").write_text("done")
+        Path(os.environ["OMS_VAR_DIR"], f"{name}.{command}.done").write_text("done")
         return 0
     if mode == "die":
         print("dying on purpose", flush=True)

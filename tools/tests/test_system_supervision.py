@@ -109,10 +109,10 @@ def test_env_for_names_the_broker_ports_var_dir_and_smtp_and_overrides_win(make_
 def test_migrate_runs_every_service_and_names_the_one_that_failed(make_system, tmp_path):
     system = make_system()
     system.migrate(timeout=20)
-    assert (system.var_dir / "alpha.migrated").exists() and (system.var_dir / "beta.migrated").exists()
+    assert (system.var_dir / "alpha.migrate.done").exists() and (system.var_dir / "beta.migrate.done").exists()
 
     system.service_env["beta"] = {"DUMMY_MODE": "fail-migrate"}
-    with pytest.raises(StartupError, match=r"(?s)beta migrate exited 2.*migration failed on purpose"):
+    with pytest.raises(StartupError, match=r"(?s)beta migrate exited 2.*migrate failed on purpose"):
         system.migrate(timeout=20)
 
 

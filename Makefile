@@ -1,0 +1,80 @@
+# The project's commands (README, CONTRACT §1). Needs only Debian/Ubuntu, Python 3.11+ and make:
+# uv comes from pip when it is missing, RabbitMQ from apt-get when it is missing and we are root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+# where `pip install --user uv` puts it
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+PYTHON ?= python3
+TEST_PATHS ?= libs services tools tests
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+VERIFY_ARGS ?=
+RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
+# Run from the lock as `venv` installed it (no re-locking behind our back).
+UV_RUN := uv run $(if $(wildcard uv.lock),--frozen)
+
+# pytest, where "no tests collected" (exit code 5) is a failure too.
+pytest = rc=0; $(UV_RUN) pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
+
+.PHONY: help uv venv rabbitmq run test test-unit test-integration lint bench verify clean
+
+help:
+	@echo "make run               start everything (broker, databases, demo data, five services) until Ctrl-C"
+	@echo "make test              every test: unit, service and integration on a real RabbitMQ"
+	@echo "make test-unit         the tests that need no broker"
+	@echo "make test-integration  the tests on a real broker and real service processes"
+	@echo "make lint              ruff"
+	@echo "make bench             the load benchmark (BENCH_ARGS=...)"
+	@echo "make verify            audit a running system through its APIs (VERIFY_ARGS=...)"
+	@echo "make clean             remove .var (databases, logs, mail, the local broker's data)"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || { \
+		echo "uv is missing: installing it with pip"; \
+		if ! $(PYTHON) -m pip --version >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip; fi; \
+		$(PYTHON) -m pip install -q uv \
+		|| $(PYTHON) -m pip install -q --break-system-packages uv \
+		|| $(PYTHON) -m pip install -q --user --break-system-packages uv \
+		|| $(PYTHON) -m pip install -q --user uv; \
+		command -v uv >/dev/null 2>&1 || { echo "could not install uv: see https://docs.astral.sh/uv/" >&2; exit 1; }; }
+
+venv: uv
+	@if [ -f uv.lock ]; then uv sync --all-packages --frozen; else uv sync --all-packages; fi
+
+# The broker the tests start their own nodes from (unless AMQP_URL names one).
+rabbitmq:
+	@if [ -z "$${AMQP_URL:-}" ] && [ ! -x $(RABBITMQ_SERVER) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "rabbitmq-server is missing: installing it with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; \
+		else \
+			echo "rabbitmq-server is missing: run 'sudo apt-get install -y rabbitmq-server', or set AMQP_URL" >&2; \
+		fi; \
+	fi
+
+run: venv
+	@$(UV_RUN) python -m omstools.run
+
+test: venv rabbitmq
+	@$(call pytest,$(TEST_PATHS))
+
+test-unit: venv
+	@$(call pytest,-m "not integration" $(TEST_PATHS))
+
+test-integration: venv rabbitmq
+	@$(call pytest,-m integration $(TEST_PATHS))
+
+lint: venv
+	$(UV_RUN) ruff check .
+
+bench: venv
+	$(UV_RUN) python -m omstools.bench $(BENCH_ARGS)
+
+verify: venv
+	$(UV_RUN) python -m omstools.verify $(VERIFY_ARGS)
+
+clean:
+	rm -rf .var

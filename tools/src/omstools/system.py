@@ -87,7 +87,8 @@ class System:
     def __post_init__(self) -> None:
         self.var_dir = Path(self.var_dir).resolve()
         for svc in self.services:
-            self.ports.setdefault(svc, free_port())
+            if svc not in self.ports:
+                self.ports[svc] = free_port()
 
     @classmethod
     def on_free_ports(cls, var_dir: Path, amqp_url: str, **kwargs) -> System:

@@ -124,9 +124,13 @@ def test_make_run_starts_everything_restarts_a_dead_service_and_stops_on_sigterm
         assert run.wait(timeout=60) == 0
         out.wait_for("[oms] stopped")
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        if run.poll() is None:  # a failed assertion: still let it stop what it started
+            run.send_signal(signal.SIGTERM)
+            try:
+                run.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
     assert all(gone(pid) for pid in [*pids.values(), new_pid])
 
 

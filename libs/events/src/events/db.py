@@ -85,12 +85,15 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if not is_sqlite(url):
-        return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return create_async_engine(
+            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+        )
 
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+    # hide_parameters: errors never carry row values (contact details) into logs
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - driver hook

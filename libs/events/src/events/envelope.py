@@ -6,11 +6,13 @@ that fields added later within a version never break them.
 
 from __future__ import annotations
 
+import types
+import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.names import command_type, event_type
 
@@ -41,10 +43,41 @@ class Command(Message):
 T = TypeVar("T")
 
 
+def _known_fields_only(annotation: Any, value: Any) -> Any:
+    """``value`` without the keys ``annotation``'s models do not know, at every depth.
+
+    Message models forbid unknown fields so that producers cannot misspell one; a consumer must
+    instead ignore fields a newer producer added within the same version.
+    """
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
+        fields = annotation.model_fields
+        return {k: _known_fields_only(fields[k].annotation, v) for k, v in value.items() if k in fields}
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list) and args:
+        return [_known_fields_only(args[0], v) for v in value]
+    if origin is typing.Annotated and args:
+        return _known_fields_only(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return _known_fields_only(models[0], value)
+    return value
+
+
 class Envelope(BaseModel, Generic[T]):
-    """A CloudEvent as consumers read it; ``Envelope[StockReserved]`` validates ``data`` too."""
+    """A CloudEvent as consumers read it; ``Envelope[StockReserved]`` validates ``data`` too,
+    ignoring fields it does not know (added later within the version)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_unknown_data_fields(cls, values: Any) -> Any:
+        args = cls.__pydantic_generic_metadata__.get("args") or ()
+        if args and isinstance(values, dict) and "data" in values:
+            values = {**values, "data": _known_fields_only(args[0], values["data"])}
+        return values
 
     specversion: Literal["1.0"] = "1.0"
     id: str

@@ -169,3 +169,33 @@ async def test_inbox_claims_a_message_once_per_consumer(db):
             raise RuntimeError("effect failed")
     async with sessions.begin() as session:
         assert await inbox.claim(session, "rolled-back", "a") is True  # a failed attempt claims nothing
+
+
+async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk(rabbit, db, listener):
+    """CONTRACT §6: the CloudEvents Python SDK's RabbitMQ binding reads every message as is."""
+    from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq
+    from cloudevents.core.formats.json import JSONFormat
+
+    setup_tracing("test")
+    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=60)
+    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
+    relay._sessions = sessions
+    await relay.start()
+    try:
+        with tracer().start_as_current_span("sdk"):
+            async with sessions.begin() as session:
+                message_id = await outbox.stage(session, Pinged(n=7), service="test", subject="ord-7")
+        [message] = await _take(listener, 1)
+    finally:
+        await relay.stop()
+    event = from_rabbitmq(
+        RabbitMQMessage(headers=dict(message.headers or {}), content_type=message.content_type, body=message.body),
+        JSONFormat(),
+    )
+    assert event.get_id() == message_id
+    assert event.get_type() == "oms.test.pinged.v1"
+    assert event.get_source() == "oms/test"
+    assert event.get_subject() == "ord-7"
+    assert event.get_data() == {"n": 7}
+    assert event.get_extension("correlationid") == "ord-7"
+    assert event.get_extension("traceparent").startswith("00-")

@@ -72,9 +72,8 @@ async def _pending(sessions) -> int:
 
 async def test_only_committed_messages_are_published_persistent_and_traced(rabbit, db, listener):
     setup_tracing("test")
-    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=60)  # polling off: only wake-ups
-    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
-    relay._sessions = sessions
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)  # polling off: only wake-ups
     await relay.start()
     try:
         with pytest.raises(RuntimeError):
@@ -100,9 +99,8 @@ async def test_only_committed_messages_are_published_persistent_and_traced(rabbi
 
 
 async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, db):
-    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=0.1)
-    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
-    relay._sessions = sessions
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=0.1)
     connection = await aio_pika.connect(rabbit.url)
     await topology.declare(await connection.channel())
     await relay.start()
@@ -131,9 +129,8 @@ async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, 
 
 
 async def test_messages_staged_while_the_broker_is_unreachable_wait_in_the_outbox(rabbit, db, listener):
-    relay = OutboxRelay(None, "amqp://guest:guest@127.0.0.1:1/", service="test", poll_seconds=0.1)
-    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
-    relay._sessions = sessions
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    relay = OutboxRelay(sessions, "amqp://guest:guest@127.0.0.1:1/", service="test", poll_seconds=0.1)
     await relay.start()
     try:
         async with sessions.begin() as session:
@@ -177,9 +174,8 @@ async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk
     from cloudevents.core.formats.json import JSONFormat
 
     setup_tracing("test")
-    relay = OutboxRelay(None, rabbit.url, service="test", poll_seconds=60)
-    sessions = make_sessionmaker(db, on_outbox_commit=relay.wake)
-    relay._sessions = sessions
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)
     await relay.start()
     try:
         with tracer().start_as_current_span("sdk"):

@@ -60,17 +60,12 @@ class ServiceRuntime:
         setup_tracing(s.service)
         self.registry = CollectorRegistry()
         self.engine = make_engine(s.database_url)
-        self.relay = OutboxRelay(
-            None,  # set below, once the session factory exists
-            s.amqp_url,
-            service=s.service,
-            batch=s.outbox_batch,
-            poll_seconds=s.outbox_poll_seconds,
-        )
         self.sessions = make_sessionmaker(
-            self.engine, on_outbox_commit=self.relay.wake, fail_commit_rate=s.fault_fail_commit_rate
+            self.engine, on_outbox_commit=lambda: self.relay.wake(), fail_commit_rate=s.fault_fail_commit_rate
         )
-        self.relay._sessions = self.sessions
+        self.relay = OutboxRelay(
+            self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds
+        )
         self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
         for router in self.routers:
             self.broker.include_router(router)

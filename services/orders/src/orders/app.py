@@ -1,0 +1,31 @@
+"""Wiring only: settings, runtime (engine, broker, outbox relay), the saga's deadline scanner,
+the dead-letter parking, HTTP routes."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from events import deadletters
+from events.runtime import ServiceRuntime
+from events.web import install
+from orders import api, handlers, ops
+from orders.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        s = settings or Settings()
+        routers = [handlers.router, deadletters.build_router()]
+        async with ServiceRuntime(s, routers=routers) as runtime, handlers.deadlines(runtime.sessions, s):
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(title="OMS orders", version="1", lifespan=lifespan)
+    install(app, "orders")
+    app.include_router(api.router)
+    app.include_router(ops.router)
+    app.include_router(deadletters.build_api())
+    return app

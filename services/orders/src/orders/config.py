@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from events.settings import ServiceSettings
+from orders.saga import Timeouts
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore")
+
+    service: str = "orders"
+    http_port: int = 8000
+    payment_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long the saga waits for the payment before cancelling with payment_timeout."""
+    step_timeout_seconds: float = Field(default=30.0, gt=0)
+    """How long the other steps and the compensations wait before their command is sent again."""
+    max_resends: int = Field(default=3, ge=0)
+    deadline_poll_seconds: float = Field(default=0.5, gt=0)
+    max_quantity_per_line: int = Field(default=100, gt=0)
+    idempotency_abandoned_seconds: float = 30.0
+    """A request still "in progress" after this long died half-way; its key may be used again."""
+    stuck_after_seconds: float = 300.0
+    inventory_url: str = "http://127.0.0.1:8001"
+    ops_api_key: str = "dev-ops-key"
+    """The key the dashboard uses to read low stock from inventory."""
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            payment_seconds=self.payment_timeout_seconds,
+            step_seconds=self.step_timeout_seconds,
+            max_resends=self.max_resends,
+        )

@@ -1,0 +1,315 @@
+"""The two things the orders service does to an order, each in ONE transaction with the messages
+it emits: create it (HTTP or AMQP), and move its saga (a reply, a deadline, a person's request).
+
+Both the subscribers (handlers.py), the HTTP routes (api.py) and the deadline scanner call these.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from events import inbox, inventory, notifications, outbox, payments, shipping
+from events.envelope import Envelope, Incoming
+from events.logs import get_logger
+from events.orders import (
+    Address,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderDelivered,
+    OrderNeedsAttention,
+    OrderPaid,
+    OrderPlaced,
+    OrderStatusChanged,
+    PlaceOrder,
+)
+from events.types import LineItem, OrderStatus, PricedLine
+from orders import saga as flow
+from orders.config import Settings
+from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
+from orders.domain import order_total, payment_status, request_fingerprint
+
+SERVICE = "orders"
+log = get_logger(__name__)
+
+Cause = Incoming | Envelope[Any] | None
+
+
+class KeyReused(Exception):
+    """The Idempotency-Key was used before with another body (422)."""
+
+
+class KeyInProgress(Exception):
+    """The first request with this Idempotency-Key is still being handled (409)."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    order_id: str
+    created: bool  # False: the same request again, answered with the order it made
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Cause) -> None:
+    await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause, correlationid=order_id)
+
+
+# --- creating an order ------------------------------------------------------------------------
+
+
+async def place_order(
+    sessions: async_sessionmaker, request: PlaceOrder, *, key: str, settings: Settings, cause: Cause = None
+) -> Placed:
+    """Create the order once per key. A first short transaction claims the key (so a concurrent
+    duplicate sees it "in progress"); a second creates the order and everything it emits."""
+    fingerprint = request_fingerprint(request)
+    now = _now()
+    try:
+        async with sessions.begin() as session:
+            existing = await session.get(IdempotencyKey, key)
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    raise KeyReused(key)
+                if existing.state == "done":
+                    return Placed(existing.order_id, created=False)
+                if now - existing.created_at < timedelta(seconds=settings.idempotency_abandoned_seconds):
+                    raise KeyInProgress(key)
+                existing.created_at = now  # the first attempt died half-way: take it over
+            else:
+                session.add(IdempotencyKey(key=key, fingerprint=fingerprint, state="in_progress", created_at=now))
+    except IntegrityError as exc:  # a concurrent request claimed the key first
+        raise KeyInProgress(key) from exc
+
+    order_id = f"ord_{uuid.uuid4().hex}"
+    async with sessions.begin() as session:
+        claim = await session.get(IdempotencyKey, key)
+        if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
+            return Placed(claim.order_id or "", created=False)
+        await _create(session, order_id, request, settings=settings, cause=cause, now=now)
+        claim.state, claim.order_id = "done", order_id
+    log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
+    return Placed(order_id, created=True)
+
+
+async def _create(
+    session: AsyncSession, order_id: str, request: PlaceOrder, *, settings: Settings, cause: Cause, now: datetime
+) -> None:
+    total = order_total(request)
+    saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now, timeouts=settings.timeouts)
+    order = Order(
+        id=order_id,
+        status=saga.status,
+        status_reason=None,
+        customer_id=request.customer.id,
+        channel=request.channel,
+        currency=request.currency,
+        total=total,
+        customer=request.customer.model_dump(mode="json"),
+        shipping_address=request.shipping_address.model_dump(mode="json"),
+        payment_method=request.payment.method,
+        payment_token=request.payment.token,
+        payment_status="pending",
+        payment_amount=Decimal("0"),
+        payment_failed=False,
+        refunded_amount=Decimal("0"),
+        shipment=None,
+        saga=saga.to_dict(),
+        deadline_at=saga.deadline_at,
+        attention=None,
+        created_at=now,
+        updated_at=now,
+        lines=[
+            OrderLine(position=i, sku=line.sku, quantity=line.quantity, unit_price=line.unit_price)
+            for i, line in enumerate(request.items)
+        ],
+        history=[OrderHistory(status=saga.status, reason=None, at=now)],
+    )
+    session.add(order)
+    await session.flush()
+    customer = request.customer
+    await _stage(
+        session,
+        OrderPlaced(
+            order_id=order_id,
+            customer_id=customer.id,
+            channel=request.channel,
+            currency=request.currency,
+            total=total,
+            items=[PricedLine(sku=i.sku, quantity=i.quantity, unit_price=i.unit_price) for i in request.items],
+            country=request.shipping_address.country,
+            placed_at=now,
+        ),
+        order_id,
+        cause,
+    )
+    await _stage(
+        session,
+        OrderStatusChanged(order_id=order_id, customer_id=customer.id, from_status=None, to_status=saga.status, at=now),
+        order_id,
+        cause,
+    )
+    await _stage(
+        session,
+        notifications.RegisterRecipient(
+            order_id=order_id, customer_id=customer.id, name=customer.name, email=customer.email,
+            phone=customer.phone, locale=customer.locale,
+        ),
+        order_id,
+        cause,
+    )
+    for intent in intents:
+        await _stage(session, _command(order, saga, intent), order_id, cause)
+
+
+# --- moving the saga --------------------------------------------------------------------------
+
+
+async def apply(
+    sessions: async_sessionmaker,
+    order_id: str,
+    reply: object,
+    *,
+    settings: Settings,
+    cause: Cause = None,
+    consumer: str | None = None,
+    before: Any = None,
+) -> Order | None:
+    """Feed one reply, deadline or request to the order's saga, and save the outcome with the
+    commands and events it emits. Raises ``saga.Refused`` for a request not allowed now.
+
+    ``before(order)`` may change the order first, in the same transaction (an address change).
+    """
+    now = _now()
+    async with sessions.begin() as session:
+        if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
+            return None
+        order = await session.get(Order, order_id)
+        if order is None:
+            log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)
+            return None
+        old = flow.Saga.from_dict(order.saga)
+        new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
+        if before is not None:
+            before(order)
+        _summaries(order, reply)
+        if new.ignored > old.ignored:
+            log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
+        order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
+        if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
+            order.payment_token = None  # decided: the token is of no more use
+        if new.status != old.status:
+            await _status_changed(session, order, old, new, now, cause)
+        for intent in intents:
+            if isinstance(intent, flow.RaiseAttention):
+                order.attention = intent.detail
+                await _stage(session, OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail), order_id, cause)
+                log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
+            else:
+                await _stage(session, _command(order, new, intent), order_id, cause)
+        return order
+
+
+async def _status_changed(session: AsyncSession, order: Order, old: flow.Saga, new: flow.Saga, now: datetime, cause: Cause) -> None:
+    order.status, order.status_reason = new.status, new.reason
+    order.history.append(OrderHistory(status=new.status, reason=new.reason, at=now))
+    oid = order.id
+    await _stage(
+        session,
+        OrderStatusChanged(
+            order_id=oid, customer_id=order.customer_id, from_status=old.status, to_status=new.status,
+            reason=new.reason, at=now,
+        ),
+        oid,
+        cause,
+    )
+    specific = {
+        OrderStatus.CONFIRMED: lambda: OrderConfirmed(order_id=oid),
+        OrderStatus.PAID: lambda: OrderPaid(order_id=oid, amount=new.captured, currency=order.currency),
+        OrderStatus.CANCELLED: lambda: OrderCancelled(order_id=oid, reason=new.reason),
+        OrderStatus.DELIVERED: lambda: OrderDelivered(order_id=oid, delivered_at=now),
+    }.get(new.status)
+    if specific is not None:
+        await _stage(session, specific(), oid, cause)
+    log.info("order.status_changed", order_id=oid, from_status=old.status, to_status=new.status, reason=new.reason)
+
+
+def _summaries(order: Order, reply: object) -> None:
+    """Keep the order's view of its payment and shipment as the other services report them."""
+    match reply:
+        case payments.PaymentCaptured():
+            order.payment_amount = reply.amount
+        case payments.PaymentFailed():
+            order.payment_failed = True
+        case payments.PaymentRefunded():
+            order.refunded_amount = max(order.refunded_amount, reply.refunded_total)
+        case shipping.ShipmentCreated():
+            order.shipment = {
+                "carrier": reply.carrier, "tracking_number": reply.tracking_number, "status": "created",
+                "estimated_delivery": reply.estimated_delivery.isoformat(),
+            }
+        case shipping.ShipmentUpdated():
+            current = dict(order.shipment or {"estimated_delivery": None})
+            current.update(carrier=reply.carrier, tracking_number=reply.tracking_number, status=reply.status)
+            order.shipment = current
+        case shipping.ShipmentReturned() if order.shipment:
+            order.shipment = {**order.shipment, "status": "returned"}
+        case _:
+            return
+    order.payment_status = payment_status(
+        captured=order.payment_amount, refunded=order.refunded_amount, failed=order.payment_failed
+    )
+
+
+def _command(order: Order, saga: flow.Saga, intent: object) -> Any:
+    """An intent of the saga as the command another service takes, with the order's data."""
+    oid = order.id
+    items = [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
+    address = order.shipping_address
+    match intent:
+        case flow.Reserve():
+            return inventory.ReserveStock(
+                order_id=oid, items=items, country=address["country"],
+                latitude=address.get("latitude"), longitude=address.get("longitude"),
+            )
+        case flow.Release():
+            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released")
+        case flow.Commit():
+            return inventory.CommitStock(order_id=oid)
+        case flow.Restock(items=returned):
+            return inventory.RestockItems(order_id=oid, items=returned)
+        case flow.Capture():
+            if not order.payment_token:
+                raise RuntimeError(f"order {oid} has no payment token left to capture with")
+            return payments.CapturePayment(
+                order_id=oid, amount=order.total, currency=order.currency, method=order.payment_method,
+                token=order.payment_token,
+            )
+        case flow.Refund(amount=amount, key=key):
+            return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
+        case flow.CreateShipment(warehouse=warehouse):
+            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, address=Address(**address), items=items)
+        case flow.CancelShipment():
+            return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
+        case flow.ChangeShipmentAddress():
+            return shipping.ChangeShipmentAddress(order_id=oid, address=Address(**address))
+        case flow.ExpectReturn(items=returned):
+            return shipping.ExpectReturn(order_id=oid, items=returned)
+    raise TypeError(f"no command for {intent!r}")
+
+
+async def due_deadlines(sessions: async_sessionmaker, *, limit: int = 200) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Order.id).where(Order.deadline_at.is_not(None), Order.deadline_at <= _now()).limit(limit)
+        )
+        return list(rows)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from events.db import make_engine, make_sessionmaker, messaging_metadata
+from events.deadletters import deadletter_metadata
+from events.web import install
+from orders import api, ops
+from orders.config import Settings
+from orders.db import Base
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/orders.db",
+        payment_timeout_seconds=10, step_timeout_seconds=30, max_quantity_per_line=100,
+        inventory_url="http://127.0.0.1:9", amqp_url="amqp://guest:guest@127.0.0.1:9/",
+    )
+
+
+@pytest.fixture
+async def sessions(settings):
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        for metadata in (Base.metadata, messaging_metadata, deadletter_metadata):
+            await conn.run_sync(metadata.create_all)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def client(sessions, settings):
+    app = FastAPI()
+    install(app, "orders")
+    app.include_router(api.router)
+    app.include_router(ops.router)
+
+    async def refresh_backlog() -> int:
+        return 0
+
+    app.state.runtime = SimpleNamespace(sessions=sessions, settings=settings, refresh_backlog=refresh_backlog)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orders") as c:
+        yield c

@@ -1,0 +1,47 @@
+"""The ops dashboard, its JSON summary and the sales report (SQLite; broker and inventory absent)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from orders_support import BODY, GATEWAY, OPS, body
+
+from events.inventory import StockReservationFailed, StockReserved
+from events.payments import PaymentCaptured
+from events.types import Allocation
+from orders import service
+
+
+async def test_summary_counts_orders_and_says_what_it_cannot_reach(client, sessions, settings):
+    a = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
+    await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "b"})
+    await service.apply(sessions, a, StockReservationFailed(order_id=a), settings=settings)
+    s = (await client.get("/v1/ops/summary", headers=OPS)).json()
+    assert s["orders_by_status"] == {"cancelled": 1, "submitted": 1}
+    assert s["throughput_last_5_min"]["placed"] == 2 and s["throughput_last_5_min"]["cancelled"] == 1
+    assert s["low_stock"] is None and s["unrouted_events"] is None and s["dead_letters"]["parked"] == 0
+    assert (await client.get("/v1/ops/summary", headers=GATEWAY)).status_code == 403
+
+
+async def test_dashboard_renders_for_an_ops_key_in_the_link(client):
+    page = await client.get("/ops", params={"key": "dev-ops-key"})
+    assert page.status_code == 200 and "Orders by status" in page.text and "inventory unavailable" in page.text
+    assert (await client.get("/ops", params={"key": "dev-gateway-key"})).status_code == 403
+    assert (await client.get("/ops")).status_code == 401
+    assert (await client.get("/ops", headers=OPS)).status_code == 200
+
+
+async def test_sales_report(client, sessions, settings):
+    two_mugs = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
+    tea = body(items=[{"sku": "SKU-TEA", "quantity": 1, "unit_price": "5.00"}])
+    await client.post("/v1/orders", json=tea, headers={**GATEWAY, "Idempotency-Key": "b"})
+    reserved = StockReserved(order_id=two_mugs, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
+    await service.apply(sessions, two_mugs, reserved, settings=settings)
+    captured = PaymentCaptured(order_id=two_mugs, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card")
+    await service.apply(sessions, two_mugs, captured, settings=settings)
+    report = (await client.get("/v1/reports/sales", headers=OPS)).json()
+    assert report["orders"] == 2
+    assert report["captured"] == {"CNY": "79.80"} and report["revenue"] == {"CNY": "79.80"}
+    assert report["best_sellers"][0] == {"sku": "SKU-RED-MUG", "quantity": 2}
+    assert report["worst_sellers"][0] == {"sku": "SKU-TEA", "quantity": 1}
+    assert set(report["average_seconds_in_status"]) == {"submitted", "confirmed"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 from faststream.specification import AsyncAPI
 
-from events import inventory, notifications, orders, payments, shipping
+from events import deadletters, inventory, notifications, orders, payments, shipping
 from events.envelope import Command, Envelope, Event, Message
 from events.names import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 
@@ -37,6 +37,7 @@ def build() -> dict:
     broker = RabbitBroker("amqp://guest:guest@127.0.0.1:5672/")
     for service in SERVICES:
         broker.include_router(importlib.import_module(f"{service}.handlers").router)
+    broker.include_router(deadletters.build_router())  # mounted by orders
     events_exchange = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
     commands_exchange = RabbitExchange(COMMANDS_EXCHANGE, type=ExchangeType.DIRECT, durable=True)
     for cls in messages():

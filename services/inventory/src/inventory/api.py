@@ -1,0 +1,164 @@
+"""HTTP (CONTRACT §7): warehouses, receipts, adjustments, stock levels, low stock, reservations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from events.settings import Role
+from events.types import CountryCode, Sku
+from events.web import Problem, Runtime, require
+from inventory import domain, stock
+from inventory.db import Reservation, Stock, Warehouse
+
+router = APIRouter(tags=["inventory"])
+
+
+class WarehouseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    country: CountryCode
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+
+
+class Receipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warehouse: Annotated[str, Field(min_length=1, max_length=20)]
+    sku: Sku
+    quantity: Annotated[int, Field(gt=0, le=1_000_000)]
+
+
+class Adjustment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warehouse: Annotated[str, Field(min_length=1, max_length=20)]
+    sku: Sku
+    on_hand: Annotated[int, Field(ge=0, le=1_000_000)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warehouse: Annotated[str, Field(min_length=1, max_length=20)]
+    threshold: Annotated[int, Field(ge=0)]
+    reorder_quantity: Annotated[int, Field(gt=0)] | None = None
+
+
+def _level(row: Stock) -> dict[str, Any]:
+    return {"warehouse": row.warehouse, "on_hand": row.on_hand, "reserved": row.reserved, "available": row.on_hand - row.reserved}
+
+
+def _unknown_warehouse(code: str) -> Problem:
+    return Problem(422, "validation-error", "Invalid request", "invalid fields: warehouse",
+                   errors=[{"field": "warehouse", "message": f"no warehouse {code}", "type": "value_error"}])
+
+
+@router.put("/v1/warehouses/{code}", dependencies=[require(Role.ADMIN)])
+async def put_warehouse(code: str, rt: Runtime, body: Annotated[WarehouseBody, Body()]) -> dict[str, Any]:
+    async with rt.sessions.begin() as session:
+        w = await session.get(Warehouse, code)
+        if w is None:
+            session.add(Warehouse(code=code, **body.model_dump()))
+        else:
+            for k, v in body.model_dump().items():
+                setattr(w, k, v)
+    return {"code": code, **body.model_dump()}
+
+
+@router.get("/v1/warehouses", dependencies=[require(Role.OPS)])
+async def list_warehouses(rt: Runtime) -> dict[str, Any]:
+    async with rt.sessions() as session:
+        rows = await session.scalars(select(Warehouse).order_by(Warehouse.code))
+        return {"items": [{"code": w.code, "name": w.name, "country": w.country, "latitude": w.latitude,
+                           "longitude": w.longitude} for w in rows]}
+
+
+@router.post("/v1/stock/receipts", status_code=201, dependencies=[require(Role.ADMIN)])
+async def receive(rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
+    async with rt.sessions.begin() as session:
+        if await session.get(Warehouse, body.warehouse) is None:
+            raise _unknown_warehouse(body.warehouse)
+        row = await stock.receive(session, body.warehouse, body.sku, body.quantity,
+                                  threshold=rt.settings.default_low_stock_threshold, reorder=rt.settings.default_reorder_quantity)
+        return {"sku": body.sku, **_level(row)}
+
+
+@router.post("/v1/stock/adjustments", dependencies=[require(Role.ADMIN)])
+async def adjust(rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
+    async with rt.sessions.begin() as session:
+        if await session.get(Warehouse, body.warehouse) is None:
+            raise _unknown_warehouse(body.warehouse)
+        try:
+            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason)
+        except LookupError as exc:
+            raise Problem(404, "not-found", "Not found", str(exc)) from exc
+        except stock.Conflict as exc:
+            raise Problem(409, "below-reserved", "Below what is reserved", str(exc)) from exc
+        return {"sku": body.sku, **_level(row)}
+
+
+@router.get("/v1/stock/low", dependencies=[require(Role.OPS)])
+async def low_stock(rt: Runtime) -> dict[str, Any]:
+    async with rt.sessions() as session:
+        rows = await session.scalars(
+            select(Stock).where(Stock.on_hand - Stock.reserved <= Stock.low_stock_threshold).order_by(Stock.sku, Stock.warehouse)
+        )
+        return {"items": [
+            {"sku": r.sku, **_level(r), "threshold": r.low_stock_threshold,
+             "reorder_quantity": domain.reorder_suggestion(r.on_hand - r.reserved, r.low_stock_threshold, r.reorder_quantity)}
+            for r in rows
+        ]}
+
+
+@router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
+async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
+    async with rt.sessions.begin() as session:
+        row = await session.scalar(select(Stock).where(Stock.sku == sku, Stock.warehouse == body.warehouse))
+        if row is None:
+            raise Problem(404, "not-found", "Not found", f"no {sku} at {body.warehouse}")
+        row.low_stock_threshold = body.threshold
+        if body.reorder_quantity:
+            row.reorder_quantity = body.reorder_quantity
+        await stock.check_low(session, row, None)
+        return {"sku": sku, **_level(row), "threshold": row.low_stock_threshold, "reorder_quantity": row.reorder_quantity}
+
+
+@router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])
+async def get_stock(sku: str, rt: Runtime) -> dict[str, Any]:
+    async with rt.sessions() as session:
+        rows = list(await session.scalars(select(Stock).where(Stock.sku == sku).order_by(Stock.warehouse)))
+    if not rows:
+        raise Problem(404, "not-found", "Not found", f"unknown SKU {sku}")
+    on_hand, reserved = sum(r.on_hand for r in rows), sum(r.reserved for r in rows)
+    return {"sku": sku, "on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved,
+            "warehouses": [_level(r) for r in rows]}
+
+
+@router.get("/v1/reservations", dependencies=[require(Role.OPS)])
+async def list_reservations(
+    rt: Runtime,
+    status: Annotated[str | None, Query(pattern="^(reserved|released|committed)$")] = None,
+    order_id: str | None = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """Reservations in id order; ``next`` is passed back as ``after`` (make verify reads this)."""
+    query = select(Reservation).order_by(Reservation.id).limit(limit)
+    if status:
+        query = query.where(Reservation.status == status)
+    if order_id:
+        query = query.where(Reservation.order_id == order_id)
+    if after is not None:
+        query = query.where(Reservation.id > after)
+    async with rt.sessions() as session:
+        rows = list(await session.scalars(query))
+        total = await session.scalar(select(func.count()).select_from(Reservation))
+    return {
+        "items": [{"order_id": r.order_id, "warehouse": r.warehouse, "sku": r.sku, "quantity": r.quantity, "status": r.status}
+                  for r in rows],
+        "next": rows[-1].id if len(rows) == limit else None,
+        "total": total,
+    }

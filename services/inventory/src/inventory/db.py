@@ -1,0 +1,87 @@
+"""Tables of the inventory service (plus the shared outbox/inbox tables from events.db)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from events.db import UtcDateTime
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime()}
+
+
+class Warehouse(Base):
+    __tablename__ = "warehouse"
+
+    code: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str] = mapped_column(String(2))
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+
+
+class Stock(Base):
+    """Units of one SKU at one warehouse. Reservations only ever take what is available, by a
+    guarded UPDATE (``on_hand - reserved >= :q``), so concurrent orders never oversell."""
+
+    __tablename__ = "stock"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    warehouse: Mapped[str] = mapped_column(ForeignKey("warehouse.code"))
+    sku: Mapped[str] = mapped_column(String(64), index=True)
+    on_hand: Mapped[int]
+    reserved: Mapped[int]
+    low_stock_threshold: Mapped[int]
+    reorder_quantity: Mapped[int]
+    low_alerted: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (
+        UniqueConstraint("warehouse", "sku"),
+        CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+    )
+
+
+class Reservation(Base):
+    __tablename__ = "reservation"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    warehouse: Mapped[str] = mapped_column(String(20))
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20))  # reserved | released | committed
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_reservation_status_order", "status", "order_id"),)
+
+
+class OrderHold(Base):
+    """What inventory knows of an order: remembers a release that overtook its reservation."""
+
+    __tablename__ = "order_hold"
+
+    order_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))  # reserved | released | committed | failed
+    updated_at: Mapped[datetime]
+
+
+class StockMovement(Base):
+    """The audit trail of every change of on_hand or reserved."""
+
+    __tablename__ = "stock_movement"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    warehouse: Mapped[str] = mapped_column(String(20))
+    sku: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # receipt adjustment reservation release commit restock
+    quantity: Mapped[int]
+    order_id: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime]

@@ -1,0 +1,45 @@
+"""Demo data for local runs (``python -m inventory seed``): idempotent, never resets counts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+
+from events.db import make_engine, make_sessionmaker
+from inventory.config import Settings
+from inventory.db import Stock, Warehouse
+
+WAREHOUSES = [
+    ("SH", "Shanghai", "CN", 31.23, 121.47),
+    ("BJ", "Beijing", "CN", 39.90, 116.40),
+    ("FRA", "Frankfurt", "DE", 50.11, 8.68),
+    ("NYC", "New York", "US", 40.71, -74.00),
+]
+STOCK = {
+    **{sku: {"SH": 500, "BJ": 500, "FRA": 200, "NYC": 200}
+       for sku in ("SKU-RED-MUG", "SKU-BLUE-MUG", "SKU-TEA-POT", "SKU-GREEN-TEA", "SKU-CHOPSTICKS")},
+    "SKU-LIMITED": {"SH": 3},
+}
+
+
+async def _seed(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    async with sessions.begin() as session:
+        for code, name, country, lat, lon in WAREHOUSES:
+            if await session.get(Warehouse, code) is None:
+                session.add(Warehouse(code=code, name=name, country=country, latitude=lat, longitude=lon))
+        await session.flush()
+        for sku, levels in STOCK.items():
+            for warehouse, quantity in levels.items():
+                exists = await session.scalar(select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse))
+                if exists is None:
+                    session.add(Stock(warehouse=warehouse, sku=sku, on_hand=quantity, reserved=0,
+                                      low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
+                                      reorder_quantity=settings.default_reorder_quantity, low_alerted=False))
+    await engine.dispose()
+
+
+def seed(settings: Settings) -> None:
+    asyncio.run(_seed(settings))

@@ -1,0 +1,58 @@
+"""The simulated carrier of local runs: every ``simulation_step_seconds`` it moves each due,
+not cancelled parcel one step on (created → picked_up → in_transit → out_for_delivery →
+delivered), through the same code as a real carrier's report. Its schedule is in the database
+(``next_step_at``), so it carries on after a restart and never moves a parcel twice per step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from events.logs import get_logger
+from events.types import ShipmentStatus as St
+from shipping import domain, parcels
+from shipping.db import Shipment
+
+log = get_logger(__name__)
+
+
+async def tick(sessions: async_sessionmaker, step_seconds: float, batch: int = 200) -> int:
+    moved = 0
+    async with sessions.begin() as session:
+        due = await session.scalars(
+            select(Shipment).where(Shipment.next_step_at.is_not(None), Shipment.next_step_at <= datetime.now(UTC),
+                                   Shipment.cancelled.is_(False)).limit(batch)
+        )
+        for shipment in due:
+            status = domain.next_step(St(shipment.status))
+            if status is None:
+                shipment.next_step_at = None
+                continue
+            if await parcels.report(session, shipment, status, datetime.now(UTC), "simulated", step_seconds=step_seconds):
+                moved += 1
+    return moved
+
+
+async def run(sessions: async_sessionmaker, step_seconds: float) -> None:
+    while True:
+        try:
+            await tick(sessions, step_seconds)
+        except Exception as exc:
+            log.warning("carrier_simulation.failed", error=repr(exc))
+        await asyncio.sleep(min(step_seconds, 1.0) / 2)
+
+
+@contextlib.asynccontextmanager
+async def simulation(sessions: async_sessionmaker, step_seconds: float, enabled: bool):
+    task = asyncio.create_task(run(sessions, step_seconds), name="carrier-simulation") if enabled else None
+    try:
+        yield task
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

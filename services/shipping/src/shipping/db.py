@@ -1,0 +1,57 @@
+"""Tables of the shipping service (plus the shared outbox/inbox tables from events.db)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from events.db import UtcDateTime
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JSON, list[dict[str, Any]]: JSON}
+
+
+class Shipment(Base):
+    """One parcel per order (the unique order id): never a parcel shipped twice."""
+
+    __tablename__ = "shipment"
+
+    shipment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(40), unique=True)
+    warehouse: Mapped[str] = mapped_column(String(20))
+    carrier: Mapped[str] = mapped_column(String(20))
+    tracking_number: Mapped[str] = mapped_column(String(40), unique=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    estimated_delivery: Mapped[date]
+    address: Mapped[dict[str, Any]]  # for the label: stays in this service
+    cancelled: Mapped[bool] = mapped_column(default=False)
+    return_expected: Mapped[bool] = mapped_column(default=False)
+    return_items: Mapped[list[dict[str, Any]] | None]
+    next_step_at: Mapped[datetime | None] = mapped_column(index=True)  # the simulated carrier's next move
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ShipmentEvent(Base):
+    __tablename__ = "shipment_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    shipment_id: Mapped[str] = mapped_column(ForeignKey("shipment.shipment_id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime]
+    location: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (UniqueConstraint("shipment_id", "status", "at"),)
+
+
+class CancelledOrder(Base):
+    """An order cancelled before its shipment was created: its create command is refused."""
+
+    __tablename__ = "cancelled_order"
+
+    order_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime]

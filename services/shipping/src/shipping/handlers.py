@@ -1,0 +1,56 @@
+"""Subscribers: each command → shipment change + events, with the inbox record, in ONE transaction."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from faststream import Context
+from faststream.rabbit import RabbitRouter
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from events import inbox
+from events.broker import Permanent, queue
+from events.envelope import Envelope
+from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
+from shipping import parcels
+from shipping.config import Settings
+
+router = RabbitRouter()
+Sessions = Annotated[async_sessionmaker, Context("sessions")]
+Config = Annotated[Settings, Context("settings")]
+
+CREATE, ADDRESS, CANCEL, RETURN = (
+    "shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return",
+)
+
+
+@router.subscriber(queue(CREATE))
+async def handle_create_shipment(msg: Envelope[CreateShipment], sessions: Sessions, settings: Config) -> None:
+    step = settings.simulation_step_seconds if settings.carrier_simulation else None
+    async with sessions.begin() as session:
+        if await inbox.claim(session, msg.id, CREATE):
+            await parcels.create(session, msg.data, msg, step_seconds=step)
+
+
+@router.subscriber(queue(ADDRESS))
+async def handle_change_address(msg: Envelope[ChangeShipmentAddress], sessions: Sessions) -> None:
+    async with sessions.begin() as session:
+        if await inbox.claim(session, msg.id, ADDRESS):
+            await parcels.change_address(session, msg.data.order_id, msg.data.address.model_dump(mode="json"))
+
+
+@router.subscriber(queue(CANCEL))
+async def handle_cancel_shipment(msg: Envelope[CancelShipment], sessions: Sessions) -> None:
+    async with sessions.begin() as session:
+        if await inbox.claim(session, msg.id, CANCEL):
+            await parcels.cancel(session, msg.data.order_id)
+
+
+@router.subscriber(queue(RETURN))
+async def handle_expect_return(msg: Envelope[ExpectReturn], sessions: Sessions) -> None:
+    async with sessions.begin() as session:
+        if await inbox.claim(session, msg.id, RETURN):
+            try:
+                await parcels.expect_return(session, msg.data.order_id, list(msg.data.items))
+            except LookupError as exc:
+                raise Permanent(str(exc)) from exc

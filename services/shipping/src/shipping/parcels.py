@@ -1,0 +1,135 @@
+"""Shipment operations, in the caller's transaction, with the events they emit.
+
+A cancel publishes nothing: it marks the shipment cancelled if the carrier does not have it yet
+(the simulation and carrier reports then leave it alone), or remembers the order when no shipment
+exists yet, so that a create command arriving after it books no parcel (``shipment.failed``,
+reason ``cancelled``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from events import outbox
+from events.envelope import Envelope, Incoming
+from events.logs import get_logger
+from events.shipping import CreateShipment, ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.types import LineItem
+from events.types import ShipmentStatus as St
+from shipping import domain
+from shipping.db import CancelledOrder, Shipment, ShipmentEvent
+
+SERVICE = "shipping"
+log = get_logger(__name__)
+Cause = Incoming | Envelope[Any] | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Cause) -> None:
+    await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause)
+
+
+def _created(s: Shipment) -> ShipmentCreated:
+    return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier,
+                           tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery)
+
+
+async def by_order(session: AsyncSession, order_id: str) -> Shipment | None:
+    return await session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+
+
+async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *, step_seconds: float | None) -> None:
+    existing = await by_order(session, cmd.order_id)
+    if existing is not None:  # asked again: the same parcel, never a second one
+        await _stage(session, _created(existing), cmd.order_id, cause)
+        return
+    if await session.get(CancelledOrder, cmd.order_id) is not None:
+        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="cancelled"), cmd.order_id, cause)
+        return
+    origin = cmd.warehouse_country or domain.WAREHOUSE_COUNTRY.get(cmd.warehouse, "CN")
+    try:
+        carrier = domain.choose_carrier(origin, cmd.address.country)
+    except domain.NoCarrier:
+        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier"), cmd.order_id, cause)
+        return
+    now = _now()
+    shipment = Shipment(
+        shipment_id=f"shp_{uuid.uuid4().hex}", order_id=cmd.order_id, warehouse=cmd.warehouse, carrier=carrier.code,
+        tracking_number=domain.tracking_number(carrier), status=St.CREATED,
+        estimated_delivery=domain.estimated_delivery(carrier, now.date()), address=cmd.address.model_dump(mode="json"),
+        cancelled=False, return_expected=False, return_items=None,
+        next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None, created_at=now, updated_at=now,
+    )
+    session.add(shipment)
+    await session.flush()
+    session.add(ShipmentEvent(shipment_id=shipment.shipment_id, status=St.CREATED, at=now, location=cmd.warehouse))
+    await _stage(session, _created(shipment), cmd.order_id, cause)
+    log.info("shipment.created", order_id=cmd.order_id, carrier=carrier.code)
+
+
+async def change_address(session: AsyncSession, order_id: str, address: dict[str, Any]) -> bool:
+    shipment = await by_order(session, order_id)
+    if shipment is None or shipment.status != St.CREATED:
+        log.info("shipment.address_not_changed", order_id=order_id, status=shipment.status if shipment else None)
+        return False
+    shipment.address, shipment.updated_at = address, _now()
+    return True
+
+
+async def cancel(session: AsyncSession, order_id: str) -> None:
+    shipment = await by_order(session, order_id)
+    if shipment is None:
+        if await session.get(CancelledOrder, order_id) is None:
+            session.add(CancelledOrder(order_id=order_id, at=_now()))
+    elif shipment.status == St.CREATED:
+        shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
+    else:
+        log.warning("shipment.cancel_too_late", order_id=order_id, status=shipment.status)
+
+
+async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem]) -> None:
+    shipment = await by_order(session, order_id)
+    if shipment is None:
+        raise LookupError(f"no shipment for order {order_id}")
+    shipment.return_expected = True
+    shipment.return_items = [i.model_dump() for i in items]
+
+
+class Refused(Exception):
+    pass
+
+
+async def report(session: AsyncSession, shipment: Shipment, status: St, at: datetime, location: str | None,
+                 *, step_seconds: float | None = None) -> bool:
+    """A carrier's report (or the simulated carrier's): record it and tell the others. Returns
+    False when it changes nothing (a repeat, or news the parcel is already past)."""
+    if shipment.cancelled:
+        raise Refused("the shipment was cancelled")
+    seen = await session.scalar(select(ShipmentEvent.id).where(
+        ShipmentEvent.shipment_id == shipment.shipment_id, ShipmentEvent.status == status, ShipmentEvent.at == at))
+    if seen is not None:
+        return False
+    session.add(ShipmentEvent(shipment_id=shipment.shipment_id, status=status, at=at, location=location))
+    if not domain.accepts(St(shipment.status), status, return_expected=shipment.return_expected):
+        log.info("shipment.report_ignored", order_id=shipment.order_id, current=shipment.status, reported=status)
+        return False
+    shipment.status, shipment.updated_at = status, _now()
+    more = domain.next_step(status) is not None
+    shipment.next_step_at = _now() + timedelta(seconds=step_seconds) if step_seconds and more else None
+    await _stage(session, ShipmentUpdated(order_id=shipment.order_id, shipment_id=shipment.shipment_id, carrier=shipment.carrier,
+                                          tracking_number=shipment.tracking_number, status=status, at=at, location=location),
+                 shipment.order_id, None)
+    if status == St.RETURNED:
+        items = [LineItem(**i) for i in shipment.return_items or []]
+        await _stage(session, ShipmentReturned(order_id=shipment.order_id, shipment_id=shipment.shipment_id,
+                                               tracking_number=shipment.tracking_number, items=items, at=at),
+                     shipment.order_id, None)
+    return True

@@ -62,10 +62,12 @@ async def test_a_rejected_message_is_parked_then_replayed_to_its_queue(rabbit, a
     channel = await connection.channel()
     name = f"test.dl.{uuid.uuid4().hex[:8]}"
     queue = await channel.declare_queue(name, durable=True, arguments=topology.queue_arguments(name))
-    ids = [str(uuid.uuid4()) for _ in range(2)]
-    for message_id in ids:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for message_id in ids[:2]:
         body = json.dumps({"specversion": "1.0", "id": message_id, "type": "oms.test.v1", "source": "t", "data": {}})
         await channel.default_exchange.publish(aio_pika.Message(body.encode(), message_id=message_id), routing_key=name)
+    garbage = b"\xff\x00 not json, not even UTF-8"
+    await channel.default_exchange.publish(aio_pika.Message(garbage, message_id=ids[2]), routing_key=name)
     for _ in ids:  # a consumer gives up on them: the broker dead-letters them
         message = await _until(lambda: queue.get(no_ack=False, fail=False), lambda m: m is not None)
         await message.reject(requeue=False)
@@ -77,6 +79,7 @@ async def test_a_rejected_message_is_parked_then_replayed_to_its_queue(rabbit, a
         )
         mine = {i["message_id"]: i for i in listed.json()["items"] if i["message_id"] in ids}
         assert {i["queue"] for i in mine.values()} == {name}
+        assert mine[ids[2]]["body_encoding"] == "base64", "a body that is not text is kept, as base64"
         assert {i["reason"] for i in mine.values()} == {"rejected"}
 
         replay, discard = mine[ids[0]]["id"], mine[ids[1]]["id"]
@@ -91,6 +94,6 @@ async def test_a_rejected_message_is_parked_then_replayed_to_its_queue(rabbit, a
         assert json.loads(back.body)["id"] == ids[0], "the replayed message keeps its CloudEvents id"
         assert await queue.get(no_ack=True, fail=False) is None, "the discarded one stays parked"
         remaining = (await client.get("/v1/dead-letters", headers=ADMIN)).json()["items"]
-        assert not {i["message_id"] for i in remaining} & set(ids)
+        assert {i["message_id"] for i in remaining} & set(ids) == {ids[2]}
     await queue.delete(if_unused=False, if_empty=False)
     await connection.close()

@@ -60,10 +60,16 @@ def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
     return queue, reason, int(headers.get("x-delivery-count") or first.get("count") or 1)
 
 
+def _raw(message: Any) -> bytes:
+    return message.body
+
+
 def build_router() -> RabbitRouter:
     router = RabbitRouter()
 
-    @router.subscriber(QUEUE, title="oms.dead-letter:park")
+    # Raw bytes, never decoded: a dead letter is often not JSON, and this queue is the end of the
+    # line (a message rejected here would be gone). A database error is retried, like any other.
+    @router.subscriber(QUEUE, title="oms.dead-letter:park", decoder=_raw)
     async def on_dead_letter(message: RabbitMessage, sessions: Annotated[async_sessionmaker, Context("sessions")]) -> None:
         raw = message.raw_message
         headers = dict(raw.headers or {})

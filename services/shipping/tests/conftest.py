@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from events.db import make_engine, make_sessionmaker, messaging_metadata
+from events.web import install
+from shipping import api
+from shipping.config import Settings
+from shipping.db import Base
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/shipping.db", carrier_simulation=False)
+
+
+@pytest.fixture
+async def sessions(settings):
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(messaging_metadata.create_all)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def client(sessions, settings):
+    app = FastAPI()
+    install(app, "shipping")
+    app.include_router(api.router)
+    app.state.runtime = SimpleNamespace(sessions=sessions, settings=settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shipping") as c:
+        yield c

@@ -1,0 +1,27 @@
+import pytest
+
+from events.types import ShipmentStatus as St
+from shipping.domain import NoCarrier, accepts, choose_carrier, next_step, tracking_number
+
+
+def test_carrier_choice():
+    assert choose_carrier("CN", "CN").code == "sf-express"
+    assert choose_carrier("CN", "US").code == "ups"
+    assert choose_carrier("CN", "JP").code == "dhl"
+    with pytest.raises(NoCarrier):
+        choose_carrier("CN", "AQ")
+
+
+def test_tracking_numbers_are_unique_and_prefixed():
+    carrier = choose_carrier("CN", "CN")
+    numbers = {tracking_number(carrier) for _ in range(1000)}
+    assert len(numbers) == 1000 and all(n.startswith("SF") for n in numbers)
+
+
+def test_progress_never_goes_backwards_and_returns_need_to_be_expected():
+    assert accepts(St.CREATED, St.IN_TRANSIT, return_expected=False)
+    assert not accepts(St.DELIVERED, St.PICKED_UP, return_expected=False)
+    assert not accepts(St.DELIVERED, St.RETURNED, return_expected=False)
+    assert accepts(St.DELIVERED, St.RETURNED, return_expected=True)
+    assert accepts(St.EXCEPTION, St.DELIVERED, return_expected=False)
+    assert next_step(St.CREATED) == St.PICKED_UP and next_step(St.DELIVERED) is None

@@ -1,0 +1,123 @@
+"""Commands, carrier reports and the simulated carrier, on SQLite."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from events.db import outbox_message
+from events.envelope import Envelope, build
+from events.orders import Address
+from events.shipping import CancelShipment, CreateShipment, ExpectReturn
+from events.types import LineItem
+from shipping import carrier
+from shipping.db import Shipment
+from shipping.handlers import handle_cancel_shipment, handle_create_shipment, handle_expect_return
+
+ADMIN = {"Authorization": "Bearer dev-admin-key"}
+ADDRESS = Address(name="Lin Mei", line1="1 Century Ave", city="Shanghai", postal_code="200120", country="CN")
+
+
+def msg(model, payload):
+    return Envelope[model].model_validate(build(payload, service="orders", subject=payload.order_id))
+
+
+def create(order_id: str, country: str = "CN"):
+    return msg(CreateShipment, CreateShipment(order_id=order_id, warehouse="SH", address=ADDRESS.model_copy(update={"country": country}),
+                                              items=[LineItem(sku="A", quantity=1)]))
+
+
+async def events(sessions) -> list[dict]:
+    async with sessions() as session:
+        rows = (await session.execute(select(outbox_message).order_by(outbox_message.c.seq))).mappings().all()
+    return [{"key": r["routing_key"], **json.loads(r["body"])} for r in rows]
+
+
+async def test_one_parcel_per_order_whatever_is_resent(sessions, settings):
+    first = create("o1")
+    await handle_create_shipment(first, sessions, settings)
+    await handle_create_shipment(first, sessions, settings)
+    await handle_create_shipment(create("o1"), sessions, settings)
+    created = await events(sessions)
+    assert [e["key"] for e in created] == ["shipment.created", "shipment.created"]
+    assert created[0]["data"]["tracking_number"] == created[1]["data"]["tracking_number"]
+    assert created[0]["data"]["carrier"] == "sf-express"
+    assert "Century" not in json.dumps(created), "the address never leaves the service"
+
+
+async def test_no_carrier_for_antarctica(sessions, settings):
+    await handle_create_shipment(create("o1", "AQ"), sessions, settings)
+    [failed] = await events(sessions)
+    assert (failed["key"], failed["data"]["reason"]) == ("shipment.failed", "no_carrier")
+
+
+async def test_a_cancel_that_overtakes_the_create_books_no_parcel(sessions, settings):
+    await handle_cancel_shipment(msg(CancelShipment, CancelShipment(order_id="o1", reason="customer_request")), sessions)
+    await handle_create_shipment(create("o1"), sessions, settings)
+    [failed] = await events(sessions)
+    assert (failed["key"], failed["data"]["reason"]) == ("shipment.failed", "cancelled")
+
+
+async def _tracking(client, sessions, settings, order_id="o1") -> str:
+    await handle_create_shipment(create(order_id), sessions, settings)
+    return (await client.get(f"/v1/shipments/{order_id}", headers=ADMIN)).json()["tracking_number"]
+
+
+async def test_carrier_reports_move_the_parcel_once(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    report = {"tracking_number": tracking, "status": "picked_up", "at": "2026-11-24T10:00:00Z", "location": "Shanghai"}
+    assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 202
+    assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 202
+    updates = [e for e in await events(sessions) if e["key"] == "shipment.updated"]
+    assert len(updates) == 1 and updates[0]["data"]["status"] == "picked_up"
+    assert (await client.post("/v1/carriers/dhl/events", json=report, headers=ADMIN)).status_code == 404
+    assert (await client.post("/v1/carriers/sf-express/events", json={**report, "tracking_number": "X"}, headers=ADMIN)).status_code == 404
+    bad = await client.post("/v1/carriers/sf-express/events", json={**report, "status": "lost"}, headers=ADMIN)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "status"
+    assert (await client.post("/v1/carriers/sf-express/events", json=report)).status_code == 401
+    ops = {"Authorization": "Bearer dev-ops-key"}
+    assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ops)).status_code == 403
+
+
+async def test_a_cancelled_parcel_takes_no_more_reports(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    await handle_cancel_shipment(msg(CancelShipment, CancelShipment(order_id="o1", reason="customer_request")), sessions)
+    report = {"tracking_number": tracking, "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 409
+
+
+async def test_an_expected_return_is_told_as_shipment_returned(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    for i, status in enumerate(("picked_up", "delivered", "returned")):
+        if status == "returned":
+            await handle_expect_return(msg(ExpectReturn, ExpectReturn(order_id="o1", items=[LineItem(sku="A", quantity=1)])), sessions)
+        report = {"tracking_number": tracking, "status": status, "at": f"2026-11-24T1{i}:00:00Z"}
+        assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 202
+    [returned] = [e for e in await events(sessions) if e["key"] == "shipment.returned"]
+    assert returned["data"]["items"] == [{"sku": "A", "quantity": 1}]
+
+
+async def test_the_simulated_carrier_walks_a_parcel_to_delivered(sessions, settings):
+    simulated = settings.model_copy(update={"carrier_simulation": True, "simulation_step_seconds": 0.01})
+    await handle_create_shipment(create("o1"), sessions, simulated)
+    seen = []
+    for _ in range(10):
+        async with sessions.begin() as session:  # time passes: every step is due
+            await session.execute(update(Shipment).where(Shipment.next_step_at.is_not(None))
+                                  .values(next_step_at=datetime.now(UTC) - timedelta(seconds=1)))
+        if not await carrier.tick(sessions, 0.01):
+            break
+        async with sessions() as session:
+            seen.append((await session.scalar(select(Shipment))).status)
+    assert seen == ["picked_up", "in_transit", "out_for_delivery", "delivered"]
+
+
+async def test_shipments_are_listed_for_the_consistency_check(client, sessions, settings):
+    for order_id in ("o1", "o2", "o3"):
+        await handle_create_shipment(create(order_id), sessions, settings)
+    page = (await client.get("/v1/shipments", params={"limit": 2}, headers=ADMIN)).json()
+    assert [s["order_id"] for s in page["items"]] == ["o1", "o2"] and page["next"] == "o2"
+    rest = (await client.get("/v1/shipments", params={"after": "o2"}, headers=ADMIN)).json()
+    assert [s["order_id"] for s in rest["items"]] == ["o3"] and rest["next"] is None

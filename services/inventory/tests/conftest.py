@@ -11,7 +11,7 @@ from events.web import install
 from inventory import api
 from inventory.config import Settings
 from inventory.db import Base
-from inventory.seed import _seed
+from inventory.seed import load_demo_data
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ async def sessions(settings):
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(messaging_metadata.create_all)
-    await _seed(settings)
+    await load_demo_data(settings)
     yield make_sessionmaker(engine)
     await engine.dispose()
 

@@ -1,18 +1,21 @@
-"""Commands on SQLite: reservation, release (also before the reservation), commit, restock, alerts,
-duplicates, and 25 concurrent orders for 10 units."""
+"""Commands on SQLite through the subscribers: reservation (nearest, split, out of stock, once per
+order), release (also before the reservation), commit, restock, low-stock alerts, duplicates, and 25
+concurrent orders for 10 units."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
-from events.db import outbox_message
+from events.broker import Permanent
+from events.db import outbox_message, processed_message
 from events.envelope import Envelope, build
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems
 from events.types import LineItem
-from inventory.db import Stock
+from inventory.db import Reservation, Stock, StockMovement
 from inventory.handlers import handle_commit_stock, handle_release_stock, handle_reserve_stock, handle_restock
 from inventory.stock import receive
 
@@ -21,15 +24,30 @@ def msg(model, payload):
     return Envelope[model].model_validate(build(payload, service="orders", subject=payload.order_id))
 
 
-def reserve(order_id: str, sku: str = "SKU-RED-MUG", quantity: int = 2):
-    return msg(ReserveStock, ReserveStock(order_id=order_id, items=[LineItem(sku=sku, quantity=quantity)],
-                                          country="CN", latitude=39.9, longitude=116.4))
+def reserve(order_id: str, sku: str = "SKU-RED-MUG", quantity: int = 2, *, more: tuple[tuple[str, int], ...] = (),
+            country: str = "CN", latitude: float | None = 39.9, longitude: float | None = 116.4):
+    items = [LineItem(sku=sku, quantity=quantity), *(LineItem(sku=s, quantity=q) for s, q in more)]
+    return msg(ReserveStock, ReserveStock(order_id=order_id, items=items, country=country, latitude=latitude,
+                                          longitude=longitude))
 
 
-async def events(sessions) -> list[dict]:
+def release(order_id: str, reason: str = "customer_request"):
+    return msg(ReleaseStock, ReleaseStock(order_id=order_id, reason=reason))
+
+
+def commit(order_id: str):
+    return msg(CommitStock, CommitStock(order_id=order_id))
+
+
+def restock(order_id: str, *lines: tuple[str, int]):
+    return msg(RestockItems, RestockItems(order_id=order_id, items=[LineItem(sku=s, quantity=q) for s, q in lines]))
+
+
+async def events(sessions, key: str | None = None) -> list[dict]:
     async with sessions() as session:
         rows = (await session.execute(select(outbox_message).order_by(outbox_message.c.seq))).mappings().all()
-    return [{"key": r["routing_key"], **json.loads(r["body"])} for r in rows]
+    found = [{"key": r["routing_key"], **json.loads(r["body"])} for r in rows]
+    return [e for e in found if key is None or e["key"] == key]
 
 
 async def level(sessions, sku: str, warehouse: str) -> tuple[int, int]:
@@ -38,60 +56,190 @@ async def level(sessions, sku: str, warehouse: str) -> tuple[int, int]:
         return row.on_hand, row.reserved
 
 
-async def test_reserve_at_the_nearest_warehouse_then_commit(sessions):
-    await handle_reserve_stock(reserve("o1"), sessions)
-    [reserved] = [e for e in await events(sessions) if e["key"] == "stock.reserved"]
-    assert reserved["data"]["allocations"] == [{"warehouse": "BJ", "sku": "SKU-RED-MUG", "quantity": 2}]
+async def stocked(sessions, sku: str, **levels: int) -> None:
+    async with sessions.begin() as session:
+        for warehouse, quantity in levels.items():
+            await receive(session, warehouse, sku, quantity, threshold=0, reorder=10)
+
+
+async def snapshot(sessions) -> tuple:
+    """Everything a message could change, to show that a duplicate changed none of it."""
+    async with sessions() as session:
+        stock = (await session.execute(select(Stock.warehouse, Stock.sku, Stock.on_hand, Stock.reserved))).all()
+        reservations = (await session.execute(select(Reservation.order_id, Reservation.status, Reservation.returned))).all()
+        counts = [await session.scalar(select(func.count()).select_from(t))
+                  for t in (outbox_message, StockMovement.__table__)]
+    return sorted(stock), sorted(reservations), counts
+
+
+async def test_reserve_at_the_nearest_warehouse_that_can_serve_the_whole_order(sessions):
+    await handle_reserve_stock(reserve("o1", more=(("SKU-TEA-POT", 1),)), sessions)
+    [reserved] = await events(sessions, "stock.reserved")
+    assert reserved["data"] == {"order_id": "o1", "allocations": [
+        {"warehouse": "BJ", "sku": "SKU-RED-MUG", "quantity": 2},
+        {"warehouse": "BJ", "sku": "SKU-TEA-POT", "quantity": 1},
+    ]}
+    assert reserved["subject"] == "o1" and reserved["correlationid"] == "o1" and reserved["source"] == "oms/inventory"
     assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 2)
-    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1")), sessions)
-    assert await level(sessions, "SKU-RED-MUG", "BJ") == (498, 0)
-    await handle_restock(msg(RestockItems, RestockItems(order_id="o1", items=[LineItem(sku="SKU-RED-MUG", quantity=1)])), sessions)
-    assert await level(sessions, "SKU-RED-MUG", "BJ") == (499, 0)
+    assert await level(sessions, "SKU-RED-MUG", "SH") == (500, 0)
+
+
+async def test_without_coordinates_a_warehouse_in_the_same_country_serves(sessions):
+    await handle_reserve_stock(reserve("o1", country="DE", latitude=None, longitude=None), sessions)
+    [reserved] = await events(sessions, "stock.reserved")
+    assert [a["warehouse"] for a in reserved["data"]["allocations"]] == ["FRA"]
+
+
+async def test_an_order_no_warehouse_can_serve_whole_is_split_nearest_first(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3, FRA=10)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    [reserved] = await events(sessions, "stock.reserved")
+    assert [(a["warehouse"], a["quantity"]) for a in reserved["data"]["allocations"]] == [("FRA", 5)]
+    await handle_reserve_stock(reserve("o2", "SKU-SPLIT", 7, latitude=31.2, longitude=121.5), sessions)
+    second = (await events(sessions, "stock.reserved"))[1]
+    assert [(a["warehouse"], a["quantity"]) for a in second["data"]["allocations"]] == [("SH", 3), ("BJ", 3), ("FRA", 1)]
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ", "FRA")] == [(3, 3), (3, 3), (10, 6)]
+
+
+async def test_out_of_stock_reserves_nothing_and_names_the_shortages(sessions):
+    await handle_reserve_stock(reserve("o1", "SKU-RED-MUG", 2, more=(("SKU-LIMITED", 5), ("SKU-NONE", 1))), sessions)
+    [failed] = await events(sessions)
+    assert failed["key"] == "stock.reservation_failed"
+    assert failed["data"] == {"order_id": "o1", "reason": "out_of_stock", "shortages": [
+        {"sku": "SKU-LIMITED", "quantity": 5, "available": 3},
+        {"sku": "SKU-NONE", "quantity": 1, "available": 0},
+    ]}
+    assert await level(sessions, "SKU-LIMITED", "SH") == (3, 0)
+    assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 0)
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Reservation)) == 0
 
 
 async def test_reserving_twice_for_an_order_reserves_once(sessions):
     first = reserve("o1")
     await handle_reserve_stock(first, sessions)
     await handle_reserve_stock(first, sessions)  # redelivered: the inbox drops it
-    await handle_reserve_stock(reserve("o1"), sessions)  # resent by the saga: the same answer again
+    await handle_reserve_stock(reserve("o1", quantity=7), sessions)  # resent by the saga: the same answer again
     assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 2)
-    assert [e["key"] for e in await events(sessions)] == ["stock.reserved", "stock.reserved"]
+    answers = await events(sessions)
+    assert [e["key"] for e in answers] == ["stock.reserved", "stock.reserved"]
+    assert answers[0]["data"] == answers[1]["data"]
 
 
-async def test_out_of_stock_reserves_nothing(sessions):
+async def test_a_failed_order_is_not_reserved_later_even_when_stock_arrives(sessions):
     await handle_reserve_stock(reserve("o1", "SKU-LIMITED", 5), sessions)
-    [failed] = await events(sessions)
-    assert failed["key"] == "stock.reservation_failed"
-    assert failed["data"]["shortages"] == [{"sku": "SKU-LIMITED", "quantity": 5, "available": 3}]
-    assert await level(sessions, "SKU-LIMITED", "SH") == (3, 0)
+    await stocked(sessions, "SKU-LIMITED", SH=10)
+    await handle_reserve_stock(reserve("o1", "SKU-LIMITED", 5), sessions)  # resent after the failure
+    first, again = await events(sessions, "stock.reservation_failed")
+    assert again["data"] == first["data"]
+    assert await level(sessions, "SKU-LIMITED", "SH") == (13, 0)
 
 
 async def test_a_release_that_overtakes_its_reservation_wins(sessions):
-    await handle_release_stock(msg(ReleaseStock, ReleaseStock(order_id="o1", reason="customer_request")), sessions)
+    await handle_release_stock(release("o1"), sessions)
     await handle_reserve_stock(reserve("o1"), sessions)
-    assert [e["key"] for e in await events(sessions)] == ["stock.released", "stock.reservation_failed"]
-    assert (await events(sessions))[1]["data"]["reason"] == "released"
+    released, failed = await events(sessions)
+    assert released["key"] == "stock.released" and released["data"] == {"order_id": "o1", "allocations": []}
+    assert failed["key"] == "stock.reservation_failed" and failed["data"]["reason"] == "released"
     assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 0)
 
 
-async def test_release_gives_back_what_was_reserved(sessions):
+async def test_release_gives_back_what_was_reserved_once(sessions):
     await handle_reserve_stock(reserve("o1"), sessions)
-    await handle_release_stock(msg(ReleaseStock, ReleaseStock(order_id="o1", reason="payment_declined")), sessions)
+    first = release("o1", "payment_declined")
+    await handle_release_stock(first, sessions)
+    await handle_release_stock(first, sessions)  # redelivered
+    await handle_release_stock(release("o1"), sessions)  # resent: nothing left to give back
     assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 0)
-    assert (await events(sessions))[-1]["data"]["allocations"][0]["quantity"] == 2
+    released = await events(sessions, "stock.released")
+    assert [e["data"]["allocations"] for e in released] == [
+        [{"warehouse": "BJ", "sku": "SKU-RED-MUG", "quantity": 2}], [],
+    ]
+    await handle_reserve_stock(reserve("o1"), sessions)
+    assert (await events(sessions))[-1]["data"]["reason"] == "released"
+
+
+async def test_commit_takes_the_units_off_the_shelf_once(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    first = commit("o1")
+    await handle_commit_stock(first, sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (1, 0)]
+    before = await snapshot(sessions)
+    await handle_commit_stock(first, sessions)  # redelivered
+    assert await snapshot(sessions) == before
+    await handle_commit_stock(commit("o1"), sessions)  # resent: told again, nothing taken again
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (1, 0)]
+    committed = await events(sessions, "stock.committed")
+    assert len(committed) == 2 and committed[0]["data"] == committed[1]["data"]
+    assert committed[0]["data"]["allocations"] == [{"warehouse": "SH", "sku": "SKU-SPLIT", "quantity": 3},
+                                                   {"warehouse": "BJ", "sku": "SKU-SPLIT", "quantity": 2}]
+    await handle_release_stock(release("o1"), sessions)  # too late to give anything back
+    assert (await events(sessions, "stock.released"))[-1]["data"]["allocations"] == []
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (1, 0)]
+
+
+async def test_commit_for_an_order_that_holds_nothing_is_dead_lettered(sessions):
+    before = await snapshot(sessions)
+    with pytest.raises(Permanent):
+        await handle_commit_stock(commit("never-reserved"), sessions)
+    assert await snapshot(sessions) == before
+
+
+async def test_returned_units_go_back_where_they_came_from(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, more=(("SKU-RED-MUG", 1),),
+                                       latitude=31.2, longitude=121.5), sessions)
+    await handle_commit_stock(commit("o1"), sessions)
+    assert await level(sessions, "SKU-RED-MUG", "SH") == (499, 0)
+
+    first = restock("o1", ("SKU-SPLIT", 4))
+    await handle_restock(first, sessions)
+    await handle_restock(first, sessions)  # redelivered
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(3, 0), (2, 0)]
+    restocked = [e["data"] for e in await events(sessions, "stock.restocked") if e["data"]["order_id"]]
+    assert restocked == [{"order_id": "o1", "warehouse": "SH", "sku": "SKU-SPLIT", "quantity": 3},
+                         {"order_id": "o1", "warehouse": "BJ", "sku": "SKU-SPLIT", "quantity": 1}]
+
+    await handle_restock(restock("o1", ("SKU-SPLIT", 1), ("SKU-RED-MUG", 1)), sessions)  # a second return
+    assert await level(sessions, "SKU-SPLIT", "BJ") == (3, 0)
+    assert await level(sessions, "SKU-RED-MUG", "SH") == (500, 0)
+
+
+async def test_a_return_of_more_than_was_shipped_changes_nothing_and_is_dead_lettered(sessions):
+    await handle_reserve_stock(reserve("o1"), sessions)
+    await handle_commit_stock(commit("o1"), sessions)
+    before = await snapshot(sessions)
+    for wrong in (restock("o1", ("SKU-RED-MUG", 3)), restock("o1", ("SKU-TEA-POT", 1)), restock("o2", ("SKU-RED-MUG", 1))):
+        with pytest.raises(Permanent):
+            await handle_restock(wrong, sessions)
+    assert await snapshot(sessions) == before
+    async with sessions() as session:  # nothing claimed either: a fixed message may be replayed
+        assert await session.scalar(select(func.count()).select_from(processed_message)) == 2
 
 
 async def test_low_stock_is_told_once_per_crossing(sessions):
-    for i in range(3):  # SKU-LIMITED: 3 units, threshold 2
+    for i in range(3):  # SKU-LIMITED: 3 units at SH, threshold 2
         await handle_reserve_stock(reserve(f"o{i}", "SKU-LIMITED", 1), sessions)
-    lows = [e for e in await events(sessions) if e["key"] == "stock.low"]
-    assert len(lows) == 1 and lows[0]["data"]["sku"] == "SKU-LIMITED"
+    [low] = await events(sessions, "stock.low")
+    assert low["data"] == {"warehouse": "SH", "sku": "SKU-LIMITED", "available": 2, "threshold": 2,
+                           "reorder_quantity": 50}
+    for i in range(3):  # back above the threshold: armed again
+        await handle_release_stock(release(f"o{i}"), sessions)
+    await handle_reserve_stock(reserve("o9", "SKU-LIMITED", 3), sessions)
+    lows = await events(sessions, "stock.low")
+    assert [e["data"]["available"] for e in lows] == [2, 0]
 
 
 async def test_25_concurrent_orders_for_10_units_never_oversell(sessions):
-    async with sessions.begin() as session:
-        await receive(session, "SH", "SKU-TEN", 10, threshold=0, reorder=10)
-    await asyncio.gather(*(handle_reserve_stock(reserve(f"c{i}", "SKU-TEN", 1), sessions) for i in range(25)))
-    outcomes = [e["key"] for e in await events(sessions) if e["key"].startswith("stock.reserv")]
-    assert outcomes.count("stock.reserved") == 10 and outcomes.count("stock.reservation_failed") == 15
+    await stocked(sessions, "SKU-TEN", SH=10)
+    outcomes = await asyncio.gather(
+        *(handle_reserve_stock(reserve(f"c{i}", "SKU-TEN", 1), sessions) for i in range(25)), return_exceptions=True
+    )
+    assert [o for o in outcomes if o is not None] == []
+    answers = [e["key"] for e in await events(sessions) if e["key"].startswith("stock.reserv")]
+    assert answers.count("stock.reserved") == 10 and answers.count("stock.reservation_failed") == 15
     assert await level(sessions, "SKU-TEN", "SH") == (10, 10)
+    async with sessions() as session:
+        held = (await session.execute(select(Reservation.order_id, Reservation.quantity))).all()
+    assert len({order for order, _ in held}) == 10 and sum(q for _, q in held) == 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
@@ -15,6 +15,9 @@ from inventory import domain, stock
 from inventory.db import Reservation, Stock, Warehouse
 
 router = APIRouter(tags=["inventory"])
+
+
+WarehouseCode = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,20}$")]
 
 
 class WarehouseBody(BaseModel):
@@ -43,8 +46,8 @@ class Adjustment(BaseModel):
 class Threshold(BaseModel):
     model_config = ConfigDict(extra="forbid")
     warehouse: Annotated[str, Field(min_length=1, max_length=20)]
-    threshold: Annotated[int, Field(ge=0)]
-    reorder_quantity: Annotated[int, Field(gt=0)] | None = None
+    threshold: Annotated[int, Field(ge=0, le=1_000_000)]
+    reorder_quantity: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
 
 
 def _level(row: Stock) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def _unknown_warehouse(code: str) -> Problem:
 
 
 @router.put("/v1/warehouses/{code}", dependencies=[require(Role.ADMIN)])
-async def put_warehouse(code: str, rt: Runtime, body: Annotated[WarehouseBody, Body()]) -> dict[str, Any]:
+async def put_warehouse(code: WarehouseCode, rt: Runtime, body: Annotated[WarehouseBody, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         w = await session.get(Warehouse, code)
         if w is None:
@@ -88,13 +91,14 @@ async def receive(rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, An
 
 @router.post("/v1/stock/adjustments", dependencies=[require(Role.ADMIN)])
 async def adjust(rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
+    """A count: ``on_hand`` is what is on the shelf now (never below what is reserved: 409)."""
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
-            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason)
-        except LookupError as exc:
-            raise Problem(404, "not-found", "Not found", str(exc)) from exc
+            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason,
+                                     threshold=rt.settings.default_low_stock_threshold,
+                                     reorder=rt.settings.default_reorder_quantity)
         except stock.Conflict as exc:
             raise Problem(409, "below-reserved", "Below what is reserved", str(exc)) from exc
         return {"sku": body.sku, **_level(row)}
@@ -116,14 +120,11 @@ async def low_stock(rt: Runtime) -> dict[str, Any]:
 @router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
 async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
-        row = await session.scalar(select(Stock).where(Stock.sku == sku, Stock.warehouse == body.warehouse))
+        row = await stock.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
         if row is None:
             raise Problem(404, "not-found", "Not found", f"no {sku} at {body.warehouse}")
-        row.low_stock_threshold = body.threshold
-        if body.reorder_quantity:
-            row.reorder_quantity = body.reorder_quantity
-        await stock.check_low(session, row, None)
-        return {"sku": sku, **_level(row), "threshold": row.low_stock_threshold, "reorder_quantity": row.reorder_quantity}
+        return {"sku": sku, **_level(row), "threshold": row.low_stock_threshold,
+                "reorder_quantity": row.reorder_quantity}
 
 
 @router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from events.db import UtcDateTime
@@ -25,8 +26,9 @@ class Warehouse(Base):
 
 
 class Stock(Base):
-    """Units of one SKU at one warehouse. Reservations only ever take what is available, by a
-    guarded UPDATE (``on_hand - reserved >= :q``), so concurrent orders never oversell."""
+    """Units of one SKU at one warehouse. Changes lock the row first, reservations take units by a
+    guarded UPDATE (``on_hand - reserved >= :q``), and the CHECKs below refuse anything else, so
+    concurrent orders never oversell (stock.py)."""
 
     __tablename__ = "stock"
 
@@ -48,14 +50,18 @@ class Stock(Base):
 
 
 class Reservation(Base):
+    """Units of one SKU an order holds (or held) at one warehouse."""
+
     __tablename__ = "reservation"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
     warehouse: Mapped[str] = mapped_column(String(20))
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int]
     status: Mapped[str] = mapped_column(String(20))  # reserved | released | committed
+    returned: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Of a committed reservation: the units that came back in a return and were restocked."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -63,12 +69,16 @@ class Reservation(Base):
 
 
 class OrderHold(Base):
-    """What inventory knows of an order: remembers a release that overtook its reservation."""
+    """Where an order stands with inventory. The first answer is final: a failed or released order
+    is never reserved later (a release may overtake its reservation; a resent reserve may arrive
+    after the order was cancelled for want of stock)."""
 
     __tablename__ = "order_hold"
 
-    order_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(String(20))  # reserved | released | committed | failed
+    shortages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """Of a failed reservation: what was short, told again when the order asks again."""
     updated_at: Mapped[datetime]
 
 
@@ -82,6 +92,6 @@ class StockMovement(Base):
     sku: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # receipt adjustment reservation release commit restock
     quantity: Mapped[int]
-    order_id: Mapped[str | None] = mapped_column(String(40))
+    order_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(200))
     at: Mapped[datetime]

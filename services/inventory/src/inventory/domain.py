@@ -1,10 +1,14 @@
-"""Where to take stock from, and when it runs low: pure, no I/O.
+"""Where to take stock from, where returns go back, and when stock runs low: pure, no I/O.
 
 Reserving picks, among the warehouses that can serve the whole order, the one nearest the
 shipping address (great-circle distance when the address has coordinates; else one in the same
-country first). When none can serve it whole, the order is split across warehouses, nearest
-first, if together they hold enough; otherwise it fails with the shortages. Never more than is
-available is reserved.
+country first; ties by warehouse code). When none can serve it whole, the order is split across
+warehouses, nearest first, if together they hold enough; otherwise it fails with the shortages.
+Never more than is available is reserved.
+
+Low stock: a row is low when what is available (on hand − reserved) is at or below its threshold.
+The reorder suggestion is the row's ``reorder_quantity``, or more when that would not bring what
+is available up to twice the threshold (see :func:`reorder_suggestion`).
 """
 
 from __future__ import annotations
@@ -40,12 +44,13 @@ def distance_km(a_lat: float, a_lon: float, b_lat: float, b_lon: float) -> float
     p1, p2 = math.radians(a_lat), math.radians(b_lat)
     dp, dl = p2 - p1, math.radians(b_lon - a_lon)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(h))
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, h)))
 
 
 def nearest_first(warehouses: Sequence[Warehouse], to: Destination) -> list[Warehouse]:
-    """Nearest first: by distance when both ends have coordinates, same country before others,
-    then by code so the choice is stable."""
+    """Nearest first: by distance when both ends have coordinates; a warehouse without
+    coordinates comes after those, same country before others; then by code, so the choice is
+    stable."""
 
     def key(w: Warehouse) -> tuple[int, float, str]:
         if None not in (to.latitude, to.longitude, w.latitude, w.longitude):
@@ -61,29 +66,45 @@ class OutOfStock(Exception):
         self.shortages = shortages
 
 
+def merge_lines(items: Sequence[LineItem]) -> list[LineItem]:
+    """One line per SKU (quantities added up), in the order the SKUs first appear."""
+    totals: dict[str, int] = {}
+    for i in items:
+        totals[i.sku] = totals.get(i.sku, 0) + i.quantity
+    return [LineItem(sku=sku, quantity=q) for sku, q in totals.items()]
+
+
 def allocate(
     items: Sequence[LineItem],
     warehouses: Sequence[Warehouse],
     available: Mapping[tuple[str, str], int],
     to: Destination,
 ) -> list[Allocation]:
-    """Where each line comes from. ``available`` maps (warehouse, sku) to units free now."""
+    """Where each line comes from. ``available`` maps (warehouse, sku) to units free now.
+
+    Raises :class:`OutOfStock` naming every SKU the warehouses together cannot cover.
+    """
+    lines = merge_lines(items)
     ordered = nearest_first(warehouses, to)
+
+    def free(w: Warehouse, sku: str) -> int:
+        return max(0, available.get((w.code, sku), 0))
+
     for w in ordered:
-        if all(available.get((w.code, i.sku), 0) >= i.quantity for i in items):
-            return [Allocation(warehouse=w.code, sku=i.sku, quantity=i.quantity) for i in items]
-    shortages = []
-    for i in items:
-        total = sum(available.get((w.code, i.sku), 0) for w in ordered)
-        if total < i.quantity:
-            shortages.append(Shortage(sku=i.sku, quantity=i.quantity, available=total))
+        if all(free(w, i.sku) >= i.quantity for i in lines):
+            return [Allocation(warehouse=w.code, sku=i.sku, quantity=i.quantity) for i in lines]
+    shortages = [
+        Shortage(sku=i.sku, quantity=i.quantity, available=total)
+        for i in lines
+        if (total := sum(free(w, i.sku) for w in ordered)) < i.quantity
+    ]
     if shortages:
         raise OutOfStock(shortages)
     allocations: list[Allocation] = []
-    for i in items:  # split, nearest first
+    for i in lines:  # split, nearest first
         needed = i.quantity
         for w in ordered:
-            take = min(needed, available.get((w.code, i.sku), 0))
+            take = min(needed, free(w, i.sku))
             if take > 0:
                 allocations.append(Allocation(warehouse=w.code, sku=i.sku, quantity=take))
                 needed -= take
@@ -92,10 +113,43 @@ def allocate(
     return allocations
 
 
+class ReturnRefused(Exception):
+    """A return of units the order never shipped (or already gave back)."""
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """Units of one SKU an order took from one warehouse, and how many of them came back."""
+
+    warehouse: str
+    sku: str
+    quantity: int
+    returned: int = 0
+
+
+def place_returns(items: Sequence[LineItem], shipped: Sequence[Shipped]) -> list[Allocation]:
+    """Where returned units go back on the shelf: to the warehouses they left from, in the order
+    given, never more per warehouse than it shipped and has not had back already."""
+    allocations: list[Allocation] = []
+    for i in merge_lines(items):
+        needed = i.quantity
+        for s in shipped:
+            if s.sku != i.sku:
+                continue
+            take = min(needed, s.quantity - s.returned)
+            if take > 0:
+                allocations.append(Allocation(warehouse=s.warehouse, sku=s.sku, quantity=take))
+                needed -= take
+        if needed:
+            open_ = sum(s.quantity - s.returned for s in shipped if s.sku == i.sku)
+            raise ReturnRefused(f"{i.quantity} of {i.sku} returned, but only {open_} shipped and not yet returned")
+    return allocations
+
+
 def is_low(available: int, threshold: int) -> bool:
     return available <= threshold
 
 
 def reorder_suggestion(available: int, threshold: int, reorder_quantity: int) -> int:
-    """Order at least ``reorder_quantity``, and enough to be back above twice the threshold."""
+    """Order at least ``reorder_quantity``, and enough to reach twice the threshold again."""
     return max(reorder_quantity, 2 * threshold - available)

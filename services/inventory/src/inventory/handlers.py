@@ -1,4 +1,9 @@
-"""Subscribers: each command → stock change + events, with the inbox record, in ONE transaction."""
+"""Subscribers: each command → stock change + events, with the inbox record, in ONE transaction.
+
+A duplicate message (same CloudEvents id) changes nothing. A command that can never succeed
+(a commit for an order that holds nothing, a return of units never shipped) is dead-lettered at
+once; any other error rolls the transaction back and the message is retried.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from events import inbox
 from events.broker import Permanent, queue
 from events.envelope import Envelope
-from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems
+from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems, StockReserved
 from events.logs import get_logger
 from inventory import domain, stock
 
@@ -19,9 +24,14 @@ log = get_logger(__name__)
 router = RabbitRouter()
 Sessions = Annotated[async_sessionmaker, Context("sessions")]
 
-RESERVE, RELEASE, COMMIT, RESTOCK = (
-    "inventory.reserve_stock", "inventory.release_stock", "inventory.commit_stock", "inventory.restock",
-)
+RESERVE = "inventory.reserve_stock"
+RELEASE = "inventory.release_stock"
+COMMIT = "inventory.commit_stock"
+RESTOCK = "inventory.restock"
+
+
+def _units(allocations) -> list[str]:
+    return [f"{a.quantity}x{a.sku}@{a.warehouse}" for a in allocations]
 
 
 @router.subscriber(queue(RESERVE))
@@ -29,29 +39,44 @@ async def handle_reserve_stock(msg: Envelope[ReserveStock], sessions: Sessions) 
     cmd = msg.data
     to = domain.Destination(cmd.country, cmd.latitude, cmd.longitude)
     async with sessions.begin() as session:
-        if await inbox.claim(session, msg.id, RESERVE):
-            await stock.reserve(session, cmd.order_id, list(cmd.items), to, msg)
+        if not await inbox.claim(session, msg.id, RESERVE):
+            return
+        outcome = await stock.reserve(session, cmd.order_id, list(cmd.items), to, msg)
+    if isinstance(outcome, StockReserved):
+        log.info("stock.reserved", allocations=_units(outcome.allocations))
+    else:
+        log.info("stock.reservation_failed", reason=outcome.reason,
+                 shortages=[f"{s.sku}: {s.available} of {s.quantity}" for s in outcome.shortages])
 
 
 @router.subscriber(queue(RELEASE))
 async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) -> None:
     async with sessions.begin() as session:
-        if await inbox.claim(session, msg.id, RELEASE):
-            await stock.release(session, msg.data.order_id, msg.data.reason, msg)
+        if not await inbox.claim(session, msg.id, RELEASE):
+            return
+        released = await stock.release(session, msg.data.order_id, msg.data.reason, msg)
+    log.info("stock.released", allocations=_units(released.allocations))
 
 
 @router.subscriber(queue(COMMIT))
 async def handle_commit_stock(msg: Envelope[CommitStock], sessions: Sessions) -> None:
     async with sessions.begin() as session:
-        if await inbox.claim(session, msg.id, COMMIT):
-            await stock.commit(session, msg.data.order_id, msg)
+        if not await inbox.claim(session, msg.id, COMMIT):
+            return
+        try:
+            committed = await stock.commit(session, msg.data.order_id, msg)
+        except stock.Refused as exc:
+            raise Permanent(str(exc)) from exc
+    log.info("stock.committed", allocations=_units(committed.allocations))
 
 
 @router.subscriber(queue(RESTOCK))
 async def handle_restock(msg: Envelope[RestockItems], sessions: Sessions) -> None:
     async with sessions.begin() as session:
-        if await inbox.claim(session, msg.id, RESTOCK):
-            try:
-                await stock.restock(session, msg.data.order_id, list(msg.data.items), msg)
-            except ValueError as exc:
-                raise Permanent(str(exc)) from exc
+        if not await inbox.claim(session, msg.id, RESTOCK):
+            return
+        try:
+            restocked = await stock.restock(session, msg.data.order_id, list(msg.data.items), msg)
+        except stock.Refused as exc:
+            raise Permanent(str(exc)) from exc
+    log.info("stock.restocked", allocations=_units(restocked))

@@ -23,23 +23,27 @@ STOCK = {
 }
 
 
-async def _seed(settings: Settings) -> None:
+async def load_demo_data(settings: Settings) -> None:
+    """Warehouses and stock rows that do not exist yet; existing counts are left as they are."""
     engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    async with sessions.begin() as session:
-        for code, name, country, lat, lon in WAREHOUSES:
-            if await session.get(Warehouse, code) is None:
-                session.add(Warehouse(code=code, name=name, country=country, latitude=lat, longitude=lon))
-        await session.flush()
-        for sku, levels in STOCK.items():
-            for warehouse, quantity in levels.items():
-                exists = await session.scalar(select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse))
-                if exists is None:
-                    session.add(Stock(warehouse=warehouse, sku=sku, on_hand=quantity, reserved=0,
-                                      low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
-                                      reorder_quantity=settings.default_reorder_quantity, low_alerted=False))
-    await engine.dispose()
+    try:
+        sessions = make_sessionmaker(engine)
+        async with sessions.begin() as session:
+            for code, name, country, lat, lon in WAREHOUSES:
+                if await session.get(Warehouse, code) is None:
+                    session.add(Warehouse(code=code, name=name, country=country, latitude=lat, longitude=lon))
+            await session.flush()
+            for sku, levels in STOCK.items():
+                for warehouse, quantity in levels.items():
+                    exists = await session.scalar(select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse))
+                    if exists is None:
+                        session.add(Stock(warehouse=warehouse, sku=sku, on_hand=quantity, reserved=0,
+                                          low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
+                                          reorder_quantity=settings.default_reorder_quantity, low_alerted=False))
+    finally:
+        await engine.dispose()
 
 
 def seed(settings: Settings) -> None:
-    asyncio.run(_seed(settings))
+    """``python -m inventory seed``."""
+    asyncio.run(load_demo_data(settings))

@@ -1,7 +1,8 @@
 """Engine and session factory, with the two tables every service keeps for messaging.
 
-SQLite (the default) runs in WAL mode and takes the write lock when a transaction begins
-(``BEGIN IMMEDIATE``), so concurrent handlers queue for it instead of failing to upgrade a lock.
+SQLite (the default) runs in WAL mode, through one pooled connection per process, and takes the
+write lock when a transaction begins (``BEGIN IMMEDIATE``): concurrent handlers queue for the
+connection instead of failing to upgrade a lock or sleeping in SQLite's busy handler.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: errors never carry row values (contact details) into logs
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, hide_parameters=True)
+    # One connection: SQLite has one writer anyway, and a transaction waiting for the pool waits in
+    # the event loop and starts the moment the other ends, where one waiting for SQLite's file lock
+    # sleeps in its busy handler (up to 100 ms a try) long after the lock is free.
+    engine = create_async_engine(
+        url, echo=echo, connect_args={"timeout": 30}, hide_parameters=True,
+        pool_size=1, max_overflow=0, pool_timeout=120,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - driver hook

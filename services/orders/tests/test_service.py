@@ -14,11 +14,17 @@ from events.envelope import Envelope, Incoming, build
 from events.inventory import StockReserved
 from events.orders import PlaceOrder
 from events.payments import PaymentCaptured
-from events.shipping import ShipmentCreated
+from events.shipping import ShipmentCreated, ShipmentUpdated
 from events.types import Allocation
 from orders import service
 from orders.db import Order
-from orders.handlers import handle_place_order, on_payment_captured, on_stock_reserved
+from orders.handlers import (
+    handle_place_order,
+    on_payment_captured,
+    on_shipment_created,
+    on_shipment_updated,
+    on_stock_reserved,
+)
 from orders.saga import DeadlineReached
 
 
@@ -127,3 +133,30 @@ async def test_a_bad_amqp_order_is_answered_with_order_rejected_naming_the_field
     [rejected] = await outbox(sessions)
     assert rejected["type"] == "oms.order.rejected.v1" and rejected["data"]["command_id"] == "cmd-bad"
     assert {"items.0.quantity", "payment.method", "shipping_address"} <= {e["field"] for e in rejected["data"]["errors"]}
+
+
+async def test_a_scan_that_overtakes_the_pick_up_still_takes_the_order_through_shipped(sessions, settings):
+    """In transit reported before picked up: the history, the events (and so the customer's
+    messages) still go picking → shipped → in_transit, and the late pick-up changes nothing."""
+    order_id = await placed(sessions, settings)
+    await on_stock_reserved(envelope(StockReserved, StockReserved(
+        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])), sessions, settings)
+    await on_payment_captured(envelope(PaymentCaptured, PaymentCaptured(
+        order_id=order_id, payment_id="pay-1", amount=Decimal("79.80"), currency="CNY", method="card")), sessions, settings)
+    await on_shipment_created(envelope(ShipmentCreated, ShipmentCreated(
+        order_id=order_id, shipment_id="shp-1", carrier="sf", tracking_number="T1", warehouse="SH",
+        estimated_delivery=date(2026, 11, 30))), sessions, settings)
+
+    def scan(status: str) -> Envelope:
+        return envelope(ShipmentUpdated, ShipmentUpdated(order_id=order_id, shipment_id="shp-1", carrier="sf",
+                                                          tracking_number="T1", status=status, at=datetime.now(UTC)))
+
+    await on_shipment_updated(scan("in_transit"), sessions, settings)
+    await on_shipment_updated(scan("picked_up"), sessions, settings)
+    order = await load(sessions, order_id)
+    assert order.status == "in_transit"
+    assert [h.status for h in order.history] == ["submitted", "confirmed", "paid", "picking", "shipped", "in_transit"]
+    changes = [(m["data"]["from_status"], m["data"]["to_status"])
+               for m in await outbox(sessions) if m["key"] == "order.status_changed"]
+    assert changes[-2:] == [("picking", "shipped"), ("shipped", "in_transit")]
+    assert [m["key"] for m in await outbox(sessions)].count("inventory.commit_stock") == 1

@@ -365,6 +365,15 @@ _CARRIER_STATUS = {
 _PROGRESS = (S.PAID, S.PICKING, S.SHIPPED, S.IN_TRANSIT, S.DELIVERED)
 
 
+def passed_through(old: S, new: S) -> list[S]:
+    """The statuses an order takes on its way from ``old`` to ``new``. A carrier's scans may
+    overtake each other (in transit before picked up), yet the parcel went through every step, so
+    the order's history, its events and the customer's messages tell each one, in order."""
+    if old in _PROGRESS and new in _PROGRESS and _PROGRESS.index(new) > _PROGRESS.index(old):
+        return list(_PROGRESS[_PROGRESS.index(old) + 1 : _PROGRESS.index(new) + 1])
+    return [new]
+
+
 def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
     target = _CARRIER_STATUS.get(reply.status)
     if target is None or saga.status not in _PROGRESS or saga.parcel not in (Parcel.CREATING, Parcel.CREATED):

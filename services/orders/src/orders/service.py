@@ -208,7 +208,10 @@ async def apply(
         if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
             order.payment_token = None  # decided: the token is of no more use
         if new.status != old.status:
-            await _status_changed(session, order, old, new, now, cause)
+            previous = old.status
+            for status in flow.passed_through(old.status, new.status):
+                await _status_changed(session, order, previous, status, new, now, cause)
+                previous = status
         for intent in intents:
             if isinstance(intent, flow.RaiseAttention):
                 order.attention = intent.detail
@@ -219,15 +222,18 @@ async def apply(
         return order
 
 
-async def _status_changed(session: AsyncSession, order: Order, old: flow.Saga, new: flow.Saga, now: datetime, cause: Cause) -> None:
-    order.status, order.status_reason = new.status, new.reason
-    order.history.append(OrderHistory(status=new.status, reason=new.reason, at=now))
+async def _status_changed(
+    session: AsyncSession, order: Order, from_status: Any, to_status: Any, new: flow.Saga, now: datetime, cause: Cause
+) -> None:
+    reason = new.reason if to_status == new.status else None
+    order.status, order.status_reason = to_status, reason
+    order.history.append(OrderHistory(status=to_status, reason=reason, at=now))
     oid = order.id
     await _stage(
         session,
         OrderStatusChanged(
-            order_id=oid, customer_id=order.customer_id, from_status=old.status, to_status=new.status,
-            reason=new.reason, at=now,
+            order_id=oid, customer_id=order.customer_id, from_status=from_status, to_status=to_status,
+            reason=reason, at=now,
         ),
         oid,
         cause,
@@ -237,10 +243,10 @@ async def _status_changed(session: AsyncSession, order: Order, old: flow.Saga, n
         OrderStatus.PAID: lambda: OrderPaid(order_id=oid, amount=new.captured, currency=order.currency),
         OrderStatus.CANCELLED: lambda: OrderCancelled(order_id=oid, reason=new.reason),
         OrderStatus.DELIVERED: lambda: OrderDelivered(order_id=oid, delivered_at=now),
-    }.get(new.status)
+    }.get(to_status)
     if specific is not None:
         await _stage(session, specific(), oid, cause)
-    log.info("order.status_changed", order_id=oid, from_status=old.status, to_status=new.status, reason=new.reason)
+    log.info("order.status_changed", order_id=oid, from_status=from_status, to_status=to_status, reason=reason)
 
 
 def _summaries(order: Order, reply: object) -> None:

@@ -18,7 +18,7 @@ UV_RUN := uv run $(if $(wildcard uv.lock),--frozen)
 pytest = rc=0; $(UV_RUN) pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help uv venv rabbitmq run test test-unit test-integration lint bench verify asyncapi clean
+.PHONY: help uv venv rabbitmq postgres run test test-unit test-integration lint bench verify asyncapi clean
 
 help:
 	@echo "make run               start everything (broker, databases, demo data, five services) until Ctrl-C"
@@ -56,16 +56,27 @@ rabbitmq:
 		fi; \
 	fi
 
+# The PostgreSQL the tests about PostgreSQL start their own server from (unless OMS_TEST_POSTGRES_URL).
+postgres:
+	@if [ -z "$${OMS_TEST_POSTGRES_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "postgresql is missing: installing it with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+		else \
+			echo "postgresql is missing: run 'sudo apt-get install -y postgresql', or set OMS_TEST_POSTGRES_URL" >&2; \
+		fi; \
+	fi
+
 run: venv
 	@$(UV_RUN) python -m omstools.run
 
-test: venv rabbitmq
+test: venv rabbitmq postgres
 	@$(call pytest,$(TEST_PATHS))
 
 test-unit: venv
 	@$(call pytest,-m "not integration" $(TEST_PATHS))
 
-test-integration: venv rabbitmq
+test-integration: venv rabbitmq postgres
 	@$(call pytest,-m integration $(TEST_PATHS))
 
 lint: venv

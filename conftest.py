@@ -1,4 +1,5 @@
-"""Fixtures every test tier shares: a real RabbitMQ broker for the whole session.
+"""Fixtures every test tier shares: a real RabbitMQ broker for the whole session, and a real
+PostgreSQL server for the tests that are about it (``postgres_database``: a fresh database each).
 
 Where the broker comes from, in order: ``AMQP_URL`` when set; a node started from the local
 ``rabbitmq-server`` on free ports in a temporary folder (stopped again at the end); a
@@ -8,15 +9,23 @@ message that says what to install.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
+import pwd
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from omstools.rabbit import RabbitNode, rabbitmq_installed
+from omstools.rabbit import RabbitNode, free_port, rabbitmq_installed
 
 
 @dataclass
@@ -58,3 +67,104 @@ def rabbit() -> Iterator[Broker]:
             yield Broker(f"amqp://guest:guest@{params.host}:{params.port}/")
         return
     pytest.fail("no RabbitMQ: set AMQP_URL, install rabbitmq-server (apt-get), or run a Docker engine")
+
+
+# ---- PostgreSQL, for the tests that are about it ------------------------------------------------
+@dataclass
+class Postgres:
+    url: str  # a maintenance connection: postgresql+asyncpg://user@host:port/postgres
+
+    def database_url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return found[-1].parent if found else None
+
+
+def _run_as() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user (or nobody)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """``OMS_TEST_POSTGRES_URL`` when set; else a server started from the local PostgreSQL on a free
+    port in a temporary folder (stopped again by its PID); else a testcontainers one."""
+    if os.environ.get("OMS_TEST_POSTGRES_URL"):
+        yield Postgres(os.environ["OMS_TEST_POSTGRES_URL"])
+        return
+    bindir = _pg_bin()
+    if bindir is not None:
+        home = Path(tempfile.mkdtemp(prefix="oms-test-pg-"))
+        user = _run_as()
+        if user:
+            shutil.chown(home, user)
+        data, port = home / "data", free_port()
+        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "oms", "--auth=trust", "--no-sync",
+                        "-E", "UTF8", "--locale=C"], user=user, check=True, capture_output=True, timeout=120)
+        with open(home / "server.log", "wb") as server_log:
+            server = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+                user=user, stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                                 capture_output=True).returncode != 0:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL did not start: {(home / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield Postgres(f"postgresql+asyncpg://oms@127.0.0.1:{port}/postgres")
+        finally:
+            server.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            shutil.rmtree(home, ignore_errors=True)
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver="asyncpg") as container:
+            yield Postgres(container.get_connection_url())
+        return
+    pytest.fail("no PostgreSQL: set OMS_TEST_POSTGRES_URL, install postgresql (apt-get), or run a Docker engine")
+
+
+def _admin(postgres: Postgres, sql: str) -> None:
+    """One statement on the maintenance database, from a loop of its own (usable by sync fixtures)."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(postgres.url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result(timeout=60)
+
+
+@pytest.fixture
+def postgres_database(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty database of this test's own; dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    _admin(postgres, f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres.database_url(name)
+    finally:
+        _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -30,6 +30,23 @@ async def sessions(settings):
     await engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def any_sessions(request, tmp_path):
+    """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    settings = Settings(database_url=url)
+    engine = make_engine(settings.database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(messaging_metadata.create_all)
+    await load_demo_data(settings)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
 @pytest.fixture
 async def client(sessions, settings):
     app = FastAPI()

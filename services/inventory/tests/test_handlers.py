@@ -231,7 +231,8 @@ async def test_low_stock_is_told_once_per_crossing(sessions):
     assert [e["data"]["available"] for e in lows] == [2, 0]
 
 
-async def test_25_concurrent_orders_for_10_units_never_oversell(sessions):
+async def test_25_concurrent_orders_for_10_units_never_oversell(any_sessions):
+    sessions = any_sessions
     await stocked(sessions, "SKU-TEN", SH=10)
     outcomes = await asyncio.gather(
         *(handle_reserve_stock(reserve(f"c{i}", "SKU-TEN", 1), sessions) for i in range(25)), return_exceptions=True

@@ -69,6 +69,22 @@ def rabbit() -> Iterator[Broker]:
     pytest.fail("no RabbitMQ: set AMQP_URL, install rabbitmq-server (apt-get), or run a Docker engine")
 
 
+@pytest.fixture
+def amqp_url(rabbit: Broker) -> Iterator[str]:
+    """A virtual host of this test's own when the suite runs the node (no other consumer, such as
+    the integration tests' services, can take its messages); the broker's default one otherwise."""
+    if rabbit.node is None:
+        yield rabbit.url
+        return
+    vhost = f"test-{uuid.uuid4().hex[:8]}"
+    rabbit.node.ctl("add_vhost", vhost)
+    rabbit.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield rabbit.url.rstrip("/") + "/" + vhost
+    finally:
+        rabbit.node.ctl("delete_vhost", vhost, check=False)
+
+
 # ---- PostgreSQL, for the tests that are about it ------------------------------------------------
 @dataclass
 class Postgres:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,22 +30,6 @@ pytestmark = pytest.mark.integration
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 OPS = {"Authorization": "Bearer dev-ops-key"}
 T = TypeVar("T")
-
-
-@pytest.fixture
-def amqp_url(rabbit) -> Iterator[str]:
-    """A virtual host of this test's own when the suite runs the node (no other consumer can take
-    its messages); the broker's default one otherwise."""
-    if rabbit.node is None:
-        yield rabbit.url
-        return
-    vhost = f"inventory-test-{uuid.uuid4().hex[:8]}"
-    rabbit.node.ctl("add_vhost", vhost)
-    rabbit.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    try:
-        yield rabbit.url.rstrip("/") + "/" + vhost
-    finally:
-        rabbit.node.ctl("delete_vhost", vhost, check=False)
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, timeout: float, what: str) -> T:

@@ -678,7 +678,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.rate, args.fixed_seconds, args.saturation_seconds = 10.0, 2.0, 2.0
-        args.ceiling_seconds, args.window, args.calibration_orders, args.drain_seconds = 1.0, 8, 2, 30.0
+        args.ceiling_seconds, args.window, args.calibration_orders, args.drain_seconds = 1.0, 8, 2, 120.0
         args.carrier_step = "0.2"
     return args
 

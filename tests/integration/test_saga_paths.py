@@ -35,8 +35,11 @@ def _items(sku: str, quantity: int = 1, price: str = "10.00") -> list[dict]:
 
 
 async def _untouched(inventory, sku: str, quantity: int) -> None:
-    level = await stock(inventory, sku)
-    assert (level["on_hand"], level["reserved"], level["available"]) == (quantity, 0, quantity), level
+    """The order is final as soon as the saga decides; the compensations it sent (release the
+    stock) complete right after: wait for them, with a deadline."""
+    await eventually(lambda: stock(inventory, sku),
+                     lambda level: (level["on_hand"], level["reserved"], level["available"]) == (quantity, 0, quantity),
+                     what=f"all {quantity} units of {sku} back and free")
 
 
 async def test_stock_short_cancels_out_of_stock_and_charges_nothing(orders, inventory, payments):
@@ -157,7 +160,8 @@ async def test_return_after_delivery_restocks_and_refunds_the_returned_items(ord
     for status in ("picked_up", "in_transit", "delivered"):
         await carrier_event(shipping, picking, status)
     await wait_status(orders, created["id"], "delivered")
-    assert (await stock(inventory, sku))["on_hand"] == 3
+    await eventually(lambda: stock(inventory, sku), lambda level: level["on_hand"] == 3,
+                     what="the shipped units off the shelf")
 
     r = await orders.post(f"/v1/orders/{created['id']}/returns", json={"items": [{"sku": sku, "quantity": 1}], "reason": "too big"},
                           headers=GATEWAY)
@@ -167,8 +171,8 @@ async def test_return_after_delivery_restocks_and_refunds_the_returned_items(ord
     order = await wait_settled(orders, created["id"], payment="partially_refunded")
     assert order["status"] == "returned"
     assert (await payment(payments, created["id"]))["refunded_amount"] == "25.00"
-    level = await stock(inventory, sku)
-    assert (level["on_hand"], level["reserved"]) == (4, 0)
+    await eventually(lambda: stock(inventory, sku), lambda level: (level["on_hand"], level["reserved"]) == (4, 0),
+                     what="the returned unit back on the shelf")
 
 
 async def test_25_concurrent_orders_for_10_units_exactly_10_go_on(orders, inventory):

@@ -105,6 +105,11 @@ class Placed:
     paid_at: float | None = None
     shipped_at: float | None = None
     cancelled: str | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # paid or cancelled
+
+    async def wait_settled(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settled.wait(), max(0.0, timeout))
 
 
 @dataclass
@@ -115,7 +120,6 @@ class Tracker:
     early: dict[str, list[tuple[str, float, str | None]]] = field(default_factory=dict)
     paid_events: list[tuple[float, str]] = field(default_factory=list)
     shipped_events: list[tuple[float, str]] = field(default_factory=list)
-    paid_signal: asyncio.Event = field(default_factory=asyncio.Event)
 
     def placed(self, order_id: str, placed: Placed) -> None:
         self.orders[order_id] = placed
@@ -133,13 +137,13 @@ class Tracker:
         if status == "paid" and placed.paid_at is None:
             placed.paid_at = at
             self.paid_events.append((at, placed.phase))
-            self.paid_signal.set()
+            placed.settled.set()
         elif status in LEFT_THE_WAREHOUSE and placed.shipped_at is None:
             placed.shipped_at = at
             self.shipped_events.append((at, placed.phase))
         elif status == "cancelled":
             placed.cancelled = reason or "unknown"
-            self.paid_signal.set()
+            placed.settled.set()
 
     def of(self, phase: str) -> list[Placed]:
         return [p for p in self.orders.values() if p.phase == phase]
@@ -249,15 +253,11 @@ async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client
     kinds: Counter[str] = Counter()
     for n in range(orders):
         order_id = await place(client, tracker, "calibration", n)
-        deadline = time.perf_counter() + timeout
-        while tracker.orders[order_id].paid_at is None:
-            if tracker.orders[order_id].cancelled or time.perf_counter() > deadline:
-                raise RuntimeError(f"calibration order {order_id} was not paid: "
-                                   f"{tracker.orders[order_id].cancelled or 'timed out'}")
-            tracker.paid_signal.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tracker.paid_signal.wait(), 1.0)
-        paid_at = tracker.orders[order_id].paid_at
+        placed = tracker.orders[order_id]
+        await placed.wait_settled(timeout)
+        if placed.paid_at is None:
+            raise RuntimeError(f"calibration order {order_id} was not paid: {placed.cancelled or 'timed out'}")
+        paid_at = placed.paid_at
         await asyncio.sleep(0.05)  # messages are consumed from two queues: let the slower one catch up
         mine = [t for at, subject, t in seen if subject == order_id and at <= paid_at + 0.05]
         counts.append(len(mine))
@@ -344,9 +344,7 @@ async def saturation_phase(client: httpx.AsyncClient, tracker: Tracker, seconds:
             if order_id is None:
                 await asyncio.sleep(0.05)
                 continue
-            placed = tracker.orders[order_id]
-            while placed.paid_at is None and placed.cancelled is None and time.perf_counter() < stop_at:
-                await wait_signal(tracker, 0.5)
+            await tracker.orders[order_id].wait_settled(stop_at - time.perf_counter())
 
     async def ticker() -> None:
         while (now := time.perf_counter()) < stop_at:
@@ -356,15 +354,6 @@ async def saturation_phase(client: httpx.AsyncClient, tracker: Tracker, seconds:
 
     await asyncio.gather(ticker(), *(worker() for _ in range(window)))
     return PhaseRun("saturation", start, stop_at, None, errors, {})
-
-
-async def wait_signal(tracker: Tracker, timeout: float) -> None:
-    """Until some order is paid or cancelled (every waiter wakes and looks at its own order)."""
-    signal = tracker.paid_signal
-    if signal.is_set():
-        signal.clear()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(signal.wait(), timeout)
 
 
 async def drain(tracker: Tracker, phase: str, until: str, timeout: float) -> None:

@@ -24,8 +24,9 @@ includes the outbox relay of the status event. ``shipped`` is the first of ``shi
 simulated carrier's pick-up step (``SHIPPING_SIMULATION_STEP_SECONDS``, 1 s by default).
 
 Rates count the ``paid``/``shipped`` events that arrive within the phase's window, ÷ its length.
-CPU seconds per order: each service process's and the broker's CPU time over the phase (psutil,
-found by their listening ports) ÷ orders paid in the phase.
+CPU seconds per order: each service process's and the broker's CPU time from the phase's start
+until its orders are delivered (psutil, processes found by their listening ports) ÷ orders paid in
+the phase. Each phase is drained to ``delivered`` before the next starts.
 
 Output: a table on the terminal, ``bench/results/<timestamp>.json`` (CONTRACT §8 keys and more)
 and ``<timestamp>.png`` beside it (latency to ``paid`` over time and its percentile curve).
@@ -105,6 +106,7 @@ class Placed:
     paid_at: float | None = None
     shipped_at: float | None = None
     cancelled: str | None = None
+    delivered_at: float | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # paid or cancelled
 
     async def wait_settled(self, timeout: float) -> None:
@@ -141,7 +143,9 @@ class Tracker:
         elif status in LEFT_THE_WAREHOUSE and placed.shipped_at is None:
             placed.shipped_at = at
             self.shipped_events.append((at, placed.phase))
-        elif status == "cancelled":
+        if status == "delivered" and placed.delivered_at is None:
+            placed.delivered_at = at
+        if status == "cancelled":
             placed.cancelled = reason or "unknown"
             placed.settled.set()
 
@@ -357,7 +361,9 @@ async def saturation_phase(client: httpx.AsyncClient, tracker: Tracker, seconds:
 
 
 async def drain(tracker: Tracker, phase: str, until: str, timeout: float) -> None:
-    """Wait (at most ``timeout``) for every order of ``phase`` to reach ``until`` or be cancelled."""
+    """Wait (at most ``timeout``) for every order of ``phase`` to reach ``until`` or be cancelled.
+    Phases are drained to ``delivered``, so the next phase starts on a quiet system and each
+    phase's CPU is its own orders' whole life."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         waiting = [oid for oid, p in tracker.orders.items()
@@ -400,6 +406,8 @@ def phase_figures(run: PhaseRun, tracker: Tracker) -> dict[str, Any]:
             errors["not_paid_in_time"] += 1
         elif p.shipped_at is None:
             errors["not_shipped_in_time"] += 1
+        elif p.delivered_at is None:
+            errors["not_delivered_in_time"] += 1
     paid_total = max(1, len(paid))
     return {
         "offered_per_s": run.offered_per_s,
@@ -603,12 +611,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                           TimeRemainingColumn(), console=console, transient=False) as progress:
                 cpu0 = cpu_times(target.procs)
                 fixed = await fixed_phase(client, tracker, args.rate, args.fixed_seconds, progress)
-                await drain(tracker, "fixed", "shipped", args.drain_seconds)
+                await drain(tracker, "fixed", "delivered", args.drain_seconds)
                 fixed.cpu = cpu_delta(target.procs, cpu0)
                 cpu0 = cpu_times(target.procs)
                 saturation = await saturation_phase(client, tracker, args.saturation_seconds, args.window,
                                                      progress)
-                await drain(tracker, "saturation", "shipped", args.drain_seconds)
+                await drain(tracker, "saturation", "delivered", args.drain_seconds)
                 saturation.cpu = cpu_delta(target.procs, cpu0)
         await connection.close()
     finally:
@@ -635,7 +643,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fixed": "open loop at offered_per_s",
             "saturation": f"closed loop, {args.window} orders in flight between POST and paid",
             "cpu": "psutil CPU time (user+system) of each process from the phase's start until its orders "
-                   "shipped ÷ its orders paid",
+                   "were delivered ÷ its orders paid",
             "carrier_step_s": float(args.carrier_step) if target.stop else None,
         },
         "args": {k: v for k, v in vars(args).items() if k not in ("out",)},
@@ -657,7 +665,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ceiling-seconds", type=float, default=10.0)
     p.add_argument("--window", type=int, default=64, help="orders in flight at saturation (64)")
     p.add_argument("--calibration-orders", type=int, default=10)
-    p.add_argument("--drain-seconds", type=float, default=300.0, help="wait at most this for a phase's orders to ship")
+    p.add_argument("--drain-seconds", type=float, default=600.0, help="wait at most this for a phase's orders to be delivered")
     p.add_argument("--carrier-step", default="1.0", help="simulated carrier step, s (a system the bench starts)")
     p.add_argument("--start", action="store_true", help="start a system even if one runs at the standard ports")
     p.add_argument("--amqp-url", default=None, help="with --start or no running system: this broker, not a node of its own")

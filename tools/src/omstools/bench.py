@@ -60,16 +60,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from events.names import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+from events.topology import QUEUES
 from omstools.rabbit import RabbitNode, rabbitmq_installed
 from omstools.system import DEFAULT_PORTS, SERVICES, System
 
 GATEWAY = {"Authorization": "Bearer dev-gateway-key"}
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
-OPS = {"Authorization": "Bearer dev-ops-key"}
 SKU = "SKU-BENCH-MUG"
 WAREHOUSES = ("SH", "BJ", "FRA", "NYC")
-EVENTS_EXCHANGE = "oms.events"
-COMMANDS_EXCHANGE = "oms.commands"
 # A carrier may report a parcel in transit (or delivered) before its pick-up scan reaches us: the
 # order then skips `shipped`. Either way the parcel has left; that moment is its `shipped`.
 LEFT_THE_WAREHOUSE = {"shipped", "in_transit", "delivered"}
@@ -206,17 +205,16 @@ async def ceiling(amqp_url: str, seconds: float, size: int = 300, in_flight: int
                 gate.release()
 
         start = time.perf_counter()
-        start_count = consumed
         while time.perf_counter() < stop_at:
             await gate.acquire()
             task = asyncio.create_task(publish_one())
             pending.add(task)
             task.add_done_callback(pending.discard)
-        window = [time.perf_counter() - start, consumed - start_count]
+        elapsed, through = time.perf_counter() - start, consumed
         await asyncio.gather(*pending, return_exceptions=True)
         await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
-        return {"broker_msgs_per_s": round(window[1] / window[0], 1), "seconds": round(window[0], 1),
+        return {"broker_msgs_per_s": round(through / elapsed, 1), "seconds": round(elapsed, 1),
                 "message_bytes": size, "in_flight": in_flight, "queue": "quorum, durable",
                 "delivery": "persistent, publisher confirms, manual ack"}
     finally:
@@ -232,12 +230,9 @@ async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
     seen: list[tuple[float, str | None, str]] = []
-    taps = []
-    for exchange_name in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE):
-        exchange = await channel.get_exchange(exchange_name, ensure=False)
-        q = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await q.bind(exchange, routing_key="#" if exchange_name == EVENTS_EXCHANGE else "")
-        taps.append((q, exchange))
+    # events: a topic exchange, every key; commands: a direct one, each key a service consumes
+    taps = {EVENTS_EXCHANGE: ["#"],
+            COMMANDS_EXCHANGE: sorted(q.routing_key for q in QUEUES if q.exchange == COMMANDS_EXCHANGE)}
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         at = time.perf_counter()
@@ -245,13 +240,12 @@ async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client
             envelope = json.loads(message.body)
             seen.append((at, envelope.get("subject") or envelope.get("correlationid"), envelope["type"]))
 
-    # the commands exchange is direct: bind the tap to every command queue's routing key
-    commands = taps[1]
-    await commands[0].unbind(commands[1], routing_key="")
-    for key in await command_keys():
-        await commands[0].bind(commands[1], routing_key=key)
-    for q, _ in taps:
-        await q.consume(on_message, no_ack=True)
+    for exchange_name, keys in taps.items():
+        exchange = await channel.get_exchange(exchange_name, ensure=False)
+        tap = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in keys:
+            await tap.bind(exchange, routing_key=key)
+        await tap.consume(on_message, no_ack=True)
 
     counts: list[int] = []
     kinds: Counter[str] = Counter()
@@ -269,13 +263,6 @@ async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client
     await channel.close()
     return {"messages_per_order": round(sum(counts) / len(counts), 2), "orders": len(counts),
             "by_type": {k: round(v / len(counts), 2) for k, v in sorted(kinds.items())}}
-
-
-async def command_keys() -> list[str]:
-    """Every command routing key the services consume (from the shared topology)."""
-    from events.topology import QUEUES
-
-    return sorted(q.routing_key for q in QUEUES if q.exchange == COMMANDS_EXCHANGE)
 
 
 # ---- placing orders ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 from faststream import AckPolicy
+from faststream._internal.context import Context as ContextField
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.exceptions import HandlerException, NackMessage, RejectMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
@@ -53,9 +54,20 @@ def retry_delay(delivery_count: int) -> float:
     return min(RETRY_BASE_SECONDS * 2**delivery_count, RETRY_MAX_SECONDS)
 
 
-def decode_json(msg: Any) -> Any:
-    """Decode every body as JSON whatever its content type (``application/cloudevents+json`` too)."""
+async def decode_json(msg: Any) -> Any:
+    """Decode every body as JSON whatever its content type (``application/cloudevents+json`` too).
+
+    A coroutine, because FastStream runs a synchronous decoder in a worker thread."""
     return json.loads(msg.body)
+
+
+class Resource(ContextField):
+    """A handler parameter taken from the broker's context, like ``Context("sessions")``, but
+    resolved in the event loop: fast_depends runs ``Context``'s synchronous ``use`` in a worker
+    thread, one thread hop per parameter per message for a dictionary look-up."""
+
+    async def use(self, /, **kwargs: Any) -> dict[str, Any]:
+        return super().use(**kwargs)
 
 
 def _peek(body: bytes) -> dict[str, Any]:

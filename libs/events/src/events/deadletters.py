@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from faststream import Context
 from faststream.rabbit import RabbitMessage, RabbitQueue, RabbitRouter
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, func, insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from events.broker import Resource
 from events.db import UtcDateTime, outbox_message
 from events.logs import get_logger
 from events.names import DEAD_LETTER_QUEUE
@@ -70,7 +70,7 @@ def build_router() -> RabbitRouter:
     # Raw bytes, never decoded: a dead letter is often not JSON, and this queue is the end of the
     # line (a message rejected here would be gone). A database error is retried, like any other.
     @router.subscriber(QUEUE, title="oms.dead-letter:park", decoder=_raw)
-    async def on_dead_letter(message: RabbitMessage, sessions: Annotated[async_sessionmaker, Context("sessions")]) -> None:
+    async def on_dead_letter(message: RabbitMessage, sessions: Annotated[async_sessionmaker, Resource("sessions")]) -> None:
         raw = message.raw_message
         headers = dict(raw.headers or {})
         queue, reason, deliveries = _death(headers)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from faststream import Context
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events import inbox
-from events.broker import Permanent, queue
+from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems, StockReserved
 from events.logs import get_logger
@@ -22,7 +21,7 @@ from inventory import domain, stock
 
 log = get_logger(__name__)
 router = RabbitRouter()
-Sessions = Annotated[async_sessionmaker, Context("sessions")]
+Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 
 RESERVE = "inventory.reserve_stock"
 RELEASE = "inventory.release_stock"

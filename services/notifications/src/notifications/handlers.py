@@ -23,13 +23,12 @@ from email.utils import parseaddr
 from typing import Annotated, Any
 from uuid import uuid4
 
-from faststream import Context
 from faststream.rabbit import RabbitRouter
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox, topology
-from events.broker import queue
+from events.broker import Resource, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.notifications import NotificationFailed, NotificationSent, RegisterRecipient
@@ -61,9 +60,9 @@ REFUNDED = topology.event_queue(SERVICE, "payment.refunded")
 log = get_logger(__name__)
 router = RabbitRouter()
 
-Sessions = Annotated[async_sessionmaker, Context("sessions")]
-Channels = Annotated[dict[str, ChannelAdapter], Context("channels")]
-Config = Annotated[Settings, Context("settings")]
+Sessions = Annotated[async_sessionmaker, Resource("sessions")]
+Channels = Annotated[dict[str, ChannelAdapter], Resource("channels")]
+Config = Annotated[Settings, Resource("settings")]
 
 
 class RecipientNotRegistered(Exception):

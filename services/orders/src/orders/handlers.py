@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
-from faststream import Context
 from faststream.rabbit import RabbitRouter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events import inbox, outbox
-from events.broker import queue
+from events.broker import Resource, queue
 from events.envelope import Envelope, ErrorItem, Incoming
 from events.inventory import StockReleased, StockReservationFailed, StockReserved
 from events.logs import get_logger
@@ -34,8 +33,8 @@ from orders.saga import DeadlineReached
 log = get_logger(__name__)
 router = RabbitRouter()
 
-Sessions = Annotated[async_sessionmaker, Context("sessions")]
-Config = Annotated[Settings, Context("settings")]
+Sessions = Annotated[async_sessionmaker, Resource("sessions")]
+Config = Annotated[Settings, Resource("settings")]
 
 PLACE = "orders.place_order"
 

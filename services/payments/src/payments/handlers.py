@@ -13,13 +13,12 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
-from faststream import Context
 from faststream.rabbit import RabbitRouter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox
-from events.broker import Permanent, queue
+from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
@@ -36,9 +35,9 @@ REFUND = "payments.refund_payment"
 log = get_logger(__name__)
 router = RabbitRouter()
 
-Sessions = Annotated[async_sessionmaker, Context("sessions")]
-Provider = Annotated[SandboxProvider, Context("provider")]
-Config = Annotated[Settings, Context("settings")]
+Sessions = Annotated[async_sessionmaker, Resource("sessions")]
+Provider = Annotated[SandboxProvider, Resource("provider")]
+Config = Annotated[Settings, Resource("settings")]
 
 
 async def _with_retries(call, settings: Settings):

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from faststream import Context
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events import inbox
-from events.broker import Permanent, queue
+from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
 from shipping import parcels
 from shipping.config import Settings
 
 router = RabbitRouter()
-Sessions = Annotated[async_sessionmaker, Context("sessions")]
-Config = Annotated[Settings, Context("settings")]
+Sessions = Annotated[async_sessionmaker, Resource("sessions")]
+Config = Annotated[Settings, Resource("settings")]
 
 CREATE, ADDRESS, CANCEL, RETURN = (
     "shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return",

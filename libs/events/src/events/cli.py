@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
 from events.settings import ServiceSettings
+
+# Young objects are collected after this many allocations instead of 700: a message allocates
+# thousands (ORM states, models, frames), and each young collection walks them all again.
+GC_THRESHOLD = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer cyclic garbage collections in a serving process.
+
+    What the imports built (modules, mappers, models, compiled caches) lives as long as the process:
+    ``gc.freeze`` moves it out of the collector's way, so a full collection no longer walks it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def main(
@@ -27,9 +42,12 @@ def main(
 
     if args.command == "serve":
         import uvicorn
+        from uvicorn.importer import import_from_string
 
+        factory = import_from_string(app_factory)
+        tune_gc()
         uvicorn.run(
-            app_factory,
+            factory,
             factory=True,
             host=s.http_host,
             port=s.http_port,

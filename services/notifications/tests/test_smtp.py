@@ -35,6 +35,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[Any] = []
+        self.peers: list[Any] = []  # the client's (host, port): one per connection
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 (aiosmtpd's name)
         if address == REFUSED:
@@ -45,6 +46,7 @@ class Inbox:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.peers.append(session.peer)
         self.envelopes.append(envelope)
         self.messages.append(BytesParser(policy=policy.default).parsebytes(envelope.original_content))
         return "250 Message accepted for delivery"
@@ -122,3 +124,44 @@ async def test_an_address_no_server_would_take_is_rejected_before_sending(smtp):
         with pytest.raises(Rejected, match="invalid_address"):
             await adapter(controller.port).send(outgoing(bad))
     assert inbox.messages == []
+
+
+async def test_messages_share_one_connection_and_a_dropped_one_is_replaced():
+    inbox, port = Inbox(), free_port()
+    first = Controller(inbox, hostname="127.0.0.1", port=port)
+    first.start()
+    email = adapter(port)
+    try:
+        for n in range(3):
+            await email.send(outgoing(message_id=f"<m{n}@oms.local>"))
+    finally:
+        first.stop()  # the server goes away with the idle connection, and comes back
+    assert len(inbox.messages) == 3 and len(set(inbox.peers)) == 1
+
+    again = Controller(inbox, hostname="127.0.0.1", port=port)
+    again.start()
+    try:
+        await email.send(outgoing(message_id="<after@oms.local>"))
+    finally:
+        email.close()
+        again.stop()
+    assert [m["Message-ID"] for m in inbox.messages][-1] == "<after@oms.local>"
+    assert len(set(inbox.peers)) == 2
+
+
+async def test_a_refused_recipient_leaves_the_connection_usable(smtp):
+    controller, inbox = smtp
+    email = adapter(controller.port)
+    with pytest.raises(Rejected):
+        await email.send(outgoing(REFUSED))
+    await email.send(outgoing())
+    assert len(inbox.messages) == 1
+    email.close()
+
+
+async def test_an_address_beyond_ascii_goes_out_with_smtputf8(smtp):
+    controller, inbox = smtp
+    await adapter(controller.port).send(outgoing("lin@例子.中国"))
+    [envelope] = inbox.envelopes
+    assert envelope.rcpt_tos == ["lin@例子.中国"] and envelope.smtp_utf8
+    assert "To: 林美 <lin@例子.中国>".encode() in envelope.original_content

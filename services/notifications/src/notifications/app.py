@@ -18,9 +18,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         s = settings or Settings()
         channels = build_channels(s)
-        async with ServiceRuntime(s, routers=[handlers.router], context={"channels": channels}) as runtime:
-            app.state.runtime = runtime
-            yield
+        try:
+            async with ServiceRuntime(s, routers=[handlers.router], context={"channels": channels}) as runtime:
+                app.state.runtime = runtime
+                yield
+        finally:
+            for adapter in channels.values():
+                adapter.close()
 
     app = FastAPI(title="OMS notifications", version="1", lifespan=lifespan)
     install(app, "notifications")

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import lazyload, raiseload
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
 from events.envelope import Envelope, Incoming
@@ -193,7 +194,9 @@ async def apply(
     async with sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
-        order = await session.get(Order, order_id)
+        # The saga step needs neither the history (rows are only added to it) nor, mostly, the
+        # lines: neither is loaded with the order here, and reading the history would raise.
+        order = await session.get(Order, order_id, options=[raiseload(Order.history), lazyload(Order.lines)])
         if order is None:
             log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)
             return None
@@ -212,6 +215,8 @@ async def apply(
             for status in flow.passed_through(old.status, new.status):
                 await _status_changed(session, order, previous, status, new, now, cause)
                 previous = status
+        if any(isinstance(intent, NEEDS_LINES) for intent in intents):
+            await order.awaitable_attrs.lines
         for intent in intents:
             if isinstance(intent, flow.RaiseAttention):
                 order.attention = intent.detail
@@ -227,7 +232,7 @@ async def _status_changed(
 ) -> None:
     reason = new.reason if to_status == new.status else None
     order.status, order.status_reason = to_status, reason
-    order.history.append(OrderHistory(status=to_status, reason=reason, at=now))
+    session.add(OrderHistory(order_id=order.id, status=to_status, reason=reason, at=now))
     oid = order.id
     await _stage(
         session,
@@ -276,15 +281,21 @@ def _summaries(order: Order, reply: object) -> None:
     )
 
 
+NEEDS_LINES = (flow.Reserve, flow.CreateShipment)  # the intents whose command lists the order's items
+
+
 def _command(order: Order, saga: flow.Saga, intent: object) -> Any:
     """An intent of the saga as the command another service takes, with the order's data."""
     oid = order.id
-    items = [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
     address = order.shipping_address
+
+    def items() -> list[LineItem]:  # NEEDS_LINES: loaded for these only
+        return [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
+
     match intent:
         case flow.Reserve():
             return inventory.ReserveStock(
-                order_id=oid, items=items, country=address["country"],
+                order_id=oid, items=items(), country=address["country"],
                 latitude=address.get("latitude"), longitude=address.get("longitude"),
             )
         case flow.Release():
@@ -303,7 +314,7 @@ def _command(order: Order, saga: flow.Saga, intent: object) -> Any:
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
         case flow.CreateShipment(warehouse=warehouse):
-            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, address=Address(**address), items=items)
+            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, address=Address(**address), items=items())
         case flow.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.ChangeShipmentAddress():

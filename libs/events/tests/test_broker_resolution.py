@@ -10,7 +10,6 @@ from typing import Annotated
 import anyio.to_thread
 from faststream.rabbit import TestRabbitBroker
 
-
 from events.broker import Resource, make_broker
 from events.envelope import Command, Envelope, build
 

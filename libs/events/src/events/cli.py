@@ -9,8 +9,10 @@ from pathlib import Path
 
 from events.settings import ServiceSettings
 
-# Young objects are collected after this many allocations instead of 700: a message allocates
-# thousands (ORM states, models, frames), and each young collection walks them all again.
+# A collection of young objects after this many allocations instead of 700. Handling one message
+# allocates thousands (ORM states, models, frames): at 700 the collector ran several times per
+# message, and moved what was still in use into the older generations, which then filled up and
+# were collected in turn.
 GC_THRESHOLD = (50_000, 20, 20)
 
 

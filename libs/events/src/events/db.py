@@ -11,13 +11,12 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections.abc import Callable
-from functools import partial
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
-
 from sqlalchemy import (
     Column,
     DateTime,

@@ -370,23 +370,30 @@ async def quiet(connection: aio_pika.abc.AbstractConnection, procs: dict[str, ps
     channel = await connection.channel()
     deadline = time.perf_counter() + timeout
     calm_since: float | None = None
-    before, at = sum(cpu_times(procs).values()), time.perf_counter()
+    before, at = cpu_times(procs), time.perf_counter()
+    busy: dict[str, float] = {}
+    ready: dict[str, int] = {}
     try:
         while time.perf_counter() < deadline:
             await asyncio.sleep(1.0)
-            cpu, now = sum(cpu_times(procs).values()), time.perf_counter()
-            busy, before, at = (cpu - before) / (now - at), cpu, now
-            ready = 0
+            cpu, now = cpu_times(procs), time.perf_counter()
+            busy = {name: (cpu[name] - before[name]) / (now - at) for name in cpu if name in before}
+            before, at = cpu, now
+            ready = {}
             for spec in QUEUES:
-                declared = await channel.declare_queue(spec.name, passive=True)
-                ready += declared.declaration_result.message_count or 0
-            if ready or busy > IDLE_CPU:
+                # A robust channel answers a passive declare with the queue object it made the first
+                # time: declare() asks the broker again, for the count of now.
+                counted = await (await channel.declare_queue(spec.name, passive=True)).declare()
+                if counted.message_count:
+                    ready[spec.name] = counted.message_count
+            if ready or sum(busy.values()) > IDLE_CPU:
                 calm_since = None
             elif calm_since is None:
                 calm_since = now
             elif now - calm_since >= calm_seconds:
                 return
-        say(f"the system was still busy after {timeout:g} s")
+        cpu_text = ", ".join(f"{name} {value:.2f}" for name, value in sorted(busy.items()))
+        say(f"the system was still busy after {timeout:g} s: messages waiting {ready or 'none'}; CPU-s/s {cpu_text}")
     finally:
         await channel.close()
 

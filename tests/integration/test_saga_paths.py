@@ -167,12 +167,22 @@ async def test_return_after_delivery_restocks_and_refunds_the_returned_items(ord
                           headers=GATEWAY)
     assert r.status_code == 202, r.text
     await wait_status(orders, created["id"], "return_requested")
+    # The carrier scans the parcel back only after shipping was told to expect it: a scan before
+    # that is ignored, as a parcel nobody announced would be.
+    await eventually(lambda: _shipment(shipping, created["id"]), lambda s: s["return_expected"],
+                     what="shipping expecting the return")
     await carrier_event(shipping, picking, "returned")
     order = await wait_settled(orders, created["id"], payment="partially_refunded")
     assert order["status"] == "returned"
     assert (await payment(payments, created["id"]))["refunded_amount"] == "25.00"
     await eventually(lambda: stock(inventory, sku), lambda level: (level["on_hand"], level["reserved"]) == (4, 0),
                      what="the returned unit back on the shelf")
+
+
+async def _shipment(shipping, order_id: str) -> dict:
+    r = await shipping.get(f"/v1/shipments/{order_id}", headers=GATEWAY)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 async def test_25_concurrent_orders_for_10_units_exactly_10_go_on(orders, inventory):

@@ -28,7 +28,7 @@ class CarrierEvent(BaseModel):
 def _view(s: Shipment) -> dict[str, Any]:
     return {"order_id": s.order_id, "shipment_id": s.shipment_id, "carrier": s.carrier, "tracking_number": s.tracking_number,
             "status": s.status, "warehouse": s.warehouse, "estimated_delivery": s.estimated_delivery.isoformat(),
-            "cancelled": s.cancelled}
+            "cancelled": s.cancelled, "return_expected": s.return_expected}
 
 
 @router.post("/v1/carriers/{carrier}/events", status_code=202, dependencies=[require(Role.ADMIN)])

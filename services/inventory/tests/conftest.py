@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.db import make_engine, make_sessionmaker, messaging_metadata
 from events.web import install
@@ -19,15 +22,24 @@ def settings(tmp_path) -> Settings:
     return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/inventory.db")
 
 
-@pytest.fixture
-async def sessions(settings):
+@asynccontextmanager
+async def stocked_sessions(settings: Settings) -> AsyncIterator[async_sessionmaker]:
+    """Sessions on a fresh schema at ``settings.database_url``, with the demo stock loaded."""
     engine = make_engine(settings.database_url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(messaging_metadata.create_all)
     await load_demo_data(settings)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def sessions(settings):
+    async with stocked_sessions(settings) as made:
+        yield made
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -37,14 +49,8 @@ async def any_sessions(request, tmp_path):
         url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db"
     else:
         url = request.getfixturevalue("postgres_database")
-    settings = Settings(database_url=url)
-    engine = make_engine(settings.database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-        await conn.run_sync(messaging_metadata.create_all)
-    await load_demo_data(settings)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+    async with stocked_sessions(Settings(database_url=url)) as made:
+        yield made
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from events.db import outbox_message
 from events.envelope import Envelope, Incoming, Message, build
@@ -24,6 +25,10 @@ from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXC
 from events.telemetry import current_traceparent
 
 log = get_logger("events.outbox")
+
+
+_INSERT = insert(outbox_message)
+_PENDING = "outbox_rows"  # session.info: the rows staged in the session's current transaction
 
 
 async def stage(
@@ -36,7 +41,10 @@ async def stage(
     correlationid: str | None = None,
     message_id: str | None = None,
 ) -> str:
-    """Add ``payload`` to the outbox inside the caller's transaction; returns the message id."""
+    """Add ``payload`` to the outbox inside the caller's transaction; returns the message id.
+
+    The rows of one transaction are written together, in one statement, as it commits (inside a
+    savepoint, at once, so that rolling the savepoint back takes them too)."""
     envelope = build(
         payload,
         service=service,
@@ -46,20 +54,43 @@ async def stage(
         traceparent=current_traceparent(),
         message_id=message_id,
     )
-    await session.execute(
-        insert(outbox_message).values(
-            message_id=envelope["id"],
-            exchange=COMMANDS_EXCHANGE if payload.is_command else EVENTS_EXCHANGE,
-            routing_key=payload.routing_key,
-            message_type=envelope["type"],
-            correlation_id=envelope["correlationid"],
-            body=json.dumps(envelope, separators=(",", ":")),
-            created_at=datetime.now(UTC),
-            attempts=0,
-        )
-    )
+    row = {
+        "message_id": envelope["id"],
+        "exchange": COMMANDS_EXCHANGE if payload.is_command else EVENTS_EXCHANGE,
+        "routing_key": payload.routing_key,
+        "message_type": envelope["type"],
+        "correlation_id": envelope["correlationid"],
+        "body": json.dumps(envelope, separators=(",", ":")),
+        "created_at": datetime.now(UTC),
+        "attempts": 0,
+    }
+    if session.in_nested_transaction():
+        await session.execute(_INSERT, row)
+    else:
+        session.info.setdefault(_PENDING, []).append(row)
     session.info["outbox_staged"] = True
     return envelope["id"]
+
+
+@event.listens_for(Session, "before_commit")
+def _write_staged(session: Session) -> None:
+    """Every session's commit writes what was staged in it (a listener on the base class, so no
+    session, whatever made it, can commit and leave its staged messages behind)."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(_INSERT, rows)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_staged(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+_MARK_PUBLISHED = (
+    update(outbox_message)
+    .where(outbox_message.c.seq.in_(bindparam("seqs", expanding=True)))
+    .values(published_at=bindparam("at"))
+)
 
 
 def _retry_delay(attempts: int) -> timedelta:
@@ -93,6 +124,14 @@ class OutboxRelay:
         self.published = 0
         self.last_error: str | None = None
         self._next: list[Any] | None = None  # the next batch, when the last marking read it
+        # Built once: the relay runs them for every batch, often of one or two rows.
+        self._due_query = (
+            select(outbox_message)
+            .where(outbox_message.c.published_at.is_(None))
+            .where(outbox_message.c.next_attempt_at.is_(None) | (outbox_message.c.next_attempt_at <= bindparam("now")))
+            .order_by(outbox_message.c.seq)
+            .limit(batch)
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -171,9 +210,7 @@ class OutboxRelay:
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
         async with self._sessions.begin() as session:
             if ok:
-                await session.execute(
-                    update(outbox_message).where(outbox_message.c.seq.in_(ok)).values(published_at=datetime.now(UTC))
-                )
+                await session.execute(_MARK_PUBLISHED, {"seqs": ok, "at": datetime.now(UTC)})
             if not failed:  # the next batch, read in this transaction: one round trip less per batch
                 self._next = await self._due(session, datetime.now(UTC))
             for row, error in failed:
@@ -196,19 +233,7 @@ class OutboxRelay:
         return len(ok)
 
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
-        return list(
-            (
-                await session.execute(
-                    select(outbox_message)
-                    .where(outbox_message.c.published_at.is_(None))
-                    .where(
-                        outbox_message.c.next_attempt_at.is_(None) | (outbox_message.c.next_attempt_at <= now)
-                    )
-                    .order_by(outbox_message.c.seq)
-                    .limit(self._batch)
-                )
-            ).mappings().all()
-        )
+        return list((await session.execute(self._due_query, {"now": now})).mappings().all())
 
     async def _publish(self, row: Any) -> None:
         exchange = await self._exchange(row["exchange"])

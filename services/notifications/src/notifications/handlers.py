@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 from faststream.rabbit import RabbitRouter
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox, topology
@@ -40,7 +40,6 @@ from notifications.db import Notification, Preference, Recipient
 from notifications.domain import (
     DEFAULT_CHANNELS,
     REFUND_TEMPLATE,
-    Channel,
     NotificationStatus,
     address_for,
     enabled_channels,
@@ -142,53 +141,77 @@ async def _record(
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, consumer):
             return None  # recorded before: _deliver finishes whatever is still pending
-        recipient = await session.get(Recipient, order_id)
+        recipient = (await session.execute(_RECIPIENT, {"order_id": order_id})).first()
         if recipient is None:
             raise RecipientNotRegistered(f"no recipient registered for order {order_id} yet")
-        wanted = await _channels_of(session, recipient.customer_id)
+        if recipient.has_preference:
+            wanted = enabled_channels(email=recipient.by_email, sms=recipient.by_sms, push=recipient.by_push)
+        else:
+            wanted = sorted(DEFAULT_CHANNELS)
         rendered = render(template, recipient.locale, order_id=order_id, name=recipient.name, **params)
         domain = parseaddr(settings.mail_from)[1].rpartition("@")[2]
         now = datetime.now(UTC)
         lease_until = now + timedelta(seconds=settings.send_lease_seconds)
-        # The rows of an event are written in the transaction that claims it: none exist yet.
+        rows: list[dict[str, Any]] = []
         for channel in wanted:
             address = address_for(channel, email=recipient.email, phone=recipient.phone,
                                   customer_id=recipient.customer_id)
-            row = Notification(
-                id=str(uuid4()),
-                source_event_id=msg.id,
-                source_type=msg.type,
-                order_id=order_id,
-                customer_id=recipient.customer_id,
-                channel=channel.value,
-                template=template,
-                locale=rendered.locale,
-                address=address,
-                subject=rendered.subject,
-                body=rendered.body,
-                message_id=message_id(msg.id, channel, domain),
-                status=NotificationStatus.PENDING if address else NotificationStatus.FAILED,
-                attempts=1 if address else 0,
-                lease_until=lease_until if address else None,
-                last_error=None if address else "no_address",
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(row)
-            if address:
+            rows.append({
+                "id": str(uuid4()),
+                "source_event_id": msg.id,
+                "source_type": msg.type,
+                "order_id": order_id,
+                "customer_id": recipient.customer_id,
+                "channel": channel.value,
+                "template": template,
+                "locale": rendered.locale,
+                "address": address,
+                "subject": rendered.subject,
+                "body": rendered.body,
+                "message_id": message_id(msg.id, channel, domain),
+                "status": NotificationStatus.PENDING if address else NotificationStatus.FAILED,
+                "attempts": 1 if address else 0,
+                "lease_until": lease_until if address else None,
+                "last_error": None if address else "no_address",
+                "provider_ref": None,
+                "created_at": now,
+                "updated_at": now,
+                "sent_at": None,
+            })
+        if rows:
+            # The rows of an event are written in the transaction that claims it, where none exist
+            # yet; the unique key (event, channel) refuses a second row all the same.
+            await session.execute(_INSERT_NOTIFICATION, rows)
+        for values in rows:
+            row = Notification(**values)  # not added to the session: what _send and the outcome read
+            if row.address:
                 leased.append((row, recipient.name))
             else:
                 await _stage_outcome(session, msg, row)
-        await session.flush()  # the unique key (event, channel) refuses a second row
     log.info("notification.recorded", template=template, channels=[c.value for c in wanted])
     return leased
 
 
-async def _channels_of(session: AsyncSession, customer_id: str) -> list[Channel]:
-    pref = await session.get(Preference, customer_id)
-    if pref is None:
-        return sorted(DEFAULT_CHANNELS)
-    return enabled_channels(email=pref.email, sms=pref.sms, push=pref.push)
+# Built once: a statement built per event cost SQLAlchemy more than SQLite took to run it.
+_recipient, _preference, _notification = Recipient.__table__, Preference.__table__, Notification.__table__
+_RECIPIENT = (
+    select(
+        _recipient.c.customer_id, _recipient.c.name, _recipient.c.email, _recipient.c.phone, _recipient.c.locale,
+        _preference.c.customer_id.is_not(None).label("has_preference"),
+        _preference.c.email.label("by_email"), _preference.c.sms.label("by_sms"), _preference.c.push.label("by_push"),
+    )
+    .select_from(_recipient.outerjoin(_preference, _preference.c.customer_id == _recipient.c.customer_id))
+    .where(_recipient.c.order_id == bindparam("order_id"))
+)
+_INSERT_NOTIFICATION = insert(_notification)
+_MARK = (
+    update(_notification)
+    .where(_notification.c.id == bindparam("row_id"), _notification.c.status == NotificationStatus.PENDING)
+    .values(
+        status=bindparam("new_status"), provider_ref=bindparam("ref"), last_error=bindparam("error"), lease_until=None,
+        updated_at=bindparam("now"), sent_at=bindparam("sent"),
+    )
+)
 
 
 async def _deliver(
@@ -286,13 +309,10 @@ async def _finish(
 ) -> None:
     now = datetime.now(UTC)
     async with sessions.begin() as session:
-        marked = await session.execute(
-            update(Notification)
-            .where(Notification.id == row.id, Notification.status == NotificationStatus.PENDING)
-            .values(status=status, provider_ref=ref, last_error=error, lease_until=None, updated_at=now,
-                    sent_at=now if status == NotificationStatus.SENT else None)
-            .execution_options(synchronize_session=False)
-        )
+        marked = await session.execute(_MARK, {
+            "row_id": row.id, "new_status": status, "ref": ref, "error": error, "now": now,
+            "sent": now if status == NotificationStatus.SENT else None,
+        })
         if marked.rowcount != 1:
             return  # marked meanwhile by a delivery that took over an expired lease
         row.status, row.last_error = status, error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from orders_support import BODY, outbox
@@ -111,6 +112,23 @@ async def test_a_save_from_a_stale_version_is_refused_not_lost(sessions, setting
         with pytest.raises(StaleDataError):
             await session.commit()
     assert (await load(sessions, order_id)).attention == "first"
+
+
+async def test_a_saga_step_saved_over_a_newer_version_is_refused_not_lost(sessions, settings):
+    """A saga step writes its order with Core; the save is conditional on the version it loaded,
+    as the ORM's is, and a stale one raises the same StaleDataError (the message is retried)."""
+    order_id = await placed(sessions, settings)
+    async with sessions() as session:
+        loaded = (await session.execute(service._LOAD, {"order_id": order_id})).mappings().first()  # version 1
+    async with sessions.begin() as session:
+        (await session.get(Order, order_id)).attention = "first"  # another handler saves: version 2
+    step = SimpleNamespace(**loaded)
+    step.attention = "second"
+    with pytest.raises(StaleDataError):
+        async with sessions.begin() as session:
+            await service._save(session, loaded, step)
+    order = await load(sessions, order_id)
+    assert (order.attention, order.version) == ("first", 2)
 
 
 def command(data: dict, command_id: str = "cmd-1") -> Incoming:

@@ -10,12 +10,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import lazyload, raiseload
+from sqlalchemy.orm.exc import StaleDataError
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
 from events.envelope import Envelope, Incoming
@@ -184,22 +185,26 @@ async def apply(
     cause: Cause = None,
     consumer: str | None = None,
     before: Any = None,
-) -> Order | None:
+) -> SimpleNamespace | None:
     """Feed one reply, deadline or request to the order's saga, and save the outcome with the
     commands and events it emits. Raises ``saga.Refused`` for a request not allowed now.
 
-    ``before(order)`` may change the order first, in the same transaction (an address change).
+    Returns the order's row as saved (its columns as attributes), or None for an order that is
+    not ours or a message seen before. ``before(order)`` may change it first, in the same
+    transaction (an address change); like every change here, by assigning a new value, never by
+    changing a dict or list in place (only what compares unequal to the loaded row is written).
     """
     now = _now()
     async with sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
-        # The saga step needs neither the history (rows are only added to it) nor, mostly, the
-        # lines: neither is loaded with the order here, and reading the history would raise.
-        order = await session.get(Order, order_id, options=[raiseload(Order.history), lazyload(Order.lines)])
-        if order is None:
+        # Core, not the ORM: a saga step reads one row and writes back what changed, and the
+        # ORM's identity map and unit of work cost more than both statements together.
+        loaded = (await session.execute(_LOAD, {"order_id": order_id})).mappings().first()
+        if loaded is None:
             log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)
             return None
+        order = SimpleNamespace(**loaded)
         old = flow.Saga.from_dict(order.saga)
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
@@ -210,13 +215,14 @@ async def apply(
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
         if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
             order.payment_token = None  # decided: the token is of no more use
+        history: list[dict[str, Any]] = []
         if new.status != old.status:
             previous = old.status
             for status in flow.passed_through(old.status, new.status):
-                await _status_changed(session, order, previous, status, new, now, cause)
+                await _status_changed(session, order, history, previous, status, new, now, cause)
                 previous = status
         if any(isinstance(intent, NEEDS_LINES) for intent in intents):
-            await order.awaitable_attrs.lines
+            order.lines = (await session.execute(_LINES, {"order_id": order_id})).all()
         for intent in intents:
             if isinstance(intent, flow.RaiseAttention):
                 order.attention = intent.detail
@@ -224,15 +230,37 @@ async def apply(
                 log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
             else:
                 await _stage(session, _command(order, new, intent), order_id, cause)
+        await _save(session, loaded, order)
+        if history:
+            await session.execute(_INSERT_HISTORY, history)
         return order
 
 
+_orders, _lines, _history = Order.__table__, OrderLine.__table__, OrderHistory.__table__
+_LOAD = select(_orders).where(_orders.c.id == bindparam("order_id"))
+_LINES = select(_lines.c.sku, _lines.c.quantity).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+# No values: the SET clause is the columns the parameters name, those that changed.
+_UPDATE = update(_orders).where(_orders.c.id == bindparam("key_id"), _orders.c.version == bindparam("key_version"))
+_INSERT_HISTORY = insert(_history)
+
+
+async def _save(session: AsyncSession, loaded: Any, order: SimpleNamespace) -> None:
+    """Write back the columns that changed, if nobody saved the order since it was loaded: the
+    same optimistic concurrency as the ORM's ``version_id_col``, and the same StaleDataError."""
+    changed = {k: v for k, v in vars(order).items() if k in loaded and loaded[k] != v}
+    version = loaded["version"]
+    result = await session.execute(_UPDATE, {**changed, "version": version + 1, "key_id": order.id, "key_version": version})
+    if result.rowcount != 1:
+        raise StaleDataError(f"order {order.id} was saved by someone else since version {version} was loaded")
+
+
 async def _status_changed(
-    session: AsyncSession, order: Order, from_status: Any, to_status: Any, new: flow.Saga, now: datetime, cause: Cause
+    session: AsyncSession, order: Any, history: list[dict[str, Any]], from_status: Any, to_status: Any,
+    new: flow.Saga, now: datetime, cause: Cause,
 ) -> None:
     reason = new.reason if to_status == new.status else None
     order.status, order.status_reason = to_status, reason
-    session.add(OrderHistory(order_id=order.id, status=to_status, reason=reason, at=now))
+    history.append({"order_id": order.id, "status": to_status, "reason": reason, "at": now})
     oid = order.id
     await _stage(
         session,
@@ -254,7 +282,7 @@ async def _status_changed(
     log.info("order.status_changed", order_id=oid, from_status=from_status, to_status=to_status, reason=reason)
 
 
-def _summaries(order: Order, reply: object) -> None:
+def _summaries(order: Any, reply: object) -> None:
     """Keep the order's view of its payment and shipment as the other services report them."""
     match reply:
         case payments.PaymentCaptured():
@@ -284,7 +312,7 @@ def _summaries(order: Order, reply: object) -> None:
 NEEDS_LINES = (flow.Reserve, flow.CreateShipment)  # the intents whose command lists the order's items
 
 
-def _command(order: Order, saga: flow.Saga, intent: object) -> Any:
+def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
     """An intent of the saga as the command another service takes, with the order's data."""
     oid = order.id
     address = order.shipping_address

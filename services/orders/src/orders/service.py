@@ -78,7 +78,7 @@ async def place_order(
     now = _now()
     try:
         async with sessions.begin() as session:
-            existing = await session.get(IdempotencyKey, key)
+            existing = (await session.execute(_KEY, {"key": key})).first()
             if existing is not None:
                 if existing.fingerprint != fingerprint:
                     raise KeyReused(key)
@@ -86,21 +86,33 @@ async def place_order(
                     return Placed(existing.order_id, created=False)
                 if now - existing.created_at < timedelta(seconds=settings.idempotency_abandoned_seconds):
                     raise KeyInProgress(key)
-                existing.created_at = now  # the first attempt died half-way: take it over
+                # the first attempt died half-way: take it over
+                await session.execute(_UPDATE_KEY, {"key_key": key, "created_at": now})
             else:
-                session.add(IdempotencyKey(key=key, fingerprint=fingerprint, state="in_progress", created_at=now))
+                await session.execute(_INSERT_KEY, {"key": key, "fingerprint": fingerprint, "state": "in_progress",
+                                                    "order_id": None, "created_at": now})
     except IntegrityError as exc:  # a concurrent request claimed the key first
         raise KeyInProgress(key) from exc
 
     order_id = f"ord_{uuid.uuid4().hex}"
     async with sessions.begin() as session:
-        claim = await session.get(IdempotencyKey, key)
         if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
+            claim = (await session.execute(_KEY, {"key": key})).first()
             return Placed(claim.order_id or "", created=False)
         await _create(session, order_id, request, settings=settings, cause=cause, now=now)
-        claim.state, claim.order_id = "done", order_id
+        await session.execute(_UPDATE_KEY, {"key_key": key, "state": "done", "order_id": order_id})
     log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
     return Placed(order_id, created=True)
+
+
+# Built once, executed with parameters: a statement built per call (``insert(...).values(...)``)
+# costs SQLAlchemy more than SQLite takes to run it.
+_orders, _lines, _history, _keys = Order.__table__, OrderLine.__table__, OrderHistory.__table__, IdempotencyKey.__table__
+_KEY = select(_keys).where(_keys.c.key == bindparam("key"))
+_INSERT_KEY = insert(_keys)
+_UPDATE_KEY = update(_keys).where(_keys.c.key == bindparam("key_key"))  # SET: the columns the parameters name
+_INSERT_ORDER = insert(_orders)
+_INSERT_LINES = insert(_lines)
 
 
 async def _create(
@@ -108,36 +120,39 @@ async def _create(
 ) -> None:
     total = order_total(request)
     saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now, timeouts=settings.timeouts)
-    order = Order(
-        id=order_id,
-        status=saga.status,
-        status_reason=None,
-        customer_id=request.customer.id,
-        channel=request.channel,
-        currency=request.currency,
-        total=total,
-        customer=request.customer.model_dump(mode="json"),
-        shipping_address=request.shipping_address.model_dump(mode="json"),
-        payment_method=request.payment.method,
-        payment_token=request.payment.token,
-        payment_status="pending",
-        payment_amount=Decimal("0"),
-        payment_failed=False,
-        refunded_amount=Decimal("0"),
-        shipment=None,
-        saga=saga.to_dict(),
-        deadline_at=saga.deadline_at,
-        attention=None,
-        created_at=now,
-        updated_at=now,
-        lines=[
-            OrderLine(position=i, sku=line.sku, quantity=line.quantity, unit_price=line.unit_price)
-            for i, line in enumerate(request.items)
-        ],
-        history=[OrderHistory(status=saga.status, reason=None, at=now)],
-    )
-    session.add(order)
-    await session.flush()
+    row = {
+        "id": order_id,
+        "status": saga.status,
+        "status_reason": None,
+        "customer_id": request.customer.id,
+        "channel": request.channel,
+        "currency": request.currency,
+        "total": total,
+        "customer": request.customer.model_dump(mode="json"),
+        "shipping_address": request.shipping_address.model_dump(mode="json"),
+        "payment_method": request.payment.method,
+        "payment_token": request.payment.token,
+        "payment_status": "pending",
+        "payment_amount": Decimal("0"),
+        "payment_failed": False,
+        "refunded_amount": Decimal("0"),
+        "shipment": None,
+        "saga": saga.to_dict(),
+        "deadline_at": saga.deadline_at,
+        "attention": None,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+    lines = [
+        {"order_id": order_id, "position": i, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
+        for i, line in enumerate(request.items)
+    ]
+    # Core, like a saga step: the order, its lines and its first history row, a statement each.
+    await session.execute(_INSERT_ORDER, row)
+    await session.execute(_INSERT_LINES, lines)
+    await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now})
+    order = SimpleNamespace(**row, lines=[SimpleNamespace(**line) for line in lines])
     customer = request.customer
     await _stage(
         session,
@@ -236,7 +251,6 @@ async def apply(
         return order
 
 
-_orders, _lines, _history = Order.__table__, OrderLine.__table__, OrderHistory.__table__
 _LOAD = select(_orders).where(_orders.c.id == bindparam("order_id"))
 _LINES = select(_lines.c.sku, _lines.c.quantity).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
 # No values: the SET clause is the columns the parameters name, those that changed.

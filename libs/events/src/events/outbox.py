@@ -81,9 +81,12 @@ def _write_staged(session: Session) -> None:
         session.execute(_INSERT, rows)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_staged(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_staged(session: Session, transaction: Any) -> None:
+    """A transaction that ended without committing leaves nothing for the next one (a savepoint's
+    end is not the transaction's: what it staged was written at once)."""
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 _MARK_PUBLISHED = (

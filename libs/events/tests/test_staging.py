@@ -1,0 +1,100 @@
+"""What a transaction stages in the outbox and claims in the inbox, on SQLite and on PostgreSQL
+(no broker): staged rows are written as the transaction commits, in the order they were staged,
+and never when it rolls back."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from events import inbox, outbox
+from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
+from events.envelope import Event
+
+
+class Pinged(Event):
+    routing_key = "test.pinged"
+    n: int
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def engine(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/svc.db"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(messaging_metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def _staged(sessions) -> list[int]:
+    async with sessions() as session:
+        bodies = await session.scalars(select(outbox_message.c.body).order_by(outbox_message.c.seq))
+        return [json.loads(body)["data"]["n"] for body in bodies]
+
+
+async def test_a_transaction_writes_what_it_staged_as_it_commits_in_order(engine):
+    sessions = make_sessionmaker(engine)
+    async with sessions.begin() as session:
+        ids = [await outbox.stage(session, Pinged(n=n), service="test", subject="ord-1") for n in (1, 2, 3)]
+        assert await _staged(sessions) == []  # nothing visible before the commit
+    assert await _staged(sessions) == [1, 2, 3]
+    async with sessions() as session:
+        assert list(await session.scalars(select(outbox_message.c.message_id).order_by(outbox_message.c.seq))) == ids
+
+
+async def test_a_rolled_back_transaction_stages_nothing_not_even_for_the_next_one(engine):
+    sessions = make_sessionmaker(engine)
+    async with sessions() as session:
+        with pytest.raises(RuntimeError):
+            async with session.begin():
+                await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")
+                raise RuntimeError("the state change failed")
+        async with session.begin():  # the same session, its next transaction
+            await outbox.stage(session, Pinged(n=2), service="test", subject="ord-2")
+    assert await _staged(sessions) == [2]
+
+
+async def test_messages_staged_in_a_savepoint_go_with_it(engine):
+    sessions = make_sessionmaker(engine)
+    async with sessions.begin() as session:
+        await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                await outbox.stage(session, Pinged(n=2), service="test", subject="ord-1")
+                raise RuntimeError("the savepoint's change failed")
+        async with session.begin_nested():
+            await outbox.stage(session, Pinged(n=3), service="test", subject="ord-1")
+    assert sorted(await _staged(sessions)) == [1, 3]
+
+
+async def test_a_session_made_anywhere_writes_what_it_staged(engine):
+    """The write hangs on every SQLAlchemy session, not only on those make_sessionmaker makes."""
+    plain = async_sessionmaker(engine)
+    async with plain.begin() as session:
+        await outbox.stage(session, Pinged(n=7), service="test", subject="ord-7")
+    assert await _staged(plain) == [7]
+
+
+async def test_the_inbox_claims_once_per_consumer_and_a_rollback_claims_nothing(engine):
+    sessions = make_sessionmaker(engine)
+    message_id = str(uuid.uuid4())
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, message_id, "a") is True
+        assert await inbox.claim(session, message_id, "a") is False  # within the same transaction too
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, message_id, "a") is False
+        assert await inbox.claim(session, message_id, "b") is True
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as session:
+            assert await inbox.claim(session, "rolled-back", "a") is True
+            raise RuntimeError("effect failed")
+    async with sessions.begin() as session:
+        assert await inbox.claim(session, "rolled-back", "a") is True

@@ -12,10 +12,11 @@ constraints refuse negative or over-reserved rows, so no interleaving can overse
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +52,50 @@ class StockChanged(RuntimeError):
     """A guarded update found fewer units than planned: the message is retried."""
 
 
+@dataclass(slots=True)
+class Level:
+    """A stock row as the message paths read (locked) and change it: a plain object, not an ORM
+    one, written back with the statements below."""
+
+    id: int
+    warehouse: str
+    sku: str
+    on_hand: int
+    reserved: int
+    low_stock_threshold: int
+    reorder_quantity: int
+    low_alerted: bool
+
+
+# The message paths run prebuilt Core statements: the ORM's get and flush and a statement built
+# per call cost SQLAlchemy more than SQLite takes to run them. The admin paths below stay ORM.
+_stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
+_movement, _warehouse = StockMovement.__table__, Warehouse.__table__
+_LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
+_LOCK_SKUS = _LEVEL.where(_stock.c.sku.in_(bindparam("skus", expanding=True)))
+_LOCK_KEYS = _LEVEL.where(tuple_(_stock.c.warehouse, _stock.c.sku).in_(bindparam("keys", expanding=True)))
+_TAKE = (
+    update(_stock)
+    .where(_stock.c.id == bindparam("stock_id"), _stock.c.on_hand - _stock.c.reserved >= bindparam("quantity"))
+    .values(reserved=_stock.c.reserved + bindparam("quantity"))
+)
+# No values: the SET clause is the columns the parameters name.
+_UPDATE_STOCK = update(_stock).where(_stock.c.id == bindparam("stock_id"))
+_UPDATE_RESERVATION = update(_reservation).where(_reservation.c.id == bindparam("key_id"))
+_UPDATE_HOLD = update(_hold).where(_hold.c.order_id == bindparam("key_order_id"))
+_INSERT_RESERVATION = insert(_reservation)
+_INSERT_HOLD = insert(_hold)
+_INSERT_MOVEMENT = insert(_movement)
+_HOLD = select(_hold.c.state, _hold.c.shortages).where(_hold.c.order_id == bindparam("order_id"))
+_RESERVATIONS = (
+    select(_reservation.c.id, _reservation.c.warehouse, _reservation.c.sku, _reservation.c.quantity,
+           _reservation.c.returned)
+    .where(_reservation.c.order_id == bindparam("order_id"), _reservation.c.status == bindparam("status"))
+    .order_by(_reservation.c.id)
+)
+_WAREHOUSES = select(_warehouse.c.code, _warehouse.c.country, _warehouse.c.latitude, _warehouse.c.longitude)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -59,30 +104,37 @@ async def _stage(session: AsyncSession, payload: Message, subject: str | None, c
     await outbox.stage(session, payload, service=SERVICE, subject=subject, causation=cause)
 
 
-def _move(session: AsyncSession, row: Stock, kind: str, quantity: int, order_id: str | None = None,
-          reason: str | None = None) -> None:
-    session.add(StockMovement(warehouse=row.warehouse, sku=row.sku, kind=kind, quantity=quantity,
-                              order_id=order_id, reason=reason, at=_now()))
+def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,
+          reason: str | None = None) -> dict[str, Any]:
+    """A stock_movement row, for ``_INSERT_MOVEMENT``."""
+    return {"warehouse": row.warehouse, "sku": row.sku, "kind": kind, "quantity": quantity, "order_id": order_id,
+            "reason": reason, "at": _now()}
 
 
-async def _lock(session: AsyncSession, *criteria: Any) -> dict[Key, Stock]:
-    """The stock rows matching ``criteria``, locked for this transaction and read afresh."""
-    rows = await session.scalars(
-        select(Stock).where(*criteria).order_by(Stock.id).with_for_update().execution_options(populate_existing=True)
-    )
-    return {(r.warehouse, r.sku): r for r in rows}
+async def _lock(session: AsyncSession, statement: Any, params: dict[str, Any]) -> dict[Key, Level]:
+    """The stock rows ``statement`` selects, locked for this transaction, in id order."""
+    rows = await session.execute(statement, params)
+    return {(r.warehouse, r.sku): Level(*r) for r in rows}
 
 
-async def _lock_keys(session: AsyncSession, keys: Iterable[Key]) -> dict[Key, Stock]:
+async def _lock_keys(session: AsyncSession, keys: Iterable[Key]) -> dict[Key, Level]:
     keys = sorted(set(keys))
     if not keys:
         return {}
-    return await _lock(session, or_(*(and_(Stock.warehouse == w, Stock.sku == s) for w, s in keys)))
+    return await _lock(session, _LOCK_KEYS, {"keys": keys})
+
+
+async def _lock_entity(session: AsyncSession, warehouse: str, sku: str) -> Stock | None:
+    """The ORM row of ``sku`` at ``warehouse``, locked and read afresh (admin paths)."""
+    return await session.scalar(
+        select(Stock).where(Stock.warehouse == warehouse, Stock.sku == sku)
+        .with_for_update().execution_options(populate_existing=True)
+    )
 
 
 async def _lock_or_create(session: AsyncSession, warehouse: str, sku: str, *, threshold: int, reorder: int) -> Stock:
     """The row of ``sku`` at ``warehouse``, locked; created empty when there is none yet."""
-    row = (await _lock_keys(session, [(warehouse, sku)])).get((warehouse, sku))
+    row = await _lock_entity(session, warehouse, sku)
     if row is not None:
         return row
     try:
@@ -91,12 +143,13 @@ async def _lock_or_create(session: AsyncSession, warehouse: str, sku: str, *, th
                         reorder_quantity=reorder, low_alerted=False)
             session.add(row)
     except IntegrityError:  # created meanwhile by a concurrent transaction (PostgreSQL)
-        row = (await _lock_keys(session, [(warehouse, sku)]))[(warehouse, sku)]
+        row = await _lock_entity(session, warehouse, sku)
     return row
 
 
-async def check_low(session: AsyncSession, row: Stock, cause: Cause) -> None:
-    """stock.low once when available falls to the threshold; armed again when it rises above."""
+async def check_low(session: AsyncSession, row: Stock | Level, cause: Cause) -> None:
+    """stock.low once when available falls to the threshold; armed again when it rises above.
+    Sets ``row.low_alerted``; a :class:`Level`'s caller writes it back."""
     available = row.on_hand - row.reserved
     if domain.is_low(available, row.low_stock_threshold):
         if not row.low_alerted:
@@ -110,79 +163,81 @@ async def check_low(session: AsyncSession, row: Stock, cause: Cause) -> None:
 
 
 async def _set_hold(session: AsyncSession, order_id: str, state: str,
-                    shortages: list[dict[str, Any]] | None = None) -> None:
-    hold = await session.get(OrderHold, order_id)
-    if hold is None:
-        session.add(OrderHold(order_id=order_id, state=state, shortages=shortages, updated_at=_now()))
-    else:
-        hold.state, hold.shortages, hold.updated_at = state, shortages, _now()
+                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False) -> None:
+    """The order's hold in ``state``: updated, or inserted when it has none (``new``: known to have
+    none in this transaction, so a concurrent first answer fails the insert and is retried)."""
+    values = {"state": state, "shortages": shortages, "updated_at": _now()}
+    if not new and (await session.execute(_UPDATE_HOLD, {"key_order_id": order_id, **values})).rowcount == 1:
+        return
+    await session.execute(_INSERT_HOLD, {"order_id": order_id, **values})
 
 
-async def _reservations(session: AsyncSession, order_id: str, status: str = "reserved") -> list[Reservation]:
-    return list(await session.scalars(
-        select(Reservation)
-        .where(Reservation.order_id == order_id, Reservation.status == status)
-        .order_by(Reservation.id)
-    ))
+async def _hold_of(session: AsyncSession, order_id: str) -> Any:
+    return (await session.execute(_HOLD, {"order_id": order_id})).first()
 
 
-def _allocations(rows: list[Reservation]) -> list[Allocation]:
+async def _reservations(session: AsyncSession, order_id: str, status: str = "reserved") -> list[Any]:
+    return list(await session.execute(_RESERVATIONS, {"order_id": order_id, "status": status}))
+
+
+def _allocations(rows: list[Any]) -> list[Allocation]:
     return [Allocation(warehouse=r.warehouse, sku=r.sku, quantity=r.quantity) for r in rows]
 
 
-async def _answer_again(session: AsyncSession, hold: OrderHold) -> StockReserved | StockReservationFailed:
+async def _answer_again(session: AsyncSession, order_id: str, hold: Any) -> StockReserved | StockReservationFailed:
     """The order was answered before: the same answer, whatever was asked this time."""
     match hold.state:
         case "released":
-            return StockReservationFailed(order_id=hold.order_id, reason="released")
+            return StockReservationFailed(order_id=order_id, reason="released")
         case "failed":
             shortages = [Shortage.model_validate(s) for s in hold.shortages or []]
-            return StockReservationFailed(order_id=hold.order_id, shortages=shortages)
+            return StockReservationFailed(order_id=order_id, shortages=shortages)
         case state:  # reserved or committed
-            held = await _reservations(session, hold.order_id, state)
-            return StockReserved(order_id=hold.order_id, allocations=_allocations(held))
+            held = await _reservations(session, order_id, state)
+            return StockReserved(order_id=order_id, allocations=_allocations(held))
 
 
 async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], to: domain.Destination,
                   cause: Cause) -> StockReserved | StockReservationFailed:
     """Reserve every line, all or nothing, once per order."""
-    hold = await session.get(OrderHold, order_id)
+    hold = await _hold_of(session, order_id)
     if hold is not None:
-        answer = await _answer_again(session, hold)
+        answer = await _answer_again(session, order_id, hold)
         await _stage(session, answer, order_id, cause)
         return answer
 
     lines = domain.merge_lines(items)
-    rows = await _lock(session, Stock.sku.in_(sorted({i.sku for i in lines})))
-    warehouses = [domain.Warehouse(w.code, w.country, w.latitude, w.longitude)
-                  for w in await session.scalars(select(Warehouse))]
+    rows = await _lock(session, _LOCK_SKUS, {"skus": sorted({i.sku for i in lines})})
+    warehouses = [domain.Warehouse(*w) for w in await session.execute(_WAREHOUSES)]
     available = {key: r.on_hand - r.reserved for key, r in rows.items()}
     try:
         allocations = domain.allocate(lines, warehouses, available, to)
     except domain.OutOfStock as exc:
         shortages = [s.model_dump(mode="json") for s in exc.shortages]
-        await _set_hold(session, order_id, "failed", shortages)
+        await _set_hold(session, order_id, "failed", shortages, new=True)
         failed = StockReservationFailed(order_id=order_id, shortages=exc.shortages)
         await _stage(session, failed, order_id, cause)
         return failed
 
     now = _now()
+    reservations, moves = [], []
     for a in allocations:
-        taken = await session.execute(
-            update(Stock)
-            .where(Stock.warehouse == a.warehouse, Stock.sku == a.sku, Stock.on_hand - Stock.reserved >= a.quantity)
-            .values(reserved=Stock.reserved + a.quantity)
-            .execution_options(synchronize_session=False)
-        )
+        row = rows[(a.warehouse, a.sku)]
+        taken = await session.execute(_TAKE, {"stock_id": row.id, "quantity": a.quantity})
         if taken.rowcount != 1:
             raise StockChanged(f"stock of {a.sku} at {a.warehouse} changed while reserving")
-        row = rows[(a.warehouse, a.sku)]
-        await session.refresh(row)
-        session.add(Reservation(order_id=order_id, warehouse=a.warehouse, sku=a.sku, quantity=a.quantity,
-                                status="reserved", created_at=now, updated_at=now))
-        _move(session, row, "reservation", a.quantity, order_id)
+        row.reserved += a.quantity  # the row is locked: this is what the update left
+        reservations.append({"order_id": order_id, "warehouse": a.warehouse, "sku": a.sku, "quantity": a.quantity,
+                             "status": "reserved", "returned": 0, "created_at": now, "updated_at": now})
+        moves.append(_move(row, "reservation", a.quantity, order_id))
+        alerted = row.low_alerted
         await check_low(session, row, cause)
-    await _set_hold(session, order_id, "reserved")
+        if row.low_alerted != alerted:
+            await session.execute(_UPDATE_STOCK, {"stock_id": row.id, "low_alerted": row.low_alerted})
+    if allocations:
+        await session.execute(_INSERT_RESERVATION, reservations)
+        await session.execute(_INSERT_MOVEMENT, moves)
+    await _set_hold(session, order_id, "reserved", new=True)
     reserved = StockReserved(order_id=order_id, allocations=allocations)
     await _stage(session, reserved, order_id, cause)
     return reserved
@@ -192,15 +247,22 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
     """Give back what the order still holds; remember the release so it is never reserved later."""
     held = await _reservations(session, order_id)
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
+    moves = []
     for r in held:
         row = rows[(r.warehouse, r.sku)]
         row.reserved -= r.quantity
-        r.status, r.updated_at = "released", _now()
-        _move(session, row, "release", r.quantity, order_id, reason[:200])
+        moves.append(_move(row, "release", r.quantity, order_id, reason[:200]))
         await check_low(session, row, cause)
-    hold = await session.get(OrderHold, order_id)
+    if held:
+        await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved,
+                                               "low_alerted": row.low_alerted} for row in rows.values()])
+        now = _now()
+        await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "released", "updated_at": now}
+                                                     for r in held])
+        await session.execute(_INSERT_MOVEMENT, moves)
+    hold = await _hold_of(session, order_id)
     if hold is None or hold.state == "reserved":
-        await _set_hold(session, order_id, "released")
+        await _set_hold(session, order_id, "released", new=hold is None)
     released = StockReleased(order_id=order_id, allocations=_allocations(held))
     await _stage(session, released, order_id, cause)
     return released
@@ -217,12 +279,18 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCom
         await _stage(session, committed, order_id, cause)
         return committed
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
+    moves = []
     for r in held:
         row = rows[(r.warehouse, r.sku)]
         row.reserved -= r.quantity
         row.on_hand -= r.quantity
-        r.status, r.updated_at = "committed", _now()
-        _move(session, row, "commit", -r.quantity, order_id)
+        moves.append(_move(row, "commit", -r.quantity, order_id))
+    await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved, "on_hand": row.on_hand}
+                                          for row in rows.values()])
+    now = _now()
+    await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "committed", "updated_at": now}
+                                                 for r in held])
+    await session.execute(_INSERT_MOVEMENT, moves)
     await _set_hold(session, order_id, "committed")
     committed = StockCommitted(order_id=order_id, allocations=_allocations(held))
     await _stage(session, committed, order_id, cause)
@@ -240,18 +308,25 @@ async def restock(session: AsyncSession, order_id: str, items: list[LineItem], c
     except domain.ReturnRefused as exc:
         raise Refused(f"order {order_id}: {exc}") from exc
     rows = await _lock_keys(session, ((p.warehouse, p.sku) for p in placed))
-    by_key = {(r.warehouse, r.sku): r for r in shipped}
-    events = []
+    now = _now()
+    by_key = {(r.warehouse, r.sku): {"key_id": r.id, "returned": r.returned, "updated_at": now} for r in shipped}
+    returned, moves, events = {}, [], []
     for p in placed:
-        row, reservation = rows[(p.warehouse, p.sku)], by_key[(p.warehouse, p.sku)]
+        key = (p.warehouse, p.sku)
+        row, reservation = rows[key], by_key[key]
         row.on_hand += p.quantity
-        reservation.returned += p.quantity
-        reservation.updated_at = _now()
-        _move(session, row, "restock", p.quantity, order_id, "returned")
+        reservation["returned"] += p.quantity
+        returned[key] = reservation
+        moves.append(_move(row, "restock", p.quantity, order_id, "returned"))
         await check_low(session, row, cause)
         event = StockRestocked(order_id=order_id, warehouse=p.warehouse, sku=p.sku, quantity=p.quantity)
         await _stage(session, event, order_id, cause)
         events.append(event)
+    if placed:
+        await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "on_hand": row.on_hand,
+                                               "low_alerted": row.low_alerted} for row in rows.values()])
+        await session.execute(_UPDATE_RESERVATION, list(returned.values()))
+        await session.execute(_INSERT_MOVEMENT, moves)
     return events
 
 
@@ -260,7 +335,7 @@ async def receive(session: AsyncSession, warehouse: str, sku: str, quantity: int
     """A delivery from a supplier: units onto the shelf (``stock.restocked`` without an order)."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     row.on_hand += quantity
-    _move(session, row, "receipt", quantity)
+    await session.execute(_INSERT_MOVEMENT, _move(row, "receipt", quantity))
     await check_low(session, row, None)
     await _stage(session, StockRestocked(warehouse=warehouse, sku=sku, quantity=quantity), None, None)
     return row
@@ -272,7 +347,7 @@ async def adjust(session: AsyncSession, warehouse: str, sku: str, on_hand: int, 
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     if on_hand < row.reserved:
         raise Conflict(f"{row.reserved} units of {sku} at {warehouse} are reserved: the count cannot be below that")
-    _move(session, row, "adjustment", on_hand - row.on_hand, reason=reason)
+    await session.execute(_INSERT_MOVEMENT, _move(row, "adjustment", on_hand - row.on_hand, reason=reason))
     row.on_hand = on_hand
     await check_low(session, row, None)
     return row
@@ -280,7 +355,7 @@ async def adjust(session: AsyncSession, warehouse: str, sku: str, on_hand: int, 
 
 async def set_threshold(session: AsyncSession, warehouse: str, sku: str, threshold: int,
                         reorder: int | None) -> Stock | None:
-    row = (await _lock_keys(session, [(warehouse, sku)])).get((warehouse, sku))
+    row = await _lock_entity(session, warehouse, sku)
     if row is None:
         return None
     row.low_stock_threshold = threshold

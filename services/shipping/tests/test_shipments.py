@@ -121,3 +121,35 @@ async def test_shipments_are_listed_for_the_consistency_check(client, sessions, 
     assert [s["order_id"] for s in page["items"]] == ["o1", "o2"] and page["next"] == "o2"
     rest = (await client.get("/v1/shipments", params={"after": "o2"}, headers=ADMIN)).json()
     assert [s["order_id"] for s in rest["items"]] == ["o3"] and rest["next"] is None
+
+
+async def test_scans_that_overtake_each_other_never_move_the_parcel_back(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    late = {"tracking_number": tracking, "status": "in_transit", "at": "2026-11-24T10:00:00Z"}
+    delivered = {"tracking_number": tracking, "status": "delivered", "at": "2026-11-24T12:00:00Z"}
+    answer = (await client.post("/v1/carriers/sf-express/events", json=delivered, headers=ADMIN)).json()
+    assert (answer["status"], answer["accepted"]) == ("delivered", True)
+    answer = (await client.post("/v1/carriers/sf-express/events", json=late, headers=ADMIN)).json()
+    assert (answer["status"], answer["accepted"]) == ("delivered", False)
+    assert [e["data"]["status"] for e in await events(sessions) if e["key"] == "shipment.updated"] == ["delivered"]
+
+
+async def test_a_return_scan_before_the_return_is_expected_is_ignored(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    delivered = {"tracking_number": tracking, "status": "delivered", "at": "2026-11-24T10:00:00Z"}
+    returned = {"tracking_number": tracking, "status": "returned", "at": "2026-11-24T11:00:00Z"}
+    await client.post("/v1/carriers/sf-express/events", json=delivered, headers=ADMIN)
+    answer = (await client.post("/v1/carriers/sf-express/events", json=returned, headers=ADMIN)).json()
+    assert (answer["status"], answer["accepted"]) == ("delivered", False)
+    assert not [e for e in await events(sessions) if e["key"] == "shipment.returned"]
+
+
+async def test_the_simulated_carrier_drops_a_parcel_with_no_next_step(sessions, settings):
+    simulated = settings.model_copy(update={"carrier_simulation": True, "simulation_step_seconds": 0.01})
+    await handle_create_shipment(create("o1"), sessions, simulated)
+    async with sessions.begin() as session:  # delivered, yet still on the schedule
+        await session.execute(update(Shipment).values(status="delivered", next_step_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert await carrier.tick(sessions, 0.01) == 0
+    async with sessions() as session:
+        shipment = await session.scalar(select(Shipment))
+    assert (shipment.status, shipment.next_step_at) == ("delivered", None)

@@ -25,7 +25,8 @@ class CarrierEvent(BaseModel):
     location: Annotated[str, Field(max_length=200)] | None = None
 
 
-def _view(s: Shipment) -> dict[str, Any]:
+def _view(s: Any) -> dict[str, Any]:
+    """``s``: a Shipment, or a parcel as :func:`parcels.by_tracking` read it."""
     return {"order_id": s.order_id, "shipment_id": s.shipment_id, "carrier": s.carrier, "tracking_number": s.tracking_number,
             "status": s.status, "warehouse": s.warehouse, "estimated_delivery": s.estimated_delivery.isoformat(),
             "cancelled": s.cancelled, "return_expected": s.return_expected}
@@ -34,7 +35,7 @@ def _view(s: Shipment) -> dict[str, Any]:
 @router.post("/v1/carriers/{carrier}/events", status_code=202, dependencies=[require(Role.ADMIN)])
 async def carrier_event(carrier: str, rt: Runtime, event: Annotated[CarrierEvent, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
-        shipment = await session.scalar(select(Shipment).where(Shipment.tracking_number == event.tracking_number))
+        shipment = await parcels.by_tracking(session, event.tracking_number)
         if shipment is None or shipment.carrier != carrier:
             raise Problem(404, "not-found", "Not found", f"{carrier} has no parcel {event.tracking_number}")
         try:

@@ -9,13 +9,11 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
 from events.types import ShipmentStatus as St
 from shipping import domain, parcels
-from shipping.db import Shipment
 
 log = get_logger(__name__)
 
@@ -23,14 +21,10 @@ log = get_logger(__name__)
 async def tick(sessions: async_sessionmaker, step_seconds: float, batch: int = 200) -> int:
     moved = 0
     async with sessions.begin() as session:
-        due = await session.scalars(
-            select(Shipment).where(Shipment.next_step_at.is_not(None), Shipment.next_step_at <= datetime.now(UTC),
-                                   Shipment.cancelled.is_(False)).limit(batch)
-        )
-        for shipment in due:
+        for shipment in await parcels.due(session, datetime.now(UTC), batch):
             status = domain.next_step(St(shipment.status))
             if status is None:
-                shipment.next_step_at = None
+                await parcels.unschedule(session, shipment)
                 continue
             if await parcels.report(session, shipment, status, datetime.now(UTC), "simulated", step_seconds=step_seconds):
                 moved += 1

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
@@ -37,21 +39,64 @@ async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Caus
     await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause)
 
 
-def _created(s: Shipment) -> ShipmentCreated:
+def _created(s: Any) -> ShipmentCreated:
     return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier,
                            tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery)
+
+
+# Built once: the create command and every carrier scan run these; a statement built per call (and
+# the ORM's get and flush) cost SQLAlchemy more than SQLite took to run it.
+_shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
+# A parcel as a report reads it and the carrier endpoint answers with it (not its address).
+_PARCEL = select(
+    _shipment.c.shipment_id, _shipment.c.order_id, _shipment.c.warehouse, _shipment.c.carrier,
+    _shipment.c.tracking_number, _shipment.c.status, _shipment.c.estimated_delivery, _shipment.c.cancelled,
+    _shipment.c.return_expected, _shipment.c.return_items,
+)
+_BY_ORDER = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"))
+_BY_TRACKING = _PARCEL.where(_shipment.c.tracking_number == bindparam("tracking_number"))
+_DUE = _PARCEL.where(
+    _shipment.c.next_step_at.is_not(None), _shipment.c.next_step_at <= bindparam("now"), _shipment.c.cancelled.is_(False)
+).limit(bindparam("batch"))
+_IS_CANCELLED = select(_cancelled.c.order_id).where(_cancelled.c.order_id == bindparam("order_id"))
+_INSERT_SHIPMENT = insert(_shipment)
+_INSERT_EVENT = insert(_event)
+# A report seen before (same parcel, status and time) is a repeat: the unique key refuses it.
+_RECORD_EVENT: dict[str, Any] = {
+    "sqlite": sqlite.insert(_event).on_conflict_do_nothing(),
+    "postgresql": postgresql.insert(_event).on_conflict_do_nothing(),
+}
+# No values: the SET clause is the columns the parameters name.
+_UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id"))
 
 
 async def by_order(session: AsyncSession, order_id: str) -> Shipment | None:
     return await session.scalar(select(Shipment).where(Shipment.order_id == order_id))
 
 
+async def by_tracking(session: AsyncSession, tracking_number: str) -> SimpleNamespace | None:
+    """The parcel a carrier reports on, for :func:`report`."""
+    row = (await session.execute(_BY_TRACKING, {"tracking_number": tracking_number})).mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
+
+
+async def due(session: AsyncSession, now: datetime, batch: int) -> list[SimpleNamespace]:
+    """The parcels, not cancelled, whose next simulated step is due, for :func:`report`."""
+    rows = (await session.execute(_DUE, {"now": now, "batch": batch})).mappings().all()
+    return [SimpleNamespace(**row) for row in rows]
+
+
+async def unschedule(session: AsyncSession, shipment: SimpleNamespace) -> None:
+    """The simulated carrier has no next step for the parcel."""
+    await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "next_step_at": None})
+
+
 async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *, step_seconds: float | None) -> None:
-    existing = await by_order(session, cmd.order_id)
+    existing = (await session.execute(_BY_ORDER, {"order_id": cmd.order_id})).first()
     if existing is not None:  # asked again: the same parcel, never a second one
         await _stage(session, _created(existing), cmd.order_id, cause)
         return
-    if await session.get(CancelledOrder, cmd.order_id) is not None:
+    if (await session.execute(_IS_CANCELLED, {"order_id": cmd.order_id})).first() is not None:
         await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="cancelled"), cmd.order_id, cause)
         return
     origin = cmd.warehouse_country or domain.WAREHOUSE_COUNTRY.get(cmd.warehouse, "CN")
@@ -61,16 +106,16 @@ async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *, st
         await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier"), cmd.order_id, cause)
         return
     now = _now()
-    shipment = Shipment(
+    shipment = SimpleNamespace(
         shipment_id=f"shp_{uuid.uuid4().hex}", order_id=cmd.order_id, warehouse=cmd.warehouse, carrier=carrier.code,
         tracking_number=domain.tracking_number(carrier), status=St.CREATED,
         estimated_delivery=domain.estimated_delivery(carrier, now.date()), address=cmd.address.model_dump(mode="json"),
         cancelled=False, return_expected=False, return_items=None,
         next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None, created_at=now, updated_at=now,
     )
-    session.add(shipment)
-    await session.flush()
-    session.add(ShipmentEvent(shipment_id=shipment.shipment_id, status=St.CREATED, at=now, location=cmd.warehouse))
+    await session.execute(_INSERT_SHIPMENT, vars(shipment))  # the unique order id: never a second parcel
+    await session.execute(_INSERT_EVENT, {"shipment_id": shipment.shipment_id, "status": St.CREATED, "at": now,
+                                          "location": cmd.warehouse})
     await _stage(session, _created(shipment), cmd.order_id, cause)
     log.info("shipment.created", order_id=cmd.order_id, carrier=carrier.code)
 
@@ -107,23 +152,30 @@ class Refused(Exception):
     pass
 
 
-async def report(session: AsyncSession, shipment: Shipment, status: St, at: datetime, location: str | None,
+async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, at: datetime, location: str | None,
                  *, step_seconds: float | None = None) -> bool:
     """A carrier's report (or the simulated carrier's): record it and tell the others. Returns
-    False when it changes nothing (a repeat, or news the parcel is already past)."""
+    False when it changes nothing (a repeat, or news the parcel is already past).
+
+    ``shipment`` is the parcel as :func:`by_tracking` or :func:`due` read it, in this transaction;
+    its status is brought up to date with the row's."""
     if shipment.cancelled:
         raise Refused("the shipment was cancelled")
-    seen = await session.scalar(select(ShipmentEvent.id).where(
-        ShipmentEvent.shipment_id == shipment.shipment_id, ShipmentEvent.status == status, ShipmentEvent.at == at))
-    if seen is not None:
+    recorded = await session.execute(
+        _RECORD_EVENT[session.get_bind().dialect.name],
+        {"shipment_id": shipment.shipment_id, "status": status, "at": at, "location": location},
+    )
+    if recorded.rowcount != 1:  # seen before
         return False
-    session.add(ShipmentEvent(shipment_id=shipment.shipment_id, status=status, at=at, location=location))
     if not domain.accepts(St(shipment.status), status, return_expected=shipment.return_expected):
         log.info("shipment.report_ignored", order_id=shipment.order_id, current=shipment.status, reported=status)
         return False
-    shipment.status, shipment.updated_at = status, _now()
+    now = _now()
     more = domain.next_step(status) is not None
-    shipment.next_step_at = _now() + timedelta(seconds=step_seconds) if step_seconds and more else None
+    next_step_at = now + timedelta(seconds=step_seconds) if step_seconds and more else None
+    await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "status": status, "updated_at": now,
+                                    "next_step_at": next_step_at})
+    shipment.status = status
     await _stage(session, ShipmentUpdated(order_id=shipment.order_id, shipment_id=shipment.shipment_id, carrier=shipment.carrier,
                                           tracking_number=shipment.tracking_number, status=status, at=at, location=location),
                  shipment.order_id, None)

@@ -1,16 +1,15 @@
-"""The outbox and the inbox against a real broker and a real SQLite database."""
+"""The outbox against a real broker and a real SQLite database (the inbox: test_staging.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import aio_pika
 import pytest
 from sqlalchemy import func, select
 
-from events import inbox, outbox, topology
+from events import outbox, topology
 from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
 from events.envelope import Command, Event
 from events.names import EVENTS_EXCHANGE
@@ -150,22 +149,6 @@ async def test_messages_staged_while_the_broker_is_unreachable_wait_in_the_outbo
         assert json.loads(message.body)["data"] == {"n": 3}
     finally:
         await relay.stop()
-
-
-async def test_inbox_claims_a_message_once_per_consumer(db):
-    sessions = make_sessionmaker(db)
-    message_id = str(uuid.uuid4())
-    async with sessions.begin() as session:
-        assert await inbox.claim(session, message_id, "a") is True
-    async with sessions.begin() as session:
-        assert await inbox.claim(session, message_id, "a") is False
-        assert await inbox.claim(session, message_id, "b") is True
-    with pytest.raises(RuntimeError):
-        async with sessions.begin() as session:
-            assert await inbox.claim(session, "rolled-back", "a") is True
-            raise RuntimeError("effect failed")
-    async with sessions.begin() as session:
-        assert await inbox.claim(session, "rolled-back", "a") is True  # a failed attempt claims nothing
 
 
 async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk(rabbit, db, listener):

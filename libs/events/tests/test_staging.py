@@ -98,3 +98,16 @@ async def test_the_inbox_claims_once_per_consumer_and_a_rollback_claims_nothing(
             raise RuntimeError("effect failed")
     async with sessions.begin() as session:
         assert await inbox.claim(session, "rolled-back", "a") is True
+
+
+async def test_a_commit_that_staged_wakes_the_relay_even_after_a_savepoint_rolled_back(engine):
+    woken = []
+    sessions = make_sessionmaker(engine, on_outbox_commit=lambda: woken.append(True))
+    async with sessions.begin() as session:
+        await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                raise RuntimeError("the savepoint's change failed")
+    async with sessions.begin() as session:
+        await inbox.claim(session, str(uuid.uuid4()), "a")  # staged nothing: no wake-up
+    assert woken == [True]

@@ -185,8 +185,9 @@ def make_sessionmaker(
             if session.info.pop("outbox_staged", False):
                 on_outbox_commit()
 
-    @event.listens_for(ServiceSession, "after_rollback")
-    def _after_rollback(session: Session) -> None:
-        session.info.pop("outbox_staged", None)
+    @event.listens_for(ServiceSession, "after_transaction_end")
+    def _after_end(session: Session, transaction: Any) -> None:
+        if transaction.parent is None:  # the whole transaction, not a savepoint inside it
+            session.info.pop("outbox_staged", None)
 
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ServiceSession)

@@ -29,7 +29,8 @@ from sqlalchemy import (
     event,
     make_url,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -83,6 +84,22 @@ processed_message = Table(
     Column("consumer", String(128), primary_key=True),
     Column("processed_at", UtcDateTime(), nullable=False),
 )
+
+
+class InsertIfAbsent:
+    """``INSERT … ON CONFLICT DO NOTHING`` into ``table``, built once per dialect; calling it
+    answers whether the row was new. On PostgreSQL a concurrent insert of the same key waits for
+    the other transaction's outcome instead of failing."""
+
+    def __init__(self, table: Table) -> None:
+        self._statements = {
+            "sqlite": sqlite.insert(table).on_conflict_do_nothing(),
+            "postgresql": postgresql.insert(table).on_conflict_do_nothing(),
+        }
+
+    async def __call__(self, session: AsyncSession, values: dict[str, Any]) -> bool:
+        result = await session.execute(self._statements[session.get_bind().dialect.name], values)
+        return result.rowcount == 1
 
 
 class InlineSqlite(aiosqlite.Connection):

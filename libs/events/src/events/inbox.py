@@ -4,19 +4,12 @@ transaction as its effect, so a redelivered or re-published message changes noth
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events.db import processed_message
+from events.db import InsertIfAbsent, processed_message
 
-# One statement, built once per dialect: a statement built per call (``insert(...).values(...)``)
-# costs SQLAlchemy more than SQLite takes to run it.
-_CLAIM: dict[str, Any] = {
-    "sqlite": sqlite.insert(processed_message).on_conflict_do_nothing(),
-    "postgresql": postgresql.insert(processed_message).on_conflict_do_nothing(),
-}
+_claim = InsertIfAbsent(processed_message)
 
 
 async def claim(session: AsyncSession, message_id: str, consumer: str) -> bool:
@@ -26,8 +19,4 @@ async def claim(session: AsyncSession, message_id: str, consumer: str) -> bool:
     NOTHING``: on PostgreSQL a concurrent duplicate waits for the first transaction's outcome, and
     then inserts (the first rolled back) or finds the row (it committed).
     """
-    statement = _CLAIM[session.get_bind().dialect.name]
-    result = await session.execute(
-        statement, {"message_id": message_id, "consumer": consumer, "processed_at": datetime.now(UTC)}
-    )
-    return result.rowcount == 1
+    return await _claim(session, {"message_id": message_id, "consumer": consumer, "processed_at": datetime.now(UTC)})

@@ -116,7 +116,6 @@ class OutboxRelay:
         self._sessions = sessions
         self._url = amqp_url
         self._service = service
-        self._batch = batch
         self._poll = poll_seconds
         self._retention = retention
         self._wake = asyncio.Event()

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
+from events.db import InsertIfAbsent
 from events.envelope import Envelope, Incoming
 from events.logs import get_logger
 from events.shipping import CreateShipment, ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
@@ -62,10 +62,7 @@ _IS_CANCELLED = select(_cancelled.c.order_id).where(_cancelled.c.order_id == bin
 _INSERT_SHIPMENT = insert(_shipment)
 _INSERT_EVENT = insert(_event)
 # A report seen before (same parcel, status and time) is a repeat: the unique key refuses it.
-_RECORD_EVENT: dict[str, Any] = {
-    "sqlite": sqlite.insert(_event).on_conflict_do_nothing(),
-    "postgresql": postgresql.insert(_event).on_conflict_do_nothing(),
-}
+_record_event = InsertIfAbsent(_event)
 # No values: the SET clause is the columns the parameters name.
 _UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id"))
 
@@ -161,12 +158,9 @@ async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, a
     its status is brought up to date with the row's."""
     if shipment.cancelled:
         raise Refused("the shipment was cancelled")
-    recorded = await session.execute(
-        _RECORD_EVENT[session.get_bind().dialect.name],
-        {"shipment_id": shipment.shipment_id, "status": status, "at": at, "location": location},
-    )
-    if recorded.rowcount != 1:  # seen before
-        return False
+    if not await _record_event(session, {"shipment_id": shipment.shipment_id, "status": status, "at": at,
+                                         "location": location}):
+        return False  # seen before
     if not domain.accepts(St(shipment.status), status, return_expected=shipment.return_expected):
         log.info("shipment.report_ignored", order_id=shipment.order_id, current=shipment.status, reported=status)
         return False

@@ -63,6 +63,7 @@ async def test_a_rolled_back_transaction_stages_nothing_not_even_for_the_next_on
 
 
 async def test_messages_staged_in_a_savepoint_go_with_it(engine):
+    """(A savepoint's rows are written at once, before those its transaction staged outside it.)"""
     sessions = make_sessionmaker(engine)
     async with sessions.begin() as session:
         await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")

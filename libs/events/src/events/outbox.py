@@ -43,8 +43,11 @@ async def stage(
 ) -> str:
     """Add ``payload`` to the outbox inside the caller's transaction; returns the message id.
 
-    The rows of one transaction are written together, in one statement, as it commits (inside a
-    savepoint, at once, so that rolling the savepoint back takes them too)."""
+    The rows of one transaction are written together, in one statement, as it commits, in the
+    order they were staged. Inside a savepoint a row is written at once, so that rolling the
+    savepoint back takes it too; it then comes before the rows the transaction staged outside
+    it. (The relay publishes a batch concurrently anyway: messages of one transaction are not
+    ordered on the wire.)"""
     envelope = build(
         payload,
         service=service,

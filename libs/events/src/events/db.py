@@ -113,6 +113,11 @@ class InlineSqlite(aiosqlite.Connection):
     each service has its database file to itself, and its one connection is shared in the pool.
     """
 
+    @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The sqlite3 connection underneath, for what needs no result (``BEGIN IMMEDIATE``)."""
+        return self._conn
+
     async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
@@ -163,7 +168,9 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:  # pragma: no cover - driver hook
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight on the sqlite3 connection: through SQLAlchemy's execution path (exec_driver_sql)
+        # this one statement cost about a twentieth of every transaction's CPU.
+        conn.connection.driver_connection.sqlite.execute("BEGIN IMMEDIATE")
 
     return engine
 

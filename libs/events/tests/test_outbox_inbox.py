@@ -7,7 +7,7 @@ import json
 
 import aio_pika
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from events import outbox, topology
 from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
@@ -71,7 +71,7 @@ async def _pending(sessions) -> int:
 
 async def test_only_committed_messages_are_published_persistent_and_traced(rabbit, db, listener):
     setup_tracing("test")
-    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)  # polling off: only wake-ups
     await relay.start()
     try:
@@ -98,7 +98,7 @@ async def test_only_committed_messages_are_published_persistent_and_traced(rabbi
 
 
 async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, db):
-    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=0.1)
     connection = await aio_pika.connect(rabbit.url)
     await topology.declare(await connection.channel())
@@ -128,7 +128,7 @@ async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, 
 
 
 async def test_messages_staged_while_the_broker_is_unreachable_wait_in_the_outbox(rabbit, db, listener):
-    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
     relay = OutboxRelay(sessions, "amqp://guest:guest@127.0.0.1:1/", service="test", poll_seconds=0.1)
     await relay.start()
     try:
@@ -157,7 +157,7 @@ async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk
     from cloudevents.core.formats.json import JSONFormat
 
     setup_tracing("test")
-    sessions = make_sessionmaker(db, on_outbox_commit=lambda: relay.wake())
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)
     await relay.start()
     try:
@@ -178,3 +178,70 @@ async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk
     assert event.get_data() == {"n": 7}
     assert event.get_extension("correlationid") == "ord-7"
     assert event.get_extension("traceparent").startswith("00-")
+
+
+def _count_due_reads(engine) -> list[int]:
+    """Counts the relay's reads of due rows (its query is the only one that filters on next_attempt_at)."""
+    reads = [0]
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _count(conn, cursor, statement, *args) -> None:
+        if "FROM outbox_message" in statement and "next_attempt_at" in statement:
+            reads[0] += 1
+
+    return reads
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_commit_hands_its_rows_to_the_relay_which_publishes_them_without_reading_them_back(
+    rabbit, db, listener
+):
+    reads = _count_due_reads(db)
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)
+    await relay.start()
+    try:
+        await _until(lambda: _as_coroutine(reads[0] >= 1))  # the relay's first read at start, of nothing
+        reads[0] = 0
+        async with sessions.begin() as session:
+            message_id = await outbox.stage(session, Pinged(n=4), service="test", subject="ord-4")
+        [message] = await _take(listener, 1)
+        assert message.message_id == message_id
+        await _until(lambda: _pending_is(sessions, 0))
+        # One read only: the one in the transaction that marks the row published, for the next batch.
+        assert reads[0] == 1
+    finally:
+        await relay.stop()
+
+
+async def test_a_row_handed_over_after_a_read_published_it_is_not_sent_again(rabbit, db, listener):
+    handed = []
+    sessions = make_sessionmaker(db, on_outbox_commit=handed.append)  # kept back: the relay must read it
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=0.05)
+    await relay.start()
+    try:
+        async with sessions.begin() as session:
+            await outbox.stage(session, Pinged(n=5), service="test", subject="ord-5")
+        [message] = await _take(listener, 1)
+        await _until(lambda: _pending_is(sessions, 0))
+        relay.wake(handed[0])  # the hand-over arrives late, after a read published the row
+        await _until(lambda: _as_coroutine(not relay._handed))
+        assert await _take(listener, 1, timeout=0.5) == []
+        assert relay.published == 1
+    finally:
+        await relay.stop()
+
+
+async def _as_coroutine(value: bool) -> bool:
+    return value
+
+
+async def _pending_is(sessions, count: int) -> bool:
+    return await _pending(sessions) == count

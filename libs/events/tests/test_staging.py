@@ -103,7 +103,7 @@ async def test_the_inbox_claims_once_per_consumer_and_a_rollback_claims_nothing(
 
 async def test_a_commit_that_staged_wakes_the_relay_even_after_a_savepoint_rolled_back(engine):
     woken = []
-    sessions = make_sessionmaker(engine, on_outbox_commit=lambda: woken.append(True))
+    sessions = make_sessionmaker(engine, on_outbox_commit=lambda rows: woken.append(True))
     async with sessions.begin() as session:
         await outbox.stage(session, Pinged(n=1), service="test", subject="ord-1")
         with pytest.raises(RuntimeError):

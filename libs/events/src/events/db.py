@@ -54,6 +54,9 @@ class UtcDateTime(TypeDecorator):
 
 messaging_metadata = MetaData()
 
+OUTBOX_COMMITTED = "outbox_committed"
+"""``session.info`` key: the outbox rows the transaction's commit wrote (see events.outbox)."""
+
 outbox_message = Table(
     "outbox_message",
     messaging_metadata,
@@ -182,10 +185,11 @@ class InjectedCommitFailure(RuntimeError):
 def make_sessionmaker(
     engine: AsyncEngine,
     *,
-    on_outbox_commit: Callable[[], None] | None = None,
+    on_outbox_commit: Callable[[list[dict[str, Any]] | None], None] | None = None,
     fail_commit_rate: float = 0.0,
 ) -> async_sessionmaker:
-    """Sessions that call ``on_outbox_commit`` after a commit that staged outbox messages.
+    """Sessions that call ``on_outbox_commit(rows)`` after a commit that staged outbox messages,
+    with the outbox rows the commit wrote (None when they were all written inside savepoints).
 
     ``fail_commit_rate`` (fault injection for the resilience tests, ``OMS_FAULT_FAIL_COMMIT_RATE``;
     0 in every real run) makes that share of commits that handled a message fail, to show that the
@@ -207,7 +211,7 @@ def make_sessionmaker(
         @event.listens_for(ServiceSession, "after_commit")
         def _after_commit(session: Session) -> None:
             if session.info.pop("outbox_staged", False):
-                on_outbox_commit()
+                on_outbox_commit(session.info.pop(OUTBOX_COMMITTED, None))
 
     @event.listens_for(ServiceSession, "after_transaction_end")
     def _after_end(session: Session, transaction: Any) -> None:

@@ -1,14 +1,16 @@
 """Transactional outbox: messages are written in the same transaction as the state change that
 emits them, and a relay publishes them afterwards with publisher confirms, persistent delivery and
 mandatory routing. A row is marked published only after the broker confirmed it; one the broker
-refused is retried with back-off. The relay wakes as soon as a transaction that staged messages
-commits, and also polls, so rows left by a crash are sent after a restart."""
+refused is retried with back-off. A transaction that staged messages hands its committed rows to
+the relay as it commits, so they are published without being read back; the relay also polls, so
+rows left by a crash (or by a publish that failed) are sent later."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +20,7 @@ from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from events.db import outbox_message
+from events.db import OUTBOX_COMMITTED, outbox_message
 from events.envelope import Envelope, Incoming, Message, build
 from events.logs import get_logger
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
@@ -82,6 +84,7 @@ def _write_staged(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
         session.execute(_INSERT, rows)
+        session.info[OUTBOX_COMMITTED] = rows  # handed to the relay after the commit
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -90,11 +93,12 @@ def _drop_staged(session: Session, transaction: Any) -> None:
     end is not the transaction's: what it staged was written at once)."""
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(OUTBOX_COMMITTED, None)
 
 
 _MARK_PUBLISHED = (
     update(outbox_message)
-    .where(outbox_message.c.seq.in_(bindparam("seqs", expanding=True)))
+    .where(outbox_message.c.message_id.in_(bindparam("ids", expanding=True)))
     .values(published_at=bindparam("at"))
 )
 
@@ -128,7 +132,16 @@ class OutboxRelay:
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.published = 0
         self.last_error: str | None = None
+        self._batch = batch
         self._next: list[Any] | None = None  # the next batch, when the last marking read it
+        # Rows handed over by commits in this process, not yet published: published from here,
+        # without reading them back. Bounded: past the bound, the rows wait for a read like any
+        # other (they are in the table all the same).
+        self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._handed_limit = 10 * batch
+        # Ids published lately, so that a row a read already published is not sent again when its
+        # hand-over comes after the read (several connections, on PostgreSQL).
+        self._recent: OrderedDict[str, None] = OrderedDict()
         # Built once: the relay runs them for every batch, often of one or two rows.
         self._due_query = (
             select(outbox_message)
@@ -138,7 +151,12 @@ class OutboxRelay:
             .limit(batch)
         )
 
-    def wake(self) -> None:
+    def wake(self, rows: list[dict[str, Any]] | None = None) -> None:
+        """A commit staged messages: ``rows`` are the outbox rows it wrote, when it knows them."""
+        for row in rows or ():
+            if len(self._handed) >= self._handed_limit:
+                break
+            self._handed[row["message_id"]] = row
         self._wake.set()
 
     @property
@@ -205,17 +223,20 @@ class OutboxRelay:
         """
         now = datetime.now(UTC)
         rows, self._next = self._next, None
+        if not rows and self._handed:
+            rows = self._take_handed()
         if rows is None:
             async with self._sessions.begin() as session:
                 rows = await self._due(session, now)
         if not rows:
             return 0
         results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
-        ok = [row["seq"] for row, r in zip(rows, results, strict=True) if r is None]
+        ok = [row["message_id"] for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
+        self._remember(ok)
         async with self._sessions.begin() as session:
             if ok:
-                await session.execute(_MARK_PUBLISHED, {"seqs": ok, "at": datetime.now(UTC)})
+                await session.execute(_MARK_PUBLISHED, {"ids": ok, "at": datetime.now(UTC)})
             if not failed:  # the next batch, read in this transaction: one round trip less per batch
                 self._next = await self._due(session, datetime.now(UTC))
             for row, error in failed:
@@ -229,7 +250,7 @@ class OutboxRelay:
                 )
                 await session.execute(
                     update(outbox_message)
-                    .where(outbox_message.c.seq == row["seq"])
+                    .where(outbox_message.c.message_id == row["message_id"])
                     .values(attempts=attempts, next_attempt_at=now + _retry_delay(attempts), last_error=repr(error)[:1000])
                 )
         self.published += len(ok)
@@ -238,7 +259,26 @@ class OutboxRelay:
         return len(ok)
 
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
-        return list((await session.execute(self._due_query, {"now": now})).mappings().all())
+        rows = []
+        for row in (await session.execute(self._due_query, {"now": now})).mappings():
+            self._handed.pop(row["message_id"], None)  # read back: published from this batch
+            if row["message_id"] not in self._recent:
+                rows.append(row)
+        return rows
+
+    def _take_handed(self) -> list[dict[str, Any]]:
+        rows = []
+        while self._handed and len(rows) < self._batch:
+            message_id, row = self._handed.popitem(last=False)
+            if message_id not in self._recent:
+                rows.append(row)
+        return rows
+
+    def _remember(self, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            self._recent[message_id] = None
+        while len(self._recent) > self._handed_limit:
+            self._recent.popitem(last=False)
 
     async def _publish(self, row: Any) -> None:
         exchange = await self._exchange(row["exchange"])

@@ -61,7 +61,7 @@ class ServiceRuntime:
         self.registry = CollectorRegistry()
         self.engine = make_engine(s.database_url)
         self.sessions = make_sessionmaker(
-            self.engine, on_outbox_commit=lambda: self.relay.wake(), fail_commit_rate=s.fault_fail_commit_rate
+            self.engine, on_outbox_commit=lambda rows: self.relay.wake(rows), fail_commit_rate=s.fault_fail_commit_rate
         )
         self.relay = OutboxRelay(
             self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds

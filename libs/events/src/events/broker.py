@@ -70,10 +70,11 @@ class Resource(ContextField):
         return super().use(**kwargs)
 
 
-def _peek(body: bytes) -> dict[str, Any]:
+async def _peek(msg: Any) -> dict[str, Any]:
+    """The decoded envelope, for the log context; FastStream caches it for the handler."""
     try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        envelope = await msg.decode()
+    except (ValueError, UnicodeDecodeError):  # not JSON: the handler's decoding dead-letters it
         return {}
     return envelope if isinstance(envelope, dict) else {}
 
@@ -83,7 +84,7 @@ class ConsumePolicy(BaseMiddleware):
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
         raw = msg.raw_message
-        envelope = _peek(msg.body)
+        envelope = await _peek(msg)
         queue = getattr(raw, "routing_key", None)
         bound = structlog.contextvars.bind_contextvars(
             order_id=envelope.get("correlationid") or envelope.get("subject"),

@@ -2,8 +2,9 @@
 emits them, and a relay publishes them afterwards with publisher confirms, persistent delivery and
 mandatory routing. A row is marked published only after the broker confirmed it; one the broker
 refused is retried with back-off. A transaction that staged messages hands its committed rows to
-the relay as it commits, so they are published without being read back; the relay also polls, so
-rows left by a crash (or by a publish that failed) are sent later."""
+the relay as it commits, so they are published without being read back, and marked published in
+batches; the relay also reads the table, so rows left by a crash (or by a publish that failed)
+are sent later."""
 
 from __future__ import annotations
 
@@ -108,7 +109,16 @@ def _retry_delay(attempts: int) -> timedelta:
 
 
 class OutboxRelay:
-    """Publishes staged messages. One per service process; safe beside others on PostgreSQL."""
+    """Publishes staged messages. One per service process; safe beside others on PostgreSQL.
+
+    Rows come two ways. The commits of this process hand theirs over, and they are published at
+    once, never read back. The table is read at start and every ``poll_seconds`` for the rest:
+    rows a crash left, rows whose publish failed and waits for its retry, rows another process
+    wrote. A confirmed row is marked published by the next marking transaction, which takes every
+    row confirmed in the last ``mark_seconds`` (or ``batch`` rows, whichever comes first); until
+    then the relay remembers it, so no read sends it again. A crash in between sends it again
+    after the restart, and consumers de-duplicate on the message id.
+    """
 
     def __init__(
         self,
@@ -118,12 +128,15 @@ class OutboxRelay:
         service: str,
         batch: int = 200,
         poll_seconds: float = 1.0,
+        mark_seconds: float = 0.05,
         retention: timedelta = timedelta(hours=1),
     ) -> None:
         self._sessions = sessions
         self._url = amqp_url
         self._service = service
+        self._batch = batch
         self._poll = poll_seconds
+        self._mark_delay = mark_seconds
         self._retention = retention
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -132,17 +145,17 @@ class OutboxRelay:
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.published = 0
         self.last_error: str | None = None
-        self._batch = batch
-        self._next: list[Any] | None = None  # the next batch, when the last marking read it
-        # Rows handed over by commits in this process, not yet published: published from here,
-        # without reading them back. Bounded: past the bound, the rows wait for a read like any
-        # other (they are in the table all the same).
+        # Rows handed over by commits, not yet published. Bounded: past the bound, rows wait for
+        # the next read like any other (they are in the table all the same).
         self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._handed_limit = 10 * batch
-        # Ids published lately, so that a row a read already published is not sent again when its
-        # hand-over comes after the read (several connections, on PostgreSQL).
+        self._limit = 10 * batch
+        # Confirmed, not yet marked in the table; and every id published lately (a superset), so
+        # that neither a read nor a late hand-over (several connections, on PostgreSQL) sends a
+        # row again.
+        self._unmarked: list[str] = []
+        self._unmarked_since = 0.0
         self._recent: OrderedDict[str, None] = OrderedDict()
-        # Built once: the relay runs them for every batch, often of one or two rows.
+        # Built once: the relay runs it at every read.
         self._due_query = (
             select(outbox_message)
             .where(outbox_message.c.published_at.is_(None))
@@ -154,7 +167,7 @@ class OutboxRelay:
     def wake(self, rows: list[dict[str, Any]] | None = None) -> None:
         """A commit staged messages: ``rows`` are the outbox rows it wrote, when it knows them."""
         for row in rows or ():
-            if len(self._handed) >= self._handed_limit:
+            if len(self._handed) >= self._limit:
                 break
             self._handed[row["message_id"]] = row
         self._wake.set()
@@ -171,6 +184,8 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(Exception):  # what was confirmed is not sent again after a restart
+            await self._mark()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -193,12 +208,22 @@ class OutboxRelay:
         return self._exchanges[name]
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         last_purge = datetime.now(UTC)
+        next_read = loop.time()  # at once: what an earlier run left
         while True:
             try:
                 await self._connect()
-                while await self.publish_pending():
-                    pass
+                if loop.time() >= next_read:
+                    while await self._read_and_publish():
+                        pass
+                    next_read = loop.time() + self._poll
+                while self._handed:
+                    await self._publish(self._take_handed())
+                    if len(self._unmarked) >= self._batch:
+                        await self._mark()
+                if self._unmarked and loop.time() - self._unmarked_since >= self._mark_delay:
+                    await self._mark()
                 if datetime.now(UTC) - last_purge > timedelta(minutes=5):
                     await self._purge()
                     last_purge = datetime.now(UTC)
@@ -206,39 +231,49 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database down: keep the rows, try again
-                self._next = None
                 self.last_error = repr(exc)
                 log.warning("outbox.relay_error", error=repr(exc))
                 await asyncio.sleep(1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                next_read = loop.time()
+            timeout = next_read - loop.time()
+            if self._unmarked:
+                timeout = min(timeout, self._unmarked_since + self._mark_delay - loop.time())
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             self._wake.clear()
 
-    async def publish_pending(self) -> int:
-        """Publish one batch of due messages; returns how many were confirmed.
+    async def _read_and_publish(self) -> int:
+        """Mark what is confirmed, read one batch of due rows in the same transaction, publish it;
+        returns how many rows were read."""
+        async with self._sessions.begin() as session:
+            marked = await self._mark_in(session)
+            rows = await self._due(session, datetime.now(UTC))
+        self._marked(marked)
+        if rows:
+            await self._publish(rows)
+        return len(rows)
 
-        The rows are read and marked in two short transactions, with the broker round trips in
-        between, so handlers never wait on the broker for the database lock. Two relays on one
-        database may then both send a row: consumers de-duplicate on the message id.
-        """
-        now = datetime.now(UTC)
-        rows, self._next = self._next, None
-        if not rows and self._handed:
-            rows = self._take_handed()
-        if rows is None:
-            async with self._sessions.begin() as session:
-                rows = await self._due(session, now)
-        if not rows:
-            return 0
-        results = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+    async def _publish(self, rows: list[Any]) -> None:
+        """Publish ``rows`` concurrently, each confirmed by the broker; a refused one is retried
+        with back-off, and a lost connection raises once the others are accounted for."""
+        results = await asyncio.gather(*(self._send(row) for row in rows), return_exceptions=True)
         ok = [row["message_id"] for row, r in zip(rows, results, strict=True) if r is None]
         failed = [(row, r) for row, r in zip(rows, results, strict=True) if r is not None]
-        self._remember(ok)
+        if ok:
+            if not self._unmarked:
+                self._unmarked_since = asyncio.get_running_loop().time()
+            self._unmarked.extend(ok)
+            for message_id in ok:
+                self._recent[message_id] = None
+            while len(self._recent) > self._limit:
+                self._recent.popitem(last=False)
+            self.published += len(ok)
+        if not failed:
+            return
+        now = datetime.now(UTC)
         async with self._sessions.begin() as session:
-            if ok:
-                await session.execute(_MARK_PUBLISHED, {"ids": ok, "at": datetime.now(UTC)})
-            if not failed:  # the next batch, read in this transaction: one round trip less per batch
-                self._next = await self._due(session, datetime.now(UTC))
+            marked = await self._mark_in(session)
             for row, error in failed:
                 attempts = row["attempts"] + 1
                 log.warning(
@@ -253,10 +288,27 @@ class OutboxRelay:
                     .where(outbox_message.c.message_id == row["message_id"])
                     .values(attempts=attempts, next_attempt_at=now + _retry_delay(attempts), last_error=repr(error)[:1000])
                 )
-        self.published += len(ok)
-        if failed and isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
+        self._marked(marked)
+        if isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
             raise failed[0][1]
-        return len(ok)
+
+    async def _mark(self) -> None:
+        if self._unmarked:
+            async with self._sessions.begin() as session:
+                marked = await self._mark_in(session)
+            self._marked(marked)
+
+    async def _mark_in(self, session: AsyncSession) -> list[str]:
+        ids = list(self._unmarked)
+        if ids:
+            await session.execute(_MARK_PUBLISHED, {"ids": ids, "at": datetime.now(UTC)})
+        return ids
+
+    def _marked(self, ids: list[str]) -> None:
+        """The transaction that marked ``ids`` committed (rows confirmed meanwhile stay unmarked)."""
+        if ids:
+            del self._unmarked[: len(ids)]
+            self._unmarked_since = asyncio.get_running_loop().time()
 
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
         rows = []
@@ -274,13 +326,7 @@ class OutboxRelay:
                 rows.append(row)
         return rows
 
-    def _remember(self, message_ids: list[str]) -> None:
-        for message_id in message_ids:
-            self._recent[message_id] = None
-        while len(self._recent) > self._handed_limit:
-            self._recent.popitem(last=False)
-
-    async def _publish(self, row: Any) -> None:
+    async def _send(self, row: Any) -> None:
         exchange = await self._exchange(row["exchange"])
         body = row["body"].encode()
         traceparent = json.loads(body).get("traceparent")

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import os
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
 
 
 def setup_tracing(service: str) -> TracerProvider:
-    """A tracer provider named for the service. Exporters are added by deployment (OTEL_* settings)."""
+    """A tracer provider named for the service, unless one is set already (``opentelemetry-instrument``
+    sets one from the ``OTEL_*`` settings, exporters included).
+
+    Ours exports to the console with ``OTEL_TRACES_EXPORTER=console`` and nowhere otherwise. Where
+    nothing exports, spans are not recorded (recording one cost more than twice as much CPU as not,
+    on every message), unless ``OTEL_TRACES_SAMPLER`` or a sampled parent asks for it: trace ids
+    and ``traceparent`` flow into logs and messages either way.
+    """
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}))
+    console = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() == "console"
+    sampler = None if console or os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(ALWAYS_OFF)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=sampler)
+    if console:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -16,8 +16,8 @@ _propagator = TraceContextTextMapPropagator()
 
 
 def setup_tracing(service: str) -> TracerProvider:
-    """A tracer provider named for the service, unless one is set already (``opentelemetry-instrument``
-    sets one from the ``OTEL_*`` settings, exporters included).
+    """A tracer provider named for the service, unless one is set already (``opentelemetry-instrument``,
+    from ``opentelemetry-distro``, which is not a dependency here, sets one with its exporters).
 
     Ours exports to the console with ``OTEL_TRACES_EXPORTER=console`` and nowhere otherwise. Where
     nothing exports, spans are not recorded (recording one cost more than twice as much CPU as not,

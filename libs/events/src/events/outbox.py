@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -246,10 +247,8 @@ class OutboxRelay:
     async def _read_and_publish(self) -> int:
         """Mark what is confirmed, read one batch of due rows in the same transaction, publish it;
         returns how many rows were read."""
-        async with self._sessions.begin() as session:
-            marked = await self._mark_in(session)
+        async with self._transaction() as session:
             rows = await self._due(session, datetime.now(UTC))
-        self._marked(marked)
         if rows:
             await self._publish(rows)
         return len(rows)
@@ -272,8 +271,7 @@ class OutboxRelay:
         if not failed:
             return
         now = datetime.now(UTC)
-        async with self._sessions.begin() as session:
-            marked = await self._mark_in(session)
+        async with self._transaction() as session:
             for row, error in failed:
                 attempts = row["attempts"] + 1
                 log.warning(
@@ -288,24 +286,24 @@ class OutboxRelay:
                     .where(outbox_message.c.message_id == row["message_id"])
                     .values(attempts=attempts, next_attempt_at=now + _retry_delay(attempts), last_error=repr(error)[:1000])
                 )
-        self._marked(marked)
         if isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
             raise failed[0][1]
 
     async def _mark(self) -> None:
         if self._unmarked:
-            async with self._sessions.begin() as session:
-                marked = await self._mark_in(session)
-            self._marked(marked)
+            async with self._transaction():
+                pass
 
-    async def _mark_in(self, session: AsyncSession) -> list[str]:
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A transaction that first marks the rows confirmed so far (the relay's reads, retries and
+        marking all go through it); once it commits, they are off the list (rows confirmed
+        meanwhile stay on it)."""
         ids = list(self._unmarked)
-        if ids:
-            await session.execute(_MARK_PUBLISHED, {"ids": ids, "at": datetime.now(UTC)})
-        return ids
-
-    def _marked(self, ids: list[str]) -> None:
-        """The transaction that marked ``ids`` committed (rows confirmed meanwhile stay unmarked)."""
+        async with self._sessions.begin() as session:
+            if ids:
+                await session.execute(_MARK_PUBLISHED, {"ids": ids, "at": datetime.now(UTC)})
+            yield session
         if ids:
             del self._unmarked[: len(ids)]
             self._unmarked_since = asyncio.get_running_loop().time()

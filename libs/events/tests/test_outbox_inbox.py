@@ -7,6 +7,7 @@ import json
 
 import aio_pika
 import pytest
+from integration.helpers import eventually
 from sqlalchemy import event, func, select
 
 from events import outbox, topology
@@ -192,14 +193,6 @@ def _count_due_reads(engine) -> list[int]:
     return reads
 
 
-async def _until(condition, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_commit_hands_its_rows_to_the_relay_which_publishes_them_without_reading_them_back(
     rabbit, db, listener
 ):
@@ -208,13 +201,13 @@ async def test_a_commit_hands_its_rows_to_the_relay_which_publishes_them_without
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)
     await relay.start()
     try:
-        await _until(lambda: _as_coroutine(reads[0] >= 1))  # the relay's first read at start, of nothing
+        await eventually(lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read")
         reads[0] = 0
         async with sessions.begin() as session:
             message_id = await outbox.stage(session, Pinged(n=4), service="test", subject="ord-4")
         [message] = await _take(listener, 1)
         assert message.message_id == message_id
-        await _until(lambda: _pending_is(sessions, 0))
+        await eventually(lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published")
         assert reads[0] == 0  # published from the hand-over, and marked without a read
     finally:
         await relay.stop()
@@ -229,21 +222,18 @@ async def test_a_row_handed_over_after_a_read_published_it_is_not_sent_again(rab
         async with sessions.begin() as session:
             await outbox.stage(session, Pinged(n=5), service="test", subject="ord-5")
         [message] = await _take(listener, 1)
-        await _until(lambda: _pending_is(sessions, 0))
+        await eventually(lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published")
         relay.wake(handed[0])  # the hand-over arrives late, after a read published the row
-        await _until(lambda: _as_coroutine(not relay._handed))
+        await eventually(lambda: _as_coroutine(len(relay._handed)), lambda n: n == 0, timeout=10, what="the hand-over taken")
         assert await _take(listener, 1, timeout=0.5) == []
         assert relay.published == 1
     finally:
         await relay.stop()
 
 
-async def _as_coroutine(value: bool) -> bool:
+async def _as_coroutine(value: int) -> int:
+    """Relay state, read at once, for ``eventually``'s probe."""
     return value
-
-
-async def _pending_is(sessions, count: int) -> bool:
-    return await _pending(sessions) == count
 
 
 async def test_confirmed_rows_are_marked_together_and_marked_before_the_relay_stops(rabbit, db, listener):
@@ -259,7 +249,7 @@ async def test_confirmed_rows_are_marked_together_and_marked_before_the_relay_st
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60, mark_seconds=60)
     await relay.start()
     try:
-        await _until(lambda: _as_coroutine(reads[0] >= 1))  # the relay's first read at start, of nothing
+        await eventually(lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read")
         for n in range(5):
             async with sessions.begin() as session:
                 await outbox.stage(session, Pinged(n=n), service="test", subject=f"ord-{n}")

@@ -1,10 +1,11 @@
 """Commands on SQLite through the subscribers: reservation (nearest, split, out of stock, once per
 order), release (also before the reservation), commit, restock, low-stock alerts, duplicates, and 25
-concurrent orders for 10 units."""
+concurrent orders for 10 units; a release and a commit racing for one order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from events.db import outbox_message, processed_message
 from events.envelope import Envelope, build
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems
 from events.types import LineItem
+from inventory import stock
 from inventory.db import Reservation, Stock, StockMovement
 from inventory.handlers import handle_commit_stock, handle_release_stock, handle_reserve_stock, handle_restock
 from inventory.stock import receive
@@ -244,3 +246,35 @@ async def test_25_concurrent_orders_for_10_units_never_oversell(any_sessions):
     async with sessions() as session:
         held = (await session.execute(select(Reservation.order_id, Reservation.quantity))).all()
     assert len({order for order, _ in held}) == 10 and sum(q for _, q in held) == 10
+
+
+async def test_a_release_and_a_commit_racing_for_one_order_take_its_units_once(any_sessions, monkeypatch):
+    """Both read the order's reservations before either locks the stock: without a lock on the
+    order first, PostgreSQL lets the second take the same units off again (another order's)."""
+    sessions = any_sessions
+    await stocked(sessions, "SKU-RACE", SH=10)
+    for order in ("mine", "other"):
+        await handle_reserve_stock(reserve(order, "SKU-RACE", 2, latitude=31.2, longitude=121.5), sessions)
+
+    # Hold each one at the stock lock until the other is there too (or, when a lock keeps the other
+    # from getting that far, until a deadline passes), so that both have read the reservations first.
+    lock_keys, arrived, both_there = stock._lock_keys, [], asyncio.Event()
+
+    async def meet_then_lock(session, keys):
+        arrived.append(1)
+        if len(arrived) == 2:
+            both_there.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both_there.wait(), timeout=2)
+        return await lock_keys(session, keys)
+
+    monkeypatch.setattr(stock, "_lock_keys", meet_then_lock)
+    outcomes = await asyncio.gather(handle_release_stock(release("mine"), sessions),
+                                    handle_commit_stock(commit("mine"), sessions), return_exceptions=True)
+
+    assert [o for o in outcomes if o is not None and not isinstance(o, Permanent)] == []
+    on_hand, reserved = await level(sessions, "SKU-RACE", "SH")
+    assert reserved == 2  # the other order's units, still held
+    async with sessions() as session:
+        status = await session.scalar(select(Reservation.status).where(Reservation.order_id == "mine"))
+    assert (status, on_hand) in {("released", 10), ("committed", 8)}

@@ -4,7 +4,9 @@ admin API (receipts, adjustments, thresholds).
 
 Concurrency: every operation first locks the stock rows it will change (``SELECT … FOR UPDATE``,
 in id order, so two transactions never wait on each other in a circle; SQLite instead takes its
-one write lock when the transaction begins). A reservation then takes units with a guarded
+one write lock when the transaction begins). Release, commit and restock lock the order's hold
+before they read its reservations, so two of them for one order run one after the other and the
+second reads what the first left (on PostgreSQL both could otherwise take the same units off). A reservation then takes units with a guarded
 ``UPDATE … WHERE on_hand - reserved >= :q`` and checks the row count, and the table's CHECK
 constraints refuse negative or over-reserved rows, so no interleaving can oversell.
 """
@@ -87,6 +89,7 @@ _INSERT_RESERVATION = insert(_reservation)
 _INSERT_HOLD = insert(_hold)
 _INSERT_MOVEMENT = insert(_movement)
 _HOLD = select(_hold.c.state, _hold.c.shortages).where(_hold.c.order_id == bindparam("order_id"))
+_LOCK_HOLD = _HOLD.with_for_update()
 _RESERVATIONS = (
     select(_reservation.c.id, _reservation.c.warehouse, _reservation.c.sku, _reservation.c.quantity,
            _reservation.c.returned)
@@ -172,8 +175,9 @@ async def _set_hold(session: AsyncSession, order_id: str, state: str,
     await session.execute(_INSERT_HOLD, {"order_id": order_id, **values})
 
 
-async def _hold_of(session: AsyncSession, order_id: str) -> Any:
-    return (await session.execute(_HOLD, {"order_id": order_id})).first()
+async def _hold_of(session: AsyncSession, order_id: str, *, lock: bool = False) -> Any:
+    """The order's hold (None before its first answer); ``lock``: locked for this transaction."""
+    return (await session.execute(_LOCK_HOLD if lock else _HOLD, {"order_id": order_id})).first()
 
 
 async def _reservations(session: AsyncSession, order_id: str, status: str = "reserved") -> list[Any]:
@@ -245,6 +249,7 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
 
 async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause) -> StockReleased:
     """Give back what the order still holds; remember the release so it is never reserved later."""
+    hold = await _hold_of(session, order_id, lock=True)
     held = await _reservations(session, order_id)
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
@@ -260,7 +265,6 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
         await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "released", "updated_at": now}
                                                      for r in held])
         await session.execute(_INSERT_MOVEMENT, moves)
-    hold = await _hold_of(session, order_id)
     if hold is None or hold.state == "reserved":
         await _set_hold(session, order_id, "released", new=hold is None)
     released = StockReleased(order_id=order_id, allocations=_allocations(held))
@@ -270,6 +274,7 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
 
 async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCommitted:
     """The parcel left: the reserved units leave the shelf (on hand and reserved both go down)."""
+    await _hold_of(session, order_id, lock=True)
     held = await _reservations(session, order_id)
     if not held:
         done = await _reservations(session, order_id, "committed")
@@ -300,6 +305,7 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCom
 async def restock(session: AsyncSession, order_id: str, items: list[LineItem], cause: Cause) -> list[StockRestocked]:
     """Returned units go back on the shelf of the warehouse they left from; one event per line
     and warehouse. Never more than the order shipped and has not returned already."""
+    await _hold_of(session, order_id, lock=True)
     shipped = await _reservations(session, order_id, "committed")
     try:
         placed = domain.place_returns(

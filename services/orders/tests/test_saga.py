@@ -9,7 +9,13 @@ import pytest
 
 from events.inventory import Shortage, StockReleased, StockReservationFailed, StockReserved
 from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
-from events.shipping import ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.shipping import (
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShipmentReturned,
+    ShipmentUpdated,
+)
 from events.types import Allocation, LineItem
 from orders.saga import (
     AddressChangeRequested,
@@ -51,6 +57,7 @@ SHIP_CREATED = ShipmentCreated(
     estimated_delivery=date(2026, 11, 27),
 )
 SHIP_FAILED = ShipmentFailed(order_id=ORDER, reason="no_carrier")
+SHIP_CANCELLED = ShipmentCancelled(order_id=ORDER, shipment_id="shp-1")
 
 
 def carrier(status: str) -> ShipmentUpdated:
@@ -143,9 +150,9 @@ def test_no_carrier_cancels_refunds_and_releases():
     [
         ((), [Release()]),
         ((RESERVED,), [Release()]),
-        # paid: the shipment is being booked, so it is cancelled too
-        ((RESERVED, CAPTURED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]),
-        ((RESERVED, CAPTURED, SHIP_CREATED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]),
+        # paid: the shipment is being booked, so it is cancelled too; the stock waits for its answer
+        ((RESERVED, CAPTURED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]),
+        ((RESERVED, CAPTURED, SHIP_CREATED), [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]),
     ],
     ids=["submitted", "confirmed", "paid", "picking"],
 )
@@ -154,6 +161,39 @@ def test_cancel_before_shipment_compensates_exactly_the_steps_done(replies, comp
     saga, intents = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "customer_request")
     assert intents == compensations
+
+
+@pytest.mark.parametrize("answer", [SHIP_CANCELLED, ShipmentFailed(order_id=ORDER, reason="cancelled")],
+                         ids=["cancelled", "booking-refused"])
+def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_will_leave(answer):
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
+    assert (saga.stock, saga.parcel) == ("reserved", "cancelling")
+    saga, intents = advance(saga, answer, now=T0, timeouts=TIMEOUTS)
+    assert intents == [Release()] and (saga.stock, saga.parcel) == ("releasing", "cancelled")
+    saga, intents = advance(saga, SHIP_CANCELLED, now=T0, timeouts=TIMEOUTS)  # told again
+    assert intents == []
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested(), answer, RELEASED,
+                  refunded(f"{ORDER}:cancel", TOTAL))
+    assert saga.status == "cancelled" and saga.deadline_at is None and saga.attention is None
+
+
+@pytest.mark.parametrize("scan", ["picked_up", "in_transit"])
+def test_a_parcel_the_carrier_took_before_the_cancel_is_committed_and_asked_back(scan):
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
+    saga, intents = advance(saga, carrier(scan), now=T0, timeouts=TIMEOUTS)
+    assert intents[0] == Commit() and isinstance(intents[1], RaiseAttention) and len(intents) == 2
+    assert "SF1" in intents[1].detail and saga.attention == intents[1].detail
+    assert (saga.status, saga.stock, saga.parcel) == ("cancelled", "committed", "left")
+    saga, intents = advance(saga, carrier("delivered"), now=T0, timeouts=TIMEOUTS)  # later scans change nothing
+    assert intents == [] and saga.status == "cancelled"
+    saga, _ = advance(saga, refunded(f"{ORDER}:cancel", TOTAL), now=T0, timeouts=TIMEOUTS)
+    assert saga.deadline_at is None  # nothing left to wait for: the refund is done, the stock committed
+
+
+def test_an_unanswered_parcel_cancel_is_resent_with_the_other_compensations():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
+    saga, intents = advance(saga, DeadlineReached(), now=at(31), timeouts=TIMEOUTS)
+    assert intents == [CancelShipment(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
 
 
 def test_cancel_racing_a_capture_in_flight_ends_with_one_refund():

@@ -18,14 +18,27 @@ def settings(tmp_path) -> Settings:
     return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/shipping.db", carrier_simulation=False)
 
 
-@pytest.fixture
-async def sessions(settings):
-    engine = make_engine(settings.database_url)
+async def _sessions(url: str):
+    engine = make_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(messaging_metadata.create_all)
     yield make_sessionmaker(engine)
     await engine.dispose()
+
+
+@pytest.fixture
+async def sessions(settings):
+    async for made in _sessions(settings.database_url):
+        yield made
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def any_sessions(request, settings):
+    """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
+    url = settings.database_url if request.param == "sqlite" else request.getfixturevalue("postgres_database")
+    async for made in _sessions(url):
+        yield made
 
 
 @pytest.fixture

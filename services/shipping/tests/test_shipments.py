@@ -1,7 +1,10 @@
-"""Commands, carrier reports and the simulated carrier, on SQLite."""
+"""Commands, carrier reports and the simulated carrier, on SQLite; a cancel racing a carrier's
+scan, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +15,8 @@ from events.envelope import Envelope, build
 from events.orders import Address
 from events.shipping import CancelShipment, CreateShipment, ExpectReturn
 from events.types import LineItem
-from shipping import carrier
+from events.types import ShipmentStatus as St
+from shipping import carrier, parcels
 from shipping.db import Shipment
 from shipping.handlers import handle_cancel_shipment, handle_create_shipment, handle_expect_return
 
@@ -53,10 +57,15 @@ async def test_no_carrier_for_antarctica(sessions, settings):
     assert (failed["key"], failed["data"]["reason"]) == ("shipment.failed", "no_carrier")
 
 
+def cancel(order_id: str = "o1"):
+    return msg(CancelShipment, CancelShipment(order_id=order_id, reason="customer_request"))
+
+
 async def test_a_cancel_that_overtakes_the_create_books_no_parcel(sessions, settings):
-    await handle_cancel_shipment(msg(CancelShipment, CancelShipment(order_id="o1", reason="customer_request")), sessions)
+    await handle_cancel_shipment(cancel(), sessions)
     await handle_create_shipment(create("o1"), sessions, settings)
-    [failed] = await events(sessions)
+    cancelled, failed = await events(sessions)
+    assert cancelled["key"] == "shipment.cancelled" and cancelled["data"] == {"order_id": "o1", "shipment_id": None}
     assert (failed["key"], failed["data"]["reason"]) == ("shipment.failed", "cancelled")
 
 
@@ -83,9 +92,21 @@ async def test_carrier_reports_move_the_parcel_once(client, sessions, settings):
 
 async def test_a_cancelled_parcel_takes_no_more_reports(client, sessions, settings):
     tracking = await _tracking(client, sessions, settings)
-    await handle_cancel_shipment(msg(CancelShipment, CancelShipment(order_id="o1", reason="customer_request")), sessions)
+    await handle_cancel_shipment(cancel(), sessions)
+    [answer] = [e for e in await events(sessions) if e["key"] == "shipment.cancelled"]
+    assert answer["data"]["shipment_id"].startswith("shp_")
     report = {"tracking_number": tracking, "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
     assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 409
+
+
+async def test_a_cancel_after_the_carrier_took_the_parcel_is_answered_by_its_scan_alone(client, sessions, settings):
+    tracking = await _tracking(client, sessions, settings)
+    report = {"tracking_number": tracking, "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    assert (await client.post("/v1/carriers/sf-express/events", json=report, headers=ADMIN)).status_code == 202
+    await handle_cancel_shipment(cancel(), sessions)
+    assert [e["key"] for e in await events(sessions)] == ["shipment.created", "shipment.updated"]
+    shipment = (await client.get("/v1/shipments/o1", headers=ADMIN)).json()
+    assert (shipment["status"], shipment["cancelled"]) == ("picked_up", False)
 
 
 async def test_an_expected_return_is_told_as_shipment_returned(client, sessions, settings):
@@ -153,3 +174,46 @@ async def test_the_simulated_carrier_drops_a_parcel_with_no_next_step(sessions, 
     async with sessions() as session:
         shipment = await session.scalar(select(Shipment))
     assert (shipment.status, shipment.next_step_at) == ("delivered", None)
+
+
+async def test_a_cancel_and_a_scan_racing_for_one_parcel_are_never_both_taken(any_sessions, settings, monkeypatch):
+    """Both read the parcel before either writes: without a lock on its row, PostgreSQL takes both
+    (a parcel cancelled and picked up, both told), so the order would be refunded and shipped."""
+    sessions = any_sessions
+    await handle_create_shipment(create("o1"), sessions, settings)
+    async with sessions() as session:
+        tracking = (await parcels.by_order(session, "o1")).tracking_number
+
+    # Each one waits after its read until the other has read too (or, when a lock keeps the other
+    # from reading, until a deadline passes).
+    arrived, both_read = [], asyncio.Event()
+
+    def meeting(read):
+        async def read_then_meet(*args, **kwargs):
+            found = await read(*args, **kwargs)
+            arrived.append(1)
+            if len(arrived) == 2:
+                both_read.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(both_read.wait(), timeout=2)
+            return found
+        return read_then_meet
+
+    monkeypatch.setattr(parcels, "by_order", meeting(parcels.by_order))
+    monkeypatch.setattr(parcels, "by_tracking", meeting(parcels.by_tracking))
+
+    async def scan() -> bool | str:
+        async with sessions.begin() as session:
+            shipment = await parcels.by_tracking(session, tracking)
+            try:
+                return await parcels.report(session, shipment, St.PICKED_UP, datetime.now(UTC), "Shanghai")
+            except parcels.Refused:
+                return "refused"
+
+    _, scanned = await asyncio.gather(handle_cancel_shipment(cancel(), sessions), scan())
+
+    told = [e["key"] for e in await events(sessions)][1:]
+    assert told in (["shipment.cancelled"], ["shipment.updated"])
+    async with sessions() as session:
+        row = (await session.execute(select(Shipment.status, Shipment.cancelled))).one()
+    assert (tuple(row), scanned) in {(("created", True), "refused"), (("picked_up", False), True)}

@@ -70,6 +70,16 @@ class ShipmentFailed(Event):
     reason: str
 
 
+class ShipmentCancelled(Event):
+    """The answer to ``shipping.cancel_shipment`` when no parcel will leave: the shipment was
+    cancelled before the carrier took it, or none was created (and none will be). When the carrier
+    had the parcel already, there is no such answer: its ``shipment.updated`` is the answer."""
+
+    routing_key = "shipment.cancelled"
+    order_id: str
+    shipment_id: str | None = None
+
+
 class ShipmentReturned(Event):
     routing_key = "shipment.returned"
     order_id: str

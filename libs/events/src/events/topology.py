@@ -59,6 +59,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     _event("orders", "shipment.created"),
     _event("orders", "shipment.updated"),
     _event("orders", "shipment.failed"),
+    _event("orders", "shipment.cancelled"),
     _event("orders", "shipment.returned"),
     # inventory
     _command("inventory.reserve_stock"),

@@ -23,7 +23,13 @@ from events.inventory import StockReleased, StockReservationFailed, StockReserve
 from events.logs import get_logger
 from events.orders import OrderRejected, PlaceOrder
 from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
-from events.shipping import ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.shipping import (
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShipmentReturned,
+    ShipmentUpdated,
+)
 from events.web import validation_errors
 from orders import service
 from orders.config import Settings
@@ -115,6 +121,11 @@ async def on_shipment_updated(msg: Envelope[ShipmentUpdated], sessions: Sessions
 @router.subscriber(queue("orders.on.shipment.failed"))
 async def on_shipment_failed(msg: Envelope[ShipmentFailed], sessions: Sessions, settings: Config) -> None:
     await _reply(msg, sessions, settings, "orders.on.shipment.failed")
+
+
+@router.subscriber(queue("orders.on.shipment.cancelled"))
+async def on_shipment_cancelled(msg: Envelope[ShipmentCancelled], sessions: Sessions, settings: Config) -> None:
+    await _reply(msg, sessions, settings, "orders.on.shipment.cancelled")
 
 
 @router.subscriber(queue("orders.on.shipment.returned"))

@@ -6,8 +6,13 @@ fails later, the steps already done are compensated in reverse.
     step       command                   success reply        failure reply              compensation
     reserve    inventory.reserve_stock   stock.reserved       stock.reservation_failed   inventory.release_stock
     capture    payments.capture_payment  payment.captured     payment.failed / deadline  payments.refund_payment
-    ship       shipping.create_shipment  shipment.created     shipment.failed            shipping.cancel_shipment
+    ship       shipping.create_shipment  shipment.created     shipment.failed            shipping.cancel_shipment (*)
     follow     (the carrier reports)     shipment.updated     -                          (from shipped on: a return)
+
+(*) A parcel's cancel is answered: ``shipment.cancelled`` when no parcel will leave, or, when the
+carrier took it first, the ``shipment.updated`` of that scan. The reserved stock is released only
+after the first; after the second its units left the shelf (committed), and ops are asked to get
+the parcel back (``RaiseAttention``). The order stays cancelled and refunded, as the customer asked.
 
 Statuses (CONTRACT §5): submitted → confirmed → paid → picking → shipped → in_transit → delivered,
 and cancelled (with a reason), return_requested, returned.
@@ -35,7 +40,13 @@ from typing import Any
 
 from events.inventory import StockCommitted, StockReleased, StockReservationFailed, StockReserved
 from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
-from events.shipping import ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.shipping import (
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShipmentReturned,
+    ShipmentUpdated,
+)
 from events.types import CancelReason, LineItem, OrderStatus, ShipmentStatus
 
 S = OrderStatus
@@ -179,7 +190,9 @@ class Parcel(StrEnum):
     NONE = "none"
     CREATING = "creating"
     CREATED = "created"
-    CANCELLED = "cancelled"
+    CANCELLING = "cancelling"  # asked to cancel, no answer yet
+    CANCELLED = "cancelled"  # no parcel will leave
+    LEFT = "left"  # the carrier took it before the cancel reached shipping
     FAILED = "failed"
 
 
@@ -345,6 +358,8 @@ def _shipment_created(saga: Saga, reply: ShipmentCreated, now: datetime, t: Time
 
 
 def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts):
+    if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: no parcel will leave
+        return _compensate(replace(saga, parcel=Parcel.CANCELLED), now, t)
     if saga.parcel is not Parcel.CREATING:
         return _ignore(saga)
     saga = replace(saga, parcel=Parcel.FAILED)
@@ -376,6 +391,8 @@ def passed_through(old: S, new: S) -> list[S]:
 
 def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
     target = _CARRIER_STATUS.get(reply.status)
+    if saga.parcel is Parcel.CANCELLING and target is not None:
+        return _parcel_left(saga, reply, now, t)
     if target is None or saga.status not in _PROGRESS or saga.parcel not in (Parcel.CREATING, Parcel.CREATED):
         return _ignore(saga)  # exceptions and returns are followed elsewhere; late news after cancel
     if saga.parcel is Parcel.CREATING:  # the carrier's news overtook shipment.created
@@ -386,6 +403,23 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     if saga.stock is Stock.RESERVED:  # the parcel left the warehouse: the units are gone for good
         saga, intents = replace(saga, stock=Stock.COMMITTED), [Commit()]
     return replace(saga, status=target), intents
+
+
+def _shipment_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: Timeouts):
+    if saga.parcel is not Parcel.CANCELLING:
+        return _ignore(saga)  # told again (a resent cancel)
+    return _compensate(replace(saga, parcel=Parcel.CANCELLED), now, t)  # now the stock can go back
+
+
+def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
+    """The carrier scanned the parcel before the cancel reached shipping. The order stays cancelled
+    (its refund is under way); the units are off the shelf, and someone has to get them back."""
+    detail = f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping: ask for it back"
+    saga = replace(saga, parcel=Parcel.LEFT, attention=detail)
+    intents: list[Intent] = []
+    if saga.stock is Stock.RESERVED:
+        saga, intents = replace(saga, stock=Stock.COMMITTED), [Commit()]
+    return _settle(saga, now, t), [*intents, RaiseAttention(step="ship", detail=detail)]
 
 
 def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts):
@@ -476,13 +510,14 @@ def _compensate(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list[Inte
     """Undo, in reverse order, every step done so far that a cancelled order must not keep."""
     intents: list[Intent] = []
     if saga.parcel in (Parcel.CREATING, Parcel.CREATED):
-        saga, intents = replace(saga, parcel=Parcel.CANCELLED), [*intents, CancelShipment()]
+        saga, intents = replace(saga, parcel=Parcel.CANCELLING), [*intents, CancelShipment()]
     refund = _refund(saga, saga.unrefunded, "cancel")
     if refund:
         saga, intents = _with_refund(saga, refund), [*intents, refund]
-    if saga.stock in (Stock.RESERVING, Stock.RESERVED):
-        # While reserving, the release overtakes the reservation: inventory never reserves for an
-        # order it has released, and answers it with stock.reservation_failed.
+    # While reserving, the release overtakes the reservation: inventory never reserves for an order
+    # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
+    # parcel's cancel to be answered: they may have left with the carrier.
+    if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
         saga, intents = replace(saga, stock=Stock.RELEASING), [*intents, Release()]
     return _settle(saga, now, t), intents
 
@@ -501,7 +536,8 @@ def _with_refund(saga: Saga, refund: Refund | None) -> Saga:
 
 
 def _pending_compensations(saga: Saga) -> list[Intent]:
-    pending: list[Intent] = [Release()] if saga.stock is Stock.RELEASING else []
+    pending: list[Intent] = [CancelShipment()] if saga.parcel is Parcel.CANCELLING else []
+    pending += [Release()] if saga.stock is Stock.RELEASING else []
     pending += [Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done]
     return pending
 
@@ -530,6 +566,7 @@ _HANDLERS = {
     PaymentRefunded: _payment_refunded,
     ShipmentCreated: _shipment_created,
     ShipmentFailed: _shipment_failed,
+    ShipmentCancelled: _shipment_cancelled,
     ShipmentUpdated: _shipment_updated,
     ShipmentReturned: _shipment_returned,
     CancelRequested: _cancel_requested,

@@ -42,7 +42,7 @@ async def handle_change_address(msg: Envelope[ChangeShipmentAddress], sessions: 
 async def handle_cancel_shipment(msg: Envelope[CancelShipment], sessions: Sessions) -> None:
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CANCEL):
-            await parcels.cancel(session, msg.data.order_id)
+            await parcels.cancel(session, msg.data.order_id, msg)
 
 
 @router.subscriber(queue(RETURN))

@@ -1,9 +1,15 @@
 """Shipment operations, in the caller's transaction, with the events they emit.
 
-A cancel publishes nothing: it marks the shipment cancelled if the carrier does not have it yet
-(the simulation and carrier reports then leave it alone), or remembers the order when no shipment
-exists yet, so that a create command arriving after it books no parcel (``shipment.failed``,
-reason ``cancelled``).
+A cancel marks the shipment cancelled if the carrier does not have it yet (the simulation and
+carrier reports then leave it alone), or remembers the order when no shipment exists yet, so that
+a create command arriving after it books no parcel (``shipment.failed``, reason ``cancelled``);
+either way it answers ``shipment.cancelled``. When the carrier has the parcel already, the cancel
+comes too late and answers nothing new: the ``shipment.updated`` of the carrier's scan, published
+before it, tells the orders saga that the parcel left.
+
+A cancel, an address change and a carrier's report on one parcel lock its row first, so on
+PostgreSQL they run one after the other as on SQLite (a report and a cancel could otherwise both
+succeed).
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from events import outbox
 from events.db import InsertIfAbsent
 from events.envelope import Envelope, Incoming
 from events.logs import get_logger
-from events.shipping import CreateShipment, ShipmentCreated, ShipmentFailed, ShipmentReturned, ShipmentUpdated
+from events.shipping import (
+    CreateShipment,
+    ShipmentCancelled,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShipmentReturned,
+    ShipmentUpdated,
+)
 from events.types import LineItem
 from events.types import ShipmentStatus as St
 from shipping import domain
@@ -54,10 +67,16 @@ _PARCEL = select(
     _shipment.c.return_expected, _shipment.c.return_items,
 )
 _BY_ORDER = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"))
-_BY_TRACKING = _PARCEL.where(_shipment.c.tracking_number == bindparam("tracking_number"))
-_DUE = _PARCEL.where(
-    _shipment.c.next_step_at.is_not(None), _shipment.c.next_step_at <= bindparam("now"), _shipment.c.cancelled.is_(False)
-).limit(bindparam("batch"))
+# Locked: a report changes the parcel (see the module's docstring).
+_BY_TRACKING = _PARCEL.where(_shipment.c.tracking_number == bindparam("tracking_number")).with_for_update()
+_DUE = (
+    _PARCEL.where(
+        _shipment.c.next_step_at.is_not(None), _shipment.c.next_step_at <= bindparam("now"),
+        _shipment.c.cancelled.is_(False),
+    )
+    .limit(bindparam("batch"))
+    .with_for_update(skip_locked=True)  # a parcel being changed right now moves at the next tick
+)
 _IS_CANCELLED = select(_cancelled.c.order_id).where(_cancelled.c.order_id == bindparam("order_id"))
 _INSERT_SHIPMENT = insert(_shipment)
 _INSERT_EVENT = insert(_event)
@@ -67,8 +86,10 @@ _record_event = InsertIfAbsent(_event)
 _UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id"))
 
 
-async def by_order(session: AsyncSession, order_id: str) -> Shipment | None:
-    return await session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> Shipment | None:
+    """The order's shipment; ``lock``: locked for this transaction (to change it)."""
+    query = select(Shipment).where(Shipment.order_id == order_id)
+    return await session.scalar(query.with_for_update() if lock else query)
 
 
 async def by_tracking(session: AsyncSession, tracking_number: str) -> SimpleNamespace | None:
@@ -118,7 +139,7 @@ async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *, st
 
 
 async def change_address(session: AsyncSession, order_id: str, address: dict[str, Any]) -> bool:
-    shipment = await by_order(session, order_id)
+    shipment = await by_order(session, order_id, lock=True)
     if shipment is None or shipment.status != St.CREATED:
         log.info("shipment.address_not_changed", order_id=order_id, status=shipment.status if shipment else None)
         return False
@@ -126,19 +147,24 @@ async def change_address(session: AsyncSession, order_id: str, address: dict[str
     return True
 
 
-async def cancel(session: AsyncSession, order_id: str) -> None:
-    shipment = await by_order(session, order_id)
+async def cancel(session: AsyncSession, order_id: str, cause: Cause) -> bool:
+    """Stop the order's parcel; False when the carrier has it already (too late: no answer)."""
+    shipment = await by_order(session, order_id, lock=True)
     if shipment is None:
         if await session.get(CancelledOrder, order_id) is None:
             session.add(CancelledOrder(order_id=order_id, at=_now()))
-    elif shipment.status == St.CREATED:
+    elif shipment.status == St.CREATED:  # or cancelled before: told again
         shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
     else:
         log.warning("shipment.cancel_too_late", order_id=order_id, status=shipment.status)
+        return False
+    answer = ShipmentCancelled(order_id=order_id, shipment_id=shipment.shipment_id if shipment else None)
+    await _stage(session, answer, order_id, cause)
+    return True
 
 
 async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem]) -> None:
-    shipment = await by_order(session, order_id)
+    shipment = await by_order(session, order_id, lock=True)
     if shipment is None:
         raise LookupError(f"no shipment for order {order_id}")
     shipment.return_expected = True

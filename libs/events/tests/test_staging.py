@@ -1,19 +1,21 @@
 """What a transaction stages in the outbox and claims in the inbox, on SQLite and on PostgreSQL
 (no broker): staged rows are written as the transaction commits, in the order they were staged,
-and never when it rolls back."""
+and never when it rolls back; the inbox's records are purged past their retention."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events import inbox, outbox
-from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
+from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message, processed_message
 from events.envelope import Event
+from events.outbox import OutboxRelay
 
 
 class Pinged(Event):
@@ -112,3 +114,39 @@ async def test_a_commit_that_staged_wakes_the_relay_even_after_a_savepoint_rolle
     async with sessions.begin() as session:
         await inbox.claim(session, str(uuid.uuid4()), "a")  # staged nothing: no wake-up
     assert woken == [True]
+
+
+async def test_the_inbox_forgets_ids_past_their_retention_oldest_first_in_batches(engine):
+    sessions = make_sessionmaker(engine)
+    now = datetime.now(UTC)
+    ages = {f"old-{i}": timedelta(days=8, minutes=i) for i in range(5)} | {"recent": timedelta(days=6)}
+    async with sessions.begin() as session:
+        await session.execute(insert(processed_message), [
+            {"message_id": mid, "consumer": "c", "processed_at": now - age} for mid, age in ages.items()
+        ])
+    assert await inbox.purge(sessions, older_than=timedelta(days=7), batch=2) == 5  # three batches
+    async with sessions() as session:
+        assert list(await session.scalars(select(processed_message.c.message_id))) == ["recent"]
+        assert not await inbox.claim(session, "recent", "c")  # still a duplicate
+        assert await inbox.claim(session, "old-0", "c")  # forgotten
+
+
+async def test_the_relays_housekeeping_purges_published_rows_and_old_inbox_records(engine):
+    sessions = make_sessionmaker(engine)
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        for n in (1, 2, 3):
+            await outbox.stage(session, Pinged(n=n), service="test", subject="ord-1", message_id=f"m{n}")
+    async with sessions.begin() as session:
+        for n, published in ((1, now - timedelta(hours=2)), (2, now - timedelta(minutes=5))):
+            await session.execute(update(outbox_message).where(outbox_message.c.message_id == f"m{n}")
+                                  .values(published_at=published))
+        await session.execute(insert(processed_message), [
+            {"message_id": "old", "consumer": "c", "processed_at": now - timedelta(days=3)},
+            {"message_id": "new", "consumer": "c", "processed_at": now - timedelta(hours=1)},
+        ])
+    relay = OutboxRelay(sessions, "amqp://nowhere", service="test", inbox_retention=timedelta(days=2))
+    await relay.purge()  # no broker needed
+    assert await _staged(sessions) == [2, 3]  # published an hour ago or more: gone; not published: kept
+    async with sessions() as session:
+        assert list(await session.scalars(select(processed_message.c.message_id))) == ["new"]

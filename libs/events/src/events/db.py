@@ -87,6 +87,7 @@ processed_message = Table(
     Column("consumer", String(128), primary_key=True),
     Column("processed_at", UtcDateTime(), nullable=False),
 )
+Index("ix_processed_message_processed_at", processed_message.c.processed_at)  # the inbox's purge
 
 
 class InsertIfAbsent:

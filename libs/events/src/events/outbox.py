@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from events import inbox
 from events.db import OUTBOX_COMMITTED, outbox_message
 from events.envelope import Envelope, Incoming, Message, build
 from events.logs import get_logger
@@ -131,6 +132,7 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         mark_seconds: float = 0.05,
         retention: timedelta = timedelta(hours=1),
+        inbox_retention: timedelta = timedelta(days=7),
     ) -> None:
         self._sessions = sessions
         self._url = amqp_url
@@ -139,6 +141,7 @@ class OutboxRelay:
         self._poll = poll_seconds
         self._mark_delay = mark_seconds
         self._retention = retention
+        self._inbox_retention = inbox_retention
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -226,7 +229,7 @@ class OutboxRelay:
                 if self._unmarked and loop.time() - self._unmarked_since >= self._mark_delay:
                     await self._mark()
                 if datetime.now(UTC) - last_purge > timedelta(minutes=5):
-                    await self._purge()
+                    await self.purge()
                     last_purge = datetime.now(UTC)
                 self.last_error = None
             except asyncio.CancelledError:
@@ -341,12 +344,15 @@ class OutboxRelay:
         )
         await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=10)
 
-    async def _purge(self) -> None:
+    async def purge(self) -> None:
+        """Housekeeping, every five minutes: published rows past their retention (an hour), and the
+        inbox's records past theirs (``inbox.purge``)."""
         cutoff = datetime.now(UTC) - self._retention
         async with self._sessions.begin() as session:
             await session.execute(
                 outbox_message.delete().where(outbox_message.c.published_at.is_not(None), outbox_message.c.published_at < cutoff)
             )
+        await inbox.purge(self._sessions, older_than=self._inbox_retention)
 
     async def backlog(self) -> int:
         async with self._sessions() as session:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -64,7 +65,8 @@ class ServiceRuntime:
             self.engine, on_outbox_commit=lambda rows: self.relay.wake(rows), fail_commit_rate=s.fault_fail_commit_rate
         )
         self.relay = OutboxRelay(
-            self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds
+            self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds,
+            inbox_retention=timedelta(days=s.inbox_retention_days),
         )
         self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
         for router in self.routers:

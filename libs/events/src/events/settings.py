@@ -51,6 +51,8 @@ class ServiceSettings(BaseSettings):
     prefetch: int = 32
     outbox_batch: int = 200
     outbox_poll_seconds: float = 1.0
+    inbox_retention_days: float = Field(default=7.0, gt=0)
+    """How long handled message ids are kept for de-duplication (``events.inbox``)."""
     fault_fail_commit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Fault injection for the resilience tests only (OMS_FAULT_FAIL_COMMIT_RATE)."""
 

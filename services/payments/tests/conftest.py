@@ -6,11 +6,25 @@ from events.db import make_engine, make_sessionmaker, messaging_metadata
 from payments.db import Base
 
 
-@pytest.fixture
-async def sessions(tmp_path):
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/payments.db")
+async def _sessions(url: str):
+    engine = make_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(messaging_metadata.create_all)
     yield make_sessionmaker(engine)
     await engine.dispose()
+
+
+@pytest.fixture
+async def sessions(tmp_path):
+    async for made in _sessions(f"sqlite+aiosqlite:///{tmp_path}/payments.db"):
+        yield made
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def any_sessions(request, tmp_path):
+    """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
+    url = (f"sqlite+aiosqlite:///{tmp_path}/payments.db" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_database"))
+    async for made in _sessions(url):
+        yield made

@@ -1,7 +1,10 @@
-"""The capture and refund handlers on a real SQLite database, with the sandbox provider."""
+"""The capture and refund handlers on a real SQLite database, with the sandbox provider; refunds
+racing for one capture on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from decimal import Decimal
 
@@ -12,8 +15,9 @@ from events.broker import Permanent
 from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
+from payments import handlers
 from payments.config import Settings
-from payments.db import Payment
+from payments.db import Payment, Refund
 from payments.handlers import handle_capture_payment, handle_refund_payment
 from payments.provider import SandboxProvider
 
@@ -133,3 +137,66 @@ async def test_payments_are_listed_for_the_consistency_check(sessions):
         assert [p["order_id"] for p in rest["items"]] == ["o2"] and rest["next"] is None
         assert (await client.get("/v1/payments", headers={"Authorization": "Bearer dev-gateway-key"})).status_code == 403
         assert (await client.get("/v1/payments")).status_code == 401
+
+
+async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(any_sessions, monkeypatch):
+    """Each one alone fits; together they would not. The first holds its amount, under the
+    payment's lock, before the provider is asked, so the second is refused before it pays anything."""
+    sessions, provider = any_sessions, SandboxProvider()
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+
+    # Each one waits after reading the payment until the other has read it too (or, when the lock
+    # keeps the other from reading it, until a deadline passes).
+    read, arrived, both_read = handlers._locked_payment, [], asyncio.Event()
+
+    async def read_then_meet(session, order_id):
+        payment = await read(session, order_id)
+        arrived.append(1)
+        if len(arrived) == 2:
+            both_read.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both_read.wait(), timeout=2)
+        return payment
+
+    monkeypatch.setattr(handlers, "_locked_payment", read_then_meet)
+    outcomes = await asyncio.gather(
+        *(handle_refund_payment(refund("o1", key, "15.00"), sessions, provider, SETTINGS) for key in ("o1:a", "o1:b")),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "Permanent"]
+    assert [amount for _, amount in provider.refunds.values()] == [Decimal("15.00")]
+    async with sessions() as session:
+        payment = await session.get(Payment, "o1")
+        refunds = (await session.execute(select(Refund.status, Refund.amount))).all()
+    assert (payment.refunded_amount, payment.status) == (Decimal("15.00"), "partially_refunded")
+    assert refunds == [("refunded", Decimal("15.00"))]
+
+
+class AnswerLost(SandboxProvider):
+    """Refunds, then loses the answer the first time (a timeout after the provider acted)."""
+
+    lost = False
+
+    async def refund(self, **kwargs):
+        ref = await super().refund(**kwargs)
+        if not self.lost:
+            self.lost = True
+            raise ConnectionResetError("the answer was lost")
+        return ref
+
+
+async def test_a_refund_whose_answer_was_lost_is_paid_once_when_redelivered(sessions):
+    provider = AnswerLost()
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    command = refund("o1", "o1:cancel")
+    with pytest.raises(ConnectionResetError):
+        await handle_refund_payment(command, sessions, provider, SETTINGS)
+    async with sessions() as session:  # held meanwhile: nothing counted as refunded yet
+        assert (await session.get(Payment, "o1")).refunded_amount == Decimal("0")
+        assert (await session.execute(select(Refund.status))).scalars().all() == ["pending"]
+    await handle_refund_payment(command, sessions, provider, SETTINGS)  # redelivered
+    assert [amount for _, amount in provider.refunds.values()] == [Decimal("25.00")]
+    async with sessions() as session:
+        assert (await session.get(Payment, "o1")).refunded_amount == Decimal("25.00")
+        assert (await session.execute(select(Refund.status))).scalars().all() == ["refunded"]
+    assert [e["key"] for e in await published(sessions)] == ["payment.captured", "payment.refunded"]

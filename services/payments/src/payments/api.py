@@ -16,7 +16,7 @@ from events.payments import RefundPayment
 from events.settings import Role
 from events.types import Money
 from events.web import Problem, Runtime, require
-from payments.db import Payment, Refund
+from payments.db import HELD_BY_PENDING_REFUNDS, Payment, Refund
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
@@ -40,7 +40,8 @@ def _view(p: Payment, refunds: list[Refund]) -> dict:
         "created_at": p.created_at.isoformat(),
         "updated_at": p.updated_at.isoformat(),
         "refunds": [
-            {"refund_id": r.refund_id, "amount": format(r.amount, "f"), "reason": r.reason, "created_at": r.created_at.isoformat()}
+            {"refund_id": r.refund_id, "amount": format(r.amount, "f"), "reason": r.reason, "status": r.status,
+             "created_at": r.created_at.isoformat()}
             for r in refunds
         ],
     }
@@ -87,7 +88,8 @@ async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundReque
         payment = await session.get(Payment, order_id)
         if payment is None or payment.status == "failed":
             raise Problem(409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment")
-        remaining = payment.amount - payment.refunded_amount
+        held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": order_id}) or 0
+        remaining = payment.amount - payment.refunded_amount - held
         if (body.amount or remaining) > remaining or remaining <= 0:
             raise Problem(409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded")
         key = f"manual-{uuid4()}"

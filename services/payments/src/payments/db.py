@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Numeric, String
+from sqlalchemy import ForeignKey, Numeric, String, bindparam, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from events.db import UtcDateTime
@@ -35,6 +35,9 @@ class Payment(Base):
 
 
 class Refund(Base):
+    """A refund, written ``pending`` (its amount held against the capture) before the provider is
+    asked, and ``refunded`` once it answered."""
+
     __tablename__ = "refund"
 
     refund_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -42,5 +45,14 @@ class Refund(Base):
     order_id: Mapped[str] = mapped_column(ForeignKey("payment.order_id"), index=True)
     amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     reason: Mapped[str] = mapped_column(String(200))
-    provider_ref: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="refunded", server_default="refunded")  # or pending
+    provider_ref: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+REFUND_PENDING, REFUNDED = "pending", "refunded"
+
+HELD_BY_PENDING_REFUNDS = select(func.sum(Refund.amount)).where(
+    Refund.order_id == bindparam("order_id"), Refund.status == REFUND_PENDING
+)
+"""What the order's pending refunds hold of its capture (None when nothing)."""

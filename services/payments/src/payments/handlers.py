@@ -25,7 +25,7 @@ from events.logs import get_logger
 from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
 from events.types import PaymentStatus
 from payments.config import Settings
-from payments.db import Payment, Refund
+from payments.db import HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token
 from payments.provider import Declined, SandboxProvider, Transient
 
@@ -136,50 +136,61 @@ async def handle_capture_payment(
 async def handle_refund_payment(
     msg: Envelope[RefundPayment], sessions: Sessions, provider: Provider, settings: Config
 ) -> None:
+    """Hold the refund against the capture, then ask the provider, then record its answer.
+
+    The first transaction decides the amount under the payment's lock and writes the refund
+    ``pending``, so a concurrent refund (another key) counts it and can never take the capture
+    past its amount. The provider is called outside any transaction with the refund key as its
+    idempotency key: after a crash, a redelivery continues the pending refund with the same key
+    and amount, and the provider pays once."""
     cmd = msg.data
     async with sessions.begin() as session:
-        done = await session.scalar(select(Refund).where(Refund.refund_key == cmd.refund_key))
-        payment = await session.get(Payment, cmd.order_id)
-        if done is not None:
+        payment = await _locked_payment(session, cmd.order_id)
+        refund = await session.scalar(select(Refund).where(Refund.refund_key == cmd.refund_key))
+        if refund is not None and refund.status == REFUNDED:  # done before: told again
             if await inbox.claim(session, msg.id, REFUND):
-                await outbox.stage(session, _refunded_event(payment, done), service=SERVICE, subject=cmd.order_id, causation=msg)
+                await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
             return
-        if payment is None or payment.status == PaymentStatus.FAILED:
-            raise Permanent(f"no captured payment for order {cmd.order_id}")
-        try:
-            decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount, requested=cmd.amount)
-        except RefundRefused as exc:
-            raise Permanent(str(exc)) from exc
-        provider_ref = payment.provider_ref
+        if refund is None:  # else: held by an earlier delivery that did not finish; the same refund
+            if payment is None or payment.status == PaymentStatus.FAILED:
+                raise Permanent(f"no captured payment for order {cmd.order_id}")
+            held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": cmd.order_id})
+            try:
+                decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount + (held or 0),
+                                         requested=cmd.amount)
+            except RefundRefused as exc:
+                raise Permanent(str(exc)) from exc
+            refund = Refund(
+                refund_id=f"ref-{uuid4()}", refund_key=cmd.refund_key, order_id=cmd.order_id, amount=decision.amount,
+                reason=cmd.reason[:200], status=REFUND_PENDING, provider_ref=None, created_at=datetime.now(UTC),
+            )
+            session.add(refund)
+        refund_id, amount, payment_ref = refund.refund_id, refund.amount, payment.provider_ref
 
-    refund_ref = await _with_retries(lambda: provider.refund(payment_ref=provider_ref, amount=decision.amount), settings)
+    refund_ref = await _with_retries(
+        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key), settings
+    )
 
-    now = datetime.now(UTC)
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, REFUND):
             return
-        payment = await session.get(Payment, cmd.order_id)
-        # Decide again inside the transaction: another refund may have committed meanwhile.
-        try:
-            decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount, requested=cmd.amount)
-        except RefundRefused as exc:
-            raise Permanent(str(exc)) from exc
-        refund = Refund(
-            refund_id=f"ref-{uuid4()}",
-            refund_key=cmd.refund_key,
-            order_id=cmd.order_id,
-            amount=decision.amount,
-            reason=cmd.reason[:200],
-            provider_ref=refund_ref,
-            created_at=now,
-        )
-        payment.refunded_amount = decision.refunded_total
-        payment.status = decision.status
-        payment.updated_at = now
-        session.add(refund)
-        await session.flush()
+        payment = await _locked_payment(session, cmd.order_id)
+        refund = await session.get(Refund, refund_id)
+        if refund.status == REFUND_PENDING:  # else finished meanwhile by another message with the same key
+            refund.status, refund.provider_ref = REFUNDED, refund_ref
+            payment.refunded_amount += refund.amount
+            payment.status = PaymentStatus.REFUNDED if payment.refunded_amount == payment.amount else PaymentStatus.PARTIALLY_REFUNDED
+            payment.updated_at = datetime.now(UTC)
+            await session.flush()
         await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
-    log.info("payment.refunded", amount=str(decision.amount), refunded_total=str(decision.refunded_total))
+    log.info("payment.refunded", amount=str(amount), refunded_total=str(payment.refunded_amount))
+
+
+async def _locked_payment(session: AsyncSession, order_id: str) -> Payment | None:
+    """The order's payment, read afresh and locked for this transaction (refunds change it)."""
+    return await session.scalar(
+        select(Payment).where(Payment.order_id == order_id).with_for_update().execution_options(populate_existing=True)
+    )
 
 
 def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:

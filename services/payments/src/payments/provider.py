@@ -26,6 +26,7 @@ class Transient(Exception):
 class SandboxProvider:
     late_seconds: float = 15.0
     _flaky_calls: Counter[str] = field(default_factory=Counter)
+    refunds: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # key -> (reference, amount)
 
     async def capture(self, *, order_id: str, token: str, amount: Decimal, currency: str) -> str:
         """Charge and return the provider's payment reference."""
@@ -43,5 +44,9 @@ class SandboxProvider:
             await asyncio.sleep(self.late_seconds)
         return f"pay_{uuid.uuid4().hex[:16]}"
 
-    async def refund(self, *, payment_ref: str, amount: Decimal) -> str:
-        return f"re_{uuid.uuid4().hex[:16]}"
+    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
+        """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
+        providers' idempotency keys), so a call retried after a lost answer refunds once."""
+        if idempotency_key not in self.refunds:
+            self.refunds[idempotency_key] = (f"re_{uuid.uuid4().hex[:16]}", amount)
+        return self.refunds[idempotency_key][0]

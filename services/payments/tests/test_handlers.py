@@ -173,21 +173,44 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
 
 
 class AnswerLost(SandboxProvider):
-    """Refunds, then loses the answer the first time (a timeout after the provider acted)."""
+    """Charges or refunds, then loses the answer the first time (a timeout after the provider acted)."""
 
     lost = False
 
-    async def refund(self, **kwargs):
-        ref = await super().refund(**kwargs)
+    def _lose_once(self) -> None:
         if not self.lost:
             self.lost = True
             raise ConnectionResetError("the answer was lost")
+
+    async def capture(self, **kwargs):
+        ref = await super().capture(**kwargs)
+        self.answers = [*getattr(self, "answers", []), ref]
+        self._lose_once()
         return ref
+
+    async def refund(self, **kwargs):
+        ref = await super().refund(**kwargs)
+        self._lose_once()
+        return ref
+
+
+async def test_a_capture_whose_answer_was_lost_charges_once_when_redelivered(sessions):
+    provider, command = AnswerLost(), capture("o1", "tok_ok")
+    with pytest.raises(ConnectionResetError):
+        await handle_capture_payment(command, sessions, provider, SETTINGS)
+    await handle_capture_payment(command, sessions, provider, SETTINGS)  # redelivered
+    assert len(provider.answers) == 2 and len(set(provider.answers)) == 1, "charged twice"
+    async with sessions() as session:
+        assert (await session.get(Payment, "o1")).provider_ref == provider.answers[0]
+    [captured] = await published(sessions)
+    assert captured["data"]["amount"] == "25.00"
 
 
 async def test_a_refund_whose_answer_was_lost_is_paid_once_when_redelivered(sessions):
     provider = AnswerLost()
+    provider.lost = True  # the capture's answer arrives
     await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    provider.lost = False
     command = refund("o1", "o1:cancel")
     with pytest.raises(ConnectionResetError):
         await handle_refund_payment(command, sessions, provider, SETTINGS)

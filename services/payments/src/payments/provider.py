@@ -26,10 +26,15 @@ class Transient(Exception):
 class SandboxProvider:
     late_seconds: float = 15.0
     _flaky_calls: Counter[str] = field(default_factory=Counter)
+    charges: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # order id -> (reference, amount)
     refunds: dict[str, tuple[str, Decimal]] = field(default_factory=dict)  # key -> (reference, amount)
 
     async def capture(self, *, order_id: str, token: str, amount: Decimal, currency: str) -> str:
-        """Charge and return the provider's payment reference."""
+        """Charge and return the provider's payment reference. The order id is the idempotency
+        key: the same order again is the same charge, so a call retried after a lost answer
+        charges once."""
+        if order_id in self.charges:
+            return self.charges[order_id][0]
         if not token.startswith("tok_"):
             raise Declined("unknown token")
         if token == "tok_declined":
@@ -42,7 +47,8 @@ class SandboxProvider:
             await asyncio.Event().wait()  # never answers: the caller's timeout ends the call
         if token == "tok_late":
             await asyncio.sleep(self.late_seconds)
-        return f"pay_{uuid.uuid4().hex[:16]}"
+        self.charges[order_id] = (f"pay_{uuid.uuid4().hex[:16]}", amount)
+        return self.charges[order_id][0]
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real

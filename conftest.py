@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -19,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +71,11 @@ def rabbit() -> Iterator[Broker]:
     pytest.fail("no RabbitMQ: set AMQP_URL, install rabbitmq-server (apt-get), or run a Docker engine")
 
 
-@pytest.fixture
-def amqp_url(rabbit: Broker) -> Iterator[str]:
-    """A virtual host of this test's own when the suite runs the node (no other consumer, such as
-    the integration tests' services, can take its messages); the broker's default one otherwise."""
-    if rabbit.node is None:
-        yield rabbit.url
-        return
+@contextlib.contextmanager
+def own_vhost(rabbit: Broker) -> Iterator[str]:
+    """The URL of a virtual host of its own on the suite's node (no other consumer, such as the
+    integration tests' services, can take its messages), deleted afterwards."""
+    assert rabbit.node is not None, "only on a node the suite runs"
     vhost = f"test-{uuid.uuid4().hex[:8]}"
     rabbit.node.ctl("add_vhost", vhost)
     rabbit.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -83,6 +83,23 @@ def amqp_url(rabbit: Broker) -> Iterator[str]:
         yield rabbit.url.rstrip("/") + "/" + vhost
     finally:
         rabbit.node.ctl("delete_vhost", vhost, check=False)
+
+
+@pytest.fixture(scope="session")
+def new_vhost(rabbit: Broker) -> Callable[[], contextlib.AbstractContextManager[str]] | None:
+    """``with new_vhost() as url``: :func:`own_vhost`; None when the suite does not run the node."""
+    return functools.partial(own_vhost, rabbit) if rabbit.node is not None else None
+
+
+@pytest.fixture
+def amqp_url(rabbit: Broker) -> Iterator[str]:
+    """A virtual host of this test's own when the suite runs the node; the broker's default one
+    otherwise."""
+    if rabbit.node is None:
+        yield rabbit.url
+        return
+    with own_vhost(rabbit) as url:
+        yield url
 
 
 # ---- PostgreSQL, for the tests that are about it ------------------------------------------------
@@ -175,12 +192,25 @@ def _admin(postgres: Postgres, sql: str) -> None:
         pool.submit(asyncio.run, run()).result(timeout=60)
 
 
-@pytest.fixture
-def postgres_database(postgres: Postgres) -> Iterator[str]:
-    """A fresh, empty database of this test's own; dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(postgres: Postgres) -> Iterator[str]:
+    """The URL of a fresh, empty database; dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     _admin(postgres, f'CREATE DATABASE "{name}"')
     try:
         yield postgres.database_url(name)
     finally:
         _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def new_database(postgres: Postgres) -> Callable[[], contextlib.AbstractContextManager[str]]:
+    """``with new_database() as url``: :func:`fresh_database`, for fixtures of a wider scope."""
+    return functools.partial(fresh_database, postgres)
+
+
+@pytest.fixture
+def postgres_database(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty database of this test's own."""
+    with fresh_database(postgres) as url:
+        yield url

@@ -1,8 +1,10 @@
-"""The HTTP API of CONTRACT §7 over a temporary SQLite database with the demo data."""
+"""The HTTP API of CONTRACT §7 over a temporary SQLite database with the demo data, and the stock
+turnover report."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -11,6 +13,7 @@ from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.inventory import ReserveStock
 from events.types import LineItem
+from inventory.db import Stock, StockMovement
 from inventory.handlers import handle_reserve_stock
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
@@ -195,3 +198,39 @@ async def test_reading_needs_a_key_with_the_role(client):
         assert (await client.get(path)).status_code == 401
         assert (await client.get(path, headers=GATEWAY)).status_code == 403
         assert (await client.get(path, headers=OPS)).status_code == 200
+
+
+async def test_the_stock_report_gives_turnover_and_cover_from_the_movements(client, sessions):
+    now = datetime.now(UTC)
+
+    def days_ago(n: float) -> datetime:
+        return now - timedelta(days=n)
+
+    async with sessions.begin() as session:
+        session.add(Stock(warehouse="SH", sku="SKU-TURN", on_hand=60, reserved=10, low_stock_threshold=5,
+                          reorder_quantity=20, low_alerted=False))
+        session.add_all(StockMovement(warehouse="SH", sku="SKU-TURN", kind=kind, quantity=q, at=days_ago(ago))
+                        for kind, q, ago in [("receipt", 100, 20), ("commit", -20, 10), ("commit", -20, 5),
+                                             ("adjustment", -5, 3), ("restock", 5, 2), ("reservation", 10, 1)])
+    period = {"from": days_ago(15).isoformat(), "to": days_ago(4).isoformat()}
+    r = await client.get("/v1/reports/stock", params=period, headers=OPS)
+    assert r.status_code == 200, r.text
+    [item] = [i for i in r.json()["items"] if i["sku"] == "SKU-TURN"]
+    # On the shelf: 100 when the period opened, 60 when it closed (the count and the return after it
+    # cancel out); 40 shipped in it, 80 on hand on average; 50 available now at 40 in 11 days.
+    assert {k: item[k] for k in ("opening", "closing", "shipped", "received", "returned", "counted")} == {
+        "opening": 100, "closing": 60, "shipped": 40, "received": 0, "returned": 0, "counted": 0}
+    assert item["turnover"] == 0.5 and item["days_of_cover"] == pytest.approx(50 / (40 / 11), abs=0.06)  # rounded to a tenth
+
+    whole = (await client.get("/v1/reports/stock", headers=OPS)).json()  # the last 30 days
+    [item] = [i for i in whole["items"] if i["sku"] == "SKU-TURN"]
+    assert (item["opening"], item["closing"], item["shipped"], item["received"], item["returned"], item["counted"]) == (
+        0, 60, 40, 100, 5, -5)
+
+
+async def test_the_stock_report_refuses_a_period_that_ends_before_it_begins(client):
+    now = datetime.now(UTC)
+    r = await client.get("/v1/reports/stock", params={"from": now.isoformat(), "to": (now - timedelta(days=1)).isoformat()},
+                         headers=OPS)
+    assert fields(r) == ["from"]
+    assert (await client.get("/v1/reports/stock", headers=GATEWAY)).status_code == 403

@@ -1,18 +1,20 @@
-"""HTTP (CONTRACT §7): warehouses, receipts, adjustments, stock levels, low stock, reservations."""
+"""HTTP (CONTRACT §7): warehouses, receipts, adjustments, stock levels, low stock, reservations;
+the stock turnover report."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from events.settings import Role
 from events.types import CountryCode, Sku
 from events.web import Problem, Runtime, require
 from inventory import domain, stock
-from inventory.db import Reservation, Stock, Warehouse
+from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
 router = APIRouter(tags=["inventory"])
 
@@ -163,3 +165,59 @@ async def list_reservations(
         "next": rows[-1].id if len(rows) == limit else None,
         "total": total,
     }
+
+
+# The movements that change the units on the shelf (reservations and releases change what is held).
+ON_SHELF = ("receipt", "adjustment", "commit", "restock")
+
+
+@router.get("/v1/reports/stock", dependencies=[require(Role.OPS)])
+async def stock_report(
+    rt: Runtime,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+) -> dict[str, Any]:
+    """Stock turnover per SKU over [from, to) (the last 30 days by default), from the movements:
+    units on hand when the period opened and closed, shipped, received, returned and counted in
+    it, the turnover (shipped ÷ average on hand) and the days of cover left at that pace. Fastest
+    movers first."""
+    to = to or datetime.now(UTC)
+    from_ = from_ or to - timedelta(days=30)
+    if from_.tzinfo is None or to.tzinfo is None or from_ >= to:
+        raise Problem(422, "validation-error", "Invalid request", "invalid fields: from, to",
+                      errors=[{"field": "from", "message": "from and to need a time zone, and from must come before to",
+                               "type": "value_error"}])
+    m = StockMovement
+    on_shelf, in_period = m.kind.in_(ON_SHELF), (m.at >= from_) & (m.at < to)
+
+    def total(condition: Any, sign: int = 1) -> Any:
+        return func.coalesce(func.sum(case((condition, sign * m.quantity), else_=0)), 0)
+
+    async with rt.sessions() as session:
+        moved = {row.sku: row for row in await session.execute(
+            select(
+                m.sku,
+                total(on_shelf & (m.at >= to)).label("after"),
+                total(on_shelf & in_period).label("net"),
+                total((m.kind == "commit") & in_period, -1).label("shipped"),
+                total((m.kind == "receipt") & in_period).label("received"),
+                total((m.kind == "restock") & in_period).label("returned"),
+                total((m.kind == "adjustment") & in_period).label("counted"),
+            ).where(m.at >= from_).group_by(m.sku)
+        )}
+        levels = (await session.execute(
+            select(Stock.sku, func.sum(Stock.on_hand), func.sum(Stock.on_hand - Stock.reserved)).group_by(Stock.sku)
+        )).all()
+    days = (to - from_).total_seconds() / 86400
+    items = []
+    for sku, on_hand, available in levels:
+        row = moved.get(sku)
+        after, net, shipped = (row.after, row.net, row.shipped) if row else (0, 0, 0)
+        t = domain.turnover(closing=on_hand - after, net_change=net, shipped=shipped, available=available, days=days)
+        items.append({
+            "sku": sku, "on_hand": on_hand, "available": available, "opening": t.opening, "closing": t.closing,
+            "shipped": shipped, "received": row.received if row else 0, "returned": row.returned if row else 0,
+            "counted": row.counted if row else 0, "turnover": t.turnover, "days_of_cover": t.days_of_cover,
+        })
+    items.sort(key=lambda i: (-(i["turnover"] or 0), i["sku"]))
+    return {"from": from_.isoformat(), "to": to.isoformat(), "items": items}

@@ -153,3 +153,29 @@ def is_low(available: int, threshold: int) -> bool:
 def reorder_suggestion(available: int, threshold: int, reorder_quantity: int) -> int:
     """Order at least ``reorder_quantity``, and enough to reach twice the threshold again."""
     return max(reorder_quantity, 2 * threshold - available)
+
+
+@dataclass(frozen=True)
+class Turnover:
+    """One SKU over a period: how fast its stock went out, and how long what is left will last."""
+
+    opening: int  # units on hand when the period began
+    closing: int  # when it ended
+    shipped: int  # units that left in parcels
+    turnover: float | None  # shipped ÷ the average of opening and closing; None with nothing on hand
+    days_of_cover: float | None  # units available now ÷ units shipped a day; None when none shipped
+
+
+def turnover(*, closing: int, net_change: int, shipped: int, available: int, days: float) -> Turnover:
+    """``net_change``: what every movement of on-hand units in the period added up to (receipts,
+    returns and counts in, parcels out), so the period opened at ``closing - net_change``."""
+    opening = closing - net_change
+    average = (opening + closing) / 2
+    per_day = shipped / days if days > 0 else 0
+    return Turnover(
+        opening=opening,
+        closing=closing,
+        shipped=shipped,
+        turnover=round(shipped / average, 3) if average > 0 else None,
+        days_of_cover=round(available / per_day, 1) if per_day > 0 else None,
+    )

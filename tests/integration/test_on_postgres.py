@@ -4,7 +4,7 @@ real PostgreSQL server (as deployed), on a virtual host of their own on the suit
 The other integration tests run the services on SQLite; this one shows the same flows end to end
 where the row locks and concurrent transactions are PostgreSQL's: orders that are delivered,
 declined, refused by every carrier and short of stock all end in their final status, with the
-stock and the money where they belong.
+stock and the money where they belong, and the reports add them up.
 """
 
 from __future__ import annotations
@@ -76,6 +76,16 @@ async def test_every_path_ends_final_with_stock_and_money_where_they_belong(syst
         assert after["reserved"] == before["reserved"], "every reservation was committed or released"
         assert after["on_hand"] == before["on_hand"] - 2 * len(placed["delivered"]), "delivered units left the shelf"
         assert (await stock(inventory, "SKU-LIMITED"))["reserved"] == 0
+
+        # The reports' aggregates (window functions included) run on PostgreSQL too.
+        sales = (await orders.get("/v1/reports/sales", headers=OPS)).json()
+        delivered = len(placed["delivered"])
+        assert sales["orders"] == len(bodies["delivered"]) + 3 and sales["orders_by_status"]["delivered"] == delivered
+        assert sales["best_sellers"][0] == {"sku": "SKU-RED-MUG", "quantity": 2 * delivered}
+        assert {"submitted", "confirmed", "paid", "picking", "shipped", "in_transit"} <= set(sales["average_seconds_in_status"])
+        turnover = (await inventory.get("/v1/reports/stock", headers=OPS)).json()
+        [mugs] = [i for i in turnover["items"] if i["sku"] == "SKU-RED-MUG"]
+        assert mugs["shipped"] == 2 * delivered and mugs["closing"] == after["on_hand"] and mugs["turnover"] > 0
 
     # The orders are in PostgreSQL, not in a SQLite file beside it.
     ids = [o["id"] for group in placed.values() for o in group]

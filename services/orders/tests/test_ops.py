@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from orders_support import BODY, GATEWAY, OPS, body
+from sqlalchemy import update
 
 from events.inventory import StockReservationFailed, StockReserved
 from events.payments import PaymentCaptured
 from events.types import Allocation
 from orders import service
+from orders.db import OrderHistory
 
 
 async def test_summary_counts_orders_and_says_what_it_cannot_reach(client, sessions, settings):
@@ -45,3 +48,27 @@ async def test_sales_report(client, sessions, settings):
     assert report["best_sellers"][0] == {"sku": "SKU-RED-MUG", "quantity": 2}
     assert report["worst_sellers"][0] == {"sku": "SKU-TEA", "quantity": 1}
     assert set(report["average_seconds_in_status"]) == {"submitted", "confirmed"}
+
+
+async def test_the_sales_report_times_each_status_until_the_next(client, sessions, settings):
+    paid = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
+    short = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "b"})).json()["id"]
+    reserved = StockReserved(order_id=paid, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
+    await service.apply(sessions, paid, reserved, settings=settings)
+    captured = PaymentCaptured(order_id=paid, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card")
+    await service.apply(sessions, paid, captured, settings=settings)
+    await service.apply(sessions, short, StockReservationFailed(order_id=short), settings=settings)
+    t0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    after = {(paid, "submitted"): 0, (paid, "confirmed"): 10, (paid, "paid"): 40,
+             (short, "submitted"): 0, (short, "cancelled"): 4}
+    async with sessions.begin() as session:  # the history as if it had taken these seconds
+        for (order_id, status), seconds in after.items():
+            await session.execute(update(OrderHistory).where(OrderHistory.order_id == order_id, OrderHistory.status == status)
+                                  .values(at=t0 + timedelta(seconds=seconds)))
+    report = (await client.get("/v1/reports/sales", headers=OPS)).json()
+    # submitted lasted 10 s and 4 s; confirmed 30 s; the last status of each order is still going on
+    assert report["average_seconds_in_status"] == {"confirmed": 30.0, "submitted": 7.0}
+    assert report["orders_by_status"] == {"cancelled": 1, "paid": 1} and report["orders"] == 2
+    assert report["best_sellers"] == [{"sku": "SKU-RED-MUG", "quantity": 2}]  # the cancelled order sold nothing
+    later = {"from": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    assert (await client.get("/v1/reports/sales", params=later, headers=OPS)).json()["orders"] == 0

@@ -5,10 +5,10 @@ concurrent orders for 10 units; a release and a commit racing for one order."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import pytest
+from concurrency import Meeting
 from sqlalchemy import func, select
 
 from events.broker import Permanent
@@ -256,19 +256,8 @@ async def test_a_release_and_a_commit_racing_for_one_order_take_its_units_once(a
     for order in ("mine", "other"):
         await handle_reserve_stock(reserve(order, "SKU-RACE", 2, latitude=31.2, longitude=121.5), sessions)
 
-    # Hold each one at the stock lock until the other is there too (or, when a lock keeps the other
-    # from getting that far, until a deadline passes), so that both have read the reservations first.
-    lock_keys, arrived, both_there = stock._lock_keys, [], asyncio.Event()
-
-    async def meet_then_lock(session, keys):
-        arrived.append(1)
-        if len(arrived) == 2:
-            both_there.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(both_there.wait(), timeout=2)
-        return await lock_keys(session, keys)
-
-    monkeypatch.setattr(stock, "_lock_keys", meet_then_lock)
+    # Both read the order's reservations before either goes on (unless a lock keeps one from reading).
+    monkeypatch.setattr(stock, "_reservations", Meeting().after(stock._reservations))
     outcomes = await asyncio.gather(handle_release_stock(release("mine"), sessions),
                                     handle_commit_stock(commit("mine"), sessions), return_exceptions=True)
 

@@ -4,11 +4,11 @@ racing for one capture on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from decimal import Decimal
 
 import pytest
+from concurrency import Meeting
 from sqlalchemy import select
 
 from events.broker import Permanent
@@ -145,20 +145,8 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
     sessions, provider = any_sessions, SandboxProvider()
     await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
 
-    # Each one waits after reading the payment until the other has read it too (or, when the lock
-    # keeps the other from reading it, until a deadline passes).
-    read, arrived, both_read = handlers._locked_payment, [], asyncio.Event()
-
-    async def read_then_meet(session, order_id):
-        payment = await read(session, order_id)
-        arrived.append(1)
-        if len(arrived) == 2:
-            both_read.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(both_read.wait(), timeout=2)
-        return payment
-
-    monkeypatch.setattr(handlers, "_locked_payment", read_then_meet)
+    # Both read the payment before either goes on (unless its lock keeps one from reading it).
+    monkeypatch.setattr(handlers, "_locked_payment", Meeting().after(handlers._locked_payment))
     outcomes = await asyncio.gather(
         *(handle_refund_payment(refund("o1", key, "15.00"), sessions, provider, SETTINGS) for key in ("o1:a", "o1:b")),
         return_exceptions=True,

@@ -4,10 +4,10 @@ scan, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
+from concurrency import Meeting
 from sqlalchemy import select, update
 
 from events.db import outbox_message
@@ -184,23 +184,10 @@ async def test_a_cancel_and_a_scan_racing_for_one_parcel_are_never_both_taken(an
     async with sessions() as session:
         tracking = (await parcels.by_order(session, "o1")).tracking_number
 
-    # Each one waits after its read until the other has read too (or, when a lock keeps the other
-    # from reading, until a deadline passes).
-    arrived, both_read = [], asyncio.Event()
-
-    def meeting(read):
-        async def read_then_meet(*args, **kwargs):
-            found = await read(*args, **kwargs)
-            arrived.append(1)
-            if len(arrived) == 2:
-                both_read.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(both_read.wait(), timeout=2)
-            return found
-        return read_then_meet
-
-    monkeypatch.setattr(parcels, "by_order", meeting(parcels.by_order))
-    monkeypatch.setattr(parcels, "by_tracking", meeting(parcels.by_tracking))
+    # Both read the parcel before either goes on (unless a lock keeps one from reading).
+    meeting = Meeting()
+    monkeypatch.setattr(parcels, "by_order", meeting.after(parcels.by_order))
+    monkeypatch.setattr(parcels, "by_tracking", meeting.after(parcels.by_tracking))
 
     async def scan() -> bool | str:
         async with sessions.begin() as session:

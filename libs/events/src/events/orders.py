@@ -134,7 +134,8 @@ class OrderRejected(Event):
 
 
 class OrderNeedsAttention(Event):
-    """A compensation that kept failing: ops must look at the order."""
+    """Something the saga cannot settle by itself (a compensation that kept failing, a parcel the
+    carrier took after its order was cancelled): ops must look at the order."""
 
     routing_key = "order.needs_attention"
     order_id: str

@@ -1,4 +1,5 @@
-"""The handlers on a real SQLite database, with recording channel adapters in place of SMTP."""
+"""The handlers on a real SQLite database, with recording channel adapters in place of SMTP; the
+retention of personal data."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from events.envelope import Envelope, build
 from events.notifications import RegisterRecipient
 from events.orders import OrderStatusChanged
 from events.payments import PaymentRefunded
+from notifications import retention
 from notifications.channels import Rejected, Transient
 from notifications.db import Notification, Preference, Recipient
 from notifications.handlers import (
@@ -239,3 +241,25 @@ async def test_after_a_crash_between_recording_and_marking_the_redelivery_sends_
     [mail] = channels["email"].sent
     assert mail.message_id == before.message_id
     assert [e["key"] for e in await published(sessions)] == ["notification.sent"]
+
+
+async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_nobody(sessions, channels, settings):
+    for order_id in ("ord-old", "ord-new"):
+        await handle_register_recipient(register(order_id), sessions)
+        await on_order_status_changed(status_changed("confirmed", order_id), sessions, channels, settings)
+    long_ago = datetime.now(UTC) - timedelta(days=200)
+    async with sessions.begin() as session:  # as if ord-old had been placed 200 days ago
+        await session.execute(update(Recipient).where(Recipient.order_id == "ord-old").values(updated_at=long_ago))
+        await session.execute(update(Notification).where(Notification.order_id == "ord-old").values(created_at=long_ago))
+
+    assert await retention.purge(sessions, older_than=timedelta(days=180), batch=1) == (1, 1)
+    assert await retention.purge(sessions, older_than=timedelta(days=180)) == (0, 0)  # done once
+    assert [n.order_id for n in await notifications(sessions)] == ["ord-new"]
+    async with sessions() as session:
+        old, new = await session.get(Recipient, "ord-old"), await session.get(Recipient, "ord-new")
+    assert (old.name, old.email, old.phone) == ("", "", None) and old.forgotten_at is not None
+    assert (new.email, new.forgotten_at) == ("lin@example.com", None)
+
+    sent = len(channels["email"].sent)
+    await on_order_status_changed(status_changed("delivered", "ord-old"), sessions, channels, settings)  # acked
+    assert len(channels["email"].sent) == sent and [n.order_id for n in await notifications(sessions)] == ["ord-new"]

@@ -1,14 +1,16 @@
-"""Wiring only: settings, runtime (engine, broker, outbox relay), channel adapters, HTTP routes."""
+"""Wiring only: settings, runtime (engine, broker, outbox relay), channel adapters, the retention
+of personal data, HTTP routes."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from events.runtime import ServiceRuntime
 from events.web import install
-from notifications import api, handlers
+from notifications import api, handlers, retention
 from notifications.channels import build_channels
 from notifications.config import Settings
 
@@ -19,7 +21,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or Settings()
         channels = build_channels(s)
         try:
-            async with ServiceRuntime(s, routers=[handlers.router], context={"channels": channels}) as runtime:
+            async with (
+                ServiceRuntime(s, routers=[handlers.router], context={"channels": channels}) as runtime,
+                retention.housekeeping(runtime.sessions, timedelta(days=s.retention_days)),
+            ):
                 app.state.runtime = runtime
                 yield
         finally:

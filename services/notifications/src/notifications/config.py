@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from events.settings import ServiceSettings
@@ -20,6 +20,8 @@ class Settings(ServiceSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     mail_from: str = "OMS <orders@oms.local>"
+    retention_days: float = Field(default=180.0, gt=0)
+    """How long an order's notifications and its recipient's contact details are kept."""
 
     send_lease_seconds: float = 15.0
     """How long a handler owns a pending notification while it sends it. Another delivery of the same

@@ -28,6 +28,8 @@ class Recipient(Base):
     registered_at: Mapped[datetime] = mapped_column(UtcDateTime())
     """The time of the command these details came from: an older command never overwrites them."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    forgotten_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    """Set when the retention blanked the contact details (``notifications.retention``)."""
 
 
 class Preference(Base):

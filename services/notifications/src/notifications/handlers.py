@@ -102,6 +102,7 @@ async def handle_register_recipient(msg: Envelope[RegisterRecipient], sessions: 
             recipient.customer_id, recipient.name, recipient.email = cmd.customer_id, cmd.name, cmd.email
             recipient.phone, recipient.locale = cmd.phone, cmd.locale
             recipient.registered_at, recipient.updated_at = at, now
+            recipient.forgotten_at = None  # told again who it is: remembered again
     log.info("recipient.registered", email=mask_email(cmd.email), locale=resolve_locale(cmd.locale))
 
 
@@ -144,6 +145,9 @@ async def _record(
         recipient = (await session.execute(_RECIPIENT, {"order_id": order_id})).first()
         if recipient is None:
             raise RecipientNotRegistered(f"no recipient registered for order {order_id} yet")
+        if recipient.forgotten_at is not None:  # past the retention: nobody to tell any more
+            log.info("notification.recipient_forgotten", template=template)
+            return []
         if recipient.has_preference:
             wanted = enabled_channels(email=recipient.by_email, sms=recipient.by_sms, push=recipient.by_push)
         else:
@@ -199,6 +203,7 @@ _RECIPIENT = (
         _recipient.c.customer_id, _recipient.c.name, _recipient.c.email, _recipient.c.phone, _recipient.c.locale,
         _preference.c.customer_id.is_not(None).label("has_preference"),
         _preference.c.email.label("by_email"), _preference.c.sms.label("by_sms"), _preference.c.push.label("by_push"),
+        _recipient.c.forgotten_at,
     )
     .select_from(_recipient.outerjoin(_preference, _preference.c.customer_id == _recipient.c.customer_id))
     .where(_recipient.c.order_id == bindparam("order_id"))

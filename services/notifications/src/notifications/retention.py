@@ -1,0 +1,76 @@
+"""Personal data is kept as long as it serves: after ``NOTIFICATIONS_RETENTION_DAYS`` (180) the
+notifications written for an order (address, subject and body) are deleted, and its recipient's
+contact details are blanked.
+
+The recipient's row stays, marked ``forgotten_at``, so that an event for that order arriving even
+later is acknowledged and tells nobody, where a missing recipient would be retried until it is
+dead-lettered (a recipient not registered yet looks the same). The purge runs at start and then
+every hour, a batch a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from events.logs import get_logger
+from notifications.db import Notification, Recipient
+
+log = get_logger(__name__)
+
+_n, _r = Notification.__table__, Recipient.__table__
+_OLD_NOTIFICATIONS = delete(_n).where(_n.c.id.in_(
+    select(_n.c.id).where(_n.c.created_at < bindparam("before")).limit(bindparam("batch")).scalar_subquery()
+))
+_FORGET_RECIPIENTS = (
+    update(_r)
+    .where(_r.c.order_id.in_(
+        select(_r.c.order_id).where(_r.c.updated_at < bindparam("before"), _r.c.forgotten_at.is_(None))
+        .limit(bindparam("batch")).scalar_subquery()
+    ))
+    .values(name="", email="", phone=None, forgotten_at=bindparam("now"))
+)
+
+
+async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: int = 1000) -> tuple[int, int]:
+    """Delete the notifications and blank the recipients older than ``older_than``; returns how many
+    of each."""
+    now = datetime.now(UTC)
+    params = {"before": now - older_than, "batch": batch, "now": now}
+    counts = []
+    for statement in (_OLD_NOTIFICATIONS, _FORGET_RECIPIENTS):
+        total = 0
+        while True:
+            async with sessions.begin() as session:
+                done = (await session.execute(statement, params)).rowcount
+            total += done
+            if done < batch:
+                break
+        counts.append(total)
+    if any(counts):
+        log.info("retention.purged", notifications=counts[0], recipients=counts[1])
+    return counts[0], counts[1]
+
+
+async def run(sessions: async_sessionmaker, older_than: timedelta, every_seconds: float = 3600.0) -> None:
+    while True:
+        try:
+            await purge(sessions, older_than=older_than)
+        except Exception as exc:  # the next round tries again
+            log.warning("retention.purge_failed", error=repr(exc))
+        await asyncio.sleep(every_seconds)
+
+
+@contextlib.asynccontextmanager
+async def housekeeping(sessions: async_sessionmaker, older_than: timedelta):
+    task = asyncio.create_task(run(sessions, older_than), name="notifications-retention")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

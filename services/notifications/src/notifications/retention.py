@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
+from events.tasks import background
 from notifications.db import Notification, Recipient
 
 log = get_logger(__name__)
@@ -65,12 +66,5 @@ async def run(sessions: async_sessionmaker, older_than: timedelta, every_seconds
         await asyncio.sleep(every_seconds)
 
 
-@contextlib.asynccontextmanager
-async def housekeeping(sessions: async_sessionmaker, older_than: timedelta):
-    task = asyncio.create_task(run(sessions, older_than), name="notifications-retention")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
+    return background(run(sessions, older_than), name="notifications-retention")

@@ -30,6 +30,7 @@ from events.shipping import (
     ShipmentReturned,
     ShipmentUpdated,
 )
+from events.tasks import background
 from events.web import validation_errors
 from orders import service
 from orders.config import Settings
@@ -148,12 +149,5 @@ async def run_deadlines(sessions: async_sessionmaker, settings: Settings) -> Non
         await asyncio.sleep(settings.deadline_poll_seconds)
 
 
-@contextlib.asynccontextmanager
-async def deadlines(sessions: async_sessionmaker, settings: Settings) -> Any:
-    task = asyncio.create_task(run_deadlines(sessions, settings), name="orders-deadlines")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def deadlines(sessions: async_sessionmaker, settings: Settings) -> contextlib.AbstractAsyncContextManager:
+    return background(run_deadlines(sessions, settings), name="orders-deadlines")

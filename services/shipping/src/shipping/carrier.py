@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
+from events.tasks import background
 from events.types import ShipmentStatus as St
 from shipping import domain, parcels
 
@@ -40,13 +41,7 @@ async def run(sessions: async_sessionmaker, step_seconds: float) -> None:
         await asyncio.sleep(min(step_seconds, 1.0) / 2)
 
 
-@contextlib.asynccontextmanager
-async def simulation(sessions: async_sessionmaker, step_seconds: float, enabled: bool):
-    task = asyncio.create_task(run(sessions, step_seconds), name="carrier-simulation") if enabled else None
-    try:
-        yield task
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+def simulation(sessions: async_sessionmaker, step_seconds: float, enabled: bool) -> contextlib.AbstractAsyncContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return background(run(sessions, step_seconds), name="carrier-simulation")

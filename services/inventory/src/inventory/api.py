@@ -4,6 +4,7 @@ the stock turnover report."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
@@ -169,6 +170,7 @@ async def list_reservations(
 
 # The movements that change the units on the shelf (reservations and releases change what is held).
 ON_SHELF = ("receipt", "adjustment", "commit", "restock")
+_NOT_MOVED = SimpleNamespace(after=0, net=0, shipped=0, received=0, returned=0, counted=0)
 
 
 @router.get("/v1/reports/stock", dependencies=[require(Role.OPS)])
@@ -211,13 +213,13 @@ async def stock_report(
     days = (to - from_).total_seconds() / 86400
     items = []
     for sku, on_hand, available in levels:
-        row = moved.get(sku)
-        after, net, shipped = (row.after, row.net, row.shipped) if row else (0, 0, 0)
-        t = domain.turnover(closing=on_hand - after, net_change=net, shipped=shipped, available=available, days=days)
+        row = moved.get(sku, _NOT_MOVED)
+        t = domain.turnover(closing=on_hand - row.after, net_change=row.net, shipped=row.shipped, available=available,
+                            days=days)
         items.append({
             "sku": sku, "on_hand": on_hand, "available": available, "opening": t.opening, "closing": t.closing,
-            "shipped": shipped, "received": row.received if row else 0, "returned": row.returned if row else 0,
-            "counted": row.counted if row else 0, "turnover": t.turnover, "days_of_cover": t.days_of_cover,
+            "shipped": row.shipped, "received": row.received, "returned": row.returned, "counted": row.counted,
+            "turnover": t.turnover, "days_of_cover": t.days_of_cover,
         })
     items.sort(key=lambda i: (-(i["turnover"] or 0), i["sku"]))
     return {"from": from_.isoformat(), "to": to.isoformat(), "items": items}

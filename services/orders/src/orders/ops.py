@@ -198,7 +198,7 @@ async def sales_report(
         )).all()
     spent: dict[str, list[float]] = defaultdict(list)
     for status, at, left in spans:  # the difference is taken here: SQLite and PostgreSQL differ on it
-        spent[status].append((_aware(left) - _aware(at)).total_seconds())
+        spent[status].append((left - at).total_seconds())
     ranked = sorted(((sku, int(q)) for sku, q in sold), key=lambda r: (-r[1], r[0]))
     return {
         "from": from_.isoformat() if from_ else None,
@@ -212,7 +212,3 @@ async def sales_report(
         "worst_sellers": [{"sku": s, "quantity": q} for s, q in list(reversed(ranked))[:top]],
         "average_seconds_in_status": {s: round(sum(v) / len(v), 3) for s, v in sorted(spent.items())},
     }
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -32,8 +32,11 @@ def decide_refund(*, captured: Decimal, refunded: Decimal, requested: Decimal | 
     if amount > remaining:
         raise RefundRefused(f"refund {amount} exceeds the {remaining} still refundable")
     total = refunded + amount
-    status = PaymentStatus.REFUNDED if total == captured else PaymentStatus.PARTIALLY_REFUNDED
-    return RefundDecision(amount=amount, refunded_total=total, status=status)
+    return RefundDecision(amount=amount, refunded_total=total, status=status_after_refunds(captured, total))
+
+
+def status_after_refunds(captured: Decimal, refunded: Decimal) -> PaymentStatus:
+    return PaymentStatus.REFUNDED if refunded == captured else PaymentStatus.PARTIALLY_REFUNDED
 
 
 def mask_token(token: str) -> str:

@@ -26,7 +26,7 @@ from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, Paym
 from events.types import PaymentStatus
 from payments.config import Settings
 from payments.db import HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
-from payments.domain import RefundRefused, decide_refund, mask_token
+from payments.domain import RefundRefused, decide_refund, mask_token, status_after_refunds
 from payments.provider import Declined, SandboxProvider, Transient
 
 SERVICE = "payments"
@@ -179,7 +179,7 @@ async def handle_refund_payment(
         if refund.status == REFUND_PENDING:  # else finished meanwhile by another message with the same key
             refund.status, refund.provider_ref = REFUNDED, refund_ref
             payment.refunded_amount += refund.amount
-            payment.status = PaymentStatus.REFUNDED if payment.refunded_amount == payment.amount else PaymentStatus.PARTIALLY_REFUNDED
+            payment.status = status_after_refunds(payment.amount, payment.refunded_amount)
             payment.updated_at = datetime.now(UTC)
             await session.flush()
         await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)

@@ -147,8 +147,9 @@ async def change_address(session: AsyncSession, order_id: str, address: dict[str
     return True
 
 
-async def cancel(session: AsyncSession, order_id: str, cause: Cause) -> bool:
-    """Stop the order's parcel; False when the carrier has it already (too late: no answer)."""
+async def cancel(session: AsyncSession, order_id: str, cause: Cause) -> None:
+    """Stop the order's parcel and answer ``shipment.cancelled``; no answer when the carrier has it
+    already (too late)."""
     shipment = await by_order(session, order_id, lock=True)
     if shipment is None:
         if await session.get(CancelledOrder, order_id) is None:
@@ -157,10 +158,9 @@ async def cancel(session: AsyncSession, order_id: str, cause: Cause) -> bool:
         shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
     else:
         log.warning("shipment.cancel_too_late", order_id=order_id, status=shipment.status)
-        return False
+        return
     answer = ShipmentCancelled(order_id=order_id, shipment_id=shipment.shipment_id if shipment else None)
     await _stage(session, answer, order_id, cause)
-    return True
 
 
 async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem]) -> None:

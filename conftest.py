@@ -214,3 +214,11 @@ def postgres_database(postgres: Postgres) -> Iterator[str]:
     """A fresh, empty database of this test's own."""
     with fresh_database(postgres) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def any_database_url(request, tmp_path) -> str:
+    """A fresh database of the test's own: on SQLite, then (run again) on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/service.db"
+    return request.getfixturevalue("postgres_database")

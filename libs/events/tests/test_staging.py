@@ -23,13 +23,9 @@ class Pinged(Event):
     n: int
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-async def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/svc.db"
-    else:
-        url = request.getfixturevalue("postgres_database")
-    engine = make_engine(url)
+@pytest.fixture
+async def engine(any_database_url):
+    engine = make_engine(any_database_url)
     async with engine.begin() as conn:
         await conn.run_sync(messaging_metadata.create_all)
     yield engine

@@ -42,14 +42,10 @@ async def sessions(settings):
         yield made
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-async def any_sessions(request, tmp_path):
+@pytest.fixture
+async def any_sessions(any_database_url):
     """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/inventory.db"
-    else:
-        url = request.getfixturevalue("postgres_database")
-    async with stocked_sessions(Settings(database_url=url)) as made:
+    async with stocked_sessions(Settings(database_url=any_database_url)) as made:
         yield made
 
 

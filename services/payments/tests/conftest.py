@@ -21,10 +21,8 @@ async def sessions(tmp_path):
         yield made
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-async def any_sessions(request, tmp_path):
+@pytest.fixture
+async def any_sessions(any_database_url):
     """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
-    url = (f"sqlite+aiosqlite:///{tmp_path}/payments.db" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_database"))
-    async for made in _sessions(url):
+    async for made in _sessions(any_database_url):
         yield made

@@ -33,11 +33,10 @@ async def sessions(settings):
         yield made
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-async def any_sessions(request, settings):
+@pytest.fixture
+async def any_sessions(any_database_url):
     """Sessions on SQLite, then on PostgreSQL (a fresh database of the test's own)."""
-    url = settings.database_url if request.param == "sqlite" else request.getfixturevalue("postgres_database")
-    async for made in _sessions(url):
+    async for made in _sessions(any_database_url):
         yield made
 
 

@@ -4,6 +4,7 @@ the stock and the payment are checked afterwards, and nothing is left behind."""
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import pytest
 from integration.helpers import (
@@ -85,6 +86,27 @@ async def test_a_capture_that_arrives_after_the_deadline_is_refunded(orders, inv
     paid = await payment(payments, created["id"])
     assert (paid["status"], paid["amount"], paid["refunded_amount"]) == ("refunded", "12.50", "12.50")
     assert len(paid["refunds"]) == 1
+    await _untouched(inventory, sku, 5)
+
+
+async def test_a_capture_command_still_queued_at_the_deadline_charges_nothing(oms, orders, inventory, payments):
+    """Payments is down while the saga waits: the order is cancelled at the deadline, and the
+    capture command, taken when payments is back, is answered ``expired`` without a charge (not
+    charged and then refunded)."""
+    sku = await _fresh_sku(inventory, 5)
+    await asyncio.to_thread(oms.stop_service, "payments")
+    try:
+        created = await place(orders, order_body(items=_items(sku, 1, "12.50")))
+        order = await wait_settled(orders, created["id"], timeout=45)
+        assert (order["status"], order["status_reason"]) == ("cancelled", "payment_timeout")
+    finally:
+        await asyncio.to_thread(oms.start, "payments")
+        await asyncio.to_thread(oms.wait_ready, ["payments"])
+    paid = await eventually(lambda: payment(payments, created["id"]), lambda p: p is not None,
+                            what="payments to answer the queued capture command")
+    assert (paid["status"], paid["failure_reason"], paid["refunds"]) == ("failed", "expired", [])
+    order = await wait_settled(orders, created["id"], payment="failed")
+    assert Decimal(order["payment"]["refunded_amount"]) == 0
     await _untouched(inventory, sku, 5)
 
 

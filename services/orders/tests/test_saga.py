@@ -129,6 +129,11 @@ def test_payment_deadline_cancels_with_payment_timeout_and_releases():
     assert intents == [Release()]
 
 
+def test_a_capture_payments_took_too_late_cancels_with_payment_timeout():
+    saga, _ = run(RESERVED, PaymentFailed(order_id=ORDER, reason="expired"))
+    assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
+
+
 def test_capture_after_the_deadline_is_refunded_never_kept():
     saga, _ = run(RESERVED)
     saga, _ = advance(saga, DeadlineReached(), now=at(11), timeouts=TIMEOUTS)

@@ -51,6 +51,9 @@ async def test_replies_move_the_order_and_emit_the_next_command(sessions, settin
     sent = await outbox(sessions)
     assert [m["key"] for m in sent[-3:]] == ["order.status_changed", "order.confirmed", "payments.capture_payment"]
     assert sent[-1]["causationid"] == reserved.id and sent[-1]["data"]["token"] == "tok_ok"
+    # payments is told when the saga stops waiting, so a command still queued then charges nothing
+    assert datetime.fromisoformat(sent[-1]["data"]["not_after"]) == order.deadline_at
+    assert order.deadline_at - datetime.now(UTC) > timedelta(seconds=settings.payment_timeout_seconds - 5)
 
     captured = envelope(PaymentCaptured, PaymentCaptured(order_id=order_id, payment_id="pay-1", amount=Decimal("79.80"),
                                                          currency="CNY", method="card"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -24,8 +25,12 @@ from payments.provider import SandboxProvider
 SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=0.2, database_url="sqlite://")
 
 
-def capture(order_id: str, token: str, amount: str = "25.00") -> Envelope[CapturePayment]:
-    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token)
+def capture(
+    order_id: str, token: str, amount: str = "25.00", not_after: datetime | None = None
+) -> Envelope[CapturePayment]:
+    cmd = CapturePayment(
+        order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token, not_after=not_after
+    )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -84,6 +89,36 @@ async def test_a_second_capture_command_for_the_order_repeats_the_outcome_withou
     assert events[0]["data"]["payment_id"] == events[1]["data"]["payment_id"]
     async with sessions() as session:
         assert len((await session.scalars(select(Payment))).all()) == 1
+
+
+async def test_a_capture_taken_after_its_deadline_charges_nothing_and_says_expired(sessions):
+    provider = SandboxProvider()
+    late = capture("o1", "tok_ok", not_after=datetime.now(UTC) - timedelta(milliseconds=1))
+    await handle_capture_payment(late, sessions, provider, SETTINGS)
+    assert provider.charges == {}
+    events = await published(sessions)
+    assert [(e["key"], e["data"]["reason"]) for e in events] == [("payment.failed", "expired")]
+    async with sessions() as session:
+        assert (await session.get(Payment, "o1")).status == "failed"
+    # a command for the same order later is told the same: the order is never charged after all
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    assert provider.charges == {}
+
+
+async def test_a_capture_before_its_deadline_is_charged(sessions):
+    provider = SandboxProvider()
+    await handle_capture_payment(capture("o1", "tok_ok", not_after=datetime.now(UTC) + timedelta(minutes=1)),
+                                 sessions, provider, SETTINGS)
+    assert list(provider.charges) == ["o1"]
+
+
+async def test_no_retry_of_a_flaky_provider_starts_after_the_deadline(sessions):
+    provider = SandboxProvider()
+    patient = SETTINGS.model_copy(update={"provider_retry_base_seconds": 0.2})
+    soon = capture("o1", "tok_flaky", not_after=datetime.now(UTC) + timedelta(milliseconds=100))
+    await handle_capture_payment(soon, sessions, provider, patient)
+    assert provider.charges == {}
+    assert (await published(sessions))[0]["data"]["reason"] == "expired"
 
 
 async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import AwareDatetime
+
 from events.envelope import Command, Event
 from events.types import CurrencyCode, Money, PaymentMethod
 
 
 class CapturePayment(Command):
-    """Charge the customer. Point-to-point only: the token never goes into an event or a log."""
+    """Charge the customer. Point-to-point only: the token never goes into an event or a log.
+
+    ``not_after``: the moment the asker stops waiting for the answer (the saga's payment deadline).
+    A command still in its queue then is not charged: it is answered ``payment.failed`` with
+    reason ``expired``, so an order the saga has cancelled meanwhile is never charged and refunded.
+    """
 
     routing_key = "payments.capture_payment"
     order_id: str
@@ -15,6 +22,7 @@ class CapturePayment(Command):
     currency: CurrencyCode
     method: PaymentMethod
     token: str
+    not_after: AwareDatetime | None = None
 
 
 class RefundPayment(Command):
@@ -39,7 +47,7 @@ class PaymentCaptured(Event):
 class PaymentFailed(Event):
     routing_key = "payment.failed"
     order_id: str
-    reason: str  # "declined", "provider_unavailable", ...
+    reason: str  # "declined", "provider_unavailable", "provider_timeout", "expired"
 
 
 class PaymentRefunded(Event):

@@ -63,7 +63,12 @@ FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
 BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})
 CARRIER_HAS_IT = frozenset({S.SHIPPED, S.IN_TRANSIT})
 
-PAYMENT_FAILURES = {"declined": CancelReason.PAYMENT_DECLINED, "provider_timeout": CancelReason.PAYMENT_TIMEOUT}
+# "expired": payments took the capture command after its deadline and charged nothing
+PAYMENT_FAILURES = {
+    "declined": CancelReason.PAYMENT_DECLINED,
+    "provider_timeout": CancelReason.PAYMENT_TIMEOUT,
+    "expired": CancelReason.PAYMENT_TIMEOUT,
+}
 
 
 # --- what the saga is told besides the broker's replies ------------------------------------

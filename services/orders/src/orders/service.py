@@ -351,7 +351,7 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 raise RuntimeError(f"order {oid} has no payment token left to capture with")
             return payments.CapturePayment(
                 order_id=oid, amount=order.total, currency=order.currency, method=order.payment_method,
-                token=order.payment_token,
+                token=order.payment_token, not_after=saga.deadline_at,  # the saga waits until then
             )
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)

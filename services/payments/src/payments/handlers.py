@@ -2,7 +2,9 @@
 
 The provider is called outside any transaction (it may take seconds); the order id is its
 idempotency key, and the payment row's primary key is the order id, so an order is charged once
-whatever is redelivered or sent twice.
+whatever is redelivered or sent twice. A capture command taken after its ``not_after`` (it waited
+in its queue longer than the saga waits for the answer) is not charged: it is recorded failed,
+reason ``expired``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,20 @@ Provider = Annotated[SandboxProvider, Resource("provider")]
 Config = Annotated[Settings, Resource("settings")]
 
 
-async def _with_retries(call, settings: Settings):
-    """Call the provider, retrying transient failures with exponential back-off."""
+class Expired(Exception):
+    """The asker's deadline (``CapturePayment.not_after``) passed before the provider was called."""
+
+
+def _expired(not_after: datetime | None) -> bool:
+    return not_after is not None and datetime.now(UTC) >= not_after
+
+
+async def _with_retries(call, settings: Settings, not_after: datetime | None = None):
+    """Call the provider, retrying transient failures with exponential back-off; no call, first
+    or retried, starts after ``not_after`` (:class:`Expired`)."""
     for attempt in range(1, settings.provider_attempts + 1):
+        if _expired(not_after):
+            raise Expired()
         try:
             return await asyncio.wait_for(call(), timeout=settings.provider_timeout_seconds)
         except Transient as exc:
@@ -100,7 +113,10 @@ async def handle_capture_payment(
         provider_ref = await _with_retries(
             lambda: provider.capture(order_id=cmd.order_id, token=cmd.token, amount=cmd.amount, currency=cmd.currency),
             settings,
+            cmd.not_after,
         )
+    except Expired:  # the saga has stopped waiting: a charge now would only be refunded
+        reason = "expired"
     except Declined:
         reason = "declined"
     except Transient:

@@ -5,11 +5,13 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from events.db import make_engine, make_sessionmaker, messaging_metadata
 from events.deadletters import deadletter_metadata
 from events.web import install
 from orders import api, ops
+from orders.admission import Admission
 from orders.config import Settings
 from orders.db import Base
 
@@ -34,11 +36,19 @@ async def sessions(settings):
 
 
 @pytest.fixture
-async def client(sessions, settings):
+def admission(settings) -> Admission:
+    """The door as the service sets it up, reading the backlog at every request."""
+    return Admission(max_wait_seconds=settings.admission_max_wait_seconds, late_orders=settings.admission_late_orders,
+                     refresh_seconds=0, registry=CollectorRegistry())
+
+
+@pytest.fixture
+async def client(sessions, settings, admission):
     app = FastAPI()
     install(app, "orders")
     app.include_router(api.router)
     app.include_router(ops.router)
+    app.state.admission = admission
 
     async def refresh_backlog() -> int:
         return 0

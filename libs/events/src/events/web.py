@@ -30,14 +30,19 @@ PROBLEM_BASE = "https://oms.dev/problems/"
 class Problem(Exception):
     """An error answered as ``application/problem+json``."""
 
-    def __init__(self, status: int, type_: str, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, type_: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status, self.type, self.title, self.detail, self.extra = status, type_, title, detail, extra
+        self.headers = headers
 
 
-def problem_response(status: int, type_: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem_response(
+    status: int, type_: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def validation_errors(errors: Any) -> list[dict[str, str]]:
@@ -134,7 +139,7 @@ def install(app: FastAPI, service: str) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+        return problem_response(exc.status, exc.type, exc.title, exc.detail, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,7 +7,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import and_, or_, select
 
@@ -16,6 +16,7 @@ from events.settings import Role
 from events.types import Channel, LineItem, OrderStatus
 from events.web import Problem, Runtime, require, validation_errors
 from orders import service
+from orders.admission import Overloaded
 from orders.db import Order
 from orders.domain import ReturnRefused, business_errors, return_value
 from orders.saga import AddressChangeRequested, CancelRequested, Refused, ReturnRequested
@@ -69,6 +70,7 @@ async def _load(rt: Any, order_id: str) -> Order:
 @router.post("", status_code=202, dependencies=[require(Role.GATEWAY)])
 async def place_order(
     rt: Runtime,
+    http: Request,
     response: Response,
     body: Annotated[dict[str, Any], Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -83,7 +85,12 @@ async def place_order(
     if errors:
         raise _invalid([e.model_dump() for e in errors])
     try:
-        placed = await service.place_order(rt.sessions, request, key=f"http:{idempotency_key}", settings=rt.settings)
+        placed = await service.place_order(rt.sessions, request, key=f"http:{idempotency_key}", settings=rt.settings,
+                                           admission=http.app.state.admission)
+    except Overloaded as exc:  # nothing stored: the same key again later places the order
+        raise Problem(503, "overloaded", "Too many orders in flight",
+                      f"orders are arriving faster than they can be handled: retry after {exc.retry_after} s "
+                      "with the same Idempotency-Key", headers={"Retry-After": str(exc.retry_after)}) from exc
     except service.KeyReused as exc:
         raise Problem(422, "idempotency-key-reused", "Idempotency-Key reused",
                       "this Idempotency-Key was used for a different request") from exc

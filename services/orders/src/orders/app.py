@@ -1,5 +1,5 @@
 """Wiring only: settings, runtime (engine, broker, outbox relay), the saga's deadline scanner,
-the dead-letter parking, HTTP routes."""
+the dead-letter parking, admission control, HTTP routes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from events import deadletters
 from events.runtime import ServiceRuntime
 from events.web import install
 from orders import api, handlers, ops
+from orders.admission import Admission
 from orders.config import Settings
 
 
@@ -21,6 +22,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers = [handlers.router, deadletters.build_router()]
         async with ServiceRuntime(s, routers=routers) as runtime, handlers.deadlines(runtime.sessions, s):
             app.state.runtime = runtime
+            app.state.admission = Admission(
+                max_wait_seconds=s.admission_max_wait_seconds, late_orders=s.admission_late_orders,
+                registry=runtime.registry,
+            )
             yield
 
     app = FastAPI(title="OMS orders", version="1", lifespan=lifespan)

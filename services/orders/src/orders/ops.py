@@ -24,6 +24,7 @@ from events.deadletters import parked_count
 from events.names import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 from events.settings import Role
 from events.web import Problem, Runtime, require
+from orders.admission import Admission
 from orders.db import Order, OrderHistory, OrderLine
 
 router = APIRouter(tags=["ops"])
@@ -61,7 +62,7 @@ async def _low_stock(url: str, key: str) -> list[dict[str, Any]] | None:
         return None
 
 
-async def summary(rt: Any) -> dict[str, Any]:
+async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
     now = datetime.now(UTC)
     recent = now - timedelta(minutes=5)
     stuck_before = now - timedelta(seconds=rt.settings.stuck_after_seconds)
@@ -102,13 +103,14 @@ async def summary(rt: Any) -> dict[str, Any]:
         "dead_letters": {"parked": parked, "waiting_in_queue": depths[DEAD_LETTER_QUEUE]},
         "unrouted_events": depths[UNROUTED_QUEUE],
         "outbox_backlog": await rt.refresh_backlog(),
+        "admission": {"open": admission.open, "refused": admission.refused},  # this replica's door
         "low_stock": await _low_stock(rt.settings.inventory_url, rt.settings.ops_api_key),
     }
 
 
 @router.get("/v1/ops/summary", dependencies=[require(Role.OPS)])
-async def ops_summary(rt: Runtime) -> dict[str, Any]:
-    return await summary(rt)
+async def ops_summary(request: Request, rt: Runtime) -> dict[str, Any]:
+    return await summary(rt, request.app.state.admission)
 
 
 @router.get("/ops", response_class=HTMLResponse)
@@ -119,7 +121,7 @@ async def dashboard(request: Request, rt: Runtime, key: str | None = None) -> HT
             raise Problem(401 if role is None else 403, "unauthorized", "Unauthorized", "an ops key is needed")
     else:
         await require(Role.OPS).dependency(request)
-    return HTMLResponse(_render(await summary(rt)))
+    return HTMLResponse(_render(await summary(rt, request.app.state.admission)))
 
 
 def _table(title: str, rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> str:
@@ -144,6 +146,9 @@ def _render(s: dict[str, Any]) -> str:
                             ("dead letters waiting", s["dead_letters"]["waiting_in_queue"]),
                             ("events nobody subscribes to", s["unrouted_events"]),
                             ("outbox backlog", s["outbox_backlog"])], ("what", "count")),
+        _table("New orders (admission control)",
+               [("door", "open" if s["admission"]["open"] else "closed: refusing with 503"),
+                ("refused since start", s["admission"]["refused"])], ("what", "now")),
         "<h2>Low stock</h2><p>inventory unavailable</p>" if low is None else
         _table("Low stock", [(i["sku"], i["warehouse"], i["available"], i.get("reorder_quantity")) for i in low],
                ("sku", "warehouse", "available", "reorder")),

@@ -34,6 +34,7 @@ from events.orders import (
 )
 from events.types import LineItem, OrderStatus, PricedLine
 from orders import saga as flow
+from orders.admission import Admission
 from orders.config import Settings
 from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
 from orders.domain import order_total, payment_status, request_fingerprint
@@ -70,15 +71,26 @@ async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Caus
 
 
 async def place_order(
-    sessions: async_sessionmaker, request: PlaceOrder, *, key: str, settings: Settings, cause: Cause = None
+    sessions: async_sessionmaker,
+    request: PlaceOrder,
+    *,
+    key: str,
+    settings: Settings,
+    cause: Cause = None,
+    admission: Admission | None = None,
 ) -> Placed:
     """Create the order once per key. A first short transaction claims the key (so a concurrent
-    duplicate sees it "in progress"); a second creates the order and everything it emits."""
+    duplicate sees it "in progress"); a second creates the order and everything it emits.
+
+    With ``admission``, a new key is refused (:class:`Overloaded`, nothing stored) while the door is
+    closed; a key seen before is answered as always, so a gateway that lost its answer gets it."""
     fingerprint = request_fingerprint(request)
     now = _now()
     try:
         async with sessions.begin() as session:
             existing = (await session.execute(_KEY, {"key": key})).first()
+            if existing is None and admission is not None:
+                await admission.check(session, now)
             if existing is not None:
                 if existing.fingerprint != fingerprint:
                     raise KeyReused(key)

@@ -271,7 +271,10 @@ _numbers = itertools.count()
 
 
 async def place(client: httpx.AsyncClient, tracker: Tracker, phase: str, n: int | None = None,
-                errors: Counter[str] | None = None) -> str | None:
+                errors: Counter[str] | None = None, *, wait_when_refused: bool = False) -> str | None:
+    """POST one order; its id, or None (counted in ``errors``) when it was not accepted. A ``503``
+    (admission control) is waited out for its ``Retry-After`` when ``wait_when_refused``, as a
+    gateway would."""
     n = next(_numbers) if n is None else n
     sent = time.perf_counter()
     try:
@@ -286,6 +289,8 @@ async def place(client: httpx.AsyncClient, tracker: Tracker, phase: str, n: int 
         if errors is None:
             raise RuntimeError(f"POST /v1/orders answered {r.status_code}: {r.text[:300]}")
         errors[f"http_{r.status_code}"] += 1
+        if r.status_code == 503 and wait_when_refused:
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
         return None
     order_id = r.json()["id"]
     tracker.placed(order_id, Placed(phase, sent))
@@ -332,7 +337,7 @@ async def saturation_phase(client: httpx.AsyncClient, tracker: Tracker, seconds:
 
     async def worker() -> None:
         while time.perf_counter() < stop_at:
-            order_id = await place(client, tracker, "saturation", errors=errors)
+            order_id = await place(client, tracker, "saturation", errors=errors, wait_when_refused=True)
             if order_id is None:
                 await asyncio.sleep(0.05)
                 continue

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from orders_support import BODY, GATEWAY, OPS, body
+from orders_support import ADMIN, BODY, GATEWAY, OPS, body
 from sqlalchemy import update
 
 from events.inventory import StockReservationFailed, StockReserved
 from events.payments import PaymentCaptured
+from events.shipping import ShipmentCreated, ShipmentUpdated
 from events.types import Allocation
 from orders import service
 from orders.db import OrderHistory
@@ -72,3 +73,31 @@ async def test_the_sales_report_times_each_status_until_the_next(client, session
     assert report["best_sellers"] == [{"sku": "SKU-RED-MUG", "quantity": 2}]  # the cancelled order sold nothing
     later = {"from": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
     assert (await client.get("/v1/reports/sales", params=later, headers=OPS)).json()["orders"] == 0
+
+
+async def test_an_order_marked_for_attention_is_resolved_by_an_admin_and_leaves_the_dashboard(client, sessions, settings):
+    order_id = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
+    for reply in (
+        StockReserved(order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]),
+        PaymentCaptured(order_id=order_id, payment_id="pay-1", amount=Decimal("79.80"), currency="CNY", method="card"),
+        ShipmentCreated(order_id=order_id, shipment_id="shp-1", carrier="sf", tracking_number="T1", warehouse="SH",
+                        estimated_delivery=datetime.now(UTC).date()),
+    ):
+        await service.apply(sessions, order_id, reply, settings=settings)
+    assert (await client.post(f"/v1/orders/{order_id}/cancel", json={}, headers=GATEWAY)).status_code == 202
+    # the carrier took the parcel before the cancel reached it: ops must get it back
+    await service.apply(sessions, order_id, ShipmentUpdated(order_id=order_id, shipment_id="shp-1", carrier="sf",
+                                                            tracking_number="T1", status="picked_up", at=datetime.now(UTC)),
+                        settings=settings)
+    summary = (await client.get("/v1/ops/summary", headers=OPS)).json()
+    assert [o["id"] for o in summary["needs_attention"]] == [order_id]
+
+    url = f"/v1/orders/{order_id}/attention/resolve"
+    assert (await client.post(url, headers=GATEWAY)).status_code == 403
+    resolved = await client.post(url, headers=ADMIN)
+    assert resolved.status_code == 200 and resolved.json()["attention"] is None
+    assert resolved.json()["status"] == "cancelled"  # the order itself is as it was
+    assert (await client.get("/v1/ops/summary", headers=OPS)).json()["needs_attention"] == []
+    again = await client.post(url, headers=ADMIN)
+    assert again.status_code == 409 and "waits for a person" in again.json()["detail"]
+    assert (await client.post("/v1/orders/ord_nope/attention/resolve", headers=ADMIN)).status_code == 404

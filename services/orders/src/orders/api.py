@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import and_, or_, select
 
+from events.logs import get_logger
 from events.orders import Address, PlaceOrder
 from events.settings import Role
 from events.types import Channel, LineItem, OrderStatus
@@ -19,9 +20,10 @@ from orders import service
 from orders.admission import Overloaded
 from orders.db import Order
 from orders.domain import ReturnRefused, business_errors, return_value
-from orders.saga import AddressChangeRequested, CancelRequested, Refused, ReturnRequested
+from orders.saga import AddressChangeRequested, AttentionResolved, CancelRequested, Refused, ReturnRequested
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
+log = get_logger(__name__)
 
 
 def _money(value: Any) -> str:
@@ -177,6 +179,17 @@ async def change_address(order_id: str, rt: Runtime, address: Annotated[Address,
         order.shipping_address = address.model_dump(mode="json")
 
     return await _request(rt, order_id, AddressChangeRequested(), before=set_address)
+
+
+@router.post("/{order_id}/attention/resolve", dependencies=[require(Role.ADMIN)])
+async def resolve_attention(order_id: str, rt: Runtime) -> dict[str, Any]:
+    """Ops say they handled by hand what the saga marked for attention (a refund that got no
+    answer, a parcel the carrier took after the order was cancelled): the mark is cleared and the
+    order leaves the dashboard's "Needs attention". 409 when nothing about it waits for a person."""
+    before = await _load(rt, order_id)
+    order = await _request(rt, order_id, AttentionResolved())
+    log.warning("order.attention_resolved", order_id=order_id, was=before.attention)
+    return order
 
 
 class ReturnBody(BaseModel):

@@ -85,6 +85,11 @@ class AddressChangeRequested:
 
 
 @dataclass(frozen=True)
+class AttentionResolved:
+    """Ops handled by hand what the saga could not (a refund or a parcel recovered outside it)."""
+
+
+@dataclass(frozen=True)
 class ReturnRequested:
     items: list[LineItem]
     amount: Decimal
@@ -447,6 +452,12 @@ def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeou
     return _cancel(saga, CancelReason(req.reason), now, t)
 
 
+def _attention_resolved(saga: Saga, req: AttentionResolved, now: datetime, t: Timeouts):
+    if saga.attention is None:
+        raise Refused("nothing about this order waits for a person")
+    return replace(saga, attention=None), []
+
+
 def _address_change(saga: Saga, req: AddressChangeRequested, now: datetime, t: Timeouts):
     if saga.status not in BEFORE_SHIPMENT:
         raise Refused(f"the order is {saga.status}: the address can no longer be changed")
@@ -576,6 +587,7 @@ _HANDLERS = {
     ShipmentReturned: _shipment_returned,
     CancelRequested: _cancel_requested,
     AddressChangeRequested: _address_change,
+    AttentionResolved: _attention_resolved,
     ReturnRequested: _return_requested,
     DeadlineReached: _deadline,
 }

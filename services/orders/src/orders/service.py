@@ -240,6 +240,8 @@ async def apply(
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
+        if old.attention is not None and new.attention is None:  # resolved by a person
+            order.attention = None
         if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
             order.payment_token = None  # decided: the token is of no more use
         history: list[dict[str, Any]] = []

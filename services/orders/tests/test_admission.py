@@ -1,5 +1,5 @@
 """Admission control at the door (orders.admission): while too many accepted orders wait too long
-for their first step, a new order is refused with 503 and Retry-After, and nothing is stored."""
+to be paid, a new order is refused with 503 and Retry-After, and nothing is stored."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ async def post(client, key: str):
 
 
 async def age_submitted(sessions, seconds: float) -> None:
-    """The orders still waiting for their stock answer were placed ``seconds`` ago."""
+    """The orders not paid yet were placed ``seconds`` ago."""
     async with sessions.begin() as session:
-        await session.execute(update(Order).where(Order.status == "submitted")
+        await session.execute(update(Order).where(Order.status.in_(("submitted", "confirmed")))
                               .values(created_at=datetime.now(UTC) - timedelta(seconds=seconds)))
 
 
@@ -60,14 +60,20 @@ async def test_new_orders_are_refused_while_too_many_wait_too_long_and_nothing_i
     assert "closed: refusing with 503" in (await client.get("/ops", headers=OPS)).text
 
 
-async def test_the_door_opens_again_when_the_orders_get_their_answer(client, sessions):
+def _first(n: int):
+    return select(Order.id).order_by(Order.created_at, Order.id).limit(n).scalar_subquery()
+
+
+async def test_the_door_opens_again_when_the_orders_are_paid(client, sessions):
     for key in "abc":
         assert (await post(client, key)).status_code == 202
     await age_submitted(sessions, 60)
     assert (await post(client, "d")).status_code == 503
-    async with sessions.begin() as session:  # two of them confirmed: one is left waiting, fewer than 2
-        first_two = select(Order.id).order_by(Order.created_at, Order.id).limit(2).scalar_subquery()
-        await session.execute(update(Order).where(Order.id.in_(first_two)).values(status="confirmed"))
+    async with sessions.begin() as session:  # one confirmed, which still waits for its payment
+        await session.execute(update(Order).where(Order.id.in_(_first(1))).values(status="confirmed"))
+    assert (await post(client, "d")).status_code == 503
+    async with sessions.begin() as session:  # two of them paid: one is left waiting, fewer than 2
+        await session.execute(update(Order).where(Order.id.in_(_first(2))).values(status="paid"))
     placed = await post(client, "d")  # the same key as the refused request: now placed
     assert placed.status_code == 202
     assert await count(sessions, Order) == 4

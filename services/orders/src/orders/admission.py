@@ -8,9 +8,11 @@ Refusing at the door instead keeps what was accepted moving at the pace the syst
 and the gateway tries again later with the same ``Idempotency-Key`` (a refused request stores
 nothing).
 
-The signal is how long orders wait for their first step: the door closes while at least
-``late_orders`` orders have been ``submitted`` (no stock answer yet) for longer than
-``max_wait_seconds``, and opens again as soon as fewer have. A handful of orders stuck on their own
+The signal is how long accepted orders wait to be paid: the door closes while at least
+``late_orders`` orders placed more than ``max_wait_seconds`` ago are still ``submitted`` or
+``confirmed`` (no stock answer, or no payment answer, yet), and opens again as soon as fewer are.
+Both count, because the queue builds wherever the system is slowest: under a CPU-bound burst it
+was mostly after the stock step. A handful of orders stuck on their own
 (a message in a dead-letter queue) does not close it. It is read from the orders table, once per
 ``refresh_seconds`` at most, so every replica of the service sees the same backlog. Orders placed
 as commands on RabbitMQ are not refused: their queue is already the buffer.
@@ -31,9 +33,11 @@ from orders.db import Order
 
 log = get_logger(__name__)
 
+NOT_PAID_YET = (OrderStatus.SUBMITTED, OrderStatus.CONFIRMED)
+
 _LATE = select(func.count()).select_from(
     select(Order.id)
-    .where(Order.status == OrderStatus.SUBMITTED, Order.created_at < bindparam("cutoff"))
+    .where(Order.status.in_(NOT_PAID_YET), Order.created_at < bindparam("cutoff"))
     .limit(bindparam("enough"))
     .subquery()
 )
@@ -43,7 +47,7 @@ class Overloaded(Exception):
     """The door is closed for now: try again after ``retry_after`` seconds."""
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many orders waiting for their first step: retry after {retry_after} s")
+        super().__init__(f"too many orders waiting to be paid: retry after {retry_after} s")
         self.retry_after = retry_after
 
 

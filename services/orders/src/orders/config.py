@@ -24,7 +24,7 @@ class Settings(ServiceSettings):
     stuck_after_seconds: float = 300.0
     admission_max_wait_seconds: float = Field(default=5.0, ge=0)
     """New orders are refused (503) while ``admission_late_orders`` orders have waited longer than
-    this for their stock answer (orders.admission); 0 turns the door's check off."""
+    this to be paid (still submitted or confirmed; orders.admission); 0 turns the check off."""
     admission_late_orders: int = Field(default=20, ge=0)
     inventory_url: str = "http://127.0.0.1:8001"
     ops_api_key: str = "dev-ops-key"

@@ -38,7 +38,7 @@ async def sessions(settings):
 @pytest.fixture
 def admission(settings) -> Admission:
     """The door as the service sets it up, reading the backlog at every request."""
-    return Admission(max_wait_seconds=settings.admission_max_wait_seconds, late_orders=settings.admission_late_orders,
+    return Admission(max_wait_seconds=settings.admission_max_wait_seconds, min_in_flight=settings.admission_min_in_flight,
                      refresh_seconds=0, registry=CollectorRegistry())
 
 

@@ -1,33 +1,45 @@
-"""Admission control at the door (orders.admission): while too many accepted orders wait too long
-to be paid, a new order is refused with 503 and Retry-After, and nothing is stored."""
+"""Admission control at the door (orders.admission): while the orders in flight would take too
+long to be paid at the recent pace, a new order is refused with 503 and Retry-After, and nothing
+is stored."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from orders_support import BODY, GATEWAY, OPS, outbox
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
+from events.orders import PlaceOrder
+from orders import service
 from orders.admission import Admission, Overloaded
-from orders.db import IdempotencyKey, Order
+from orders.db import IdempotencyKey, Order, OrderHistory
 
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(update={"admission_max_wait_seconds": 5.0, "admission_late_orders": 2})
+    return settings.model_copy(update={"admission_max_wait_seconds": 5.0, "admission_min_in_flight": 2})
 
 
 async def post(client, key: str):
     return await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": key})
 
 
-async def age_submitted(sessions, seconds: float) -> None:
-    """The orders not paid yet were placed ``seconds`` ago."""
+async def in_flight(sessions, settings, n: int) -> list[str]:
+    """``n`` orders placed past the door, waiting for their stock answer."""
+    request = PlaceOrder.model_validate(BODY)
+    return [(await service.place_order(sessions, request, key=f"setup-{uuid.uuid4()}", settings=settings)).order_id
+            for _ in range(n)]
+
+
+async def paid(sessions, order_ids: list[str], *, seconds_ago: float = 1.0) -> None:
+    at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
     async with sessions.begin() as session:
-        await session.execute(update(Order).where(Order.status.in_(("submitted", "confirmed")))
-                              .values(created_at=datetime.now(UTC) - timedelta(seconds=seconds)))
+        await session.execute(update(Order).where(Order.id.in_(order_ids)).values(status="paid"))
+        await session.execute(insert(OrderHistory), [{"order_id": i, "status": "paid", "reason": None, "at": at}
+                                                     for i in order_ids])
 
 
 async def count(sessions, what) -> int:
@@ -35,15 +47,13 @@ async def count(sessions, what) -> int:
         return await session.scalar(select(func.count()).select_from(what))
 
 
-async def test_new_orders_are_refused_while_too_many_wait_too_long_and_nothing_is_stored(client, sessions):
+async def test_new_orders_are_refused_while_too_many_are_in_flight_and_nothing_is_stored(client, sessions, settings):
+    await paid(sessions, await in_flight(sessions, settings, 1))  # orders move, slowly: the minimum, 2, holds
     assert (await post(client, "a")).status_code == 202
-    assert (await post(client, "b")).status_code == 202
-    await age_submitted(sessions, 4)  # waiting, but not too long yet
-    assert (await post(client, "c")).status_code == 202
-    await age_submitted(sessions, 6)
+    assert (await post(client, "b")).status_code == 202  # one in flight: fewer than the minimum, 2
     before = await outbox(sessions)
 
-    refused = await post(client, "d")
+    refused = await post(client, "c")  # two in flight
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "3"
     assert refused.headers["content-type"].startswith("application/problem+json")
@@ -60,52 +70,52 @@ async def test_new_orders_are_refused_while_too_many_wait_too_long_and_nothing_i
     assert "closed: refusing with 503" in (await client.get("/ops", headers=OPS)).text
 
 
-def _first(n: int):
-    return select(Order.id).order_by(Order.created_at, Order.id).limit(n).scalar_subquery()
-
-
-async def test_the_door_opens_again_when_the_orders_are_paid(client, sessions):
-    for key in "abc":
-        assert (await post(client, key)).status_code == 202
-    await age_submitted(sessions, 60)
+async def test_the_door_opens_again_when_orders_are_paid(client, sessions, settings):
+    await paid(sessions, await in_flight(sessions, settings, 1))
+    waiting = await in_flight(sessions, settings, 3)
     assert (await post(client, "d")).status_code == 503
-    async with sessions.begin() as session:  # one confirmed, which still waits for its payment
-        await session.execute(update(Order).where(Order.id.in_(_first(1))).values(status="confirmed"))
+    async with sessions.begin() as session:  # confirmed still waits for its payment: in flight
+        await session.execute(update(Order).where(Order.id == waiting[0]).values(status="confirmed"))
     assert (await post(client, "d")).status_code == 503
-    async with sessions.begin() as session:  # two of them paid: one is left waiting, fewer than 2
-        await session.execute(update(Order).where(Order.id.in_(_first(2))).values(status="paid"))
+    await paid(sessions, waiting[:2])
     placed = await post(client, "d")  # the same key as the refused request: now placed
     assert placed.status_code == 202
-    assert await count(sessions, Order) == 4
+    assert await count(sessions, Order) == 5
 
 
-async def test_orders_stuck_on_their_own_do_not_close_the_door(client, sessions):
-    assert (await post(client, "a")).status_code == 202
-    await age_submitted(sessions, 3600)  # one order stuck for an hour, fewer than admission_late_orders
-    assert (await post(client, "b")).status_code == 202
+async def test_the_recent_pace_lets_more_in_flight(client, sessions, settings):
+    # 10 orders paid in the last 5 s: 2 a second, so 10 may wait (5 s at that pace)
+    await paid(sessions, await in_flight(sessions, settings, 10), seconds_ago=2)
+    await in_flight(sessions, settings, 9)
+    assert (await post(client, "e")).status_code == 202  # the 10th in flight
+    assert (await post(client, "f")).status_code == 503
 
 
-@pytest.mark.parametrize(("max_wait", "late_orders"), [(0, 2), (5.0, 0)])
-async def test_zero_turns_the_check_off(client, sessions, max_wait, late_orders):
-    for key in "abc":
-        assert (await post(client, key)).status_code == 202
-    await age_submitted(sessions, 60)
-    door = Admission(max_wait_seconds=max_wait, late_orders=late_orders, refresh_seconds=0, registry=CollectorRegistry())
+async def test_while_nothing_moves_at_all_the_door_stays_open(client, sessions, settings):
+    """An outage, not overload: the outbox and the queues hold the orders until it ends."""
+    await paid(sessions, await in_flight(sessions, settings, 10), seconds_ago=6)  # before the window
+    await in_flight(sessions, settings, 5)
+    assert (await post(client, "e")).status_code == 202
+
+
+async def test_zero_turns_the_check_off(sessions, settings):
+    await in_flight(sessions, settings, 3)
+    door = Admission(max_wait_seconds=0, min_in_flight=1, refresh_seconds=0, registry=CollectorRegistry())
     async with sessions() as session:
         await door.check(session, datetime.now(UTC))  # does not raise
 
 
-async def test_the_backlog_is_read_at_most_once_per_refresh(client, sessions):
-    door = Admission(max_wait_seconds=5.0, late_orders=1, refresh_seconds=60, registry=CollectorRegistry())
+async def test_the_backlog_is_read_at_most_once_per_refresh(sessions, settings):
+    door = Admission(max_wait_seconds=5.0, min_in_flight=1, refresh_seconds=2, registry=CollectorRegistry())
     now = datetime.now(UTC)
 
     async def check(at: datetime) -> None:
         async with sessions() as session:
             await door.check(session, at)
 
+    await paid(sessions, await in_flight(sessions, settings, 1))
     await check(now)
-    assert (await post(client, "a")).status_code == 202
-    await age_submitted(sessions, 60)
-    await check(now + timedelta(seconds=59))  # the reading of a minute ago stands
+    await in_flight(sessions, settings, 1)
+    await check(now + timedelta(seconds=1.9))  # the reading of 1.9 s ago stands
     with pytest.raises(Overloaded):
-        await check(now + timedelta(seconds=60))
+        await check(now + timedelta(seconds=2))

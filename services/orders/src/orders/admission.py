@@ -1,21 +1,28 @@
 """Admission control at the door: new orders are refused (``503`` with ``Retry-After``) while the
-saga lags too far behind the orders already accepted.
+orders already accepted would take too long to be paid.
 
 Without it, a burst past what the system can take is accepted whole (a ``POST`` costs little) and
-the work queues behind it: the saga's payment deadline then passes for orders that only waited in
-a queue, and they are cancelled ``payment_timeout`` after the customer was told they were placed.
-Refusing at the door instead keeps what was accepted moving at the pace the system can sustain,
-and the gateway tries again later with the same ``Idempotency-Key`` (a refused request stores
-nothing).
+the work queues behind it: accepted orders wait a minute to be paid, and those whose payment waits
+past the saga's deadline are cancelled ``payment_timeout`` after the customer was told they were
+placed. Refusing at the door instead keeps what was accepted moving at the pace the system can
+sustain, and the gateway tries again later with the same ``Idempotency-Key`` (a refused request
+stores nothing).
 
-The signal is how long accepted orders wait to be paid: the door closes while at least
-``late_orders`` orders placed more than ``max_wait_seconds`` ago are still ``submitted`` or
-``confirmed`` (no stock answer, or no payment answer, yet), and opens again as soon as fewer are.
-Both count, because the queue builds wherever the system is slowest: under a CPU-bound burst it
-was mostly after the stock step. A handful of orders stuck on their own
-(a message in a dead-letter queue) does not close it. It is read from the orders table, once per
-``refresh_seconds`` at most, so every replica of the service sees the same backlog. Orders placed
-as commands on RabbitMQ are not refused: their queue is already the buffer.
+The signal is Little's law: orders in flight (``submitted`` or ``confirmed``: placed, not paid or
+cancelled yet) ÷ the pace at which orders left that state over the last ``window_seconds`` is how
+long a new order would wait. The door closes while that is over ``max_wait_seconds``, and never
+while fewer than ``min_in_flight`` orders are in flight (a burst on an idle system, whose recent
+pace says little of what it can take). It reacts within a second: a signal built on how old the
+waiting orders are lets a burst in for ``max_wait_seconds`` before it sees it, and 50 orders/s for
+5 s was a minute of work here.
+
+The door is for overload: orders moving, but slower than they come. When none moves at all (the
+broker or a service down), it stays open: the outbox and the durable queues hold what is accepted
+until the outage ends, and the saga's deadlines bound how long an order waits.
+
+It is read from the orders table, at most once per ``refresh_seconds``, so every replica of the
+service sees the same. Orders placed as commands on RabbitMQ are not refused: their queue is
+already the buffer.
 """
 
 from __future__ import annotations
@@ -29,17 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from events.logs import get_logger
 from events.types import OrderStatus
-from orders.db import Order
+from orders.db import Order, OrderHistory
 
 log = get_logger(__name__)
 
 NOT_PAID_YET = (OrderStatus.SUBMITTED, OrderStatus.CONFIRMED)
+LEFT = (OrderStatus.PAID, OrderStatus.CANCELLED)
 
-_LATE = select(func.count()).select_from(
-    select(Order.id)
-    .where(Order.status.in_(NOT_PAID_YET), Order.created_at < bindparam("cutoff"))
-    .limit(bindparam("enough"))
-    .subquery()
+_IN_FLIGHT = select(func.count()).select_from(Order).where(Order.status.in_(NOT_PAID_YET))
+_LEFT_SINCE = select(func.count()).select_from(OrderHistory).where(
+    OrderHistory.status.in_(LEFT), OrderHistory.at >= bindparam("since")
 )
 
 
@@ -56,12 +62,14 @@ class Admission:
         self,
         *,
         max_wait_seconds: float,
-        late_orders: int,
+        min_in_flight: int,
+        window_seconds: float = 5.0,
         refresh_seconds: float = 0.5,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self._max_wait = timedelta(seconds=max_wait_seconds)
-        self._late_orders = late_orders
+        self._max_wait = max_wait_seconds
+        self._min_in_flight = min_in_flight
+        self._window = timedelta(seconds=window_seconds)
         self._refresh = timedelta(seconds=refresh_seconds)
         self._checked_at: datetime | None = None
         self.open = True
@@ -73,7 +81,14 @@ class Admission:
 
     @property
     def enabled(self) -> bool:
-        return self._late_orders > 0 and self._max_wait > timedelta(0)
+        return self._max_wait > 0
+
+    def limit(self, left_per_s: float) -> int | None:
+        """How many orders may be in flight at this pace before a new one would wait too long; None
+        (no limit) when none moves at all."""
+        if left_per_s == 0:
+            return None
+        return max(self._min_in_flight, math.floor(left_per_s * self._max_wait))
 
     async def check(self, session: AsyncSession, now: datetime) -> None:
         """Raise :class:`Overloaded` while the door is closed; reads the backlog inside ``session``
@@ -81,11 +96,13 @@ class Admission:
         if not self.enabled:
             return
         if self._checked_at is None or now - self._checked_at >= self._refresh:
-            late = await session.scalar(_LATE, {"cutoff": now - self._max_wait, "enough": self._late_orders})
-            was_open, self.open, self._checked_at = self.open, late < self._late_orders, now
+            in_flight = await session.scalar(_IN_FLIGHT)
+            pace = await session.scalar(_LEFT_SINCE, {"since": now - self._window}) / self._window.total_seconds()
+            limit = self.limit(pace)
+            was_open, self.open, self._checked_at = self.open, limit is None or in_flight < limit, now
             if was_open != self.open:
-                log.warning("admission.closed" if was_open else "admission.open", late_orders=late,
-                            max_wait_s=self._max_wait.total_seconds())
+                log.warning("admission.closed" if was_open else "admission.open", in_flight=in_flight,
+                            limit=limit, left_per_s=round(pace, 2))
         if not self.open:
             self.refused += 1
             self._refused.inc()

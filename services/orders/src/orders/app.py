@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with ServiceRuntime(s, routers=routers) as runtime, handlers.deadlines(runtime.sessions, s):
             app.state.runtime = runtime
             app.state.admission = Admission(
-                max_wait_seconds=s.admission_max_wait_seconds, late_orders=s.admission_late_orders,
+                max_wait_seconds=s.admission_max_wait_seconds, min_in_flight=s.admission_min_in_flight,
                 registry=runtime.registry,
             )
             yield

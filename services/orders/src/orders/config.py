@@ -23,9 +23,10 @@ class Settings(ServiceSettings):
     """A request still "in progress" after this long died half-way; its key may be used again."""
     stuck_after_seconds: float = 300.0
     admission_max_wait_seconds: float = Field(default=5.0, ge=0)
-    """New orders are refused (503) while ``admission_late_orders`` orders have waited longer than
-    this to be paid (still submitted or confirmed; orders.admission); 0 turns the check off."""
-    admission_late_orders: int = Field(default=20, ge=0)
+    """New orders are refused (503) while the orders in flight would take longer than this to be
+    paid at the recent pace (orders.admission); 0 turns the check off."""
+    admission_min_in_flight: int = Field(default=50, ge=1)
+    """The door never closes while fewer orders than this are in flight."""
     inventory_url: str = "http://127.0.0.1:8001"
     ops_api_key: str = "dev-ops-key"
     """The key the dashboard uses to read low stock from inventory."""

@@ -91,11 +91,24 @@ async def test_the_recent_pace_lets_more_in_flight(client, sessions, settings):
     assert (await post(client, "f")).status_code == 503
 
 
-async def test_while_nothing_moves_at_all_the_door_stays_open(client, sessions, settings):
-    """An outage, not overload: the outbox and the queues hold the orders until it ends."""
+async def test_while_nothing_moves_only_the_minimum_is_let_in(client, sessions, settings):
     await paid(sessions, await in_flight(sessions, settings, 10), seconds_ago=6)  # before the window
-    await in_flight(sessions, settings, 5)
+    await in_flight(sessions, settings, 1)
     assert (await post(client, "e")).status_code == 202
+    assert (await post(client, "f")).status_code == 503
+
+
+async def test_while_the_broker_is_out_of_reach_the_door_stays_open(sessions, settings):
+    """The outbox holds what is accepted until the broker is back."""
+    await in_flight(sessions, settings, 5)
+    broker_down = True
+    door = Admission(max_wait_seconds=5.0, min_in_flight=2, refresh_seconds=0, registry=CollectorRegistry(),
+                     outage=lambda: broker_down)
+    async with sessions() as session:
+        await door.check(session, datetime.now(UTC))  # does not raise
+        broker_down = False
+        with pytest.raises(Overloaded):
+            await door.check(session, datetime.now(UTC))
 
 
 async def test_zero_turns_the_check_off(sessions, settings):

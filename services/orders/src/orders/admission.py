@@ -16,9 +16,9 @@ pace says little of what it can take). It reacts within a second: a signal built
 waiting orders are lets a burst in for ``max_wait_seconds`` before it sees it, and 50 orders/s for
 5 s was a minute of work here.
 
-The door is for overload: orders moving, but slower than they come. When none moves at all (the
-broker or a service down), it stays open: the outbox and the durable queues hold what is accepted
-until the outage ends, and the saga's deadlines bound how long an order waits.
+While the broker is out of reach (``outage``), the door stays open: the outbox holds what is
+accepted until the broker is back, as it always has. Otherwise, when nothing moves at all (the
+start of a burst, or a service down), up to ``min_in_flight`` orders are let in.
 
 It is read from the orders table, at most once per ``refresh_seconds``, so every replica of the
 service sees the same. Orders placed as commands on RabbitMQ are not refused: their queue is
@@ -28,6 +28,7 @@ already the buffer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter
@@ -66,8 +67,10 @@ class Admission:
         window_seconds: float = 5.0,
         refresh_seconds: float = 0.5,
         registry: CollectorRegistry | None = None,
+        outage: Callable[[], bool] = lambda: False,
     ) -> None:
         self._max_wait = max_wait_seconds
+        self._outage = outage
         self._min_in_flight = min_in_flight
         self._window = timedelta(seconds=window_seconds)
         self._refresh = timedelta(seconds=refresh_seconds)
@@ -85,8 +88,8 @@ class Admission:
 
     def limit(self, left_per_s: float) -> int | None:
         """How many orders may be in flight at this pace before a new one would wait too long; None
-        (no limit) when none moves at all."""
-        if left_per_s == 0:
+        (no limit) while the broker is out of reach and nothing moves."""
+        if left_per_s == 0 and self._outage():
             return None
         return max(self._min_in_flight, math.floor(left_per_s * self._max_wait))
 

@@ -119,7 +119,7 @@ async def test_zero_turns_the_check_off(sessions, settings):
 
 
 async def test_the_backlog_is_read_at_most_once_per_refresh(sessions, settings):
-    door = Admission(max_wait_seconds=5.0, min_in_flight=1, refresh_seconds=2, registry=CollectorRegistry())
+    door = Admission(max_wait_seconds=5.0, min_in_flight=3, refresh_seconds=2, registry=CollectorRegistry())
     now = datetime.now(UTC)
 
     async def check(at: datetime) -> None:
@@ -127,8 +127,22 @@ async def test_the_backlog_is_read_at_most_once_per_refresh(sessions, settings):
             await door.check(session, at)
 
     await paid(sessions, await in_flight(sessions, settings, 1))
-    await check(now)
-    await in_flight(sessions, settings, 1)
-    await check(now + timedelta(seconds=1.9))  # the reading of 1.9 s ago stands
-    with pytest.raises(Overloaded):
+    await check(now)  # let in: 1 in flight, not stored yet
+    await in_flight(sessions, settings, 1)  # stored past this door: the reading does not see it yet
+    await check(now + timedelta(seconds=1.9))  # the reading of 1.9 s ago stands: 2 in flight
+    with pytest.raises(Overloaded):  # read again: 1 in the table and the 2 let in, not stored yet
         await check(now + timedelta(seconds=2))
+
+
+async def test_orders_let_in_count_until_they_are_stored(sessions, settings):
+    """A burst: requests the door let in still wait for the database; the table does not count
+    them yet, the door does."""
+    door = Admission(max_wait_seconds=5.0, min_in_flight=3, refresh_seconds=0, registry=CollectorRegistry())
+    await paid(sessions, await in_flight(sessions, settings, 1))
+    async with sessions() as session:
+        for _ in range(3):
+            await door.check(session, datetime.now(UTC))
+        with pytest.raises(Overloaded):
+            await door.check(session, datetime.now(UTC))
+        door.settled()  # one of them stored, or failed: no longer counted by the door
+        await door.check(session, datetime.now(UTC))

@@ -75,6 +75,10 @@ class Admission:
         self._window = timedelta(seconds=window_seconds)
         self._refresh = timedelta(seconds=refresh_seconds)
         self._checked_at: datetime | None = None
+        self._limit: int | None = None
+        self._counted = 0  # orders in flight at the last reading, with those let in and not stored then
+        self._let_in = 0  # let in since the last reading
+        self._pending = 0  # let in by this process, not stored yet
         self.open = True
         self.refused = 0
         self.retry_after = max(1, math.ceil(max_wait_seconds / 2))
@@ -94,19 +98,32 @@ class Admission:
         return max(self._min_in_flight, math.floor(left_per_s * self._max_wait))
 
     async def check(self, session: AsyncSession, now: datetime) -> None:
-        """Raise :class:`Overloaded` while the door is closed; reads the backlog inside ``session``
-        (the caller's: SQLite has one connection) when the last reading is older than the refresh."""
+        """Raise :class:`Overloaded` while the door is closed, else count the order as in flight
+        until :meth:`settled`. Reads the backlog inside ``session`` (the caller's: SQLite has one
+        connection) when the last reading is older than the refresh.
+
+        Between readings, and for orders let in but not stored yet (a burst queues them for the
+        database), the orders this process let in are counted on top of the reading: the table
+        alone lagged behind the door by hundreds of orders under a burst."""
         if not self.enabled:
             return
         if self._checked_at is None or now - self._checked_at >= self._refresh:
             in_flight = await session.scalar(_IN_FLIGHT)
             pace = await session.scalar(_LEFT_SINCE, {"since": now - self._window}) / self._window.total_seconds()
-            limit = self.limit(pace)
-            was_open, self.open, self._checked_at = self.open, limit is None or in_flight < limit, now
-            if was_open != self.open:
-                log.warning("admission.closed" if was_open else "admission.open", in_flight=in_flight,
-                            limit=limit, left_per_s=round(pace, 2))
+            self._limit, self._checked_at = self.limit(pace), now
+            self._counted, self._let_in = in_flight + self._pending, 0
+        estimate = self._counted + self._let_in
+        was_open = self.open
+        self.open = self._limit is None or estimate < self._limit
+        if was_open != self.open:
+            log.info("admission.closed" if was_open else "admission.open", in_flight=estimate, limit=self._limit)
         if not self.open:
             self.refused += 1
             self._refused.inc()
             raise Overloaded(self.retry_after)
+        self._let_in += 1
+        self._pending += 1
+
+    def settled(self) -> None:
+        """An order :meth:`check` let in is stored (or failed): the table counts it from now on."""
+        self._pending -= 1

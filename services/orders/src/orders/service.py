@@ -86,35 +86,41 @@ async def place_order(
     closed; a key seen before is answered as always, so a gateway that lost its answer gets it."""
     fingerprint = request_fingerprint(request)
     now = _now()
+    admitted = False  # let in by the door: it counts the order until it is stored
     try:
-        async with sessions.begin() as session:
-            existing = (await session.execute(_KEY, {"key": key})).first()
-            if existing is None and admission is not None:
-                await admission.check(session, now)
-            if existing is not None:
-                if existing.fingerprint != fingerprint:
-                    raise KeyReused(key)
-                if existing.state == "done":
-                    return Placed(existing.order_id, created=False)
-                if now - existing.created_at < timedelta(seconds=settings.idempotency_abandoned_seconds):
-                    raise KeyInProgress(key)
-                # the first attempt died half-way: take it over
-                await session.execute(_UPDATE_KEY, {"key_key": key, "created_at": now})
-            else:
-                await session.execute(_INSERT_KEY, {"key": key, "fingerprint": fingerprint, "state": "in_progress",
-                                                    "order_id": None, "created_at": now})
-    except IntegrityError as exc:  # a concurrent request claimed the key first
-        raise KeyInProgress(key) from exc
+        try:
+            async with sessions.begin() as session:
+                existing = (await session.execute(_KEY, {"key": key})).first()
+                if existing is None and admission is not None:
+                    await admission.check(session, now)
+                    admitted = True
+                if existing is not None:
+                    if existing.fingerprint != fingerprint:
+                        raise KeyReused(key)
+                    if existing.state == "done":
+                        return Placed(existing.order_id, created=False)
+                    if now - existing.created_at < timedelta(seconds=settings.idempotency_abandoned_seconds):
+                        raise KeyInProgress(key)
+                    # the first attempt died half-way: take it over
+                    await session.execute(_UPDATE_KEY, {"key_key": key, "created_at": now})
+                else:
+                    await session.execute(_INSERT_KEY, {"key": key, "fingerprint": fingerprint, "state": "in_progress",
+                                                        "order_id": None, "created_at": now})
+        except IntegrityError as exc:  # a concurrent request claimed the key first
+            raise KeyInProgress(key) from exc
 
-    order_id = f"ord_{uuid.uuid4().hex}"
-    async with sessions.begin() as session:
-        if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
-            claim = (await session.execute(_KEY, {"key": key})).first()
-            return Placed(claim.order_id or "", created=False)
-        await _create(session, order_id, request, settings=settings, cause=cause, now=now)
-        await session.execute(_UPDATE_KEY, {"key_key": key, "state": "done", "order_id": order_id})
-    log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
-    return Placed(order_id, created=True)
+        order_id = f"ord_{uuid.uuid4().hex}"
+        async with sessions.begin() as session:
+            if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
+                claim = (await session.execute(_KEY, {"key": key})).first()
+                return Placed(claim.order_id or "", created=False)
+            await _create(session, order_id, request, settings=settings, cause=cause, now=now)
+            await session.execute(_UPDATE_KEY, {"key_key": key, "state": "done", "order_id": order_id})
+        log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
+        return Placed(order_id, created=True)
+    finally:
+        if admitted:
+            admission.settled()
 
 
 # Built once, executed with parameters: a statement built per call (``insert(...).values(...)``)

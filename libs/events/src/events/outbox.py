@@ -178,7 +178,10 @@ class OutboxRelay:
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """Connected to the broker now. A robust connection that lost the broker is not closed (it
+        keeps trying to reconnect): it has no transport until it is back."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.transport is not None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import and_, or_, select
 
-from events.logs import get_logger
 from events.orders import Address, PlaceOrder
 from events.settings import Role
 from events.types import Channel, LineItem, OrderStatus
@@ -23,7 +22,6 @@ from orders.domain import ReturnRefused, business_errors, return_value
 from orders.saga import AddressChangeRequested, AttentionResolved, CancelRequested, Refused, ReturnRequested
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
-log = get_logger(__name__)
 
 
 def _money(value: Any) -> str:
@@ -186,10 +184,7 @@ async def resolve_attention(order_id: str, rt: Runtime) -> dict[str, Any]:
     """Ops say they handled by hand what the saga marked for attention (a refund that got no
     answer, a parcel the carrier took after the order was cancelled): the mark is cleared and the
     order leaves the dashboard's "Needs attention". 409 when nothing about it waits for a person."""
-    before = await _load(rt, order_id)
-    order = await _request(rt, order_id, AttentionResolved())
-    log.warning("order.attention_resolved", order_id=order_id, was=before.attention)
-    return order
+    return await _request(rt, order_id, AttentionResolved())
 
 
 class ReturnBody(BaseModel):

@@ -247,6 +247,7 @@ async def apply(
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
         if old.attention is not None and new.attention is None:  # resolved by a person
+            log.warning("order.attention_resolved", order_id=order_id, was=order.attention)
             order.attention = None
         if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
             order.payment_token = None  # decided: the token is of no more use

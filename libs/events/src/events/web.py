@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.logs import get_logger
 from events.runtime import ServiceRuntime
-from events.settings import Role
+from events.settings import Role, ServiceSettings
 from events.telemetry import context_from, tracer
 
 log = get_logger("events.web")
@@ -62,20 +63,40 @@ async def runtime(request: Request) -> ServiceRuntime:
 Runtime = Annotated[ServiceRuntime, Depends(runtime)]
 
 
-def require(*roles: Role):
-    """A dependency that lets through only callers whose API key holds one of ``roles`` (admin: all)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the API key's name (recorded as the actor of what it does) and its role."""
 
-    async def check(request: Request) -> Role:
+    name: str
+    role: Role
+
+    def may(self, *roles: Role) -> bool:
+        return self.role is Role.ADMIN or self.role in roles
+
+
+def authenticate(settings: ServiceSettings, key: str) -> Caller | None:
+    """The caller an API key stands for, or None for an unknown key."""
+    role = settings.api_keys.get(key.strip())
+    if role is None:
+        return None
+    return Caller(name=key.strip().removesuffix("-key"), role=role)
+
+
+def require(*roles: Role):
+    """A dependency that lets through only callers whose API key holds one of ``roles`` (admin: all),
+    and gives the handler the ``Caller``."""
+
+    async def check(request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Problem(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <api key>")
-        role = request.app.state.runtime.settings.api_keys.get(key.strip())
-        if role is None:
+        caller = authenticate(request.app.state.runtime.settings, key)
+        if caller is None:
             raise Problem(401, "unauthorized", "Unauthorized", "unknown API key")
-        if role is not Role.ADMIN and role not in roles:
-            raise Problem(403, "forbidden", "Forbidden", f"this key's role ({role}) may not do this")
-        return role
+        if not caller.may(*roles):
+            raise Problem(403, "forbidden", "Forbidden", f"this key's role ({caller.role}) may not do this")
+        return caller
 
     return Depends(check)
 

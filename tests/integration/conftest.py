@@ -1,8 +1,8 @@
 """The whole OMS for the integration tests: the five service processes, migrated and seeded, on
 free ports, against the session's real broker (see the root conftest), with a local SMTP sink.
 
-Started once per test session and stopped at its end, every process by its PID. Deadlines are
-short here (payment timeout 3 s) so the failure paths run quickly. The carrier simulation is
+Started once per test session and stopped at its end, every process by its PID. Provider
+timeouts are short here (8 s) so the failure paths run quickly. The carrier simulation is
 switched by the ``simulated_carrier`` / ``manual_carrier`` fixtures (shipping is restarted when the
 mode changes).
 """
@@ -19,7 +19,6 @@ from omstools.system import System
 
 TEST_ENV = {
     "OMS_ENV": "test",
-    "ORDERS_PAYMENT_TIMEOUT_SECONDS": "3",
     "ORDERS_STEP_TIMEOUT_SECONDS": "10",
     "ORDERS_DEADLINE_POLL_SECONDS": "0.2",
     "PAYMENTS_PROVIDER_TIMEOUT_SECONDS": "8",

@@ -20,7 +20,7 @@ from orders.db import Base
 def settings(tmp_path) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/orders.db",
-        payment_timeout_seconds=10, step_timeout_seconds=30, max_quantity_per_line=100,
+        step_timeout_seconds=30, max_quantity_per_line=100,
         inventory_url="http://127.0.0.1:9", amqp_url="amqp://guest:guest@127.0.0.1:9/",
     )
 

@@ -36,12 +36,13 @@ from orders.saga import (
     ReturnRequested,
     Saga,
     Timeouts,
+    Warn,
     advance,
     start,
 )
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-TIMEOUTS = Timeouts(payment_seconds=10, step_seconds=30, max_resends=2)
+TIMEOUTS = Timeouts(resend_seconds=30, warn_seconds=60, give_up_seconds=90)
 ORDER = "ord_1"
 TOTAL = Decimal("79.80")
 
@@ -119,14 +120,27 @@ def test_payment_declined_releases_stock():
     assert saga.stock == "released" and saga.deadline_at is None
 
 
-def test_payment_deadline_cancels_with_payment_timeout_and_releases():
+def test_silence_of_payments_resends_the_capture_warns_and_only_then_gives_up():
     saga, _ = run(RESERVED)
-    assert saga.deadline_at == at(10)
+    assert saga.deadline_at == at(30)
     early, intents = advance(saga, DeadlineReached(), now=at(5), timeouts=TIMEOUTS)
     assert early.status == "confirmed" and intents == []
-    saga, intents = advance(saga, DeadlineReached(), now=at(10), timeouts=TIMEOUTS)
-    assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert saga.status == "confirmed" and intents == [Capture()]  # resent, not cancelled
+    saga, intents = advance(saga, DeadlineReached(), now=at(60), timeouts=TIMEOUTS)
+    assert saga.status == "confirmed" and saga.warned
+    assert intents == [Warn(step="capture", waiting_since=T0, give_up_at=at(90)), Capture()]
+    saga, intents = advance(saga, DeadlineReached(), now=at(90), timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "saga_timeout")
     assert intents == [Release()]
+
+
+def test_an_answer_after_resends_moves_on_and_stops_waiting():
+    saga, _ = run(RESERVED)
+    saga, _ = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    saga, intents = advance(saga, CAPTURED, now=at(40), timeouts=TIMEOUTS)
+    assert saga.status == "paid" and saga.waiting_since == at(40) and not saga.warned
+    assert intents == [CreateShipment(warehouse="SH")]
 
 
 def test_a_capture_payments_took_too_late_cancels_with_payment_timeout():
@@ -134,11 +148,11 @@ def test_a_capture_payments_took_too_late_cancels_with_payment_timeout():
     assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
 
 
-def test_capture_after_the_deadline_is_refunded_never_kept():
+def test_capture_after_the_saga_gave_up_is_refunded_never_kept():
     saga, _ = run(RESERVED)
-    saga, _ = advance(saga, DeadlineReached(), now=at(11), timeouts=TIMEOUTS)
-    saga, intents = advance(saga, CAPTURED, now=at(20), timeouts=TIMEOUTS)
-    assert saga.status == "cancelled" and saga.reason == "payment_timeout"
+    saga, _ = advance(saga, DeadlineReached(), now=at(91), timeouts=TIMEOUTS)
+    saga, intents = advance(saga, CAPTURED, now=at(100), timeouts=TIMEOUTS)
+    assert saga.status == "cancelled" and saga.reason == "saga_timeout"
     assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
     again, intents = advance(saga, CAPTURED, now=at(21), timeouts=TIMEOUTS)
     assert intents == []  # the same capture twice: still one refund
@@ -267,7 +281,7 @@ def test_stock_step_resends_then_gives_up_with_saga_timeout():
     saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
     assert intents == [Reserve()] and saga.deadline_at == at(60)
     saga, intents = advance(saga, DeadlineReached(), now=at(60), timeouts=TIMEOUTS)
-    assert intents == [Reserve()]
+    assert intents[1:] == [Reserve()] and isinstance(intents[0], Warn)
     saga, intents = advance(saga, DeadlineReached(), now=at(90), timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "saga_timeout")
     assert intents == [Release()]
@@ -280,7 +294,7 @@ def test_unanswered_compensation_is_resent_then_marked_for_attention():
     assert intents == [Release(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]  # resent, same key
     saga, _ = advance(saga, RELEASED, now=at(31), timeouts=TIMEOUTS)
     saga, intents = advance(saga, DeadlineReached(), now=at(61), timeouts=TIMEOUTS)
-    assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
+    assert intents[1:] == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")] and isinstance(intents[0], Warn)
     saga, intents = advance(saga, DeadlineReached(), now=at(91), timeouts=TIMEOUTS)
     assert len(intents) == 1 and isinstance(intents[0], RaiseAttention)
     assert saga.attention and saga.deadline_at is None and saga.status == "cancelled"

@@ -35,7 +35,7 @@ from orders import saga as s
 ORDER = "ord_p"
 TOTAL = Decimal("50.00")
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
-TIMEOUTS = s.Timeouts(payment_seconds=10, step_seconds=30, max_resends=3)
+TIMEOUTS = s.Timeouts(resend_seconds=30, warn_seconds=60, give_up_seconds=90)
 ITEMS = [LineItem(sku="SKU-1", quantity=2)]
 CARRIER_STEPS = ["picked_up", "in_transit", "out_for_delivery", "delivered"]
 
@@ -59,6 +59,7 @@ class World:
     carrier_step: int = 0
     return_expected: bool = False
     attention: int = 0
+    warnings: int = 0
 
     @property
     def refunded(self) -> Decimal:
@@ -125,6 +126,9 @@ class World:
                 return []
             case s.RaiseAttention():
                 self.attention += 1
+                return []
+            case s.Warn():
+                self.warnings += 1
                 return []
             case s.ChangeShipmentAddress():
                 return []
@@ -232,3 +236,6 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
     # Ops are asked to look only when answers came later than the saga's deadlines allow (a
     # compensation retried until it gave up); the order still ended final and consistent above.
     assert world.attention == 0 or run.late_answers or left_after_cancel, "every compensation was answered in time: none needs attention"
+    # Silence cancels nothing before the long deadline, and that deadline is warned of first.
+    if saga.reason == "saga_timeout":
+        assert run.late_answers and world.warnings >= 1, "cancelled saga_timeout without a long silence and a warning"

@@ -51,9 +51,10 @@ async def test_replies_move_the_order_and_emit_the_next_command(sessions, settin
     sent = await outbox(sessions)
     assert [m["key"] for m in sent[-3:]] == ["order.status_changed", "order.confirmed", "payments.capture_payment"]
     assert sent[-1]["causationid"] == reserved.id and sent[-1]["data"]["token"] == "tok_ok"
-    # payments is told when the saga stops waiting, so a command still queued then charges nothing
-    assert datetime.fromisoformat(sent[-1]["data"]["not_after"]) == order.deadline_at
-    assert order.deadline_at - datetime.now(UTC) > timedelta(seconds=settings.payment_timeout_seconds - 5)
+    # no deadline rides on the command: a late capture is still taken (the money may have moved)
+    assert sent[-1]["data"]["not_after"] is None
+    assert order.waiting_since is not None and order.deadline_at - order.waiting_since == timedelta(
+        seconds=settings.step_timeout_seconds)
 
     captured = envelope(PaymentCaptured, PaymentCaptured(order_id=order_id, payment_id="pay-1", amount=Decimal("79.80"),
                                                          currency="CNY", method="card"))
@@ -93,11 +94,22 @@ async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings)
     saga = dict((await load(sessions, order_id)).saga, deadline_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
     async with sessions.begin() as session:
         await session.execute(update(Order).where(Order.id == order_id).values(saga=saga))
-    # A fresh process sees the due deadline in the database and fires it.
+    # A fresh process sees the due deadline in the database and fires it: the capture is resent.
     assert await service.due_deadlines(sessions) == [order_id]
     await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
     order = await load(sessions, order_id)
-    assert (order.status, order.status_reason) == ("cancelled", "payment_timeout")
+    assert order.status == "confirmed" and order.deadline_at > datetime.now(UTC)
+    assert (await outbox(sessions))[-1]["key"] == "payments.capture_payment"
+    # Past the long deadline the saga gives up, warned first.
+    long_ago = (datetime.now(UTC) - timedelta(seconds=settings.saga_timeout_seconds + 1)).isoformat()
+    saga = dict(order.saga, deadline_at=long_ago, waiting_since=long_ago)
+    async with sessions.begin() as session:
+        await session.execute(update(Order).where(Order.id == order_id).values(saga=saga, waiting_since=datetime.fromisoformat(long_ago)))
+    assert [o.id for o in await service.waiting_long(sessions, settings=settings)] == [order_id]
+    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+    order = await load(sessions, order_id)
+    assert (order.status, order.status_reason) == ("cancelled", "saga_timeout")
+    assert order.payment_token is None  # cleared on every final status
     assert (await outbox(sessions))[-1]["key"] == "inventory.release_stock"
 
 

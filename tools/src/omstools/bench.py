@@ -515,7 +515,7 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
         system = System.on_free_ports(
             folder / "oms", amqp_url,
             env={"OMS_ENV": "local", "LOG_JSON": "true", "SHIPPING_CARRIER_SIMULATION": "true",
-                 "SHIPPING_SIMULATION_STEP_SECONDS": step_seconds, "ORDERS_PAYMENT_TIMEOUT_SECONDS": "30"},
+                 "SHIPPING_SIMULATION_STEP_SECONDS": step_seconds},
             report=lambda line: say(line),
         )
         stops.append(system.stop)

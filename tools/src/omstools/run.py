@@ -44,7 +44,7 @@ DEFAULTS = {
     "OMS_ENV": "local",
     "LOG_JSON": "false",
     "SHIPPING_CARRIER_SIMULATION": "true",
-    "ORDERS_PAYMENT_TIMEOUT_SECONDS": "10",
+    "PAYMENTS_PROVIDER_TIMEOUT_SECONDS": "10",
 }
 
 

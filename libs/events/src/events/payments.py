@@ -11,9 +11,9 @@ from events.types import CurrencyCode, Money, PaymentMethod
 class CapturePayment(Command):
     """Charge the customer. Point-to-point only: the token never goes into an event or a log.
 
-    ``not_after``: the moment the asker stops waiting for the answer (the saga's payment deadline).
-    A command still in its queue then is not charged: it is answered ``payment.failed`` with
-    reason ``expired``, so an order the saga has cancelled meanwhile is never charged and refunded.
+    Sent again while the saga has no answer; payments charges an order once whatever it receives.
+    ``not_after`` is kept for compatibility and ignored: a late command is still taken, since the
+    money may already have moved (an answer after a cancellation is refunded).
     """
 
     routing_key = "payments.capture_payment"

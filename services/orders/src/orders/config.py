@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from events.settings import ServiceSettings
@@ -12,11 +12,12 @@ class Settings(ServiceSettings):
 
     service: str = "orders"
     http_port: int = 8000
-    payment_timeout_seconds: float = Field(default=10.0, gt=0)
-    """How long the saga waits for the payment before cancelling with payment_timeout."""
     step_timeout_seconds: float = Field(default=30.0, gt=0)
-    """How long the other steps and the compensations wait before their command is sent again."""
-    max_resends: int = Field(default=3, ge=0)
+    """How long a step or a compensation waits for its answer before its command is sent again."""
+    saga_warning_seconds: float = Field(default=1200.0, gt=0)
+    """A step that has waited this long is shown to ops (dashboard, oms_saga_warnings_total)."""
+    saga_timeout_seconds: float = Field(default=1800.0, gt=0)
+    """A step that has waited this long is cancelled with saga_timeout (a compensation: attention)."""
     deadline_poll_seconds: float = Field(default=0.5, gt=0)
     max_quantity_per_line: int = Field(default=100, gt=0)
     idempotency_abandoned_seconds: float = 30.0
@@ -31,10 +32,16 @@ class Settings(ServiceSettings):
     ops_api_key: str = "dev-ops-key"
     """The key the dashboard uses to read low stock from inventory."""
 
+    @model_validator(mode="after")
+    def _warning_first(self) -> Settings:
+        if self.saga_warning_seconds >= self.saga_timeout_seconds:
+            raise ValueError("ORDERS_SAGA_WARNING_SECONDS must be shorter than ORDERS_SAGA_TIMEOUT_SECONDS")
+        return self
+
     @property
     def timeouts(self) -> Timeouts:
         return Timeouts(
-            payment_seconds=self.payment_timeout_seconds,
-            step_seconds=self.step_timeout_seconds,
-            max_resends=self.max_resends,
+            resend_seconds=self.step_timeout_seconds,
+            warn_seconds=self.saga_warning_seconds,
+            give_up_seconds=self.saga_timeout_seconds,
         )

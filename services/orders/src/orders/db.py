@@ -45,6 +45,8 @@ class Order(Base):
     shipment: Mapped[dict[str, Any] | None]
     saga: Mapped[dict[str, Any]]
     deadline_at: Mapped[datetime | None] = mapped_column(index=True)
+    waiting_since: Mapped[datetime | None] = mapped_column(index=True)
+    """Since when the saga waits for one answer (a projection of the saga, for the dashboard)."""
     attention: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]

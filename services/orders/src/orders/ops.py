@@ -24,6 +24,7 @@ from events.deadletters import parked_count
 from events.names import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 from events.settings import Role
 from events.web import Problem, Runtime, require
+from orders import service
 from orders.admission import Admission
 from orders.db import Order, OrderHistory, OrderLine
 
@@ -89,6 +90,7 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
                 )
             ).all()
         )
+    waiting = await service.waiting_long(rt.sessions, settings=rt.settings)
     parked = await parked_count(rt.sessions)  # its own session: never two at once (SQLite's write lock)
     depths = await _queue_depths(rt.settings.amqp_url)
     return {
@@ -96,6 +98,11 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
         "orders_by_status": by_status,
         "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck],
         "needs_attention": [{"id": i, "status": s, "attention": a} for i, s, a in attention],
+        "saga_deadline_near": [
+            {"id": i, "status": s, "waiting_since": w.isoformat(),
+             "gives_up_at": (w + timedelta(seconds=rt.settings.saga_timeout_seconds)).isoformat()}
+            for i, s, w in waiting
+        ],
         "throughput_last_5_min": {
             "placed": placed or 0, "paid": reached.get("paid", 0), "delivered": reached.get("delivered", 0),
             "cancelled": reached.get("cancelled", 0),
@@ -142,6 +149,9 @@ def _render(s: dict[str, Any]) -> str:
                ("order", "status", "since")),
         _table("Needs attention", [(o["id"], o["status"], o["attention"]) for o in s["needs_attention"]],
                ("order", "status", "why")),
+        _table("Waiting long for an answer (saga_timeout comes next)",
+               [(o["id"], o["status"], o["waiting_since"], o["gives_up_at"]) for o in s["saga_deadline_near"]],
+               ("order", "status", "waiting since", "cancelled at")),
         _table("Messages", [("dead letters parked", s["dead_letters"]["parked"]),
                             ("dead letters waiting", s["dead_letters"]["waiting_in_queue"]),
                             ("events nobody subscribes to", s["unrouted_events"]),

@@ -23,11 +23,13 @@ the commands the intents become, in one transaction. A reply that does not fit t
 (late, duplicate, out of order) leaves the saga as it is, or is compensated (a capture that arrives
 after the order was cancelled is refunded; a reservation that arrives after it is released).
 
-Every step that waits has a deadline stored with the saga. When it passes, the orders service
-feeds ``DeadlineReached``: the payment step then fails with ``payment_timeout``; other steps resend
-their command (receivers are idempotent) up to ``max_resends`` times and then give up with
-``saga_timeout``; unfinished compensations are resent the same way and, if they still get no
-answer, the order is marked for attention (``RaiseAttention``) rather than dropped.
+Every step that waits has a deadline stored with the saga. Silence is not an answer: while a
+service is down, restarting or cut off from the broker, the saga sends the step's command again
+every ``resend_seconds`` (receivers are idempotent) and keeps waiting. Only an answer (declined,
+timed out at the provider, no stock, no carrier) or the customer cancels an order; a step that has
+waited ``warn_seconds`` warns ops (``Warn``), and one that has waited ``give_up_seconds`` is
+cancelled with ``saga_timeout``. Unfinished compensations are resent the same way and, when the
+long deadline passes, the order is marked for attention (``RaiseAttention``) rather than dropped.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
 BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})
 CARRIER_HAS_IT = frozenset({S.SHIPPED, S.IN_TRANSIT})
 
-# "expired": payments took the capture command after its deadline and charged nothing
+# "expired": sent by payments before it stopped expiring late commands; still understood
 PAYMENT_FAILURES = {
     "declined": CancelReason.PAYMENT_DECLINED,
     "provider_timeout": CancelReason.PAYMENT_TIMEOUT,
@@ -160,9 +162,18 @@ class RaiseAttention:
     detail: str
 
 
+@dataclass(frozen=True)
+class Warn:
+    """The step has waited long: ops are told before ``saga_timeout`` fires."""
+
+    step: str
+    waiting_since: datetime
+    give_up_at: datetime
+
+
 Intent = (
     Reserve | Release | Commit | Capture | Refund | CreateShipment | CancelShipment | ChangeShipmentAddress
-    | ExpectReturn | Restock | RaiseAttention
+    | ExpectReturn | Restock | RaiseAttention | Warn
 )
 
 
@@ -172,9 +183,12 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Timeouts:
-    payment_seconds: float = 10.0
-    step_seconds: float = 30.0
-    max_resends: int = 3
+    resend_seconds: float = 30.0
+    """A step with no answer yet sends its command again after this long."""
+    warn_seconds: float = 1200.0
+    """A step that has waited this long warns ops."""
+    give_up_seconds: float = 1800.0
+    """A step that has waited this long gives up: ``saga_timeout``, or attention for a compensation."""
 
 
 # --- the saga's state -----------------------------------------------------------------------
@@ -235,8 +249,10 @@ class Saga:
     return_items: tuple[LineItem, ...] = ()
     return_amount: Decimal = Decimal("0")
     waiting_for: Wait | None = None
-    deadline_at: datetime | None = None
+    waiting_since: datetime | None = None
+    deadline_at: datetime | None = None  # the next time the saga looks again: resend, warn or give up
     resends: int = 0
+    warned: bool = False
     attention: str | None = None
     ignored: int = field(default=0, compare=False)  # replies that did not fit, for the record
 
@@ -247,6 +263,7 @@ class Saga:
         for k in ("total", "captured", "refunded", "return_amount"):
             d[k] = format(d[k], "f")
         d["deadline_at"] = self.deadline_at.isoformat() if self.deadline_at else None
+        d["waiting_since"] = self.waiting_since.isoformat() if self.waiting_since else None
         d["return_items"] = [i.model_dump(mode="json") for i in self.return_items]
         d["refunds"] = [[key, format(amount, "f")] for key, amount in self.refunds]
         d["refunds_done"], d["refund_ids"] = list(self.refunds_done), list(self.refund_ids)
@@ -261,6 +278,9 @@ class Saga:
         d["stock"], d["payment"], d["parcel"] = Stock(d["stock"]), Pay(d["payment"]), Parcel(d["parcel"])
         d["waiting_for"] = Wait(d["waiting_for"]) if d.get("waiting_for") else None
         d["deadline_at"] = datetime.fromisoformat(d["deadline_at"]) if d.get("deadline_at") else None
+        # sagas saved before the wait was timed from its start: time it from now on
+        since = d.get("waiting_since") or (d["deadline_at"].isoformat() if d["deadline_at"] else None)
+        d["waiting_since"] = datetime.fromisoformat(since) if since else None
         d["return_items"] = tuple(LineItem.model_validate(i) for i in d.get("return_items", ()))
         d["refunds"] = tuple((key, Decimal(amount)) for key, amount in d.get("refunds", ()))
         d["refunds_done"], d["refund_ids"] = tuple(d.get("refunds_done", ())), tuple(d.get("refund_ids", ()))
@@ -304,9 +324,18 @@ def _ignore(saga: Saga) -> tuple[Saga, list[Intent]]:
 
 def _wait(saga: Saga, what: Wait | None, now: datetime, timeouts: Timeouts) -> Saga:
     if what is None:
-        return replace(saga, waiting_for=None, deadline_at=None, resends=0)
-    seconds = timeouts.payment_seconds if what is Wait.CAPTURE else timeouts.step_seconds
-    return replace(saga, waiting_for=what, deadline_at=now + timedelta(seconds=seconds), resends=0)
+        return replace(saga, waiting_for=None, waiting_since=None, deadline_at=None, resends=0, warned=False)
+    saga = replace(saga, waiting_for=what, waiting_since=now, resends=0, warned=False)
+    return replace(saga, deadline_at=_next_look(saga, now, timeouts))
+
+
+def _next_look(saga: Saga, now: datetime, t: Timeouts) -> datetime:
+    """The next resend, or the warning or the give-up if it comes first."""
+    since = saga.waiting_since or now
+    marks = [now + timedelta(seconds=t.resend_seconds), since + timedelta(seconds=t.give_up_seconds)]
+    if not saga.warned:
+        marks.append(since + timedelta(seconds=t.warn_seconds))
+    return max(min(marks), now)
 
 
 # step 1: reserve stock
@@ -474,23 +503,37 @@ def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeou
 
 
 def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
-    if saga.deadline_at is None or now < saga.deadline_at:
+    if saga.deadline_at is None or saga.waiting_for is None or now < saga.deadline_at:
         return _ignore(saga)  # fired early or twice
-    match saga.waiting_for:
-        case Wait.CAPTURE:
-            return _cancel(saga, CancelReason.PAYMENT_TIMEOUT, now, t)
-        case Wait.RESERVE | Wait.SHIP if saga.resends < t.max_resends:
-            again = Reserve() if saga.waiting_for is Wait.RESERVE else CreateShipment(warehouse=saga.warehouse or "")
-            return _resend(saga, now, t), [again]
-        case Wait.RESERVE | Wait.SHIP:
+    since = saga.waiting_since or now
+    if now >= since + timedelta(seconds=t.give_up_seconds):
+        if saga.waiting_for is not Wait.COMPENSATE:
             return _cancel(saga, CancelReason.SAGA_TIMEOUT, now, t)
-        case Wait.COMPENSATE if saga.resends < t.max_resends:
-            return _resend(saga, now, t), _pending_compensations(saga)
+        detail = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
+        saga = _wait(replace(saga, attention=f"no answer to {detail}"), None, now, t)
+        return saga, [RaiseAttention(step="compensate", detail=f"no answer to {detail} since {since.isoformat()}")]
+    intents: list[Intent] = []
+    if not saga.warned and now >= since + timedelta(seconds=t.warn_seconds):
+        saga = replace(saga, warned=True)
+        intents.append(Warn(step=saga.waiting_for, waiting_since=since,
+                            give_up_at=since + timedelta(seconds=t.give_up_seconds)))
+    intents += _waiting_commands(saga)
+    saga = replace(saga, resends=saga.resends + 1)
+    return replace(saga, deadline_at=_next_look(saga, now, t)), intents
+
+
+def _waiting_commands(saga: Saga) -> list[Intent]:
+    """What the saga is waiting on, sent again."""
+    match saga.waiting_for:
+        case Wait.RESERVE:
+            return [Reserve()]
+        case Wait.CAPTURE:
+            return [Capture()]
+        case Wait.SHIP:
+            return [CreateShipment(warehouse=saga.warehouse or "")]
         case Wait.COMPENSATE:
-            detail = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
-            saga = _wait(replace(saga, attention=f"no answer to {detail}"), None, now, t)
-            return saga, [RaiseAttention(step="compensate", detail=f"no answer to {detail} after {t.max_resends} resends")]
-    return _ignore(saga)
+            return _pending_compensations(saga)
+    return []
 
 
 def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts):
@@ -565,11 +608,6 @@ def _settle(saga: Saga, now: datetime, t: Timeouts) -> Saga:
     if _pending_compensations(saga):
         return saga if saga.waiting_for is Wait.COMPENSATE else _wait(saga, Wait.COMPENSATE, now, t)
     return _wait(saga, None, now, t)
-
-
-def _resend(saga: Saga, now: datetime, t: Timeouts) -> Saga:
-    resends = saga.resends + 1
-    return replace(_wait(saga, saga.waiting_for, now, t), resends=resends)
 
 
 _HANDLERS = {

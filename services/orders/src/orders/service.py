@@ -13,7 +13,8 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from prometheus_client import Counter
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -41,6 +42,14 @@ from orders.domain import order_total, payment_status, request_fingerprint
 
 SERVICE = "orders"
 log = get_logger(__name__)
+_METRICS: dict[str, Counter] = {}
+
+
+def _saga_warnings() -> Counter:
+    """Sagas that waited past the warning (``saga.Warn``), by step: ``saga_timeout`` comes next."""
+    if not _METRICS:  # once per process: the default registry refuses a second registration
+        _METRICS["warnings"] = Counter("oms_saga_warnings", "Saga steps waiting past the warning", ["step"])
+    return _METRICS["warnings"]
 
 Cause = Incoming | Envelope[Any] | None
 
@@ -157,6 +166,7 @@ async def _create(
         "shipment": None,
         "saga": saga.to_dict(),
         "deadline_at": saga.deadline_at,
+        "waiting_since": saga.waiting_since,
         "attention": None,
         "created_at": now,
         "updated_at": now,
@@ -246,11 +256,12 @@ async def apply(
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
+        order.waiting_since = new.waiting_since
         if old.attention is not None and new.attention is None:  # resolved by a person
             log.warning("order.attention_resolved", order_id=order_id, was=order.attention)
             order.attention = None
-        if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
-            order.payment_token = None  # decided: the token is of no more use
+        if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or new.final:
+            order.payment_token = None  # decided, or the order is over: the token is of no more use
         history: list[dict[str, Any]] = []
         if new.status != old.status:
             previous = old.status
@@ -260,7 +271,11 @@ async def apply(
         if any(isinstance(intent, NEEDS_LINES) for intent in intents):
             order.lines = (await session.execute(_LINES, {"order_id": order_id})).all()
         for intent in intents:
-            if isinstance(intent, flow.RaiseAttention):
+            if isinstance(intent, flow.Warn):
+                _saga_warnings().labels(intent.step).inc()
+                log.warning("saga.deadline_near", order_id=order_id, step=intent.step,
+                            waiting_since=intent.waiting_since.isoformat(), gives_up_at=intent.give_up_at.isoformat())
+            elif isinstance(intent, flow.RaiseAttention):
                 order.attention = intent.detail
                 await _stage(session, OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail), order_id, cause)
                 log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
@@ -372,7 +387,7 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 raise RuntimeError(f"order {oid} has no payment token left to capture with")
             return payments.CapturePayment(
                 order_id=oid, amount=order.total, currency=order.currency, method=order.payment_method,
-                token=order.payment_token, not_after=saga.deadline_at,  # the saga waits until then
+                token=order.payment_token,
             )
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
@@ -385,6 +400,26 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
         case flow.ExpectReturn(items=returned):
             return shipping.ExpectReturn(order_id=oid, items=returned)
     raise TypeError(f"no command for {intent!r}")
+
+
+async def waiting_long(sessions: async_sessionmaker, *, settings: Settings, limit: int = 50) -> list[Any]:
+    """Orders whose saga has waited for one answer past the warning: ``saga_timeout`` comes next."""
+    since = _now() - timedelta(seconds=settings.saga_warning_seconds)
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Order.id, Order.status, Order.waiting_since)
+            .where(Order.waiting_since.is_not(None), Order.waiting_since <= since)
+            .order_by(Order.waiting_since).limit(limit)
+        )
+        return list(rows)
+
+
+async def count_waiting_long(sessions: async_sessionmaker, *, settings: Settings) -> int:
+    since = _now() - timedelta(seconds=settings.saga_warning_seconds)
+    async with sessions() as session:
+        return await session.scalar(
+            select(func.count()).select_from(Order).where(Order.waiting_since.is_not(None), Order.waiting_since <= since)
+        ) or 0
 
 
 async def due_deadlines(sessions: async_sessionmaker, *, limit: int = 200) -> list[str]:

@@ -10,17 +10,22 @@ from events.runtime import ServiceRuntime
 from events.web import install
 from payments import api, handlers
 from payments.config import Settings
-from payments.provider import SandboxProvider
+from payments.provider import Ledger, SandboxProvider
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         s = settings or Settings()
-        provider = SandboxProvider(late_seconds=s.late_capture_seconds)
-        async with ServiceRuntime(s, routers=[handlers.router], context={"provider": provider}) as runtime:
-            app.state.runtime = runtime
-            yield
+        ledger = Ledger(s.sandbox_ledger)
+        provider = SandboxProvider(ledger=ledger, late_seconds=s.late_capture_seconds)
+        try:
+            async with ServiceRuntime(s, routers=[handlers.router], context={"provider": provider}) as runtime:
+                app.state.runtime = runtime
+                app.state.provider = provider
+                yield
+        finally:
+            ledger.close()
 
     app = FastAPI(title="OMS payments", version="1", lifespan=lifespan)
     install(app, "payments")

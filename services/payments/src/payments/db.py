@@ -30,6 +30,8 @@ class Payment(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(100))
     refunded_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2), default=Decimal("0"))
     provider_ref: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    """The provider's idempotency key of the capture attempt, recorded before the provider is asked."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -51,6 +53,8 @@ class Refund(Base):
 
 
 REFUND_PENDING, REFUNDED = "pending", "refunded"
+CAPTURING = "capturing"
+"""A payment's status from its write-ahead record until the provider's answer is recorded."""
 
 HELD_BY_PENDING_REFUNDS = select(func.sum(Refund.amount)).where(
     Refund.order_id == bindparam("order_id"), Refund.status == REFUND_PENDING

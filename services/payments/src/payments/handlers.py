@@ -1,23 +1,28 @@
-"""Subscribers: decode → provider → payment row + outbox event in ONE transaction.
+"""Subscribers: decode → provider → payment row + outbox event, the money path write-ahead.
 
-The provider is called outside any transaction (it may take seconds); the order id is its
-idempotency key, and the payment row's primary key is the order id, so an order is charged once
-whatever is redelivered or sent twice. A capture command taken after its ``not_after`` (it waited
-in its queue longer than the saga waits for the answer) is not charged: it is recorded failed,
-reason ``expired``.
+A capture is recorded ``capturing`` (with the provider's idempotency key) in its own transaction
+*before* the provider is asked; the provider's answer then finishes it. Whatever happens between
+the two (a crash, a lost answer, a timeout), the next delivery of the command, or the saga's
+resend, finds the attempt ``capturing`` and asks the provider what became of it by that key,
+whatever time it is: a charge the provider made is recorded captured, never forgotten. A timeout
+at the provider is "unknown": payments looks the attempt up, and only when the provider never
+completed it does payments void it (so it can never complete later) and answer ``payment.failed``
+(``provider_timeout``). The payment row's primary key is the order id: an order is charged once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 from uuid import uuid4
 
 from faststream.rabbit import RabbitRouter
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox
@@ -27,7 +32,7 @@ from events.logs import get_logger
 from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
 from events.types import PaymentStatus
 from payments.config import Settings
-from payments.db import HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
+from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token, status_after_refunds
 from payments.provider import Declined, SandboxProvider, Transient
 
@@ -43,20 +48,13 @@ Provider = Annotated[SandboxProvider, Resource("provider")]
 Config = Annotated[Settings, Resource("settings")]
 
 
-class Expired(Exception):
-    """The asker's deadline (``CapturePayment.not_after``) passed before the provider was called."""
+class Unresolved(Exception):
+    """The provider could not say what became of an attempt: the message is tried again later."""
 
 
-def _expired(not_after: datetime | None) -> bool:
-    return not_after is not None and datetime.now(UTC) >= not_after
-
-
-async def _with_retries(call, settings: Settings, not_after: datetime | None = None):
-    """Call the provider, retrying transient failures with exponential back-off; no call, first
-    or retried, starts after ``not_after`` (:class:`Expired`)."""
+async def _with_retries(call, settings: Settings):
+    """Call the provider, retrying transient failures with exponential back-off."""
     for attempt in range(1, settings.provider_attempts + 1):
-        if _expired(not_after):
-            raise Expired()
         try:
             return await asyncio.wait_for(call(), timeout=settings.provider_timeout_seconds)
         except Transient as exc:
@@ -74,19 +72,27 @@ def _captured_event(p: Any) -> PaymentCaptured:
     )
 
 
-# Built once: a statement built per command (and the ORM's get and flush) cost SQLAlchemy more
-# than SQLite took to run it.
 _payment = Payment.__table__
-_DECIDED = select(
+_READ = select(
     _payment.c.order_id, _payment.c.payment_id, _payment.c.amount, _payment.c.currency, _payment.c.method,
-    _payment.c.status, _payment.c.failure_reason,
+    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key,
 ).where(_payment.c.order_id == bindparam("order_id"))
 _INSERT_PAYMENT = insert(_payment)
+_FINISH = (
+    update(_payment)
+    .where(_payment.c.order_id == bindparam("key_order_id"), _payment.c.status == CAPTURING)
+    .values(status=bindparam("status"), failure_reason=bindparam("failure_reason"),
+            provider_ref=bindparam("provider_ref"), updated_at=bindparam("updated_at"))
+)
+
+
+def capture_key(order_id: str) -> str:
+    """The provider's idempotency key of an order's capture."""
+    return f"capture:{order_id}"
 
 
 async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope) -> None:
-    """Tell the asker the order's outcome (again, when it was decided before). ``p``: a row of
-    ``_DECIDED``, or the values just written."""
+    """Tell the asker the order's outcome (again, when it was decided before)."""
     if p.status == PaymentStatus.FAILED:
         event = PaymentFailed(order_id=p.order_id, reason=p.failure_reason or "declined")
     else:
@@ -99,53 +105,75 @@ async def handle_capture_payment(
     msg: Envelope[CapturePayment], sessions: Sessions, provider: Provider, settings: Config
 ) -> None:
     cmd = msg.data
-    async with sessions.begin() as session:
-        existing = (await session.execute(_DECIDED, {"order_id": cmd.order_id})).first()
-        if existing is not None:
-            if await inbox.claim(session, msg.id, CAPTURE):
-                log.info("payment.already_decided", status=existing.status)
-                await _restage_outcome(session, existing, msg)
-            return
-
-    reason: str | None = None
-    provider_ref: str | None = None
-    try:
-        provider_ref = await _with_retries(
-            lambda: provider.capture(order_id=cmd.order_id, token=cmd.token, amount=cmd.amount, currency=cmd.currency),
-            settings,
-            cmd.not_after,
-        )
-    except Expired:  # the saga has stopped waiting: a charge now would only be refunded
-        reason = "expired"
-    except Declined:
-        reason = "declined"
-    except Transient:
-        reason = "provider_unavailable"
-    except TimeoutError:
-        reason = "provider_timeout"
-
     now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        if attempt is not None and attempt.status != CAPTURING:
+            if await inbox.claim(session, msg.id, CAPTURE):
+                log.info("payment.already_decided", status=attempt.status)
+                await _restage_outcome(session, attempt, msg)
+            return
+        if attempt is None:  # write-ahead: the attempt exists before the provider hears of it
+            attempt = SimpleNamespace(
+                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token),
+                currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
+                refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=capture_key(cmd.order_id),
+                created_at=now, updated_at=now,
+            )
+            await session.execute(_INSERT_PAYMENT, vars(attempt))
+        else:
+            log.info("payment.resuming_attempt", order_id=cmd.order_id)
+
+    key = attempt.idempotency_key or capture_key(cmd.order_id)
+    status, reason, provider_ref = await _outcome(provider, settings, cmd, key)
+    _maybe_crash(settings)
+
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, CAPTURE):
             return
-        payment = SimpleNamespace(
-            order_id=cmd.order_id,
-            payment_id=f"pay-{uuid4()}",
-            method=cmd.method,
-            token_hint=mask_token(cmd.token),
-            currency=cmd.currency,
-            amount=cmd.amount,
-            status=PaymentStatus.FAILED if reason else PaymentStatus.CAPTURED,
-            failure_reason=reason,
-            refunded_amount=Decimal("0"),
-            provider_ref=provider_ref,
-            created_at=now,
-            updated_at=now,
+        await session.execute(_FINISH, {"key_order_id": cmd.order_id, "status": status, "failure_reason": reason,
+                                        "provider_ref": provider_ref, "updated_at": datetime.now(UTC)})
+        # Finished here or by a concurrent delivery: tell what is recorded.
+        decided = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        await _restage_outcome(session, decided, msg)
+    log.info("payment.decided", status=decided.status, reason=decided.failure_reason, amount=str(cmd.amount))
+
+
+async def _outcome(provider: SandboxProvider, settings: Settings, cmd: CapturePayment, key: str):
+    """(status, failure reason, provider reference) of the attempt ``key``, from the provider."""
+    try:
+        ref = await _with_retries(
+            lambda: provider.capture(key=key, token=cmd.token, amount=cmd.amount, currency=cmd.currency), settings
         )
-        # The primary key (order id) refuses a second payment for the order.
-        await session.execute(_INSERT_PAYMENT, vars(payment))
-        await _restage_outcome(session, payment, msg)
-    log.info("payment.decided", status=payment.status, reason=reason, amount=str(cmd.amount))
+        return PaymentStatus.CAPTURED, None, ref
+    except Declined:
+        return PaymentStatus.FAILED, "declined", None
+    except (TimeoutError, Transient, OSError) as exc:  # unknown: ask the provider what became of it
+        log.warning("payment.outcome_unknown", error=type(exc).__name__)
+        gave_up = "provider_unavailable" if isinstance(exc, Transient) else "provider_timeout"
+    try:
+        charge = await asyncio.wait_for(provider.lookup(key), timeout=settings.provider_timeout_seconds)
+        if charge is None or charge.status == "voided":
+            charge = await asyncio.wait_for(
+                provider.void(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
+            )
+    except (TimeoutError, Transient, OSError) as exc:
+        raise Unresolved(f"the provider could not say what became of {key}") from exc
+    if charge.status == "captured":
+        return PaymentStatus.CAPTURED, None, charge.reference
+    if charge.status == "declined":
+        return PaymentStatus.FAILED, "declined", None
+    return PaymentStatus.FAILED, gave_up, None
+
+
+def _maybe_crash(settings: Settings) -> None:
+    """Fault injection for the tests (off in production): die like ``kill -9`` between the
+    provider's answer and the commit, once, when the marker file exists."""
+    marker = settings.fault_crash_after_charge_file
+    if marker and Path(marker).exists():
+        Path(marker).unlink()
+        log.warning("payment.fault_crash_after_charge")
+        os._exit(137)
 
 
 @router.subscriber(queue(REFUND))
@@ -168,6 +196,8 @@ async def handle_refund_payment(
                 await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
             return
         if refund is None:  # else: held by an earlier delivery that did not finish; the same refund
+            if payment is not None and payment.status == CAPTURING:
+                raise Unresolved(f"the capture of order {cmd.order_id} is not finished yet")
             if payment is None or payment.status == PaymentStatus.FAILED:
                 raise Permanent(f"no captured payment for order {cmd.order_id}")
             held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": cmd.order_id})

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 from orders_support import BODY, outbox
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from events.envelope import Envelope, Incoming, build
@@ -193,3 +194,58 @@ async def test_a_scan_that_overtakes_the_pick_up_still_takes_the_order_through_s
                for m in await outbox(sessions) if m["key"] == "order.status_changed"]
     assert changes[-2:] == [("picking", "shipped"), ("shipped", "in_transit")]
     assert [m["key"] for m in await outbox(sessions)].count("inventory.commit_stock") == 1
+
+
+async def test_an_over_long_command_id_is_answered_order_rejected_once_not_dead_lettered(sessions, settings):
+    long_id = "x" * 300
+    await handle_place_order(command(BODY, long_id), sessions, settings)
+    await handle_place_order(command(BODY, long_id), sessions, settings)  # redelivered
+    [rejected] = await outbox(sessions)
+    assert rejected["type"] == "oms.order.rejected.v1" and rejected["data"]["command_id"] == long_id
+    assert rejected["data"]["errors"][0]["field"] == "id"
+    async with sessions() as session:
+        assert (await session.scalar(select(func.count()).select_from(Order))) == 0
+
+
+class _PausedSecondTransaction:
+    """Sessions whose second ``begin()`` waits for ``go``: a request that claimed its key, then stalled."""
+
+    def __init__(self, sessions) -> None:
+        self.sessions, self.calls = sessions, 0
+        self.paused, self.go = asyncio.Event(), asyncio.Event()
+
+    def __call__(self):
+        return self.sessions()
+
+    def begin(self):
+        self.calls += 1
+        inner = self.sessions.begin()
+        if self.calls != 2:
+            return inner
+        gate = self
+
+        class Paused:
+            async def __aenter__(self):
+                gate.paused.set()
+                await gate.go.wait()
+                return await inner.__aenter__()
+
+            async def __aexit__(self, *exc):
+                return await inner.__aexit__(*exc)
+
+        return Paused()
+
+
+async def test_a_key_taken_over_while_its_first_request_still_runs_makes_one_order(sessions, settings):
+    """The take-over of an abandoned key and the first request's finish are both compare-and-set
+    on the claim: whichever comes second makes no order."""
+    quick = settings.model_copy(update={"idempotency_abandoned_seconds": 0})
+    stalled = _PausedSecondTransaction(sessions)
+    first = asyncio.create_task(service.place_order(stalled, PlaceOrder.model_validate(BODY), key="k", settings=quick))
+    await stalled.paused.wait()
+    second = await service.place_order(sessions, PlaceOrder.model_validate(BODY), key="k", settings=quick)
+    stalled.go.set()
+    with pytest.raises(service.KeyInProgress):
+        await first
+    async with sessions() as session:
+        assert (await session.scalars(select(Order.id))).all() == [second.order_id]

@@ -15,6 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events.db import InsertIfAbsent, processed_message
 
+MAX_MESSAGE_ID = processed_message.c.message_id.type.length
+"""The longest message id the inbox can store (a longer one must be refused, not retried)."""
+
 _claim = InsertIfAbsent(processed_message)
 
 

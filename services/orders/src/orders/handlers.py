@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from typing import Annotated, Any
 
 from faststream.rabbit import RabbitRouter
@@ -50,14 +51,19 @@ PLACE = "orders.place_order"
 async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config) -> None:
     """A gateway's order over AMQP: the CloudEvent id is the idempotency key. A bad one is
     answered with order.rejected naming the fields, never dropped in silence."""
+    inbox_id = msg.id
     try:
         request = PlaceOrder.model_validate(msg.data)
         errors = business_errors(request, max_quantity_per_line=settings.max_quantity_per_line)
     except ValidationError as exc:
         request, errors = None, [ErrorItem(**e) for e in validation_errors(exc.errors())]
+    if len(msg.id) > inbox.MAX_MESSAGE_ID:  # it cannot be stored as a key: refused, told by its digest
+        inbox_id = "sha256:" + hashlib.sha256(msg.id.encode()).hexdigest()[: inbox.MAX_MESSAGE_ID - 7]
+        errors = [ErrorItem(field="id", message=f"a command id has at most {inbox.MAX_MESSAGE_ID} characters",
+                            type="string_too_long"), *errors]
     if errors:
         async with sessions.begin() as session:
-            if await inbox.claim(session, msg.id, PLACE):
+            if await inbox.claim(session, inbox_id, PLACE):
                 await outbox.stage(
                     session, OrderRejected(command_id=msg.id, errors=errors), service="orders", subject=None, causation=msg
                 )

@@ -110,8 +110,13 @@ async def place_order(
                         return Placed(existing.order_id, created=False)
                     if now - existing.created_at < timedelta(seconds=settings.idempotency_abandoned_seconds):
                         raise KeyInProgress(key)
-                    # the first attempt died half-way: take it over
-                    await session.execute(_UPDATE_KEY, {"key_key": key, "created_at": now})
+                    # The first attempt died half-way: take it over, unless another request just did
+                    # (compare-and-set on the claim it saw), so a key never makes two orders.
+                    taken = await session.execute(
+                        _TAKE_OVER, {"key_key": key, "seen": existing.created_at, "created_at": now}
+                    )
+                    if taken.rowcount != 1:
+                        raise KeyInProgress(key)
                 else:
                     await session.execute(_INSERT_KEY, {"key": key, "fingerprint": fingerprint, "state": "in_progress",
                                                         "order_id": None, "created_at": now})
@@ -123,8 +128,11 @@ async def place_order(
             if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
                 claim = (await session.execute(_KEY, {"key": key})).first()
                 return Placed(claim.order_id or "", created=False)
+            # Only the request holding the claim makes the order: one taken over meanwhile does not.
+            mine = await session.execute(_FINISH_KEY, {"key_key": key, "claimed_at": now, "order_id": order_id})
+            if mine.rowcount != 1:
+                raise KeyInProgress(key)
             await _create(session, order_id, request, settings=settings, cause=cause, now=now)
-            await session.execute(_UPDATE_KEY, {"key_key": key, "state": "done", "order_id": order_id})
         log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
         return Placed(order_id, created=True)
     finally:
@@ -137,7 +145,14 @@ async def place_order(
 _orders, _lines, _history, _keys = Order.__table__, OrderLine.__table__, OrderHistory.__table__, IdempotencyKey.__table__
 _KEY = select(_keys).where(_keys.c.key == bindparam("key"))
 _INSERT_KEY = insert(_keys)
-_UPDATE_KEY = update(_keys).where(_keys.c.key == bindparam("key_key"))  # SET: the columns the parameters name
+_TAKE_OVER = update(_keys).where(
+    _keys.c.key == bindparam("key_key"), _keys.c.state == "in_progress", _keys.c.created_at == bindparam("seen")
+)  # SET: the columns the parameters name
+_FINISH_KEY = (
+    update(_keys)
+    .where(_keys.c.key == bindparam("key_key"), _keys.c.state == "in_progress", _keys.c.created_at == bindparam("claimed_at"))
+    .values(state="done", order_id=bindparam("order_id"))
+)
 _INSERT_ORDER = insert(_orders)
 _INSERT_LINES = insert(_lines)
 

@@ -64,9 +64,14 @@ class Score:
     final: int
     lost: int
     duplicated: int
+    delivered: int = 0
+    cancelled: dict[str, int] = field(default_factory=dict)  # by reason
 
     def line(self, scenario: str) -> str:
-        return f"{scenario}: placed={self.placed} final={self.final} lost={self.lost} duplicated={self.duplicated}"
+        cancelled = sum(self.cancelled.values())
+        reasons = f" {self.cancelled}" if cancelled else ""
+        return (f"{scenario}: placed={self.placed} delivered={self.delivered} cancelled={cancelled}{reasons} "
+                f"final={self.final} lost={self.lost} twice={self.duplicated}")
 
 
 async def settle(stream: Stream, *, timeout: float = 180.0) -> Score:
@@ -84,7 +89,13 @@ async def settle(stream: Stream, *, timeout: float = 180.0) -> Score:
     ids = {o["id"] for o in orders}
     lost = len(stream.given_up) + len(set(stream.placed.values()) - {o["id"] for o in final})
     duplicated = len(ids - set(stream.placed.values())) + (len(stream.placed) - len(set(stream.placed.values())))
-    return Score(placed=len(stream.placed), final=len(final), lost=lost, duplicated=duplicated)
+    cancelled: dict[str, int] = {}
+    for o in final:
+        if o["status"] == "cancelled":
+            cancelled[o["status_reason"]] = cancelled.get(o["status_reason"], 0) + 1
+    delivered = sum(1 for o in final if o["status"] == "delivered")
+    return Score(placed=len(stream.placed), final=len(final), lost=lost, duplicated=duplicated,
+                 delivered=delivered, cancelled=cancelled)
 
 
 async def _orders_of(client: httpx.AsyncClient, customer: str) -> list[dict]:

@@ -53,3 +53,33 @@ def test_each_breach_is_seen():
                      "stock reserved for unknown order ghost", "payment for unknown order ghost"):
         assert expected in text, (expected, text)
     assert not report.ok
+
+
+def charge(order_id: str, amount: str = "20.00", status: str = "captured") -> dict:
+    return {"key": f"capture:{order_id}", "status": status, "reference": f"pay_{order_id}", "amount": amount,
+            "currency": "CNY"}
+
+
+def test_the_provider_ledger_is_reconciled_with_our_payments():
+    ok = dict(paid("d"), provider_ref="pay_d", refunds=[])
+    refunded = dict(paid("c", refunded="20.00", status="refunded"), provider_ref="pay_c",
+                    refunds=[{"refund_key": "c:cancel", "status": "refunded"}])
+    clean = audit({"orders": [order("d", "delivered"), order("c", "cancelled")], "reservations": [],
+                   "payments": [ok, refunded], "shipments": [{"order_id": "d"}],
+                   "ledger": {"charges": [charge("d"), charge("c"), charge("v", status="voided")],
+                              "refunds": [{"key": "c:cancel", "charge_reference": "pay_c", "amount": "20.00"}]}},
+                  now=NOW, stuck_after=STUCK)
+    assert clean.ok, clean.breaches
+
+    broken = audit({"orders": [order("d", "delivered"), order("x", "cancelled")], "reservations": [],
+                    "payments": [dict(ok, refunds=[{"refund_key": "d:gift", "status": "refunded"}]),
+                                 dict(paid("x", status="failed"), provider_ref=None, refunds=[])],
+                    "shipments": [{"order_id": "d"}],
+                    # charged for x though we recorded it failed, and never refunded: money lost
+                    "ledger": {"charges": [charge("x")], "refunds": []}},
+                   now=NOW, stuck_after=STUCK)
+    text = "\n".join(broken.breaches)
+    for expected in ("provider charge capture:x (20.00) is on no captured payment and not refunded",
+                     "d: payment captured but the provider made no such charge",
+                     "d: refund d:gift recorded but the provider paid no such refund"):
+        assert expected in text, (expected, text)

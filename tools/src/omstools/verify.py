@@ -7,7 +7,10 @@ Checks, for every order:
   nothing otherwise;
 - captured minus refunded is what it should have paid: its total once paid and not cancelled,
   nothing when cancelled, less than the total (something refunded) when returned;
-- it has at most one shipment, and there is no payment or shipment for an order nobody placed.
+- it has at most one shipment, and there is no payment or shipment for an order nobody placed;
+- the payment provider's own ledger agrees (reconciliation): every charge it made is on a captured
+  payment of ours or refunded in full, every captured payment of ours is a charge there, and every
+  refund we recorded is in its ledger.
 
 Prints what it found and exits 1 on any breach. ``--settle N`` first waits up to N seconds for the
 system to go quiet (no order changing between two looks), so it can follow a load test.
@@ -73,13 +76,47 @@ async def _pages(client: httpx.AsyncClient, path: str, cursor_param: str, next_k
 
 async def collect(urls: dict[str, str]) -> dict[str, list[dict]]:
     async with httpx.AsyncClient(timeout=30) as client:
-        orders, reservations, payments, shipments = await asyncio.gather(
+        orders, reservations, payments, shipments, ledger = await asyncio.gather(
             _pages(client, urls["orders"] + "/v1/orders", "cursor", "next_cursor", limit=200),
             _pages(client, urls["inventory"] + "/v1/reservations", "after", "next", status="reserved", limit=1000),
             _pages(client, urls["payments"] + "/v1/payments", "after", "next", limit=1000),
             _pages(client, urls["shipping"] + "/v1/shipments", "after", "next", limit=1000),
+            _ledger(client, urls["payments"]),
         )
-    return {"orders": orders, "reservations": reservations, "payments": payments, "shipments": shipments}
+    return {"orders": orders, "reservations": reservations, "payments": payments, "shipments": shipments,
+            "ledger": ledger}
+
+
+async def _ledger(client: httpx.AsyncClient, payments_url: str) -> dict[str, list[dict]] | None:
+    """The payment provider's own ledger, where payments exposes it (the sandbox provider)."""
+    r = await client.get(payments_url + "/v1/providers/sandbox/ledger", headers=OPS)
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return r.json()
+
+
+def reconcile(report: Report, payments: list[dict], ledger: dict[str, list[dict]]) -> None:
+    """Our payments against the provider's books: no charge nobody accounts for, no capture the
+    provider never made, no refund it never paid."""
+    refunded_at_provider: Counter[str] = Counter()
+    for r in ledger["refunds"]:
+        refunded_at_provider[r["charge_reference"]] += Decimal(r["amount"])
+    refund_keys = {r["key"] for r in ledger["refunds"]}
+    ours = {p["provider_ref"]: p for p in payments if p.get("provider_ref")}
+    charged = {c["reference"]: c for c in ledger["charges"] if c["status"] == "captured"}
+    for ref, charge in charged.items():
+        p = ours.get(ref)
+        on_capture = p is not None and p["status"] in ("captured", "partially_refunded", "refunded") and (
+            Decimal(p["amount"]) == Decimal(charge["amount"]))
+        if not on_capture and refunded_at_provider[ref] != Decimal(charge["amount"]):
+            report.breach(f"provider charge {charge['key']} ({charge['amount']}) is on no captured payment and not refunded")
+    for p in payments:
+        if p["status"] in ("captured", "partially_refunded", "refunded") and p.get("provider_ref") not in charged:
+            report.breach(f"{p['order_id']}: payment {p['status']} but the provider made no such charge")
+        for r in p.get("refunds", []):
+            if r["status"] == "refunded" and r.get("refund_key") not in refund_keys:
+                report.breach(f"{p['order_id']}: refund {r['refund_key']} recorded but the provider paid no such refund")
 
 
 def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta) -> Report:
@@ -112,7 +149,9 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
             report.breach(f"{order_id}: {status} still holds {dict(holds)} reserved")
 
         p = payments.pop(order_id, None)
-        captured = Decimal(p["amount"]) if p and p["status"] != "failed" else Decimal("0")
+        captured = Decimal(p["amount"]) if p and p["status"] not in ("failed", "capturing") else Decimal("0")
+        if p and p["status"] == "capturing" and status in FINAL:
+            report.breach(f"{order_id}: {status} while its payment is still capturing")
         refunded = Decimal(p["refunded_amount"]) if p else Decimal("0")
         total = Decimal(order["total"])
         kept = captured - refunded
@@ -128,6 +167,8 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         if shipments.pop(order_id, 0) > 1:
             report.breach(f"{order_id}: more than one shipment")
 
+    if data.get("ledger") is not None:
+        reconcile(report, data["payments"], data["ledger"])
     for order_id in held:
         report.breach(f"stock reserved for unknown order {order_id}")
     for order_id in payments:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -16,7 +16,7 @@ from events.payments import RefundPayment
 from events.settings import Role
 from events.types import Money
 from events.web import Problem, Runtime, require
-from payments.db import HELD_BY_PENDING_REFUNDS, Payment, Refund
+from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
@@ -34,13 +34,15 @@ def _view(p: Payment, refunds: list[Refund]) -> dict:
         "method": p.method,
         "status": p.status,
         "failure_reason": p.failure_reason,
+        "provider_ref": p.provider_ref,
         "amount": format(p.amount, "f"),
         "refunded_amount": format(p.refunded_amount, "f"),
         "currency": p.currency,
         "created_at": p.created_at.isoformat(),
         "updated_at": p.updated_at.isoformat(),
         "refunds": [
-            {"refund_id": r.refund_id, "amount": format(r.amount, "f"), "reason": r.reason, "status": r.status,
+            {"refund_id": r.refund_id, "refund_key": r.refund_key, "amount": format(r.amount, "f"), "reason": r.reason,
+             "status": r.status,
              "created_at": r.created_at.isoformat()}
             for r in refunds
         ],
@@ -50,7 +52,7 @@ def _view(p: Payment, refunds: list[Refund]) -> dict:
 @router.get("", dependencies=[require(Role.OPS)])
 async def list_payments(
     rt: Runtime,
-    status: Annotated[str | None, Query(pattern="^(captured|failed|partially_refunded|refunded)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(capturing|captured|failed|partially_refunded|refunded)$")] = None,
     after: Annotated[str | None, Query(description="order id to continue after (the previous page's next)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
@@ -86,7 +88,7 @@ async def get_payment(order_id: str, rt: Runtime) -> dict:
 async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundRequest, Body()]) -> dict:
     async with rt.sessions.begin() as session:
         payment = await session.get(Payment, order_id)
-        if payment is None or payment.status == "failed":
+        if payment is None or payment.status in ("failed", CAPTURING):
             raise Problem(409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment")
         held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": order_id}) or 0
         remaining = payment.amount - payment.refunded_amount - held
@@ -100,3 +102,25 @@ async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundReque
             subject=order_id,
         )
     return {"order_id": order_id, "refund_key": key, "status": "accepted"}
+
+
+providers = APIRouter(prefix="/v1/providers", tags=["providers"])
+
+
+@providers.get("/sandbox/ledger", dependencies=[require(Role.OPS)])
+async def sandbox_ledger(request: Request) -> dict:
+    """The sandbox provider's own books (charges by idempotency key, refunds), for reconciliation
+    (`make verify`): every charge must be on a captured payment or refunded."""
+    ledger = request.app.state.provider.ledger
+    return {
+        "charges": [
+            {"key": c.key, "status": c.status, "reference": c.reference, "amount": format(c.amount, "f"),
+             "currency": c.currency}
+            for c in ledger.charges()
+        ],
+        "refunds": [
+            {"key": r.key, "reference": r.reference, "charge_reference": r.charge_reference,
+             "amount": format(r.amount, "f")}
+            for r in ledger.refunds()
+        ],
+    }

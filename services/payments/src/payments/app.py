@@ -30,4 +30,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="OMS payments", version="1", lifespan=lifespan)
     install(app, "payments")
     app.include_router(api.router)
+    app.include_router(api.providers)
     return app

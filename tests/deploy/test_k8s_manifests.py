@@ -423,3 +423,17 @@ def test_alerts_use_metrics_that_are_really_exported() -> None:
                 assert metric.startswith("rabbitmq_detailed_queue_"), (rule["alert"], metric)
     monitors = of_kind(objs, "ServiceMonitor")
     assert monitors["oms-services"]["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_the_example_secrets_hold_every_key_the_prod_pods_read() -> None:
+    """secrets.example.yaml is what a platform engineer copies into the vault: it must not miss a key."""
+    example = {s["metadata"]["name"]: set(s["stringData"]) for s in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())}
+    generated = {f"oms-{s}-user-credentials" for s in SERVICES}  # the Messaging Topology Operator's
+    for _service, name, pod in pod_templates(rendered("prod")):
+        for c in pod["containers"] + pod.get("initContainers", []):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] not in generated and not ref.get("optional"):
+                    assert ref["key"] in example.get(ref["name"], set()), (name, ref)
+    roles = of_kind(rendered("prod"), "Cluster")["oms-postgres"]["spec"]["managed"]["roles"]
+    assert all(example[r["passwordSecret"]["name"]] == {"username", "password"} for r in roles)

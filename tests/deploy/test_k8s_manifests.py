@@ -437,3 +437,21 @@ def test_the_example_secrets_hold_every_key_the_prod_pods_read() -> None:
                     assert ref["key"] in example.get(ref["name"], set()), (name, ref)
     roles = of_kind(rendered("prod"), "Cluster")["oms-postgres"]["spec"]["managed"]["roles"]
     assert all(example[r["passwordSecret"]["name"]] == {"username", "password"} for r in roles)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_database_accepts_every_connection_the_replicas_may_open(overlay: str) -> None:
+    objs = rendered(overlay)
+    cluster = of_kind(objs, "Cluster")["oms-postgres"]["spec"]
+    limits = {r["name"]: r["connectionLimit"] for r in cluster["managed"]["roles"]}
+    for name, scaler in of_kind(objs, "ScaledObject").items():
+        needed = (scaler["spec"]["maxReplicaCount"] + 1) * generate.CONNECTIONS_PER_PROCESS  # + the migration Job
+        assert limits[name] >= needed, name
+    assert sum(limits.values()) < int(cluster["postgresql"]["parameters"]["max_connections"])
+
+
+def test_the_connection_budget_is_the_pool_the_services_really_open() -> None:
+    from events.db import make_engine
+
+    pool = make_engine("postgresql+asyncpg://u:p@127.0.0.1:9/x").sync_engine.pool  # connects to nothing
+    assert pool.size() + pool._max_overflow == generate.CONNECTIONS_PER_PROCESS

@@ -9,6 +9,8 @@ No cluster is reachable here: the rendered objects are what we can prove.
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import json
 import re
 import shutil
@@ -32,8 +34,16 @@ OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.33.0"
 SERVICES = names.SERVICES
 
-sys.path.insert(0, str(K8S))
-import generate  # noqa: E402  (deploy/k8s/generate.py)
+
+def _load_generate():
+    spec = importlib.util.spec_from_file_location("oms_k8s_generate", K8S / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generate()  # deploy/k8s/generate.py
 
 
 def kubectl() -> str:
@@ -314,8 +324,6 @@ def test_every_variable_set_for_a_service_is_one_its_settings_read() -> None:
     """Names drift silently (a typo is just ignored by pydantic-settings): each prefixed name a
     manifest sets must be a field of that service's Settings; the unprefixed ones are the shared
     ones events.settings reads."""
-    import importlib
-
     from events.settings import _UNPREFIXED
 
     fields = {s: set(importlib.import_module(f"{s}.config").Settings.model_fields) for s in SERVICES}

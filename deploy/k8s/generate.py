@@ -288,7 +288,8 @@ def deployment(s: Service) -> dict[str, Any]:
     server["resources"] = {"requests": {"cpu": s.cpu, "memory": s.memory}, "limits": {"memory": s.memory_limit}}
     pod = labels(s.name, "server")
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": s.name, "labels": pod},
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": s.name, "labels": pod, "annotations": {"argocd.argoproj.io/sync-wave": "2"}},
         # no `replicas`: the ScaledObject owns the count
         "spec": {
             "revisionHistoryLimit": 5,
@@ -344,8 +345,11 @@ def migration_job(s: Service) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": f"{s.name}-migrate", "labels": labels(s.name, "migration"),
-                     "annotations": {"argocd.argoproj.io/hook": "PreSync",
-                                     "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation"}},
+                     # Argo CD: re-created at every sync, after the databases (wave 0), before the
+                     # Deployments (wave 2); plain kubectl follows README.md's release steps.
+                     "annotations": {"argocd.argoproj.io/hook": "Sync",
+                                     "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+                                     "argocd.argoproj.io/sync-wave": "1"}},
         "spec": {"parallelism": 1, "completions": 1, "backoffLimit": 6, "activeDeadlineSeconds": 900,
                  "template": {"metadata": {"labels": labels(s.name, "migration")}, "spec": spec}},
     }
@@ -443,8 +447,17 @@ def postgres_roles() -> dict[str, Any]:
 # --- files -----------------------------------------------------------------------------------------
 
 
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # no &id001 anchors: people read these files
+        return True
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=120)
+
+
 def _dump(objs: list[dict[str, Any]], source: str) -> str:
-    return HEADER.format(source=source) + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120) for o in objs)
+    return HEADER.format(source=source) + "---\n".join(_yaml(o) for o in objs)
 
 
 def files() -> dict[Path, str]:
@@ -452,8 +465,8 @@ def files() -> dict[Path, str]:
         BASE / "rabbitmq-topology.yaml": _dump(topology_objects() + gateway_objects(), "libs/events/src/events/topology.py"),
         BASE / "postgres-roles.yaml": HEADER.format(source="its SERVICES table")
         + "# A kustomize patch of the Cluster in postgres.yaml.\n"
-        + yaml.safe_dump({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": POSTGRES},
-                          "spec": postgres_roles()}, sort_keys=False, width=120),
+        + _yaml({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": POSTGRES},
+                 "spec": postgres_roles()}),
     }
     for s in SERVICES:
         out[BASE / f"{s.name}.yaml"] = _dump(service_objects(s), "its SERVICES table")

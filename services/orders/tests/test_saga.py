@@ -291,7 +291,7 @@ def test_unanswered_compensation_is_resent_then_marked_for_attention():
     saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED)
     assert saga.waiting_for == "compensate"
     saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
-    assert intents == [Release(), Refund(amount=TOTAL, key=f"{ORDER}:cancel")]  # resent, same key
+    assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel"), Release()]  # resent in reverse, same key
     saga, _ = advance(saga, RELEASED, now=at(31), timeouts=TIMEOUTS)
     saga, intents = advance(saga, DeadlineReached(), now=at(61), timeouts=TIMEOUTS)
     assert intents[1:] == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")] and isinstance(intents[0], Warn)
@@ -320,3 +320,30 @@ def test_late_and_duplicate_replies_are_ignored_not_fatal():
 def test_saga_round_trips_through_its_stored_form():
     saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED, refunded(f"{ORDER}:cancel", TOTAL))
     assert Saga.from_dict(saga.to_dict()) == saga
+
+
+def test_every_reply_the_saga_follows_comes_from_its_table():
+    from events.envelope import Command, Event
+
+    from orders import saga as flow
+
+    handled = {t for t in flow._HANDLERS if issubclass(t, Event | Command)}
+    assert handled == set(flow.REPLIES)
+    for step in flow.TABLE:
+        assert step.success in flow.REPLIES and set(step.failures) <= flow.REPLIES
+
+
+def test_the_table_is_walked_forward_and_undone_in_reverse():
+    from orders import saga as flow
+
+    saga, seen = run()
+    for step in flow.STEPS[:3]:
+        assert saga.waiting_for == step.wait and saga.status == step.waits_in
+        saga, intents = advance(saga, {"reserve": RESERVED, "capture": CAPTURED, "ship": SHIP_CREATED}[step.name],
+                                now=T0, timeouts=TIMEOUTS)
+        assert saga.status == step.then
+    saga, intents = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+    undo = [type(i) for i in intents]
+    assert undo == [CancelShipment, Refund]  # the release waits for the parcel's cancel to be answered
+    saga, intents = advance(saga, SHIP_CANCELLED, now=T0, timeouts=TIMEOUTS)
+    assert intents == [Release()]

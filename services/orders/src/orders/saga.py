@@ -1,13 +1,15 @@
-"""The order saga: the whole order flow, failures included, as data and one pure function.
+"""The order saga: the whole order flow, failures included, as a table and one pure function.
 
-Read the STEPS table first: each step sends one command and waits for its replies; when the order
-fails later, the steps already done are compensated in reverse.
+Read ``STEPS`` first. Each step sends one command and waits for its replies; ``advance`` walks the
+table forward on a success, and when the order fails later it undoes the steps already done, in
+reverse (``undo`` of each row, from the last one back):
 
-    step       command                   success reply        failure reply              compensation
-    reserve    inventory.reserve_stock   stock.reserved       stock.reservation_failed   inventory.release_stock
-    capture    payments.capture_payment  payment.captured     payment.failed / deadline  payments.refund_payment
-    ship       shipping.create_shipment  shipment.created     shipment.failed            shipping.cancel_shipment (*)
-    follow     (the carrier reports)     shipment.updated     -                          (from shipped on: a return)
+    step     command                   success            failures                   undone by
+    reserve  inventory.reserve_stock   stock.reserved     stock.reservation_failed   inventory.release_stock
+    capture  payments.capture_payment  payment.captured   payment.failed             payments.refund_payment
+    ship     shipping.create_shipment  shipment.created   shipment.failed            shipping.cancel_shipment (*)
+    follow   (the carrier reports)     shipment.updated   -                          (from shipped on: a return)
+    return   shipping.expect_return    shipment.returned  -                          (asked by the customer)
 
 (*) A parcel's cancel is answered: ``shipment.cancelled`` when no parcel will leave, or, when the
 carrier took it first, the ``shipment.updated`` of that scan. The reserved stock is released only
@@ -20,27 +22,25 @@ and cancelled (with a reason), return_requested, returned.
 ``advance(saga, reply, now, timeouts) -> (saga, intents)`` is the only way the saga moves. It does
 no I/O: the orders handler loads the saga, calls ``advance``, and saves the new saga together with
 the commands the intents become, in one transaction. A reply that does not fit the current state
-(late, duplicate, out of order) leaves the saga as it is, or is compensated (a capture that arrives
+(late, duplicate, out of order) leaves the saga as it is, or is undone (a capture that arrives
 after the order was cancelled is refunded; a reservation that arrives after it is released).
 
-Every step that waits has a deadline stored with the saga. Silence is not an answer: while a
-service is down, restarting or cut off from the broker, the saga sends the step's command again
-every ``resend_seconds`` (receivers are idempotent) and keeps waiting. Only an answer (declined,
-timed out at the provider, no stock, no carrier) or the customer cancels an order; a step that has
-waited ``warn_seconds`` warns ops (``Warn``), and one that has waited ``give_up_seconds`` is
-cancelled with ``saga_timeout``. Unfinished compensations are resent the same way and, when the
-long deadline passes, the order is marked for attention (``RaiseAttention``) rather than dropped.
+Silence is not an answer: while a service is down, restarting or cut off from the broker, the
+step's command is sent again every ``resend_seconds`` (receivers are idempotent) and the saga
+keeps waiting. Only an answer (declined, timed out at the provider, no stock, no carrier) or the
+customer cancels an order; a step that has waited ``warn_seconds`` warns ops (``Warn``), and one
+that has waited ``give_up_seconds`` is cancelled with ``saga_timeout``. Unanswered compensations
+are resent the same way and, past the long deadline, the order is marked for attention.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
-from events.inventory import StockCommitted, StockReleased, StockReservationFailed, StockReserved
+from events.inventory import StockReleased, StockReservationFailed, StockReserved
 from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
 from events.shipping import (
     ShipmentCancelled,
@@ -49,21 +49,31 @@ from events.shipping import (
     ShipmentReturned,
     ShipmentUpdated,
 )
-from events.types import CancelReason, LineItem, OrderStatus, ShipmentStatus
+from events.types import CancelReason, OrderStatus, ShipmentStatus
+from orders.intents import (
+    AddressChangeRequested,
+    AttentionResolved,
+    CancelRequested,
+    CancelShipment,
+    Capture,
+    ChangeShipmentAddress,
+    Commit,
+    CreateShipment,
+    DeadlineReached,
+    ExpectReturn,
+    Intent,
+    RaiseAttention,
+    Refund,
+    Release,
+    Reserve,
+    Restock,
+    ReturnRequested,
+    Warn,
+)
+from orders.saga_state import FINAL, Parcel, Pay, Saga, Stock, Wait
 
 S = OrderStatus
-
-STEPS = (
-    # (step, command intent, success reply, failure replies, compensation intent)
-    ("reserve", "Reserve", StockReserved, (StockReservationFailed,), "Release"),
-    ("capture", "Capture", PaymentCaptured, (PaymentFailed, "DeadlineReached"), "Refund"),
-    ("ship", "CreateShipment", ShipmentCreated, (ShipmentFailed,), "CancelShipment"),
-    ("follow", None, ShipmentUpdated, (), None),
-)
-
-FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
 BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})
-CARRIER_HAS_IT = frozenset({S.SHIPPED, S.IN_TRANSIT})
 
 # "expired": sent by payments before it stopped expiring late commands; still understood
 PAYMENT_FAILURES = {
@@ -71,110 +81,6 @@ PAYMENT_FAILURES = {
     "provider_timeout": CancelReason.PAYMENT_TIMEOUT,
     "expired": CancelReason.PAYMENT_TIMEOUT,
 }
-
-
-# --- what the saga is told besides the broker's replies ------------------------------------
-
-
-@dataclass(frozen=True)
-class CancelRequested:
-    reason: str = CancelReason.CUSTOMER_REQUEST
-
-
-@dataclass(frozen=True)
-class AddressChangeRequested:
-    pass
-
-
-@dataclass(frozen=True)
-class AttentionResolved:
-    """Ops handled by hand what the saga could not (a refund or a parcel recovered outside it)."""
-
-
-@dataclass(frozen=True)
-class ReturnRequested:
-    items: list[LineItem]
-    amount: Decimal
-
-
-@dataclass(frozen=True)
-class DeadlineReached:
-    pass
-
-
-# --- what the saga asks for: the handler turns each into a command with the order's data ------
-
-
-@dataclass(frozen=True)
-class Reserve:
-    pass
-
-
-@dataclass(frozen=True)
-class Release:
-    pass
-
-
-@dataclass(frozen=True)
-class Commit:
-    pass
-
-
-@dataclass(frozen=True)
-class Capture:
-    pass
-
-
-@dataclass(frozen=True)
-class Refund:
-    amount: Decimal
-    key: str
-
-
-@dataclass(frozen=True)
-class CreateShipment:
-    warehouse: str
-
-
-@dataclass(frozen=True)
-class CancelShipment:
-    pass
-
-
-@dataclass(frozen=True)
-class ChangeShipmentAddress:
-    pass
-
-
-@dataclass(frozen=True)
-class ExpectReturn:
-    items: list[LineItem]
-
-
-@dataclass(frozen=True)
-class Restock:
-    items: list[LineItem]
-
-
-@dataclass(frozen=True)
-class RaiseAttention:
-    step: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Warn:
-    """The step has waited long: ops are told before ``saga_timeout`` fires."""
-
-    step: str
-    waiting_since: datetime
-    give_up_at: datetime
-
-
-Intent = (
-    Reserve | Release | Commit | Capture | Refund | CreateShipment | CancelShipment | ChangeShipmentAddress
-    | ExpectReturn | Restock | RaiseAttention | Warn
-)
 
 
 class Refused(Exception):
@@ -191,123 +97,119 @@ class Timeouts:
     """A step that has waited this long gives up: ``saga_timeout``, or attention for a compensation."""
 
 
-# --- the saga's state -----------------------------------------------------------------------
+# --- what each step does, beyond the table's columns ------------------------------------------
 
 
-class Stock(StrEnum):
-    NONE = "none"
-    RESERVING = "reserving"
-    RESERVED = "reserved"
-    RELEASING = "releasing"
-    RELEASED = "released"
-    COMMITTED = "committed"
+def _reserved(saga: Saga, reply: StockReserved) -> Saga:
+    return replace(saga, warehouse=reply.allocations[0].warehouse if reply.allocations else None)
 
 
-class Pay(StrEnum):
-    NONE = "none"
-    CAPTURING = "capturing"
-    CAPTURED = "captured"
-    FAILED = "failed"
+def _captured(saga: Saga, reply: PaymentCaptured) -> Saga:
+    return replace(saga, payment_id=reply.payment_id, captured=reply.amount)
 
 
-class Parcel(StrEnum):
-    NONE = "none"
-    CREATING = "creating"
-    CREATED = "created"
-    CANCELLING = "cancelling"  # asked to cancel, no answer yet
-    CANCELLED = "cancelled"  # no parcel will leave
-    LEFT = "left"  # the carrier took it before the cancel reached shipping
-    FAILED = "failed"
+def _release(saga: Saga) -> tuple[Saga, list[Intent]]:
+    # While reserving, the release overtakes the reservation: inventory never reserves for an order
+    # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
+    # parcel's cancel to be answered: they may have left with the carrier.
+    if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
+        return replace(saga, stock=Stock.RELEASING), [Release()]
+    return saga, []
 
 
-class Wait(StrEnum):
-    """What the saga's deadline is for."""
+def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
+    refund = _refund(saga, saga.unrefunded, "cancel")
+    return (_with_refund(saga, refund), [refund]) if refund else (saga, [])
 
-    RESERVE = "reserve"
-    CAPTURE = "capture"
-    SHIP = "ship"
-    COMPENSATE = "compensate"
+
+def _cancel_parcel(saga: Saga) -> tuple[Saga, list[Intent]]:
+    if saga.parcel in (Parcel.CREATING, Parcel.CREATED):
+        return replace(saga, parcel=Parcel.CANCELLING), [CancelShipment()]
+    return saga, []
+
+
+# --- the table --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Saga:
-    order_id: str
-    total: Decimal
-    currency: str
-    status: OrderStatus = S.SUBMITTED
-    reason: str | None = None
-    stock: Stock = Stock.NONE
-    payment: Pay = Pay.NONE
-    payment_id: str | None = None
-    captured: Decimal = Decimal("0")
-    refunds: tuple[tuple[str, Decimal], ...] = ()  # (key, amount) of every Refund asked
-    refunds_done: tuple[str, ...] = ()  # keys payments confirmed
-    refund_ids: tuple[str, ...] = ()  # refunds seen, so a repeated one is counted once
-    refunded: Decimal = Decimal("0")  # what payments confirmed, manual refunds included
-    parcel: Parcel = Parcel.NONE
-    warehouse: str | None = None
-    return_items: tuple[LineItem, ...] = ()
-    return_amount: Decimal = Decimal("0")
-    waiting_for: Wait | None = None
-    waiting_since: datetime | None = None
-    deadline_at: datetime | None = None  # the next time the saga looks again: resend, warn or give up
-    resends: int = 0
-    warned: bool = False
-    attention: str | None = None
-    ignored: int = field(default=0, compare=False)  # replies that did not fit, for the record
+class Step:
+    """One row of the flow: what is sent, what answers it, and what undoes it once done."""
 
-    # -- persistence ----------------------------------------------------------------------------
+    name: str
+    success: type
+    waits_in: OrderStatus  # the order's status while the step waits
+    then: OrderStatus  # the order's status once it succeeded
+    progress: str  # the saga's field that says where the step stands
+    command: Callable[[Saga], Intent] | None = None  # None: the other side reports by itself
+    failures: tuple[type, ...] = ()
+    undo: Callable[[Saga], tuple[Saga, list[Intent]]] | None = None  # what a cancelled order must not keep
+    undone_by: type | None = None  # the reply that says the undo is done
+    pending_undo: Callable[[Saga], list[Intent]] | None = None  # the undo sent and not answered yet
+    wait: Wait | None = None  # what the saga's deadline is for while the step waits
+    asked: Any = None  # the progress while the step waits
+    done: Any = None  # ... once it succeeded
+    failed: Any = None  # ... once it failed
+    taken_in: frozenset[Any] = frozenset()  # the progress values in which a success is taken
+    record: Callable[[Saga, Any], Saga] = lambda saga, reply: saga  # what a success tells the saga
+    reason: Callable[[Any], str] = lambda reply: CancelReason.SAGA_TIMEOUT  # why a failure cancels
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("total", "captured", "refunded", "return_amount"):
-            d[k] = format(d[k], "f")
-        d["deadline_at"] = self.deadline_at.isoformat() if self.deadline_at else None
-        d["waiting_since"] = self.waiting_since.isoformat() if self.waiting_since else None
-        d["return_items"] = [i.model_dump(mode="json") for i in self.return_items]
-        d["refunds"] = [[key, format(amount, "f")] for key, amount in self.refunds]
-        d["refunds_done"], d["refund_ids"] = list(self.refunds_done), list(self.refund_ids)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Saga:
-        d = dict(d)
-        for k in ("total", "captured", "refunded", "return_amount"):
-            d[k] = Decimal(d[k])
-        d["status"] = OrderStatus(d["status"])
-        d["stock"], d["payment"], d["parcel"] = Stock(d["stock"]), Pay(d["payment"]), Parcel(d["parcel"])
-        d["waiting_for"] = Wait(d["waiting_for"]) if d.get("waiting_for") else None
-        d["deadline_at"] = datetime.fromisoformat(d["deadline_at"]) if d.get("deadline_at") else None
-        # sagas saved before the wait was timed from its start: time it from now on
-        since = d.get("waiting_since") or (d["deadline_at"].isoformat() if d["deadline_at"] else None)
-        d["waiting_since"] = datetime.fromisoformat(since) if since else None
-        d["return_items"] = tuple(LineItem.model_validate(i) for i in d.get("return_items", ()))
-        d["refunds"] = tuple((key, Decimal(amount)) for key, amount in d.get("refunds", ()))
-        d["refunds_done"], d["refund_ids"] = tuple(d.get("refunds_done", ())), tuple(d.get("refund_ids", ()))
-        return cls(**d)
+STEPS: tuple[Step, ...] = (
+    Step(
+        "reserve", command=lambda saga: Reserve(), success=StockReserved, failures=(StockReservationFailed,),
+        undo=_release, undone_by=StockReleased,
+        pending_undo=lambda saga: [Release()] if saga.stock is Stock.RELEASING else [],
+        wait=Wait.RESERVE, waits_in=S.SUBMITTED, then=S.CONFIRMED,
+        # all or nothing: a failed reservation holds nothing
+        progress="stock", asked=Stock.RESERVING, done=Stock.RESERVED, failed=Stock.NONE,
+        taken_in=frozenset({Stock.RESERVING}),
+        record=_reserved, reason=lambda reply: CancelReason.OUT_OF_STOCK,
+    ),
+    Step(
+        "capture", command=lambda saga: Capture(), success=PaymentCaptured, failures=(PaymentFailed,),
+        undo=_refund_the_rest, undone_by=PaymentRefunded,
+        pending_undo=lambda saga: [Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done],
+        wait=Wait.CAPTURE, waits_in=S.CONFIRMED, then=S.PAID,
+        progress="payment", asked=Pay.CAPTURING, done=Pay.CAPTURED, failed=Pay.FAILED,
+        taken_in=frozenset({Pay.NONE, Pay.CAPTURING, Pay.FAILED}),  # money is never ignored: kept or refunded
+        record=_captured, reason=lambda reply: PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED),
+    ),
+    Step(
+        "ship", command=lambda saga: CreateShipment(warehouse=saga.warehouse or ""), success=ShipmentCreated,
+        failures=(ShipmentFailed,), undo=_cancel_parcel, undone_by=ShipmentCancelled,
+        pending_undo=lambda saga: [CancelShipment()] if saga.parcel is Parcel.CANCELLING else [],
+        wait=Wait.SHIP, waits_in=S.PAID, then=S.PICKING,
+        progress="parcel", asked=Parcel.CREATING, done=Parcel.CREATED, failed=Parcel.FAILED,
+        taken_in=frozenset({Parcel.CREATING}),
+        reason=lambda reply: CancelReason.SHIPMENT_FAILED,
+    ),
+    Step(  # the carrier reports by itself: see _shipment_updated
+        "follow", success=ShipmentUpdated, waits_in=S.PICKING, then=S.DELIVERED, progress="parcel",
+    ),
+)
 
-    # -- derived --------------------------------------------------------------------------------
+RETURN = Step(
+    "return", command=lambda saga: ExpectReturn(items=list(saga.return_items)), success=ShipmentReturned,
+    waits_in=S.RETURN_REQUESTED, then=S.RETURNED, progress="parcel",
+)
+"""Not part of the forward flow: the customer asks for it after delivery (see _shipment_returned)."""
 
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL
+TABLE: tuple[Step, ...] = (*STEPS, RETURN)
 
-    @property
-    def refund_asked(self) -> Decimal:
-        return sum((amount for _, amount in self.refunds), Decimal("0"))
 
-    @property
-    def unrefunded(self) -> Decimal:
-        """Captured money the saga has not yet asked back (for a cancelled order: must reach 0)."""
-        return self.captured - self.refund_asked
+def _step(waiting: Wait | None) -> Step | None:
+    return next((step for step in STEPS if step.wait is waiting and waiting is not None), None)
+
+
+def _after(step: Step) -> Step:
+    return STEPS[STEPS.index(step) + 1]
 
 
 # --- the flow -------------------------------------------------------------------------------
 
 
-def start(*, order_id: str, total: Decimal, currency: str, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
-    saga = Saga(order_id=order_id, total=total, currency=currency, stock=Stock.RESERVING)
-    return _wait(saga, Wait.RESERVE, now, timeouts), [Reserve()]
+def start(*, order_id: str, total: Any, currency: str, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
+    return _begin(STEPS[0], Saga(order_id=order_id, total=total, currency=currency), now, timeouts)
 
 
 def advance(saga: Saga, reply: object, *, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
@@ -316,6 +218,32 @@ def advance(saga: Saga, reply: object, *, now: datetime, timeouts: Timeouts) -> 
     if handler is None:
         raise TypeError(f"the saga does not take {type(reply).__name__}")
     return handler(saga, reply, now, timeouts)
+
+
+def _begin(step: Step, saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    """Send the step's command and wait for its answer (a step with no command just follows)."""
+    if step.command is None:
+        return _wait(saga, None, now, t), []
+    saga = replace(saga, **{step.progress: step.asked})
+    return _wait(saga, step.wait, now, t), [step.command(saga)]
+
+
+def _succeeded(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    if getattr(saga, step.progress) not in step.taken_in:
+        return _ignore(saga)  # a duplicate, or the answer to a resent command
+    saga = step.record(replace(saga, **{step.progress: step.done}), reply)
+    if saga.status is not step.waits_in:  # cancelled meanwhile: what was just done is undone
+        return _compensate(saga, now, t)
+    return _begin(_after(step), replace(saga, status=step.then), now, t)
+
+
+def _failed(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    if getattr(saga, step.progress) is not step.asked:
+        return _ignore(saga)
+    saga = replace(saga, **{step.progress: step.failed})
+    if saga.status is step.waits_in:
+        return _cancel(saga, CancelReason(step.reason(reply)), now, t)
+    return _compensate(saga, now, t)
 
 
 def _ignore(saga: Saga) -> tuple[Saga, list[Intent]]:
@@ -338,76 +266,13 @@ def _next_look(saga: Saga, now: datetime, t: Timeouts) -> datetime:
     return max(min(marks), now)
 
 
-# step 1: reserve stock
-
-
-def _stock_reserved(saga: Saga, reply: StockReserved, now: datetime, t: Timeouts):
-    if saga.stock is not Stock.RESERVING:
-        return _ignore(saga)  # a duplicate, or the answer to a resent command
-    warehouse = reply.allocations[0].warehouse if reply.allocations else None
-    saga = replace(saga, stock=Stock.RESERVED, warehouse=warehouse)
-    if saga.status is not S.SUBMITTED:  # cancelled while reserving: give the stock back
-        return _compensate(saga, now, t)
-    saga = replace(saga, status=S.CONFIRMED, payment=Pay.CAPTURING)
-    return _wait(saga, Wait.CAPTURE, now, t), [Capture()]
-
-
-def _reservation_failed(saga: Saga, reply: StockReservationFailed, now: datetime, t: Timeouts):
-    if saga.stock is not Stock.RESERVING:
-        return _ignore(saga)
-    saga = replace(saga, stock=Stock.NONE)  # all or nothing: nothing is held
-    if saga.status is S.SUBMITTED:
-        return _cancel(saga, CancelReason.OUT_OF_STOCK, now, t)
-    return _compensate(saga, now, t)
-
-
-# step 2: capture the payment
-
-
-def _payment_captured(saga: Saga, reply: PaymentCaptured, now: datetime, t: Timeouts):
-    if saga.payment is Pay.CAPTURED:
-        return _ignore(saga)  # the same capture told twice
-    saga = replace(saga, payment=Pay.CAPTURED, payment_id=reply.payment_id, captured=reply.amount)
-    if saga.status is not S.CONFIRMED:  # cancelled or timed out meanwhile: never keep the money
-        return _compensate(saga, now, t)
-    saga = replace(saga, status=S.PAID, parcel=Parcel.CREATING)
-    return _wait(saga, Wait.SHIP, now, t), [CreateShipment(warehouse=saga.warehouse or "")]
-
-
-def _payment_failed(saga: Saga, reply: PaymentFailed, now: datetime, t: Timeouts):
-    if saga.payment is not Pay.CAPTURING:
-        return _ignore(saga)
-    saga = replace(saga, payment=Pay.FAILED)
-    if saga.status is S.CONFIRMED:
-        return _cancel(saga, PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED), now, t)
-    return _compensate(saga, now, t)
-
-
-# step 3: create the shipment
-
-
-def _shipment_created(saga: Saga, reply: ShipmentCreated, now: datetime, t: Timeouts):
-    if saga.parcel is not Parcel.CREATING:
-        return _ignore(saga)
-    saga = replace(saga, parcel=Parcel.CREATED)
-    if saga.status is not S.PAID:  # cancelled while the parcel was being booked
-        saga, intents = _compensate(saga, now, t)
-        return saga, intents
-    return _wait(replace(saga, status=S.PICKING), None, now, t), []
+# the exceptions to the table's rules, each for a reason it gives
 
 
 def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts):
     if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: no parcel will leave
         return _compensate(replace(saga, parcel=Parcel.CANCELLED), now, t)
-    if saga.parcel is not Parcel.CREATING:
-        return _ignore(saga)
-    saga = replace(saga, parcel=Parcel.FAILED)
-    if saga.status is S.PAID:
-        return _cancel(saga, CancelReason.SHIPMENT_FAILED, now, t)
-    return _compensate(saga, now, t)
-
-
-# step 4: follow the parcel
+    return _failed(STEPS[2], saga, reply, now, t)
 
 
 _CARRIER_STATUS = {
@@ -429,6 +294,7 @@ def passed_through(old: S, new: S) -> list[S]:
 
 
 def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
+    """The follow step: the carrier's scans move the order forward, never back."""
     target = _CARRIER_STATUS.get(reply.status)
     if saga.parcel is Parcel.CANCELLING and target is not None:
         return _parcel_left(saga, reply, now, t)
@@ -444,12 +310,6 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     return replace(saga, status=target), intents
 
 
-def _shipment_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: Timeouts):
-    if saga.parcel is not Parcel.CANCELLING:
-        return _ignore(saga)  # told again (a resent cancel)
-    return _compensate(replace(saga, parcel=Parcel.CANCELLED), now, t)  # now the stock can go back
-
-
 def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
     """The carrier scanned the parcel before the cancel reached shipping. The order stays cancelled
     (its refund is under way); the units are off the shelf, and someone has to get them back."""
@@ -462,15 +322,16 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
 
 
 def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts):
-    if saga.status is not S.RETURN_REQUESTED:
+    """The return step: the parcel is back, its units go back on the shelf and are refunded."""
+    if saga.status is not RETURN.waits_in:
         return _ignore(saga)
     items = list(reply.items) or list(saga.return_items)
     refund = _refund(saga, saga.return_amount, "return")
-    saga = replace(saga, status=S.RETURNED)
+    saga = replace(saga, status=RETURN.then)
     return _with_refund(saga, refund), [Restock(items=items), *([refund] if refund else [])]
 
 
-# requests from people, deadlines, and the answers to compensations
+# requests from people
 
 
 def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeouts):
@@ -498,8 +359,12 @@ def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeou
         raise Refused(f"the order is {saga.status}: a return can be requested once it is delivered")
     if req.amount > saga.captured - saga.refund_asked:
         raise Refused("the return is worth more than is left to refund")
-    saga = replace(saga, status=S.RETURN_REQUESTED, return_items=tuple(req.items), return_amount=req.amount)
-    return saga, [ExpectReturn(items=list(req.items))]
+    saga = replace(saga, status=RETURN.waits_in, return_items=tuple(req.items), return_amount=req.amount)
+    assert RETURN.command is not None
+    return saga, [RETURN.command(saga)]
+
+
+# the deadline: resend, warn, give up
 
 
 def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
@@ -517,33 +382,30 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
         saga = replace(saga, warned=True)
         intents.append(Warn(step=saga.waiting_for, waiting_since=since,
                             give_up_at=since + timedelta(seconds=t.give_up_seconds)))
-    intents += _waiting_commands(saga)
+    step = _step(saga.waiting_for)
+    intents += [step.command(saga)] if step and step.command else _pending_compensations(saga)
     saga = replace(saga, resends=saga.resends + 1)
     return replace(saga, deadline_at=_next_look(saga, now, t)), intents
 
 
-def _waiting_commands(saga: Saga) -> list[Intent]:
-    """What the saga is waiting on, sent again."""
-    match saga.waiting_for:
-        case Wait.RESERVE:
-            return [Reserve()]
-        case Wait.CAPTURE:
-            return [Capture()]
-        case Wait.SHIP:
-            return [CreateShipment(warehouse=saga.warehouse or "")]
-        case Wait.COMPENSATE:
-            return _pending_compensations(saga)
-    return []
+# --- compensation ---------------------------------------------------------------------------
 
 
-def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts):
-    if saga.stock is not Stock.RELEASING:
-        return _ignore(saga)
-    return _settle(replace(saga, stock=Stock.RELEASED), now, t), []
+def _undone(progress: str, value: Any) -> Callable[[Saga, Any, datetime, Timeouts], tuple[Saga, list[Intent]]]:
+    """A compensation's answer: the step is undone, and the saga stops waiting once all are."""
+
+    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+        if getattr(saga, progress) is not _UNDOING[progress]:
+            return _ignore(saga)  # told again (a resent compensation)
+        saga = replace(saga, **{progress: value})
+        if progress == "parcel":  # no parcel will leave: now the stock can go back
+            return _compensate(saga, now, t)
+        return _settle(saga, now, t), []
+
+    return handle
 
 
-def _stock_committed(saga: Saga, reply: StockCommitted, now: datetime, t: Timeouts):
-    return _ignore(saga)  # nothing waits for it: the commit is fire-and-forget bookkeeping
+_UNDOING = {"stock": Stock.RELEASING, "parcel": Parcel.CANCELLING}
 
 
 def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Timeouts):
@@ -558,30 +420,25 @@ def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Time
     return _settle(saga, now, t), []
 
 
-# --- compensation ---------------------------------------------------------------------------
-
-
 def _cancel(saga: Saga, reason: CancelReason, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
     return _compensate(replace(saga, status=S.CANCELLED, reason=reason), now, t)
 
 
 def _compensate(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
-    """Undo, in reverse order, every step done so far that a cancelled order must not keep."""
+    """Undo, in reverse order of the table, every step done so far that a cancelled order must not keep."""
     intents: list[Intent] = []
-    if saga.parcel in (Parcel.CREATING, Parcel.CREATED):
-        saga, intents = replace(saga, parcel=Parcel.CANCELLING), [*intents, CancelShipment()]
-    refund = _refund(saga, saga.unrefunded, "cancel")
-    if refund:
-        saga, intents = _with_refund(saga, refund), [*intents, refund]
-    # While reserving, the release overtakes the reservation: inventory never reserves for an order
-    # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
-    # parcel's cancel to be answered: they may have left with the carrier.
-    if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
-        saga, intents = replace(saga, stock=Stock.RELEASING), [*intents, Release()]
+    for step in reversed(STEPS):
+        if step.undo is not None:
+            saga, more = step.undo(saga)
+            intents += more
     return _settle(saga, now, t), intents
 
 
-def _refund(saga: Saga, amount: Decimal, purpose: str) -> Refund | None:
+def _pending_compensations(saga: Saga) -> list[Intent]:
+    return [i for step in reversed(STEPS) if step.pending_undo for i in step.pending_undo(saga)]
+
+
+def _refund(saga: Saga, amount: Any, purpose: str) -> Refund | None:
     key = f"{saga.order_id}:{purpose}"
     if amount <= 0 or any(k == key for k, _ in saga.refunds):
         return None  # one refund per purpose at most, whatever is replayed
@@ -594,38 +451,41 @@ def _with_refund(saga: Saga, refund: Refund | None) -> Saga:
     return replace(saga, refunds=(*saga.refunds, (refund.key, refund.amount)))
 
 
-def _pending_compensations(saga: Saga) -> list[Intent]:
-    pending: list[Intent] = [CancelShipment()] if saga.parcel is Parcel.CANCELLING else []
-    pending += [Release()] if saga.stock is Stock.RELEASING else []
-    pending += [Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done]
-    return pending
-
-
 def _settle(saga: Saga, now: datetime, t: Timeouts) -> Saga:
     """Wait for outstanding compensations, or stop waiting once they are all answered."""
-    if not saga.final:
+    if saga.status not in FINAL:
         return saga
     if _pending_compensations(saga):
         return saga if saga.waiting_for is Wait.COMPENSATE else _wait(saga, Wait.COMPENSATE, now, t)
     return _wait(saga, None, now, t)
 
 
-_HANDLERS = {
-    StockReserved: _stock_reserved,
-    StockReservationFailed: _reservation_failed,
-    StockReleased: _stock_released,
-    StockCommitted: _stock_committed,
-    PaymentCaptured: _payment_captured,
-    PaymentFailed: _payment_failed,
-    PaymentRefunded: _payment_refunded,
-    ShipmentCreated: _shipment_created,
-    ShipmentFailed: _shipment_failed,
-    ShipmentCancelled: _shipment_cancelled,
-    ShipmentUpdated: _shipment_updated,
-    ShipmentReturned: _shipment_returned,
+def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
+    """The replies each row of the table answers to, handled by the table's rules."""
+    handlers: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {}
+    for step in STEPS[:3]:
+        handlers[step.success] = lambda saga, reply, now, t, step=step: _succeeded(step, saga, reply, now, t)
+        for failure in step.failures:
+            handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
+    handlers[StockReleased] = _undone("stock", Stock.RELEASED)
+    handlers[ShipmentCancelled] = _undone("parcel", Parcel.CANCELLED)
+    handlers[PaymentRefunded] = _payment_refunded
+    handlers[ShipmentFailed] = _shipment_failed  # a failure that may answer a cancel
+    handlers[ShipmentUpdated] = _shipment_updated  # the follow step
+    handlers[ShipmentReturned] = _shipment_returned  # the return step
+    return handlers
+
+
+_HANDLERS: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {
+    **_from_table(),
     CancelRequested: _cancel_requested,
     AddressChangeRequested: _address_change,
     AttentionResolved: _attention_resolved,
     ReturnRequested: _return_requested,
     DeadlineReached: _deadline,
 }
+
+REPLIES: frozenset[type] = frozenset(
+    t for step in TABLE for t in (step.success, *step.failures, step.undone_by) if t is not None
+)
+"""Every message from another service that the saga follows: its subscribers are made from this."""

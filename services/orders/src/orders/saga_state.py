@@ -1,0 +1,123 @@
+"""The saga's state: where each participant stands, what it waits for, and its JSON form (stored in
+the order's row). Plain values, no behaviour: the flow is in ``orders.saga``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from events.types import LineItem, OrderStatus
+
+S = OrderStatus
+FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
+
+
+class Stock(StrEnum):
+    NONE = "none"
+    RESERVING = "reserving"
+    RESERVED = "reserved"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    COMMITTED = "committed"
+
+
+class Pay(StrEnum):
+    NONE = "none"
+    CAPTURING = "capturing"
+    CAPTURED = "captured"
+    FAILED = "failed"
+
+
+class Parcel(StrEnum):
+    NONE = "none"
+    CREATING = "creating"
+    CREATED = "created"
+    CANCELLING = "cancelling"  # asked to cancel, no answer yet
+    CANCELLED = "cancelled"  # no parcel will leave
+    LEFT = "left"  # the carrier took it before the cancel reached shipping
+    FAILED = "failed"
+
+
+class Wait(StrEnum):
+    """What the saga's deadline is for."""
+
+    RESERVE = "reserve"
+    CAPTURE = "capture"
+    SHIP = "ship"
+    COMPENSATE = "compensate"
+
+
+@dataclass(frozen=True)
+class Saga:
+    order_id: str
+    total: Decimal
+    currency: str
+    status: OrderStatus = S.SUBMITTED
+    reason: str | None = None
+    stock: Stock = Stock.NONE
+    payment: Pay = Pay.NONE
+    payment_id: str | None = None
+    captured: Decimal = Decimal("0")
+    refunds: tuple[tuple[str, Decimal], ...] = ()  # (key, amount) of every Refund asked
+    refunds_done: tuple[str, ...] = ()  # keys payments confirmed
+    refund_ids: tuple[str, ...] = ()  # refunds seen, so a repeated one is counted once
+    refunded: Decimal = Decimal("0")  # what payments confirmed, manual refunds included
+    parcel: Parcel = Parcel.NONE
+    warehouse: str | None = None
+    return_items: tuple[LineItem, ...] = ()
+    return_amount: Decimal = Decimal("0")
+    waiting_for: Wait | None = None
+    waiting_since: datetime | None = None
+    deadline_at: datetime | None = None  # the next time the saga looks again: resend, warn or give up
+    resends: int = 0
+    warned: bool = False
+    attention: str | None = None
+    ignored: int = field(default=0, compare=False)  # replies that did not fit, for the record
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("total", "captured", "refunded", "return_amount"):
+            d[k] = format(d[k], "f")
+        d["deadline_at"] = self.deadline_at.isoformat() if self.deadline_at else None
+        d["waiting_since"] = self.waiting_since.isoformat() if self.waiting_since else None
+        d["return_items"] = [i.model_dump(mode="json") for i in self.return_items]
+        d["refunds"] = [[key, format(amount, "f")] for key, amount in self.refunds]
+        d["refunds_done"], d["refund_ids"] = list(self.refunds_done), list(self.refund_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Saga:
+        d = dict(d)
+        for k in ("total", "captured", "refunded", "return_amount"):
+            d[k] = Decimal(d[k])
+        d["status"] = OrderStatus(d["status"])
+        d["stock"], d["payment"], d["parcel"] = Stock(d["stock"]), Pay(d["payment"]), Parcel(d["parcel"])
+        d["waiting_for"] = Wait(d["waiting_for"]) if d.get("waiting_for") else None
+        d["deadline_at"] = datetime.fromisoformat(d["deadline_at"]) if d.get("deadline_at") else None
+        # sagas saved before the wait was timed from its start: time it from now on
+        since = d.get("waiting_since") or (d["deadline_at"].isoformat() if d["deadline_at"] else None)
+        d["waiting_since"] = datetime.fromisoformat(since) if since else None
+        d["return_items"] = tuple(LineItem.model_validate(i) for i in d.get("return_items", ()))
+        d["refunds"] = tuple((key, Decimal(amount)) for key, amount in d.get("refunds", ()))
+        d["refunds_done"], d["refund_ids"] = tuple(d.get("refunds_done", ())), tuple(d.get("refund_ids", ()))
+        return cls(**d)
+
+    # -- derived --------------------------------------------------------------------------------
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def refund_asked(self) -> Decimal:
+        return sum((amount for _, amount in self.refunds), Decimal("0"))
+
+    @property
+    def unrefunded(self) -> Decimal:
+        """Captured money the saga has not yet asked back (for a cancelled order: must reach 0)."""
+        return self.captured - self.refund_asked

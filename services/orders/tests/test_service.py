@@ -26,7 +26,6 @@ from orders.handlers import (
     on_shipment_updated,
     on_stock_reserved,
 )
-from orders.saga import DeadlineReached
 
 
 async def placed(sessions, settings, key="k") -> str:
@@ -87,15 +86,14 @@ async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings)
     await service.apply(sessions, order_id, reserved, settings=settings)
     order = await load(sessions, order_id)
     assert order.deadline_at is not None and order.status == "confirmed"
-    assert await service.due_deadlines(sessions) == []
+    assert await service.fire_deadline(sessions, settings=settings) is None
     async with sessions.begin() as session:  # time passes while the service is down
         await session.execute(update(Order).where(Order.id == order_id).values(deadline_at=datetime.now(UTC) - timedelta(seconds=1)))
     saga = dict((await load(sessions, order_id)).saga, deadline_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
     async with sessions.begin() as session:
         await session.execute(update(Order).where(Order.id == order_id).values(saga=saga))
     # A fresh process sees the due deadline in the database and fires it.
-    assert await service.due_deadlines(sessions) == [order_id]
-    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+    assert await service.fire_deadline(sessions, settings=settings) == order_id
     order = await load(sessions, order_id)
     assert (order.status, order.status_reason) == ("cancelled", "payment_timeout")
     assert (await outbox(sessions))[-1]["key"] == "inventory.release_stock"

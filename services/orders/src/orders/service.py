@@ -6,6 +6,7 @@ Both the subscribers (handlers.py), the HTTP routes (api.py) and the deadline sc
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,14 @@ class KeyReused(Exception):
 
 class KeyInProgress(Exception):
     """The first request with this Idempotency-Key is still being handled (409)."""
+
+
+class DeadlineFailed(Exception):
+    """Feeding a due deadline to the order's saga failed (its transaction rolled back)."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(order_id)
+        self.order_id = order_id
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,7 @@ async def apply(
     cause: Cause = None,
     consumer: str | None = None,
     before: Any = None,
+    session: AsyncSession | None = None,
 ) -> SimpleNamespace | None:
     """Feed one reply, deadline or request to the order's saga, and save the outcome with the
     commands and events it emits. Raises ``saga.Refused`` for a request not allowed now.
@@ -226,9 +236,10 @@ async def apply(
     not ours or a message seen before. ``before(order)`` may change it first, in the same
     transaction (an address change); like every change here, by assigning a new value, never by
     changing a dict or list in place (only what compares unequal to the loaded row is written).
+    With ``session``, in the caller's transaction.
     """
     now = _now()
-    async with sessions.begin() as session:
+    async with contextlib.nullcontext(session) if session is not None else sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
         # Core, not the ORM: a saga step reads one row and writes back what changed, and the
@@ -387,9 +398,28 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
     raise TypeError(f"no command for {intent!r}")
 
 
-async def due_deadlines(sessions: async_sessionmaker, *, limit: int = 200) -> list[str]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(Order.id).where(Order.deadline_at.is_not(None), Order.deadline_at <= _now()).limit(limit)
-        )
-        return list(rows)
+_DUE_DEADLINE = (
+    select(_orders.c.id)
+    .where(_orders.c.deadline_at <= bindparam("now"), _orders.c.id.not_in(bindparam("skip", expanding=True)))
+    .order_by(_orders.c.deadline_at)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+
+
+async def fire_deadline(sessions: async_sessionmaker, *, settings: Settings, skip: frozenset[str] = frozenset()) -> str | None:
+    """Claim one order whose saga deadline has passed and feed its saga ``DeadlineReached``, in one
+    transaction; returns its id, or None when no deadline is due (``skip``: ids not to claim).
+
+    The claim is the row's lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), held until the saga's
+    new state commits: replicas scanning at once each take another order, so a deadline fires
+    once; a replica that dies mid-way loses its connection, the transaction rolls back and the
+    deadline is due again for the others. (SQLite has no row locks, and one writer at a time.)"""
+    async with sessions.begin() as session:
+        order_id = await session.scalar(_DUE_DEADLINE, {"now": _now(), "skip": list(skip)})
+        if order_id is not None:
+            try:
+                await apply(sessions, order_id, flow.DeadlineReached(), settings=settings, session=session)
+            except Exception as exc:
+                raise DeadlineFailed(order_id) from exc
+        return order_id

@@ -95,7 +95,7 @@ async def place_order(
     closed; a key seen before is answered as always, so a gateway that lost its answer gets it."""
     fingerprint = request_fingerprint(request)
     now = _now()
-    admitted = False  # let in by the door: it counts the order until it is stored
+    admitted = False  # let in by the door: it counts the order until its key is stored
     try:
         try:
             async with sessions.begin() as session:
@@ -117,6 +117,9 @@ async def place_order(
                                                         "order_id": None, "created_at": now})
         except IntegrityError as exc:  # a concurrent request claimed the key first
             raise KeyInProgress(key) from exc
+        if admitted:  # its key is stored in progress: every replica's door counts it from now on
+            admitted = False
+            admission.settled()
 
         order_id = f"ord_{uuid.uuid4().hex}"
         async with sessions.begin() as session:

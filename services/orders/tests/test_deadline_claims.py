@@ -94,8 +94,8 @@ async def test_a_deadline_claimed_by_a_scanner_that_dies_fires_on_another(postgr
         # A replica claims the deadline (its transaction holds the row) and dies before committing.
         conn = await dying.connect()
         await conn.begin()
-        claimed = await conn.scalar(service._DUE_DEADLINE, {"now": datetime.now(UTC), "skip": []})
-        assert claimed == order_id
+        claimed = (await conn.execute(service._DUE_DEADLINE, {"now": datetime.now(UTC), "skip": []})).first()
+        assert claimed.id == order_id
         assert await service.fire_deadline(sessions, settings=settings) is None, "claimed: not for the others"
 
         await conn.invalidate()  # the connection is gone with the process: PostgreSQL rolls back

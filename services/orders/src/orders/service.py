@@ -402,7 +402,7 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
 
 
 _DUE_DEADLINE = (
-    select(_orders.c.id)
+    select(_orders.c.id, _orders.c.deadline_at)
     .where(_orders.c.deadline_at <= bindparam("now"), _orders.c.id.not_in(bindparam("skip", expanding=True)))
     .order_by(_orders.c.deadline_at)
     .limit(1)
@@ -419,10 +419,12 @@ async def fire_deadline(sessions: async_sessionmaker, *, settings: Settings, ski
     once; a replica that dies mid-way loses its connection, the transaction rolls back and the
     deadline is due again for the others. (SQLite has no row locks, and one writer at a time.)"""
     async with sessions.begin() as session:
-        order_id = await session.scalar(_DUE_DEADLINE, {"now": _now(), "skip": list(skip)})
-        if order_id is not None:
-            try:
-                await apply(sessions, order_id, flow.DeadlineReached(), settings=settings, session=session)
-            except Exception as exc:
-                raise DeadlineFailed(order_id) from exc
-        return order_id
+        due = (await session.execute(_DUE_DEADLINE, {"now": _now(), "skip": list(skip)})).first()
+        if due is None:
+            return None
+        try:
+            await apply(sessions, due.id, flow.DeadlineReached(), settings=settings, session=session)
+        except Exception as exc:
+            raise DeadlineFailed(due.id) from exc
+    log.info("saga.deadline_fired", order_id=due.id, deadline_at=due.deadline_at.isoformat())
+    return due.id

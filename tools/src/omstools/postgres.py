@@ -64,15 +64,18 @@ class PostgresServer:
     home: Path
     port: int = field(default_factory=free_port)
     max_connections: int = 400  # N replicas of five services, each with a pool
+    user: str | None = field(default=None, init=False)  # whom the server runs as (set by start)
     _server: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
+
+    @property
+    def bin(self) -> Path:
         found = bindir()
         if found is None:
             raise PostgresUnavailable("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres)")
-        self.bin = found
-        self.user = run_as()
+        return found
 
     @property
     def data(self) -> Path:
@@ -95,6 +98,7 @@ class PostgresServer:
         return self._server.pid if self._server is not None and self._server.poll() is None else None
 
     def start(self, timeout: float = 60.0) -> PostgresServer:
+        self.user = run_as()
         self.home.mkdir(parents=True, exist_ok=True)
         if self.user:
             shutil.chown(self.home, self.user)

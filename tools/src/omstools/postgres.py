@@ -57,6 +57,14 @@ def run_as() -> str | None:
     raise PostgresUnavailable("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
 
 
+def reachable(path: Path, user: str | None) -> bool:
+    """Whether ``user`` (None: we) can get into the folder ``path``: the server needs its data
+    folder, and a project under root's home (mode 700) is out of the ``postgres`` user's reach."""
+    if user is None:
+        return True
+    return subprocess.run(["test", "-x", str(path)], user=user, capture_output=True).returncode == 0
+
+
 @dataclass
 class PostgresServer:
     """One server. ``start()`` returns once it accepts connections; ``stop()`` ends it."""

@@ -10,7 +10,8 @@ The broker (CONTRACT §1), first that applies:
 
 The databases: SQLite files under ``.var`` by default. With ``OMS_DATABASE=postgres``, a
 PostgreSQL server started here from the ``postgresql`` package (installed with apt-get first when
-missing and we are root), data kept in ``.var/postgres``, on 127.0.0.1:5433 (or a free port when
+missing and we are root), data kept in ``.var/postgres`` (as root, under ``/var/lib/oms`` when
+the ``postgres`` user it runs as cannot reach the project), on 127.0.0.1:5433 (or a free port when
 that is taken), with one database per service, named after it. A service's own
 ``<SERVICE>_DATABASE_URL`` still wins.
 
@@ -23,6 +24,7 @@ started here, the broker and PostgreSQL too if they were started here, and exits
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -33,7 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from omstools.postgres import PostgresServer, PostgresUnavailable, bindir, install_postgresql
+from omstools.postgres import (
+    PostgresServer,
+    PostgresUnavailable,
+    bindir,
+    install_postgresql,
+    reachable,
+    run_as,
+)
 from omstools.rabbit import (
     BrokerUnavailable,
     RabbitNode,
@@ -174,6 +183,18 @@ def database() -> str:
     return value
 
 
+def postgres_home(var_dir: Path) -> Path:
+    """``.var/postgres``; as root, when the project is out of the ``postgres`` user's reach (under
+    root's home, say), a folder of this project's own under /var/lib/oms instead."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    user = run_as()
+    if reachable(var_dir, user):
+        return var_dir / "postgres"
+    home = Path("/var/lib/oms") / hashlib.sha256(str(var_dir).encode()).hexdigest()[:12] / "postgres"
+    say(f"the {user} user that PostgreSQL runs as cannot reach {var_dir}: its data goes to {home}")
+    return home
+
+
 def start_postgres(var_dir: Path, cleanups: list[Callable[[], None]]) -> PostgresServer:
     """PostgreSQL of this run's own, with a database per service."""
     if bindir() is None:
@@ -182,7 +203,7 @@ def start_postgres(var_dir: Path, cleanups: list[Callable[[], None]]) -> Postgre
                                       "or leave OMS_DATABASE unset (SQLite)")
         say("postgresql is missing: installing it with apt-get")
         install_postgresql()
-    server = PostgresServer(var_dir / "postgres", port=int(os.environ.get("OMS_POSTGRES_PORT", "0"))
+    server = PostgresServer(postgres_home(var_dir), port=int(os.environ.get("OMS_POSTGRES_PORT", "0"))
                             or _port_or_free(POSTGRES_PORT))
     cleanups.append(server.stop)
     say(f"starting PostgreSQL (data in {_shown(server.home)}, log {server.log_file})")

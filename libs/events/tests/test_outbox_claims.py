@@ -4,7 +4,9 @@ handed it over."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import timedelta
 
 import aio_pika
 import pytest
@@ -87,3 +89,24 @@ async def test_two_relays_publish_each_row_once(engines, queue, amqp_url):
     assert [m for m, times in seen.items() if times > 1] == [], "a row was published by both relays"
     assert relays[0].published and relays[1].published, "both relays took part"
     assert relays[0].published + relays[1].published == 500
+
+
+async def test_rows_leased_to_a_relay_that_died_are_published_by_another(engines, queue, amqp_url, monkeypatch):
+    monkeypatch.setattr(outbox, "LEASE", timedelta(seconds=1))
+    # A process committed rows for its relay to publish, and died before it did.
+    await _stage(make_sessionmaker(engines[0], on_outbox_commit=lambda rows: None), range(5))
+    sessions = make_sessionmaker(engines[1])
+    async with sessions() as session:
+        leases = (await session.scalars(select(outbox_message.c.next_attempt_at))).all()
+    assert len(leases) == 5 and all(lease is not None for lease in leases), "written leased to the dead process"
+
+    relay = OutboxRelay(sessions, amqp_url, service="test", poll_seconds=0.05)
+    await relay.start()
+    try:
+        await eventually(lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published")
+    finally:
+        await relay.stop()
+    seen: Counter = Counter()
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        seen[json.loads(message.body)["data"]["n"]] += 1
+    assert seen == Counter(range(5))

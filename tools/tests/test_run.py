@@ -170,6 +170,9 @@ def test_with_replicas_every_process_has_its_port_and_the_banner_lists_them(tmp_
     assert system.processes[:2] == ["orders", "orders-1"] and len(system.processes) == 10
     assert [system.port(name) for name in system.replicas_of("payments")] == [8002, 8102]
     assert system.env_for("shipping-1")["SHIPPING_HTTP_PORT"] == "8103"
+    system.service_env = {"shipping": {"SHIPPING_X": "all"}, "shipping-1": {"SHIPPING_Y": "one"}}
+    assert system.env_for("shipping-1")["SHIPPING_X"] == "all" and system.env_for("shipping-1")["SHIPPING_Y"] == "one"
+    assert "SHIPPING_Y" not in system.env_for("shipping")
     postgres = PostgresServer(tmp_path / "pg", port=5433)  # not started: the banner only reads its URL
     text = banner(system, Broker("amqp://guest:guest@127.0.0.1:5672/", None, "test"), postgres)
     for needle in ("http://127.0.0.1:8000/v1/orders  http://127.0.0.1:8100/v1/orders",

@@ -83,7 +83,7 @@ class System:
     defaults: dict[str, str] = field(default_factory=dict)
     # Always applied, over the caller's environment: for all services, and per service.
     env: dict[str, str] = field(default_factory=dict)
-    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by service, or by one replica's name
     # argv for ``(service, command)``; ``python -m <service> <command>`` with this interpreter.
     command: Callable[[str, str], list[str]] = _python_module
     # Supervision (make run): restart a service that dies after a back-off growing 1 s → 30 s.
@@ -168,7 +168,9 @@ class System:
             "NOTIFICATIONS_SMTP_PORT": str(self.smtp_port),
         }
         env.update(self.env)
-        env.update(self.service_env.get(svc, {}))
+        env.update(self.service_env.get(svc, {}))  # every replica of the service
+        if name != svc:
+            env.update(self.service_env.get(name, {}))  # this replica only
         return env
 
     # ---- set-up -------------------------------------------------------------------------

@@ -110,3 +110,20 @@ async def test_rows_leased_to_a_relay_that_died_are_published_by_another(engines
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         seen[json.loads(message.body)["data"]["n"]] += 1
     assert seen == Counter(range(5))
+
+
+async def test_rows_handed_over_past_the_relays_bound_are_given_back_to_the_table(engines, queue, amqp_url, monkeypatch):
+    monkeypatch.setattr(outbox, "LEASE", timedelta(hours=1))  # a lease kept would outlast the test
+    relays: list[OutboxRelay] = []
+    sessions = make_sessionmaker(engines[0], on_outbox_commit=lambda rows: relays[0].wake(rows))
+    relays.append(OutboxRelay(sessions, amqp_url, service="test", batch=2, poll_seconds=0.05))  # holds 20
+    await relays[0].start()
+    try:
+        await _stage(sessions, range(50))  # one commit hands 50 over
+        await eventually(lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published")
+    finally:
+        await relays[0].stop()
+    seen: Counter = Counter()
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        seen[json.loads(message.body)["data"]["n"]] += 1
+    assert seen == Counter(range(50))

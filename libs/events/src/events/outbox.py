@@ -174,6 +174,7 @@ class OutboxRelay:
         # the next read like any other (they are in the table all the same).
         self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._limit = 10 * batch
+        self._overflow: list[dict[str, Any]] = []  # handed over past the bound: to give back
         # Confirmed, not yet marked in the table; and every id published lately (a superset), so
         # that neither a read nor a late hand-over (several connections, on PostgreSQL) sends a
         # row again.
@@ -199,9 +200,10 @@ class OutboxRelay:
     def wake(self, rows: list[dict[str, Any]] | None = None) -> None:
         """A commit staged messages: ``rows`` are the outbox rows it wrote, when it knows them."""
         for row in rows or ():
-            if len(self._handed) >= self._limit:
-                break
-            self._handed[row["message_id"]] = row
+            if len(self._handed) >= self._limit:  # past the bound: its lease is given back
+                self._overflow.append(row)
+            else:
+                self._handed[row["message_id"]] = row
         self._wake.set()
 
     @property
@@ -222,7 +224,8 @@ class OutboxRelay:
         with contextlib.suppress(Exception):  # what was confirmed is not sent again after a restart
             await self._mark()
         with contextlib.suppress(Exception):
-            await self._release()
+            await self._release([*self._handed.values(), *self._overflow])
+            self._handed.clear()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -255,6 +258,9 @@ class OutboxRelay:
                     while await self._read_and_publish():
                         pass
                     next_read = loop.time() + self._poll
+                if self._overflow:
+                    overflow, self._overflow = self._overflow, []
+                    await self._release(overflow)
                 while self._handed:
                     await self._publish(self._take_handed())
                     if len(self._unmarked) >= self._batch:
@@ -330,15 +336,15 @@ class OutboxRelay:
             async with self._transaction():
                 pass
 
-    async def _release(self) -> None:
-        """Give back the handed-over rows not published yet, whose lease still holds: the next
-        read, this process's after a restart or another's, takes them at once."""
-        rows = [{"id": message_id, "until": row["next_attempt_at"]} for message_id, row in self._handed.items()
-                if row.get("next_attempt_at") is not None]
-        if rows:
+    async def _release(self, rows: list[dict[str, Any]]) -> None:
+        """Give back the leases of handed-over rows this relay will not publish from the hand-over
+        (past its bound, or as it stops), while they hold: the next read, this process's or
+        another's, takes the rows at once (else they wait for their lease to run out)."""
+        leases = [{"id": row["message_id"], "until": row["next_attempt_at"]} for row in rows
+                  if row.get("next_attempt_at") is not None]
+        if leases:
             async with self._sessions.begin() as session:
-                await session.execute(_RELEASE, rows)
-            self._handed.clear()
+                await session.execute(_RELEASE, leases)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:

@@ -14,12 +14,8 @@ import concurrent.futures
 import contextlib
 import functools
 import os
-import pwd
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from omstools.rabbit import RabbitNode, free_port, rabbitmq_installed
+from omstools.postgres import PostgresServer, bindir
+from omstools.rabbit import RabbitNode, rabbitmq_installed
 
 
 @dataclass
@@ -111,24 +108,6 @@ class Postgres:
         return self.url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    return found[-1].parent if found else None
-
-
-def _run_as() -> str | None:
-    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user (or nobody)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    return None
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """``OMS_TEST_POSTGRES_URL`` when set; else a server started from the local PostgreSQL on a free
@@ -136,36 +115,13 @@ def postgres() -> Iterator[Postgres]:
     if os.environ.get("OMS_TEST_POSTGRES_URL"):
         yield Postgres(os.environ["OMS_TEST_POSTGRES_URL"])
         return
-    bindir = _pg_bin()
-    if bindir is not None:
+    if bindir() is not None:
         home = Path(tempfile.mkdtemp(prefix="oms-test-pg-"))
-        user = _run_as()
-        if user:
-            shutil.chown(home, user)
-        data, port = home / "data", free_port()
-        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "oms", "--auth=trust", "--no-sync",
-                        "-E", "UTF8", "--locale=C"], user=user, check=True, capture_output=True, timeout=120)
-        with open(home / "server.log", "wb") as server_log:
-            server = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-                user=user, stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True,
-            )
+        server = PostgresServer(home).start()
         try:
-            deadline = time.monotonic() + 60
-            while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                                 capture_output=True).returncode != 0:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL did not start: {(home / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield Postgres(f"postgresql+asyncpg://oms@127.0.0.1:{port}/postgres")
+            yield Postgres(server.url)
         finally:
-            server.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.stop()
             shutil.rmtree(home, ignore_errors=True)
         return
     if _docker_available():

@@ -160,3 +160,30 @@ def test_the_banner_lists_every_url(tmp_path):
     for needle in ("http://127.0.0.1:8000/v1/orders", "http://127.0.0.1:8000/ops", "http://127.0.0.1:8004",
                    "management http://127.0.0.1:15672", "mail"):
         assert needle in text
+
+
+def test_with_replicas_every_process_has_its_port_and_the_banner_lists_them(tmp_path):
+    from omstools.postgres import PostgresServer
+    from omstools.run import Broker
+
+    system = System(tmp_path / "var", "amqp://guest:guest@127.0.0.1:5672/", replicas=2)
+    assert system.processes[:2] == ["orders", "orders-1"] and len(system.processes) == 10
+    assert [system.port(name) for name in system.replicas_of("payments")] == [8002, 8102]
+    assert system.env_for("shipping-1")["SHIPPING_HTTP_PORT"] == "8103"
+    system.service_env = {"shipping": {"SHIPPING_X": "all"}, "shipping-1": {"SHIPPING_Y": "one"}}
+    assert system.env_for("shipping-1")["SHIPPING_X"] == "all" and system.env_for("shipping-1")["SHIPPING_Y"] == "one"
+    assert "SHIPPING_Y" not in system.env_for("shipping")
+    postgres = PostgresServer(tmp_path / "pg", port=5433)  # not started: the banner only reads its URL
+    text = banner(system, Broker("amqp://guest:guest@127.0.0.1:5672/", None, "test"), postgres)
+    for needle in ("http://127.0.0.1:8000/v1/orders  http://127.0.0.1:8100/v1/orders",
+                   "http://127.0.0.1:8004  http://127.0.0.1:8104", "postgresql://oms@127.0.0.1:5433/<service>"):
+        assert needle in text
+
+
+def test_a_replica_port_in_use_is_named(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(StartupError, match=f"{port} \\(orders-1; set ORDERS_HTTP_PORT\\)"):
+            check_ports_free({"orders": free_port(), "orders-1": port})

@@ -11,7 +11,7 @@ from integration.helpers import eventually
 from sqlalchemy import event, func, select
 
 from events import outbox, topology
-from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
+from events.db import HANDED_OVER, make_engine, make_sessionmaker, messaging_metadata, outbox_message
 from events.envelope import Command, Event
 from events.names import EVENTS_EXCHANGE
 from events.outbox import OutboxRelay
@@ -220,6 +220,7 @@ async def test_a_row_handed_over_after_a_read_published_it_is_not_sent_again(rab
     await relay.start()
     try:
         async with sessions.begin() as session:
+            session.info[HANDED_OVER] = False  # written with no lease for the hand-over (as if it had run out)
             await outbox.stage(session, Pinged(n=5), service="test", subject="ord-5")
         [message] = await _take(listener, 1)
         await eventually(lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published")

@@ -146,3 +146,21 @@ async def test_orders_let_in_count_until_they_are_stored(sessions, settings):
             await door.check(session, datetime.now(UTC))
         door.settled()  # one of them stored, or failed: no longer counted by the door
         await door.check(session, datetime.now(UTC))
+
+
+async def test_the_door_counts_orders_every_replica_let_in(sessions, settings):
+    """Another replica let two requests in: their keys are stored in progress, their orders not
+    yet. This replica's door counts them; a key in progress past the abandon time is not counted."""
+    await paid(sessions, await in_flight(sessions, settings, 1))
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        await session.execute(insert(IdempotencyKey), [
+            {"key": f"other-{n}", "fingerprint": "f", "state": "in_progress", "order_id": None, "created_at": at}
+            for n, at in enumerate([now, now, now - timedelta(seconds=31)])
+        ])
+    door = Admission(max_wait_seconds=5.0, min_in_flight=3, refresh_seconds=0, registry=CollectorRegistry(),
+                     abandoned_seconds=30)
+    async with sessions() as session:
+        await door.check(session, now)  # two in flight (the abandoned one is not): the third is let in
+        with pytest.raises(Overloaded):  # three
+            await door.check(session, now)

@@ -324,7 +324,6 @@ def test_saga_round_trips_through_its_stored_form():
 
 def test_every_reply_the_saga_follows_comes_from_its_table():
     from events.envelope import Command, Event
-
     from orders import saga as flow
 
     handled = {t for t in flow._HANDLERS if issubclass(t, Event | Command)}

@@ -27,7 +27,6 @@ from orders.handlers import (
     on_shipment_updated,
     on_stock_reserved,
 )
-from orders.saga import DeadlineReached
 
 
 async def placed(sessions, settings, key="k") -> str:
@@ -89,15 +88,14 @@ async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings)
     await service.apply(sessions, order_id, reserved, settings=settings)
     order = await load(sessions, order_id)
     assert order.deadline_at is not None and order.status == "confirmed"
-    assert await service.due_deadlines(sessions) == []
+    assert await service.fire_deadline(sessions, settings=settings) is None
     async with sessions.begin() as session:  # time passes while the service is down
         await session.execute(update(Order).where(Order.id == order_id).values(deadline_at=datetime.now(UTC) - timedelta(seconds=1)))
     saga = dict((await load(sessions, order_id)).saga, deadline_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
     async with sessions.begin() as session:
         await session.execute(update(Order).where(Order.id == order_id).values(saga=saga))
     # A fresh process sees the due deadline in the database and fires it: the capture is resent.
-    assert await service.due_deadlines(sessions) == [order_id]
-    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+    assert await service.fire_deadline(sessions, settings=settings) == order_id
     order = await load(sessions, order_id)
     assert order.status == "confirmed" and order.deadline_at > datetime.now(UTC)
     assert (await outbox(sessions))[-1]["key"] == "payments.capture_payment"
@@ -105,9 +103,10 @@ async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings)
     long_ago = (datetime.now(UTC) - timedelta(seconds=settings.saga_timeout_seconds + 1)).isoformat()
     saga = dict(order.saga, deadline_at=long_ago, waiting_since=long_ago)
     async with sessions.begin() as session:
-        await session.execute(update(Order).where(Order.id == order_id).values(saga=saga, waiting_since=datetime.fromisoformat(long_ago)))
+        await session.execute(update(Order).where(Order.id == order_id).values(
+            saga=saga, waiting_since=datetime.fromisoformat(long_ago), deadline_at=datetime.fromisoformat(long_ago)))
     assert [o.id for o in await service.waiting_long(sessions, settings=settings)] == [order_id]
-    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+    assert await service.fire_deadline(sessions, settings=settings) == order_id
     order = await load(sessions, order_id)
     assert (order.status, order.status_reason) == ("cancelled", "saga_timeout")
     assert order.payment_token is None  # cleared on every final status

@@ -8,14 +8,23 @@ The broker (CONTRACT §1), first that applies:
 4. a RabbitMQ container through testcontainers when a Docker engine answers;
 5. else a clear error saying what to install.
 
-Then: migrate, seed, SMTP sink, the five services, ``OMS ready`` and the URLs. A service that dies
-is started again after a back-off (1 s doubling to 30 s). Ctrl-C or SIGTERM stops every process
-started here, the broker too if it was started here, and exits 0.
+The databases: SQLite files under ``.var`` by default. With ``OMS_DATABASE=postgres``, a
+PostgreSQL server started here from the ``postgresql`` package (installed with apt-get first when
+missing and we are root), data kept in ``.var/postgres`` (as root, under ``/var/lib/oms`` when
+the ``postgres`` user it runs as cannot reach the project), on 127.0.0.1:5433 (or a free port when
+that is taken), with one database per service, named after it. A service's own
+``<SERVICE>_DATABASE_URL`` still wins.
+
+Then: migrate, seed, SMTP sink, the five services (``OMS_REPLICAS`` processes of each, default 1;
+replica r on the service's port + 100·r), ``OMS ready`` and every URL. A process that dies is
+started again after a back-off (1 s doubling to 30 s). Ctrl-C or SIGTERM stops every process
+started here, the broker and PostgreSQL too if they were started here, and exits 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -26,6 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from omstools.postgres import (
+    PostgresServer,
+    PostgresUnavailable,
+    bindir,
+    install_postgresql,
+    reachable,
+    run_as,
+)
 from omstools.rabbit import (
     BrokerUnavailable,
     RabbitNode,
@@ -34,12 +51,13 @@ from omstools.rabbit import (
     port_open,
     rabbitmq_installed,
 )
-from omstools.system import DEFAULT_PORTS, SERVICES, StartupError, System
+from omstools.system import DEFAULT_PORTS, SERVICES, StartupError, System, replica_name, split_name
 
 AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
 PROMETHEUS_PORT = 15692
 SMTP_PORT = 8025
+POSTGRES_PORT = 5433
 DEFAULTS = {
     "OMS_ENV": "local",
     "LOG_JSON": "false",
@@ -151,8 +169,53 @@ def service_ports() -> dict[str, int]:
     return {svc: int(os.environ.get(f"{svc.upper()}_HTTP_PORT", DEFAULT_PORTS[svc])) for svc in SERVICES}
 
 
+def replicas() -> int:
+    value = os.environ.get("OMS_REPLICAS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise StartupError(f"OMS_REPLICAS={value!r}: give the number of processes per service (1, 2, ...)")
+    return int(value)
+
+
+def database() -> str:
+    value = os.environ.get("OMS_DATABASE", "sqlite").lower()
+    if value not in ("sqlite", "postgres"):
+        raise StartupError(f"OMS_DATABASE={value!r}: use 'sqlite' (the default) or 'postgres'")
+    return value
+
+
+def postgres_home(var_dir: Path) -> Path:
+    """``.var/postgres``; as root, when the project is out of the ``postgres`` user's reach (under
+    root's home, say), a folder of this project's own under /var/lib/oms instead."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    user = run_as()
+    if reachable(var_dir, user):
+        return var_dir / "postgres"
+    home = Path("/var/lib/oms") / hashlib.sha256(str(var_dir).encode()).hexdigest()[:12] / "postgres"
+    say(f"the {user} user that PostgreSQL runs as cannot reach {var_dir}: its data goes to {home}")
+    return home
+
+
+def start_postgres(var_dir: Path, cleanups: list[Callable[[], None]]) -> PostgresServer:
+    """PostgreSQL of this run's own, with a database per service."""
+    if bindir() is None:
+        if os.geteuid() != 0:
+            raise PostgresUnavailable("PostgreSQL is not installed: run 'sudo apt-get install -y postgresql', "
+                                      "or leave OMS_DATABASE unset (SQLite)")
+        say("postgresql is missing: installing it with apt-get")
+        install_postgresql()
+    server = PostgresServer(postgres_home(var_dir), port=int(os.environ.get("OMS_POSTGRES_PORT", "0"))
+                            or _port_or_free(POSTGRES_PORT))
+    cleanups.append(server.stop)
+    say(f"starting PostgreSQL (data in {_shown(server.home)}, log {server.log_file})")
+    server.start()
+    server.ensure_databases(list(SERVICES))
+    return server
+
+
 def check_ports_free(ports: dict[str, int]) -> None:
-    taken = [f"{port} ({svc}; set {svc.upper()}_HTTP_PORT)" for svc, port in ports.items() if port_open(port)]
+    """``ports``: process name (``orders``, ``orders-1``, ...) → port."""
+    taken = [f"{port} ({name}; set {split_name(name)[0].upper()}_HTTP_PORT)" for name, port in ports.items()
+             if port_open(port)]
     if taken:
         raise StartupError(f"ports already in use: {', '.join(taken)}. Is another `make run` running?")
 
@@ -163,11 +226,16 @@ def _shown(path: Path) -> str:
     return f"{path}/"
 
 
-def banner(system: System, broker: Broker) -> str:
+def banner(system: System, broker: Broker, postgres: PostgresServer | None = None) -> str:
+    def urls(svc: str, path: str = "") -> str:
+        return "  ".join(f"{system.url(name)}{path}" for name in system.replicas_of(svc))
+
     rows = [
-        ("orders API", f"{system.url('orders')}/v1/orders"),
+        ("orders API", urls("orders", "/v1/orders")),
         ("ops dashboard", f"{system.url('orders')}/ops?key=dev-ops-key"),
-        *((svc, system.url(svc)) for svc in system.services if svc != "orders"),
+        *((svc, urls(svc)) for svc in system.services if svc != "orders"),
+        *([("PostgreSQL", f"{postgres.url.replace('+asyncpg', '').rsplit('/', 1)[0]}/<service>  "
+                          f"(data {_shown(postgres.home)})")] if postgres else []),
         ("RabbitMQ", broker.url + (f"  (management {broker.management_url})" if broker.management_url else "")),
         ("e-mails", f"{_shown(system.mail_dir)}  (SMTP sink on 127.0.0.1:{system.smtp_port})"),
         ("logs", _shown(system.logs_dir)),
@@ -190,29 +258,35 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     code = 0
     try:
+        n, db = replicas(), database()
         broker = get_broker(var_dir, cleanups)
         say(f"broker: {broker.what}")
         ports = service_ports()
-        check_ports_free(ports)
+        check_ports_free({replica_name(svc, r): port + 100 * r for svc, port in ports.items() for r in range(n)})
+        postgres = start_postgres(var_dir, cleanups) if db == "postgres" else None
+        defaults = dict(DEFAULTS)
+        if postgres is not None:  # soft: a service's own <SERVICE>_DATABASE_URL wins
+            defaults.update({f"{svc.upper()}_DATABASE_URL": postgres.database_url(svc) for svc in SERVICES})
         smtp_port = int(os.environ.get("OMS_SMTP_PORT", "0")) or _port_or_free(SMTP_PORT)
-        system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, defaults=dict(DEFAULTS))
+        system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, defaults=defaults, replicas=n)
         cleanups.append(system.stop)
         say("migrating the databases")
         system.migrate()
         say("loading demo data")
         system.seed()
         system.start_smtp()
-        say(f"starting {', '.join(system.services)} (logs in {_shown(system.logs_dir)})")
+        each = f" ({n} processes each)" if n > 1 else ""
+        say(f"starting {', '.join(system.services)}{each} (logs in {_shown(system.logs_dir)})")
         system.start_all()
         system.supervise()
         system.wait_ready(timeout=180)
-        print(banner(system, broker), flush=True)
+        print(banner(system, broker, postgres), flush=True)
         say("running; Ctrl-C to stop")
         while True:
             stopping.wait()  # only a signal ends this (its handler raises Stopped)
     except Stopped as stop:
         say(f"{stop.args[0]}: stopping")
-    except (BrokerUnavailable, StartupError) as exc:
+    except (BrokerUnavailable, PostgresUnavailable, StartupError) as exc:
         print(f"[oms] cannot start: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:

@@ -5,6 +5,10 @@ Used by ``make run`` (``omstools.run``, fixed ports, supervision on) and by the 
 
 Every process is started in its own session (its own process group), writes to
 ``<var>/logs/<name>.log`` and is stopped by its PID: SIGTERM, a deadline, then SIGKILL.
+
+With ``replicas`` N, every service runs in N processes (CONTRACT §1): replica ``r`` of a service
+is the process named ``<service>`` (r = 0) or ``<service>-<r>``, listening on the service's port
+plus ``100 × r``. Every method that takes a process name takes these.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
+REPLICA_PORT_STEP = 100
+
+
+def replica_name(svc: str, replica: int) -> str:
+    return svc if replica == 0 else f"{svc}-{replica}"
+
+
+def split_name(name: str, services: Iterable[str] = SERVICES) -> tuple[str, int]:
+    """``orders-1`` → (``orders``, 1); ``orders`` → (``orders``, 0)."""
+    svc, _, replica = name.rpartition("-")
+    return (svc, int(replica)) if svc in services and replica.isdigit() else (name, 0)
 
 
 class StartupError(RuntimeError):
@@ -63,11 +78,12 @@ class System:
     smtp_port: int = 8025
     host: str = "127.0.0.1"
     services: tuple[str, ...] = SERVICES
+    replicas: int = 1  # processes per service
     # Soft defaults the caller's environment may override (OMS_ENV, LOG_JSON, simulation, ...).
     defaults: dict[str, str] = field(default_factory=dict)
     # Always applied, over the caller's environment: for all services, and per service.
     env: dict[str, str] = field(default_factory=dict)
-    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by service, or by one replica's name
     # argv for ``(service, command)``; ``python -m <service> <command>`` with this interpreter.
     command: Callable[[str, str], list[str]] = _python_module
     # Supervision (make run): restart a service that dies after a back-off growing 1 s → 30 s.
@@ -92,9 +108,10 @@ class System:
 
     @classmethod
     def on_free_ports(cls, var_dir: Path, amqp_url: str, **kwargs) -> System:
-        """A system for tests: every HTTP port and the SMTP port picked free."""
-        services = kwargs.get("services", SERVICES)
-        return cls(var_dir, amqp_url, ports={s: free_port() for s in services}, smtp_port=free_port(), **kwargs)
+        """A system for tests: every process's HTTP port and the SMTP port picked free."""
+        services, replicas = kwargs.get("services", SERVICES), kwargs.get("replicas", 1)
+        ports = {replica_name(s, r): free_port() for s in services for r in range(replicas)}
+        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(), **kwargs)
 
     # ---- where things are ---------------------------------------------------------------
     @property
@@ -108,8 +125,24 @@ class System:
     def log_path(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
 
+    @property
+    def processes(self) -> list[str]:
+        """Every service process's name: each service's replicas, in order."""
+        return [replica_name(svc, r) for svc in self.services for r in range(self.replicas)]
+
+    def replicas_of(self, svc: str) -> list[str]:
+        return [replica_name(svc, r) for r in range(self.replicas)]
+
+    def port(self, name: str) -> int:
+        """The process's own entry in ``ports``, else its service's port plus 100 × its replica."""
+        if name in self.ports:
+            return self.ports[name]
+        svc, replica = split_name(name, self.services)
+        return self.ports[svc] + REPLICA_PORT_STEP * replica
+
     def url(self, svc: str) -> str:
-        return f"http://{self.host}:{self.ports[svc]}"
+        """The HTTP base URL of a service (its replica 0) or of one replica (``orders-1``)."""
+        return f"http://{self.host}:{self.port(svc)}"
 
     def pid(self, svc: str) -> int | None:
         proc = self._procs.get(svc)
@@ -118,7 +151,8 @@ class System:
     def running(self, svc: str) -> bool:
         return self.pid(svc) is not None
 
-    def env_for(self, svc: str) -> dict[str, str]:
+    def env_for(self, name: str) -> dict[str, str]:
+        svc, _ = split_name(name, self.services)
         prefix = svc.upper()
         env = {
             "OMS_ENV": "local",
@@ -129,12 +163,14 @@ class System:
             "AMQP_URL": self.amqp_url,
             "OMS_VAR_DIR": str(self.var_dir),
             f"{prefix}_HTTP_HOST": self.host,
-            f"{prefix}_HTTP_PORT": str(self.ports[svc]),
+            f"{prefix}_HTTP_PORT": str(self.port(name)),
             "NOTIFICATIONS_SMTP_HOST": self.host,
             "NOTIFICATIONS_SMTP_PORT": str(self.smtp_port),
         }
         env.update(self.env)
-        env.update(self.service_env.get(svc, {}))
+        env.update(self.service_env.get(svc, {}))  # every replica of the service
+        if name != svc:
+            env.update(self.service_env.get(name, {}))  # this replica only
         return env
 
     # ---- set-up -------------------------------------------------------------------------
@@ -191,18 +227,19 @@ class System:
 
     # ---- the service processes ----------------------------------------------------------
     def start(self, svc: str) -> int:
-        """Start ``python -m <svc> serve`` (no-op if it runs); returns its PID."""
+        """Start ``python -m <service> serve`` as the process ``svc`` (a service or one replica's
+        name; no-op if it runs); returns its PID."""
         with self._lock:
             self._wanted.add(svc)
             if self.running(svc):
                 return self._procs[svc].popen.pid
-            popen = self._spawn(svc, self.command(svc, "serve"), self.env_for(svc))
+            popen = self._spawn(svc, self.command(split_name(svc, self.services)[0], "serve"), self.env_for(svc))
             self._procs[svc] = _Proc(popen, time.monotonic())
             return popen.pid
 
     def start_all(self) -> None:
-        for svc in self.services:
-            self.start(svc)
+        for name in self.processes:
+            self.start(name)
 
     def ready(self, svc: str) -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -210,8 +247,9 @@ class System:
         return False
 
     def wait_ready(self, services: Iterable[str] | None = None, timeout: float = 120.0) -> None:
-        """Until every ``/readyz`` answers 200; a process that exits meanwhile fails at once (unless supervised)."""
-        pending = list(services or self.services)
+        """Until every ``/readyz`` answers 200 (every process's, unless ``services`` names some); a
+        process that exits meanwhile fails at once (unless supervised)."""
+        pending = list(services or self.processes)
         deadline = time.monotonic() + timeout
         while pending:
             for svc in list(pending):

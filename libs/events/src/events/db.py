@@ -56,6 +56,8 @@ messaging_metadata = MetaData()
 
 OUTBOX_COMMITTED = "outbox_committed"
 """``session.info`` key: the outbox rows the transaction's commit wrote (see events.outbox)."""
+HANDED_OVER = "outbox_handed_over"
+"""``session.info`` key: the session's commits hand their outbox rows to a relay (see events.outbox)."""
 
 outbox_message = Table(
     "outbox_message",
@@ -219,4 +221,5 @@ def make_sessionmaker(
         if transaction.parent is None:  # the whole transaction, not a savepoint inside it
             session.info.pop("outbox_staged", None)
 
-    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ServiceSession)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ServiceSession,
+                              info={HANDED_OVER: on_outbox_commit is not None})

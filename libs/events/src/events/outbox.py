@@ -4,7 +4,14 @@ mandatory routing. A row is marked published only after the broker confirmed it;
 refused is retried with back-off. A transaction that staged messages hands its committed rows to
 the relay as it commits, so they are published without being read back, and marked published in
 batches; the relay also reads the table, so rows left by a crash (or by a publish that failed)
-are sent later."""
+are sent later.
+
+Several processes of a service (replicas) each run a relay on the one database, and a row is
+published by one of them: a row handed over is its writer's for ``LEASE`` (it is written with
+``next_attempt_at`` that far ahead, so no read takes it meanwhile), and a read claims the rows it
+takes for as long (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, moving their ``next_attempt_at``
+ahead in the same statement). A relay that dies leaves its rows to the others once the lease
+is over."""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from events import inbox
-from events.db import OUTBOX_COMMITTED, outbox_message
+from events.db import HANDED_OVER, OUTBOX_COMMITTED, outbox_message
 from events.envelope import Envelope, Incoming, Message, build
 from events.logs import get_logger
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
@@ -33,6 +40,9 @@ log = get_logger("events.outbox")
 
 
 _INSERT = insert(outbox_message)
+LEASE = timedelta(seconds=10)
+"""How long a row is one relay's to publish: written by its process and handed over, or claimed
+by its read. Past it, another relay may take it (the first one no longer sends it)."""
 _PENDING = "outbox_rows"  # session.info: the rows staged in the session's current transaction
 
 
@@ -86,6 +96,9 @@ def _write_staged(session: Session) -> None:
     session, whatever made it, can commit and leave its staged messages behind)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
+        if session.info.get(HANDED_OVER):  # the process's relay gets them: leased to it
+            until = datetime.now(UTC) + LEASE
+            rows = [{**row, "next_attempt_at": until} for row in rows]
         session.execute(_INSERT, rows)
         session.info[OUTBOX_COMMITTED] = rows  # handed to the relay after the commit
 
@@ -103,6 +116,14 @@ _MARK_PUBLISHED = (
     update(outbox_message)
     .where(outbox_message.c.message_id.in_(bindparam("ids", expanding=True)))
     .values(published_at=bindparam("at"))
+)
+
+
+_RELEASE = (
+    update(outbox_message)
+    .where(outbox_message.c.message_id == bindparam("id"), outbox_message.c.next_attempt_at == bindparam("until"),
+           outbox_message.c.published_at.is_(None))
+    .values(next_attempt_at=None)
 )
 
 
@@ -153,27 +174,36 @@ class OutboxRelay:
         # the next read like any other (they are in the table all the same).
         self._handed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._limit = 10 * batch
+        self._overflow: list[dict[str, Any]] = []  # handed over past the bound: to give back
         # Confirmed, not yet marked in the table; and every id published lately (a superset), so
         # that neither a read nor a late hand-over (several connections, on PostgreSQL) sends a
         # row again.
         self._unmarked: list[str] = []
         self._unmarked_since = 0.0
         self._recent: OrderedDict[str, None] = OrderedDict()
-        # Built once: the relay runs it at every read.
-        self._due_query = (
-            select(outbox_message)
+        # Built once: the relay runs it at every read. It claims the due rows it returns.
+        due = (
+            select(outbox_message.c.message_id)
             .where(outbox_message.c.published_at.is_(None))
             .where(outbox_message.c.next_attempt_at.is_(None) | (outbox_message.c.next_attempt_at <= bindparam("now")))
             .order_by(outbox_message.c.seq)
             .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        self._claim_query = (
+            update(outbox_message)
+            .where(outbox_message.c.message_id.in_(due.scalar_subquery()))
+            .values(next_attempt_at=bindparam("until"))
+            .returning(*outbox_message.c)
         )
 
     def wake(self, rows: list[dict[str, Any]] | None = None) -> None:
         """A commit staged messages: ``rows`` are the outbox rows it wrote, when it knows them."""
         for row in rows or ():
-            if len(self._handed) >= self._limit:
-                break
-            self._handed[row["message_id"]] = row
+            if len(self._handed) >= self._limit:  # past the bound: its lease is given back
+                self._overflow.append(row)
+            else:
+                self._handed[row["message_id"]] = row
         self._wake.set()
 
     @property
@@ -193,6 +223,9 @@ class OutboxRelay:
                 await self._task
         with contextlib.suppress(Exception):  # what was confirmed is not sent again after a restart
             await self._mark()
+        with contextlib.suppress(Exception):
+            await self._release([*self._handed.values(), *self._overflow])
+            self._handed.clear()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -225,6 +258,9 @@ class OutboxRelay:
                     while await self._read_and_publish():
                         pass
                     next_read = loop.time() + self._poll
+                if self._overflow:
+                    overflow, self._overflow = self._overflow, []
+                    await self._release(overflow)
                 while self._handed:
                     await self._publish(self._take_handed())
                     if len(self._unmarked) >= self._batch:
@@ -300,6 +336,16 @@ class OutboxRelay:
             async with self._transaction():
                 pass
 
+    async def _release(self, rows: list[dict[str, Any]]) -> None:
+        """Give back the leases of handed-over rows this relay will not publish from the hand-over
+        (past its bound, or as it stops), while they hold: the next read, this process's or
+        another's, takes the rows at once (else they wait for their lease to run out)."""
+        leases = [{"id": row["message_id"], "until": row["next_attempt_at"]} for row in rows
+                  if row.get("next_attempt_at") is not None]
+        if leases:
+            async with self._sessions.begin() as session:
+                await session.execute(_RELEASE, leases)
+
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
         """A transaction that first marks the rows confirmed so far (the relay's reads, retries and
@@ -315,18 +361,23 @@ class OutboxRelay:
             self._unmarked_since = asyncio.get_running_loop().time()
 
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
+        """Claim the due rows, oldest first, for ``LEASE``."""
         rows = []
-        for row in (await session.execute(self._due_query, {"now": now})).mappings():
+        claimed = (await session.execute(self._claim_query, {"now": now, "until": now + LEASE})).mappings().all()
+        for row in sorted(claimed, key=lambda r: r["seq"]):
             self._handed.pop(row["message_id"], None)  # read back: published from this batch
             if row["message_id"] not in self._recent:
                 rows.append(row)
         return rows
 
     def _take_handed(self) -> list[dict[str, Any]]:
+        """The next handed-over rows whose lease holds (past it, a read, maybe another relay's,
+        takes the row from the table)."""
         rows = []
+        now = datetime.now(UTC)
         while self._handed and len(rows) < self._batch:
             message_id, row = self._handed.popitem(last=False)
-            if message_id not in self._recent:
+            if message_id not in self._recent and (row.get("next_attempt_at") or now) >= now:
                 rows.append(row)
         return rows
 

@@ -5,7 +5,8 @@ contact details are blanked.
 The recipient's row stays, marked ``forgotten_at``, so that an event for that order arriving even
 later is acknowledged and tells nobody, where a missing recipient would be retried until it is
 dead-lettered (a recipient not registered yet looks the same). The purge runs at start and then
-every hour, a batch a transaction.
+every hour, a batch a transaction. Every replica of the service runs it, which is safe: each
+batch deletes or blanks only what is still there, so a second replica's batch finds nothing.
 """
 
 from __future__ import annotations

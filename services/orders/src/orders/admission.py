@@ -20,9 +20,11 @@ While the broker is out of reach (``outage``), the door stays open: the outbox h
 accepted until the broker is back, as it always has. Otherwise, when nothing moves at all (the
 start of a burst, or a service down), up to ``min_in_flight`` orders are let in.
 
-It is read from the orders table, at most once per ``refresh_seconds``, so every replica of the
-service sees the same. Orders placed as commands on RabbitMQ are not refused: their queue is
-already the buffer.
+It is read from the database, at most once per ``refresh_seconds``, so every replica of the
+service counts the whole system: the orders in flight, and the requests any replica let in whose
+order is not stored yet (their Idempotency-Key is claimed ``in_progress``, in the transaction that
+passed the door). Between readings a replica adds the orders it let in since. Orders placed as
+commands on RabbitMQ are not refused: their queue is already the buffer.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from events.logs import get_logger
 from events.types import OrderStatus
-from orders.db import Order, OrderHistory
+from orders.db import IdempotencyKey, Order, OrderHistory
 
 log = get_logger(__name__)
 
@@ -45,6 +47,9 @@ NOT_PAID_YET = (OrderStatus.SUBMITTED, OrderStatus.CONFIRMED)
 LEFT = (OrderStatus.PAID, OrderStatus.CANCELLED)
 
 _IN_FLIGHT = select(func.count()).select_from(Order).where(Order.status.in_(NOT_PAID_YET))
+_KEYS_IN_PROGRESS = select(func.count()).select_from(IdempotencyKey).where(
+    IdempotencyKey.state == "in_progress", IdempotencyKey.created_at >= bindparam("since")
+)
 _LEFT_SINCE = select(func.count()).select_from(OrderHistory).where(
     OrderHistory.status.in_(LEFT), OrderHistory.at >= bindparam("since")
 )
@@ -68,17 +73,19 @@ class Admission:
         refresh_seconds: float = 0.5,
         registry: CollectorRegistry | None = None,
         outage: Callable[[], bool] = lambda: False,
+        abandoned_seconds: float = 30.0,
     ) -> None:
         self._max_wait = max_wait_seconds
         self._outage = outage
         self._min_in_flight = min_in_flight
         self._window = timedelta(seconds=window_seconds)
         self._refresh = timedelta(seconds=refresh_seconds)
+        self._abandoned = timedelta(seconds=abandoned_seconds)  # a key in progress longer: its request died
         self._checked_at: datetime | None = None
         self._limit: int | None = None
         self._counted = 0  # orders in flight at the last reading, with those let in and not stored then
         self._let_in = 0  # let in since the last reading
-        self._pending = 0  # let in by this process, not stored yet
+        self._pending = 0  # let in by this process, its key not stored yet
         self.open = True
         self.refused = 0
         self.retry_after = max(1, math.ceil(max_wait_seconds / 2))
@@ -102,13 +109,16 @@ class Admission:
         until :meth:`settled`. Reads the backlog inside ``session`` (the caller's: SQLite has one
         connection) when the last reading is older than the refresh.
 
-        Between readings, and for orders let in but not stored yet (a burst queues them for the
-        database), the orders this process let in are counted on top of the reading: the table
-        alone lagged behind the door by hundreds of orders under a burst."""
+        Between readings, and for orders let in whose key is not stored yet, the orders this
+        process let in are counted on top of the reading. (The orders table alone lagged behind the
+        door by hundreds of orders under a burst: they waited for the database with their key
+        stored, which the reading counts.)"""
         if not self.enabled:
             return
         if self._checked_at is None or now - self._checked_at >= self._refresh:
-            in_flight = await session.scalar(_IN_FLIGHT)
+            in_flight = await session.scalar(_IN_FLIGHT) + await session.scalar(
+                _KEYS_IN_PROGRESS, {"since": now - self._abandoned}
+            )
             pace = await session.scalar(_LEFT_SINCE, {"since": now - self._window}) / self._window.total_seconds()
             self._limit, self._checked_at = self.limit(pace), now
             self._counted, self._let_in = in_flight + self._pending, 0
@@ -125,5 +135,6 @@ class Admission:
         self._pending += 1
 
     def settled(self) -> None:
-        """An order :meth:`check` let in is stored (or failed): the table counts it from now on."""
+        """The key of an order :meth:`check` let in is stored (or the request failed): the
+        readings count it from now on."""
         self._pending -= 1

@@ -36,7 +36,6 @@ from events.web import validation_errors
 from orders import service
 from orders.config import Settings
 from orders.domain import business_errors
-from orders.saga import DeadlineReached
 
 log = get_logger(__name__)
 router = RabbitRouter()
@@ -141,17 +140,24 @@ async def on_shipment_returned(msg: Envelope[ShipmentReturned], sessions: Sessio
 
 
 async def run_deadlines(sessions: async_sessionmaker, settings: Settings) -> None:
-    """Fire saga deadlines that have passed. They are stored with the saga, so they fire after a
-    restart too; each order in its own transaction."""
+    """Fire saga deadlines that have passed, each order in its own transaction that claims it
+    (``service.fire_deadline``), so every replica of the service may scan at once. They are stored
+    with the saga, so they fire after a restart too. An order whose deadline fails is left for the
+    next round, not claimed again in this one."""
     while True:
-        try:
-            for order_id in await service.due_deadlines(sessions):
-                try:
-                    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
-                except Exception as exc:  # the next tick tries again
-                    log.warning("saga.deadline_failed", order_id=order_id, error=repr(exc))
-        except Exception as exc:
-            log.warning("saga.deadline_scan_failed", error=repr(exc))
+        failed: set[str] = set()
+        while True:
+            try:
+                order_id = await service.fire_deadline(sessions, settings=settings, skip=frozenset(failed))
+            except service.DeadlineFailed as exc:  # the next round tries again
+                log.warning("saga.deadline_failed", order_id=exc.order_id, error=repr(exc.__cause__))
+                failed.add(exc.order_id)
+                continue
+            except Exception as exc:
+                log.warning("saga.deadline_scan_failed", error=repr(exc))
+                break
+            if order_id is None:
+                break
         await asyncio.sleep(settings.deadline_poll_seconds)
 
 

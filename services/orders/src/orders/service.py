@@ -6,6 +6,7 @@ Both the subscribers (handlers.py), the HTTP routes (api.py) and the deadline sc
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -62,6 +63,14 @@ class KeyInProgress(Exception):
     """The first request with this Idempotency-Key is still being handled (409)."""
 
 
+class DeadlineFailed(Exception):
+    """Feeding a due deadline to the order's saga failed (its transaction rolled back)."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(order_id)
+        self.order_id = order_id
+
+
 @dataclass(frozen=True)
 class Placed:
     order_id: str
@@ -95,7 +104,7 @@ async def place_order(
     closed; a key seen before is answered as always, so a gateway that lost its answer gets it."""
     fingerprint = request_fingerprint(request)
     now = _now()
-    admitted = False  # let in by the door: it counts the order until it is stored
+    admitted = False  # let in by the door: it counts the order until its key is stored
     try:
         try:
             async with sessions.begin() as session:
@@ -122,6 +131,9 @@ async def place_order(
                                                         "order_id": None, "created_at": now})
         except IntegrityError as exc:  # a concurrent request claimed the key first
             raise KeyInProgress(key) from exc
+        if admitted:  # its key is stored in progress: every replica's door counts it from now on
+            admitted = False
+            admission.settled()
 
         order_id = f"ord_{uuid.uuid4().hex}"
         async with sessions.begin() as session:
@@ -243,6 +255,7 @@ async def apply(
     cause: Cause = None,
     consumer: str | None = None,
     before: Any = None,
+    session: AsyncSession | None = None,
 ) -> SimpleNamespace | None:
     """Feed one reply, deadline or request to the order's saga, and save the outcome with the
     commands and events it emits. Raises ``saga.Refused`` for a request not allowed now.
@@ -251,9 +264,10 @@ async def apply(
     not ours or a message seen before. ``before(order)`` may change it first, in the same
     transaction (an address change); like every change here, by assigning a new value, never by
     changing a dict or list in place (only what compares unequal to the loaded row is written).
+    With ``session``, in the caller's transaction.
     """
     now = _now()
-    async with sessions.begin() as session:
+    async with contextlib.nullcontext(session) if session is not None else sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
         # Core, not the ORM: a saga step reads one row and writes back what changed, and the
@@ -429,17 +443,30 @@ async def waiting_long(sessions: async_sessionmaker, *, settings: Settings, limi
         return list(rows)
 
 
-async def count_waiting_long(sessions: async_sessionmaker, *, settings: Settings) -> int:
-    since = _now() - timedelta(seconds=settings.saga_warning_seconds)
-    async with sessions() as session:
-        return await session.scalar(
-            select(func.count()).select_from(Order).where(Order.waiting_since.is_not(None), Order.waiting_since <= since)
-        ) or 0
+_DUE_DEADLINE = (
+    select(_orders.c.id, _orders.c.deadline_at)
+    .where(_orders.c.deadline_at <= bindparam("now"), _orders.c.id.not_in(bindparam("skip", expanding=True)))
+    .order_by(_orders.c.deadline_at)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
 
 
-async def due_deadlines(sessions: async_sessionmaker, *, limit: int = 200) -> list[str]:
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(Order.id).where(Order.deadline_at.is_not(None), Order.deadline_at <= _now()).limit(limit)
-        )
-        return list(rows)
+async def fire_deadline(sessions: async_sessionmaker, *, settings: Settings, skip: frozenset[str] = frozenset()) -> str | None:
+    """Claim one order whose saga deadline has passed and feed its saga ``DeadlineReached``, in one
+    transaction; returns its id, or None when no deadline is due (``skip``: ids not to claim).
+
+    The claim is the row's lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), held until the saga's
+    new state commits: replicas scanning at once each take another order, so a deadline fires
+    once; a replica that dies mid-way loses its connection, the transaction rolls back and the
+    deadline is due again for the others. (SQLite has no row locks, and one writer at a time.)"""
+    async with sessions.begin() as session:
+        due = (await session.execute(_DUE_DEADLINE, {"now": _now(), "skip": list(skip)})).first()
+        if due is None:
+            return None
+        try:
+            await apply(sessions, due.id, flow.DeadlineReached(), settings=settings, session=session)
+        except Exception as exc:
+            raise DeadlineFailed(due.id) from exc
+    log.info("saga.deadline_fired", order_id=due.id, deadline_at=due.deadline_at.isoformat())
+    return due.id

@@ -1,7 +1,9 @@
 """The simulated carrier of local runs: every ``simulation_step_seconds`` it moves each due,
 not cancelled parcel one step on (created → picked_up → in_transit → out_for_delivery →
 delivered), through the same code as a real carrier's report. Its schedule is in the database
-(``next_step_at``), so it carries on after a restart and never moves a parcel twice per step."""
+(``next_step_at``), so it carries on after a restart and never moves a parcel twice per step.
+Every replica of the service runs it: a tick locks the parcels it moves (``parcels.due``, ``FOR
+UPDATE SKIP LOCKED`` on PostgreSQL), so two replicas never move the same one."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from faststream.rabbit import RabbitMessage, RabbitQueue, RabbitRouter
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, func, insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from events import topology
 from events.broker import Resource
 from events.db import UtcDateTime, outbox_message
 from events.logs import get_logger
@@ -48,7 +49,7 @@ dead_letter = Table(
     Column("resolved_at", UtcDateTime(), nullable=True),
 )
 
-QUEUE = RabbitQueue(DEAD_LETTER_QUEUE, durable=True, declare=False, arguments={"x-queue-type": "quorum"})
+QUEUE = RabbitQueue(DEAD_LETTER_QUEUE, durable=True, declare=False, arguments=topology.DEAD_LETTER_ARGUMENTS)
 
 
 def _death(headers: dict[str, Any]) -> tuple[str, str, int]:

@@ -1,0 +1,25 @@
+"""The shared settings refuse unsafe production values: here the key that seals dead letters."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
+
+from events.settings import DEV_DEAD_LETTER_KEY, ServiceSettings
+
+PRODUCTION = {"environment": "production", "api_keys": {"k": "admin"}, "amqp_url": "amqps://oms:s@broker/oms"}
+
+
+def test_production_needs_a_dead_letter_key_of_its_own(monkeypatch):
+    monkeypatch.delenv("DEAD_LETTER_KEY", raising=False)
+    with pytest.raises(ValidationError, match="DEAD_LETTER_KEY"):
+        ServiceSettings(**PRODUCTION)
+    new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    assert ServiceSettings(**PRODUCTION, dead_letter_key=f"{new}, {old}").dead_letter_keys() == [new, old]
+    assert ServiceSettings().dead_letter_keys() == [DEV_DEAD_LETTER_KEY]  # local runs need nothing set
+
+
+def test_a_dead_letter_key_that_is_not_a_fernet_key_is_refused():
+    with pytest.raises(ValidationError, match="Fernet key"):
+        ServiceSettings(dead_letter_key="CHANGE-ME")

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -144,15 +142,13 @@ class Outages:
     def waiting(self) -> list[str]:
         return sorted(d for d, n in self._waiting.items() if n > 0)
 
-    @contextlib.contextmanager
-    def wait(self, dependency: str) -> Iterator[None]:
+    def begin(self, dependency: str) -> None:
         self._waiting[dependency] += 1
         self._gauge.labels(dependency).inc()
-        try:
-            yield
-        finally:
-            self._waiting[dependency] -= 1
-            self._gauge.labels(dependency).dec()
+
+    def end(self, dependency: str) -> None:
+        self._waiting[dependency] -= 1
+        self._gauge.labels(dependency).dec()
 
 
 class ConsumePolicy(BaseMiddleware):
@@ -192,10 +188,11 @@ class ConsumePolicy(BaseMiddleware):
         outages: Outages = self.context.get("oms_outages")
         exc: Exception = first
         attempt = 0
-        with outages.wait(dependency):
+        outages.begin(dependency)
+        try:
             while True:
                 delay = wait_delay(attempt)
-                if attempt == 0 or attempt % 6 == 0:
+                if attempt % 6 == 0:
                     log.warning(
                         "message.waiting_for_dependency", dependency=dependency, routing_key=queue, attempt=attempt + 1,
                         delay_s=delay, **describe(exc),
@@ -203,9 +200,9 @@ class ConsumePolicy(BaseMiddleware):
                 _counter(self.context).labels("waited").inc()
                 if not await self._pause(delay):
                     # Stopping: leave the message unacknowledged; the broker hands it out again
-                    # when this connection closes, without counting it as a failed delivery of ours.
+                    # when this connection closes.
                     log.info("message.left_for_redelivery", dependency=dependency, routing_key=queue)
-                    msg.raw_message.lock()
+                    msg.raw_message.lock()  # FastStream's nack below then leaves it alone
                     raise NackMessage(requeue=True) from exc
                 attempt += 1
                 try:
@@ -220,10 +217,14 @@ class ConsumePolicy(BaseMiddleware):
                     if now_down is None:
                         raise await self._retry(error, queue, delivery_count) from error
                     if now_down != dependency:  # another one went down meanwhile: wait for that
-                        return await self._wait_out(call_next, msg, now_down, error, queue, delivery_count)
+                        outages.end(dependency)
+                        dependency, attempt = now_down, 0
+                        outages.begin(dependency)
                     continue
                 log.info("message.dependency_back", dependency=dependency, routing_key=queue, attempts=attempt + 1)
                 return result
+        finally:
+            outages.end(dependency)
 
     async def _outage(self, exc: Exception) -> str | None:
         """The dependency whose outage made the handler fail, or None when the message is at fault.

@@ -148,6 +148,7 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
     deliveries: dict[str, set[int]] = {}
     handled: list[str] = []
     waiting_seen: set[str] = set()
+    snapshots: list[list[str]] = []
     broker = make_broker(rabbit.url, service="test")
     broker.context.set_global("runtime", database)
     outages = broker.context.get("oms_outages")
@@ -162,6 +163,14 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
         if msg.data.kind == "database" and runs["database"] <= 8:
             database.up = runs["database"] == 8  # down for seven runs, up again before the last failure
             raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+        if msg.data.kind == "switch":  # the SMTP server twice, then the database twice
+            snapshots.append(outages.waiting())
+            if runs["switch"] <= 2:
+                raise broker_mod.Unavailable("smtp")
+            if runs["switch"] <= 4:
+                database.up = runs["switch"] == 4
+                raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+            database.up = True
         if msg.data.kind == "bug":
             raise OperationalError("SELECT nope", {}, Exception("no such column: nope"))
         handled.append(msg.data.kind)
@@ -189,6 +198,10 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
         await eventually(_now(lambda: list(handled)), lambda h: len(h) == 2, timeout=30, what="database handled")
         # the 8th run failed while the probe answered: that one counts, the seven before did not
         assert runs["database"] == 9 and deliveries["database"] == {0, 1}
+        await send("switch")
+        await eventually(_now(lambda: list(handled)), lambda h: len(h) == 3, timeout=30, what="switch handled")
+        # waiting for one dependency at a time; the 4th run failed with the database up: counted
+        assert snapshots == [[], ["smtp"], ["smtp"], ["database"], []] and deliveries["switch"] == {0, 1}
         assert {"smtp", "database"} <= waiting_seen and outages.waiting() == []
         assert await _dead_letters(channel, name, {sent["smtp"], sent["database"]}, timeout=0.5) == set()
     finally:

@@ -143,7 +143,10 @@ def mask_body(body: bytes) -> tuple[str, str]:
 # ---- sealing ---------------------------------------------------------------------------------
 def sealer(settings: ServiceSettings) -> MultiFernet:
     """Seals with the first key of ``DEAD_LETTER_KEY`` and opens with any of them (key rotation)."""
-    return MultiFernet([Fernet(k) for k in settings.dead_letter_keys()])
+    keys = settings.dead_letter_keys()
+    if not keys:
+        raise ValueError("DEAD_LETTER_KEY must be set in production: it seals parked dead letters")
+    return MultiFernet([Fernet(k) for k in keys])
 
 
 def seal(settings: ServiceSettings, body: bytes) -> str:
@@ -310,7 +313,10 @@ async def _purge_every(sessions: async_sessionmaker, older_than: timedelta, ever
 def housekeeping(
     sessions: async_sessionmaker, settings: ServiceSettings, every_seconds: float = 3600.0
 ) -> contextlib.AbstractAsyncContextManager:
-    """The purge, at start and then every hour, while the block lasts (the service that parks)."""
+    """The purge, at start and then every hour, while the block lasts (the service that parks).
+
+    Refuses to start without a key to seal dead letters with (production without DEAD_LETTER_KEY)."""
+    sealer(settings)
     older_than = timedelta(days=settings.dead_letter_retention_days)
     return background(_purge_every(sessions, older_than, every_seconds), name="dead-letter-retention")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,10 +60,8 @@ class ServiceSettings(BaseSettings):
     """How long handled message ids are kept for de-duplication (``events.inbox``)."""
     dead_letter_key: SecretStr | None = None
     """Fernet key(s) sealing the original of a parked dead letter, comma-separated: the first seals,
-    any opens (rotation). Unset, a dev key in local and test runs; required in production by the
-    service that parks dead letters (``parks_dead_letters``)."""
-    parks_dead_letters: ClassVar[bool] = False
-    """True in the settings of the service that parks dead letters (``events.deadletters``)."""
+    any opens (rotation). Unset, a dev key in local and test runs; in production the service that
+    parks dead letters refuses to start without it (``events.deadletters.housekeeping``)."""
     dead_letter_retention_days: float = Field(default=30.0, gt=0)
     """How long dead letters are kept, parked or resolved (``events.deadletters``)."""
     fault_fail_commit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -90,8 +88,6 @@ class ServiceSettings(BaseSettings):
                 raise ValueError("fault injection must not be switched on in production")
             if "guest:guest@" in self.amqp_url:
                 raise ValueError("the guest broker account must not be used in production: set AMQP_URL")
-            if self.parks_dead_letters and self.dead_letter_key is None:
-                raise ValueError("DEAD_LETTER_KEY must be set in production (it seals parked dead letters)")
             if self.dead_letter_key is not None and DEV_DEAD_LETTER_KEY in self.dead_letter_keys():
                 raise ValueError("the dev dead-letter key must not be used in production: set DEAD_LETTER_KEY")
         from cryptography.fernet import Fernet

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,7 +12,6 @@ class Settings(ServiceSettings):
 
     service: str = "orders"
     http_port: int = 8000
-    parks_dead_letters: ClassVar[bool] = True  # events.deadletters: DEAD_LETTER_KEY required in production
     payment_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long the saga waits for the payment before cancelling with payment_timeout."""
     step_timeout_seconds: float = Field(default=30.0, gt=0)

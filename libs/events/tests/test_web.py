@@ -61,3 +61,35 @@ async def test_an_unknown_path_is_counted_as_unmatched():
         r = await client.get("/nowhere")
     assert r.status_code == 404
     assert served("GET", "unmatched", 404) == before + 1
+
+
+class _Runtime:
+    """A runtime whose database and broker answer, and whose handlers may be waiting out an outage."""
+
+    started = True
+
+    def __init__(self, waiting: list[str]) -> None:
+        self.waiting = waiting
+
+    async def database_ok(self) -> bool:
+        return True
+
+    async def broker_ok(self) -> bool:
+        return True
+
+    def waiting_for(self) -> list[str]:
+        return self.waiting
+
+
+async def test_a_service_waiting_out_an_outage_is_not_ready():
+    api = app()
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        api.state.runtime = _Runtime(["smtp"])
+        waiting = await client.get("/readyz")
+        api.state.runtime = _Runtime([])
+        ready = await client.get("/readyz")
+    assert waiting.status_code == 503
+    assert waiting.json()["checks"] == {"database": True, "broker": True, "dependencies": False}
+    assert waiting.json()["waiting_for"] == ["smtp"]
+    assert ready.status_code == 200 and ready.json()["checks"]["dependencies"] is True

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, update
 
-from events.broker import Permanent
+from events.broker import Permanent, Unavailable
 from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.notifications import RegisterRecipient
@@ -180,20 +180,25 @@ async def test_a_cancellation_says_why(sessions, channels, settings):
 
 async def test_a_channel_that_is_down_keeps_the_notification_and_retries_the_event(sessions, channels, settings):
     await handle_register_recipient(register(), sessions)
-    channels["email"].fail_with = [Transient("smtp_451"), ConnectionRefusedError("down")]
+    channels["email"].fail_with = [
+        Transient("smtp_451"), ConnectionRefusedError("down"), Unavailable("smtp", "ConnectionRefusedError"),
+    ]
     event = status_changed("shipped")
     with pytest.raises(DeliveryPending, match="smtp_451"):
         await on_order_status_changed(event, sessions, channels, settings)
     with pytest.raises(DeliveryPending, match="ConnectionRefusedError"):
         await on_order_status_changed(event, sessions, channels, settings)
+    with pytest.raises(Unavailable, match="smtp"):  # waited out by the consume policy, not counted
+        await on_order_status_changed(event, sessions, channels, settings)
     [row] = await notifications(sessions)
-    assert (row.status, row.attempts, row.lease_until) == ("pending", 2, None)
+    assert (row.status, row.attempts, row.lease_until) == ("pending", 3, None)
+    assert row.last_error == "unavailable: ConnectionRefusedError"
     assert await published(sessions) == []
 
     await on_order_status_changed(event, sessions, channels, settings)  # the server is back
     assert len(channels["email"].sent) == 1
     [row] = await notifications(sessions)
-    assert (row.status, row.attempts) == ("sent", 3)
+    assert (row.status, row.attempts) == ("sent", 4)
     assert [e["key"] for e in await published(sessions)] == ["notification.sent"]
 
 

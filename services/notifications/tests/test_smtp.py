@@ -13,6 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
+from events.broker import Unavailable
 from notifications.channels import Outgoing, Rejected, SmtpEmail, Transient, build_channels
 from notifications.db import Notification
 from notifications.handlers import handle_register_recipient, on_order_status_changed
@@ -110,12 +111,13 @@ async def test_an_address_the_server_refuses_for_good_is_rejected_without_echoin
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
 
 
-async def test_a_temporary_refusal_and_a_server_that_is_down_are_transient(smtp):
+async def test_a_temporary_refusal_is_transient_and_a_server_that_is_down_is_unavailable(smtp):
     controller, _ = smtp
     with pytest.raises(Transient, match="smtp_451"):
         await adapter(controller.port).send(outgoing(GREYLISTED))
-    with pytest.raises(Transient, match="ConnectionRefusedError"):
+    with pytest.raises(Unavailable) as down:
         await adapter(free_port()).send(outgoing())
+    assert (down.value.dependency, down.value.reason) == ("smtp", "ConnectionRefusedError")
 
 
 async def test_an_address_no_server_would_take_is_rejected_before_sending(smtp):

@@ -50,6 +50,8 @@ class ServiceRuntime:
     broker: RabbitBroker = field(init=False)
     relay: OutboxRelay = field(init=False)
     started: bool = field(init=False, default=False)
+    stopping: bool = field(init=False, default=False)
+    """Set when the service begins to stop: handlers waiting out an outage let their message go."""
 
     @property
     def service(self) -> str:
@@ -100,6 +102,7 @@ class ServiceRuntime:
                 delay = min(delay * 2, 5.0)
 
     async def __aexit__(self, *exc: object) -> None:
+        self.stopping = True
         with contextlib.suppress(Exception):
             await self.broker.stop()
         await self.relay.stop()
@@ -113,6 +116,12 @@ class ServiceRuntime:
             return True
         except Exception:
             return False
+
+    def waiting_for(self) -> list[str]:
+        """The dependencies (``database``, ``smtp``, …) that handlers are waiting for right now: the
+        service takes no new work from them until they are back (``events.broker``)."""
+        outages = self.broker.context.get("oms_outages") if self.started else None
+        return outages.waiting() if outages is not None else []
 
     async def broker_ok(self) -> bool:
         try:

@@ -1,7 +1,7 @@
 """The settings every service shares; each service subclasses with its own ``env_prefix``.
 
-``AMQP_URL``, ``DATABASE_URL``, ``API_KEYS``, ``OMS_ENV`` and ``LOG_JSON`` may also be given without
-the service prefix; the prefixed name wins.
+``AMQP_URL``, ``DATABASE_URL``, ``API_KEYS``, ``OMS_ENV``, ``LOG_JSON``, ``DEAD_LETTER_KEY`` and
+``DEAD_LETTER_RETENTION_DAYS`` may also be given without the service prefix; the prefixed name wins.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,7 +33,12 @@ _UNPREFIXED = {
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
     "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
+    "dead_letter_key": "DEAD_LETTER_KEY",
+    "dead_letter_retention_days": "DEAD_LETTER_RETENTION_DAYS",
 }
+
+DEV_DEAD_LETTER_KEY = "b21zLWRldi1kZWFkLWxldHRlci1rZXktMzItYnl0ZXM="
+"""Seals parked dead letters in local and test runs only (a Fernet key: 32 bytes, URL-safe base64)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -53,6 +58,12 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = 1.0
     inbox_retention_days: float = Field(default=7.0, gt=0)
     """How long handled message ids are kept for de-duplication (``events.inbox``)."""
+    dead_letter_key: SecretStr | None = None
+    """Fernet key(s) sealing the original of a parked dead letter, comma-separated: the first seals,
+    any opens (rotation). Unset, a dev key in local and test runs; in production the service that
+    parks dead letters refuses to start without it (``events.deadletters.housekeeping``)."""
+    dead_letter_retention_days: float = Field(default=30.0, gt=0)
+    """How long dead letters are kept, parked or resolved (``events.deadletters``)."""
     fault_fail_commit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Fault injection for the resilience tests only (OMS_FAULT_FAIL_COMMIT_RATE)."""
 
@@ -77,4 +88,18 @@ class ServiceSettings(BaseSettings):
                 raise ValueError("fault injection must not be switched on in production")
             if "guest:guest@" in self.amqp_url:
                 raise ValueError("the guest broker account must not be used in production: set AMQP_URL")
+            if self.dead_letter_key is not None and DEV_DEAD_LETTER_KEY in self.dead_letter_keys():
+                raise ValueError("the dev dead-letter key must not be used in production: set DEAD_LETTER_KEY")
+        from cryptography.fernet import Fernet
+
+        try:
+            for key in self.dead_letter_keys():
+                Fernet(key)
+        except ValueError:
+            raise ValueError("DEAD_LETTER_KEY: each key must be 32 bytes in URL-safe base64 (a Fernet key)") from None
         return self
+
+    def dead_letter_keys(self) -> list[str]:
+        if self.dead_letter_key is None:
+            return [DEV_DEAD_LETTER_KEY] if self.environment != "production" else []
+        return [k.strip() for k in self.dead_letter_key.get_secret_value().split(",") if k.strip()]

@@ -4,7 +4,8 @@ Each service declares the whole topology when it starts (declarations are idempo
 command or event published before its consumer ever ran waits in the consumer's queue.
 
 Queues are durable quorum queues with a delivery limit; a message that reaches the limit, or that
-a consumer rejects as malformed, is dead-lettered (at least once) to ``oms.dead-letter``.
+a consumer rejects as malformed, is dead-lettered (at least once) to ``oms.dead-letter``, itself a
+bounded queue with no dead-letter exchange (``DEAD_LETTER_ARGUMENTS``).
 Events that no queue subscribes to go to the alternate exchange ``oms.events.unrouted`` instead of
 being returned, so a publish is only ever refused for a command nobody can take.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
+from events.logs import get_logger
 from events.names import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -28,6 +30,20 @@ from events.names import (
 
 DELIVERY_LIMIT = 10
 """Redeliveries before a message is dead-lettered (RabbitMQ 3.10 sets no default)."""
+
+DEAD_LETTER_MAX_LENGTH = 100_000
+DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-max-length": DEAD_LETTER_MAX_LENGTH,
+    "x-overflow": "reject-publish",
+}
+"""The dead-letter queue: bounded, and with no dead-letter exchange of its own, so nothing loops.
+
+When it is full it refuses more; with at-least-once dead-lettering the source queue then keeps
+the message (and retries dead-lettering it), so nothing is lost: the queues back up instead, and
+the alert on parked dead letters asks a person to look."""
+
+log = get_logger("events.topology")
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,15 @@ async def declare(channel: AbstractChannel) -> None:
     commands = await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
 
-    dlq = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    try:
+        dlq = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=DEAD_LETTER_ARGUMENTS)
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        # Declared before with other arguments (an older release): queue arguments cannot be
+        # changed in place, and a service that refused to start over it would help nobody.
+        log.warning("topology.dead_letter_queue_differs", queue=DEAD_LETTER_QUEUE, error=str(exc.args[0])[:300]
+                    if exc.args else "PRECONDITION_FAILED", wanted=DEAD_LETTER_ARGUMENTS)
+        await channel.reopen()  # the broker closed the channel over the refused declaration
+        dlq = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
     await dlq.bind(dead)
     parked = await channel.declare_queue(
         UNROUTED_QUEUE,

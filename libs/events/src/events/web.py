@@ -187,12 +187,17 @@ def health_router() -> APIRouter:
     @router.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         rt: ServiceRuntime | None = getattr(request.app.state, "runtime", None)
+        waiting = rt.waiting_for() if rt is not None else []
         checks = {
             "database": bool(rt and await rt.database_ok()),
             "broker": bool(rt and rt.started and await rt.broker_ok()),
+            "dependencies": rt is not None and not waiting,  # no handler waiting out an outage
         }
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "checks": checks}
+        if waiting:
+            body["waiting_for"] = waiting
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -5,10 +5,13 @@ kept open). SMS and push have no provider here: their sandbox adapters accept ev
 the notification row in the database is the record of what was "sent". A real provider adapter
 would offer the same call.
 
-Adapters raise :class:`Transient` when the same send may succeed later (the event is then retried
-with back-off) and :class:`Rejected` when it never will (the notification fails). The reason in
-either is a short code that never holds contact details: SMTP servers echo the address in their
-replies, so only the reply code is kept.
+Adapters raise ``events.broker.Unavailable`` when the channel's server cannot be reached (refused,
+timed out, disconnected, "service not available": the event waits for it, however long, without
+counting as a failed delivery), :class:`Transient` when the server answered that the same send may
+succeed later (the event is retried with back-off, and dead-lettered if it never does) and
+:class:`Rejected` when it never will (the notification fails). The reason in each is a short code
+that never holds contact details: SMTP servers echo the address in their replies, so only the reply
+code is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Protocol
 
+from events.broker import Unavailable
 from notifications.config import Settings
 from notifications.domain import Channel
 
@@ -180,10 +184,12 @@ class SmtpEmail:
             except smtplib.SMTPResponseException as exc:
                 # Greeting, HELO, sender or login refused: the server or our settings, not this message.
                 self._drop()
+                if isinstance(exc, smtplib.SMTPConnectError) or exc.smtp_code == 421:  # "service not available"
+                    raise Unavailable("smtp", f"smtp_{exc.smtp_code}") from None
                 raise Transient(f"smtp_{exc.smtp_code}") from None
             except (OSError, smtplib.SMTPException) as exc:  # refused, unreachable, timed out, disconnected
                 self._drop()
-                raise Transient(type(exc).__name__) from None
+                raise Unavailable("smtp", type(exc).__name__) from None
 
 
 class SandboxChannel:

@@ -10,10 +10,11 @@ The honest guarantee is at least once: a crash after the SMTP server took an e-m
 row is marked sends it again when the event is redelivered (once: then the row is marked). Every
 attempt carries the same Message-ID, derived from the event id, so mail clients show one message.
 
-Errors follow the shared consume policy: a recipient not registered yet (the command and the event
-may arrive in either order), a channel that is down, or a row another delivery is sending raise an
-ordinary exception, and the event is retried with back-off; a redelivered event finishes whatever
-of it is still pending.
+Errors follow the shared consume policy: a channel whose server cannot be reached raises
+``Unavailable``, and the event waits for it, run again in place for as long as the outage lasts; a
+recipient not registered yet (the command and the event may arrive in either order), a channel
+that answered "later", or a row another delivery is sending raise an ordinary exception, and the
+event is retried with back-off; a redelivered event finishes whatever of it is still pending.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox, topology
-from events.broker import Resource, queue
+from events.broker import Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.notifications import NotificationFailed, NotificationSent, RegisterRecipient
@@ -276,6 +277,7 @@ async def _send(
     busy: int,
 ) -> None:
     not_sent: list[str] = []
+    unreachable: Unavailable | None = None
     for row, name in leased:
         adapter = channels.get(row.channel)
         outgoing = Outgoing(
@@ -288,8 +290,11 @@ async def _send(
             ref = await adapter.send(outgoing)
         except Rejected as exc:
             await _finish(sessions, msg, row, NotificationStatus.FAILED, error=str(exc))
-        except Exception as exc:  # Transient, or anything unexpected: keep it pending, retry the event
-            reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
+        except Exception as exc:  # unreachable, Transient, or unexpected: keep it pending, retry the event
+            if isinstance(exc, Unavailable):
+                unreachable, reason = exc, f"unavailable: {exc.reason}"
+            else:
+                reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
             await _release(sessions, row, reason)
             not_sent.append(f"{row.channel}: {reason}")
             log.warning("notification.not_sent", channel=row.channel, template=row.template,
@@ -297,6 +302,8 @@ async def _send(
         else:
             await _finish(sessions, msg, row, NotificationStatus.SENT, ref=ref)
 
+    if unreachable is not None:  # the event waits for the channel's server, not counted against it
+        raise unreachable
     if not_sent:
         raise DeliveryPending(f"not sent yet ({'; '.join(not_sent)})")
     if busy:

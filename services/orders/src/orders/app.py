@@ -1,5 +1,5 @@
 """Wiring only: settings, runtime (engine, broker, outbox relay), the saga's deadline scanner,
-the dead-letter parking, admission control, HTTP routes."""
+the dead-letter parking (and its purge), admission control, HTTP routes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         s = settings or Settings()
         routers = [handlers.router, deadletters.build_router()]
-        async with ServiceRuntime(s, routers=routers) as runtime, handlers.deadlines(runtime.sessions, s):
+        async with (
+            ServiceRuntime(s, routers=routers) as runtime,
+            handlers.deadlines(runtime.sessions, s),
+            deadletters.housekeeping(runtime.sessions, s),
+        ):
             app.state.runtime = runtime
             app.state.admission = Admission(
                 max_wait_seconds=s.admission_max_wait_seconds, min_in_flight=s.admission_min_in_flight,

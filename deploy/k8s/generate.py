@@ -84,7 +84,7 @@ SERVICES: tuple[Service, ...] = (
                  "ports": [{"protocol": "TCP", "port": 8001}]},),  # the dashboard's low-stock panel
         ingress=(_from_ingress_controller(8000),),
         env={"ORDERS_INVENTORY_URL": "http://inventory.oms.svc:8001"},
-        secret_env=("ORDERS_OPS_API_KEY",),
+        secret_env=("ORDERS_OPS_API_KEY", "DEAD_LETTER_KEY"),
     ),
     Service(
         "inventory", 8001, publishes_to=(names.EVENTS_EXCHANGE,),

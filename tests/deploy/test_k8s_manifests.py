@@ -329,14 +329,12 @@ def test_every_variable_set_for_a_service_is_one_its_settings_read() -> None:
     fields = {s: set(importlib.import_module(f"{s}.config").Settings.model_fields) for s in SERVICES}
     objs = rendered("prod")
     config = of_kind(objs, "ConfigMap")["oms-config"]["data"]
-    # Read by the services once they let the operator own the topology (deploy/k8s/README.md).
-    pending = {"OMS_DECLARE_TOPOLOGY"}
     ours = {"SERVICE", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "OMS_AMQP_USERNAME", "OMS_AMQP_PASSWORD",
             "OMS_DB_USERNAME", "OMS_DB_PASSWORD"}  # the image's, Python's, and the parts of the two URLs
     names_set = set(config)
     for d in of_kind(objs, "Deployment").values():
         names_set |= {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
-    for var in names_set - pending - ours - set(_UNPREFIXED.values()):
+    for var in names_set - ours - set(_UNPREFIXED.values()):
         service, _, field = var.partition("_")
         assert service.lower() in fields, var
         assert field.lower() in fields[service.lower()], f"{var}: {service.lower()}.config.Settings has no {field.lower()}"

@@ -93,7 +93,8 @@ class ServiceRuntime:
         delay = 0.5
         while True:
             try:
-                await declare_topology(self.settings.amqp_url)
+                if self.settings.declare_topology:
+                    await declare_topology(self.settings.amqp_url)
                 await self.broker.start()
                 return
             except (OSError, aio_pika.exceptions.AMQPError) as exc:

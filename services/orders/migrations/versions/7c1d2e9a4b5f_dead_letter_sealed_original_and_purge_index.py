@@ -1,14 +1,14 @@
 """dead_letter: the original body sealed, and an index on dead_at for the purge
 
 Revision ID: 7c1d2e9a4b5f
-Revises: 0f042a7a38b6
+Revises: b7e2d4a91c35
 Create Date: 2026-12-02 11:40:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '7c1d2e9a4b5f'
-down_revision = '0f042a7a38b6'
+down_revision = 'b7e2d4a91c35'
 branch_labels = None
 depends_on = None
 

@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events import inbox, outbox
-from events.broker import Permanent, Resource, queue
+from events.broker import Permanent, Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
@@ -48,8 +48,12 @@ Provider = Annotated[SandboxProvider, Resource("provider")]
 Config = Annotated[Settings, Resource("settings")]
 
 
-class Unresolved(Exception):
-    """The provider could not say what became of an attempt: the message is tried again later."""
+class Unresolved(Unavailable):
+    """The provider could not say what became of an attempt: an outage of the provider, waited out
+    (the message is tried again in place, its delivery limit untouched)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("payment provider", reason)
 
 
 async def _with_retries(call, settings: Settings):

@@ -17,6 +17,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events import keys
 from events.logs import get_logger
 from events.runtime import ServiceRuntime
 from events.settings import Role, ServiceSettings
@@ -75,11 +76,12 @@ class Caller:
 
 
 def authenticate(settings: ServiceSettings, key: str) -> Caller | None:
-    """The caller an API key stands for, or None for an unknown key."""
-    role = settings.api_keys.get(key.strip())
-    if role is None:
+    """The caller an API key stands for (its configured name and role), or None for an unknown key.
+    Only hashes are configured; every entry is compared in constant time (events.keys)."""
+    entry = keys.find(settings.api_keys, key)
+    if entry is None:
         return None
-    return Caller(name=key.strip().removesuffix("-key"), role=role)
+    return Caller(name=entry.name, role=entry.role)
 
 
 def require(*roles: Role):

@@ -13,7 +13,7 @@ from sqlalchemy import case, func, select
 
 from events.settings import Role
 from events.types import CountryCode, Sku
-from events.web import Problem, Runtime, require
+from events.web import Caller, Problem, Runtime, require
 from inventory import domain, stock
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
@@ -82,24 +82,24 @@ async def list_warehouses(rt: Runtime) -> dict[str, Any]:
                            "longitude": w.longitude} for w in rows]}
 
 
-@router.post("/v1/stock/receipts", status_code=201, dependencies=[require(Role.ADMIN)])
-async def receive(rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
+@router.post("/v1/stock/receipts", status_code=201)
+async def receive(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
-        row = await stock.receive(session, body.warehouse, body.sku, body.quantity,
+        row = await stock.receive(session, body.warehouse, body.sku, body.quantity, actor=caller.name,
                                   threshold=rt.settings.default_low_stock_threshold, reorder=rt.settings.default_reorder_quantity)
         return {"sku": body.sku, **_level(row)}
 
 
-@router.post("/v1/stock/adjustments", dependencies=[require(Role.ADMIN)])
-async def adjust(rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
+@router.post("/v1/stock/adjustments")
+async def adjust(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
     """A count: ``on_hand`` is what is on the shelf now (never below what is reserved: 409)."""
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
-            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason,
+            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason, actor=caller.name,
                                      threshold=rt.settings.default_low_stock_threshold,
                                      reorder=rt.settings.default_reorder_quantity)
         except stock.Conflict as exc:

@@ -45,8 +45,10 @@ async def carrier_event(carrier: str, rt: Runtime, event: Annotated[CarrierEvent
         return {**_view(shipment), "accepted": moved}
 
 
-@router.get("/v1/shipments/{order_id}", dependencies=[require(Role.OPS, Role.GATEWAY)])
+@router.get("/v1/shipments/{order_id}", dependencies=[require(Role.OPS)])
 async def get_shipment(order_id: str, rt: Runtime) -> dict[str, Any]:
+    """Ops only: shipping does not know which gateway placed an order, so a gateway reads its
+    parcels through its own order (``GET /v1/orders/{id}``), which is scoped to it."""
     async with rt.sessions() as session:
         shipment = await parcels.by_order(session, order_id)
     if shipment is None:

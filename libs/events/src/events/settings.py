@@ -22,6 +22,7 @@ _UNPREFIXED = {
     "api_keys": "API_KEYS",
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
+    "max_body_bytes": "MAX_BODY_BYTES",
     "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
 }
 
@@ -38,6 +39,8 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = DEV_KEYS
     """``name:role:sha256`` entries (events.keys); the dev-* keys unless configured."""
     log_json: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """A request body larger than this is refused with 413 (events.web.LimitBody)."""
     log_level: str = "INFO"
     prefetch: int = 32
     outbox_batch: int = 200

@@ -121,7 +121,7 @@ async def low_stock(rt: Runtime) -> dict[str, Any]:
 
 
 @router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
-async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
+async def set_threshold(sku: Annotated[str, Path(max_length=64)], rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         row = await stock.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
         if row is None:
@@ -131,7 +131,7 @@ async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()
 
 
 @router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])
-async def get_stock(sku: str, rt: Runtime) -> dict[str, Any]:
+async def get_stock(sku: Annotated[str, Path(max_length=64)], rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
         rows = list(await session.scalars(select(Stock).where(Stock.sku == sku).order_by(Stock.warehouse)))
     if not rows:
@@ -145,7 +145,7 @@ async def get_stock(sku: str, rt: Runtime) -> dict[str, Any]:
 async def list_reservations(
     rt: Runtime,
     status: Annotated[str | None, Query(pattern="^(reserved|released|committed)$")] = None,
-    order_id: str | None = None,
+    order_id: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:

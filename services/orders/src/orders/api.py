@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
 from events.orders import Address, PlaceOrder
 from events.settings import Role
-from events.types import Channel, LineItem, OrderStatus
-from events.web import Caller, Problem, Runtime, require, validation_errors
+from events.types import Channel, LineItem, OrderStatus, money_places
+from events.web import Caller, Problem, Runtime, require
 from orders import service
 from orders.admission import Overloaded
 from orders.db import Order
@@ -25,28 +26,33 @@ from orders.saga import Refused
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
+OrderId = Annotated[str, Path(min_length=1, max_length=64)]
 
-def _money(value: Any) -> str:
-    return format(value, "f")
+
+def _money(value: Any, currency: str) -> str:
+    """An amount as a decimal string in the currency's minor units ("100" yen, "39.90" yuan)."""
+    exponent = money_places(currency)
+    return format(Decimal(value).quantize(Decimal(1).scaleb(-(2 if exponent is None else exponent))), "f")
 
 
 def view(order: Order) -> dict[str, Any]:
     """The order as CONTRACT §4 shows it."""
+    cur = order.currency
     return {
         "id": order.id,
         "status": order.status,
         "status_reason": order.status_reason,
         "customer": order.customer,
         "shipping_address": order.shipping_address,
-        "items": [{"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price)} for li in order.lines],
-        "total": _money(order.total),
+        "items": [{"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price, cur)} for li in order.lines],
+        "total": _money(order.total, cur),
         "currency": order.currency,
         "channel": order.channel,
         "payment": {
             "status": order.payment_status,
             "method": order.payment_method,
-            "amount": _money(order.payment_amount if order.payment_amount else order.total),
-            "refunded_amount": _money(order.refunded_amount),
+            "amount": _money(order.payment_amount if order.payment_amount else order.total, cur),
+            "refunded_amount": _money(order.refunded_amount, cur),
         },
         "shipment": order.shipment,
         "history": [
@@ -87,15 +93,13 @@ async def place_order(
     rt: Runtime,
     http: Request,
     response: Response,
-    body: Annotated[dict[str, Any], Body()],
+    request: Annotated[PlaceOrder, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> dict[str, Any]:
+    """Place an order (CONTRACT §4): 202 with the order; the same Idempotency-Key and body again
+    is the same order, another body 422, one still being handled 409."""
     if not idempotency_key:
         raise _invalid([{"field": "Idempotency-Key", "message": "the Idempotency-Key header is required", "type": "missing"}])
-    try:
-        request = PlaceOrder.model_validate(body)
-    except ValidationError as exc:
-        raise _invalid(validation_errors(exc.errors())) from exc
     errors = business_errors(request, max_quantity_per_line=rt.settings.max_quantity_per_line)
     if errors:
         raise _invalid([e.model_dump() for e in errors])
@@ -117,7 +121,7 @@ async def place_order(
 
 
 @router.get("/{order_id}")
-async def get_order(order_id: str, caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)], rt: Runtime) -> dict[str, Any]:
+async def get_order(order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)], rt: Runtime) -> dict[str, Any]:
     return view(await _load(rt, order_id, _gateway(caller)))
 
 
@@ -138,12 +142,12 @@ async def list_orders(
     caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)],
     rt: Runtime,
     status: OrderStatus | None = None,
-    customer_id: str | None = None,
+    customer_id: Annotated[str | None, Query(max_length=200)] = None,
     channel: Channel | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Newest first; ``next_cursor`` continues after the last order of this page."""
     query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
@@ -186,7 +190,7 @@ async def _answer(rt: Any, order_id: str, change: Any, gateway: str | None) -> d
 
 @router.post("/{order_id}/cancel", status_code=202)
 async def cancel_order(
-    order_id: str, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime,
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime,
     body: Annotated[CancelBody, Body()] = CancelBody(),
 ) -> dict[str, Any]:
     """Until the order is shipped: cancelled, stock released, payment refunded. From then on: 409."""
@@ -197,7 +201,7 @@ async def cancel_order(
 
 @router.patch("/{order_id}/shipping-address", status_code=202)
 async def change_address(
-    order_id: str, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, address: Annotated[Address, Body()],
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, address: Annotated[Address, Body()],
 ) -> dict[str, Any]:
     gateway = _gateway(caller)
     change = service.change_address(rt.sessions, order_id, address, actor=caller.name, gateway=gateway,
@@ -207,7 +211,7 @@ async def change_address(
 
 @router.post("/{order_id}/attention/resolve")
 async def resolve_attention(
-    order_id: str, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime,
+    order_id: OrderId, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime,
     body: Annotated[CancelBody, Body()] = CancelBody(),
 ) -> dict[str, Any]:
     """Ops say they handled by hand what the saga marked for attention (a refund that got no
@@ -226,7 +230,7 @@ class ReturnBody(BaseModel):
 
 @router.post("/{order_id}/returns", status_code=202)
 async def request_return(
-    order_id: str, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, body: Annotated[ReturnBody, Body()],
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, body: Annotated[ReturnBody, Body()],
 ) -> dict[str, Any]:
     """After delivery: the parcel is expected back; when it arrives, the stock is put back and the
     returned items refunded."""

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from events import outbox
 from events.payments import RefundPayment
 from events.settings import Role
-from events.types import Money
+from events.types import MoneyText
 from events.web import Caller, Problem, Runtime, require
 from payments.db import HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
 class RefundBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount: Annotated[Money, Field(gt=Decimal("0"))] | None = None
+    amount: Annotated[MoneyText, Field(gt=Decimal("0"))] | None = None
     reason: Annotated[str, Field(min_length=1, max_length=200)]
 
 

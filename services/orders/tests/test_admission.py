@@ -30,8 +30,8 @@ async def post(client, key: str):
 async def in_flight(sessions, settings, n: int) -> list[str]:
     """``n`` orders placed past the door, waiting for their stock answer."""
     request = PlaceOrder.model_validate(BODY)
-    return [(await service.place_order(sessions, request, key=f"setup-{uuid.uuid4()}", settings=settings)).order_id
-            for _ in range(n)]
+    return [(await service.place_order(sessions, request, key=f"setup-{uuid.uuid4()}", actor="dev-gateway",
+                                       settings=settings)).order_id for _ in range(n)]
 
 
 async def paid(sessions, order_ids: list[str], *, seconds_ago: float = 1.0) -> None:

@@ -30,7 +30,8 @@ from orders.handlers import (
 
 
 async def placed(sessions, settings, key="k") -> str:
-    return (await service.place_order(sessions, PlaceOrder.model_validate(BODY), key=key, settings=settings)).order_id
+    request = PlaceOrder.model_validate(BODY)
+    return (await service.place_order(sessions, request, key=key, actor="dev-gateway", settings=settings)).order_id
 
 
 def envelope(model, payload):
@@ -79,13 +80,13 @@ async def test_a_redelivered_reply_changes_nothing(sessions, settings):
 async def test_a_reply_for_someone_elses_order_is_ignored(sessions, settings):
     shipment = ShipmentCreated(order_id="ord_other", shipment_id="s", carrier="c", tracking_number="t", warehouse="SH",
                                estimated_delivery=date(2026, 12, 1))
-    assert await service.apply(sessions, "ord_other", shipment, settings=settings) is None
+    assert await service.apply(sessions, "ord_other", shipment, actor="oms/test", settings=settings) is None
 
 
 async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings):
     order_id = await placed(sessions, settings)
     reserved = StockReserved(order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
-    await service.apply(sessions, order_id, reserved, settings=settings)
+    await service.apply(sessions, order_id, reserved, actor="oms/test", settings=settings)
     order = await load(sessions, order_id)
     assert order.deadline_at is not None and order.status == "confirmed"
     assert await service.fire_deadline(sessions, settings=settings) is None
@@ -240,9 +241,10 @@ async def test_a_key_taken_over_while_its_first_request_still_runs_makes_one_ord
     on the claim: whichever comes second makes no order."""
     quick = settings.model_copy(update={"idempotency_abandoned_seconds": 0})
     stalled = _PausedSecondTransaction(sessions)
-    first = asyncio.create_task(service.place_order(stalled, PlaceOrder.model_validate(BODY), key="k", settings=quick))
+    first = asyncio.create_task(service.place_order(stalled, PlaceOrder.model_validate(BODY), key="k", actor="dev-gateway",
+                                                       settings=quick))
     await stalled.paused.wait()
-    second = await service.place_order(sessions, PlaceOrder.model_validate(BODY), key="k", settings=quick)
+    second = await service.place_order(sessions, PlaceOrder.model_validate(BODY), key="k", actor="dev-gateway", settings=quick)
     stalled.go.set()
     with pytest.raises(service.KeyInProgress):
         await first

@@ -7,24 +7,15 @@
 from __future__ import annotations
 
 import os
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from events.keys import DEV_HASHES, DEV_KEYS, ApiKey, Role, parse_all
+from events.tls import with_amqp_tls, with_database_tls
 
-class Role(StrEnum):
-    GATEWAY = "gateway"
-    OPS = "ops"
-    ADMIN = "admin"
-
-
-DEV_API_KEYS: dict[str, Role] = {
-    "dev-gateway-key": Role.GATEWAY,
-    "dev-ops-key": Role.OPS,
-    "dev-admin-key": Role.ADMIN,
-}
+__all__ = ["ApiKey", "Role", "ServiceSettings"]
 
 _UNPREFIXED = {
     "amqp_url": "AMQP_URL",
@@ -32,6 +23,14 @@ _UNPREFIXED = {
     "api_keys": "API_KEYS",
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
+    "max_body_bytes": "MAX_BODY_BYTES",
+    "database_sslmode": "DATABASE_SSLMODE",
+    "database_ssl_ca": "DATABASE_SSL_CA",
+    "database_ssl_cert": "DATABASE_SSL_CERT",
+    "database_ssl_key": "DATABASE_SSL_KEY",
+    "amqp_ssl_ca": "AMQP_SSL_CA",
+    "amqp_ssl_cert": "AMQP_SSL_CERT",
+    "amqp_ssl_key": "AMQP_SSL_KEY",
     "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
     "dead_letter_key": "DEAD_LETTER_KEY",
     "dead_letter_retention_days": "DEAD_LETTER_RETENTION_DAYS",
@@ -49,10 +48,22 @@ class ServiceSettings(BaseSettings):
     environment: Literal["local", "test", "production"] = "local"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     database_url: str = ""
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_ssl_ca: str | None = None
+    database_ssl_cert: str | None = None
+    database_ssl_key: str | None = None
+    """PostgreSQL TLS (libpq's sslmode, sslrootcert, sslcert, sslkey), added to DATABASE_URL (events.tls)."""
+    amqp_ssl_ca: str | None = None
+    amqp_ssl_cert: str | None = None
+    amqp_ssl_key: str | None = None
+    """RabbitMQ TLS for an amqps:// AMQP_URL: the CA and a client certificate (events.tls)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    api_keys: dict[str, Role] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = DEV_KEYS
+    """``name:role:sha256`` entries (events.keys); the dev-* keys unless configured."""
     log_json: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """A request body larger than this is refused with 413 (events.web.LimitBody)."""
     log_level: str = "INFO"
     prefetch: int = 32
     outbox_batch: int = 200
@@ -80,13 +91,21 @@ class ServiceSettings(BaseSettings):
                     values[field] = os.environ[env]
         return values
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> tuple[ApiKey, ...]:
+        return parse_all(value)
+
     @model_validator(mode="after")
     def _safe(self) -> ServiceSettings:
         if not self.database_url:
             var = os.environ.get("OMS_VAR_DIR", ".var")
             self.database_url = f"sqlite+aiosqlite:///{var}/{self.service}.db"
+        self.database_url = with_database_tls(self.database_url, sslmode=self.database_sslmode, ca=self.database_ssl_ca,
+                                              cert=self.database_ssl_cert, key=self.database_ssl_key)
+        self.amqp_url = with_amqp_tls(self.amqp_url, ca=self.amqp_ssl_ca, cert=self.amqp_ssl_cert, key=self.amqp_ssl_key)
         if self.environment == "production":
-            if set(self.api_keys) & set(DEV_API_KEYS):
+            if any(k.sha256 in DEV_HASHES for k in self.api_keys):
                 raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")
             if self.fault_fail_commit_rate:
                 raise ValueError("fault injection must not be switched on in production")

@@ -1,16 +1,18 @@
 """Wiring only: settings, runtime (engine, broker, outbox relay), the saga's deadline scanner,
-the dead-letter parking (and its purge), admission control, HTTP routes."""
+the retention of personal data, the dead-letter parking (and its purge), admission control, HTTP
+routes."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from events import deadletters
 from events.runtime import ServiceRuntime
 from events.web import install
-from orders import api, handlers, ops
+from orders import api, handlers, ops, retention
 from orders.admission import Admission
 from orders.config import Settings
 
@@ -24,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ServiceRuntime(s, routers=routers) as runtime,
             handlers.deadlines(runtime.sessions, s),
             deadletters.housekeeping(runtime.sessions, s),
+            retention.housekeeping(runtime.sessions, timedelta(days=s.retention_days)),
         ):
             app.state.runtime = runtime
             app.state.admission = Admission(

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from events.deadletters import parked_count
 from events.names import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 from events.settings import Role
-from events.web import Problem, Runtime, require
+from events.web import Problem, Runtime, authenticate, require
 from orders import service
 from orders.admission import Admission
 from orders.db import Order, OrderHistory, OrderLine
@@ -123,7 +123,8 @@ async def ops_summary(request: Request, rt: Runtime) -> dict[str, Any]:
 @router.get("/ops", response_class=HTMLResponse)
 async def dashboard(request: Request, rt: Runtime, key: str | None = None) -> HTMLResponse:
     if key and "authorization" not in request.headers:
-        role = rt.settings.api_keys.get(key)
+        caller = authenticate(rt.settings, key)
+        role = caller.role if caller else None
         if role not in (Role.OPS, Role.ADMIN):
             raise Problem(401 if role is None else 403, "unauthorized", "Unauthorized", "an ops key is needed")
     else:

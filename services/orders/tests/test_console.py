@@ -5,19 +5,22 @@ on the running system are in tests/integration/test_console.py."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from orders_support import BODY, GATEWAY, body
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from events.deadletters import dead_letter
 from events.inventory import StockReserved
+from events.payments import PaymentCaptured
 from events.types import Allocation
 from orders import service
-from orders.console import auth
+from orders.console import auth, queries
 from orders.console.mask import mask_body
 from orders.console.text import language
+from orders.db import Order, OrderHistory
 
 
 def csrf(page: str) -> str:
@@ -147,3 +150,25 @@ def test_production_needs_a_console_secret():
     with pytest.raises(ValueError, match="CONSOLE_SECRET"):
         Settings(environment="production", api_keys={"k" * 20: "ops"}, amqp_url="amqp://u:p@h/")
     assert auth.COOKIE == "oms_console"
+
+
+async def test_charts_count_orders_placed_and_paid_per_minute(client, sessions, settings):
+    order_id = await place(client, "a")
+    other = await place(client, "b")
+    await service.apply(sessions, order_id, StockReserved(
+        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]), settings=settings)
+    await service.apply(sessions, order_id, PaymentCaptured(
+        order_id=order_id, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card"), settings=settings)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+    async with sessions.begin() as session:  # placed in one minute, seconds apart; paid 90 s after the first
+        for oid, second in ((order_id, 1), (other, 40)):
+            await session.execute(update(Order).where(Order.id == oid).values(created_at=minute + timedelta(seconds=second)))
+        await session.execute(update(OrderHistory).where(OrderHistory.order_id == order_id, OrderHistory.status == "paid")
+                              .values(at=minute + timedelta(seconds=91)))
+    async with sessions() as session:
+        charts = await queries.charts(session, now=minute + timedelta(minutes=2, seconds=5))
+    assert charts["orders_by_status"] == {"paid": 1, "submitted": 1}
+    assert len(charts["minutes"]) == 60 and charts["minutes"][-1] == (minute + timedelta(minutes=2)).strftime("%H:%M")
+    assert charts["placed"][-3:] == [2, 0, 0]
+    assert charts["paid"][-3:] == [0, 1, 0]
+    assert charts["latency_mean_s"][-2] == charts["latency_max_s"][-2] == 90.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, func, literal_column, select, union
+from sqlalchemy import Integer, Select, cast, func, literal_column, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events.db import outbox_message
@@ -64,7 +64,7 @@ async def search(session: AsyncSession, s: Search, *, limit: int = 50) -> list[O
 def _minute(column: Any, dialect: str) -> Any:
     """Minutes since the epoch, as an integer, in the database's own words."""
     if dialect == "sqlite":
-        return func.cast(func.strftime("%s", column), Integer()) / 60
+        return cast(func.strftime("%s", column), Integer) // 60
     return func.floor(func.extract("epoch", column) / 60)
 
 

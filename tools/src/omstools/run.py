@@ -166,7 +166,7 @@ def _shown(path: Path) -> str:
 def banner(system: System, broker: Broker) -> str:
     rows = [
         ("orders API", f"{system.url('orders')}/v1/orders"),
-        ("ops dashboard", f"{system.url('orders')}/ops?key=dev-ops-key"),
+        ("ops console", f"{system.url('orders')}/ops"),
         *((svc, system.url(svc)) for svc in system.services if svc != "orders"),
         ("RabbitMQ", broker.url + (f"  (management {broker.management_url})" if broker.management_url else "")),
         ("e-mails", f"{_shown(system.mail_dir)}  (SMTP sink on 127.0.0.1:{system.smtp_port})"),

@@ -18,7 +18,7 @@ UV_RUN := uv run $(if $(wildcard uv.lock),--frozen)
 pytest = rc=0; $(UV_RUN) pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help uv venv rabbitmq postgres run test test-unit test-integration lint bench verify asyncapi clean
+.PHONY: help uv venv rabbitmq postgres run test test-unit test-integration lint bench verify asyncapi openapi clean
 
 help:
 	@echo "make run               start everything (broker, databases, demo data, five services) until Ctrl-C"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench             the load benchmark (BENCH_ARGS=...)"
 	@echo "make verify            audit a running system through its APIs (VERIFY_ARGS=...)"
 	@echo "make asyncapi          regenerate docs/asyncapi.json from the services' routers and message models"
+	@echo "make openapi           regenerate docs/openapi/*.json from the orders, inventory and shipping apps"
 	@echo "make clean             remove .var (databases, logs, mail, the local broker's data)"
 
 uv:
@@ -85,6 +86,9 @@ lint: venv
 
 asyncapi: venv
 	$(UV_RUN) python -m omstools.asyncapi
+
+openapi: venv
+	$(UV_RUN) python -m omstools.openapi
 
 bench: venv
 	$(UV_RUN) python -m omstools.bench $(BENCH_ARGS)

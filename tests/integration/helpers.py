@@ -13,6 +13,7 @@ import httpx
 GATEWAY = {"Authorization": "Bearer dev-gateway-key"}
 OPS = {"Authorization": "Bearer dev-ops-key"}
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
+MARKETPLACE = {"Authorization": "Bearer dev-marketplace-key"}  # a second gateway: sees none of dev-gateway's orders
 
 FINAL = {"delivered", "cancelled", "returned"}
 

@@ -10,15 +10,16 @@ import uuid
 
 import aio_pika
 import pytest
-from integration.helpers import GATEWAY, eventually, order_body
+from integration.helpers import GATEWAY, MARKETPLACE, eventually, order_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("manual_carrier")]
 
 
 def _command(data: dict, command_id: str) -> bytes:
+    """A gateway's command; its ``source`` names the gateway, and the key of that name reads it."""
     return json.dumps({
         "specversion": "1.0", "id": command_id, "type": "oms.command.orders.place_order.v1",
-        "source": "gateway/test", "time": "2026-11-24T12:00:00Z", "datacontenttype": "application/json",
+        "source": "dev-gateway", "time": "2026-11-24T12:00:00Z", "datacontenttype": "application/json",
         "data": data,
     }).encode()
 
@@ -68,6 +69,8 @@ async def test_a_good_place_order_command_is_answered_with_order_placed(gateway,
     assert "email" not in json.dumps(placed) and "Lin Mei" not in json.dumps(placed), "events carry no contact details"
     r = await eventually(lambda: orders.get(f"/v1/orders/{order_id}", headers=GATEWAY), lambda r: r.status_code == 200)
     assert r.json()["channel"] == "web"
+    assert r.json()["history"][0]["actor"] == "dev-gateway"
+    assert (await orders.get(f"/v1/orders/{order_id}", headers=MARKETPLACE)).status_code == 404, "another gateway's"
 
 
 async def test_the_same_command_id_twice_is_one_order(gateway, orders):

@@ -99,6 +99,8 @@ async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_ba
     await expect(page.locator("#order-status")).to_have_text("cancelled")
     await expect(page.get_by_role("status")).to_contain_text("Cancel requested.")
     await expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
+    await expect(timeline.last).to_contain_text("dev-admin")  # who did it, and why
+    await expect(timeline.last).to_contain_text("the customer phoned to cancel")
 
     order = await get_order(orders, order_id)
     assert order["status"] == "cancelled" and order["status_reason"] == "customer_request"

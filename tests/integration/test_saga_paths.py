@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from integration.helpers import (
     GATEWAY,
+    OPS,
     carrier_event,
     eventually,
     get_order,
@@ -202,7 +203,7 @@ async def test_return_after_delivery_restocks_and_refunds_the_returned_items(ord
 
 
 async def _shipment(shipping, order_id: str) -> dict:
-    r = await shipping.get(f"/v1/shipments/{order_id}", headers=GATEWAY)
+    r = await shipping.get(f"/v1/shipments/{order_id}", headers=OPS)
     assert r.status_code == 200, r.text
     return r.json()
 

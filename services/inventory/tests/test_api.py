@@ -94,6 +94,10 @@ async def test_an_adjustment_sets_the_count_but_never_below_what_is_reserved(cli
                           json={"warehouse": "SH", "sku": "SKU-LIMITED", "on_hand": 2, "reason": "one broken"})
     assert r.status_code == 200
     assert r.json() == {"sku": "SKU-LIMITED", "warehouse": "SH", "on_hand": 2, "reserved": 2, "available": 0}
+    async with sessions() as session:
+        moves = (await session.execute(select(StockMovement.kind, StockMovement.actor).where(
+            StockMovement.sku == "SKU-LIMITED").order_by(StockMovement.id))).all()
+    assert moves[-2:] == [("reservation", "oms/orders"), ("adjustment", "dev-admin")], "who moved the stock"
 
 
 async def test_an_adjustment_of_a_sku_new_to_the_warehouse_counts_it(client):

@@ -61,7 +61,7 @@ async def level(sessions, sku: str, warehouse: str) -> tuple[int, int]:
 async def stocked(sessions, sku: str, **levels: int) -> None:
     async with sessions.begin() as session:
         for warehouse, quantity in levels.items():
-            await receive(session, warehouse, sku, quantity, threshold=0, reorder=10)
+            await receive(session, warehouse, sku, quantity, actor="dev-admin", threshold=0, reorder=10)
 
 
 async def snapshot(sessions) -> tuple:

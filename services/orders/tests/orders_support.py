@@ -13,6 +13,7 @@ from events.db import outbox_message
 GATEWAY = {"Authorization": "Bearer dev-gateway-key"}
 OPS = {"Authorization": "Bearer dev-ops-key"}
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
+MARKETPLACE = {"Authorization": "Bearer dev-marketplace-key"}  # a second gateway
 
 BODY: dict[str, Any] = {
     "customer": {"id": "cust-42", "name": "Lin Mei", "email": "lin@example.com", "phone": "+8613800000000", "locale": "zh-CN"},

@@ -84,7 +84,7 @@ async def test_a_key_still_in_progress_is_409(client, sessions, settings):
     from orders.domain import request_fingerprint
 
     async with sessions.begin() as session:
-        session.add(IdempotencyKey(key="http:busy", fingerprint=request_fingerprint(PlaceOrder.model_validate(BODY)),
+        session.add(IdempotencyKey(key="dev-gateway:http:busy", fingerprint=request_fingerprint(PlaceOrder.model_validate(BODY)),
                                    state="in_progress", created_at=datetime.now(UTC)))
     r = await post(client, BODY, key="busy")
     assert r.status_code == 409

@@ -98,13 +98,17 @@ async def test_an_admin_cancels_with_a_reason_and_the_csrf_token(client, session
     assert r.status_code == 303
     order = (await client.get(f"/v1/orders/{order_id}", headers=GATEWAY)).json()
     assert order["status"] == "cancelled" and order["status_reason"] == "customer_request"
+    assert order["history"][-1] | {"at": None} == {"status": "cancelled", "reason": "customer_request", "at": None,
+                                                    "actor": "dev-admin", "note": "customer phoned"}
+    page = (await client.get(f"/ops/orders/{order_id}")).text
+    assert "dev-admin" in page and "customer phoned" in page
     assert "Cancel order" not in (await client.get(f"/ops/orders/{order_id}")).text  # nothing left to cancel
 
 
 async def test_an_admin_changes_the_address_through_the_same_rules(client, sessions, settings):
     order_id = await place(client, "a")
     await service.apply(sessions, order_id, StockReserved(
-        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]), settings=settings)
+        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]), actor="oms/test", settings=settings)
     token = await sign_in(client, "dev-admin-key")
     address = {"name": "Lin Mei", "line1": "2 Nanjing Rd", "city": "Shanghai", "postal_code": "200001", "country": "cn"}
     bad = await client.post(f"/ops/orders/{order_id}/address", data={**address, "country": "China", "reason": "moved",
@@ -114,6 +118,8 @@ async def test_an_admin_changes_the_address_through_the_same_rules(client, sessi
     assert r.status_code == 303
     order = (await client.get(f"/v1/orders/{order_id}", headers=GATEWAY)).json()
     assert order["shipping_address"]["line1"] == "2 Nanjing Rd" and order["shipping_address"]["country"] == "CN"
+    assert (order["history"][-1]["reason"], order["history"][-1]["actor"], order["history"][-1]["note"]) == (
+        "address_changed", "dev-admin", "moved")
 
 
 async def test_pages_follow_the_browser_language(client):
@@ -148,7 +154,7 @@ def test_production_needs_a_console_secret():
     from orders.config import Settings
 
     with pytest.raises(ValueError, match="CONSOLE_SECRET"):
-        Settings(environment="production", api_keys={"k" * 20: "ops"}, amqp_url="amqp://u:p@h/")
+        Settings(environment="production", api_keys=f"ops:ops:{'a' * 64}", amqp_url="amqp://u:p@h/")
     assert auth.COOKIE == "oms_console"
 
 
@@ -156,9 +162,9 @@ async def test_charts_count_orders_placed_and_paid_per_minute(client, sessions, 
     order_id = await place(client, "a")
     other = await place(client, "b")
     await service.apply(sessions, order_id, StockReserved(
-        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]), settings=settings)
+        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]), actor="oms/test", settings=settings)
     await service.apply(sessions, order_id, PaymentCaptured(
-        order_id=order_id, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card"), settings=settings)
+        order_id=order_id, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card"), actor="oms/test", settings=settings)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
     async with sessions.begin() as session:  # placed in one minute, seconds apart; paid 90 s after the first
         for oid, second in ((order_id, 1), (other, 40)):

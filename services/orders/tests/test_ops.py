@@ -19,7 +19,7 @@ from orders.db import OrderHistory
 async def test_summary_counts_orders_and_says_what_it_cannot_reach(client, sessions, settings):
     a = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
     await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "b"})
-    await service.apply(sessions, a, StockReservationFailed(order_id=a), settings=settings)
+    await service.apply(sessions, a, StockReservationFailed(order_id=a), actor="oms/test", settings=settings)
     s = (await client.get("/v1/ops/summary", headers=OPS)).json()
     assert s["orders_by_status"] == {"cancelled": 1, "submitted": 1}
     assert s["throughput_last_5_min"]["placed"] == 2 and s["throughput_last_5_min"]["cancelled"] == 1
@@ -39,9 +39,9 @@ async def test_sales_report(client, sessions, settings):
     tea = body(items=[{"sku": "SKU-TEA", "quantity": 1, "unit_price": "5.00"}])
     await client.post("/v1/orders", json=tea, headers={**GATEWAY, "Idempotency-Key": "b"})
     reserved = StockReserved(order_id=two_mugs, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
-    await service.apply(sessions, two_mugs, reserved, settings=settings)
+    await service.apply(sessions, two_mugs, reserved, actor="oms/test", settings=settings)
     captured = PaymentCaptured(order_id=two_mugs, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card")
-    await service.apply(sessions, two_mugs, captured, settings=settings)
+    await service.apply(sessions, two_mugs, captured, actor="oms/test", settings=settings)
     report = (await client.get("/v1/reports/sales", headers=OPS)).json()
     assert report["orders"] == 2
     assert report["captured"] == {"CNY": "79.80"} and report["revenue"] == {"CNY": "79.80"}
@@ -54,10 +54,10 @@ async def test_the_sales_report_times_each_status_until_the_next(client, session
     paid = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "a"})).json()["id"]
     short = (await client.post("/v1/orders", json=BODY, headers={**GATEWAY, "Idempotency-Key": "b"})).json()["id"]
     reserved = StockReserved(order_id=paid, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
-    await service.apply(sessions, paid, reserved, settings=settings)
+    await service.apply(sessions, paid, reserved, actor="oms/test", settings=settings)
     captured = PaymentCaptured(order_id=paid, payment_id="p", amount=Decimal("79.80"), currency="CNY", method="card")
-    await service.apply(sessions, paid, captured, settings=settings)
-    await service.apply(sessions, short, StockReservationFailed(order_id=short), settings=settings)
+    await service.apply(sessions, paid, captured, actor="oms/test", settings=settings)
+    await service.apply(sessions, short, StockReservationFailed(order_id=short), actor="oms/test", settings=settings)
     t0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
     after = {(paid, "submitted"): 0, (paid, "confirmed"): 10, (paid, "paid"): 40,
              (short, "submitted"): 0, (short, "cancelled"): 4}
@@ -82,12 +82,12 @@ async def test_an_order_marked_for_attention_is_resolved_by_an_admin_and_leaves_
         ShipmentCreated(order_id=order_id, shipment_id="shp-1", carrier="sf", tracking_number="T1", warehouse="SH",
                         estimated_delivery=datetime.now(UTC).date()),
     ):
-        await service.apply(sessions, order_id, reply, settings=settings)
+        await service.apply(sessions, order_id, reply, actor="oms/test", settings=settings)
     assert (await client.post(f"/v1/orders/{order_id}/cancel", json={}, headers=GATEWAY)).status_code == 202
     # the carrier took the parcel before the cancel reached it: ops must get it back
     await service.apply(sessions, order_id, ShipmentUpdated(order_id=order_id, shipment_id="shp-1", carrier="sf",
                                                             tracking_number="T1", status="picked_up", at=datetime.now(UTC)),
-                        settings=settings)
+                        actor="oms/test", settings=settings)
     summary = (await client.get("/v1/ops/summary", headers=OPS)).json()
     assert [o["id"] for o in summary["needs_attention"]] == [order_id]
 

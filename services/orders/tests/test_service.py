@@ -30,7 +30,8 @@ from orders.saga import DeadlineReached
 
 
 async def placed(sessions, settings, key="k") -> str:
-    return (await service.place_order(sessions, PlaceOrder.model_validate(BODY), key=key, settings=settings)).order_id
+    request = PlaceOrder.model_validate(BODY)
+    return (await service.place_order(sessions, request, key=key, actor="dev-gateway", settings=settings)).order_id
 
 
 def envelope(model, payload):
@@ -78,13 +79,13 @@ async def test_a_redelivered_reply_changes_nothing(sessions, settings):
 async def test_a_reply_for_someone_elses_order_is_ignored(sessions, settings):
     shipment = ShipmentCreated(order_id="ord_other", shipment_id="s", carrier="c", tracking_number="t", warehouse="SH",
                                estimated_delivery=date(2026, 12, 1))
-    assert await service.apply(sessions, "ord_other", shipment, settings=settings) is None
+    assert await service.apply(sessions, "ord_other", shipment, actor="oms/test", settings=settings) is None
 
 
 async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings):
     order_id = await placed(sessions, settings)
     reserved = StockReserved(order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
-    await service.apply(sessions, order_id, reserved, settings=settings)
+    await service.apply(sessions, order_id, reserved, actor="oms/test", settings=settings)
     order = await load(sessions, order_id)
     assert order.deadline_at is not None and order.status == "confirmed"
     assert await service.due_deadlines(sessions) == []
@@ -95,7 +96,7 @@ async def test_deadlines_are_stored_and_fire_after_a_restart(sessions, settings)
         await session.execute(update(Order).where(Order.id == order_id).values(saga=saga))
     # A fresh process sees the due deadline in the database and fires it.
     assert await service.due_deadlines(sessions) == [order_id]
-    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+    await service.apply(sessions, order_id, DeadlineReached(), actor="oms/test", settings=settings)
     order = await load(sessions, order_id)
     assert (order.status, order.status_reason) == ("cancelled", "payment_timeout")
     assert (await outbox(sessions))[-1]["key"] == "inventory.release_stock"

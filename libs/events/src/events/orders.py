@@ -15,6 +15,7 @@ from events.types import (
     CountryCode,
     CurrencyCode,
     Money,
+    MoneyText,
     OrderStatus,
     PaymentMethod,
     PricedLine,
@@ -53,7 +54,7 @@ class PaymentDetails(_Strict):
 
 
 class OrderLine(PricedLine):
-    unit_price: Annotated[Money, Field(ge=Decimal("0"))]
+    unit_price: Annotated[MoneyText, Field(ge=Decimal("0"))]
 
 
 class PlaceOrder(Command):

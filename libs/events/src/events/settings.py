@@ -7,24 +7,14 @@ the service prefix; the prefixed name wins.
 from __future__ import annotations
 
 import os
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from events.keys import DEV_HASHES, DEV_KEYS, ApiKey, Role, parse_all
 
-class Role(StrEnum):
-    GATEWAY = "gateway"
-    OPS = "ops"
-    ADMIN = "admin"
-
-
-DEV_API_KEYS: dict[str, Role] = {
-    "dev-gateway-key": Role.GATEWAY,
-    "dev-ops-key": Role.OPS,
-    "dev-admin-key": Role.ADMIN,
-}
+__all__ = ["ApiKey", "Role", "ServiceSettings"]
 
 _UNPREFIXED = {
     "amqp_url": "AMQP_URL",
@@ -32,6 +22,7 @@ _UNPREFIXED = {
     "api_keys": "API_KEYS",
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
+    "max_body_bytes": "MAX_BODY_BYTES",
     "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
 }
 
@@ -45,8 +36,11 @@ class ServiceSettings(BaseSettings):
     database_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    api_keys: dict[str, Role] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = DEV_KEYS
+    """``name:role:sha256`` entries (events.keys); the dev-* keys unless configured."""
     log_json: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """A request body larger than this is refused with 413 (events.web.LimitBody)."""
     log_level: str = "INFO"
     prefetch: int = 32
     outbox_batch: int = 200
@@ -65,13 +59,18 @@ class ServiceSettings(BaseSettings):
                     values[field] = os.environ[env]
         return values
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> tuple[ApiKey, ...]:
+        return parse_all(value)
+
     @model_validator(mode="after")
     def _safe(self) -> ServiceSettings:
         if not self.database_url:
             var = os.environ.get("OMS_VAR_DIR", ".var")
             self.database_url = f"sqlite+aiosqlite:///{var}/{self.service}.db"
         if self.environment == "production":
-            if set(self.api_keys) & set(DEV_API_KEYS):
+            if any(k.sha256 in DEV_HASHES for k in self.api_keys):
                 raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")
             if self.fault_fail_commit_rate:
                 raise ValueError("fault injection must not be switched on in production")

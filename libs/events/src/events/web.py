@@ -17,6 +17,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events import keys
 from events.logs import get_logger
 from events.runtime import ServiceRuntime
 from events.settings import Role, ServiceSettings
@@ -75,11 +76,12 @@ class Caller:
 
 
 def authenticate(settings: ServiceSettings, key: str) -> Caller | None:
-    """The caller an API key stands for, or None for an unknown key."""
-    role = settings.api_keys.get(key.strip())
-    if role is None:
+    """The caller an API key stands for (its configured name and role), or None for an unknown key.
+    Only hashes are configured; every entry is compared in constant time (events.keys)."""
+    entry = keys.find(settings.api_keys, key)
+    if entry is None:
         return None
-    return Caller(name=key.strip().removesuffix("-key"), role=role)
+    return Caller(name=entry.name, role=entry.role)
 
 
 def require(*roles: Role):
@@ -99,6 +101,59 @@ def require(*roles: Role):
         return caller
 
     return Depends(check)
+
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body is read past the limit. An HTTPException, so FastAPI passes it
+    through its body parsing instead of turning it into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class LimitBody:
+    """Refuse a request body over the service's ``max_body_bytes`` (1 MiB by default) with 413:
+    at once when ``Content-Length`` says so, else while it is read (a chunked body), before it is
+    all held in memory."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rt = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        limit = getattr(getattr(rt, "settings", None), "max_body_bytes", MAX_BODY_BYTES)
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            status = 413 if declared.isdigit() else 400
+            await problem_response(status, "body-too-large" if status == 413 else "bad-request",
+                                   "Request body too large" if status == 413 else "Bad request",
+                                   f"the request body is larger than {limit} bytes" if status == 413
+                                   else "Content-Length is not a number")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+API_DOCUMENT_ROUTES = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+"""Not served: the OpenAPI documents are committed under docs/openapi/ (make openapi), so the
+services tell an unauthenticated caller nothing of their routes and models."""
 
 
 _HTTP_METRICS: dict[str, Any] = {}
@@ -172,7 +227,13 @@ def install(app: FastAPI, service: str) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, "http-error", str(exc.detail), str(exc.detail))
 
-    app.add_middleware(ObserveRequests, requests=requests, latency=latency)
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return problem_response(413, "body-too-large", "Request body too large", str(exc.detail))
+
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in API_DOCUMENT_ROUTES]
+    app.add_middleware(LimitBody)
+    app.add_middleware(ObserveRequests, requests=requests, latency=latency)  # the outer one: sees every answer
 
     app.include_router(health_router())
 

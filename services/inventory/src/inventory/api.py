@@ -13,7 +13,7 @@ from sqlalchemy import case, func, select
 
 from events.settings import Role
 from events.types import CountryCode, Sku
-from events.web import Problem, Runtime, require
+from events.web import Caller, Problem, Runtime, require
 from inventory import domain, stock
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
@@ -82,24 +82,24 @@ async def list_warehouses(rt: Runtime) -> dict[str, Any]:
                            "longitude": w.longitude} for w in rows]}
 
 
-@router.post("/v1/stock/receipts", status_code=201, dependencies=[require(Role.ADMIN)])
-async def receive(rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
+@router.post("/v1/stock/receipts", status_code=201)
+async def receive(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
-        row = await stock.receive(session, body.warehouse, body.sku, body.quantity,
+        row = await stock.receive(session, body.warehouse, body.sku, body.quantity, actor=caller.name,
                                   threshold=rt.settings.default_low_stock_threshold, reorder=rt.settings.default_reorder_quantity)
         return {"sku": body.sku, **_level(row)}
 
 
-@router.post("/v1/stock/adjustments", dependencies=[require(Role.ADMIN)])
-async def adjust(rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
+@router.post("/v1/stock/adjustments")
+async def adjust(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
     """A count: ``on_hand`` is what is on the shelf now (never below what is reserved: 409)."""
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
-            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason,
+            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason, actor=caller.name,
                                      threshold=rt.settings.default_low_stock_threshold,
                                      reorder=rt.settings.default_reorder_quantity)
         except stock.Conflict as exc:
@@ -121,7 +121,7 @@ async def low_stock(rt: Runtime) -> dict[str, Any]:
 
 
 @router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
-async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
+async def set_threshold(sku: Annotated[str, Path(max_length=64)], rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         row = await stock.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
         if row is None:
@@ -131,7 +131,7 @@ async def set_threshold(sku: str, rt: Runtime, body: Annotated[Threshold, Body()
 
 
 @router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])
-async def get_stock(sku: str, rt: Runtime) -> dict[str, Any]:
+async def get_stock(sku: Annotated[str, Path(max_length=64)], rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
         rows = list(await session.scalars(select(Stock).where(Stock.sku == sku).order_by(Stock.warehouse)))
     if not rows:
@@ -145,7 +145,7 @@ async def get_stock(sku: str, rt: Runtime) -> dict[str, Any]:
 async def list_reservations(
     rt: Runtime,
     status: Annotated[str | None, Query(pattern="^(reserved|released|committed)$")] = None,
-    order_id: str | None = None,
+    order_id: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:

@@ -94,4 +94,6 @@ class StockMovement(Base):
     quantity: Mapped[int]
     order_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(200))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    """Who moved it: an API key's name (receipts, counts) or the command's source (``oms/orders``)."""
     at: Mapped[datetime]

@@ -103,15 +103,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _source(cause: Cause) -> str | None:
+    return cause.source if cause is not None else None
+
+
 async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> None:
     await outbox.stage(session, payload, service=SERVICE, subject=subject, causation=cause)
 
 
 def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,
-          reason: str | None = None) -> dict[str, Any]:
-    """A stock_movement row, for ``_INSERT_MOVEMENT``."""
+          reason: str | None = None, *, actor: str | None) -> dict[str, Any]:
+    """A stock_movement row, for ``_INSERT_MOVEMENT``; ``actor``: an API key's name, or the source
+    of the command that moved it (``oms/orders``)."""
     return {"warehouse": row.warehouse, "sku": row.sku, "kind": kind, "quantity": quantity, "order_id": order_id,
-            "reason": reason, "at": _now()}
+            "reason": reason, "actor": actor, "at": _now()}
 
 
 async def _lock(session: AsyncSession, statement: Any, params: dict[str, Any]) -> dict[Key, Level]:
@@ -233,7 +238,7 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
         row.reserved += a.quantity  # the row is locked: this is what the update left
         reservations.append({"order_id": order_id, "warehouse": a.warehouse, "sku": a.sku, "quantity": a.quantity,
                              "status": "reserved", "returned": 0, "created_at": now, "updated_at": now})
-        moves.append(_move(row, "reservation", a.quantity, order_id))
+        moves.append(_move(row, "reservation", a.quantity, order_id, actor=_source(cause)))
         alerted = row.low_alerted
         await check_low(session, row, cause)
         if row.low_alerted != alerted:
@@ -256,7 +261,7 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
     for r in held:
         row = rows[(r.warehouse, r.sku)]
         row.reserved -= r.quantity
-        moves.append(_move(row, "release", r.quantity, order_id, reason[:200]))
+        moves.append(_move(row, "release", r.quantity, order_id, reason[:200], actor=_source(cause)))
         await check_low(session, row, cause)
     if held:
         await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved,
@@ -289,7 +294,7 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCom
         row = rows[(r.warehouse, r.sku)]
         row.reserved -= r.quantity
         row.on_hand -= r.quantity
-        moves.append(_move(row, "commit", -r.quantity, order_id))
+        moves.append(_move(row, "commit", -r.quantity, order_id, actor=_source(cause)))
     await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved, "on_hand": row.on_hand}
                                           for row in rows.values()])
     now = _now()
@@ -323,7 +328,7 @@ async def restock(session: AsyncSession, order_id: str, items: list[LineItem], c
         row.on_hand += p.quantity
         reservation["returned"] += p.quantity
         returned[key] = reservation
-        moves.append(_move(row, "restock", p.quantity, order_id, "returned"))
+        moves.append(_move(row, "restock", p.quantity, order_id, "returned", actor=_source(cause)))
         await check_low(session, row, cause)
         event = StockRestocked(order_id=order_id, warehouse=p.warehouse, sku=p.sku, quantity=p.quantity)
         await _stage(session, event, order_id, cause)
@@ -336,24 +341,24 @@ async def restock(session: AsyncSession, order_id: str, items: list[LineItem], c
     return events
 
 
-async def receive(session: AsyncSession, warehouse: str, sku: str, quantity: int, *, threshold: int,
+async def receive(session: AsyncSession, warehouse: str, sku: str, quantity: int, *, actor: str, threshold: int,
                   reorder: int) -> Stock:
     """A delivery from a supplier: units onto the shelf (``stock.restocked`` without an order)."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     row.on_hand += quantity
-    await session.execute(_INSERT_MOVEMENT, _move(row, "receipt", quantity))
+    await session.execute(_INSERT_MOVEMENT, _move(row, "receipt", quantity, actor=actor))
     await check_low(session, row, None)
     await _stage(session, StockRestocked(warehouse=warehouse, sku=sku, quantity=quantity), None, None)
     return row
 
 
-async def adjust(session: AsyncSession, warehouse: str, sku: str, on_hand: int, reason: str, *, threshold: int,
-                 reorder: int) -> Stock:
+async def adjust(session: AsyncSession, warehouse: str, sku: str, on_hand: int, reason: str, *, actor: str,
+                 threshold: int, reorder: int) -> Stock:
     """A count: ``on_hand`` is what is on the shelf now. Never below what orders hold reserved."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     if on_hand < row.reserved:
         raise Conflict(f"{row.reserved} units of {sku} at {warehouse} are reserved: the count cannot be below that")
-    await session.execute(_INSERT_MOVEMENT, _move(row, "adjustment", on_hand - row.on_hand, reason=reason))
+    await session.execute(_INSERT_MOVEMENT, _move(row, "adjustment", on_hand - row.on_hand, reason=reason, actor=actor))
     row.on_hand = on_hand
     await check_low(session, row, None)
     return row

@@ -1,53 +1,64 @@
 """HTTP API of CONTRACT §4: place, read, list, cancel, change the address, return. Thin: each
-route validates, then calls service.place_order or service.apply."""
+route validates, then calls the service function of that change with the caller's name as the
+actor. A gateway key sees only the orders it placed (CONTRACT §3): another's is 404, as if it did
+not exist, and is left out of lists; ops and admin see every order."""
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
 from events.orders import Address, PlaceOrder
 from events.settings import Role
-from events.types import Channel, LineItem, OrderStatus
-from events.web import Problem, Runtime, require, validation_errors
+from events.types import Channel, LineItem, OrderStatus, money_places
+from events.web import Caller, Problem, Runtime, require
 from orders import service
 from orders.admission import Overloaded
 from orders.db import Order
-from orders.domain import ReturnRefused, business_errors, return_value
-from orders.saga import AddressChangeRequested, AttentionResolved, CancelRequested, Refused, ReturnRequested
+from orders.domain import ReturnRefused, business_errors
+from orders.saga import Refused
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
+OrderId = Annotated[str, Path(min_length=1, max_length=64)]
 
-def _money(value: Any) -> str:
-    return format(value, "f")
+
+def _money(value: Any, currency: str) -> str:
+    """An amount as a decimal string in the currency's minor units ("100" yen, "39.90" yuan)."""
+    exponent = money_places(currency)
+    return format(Decimal(value).quantize(Decimal(1).scaleb(-(2 if exponent is None else exponent))), "f")
 
 
 def view(order: Order) -> dict[str, Any]:
     """The order as CONTRACT §4 shows it."""
+    cur = order.currency
     return {
         "id": order.id,
         "status": order.status,
         "status_reason": order.status_reason,
         "customer": order.customer,
         "shipping_address": order.shipping_address,
-        "items": [{"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price)} for li in order.lines],
-        "total": _money(order.total),
+        "items": [{"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price, cur)} for li in order.lines],
+        "total": _money(order.total, cur),
         "currency": order.currency,
         "channel": order.channel,
         "payment": {
             "status": order.payment_status,
             "method": order.payment_method,
-            "amount": _money(order.payment_amount if order.payment_amount else order.total),
-            "refunded_amount": _money(order.refunded_amount),
+            "amount": _money(order.payment_amount if order.payment_amount else order.total, cur),
+            "refunded_amount": _money(order.refunded_amount, cur),
         },
         "shipment": order.shipment,
-        "history": [{"status": h.status, "at": h.at.isoformat(), "reason": h.reason} for h in order.history],
+        "history": [
+            {"status": h.status, "at": h.at.isoformat(), "reason": h.reason, "actor": h.actor, "note": h.note}
+            for h in order.history
+        ],
         "attention": order.attention,
         "created_at": order.created_at.isoformat(),
         "updated_at": order.updated_at.isoformat(),
@@ -59,34 +70,42 @@ def _invalid(errors: list[dict[str, str]]) -> Problem:
     return Problem(422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors)
 
 
-async def _load(rt: Any, order_id: str) -> Order:
+def _gateway(caller: Caller) -> str | None:
+    """The gateway whose orders alone this caller sees; None: every order (ops, admin)."""
+    return caller.name if caller.role is Role.GATEWAY else None
+
+
+def _not_found(order_id: str) -> Problem:
+    return Problem(404, "not-found", "Not found", f"no order {order_id}")
+
+
+async def _load(rt: Any, order_id: str, gateway: str | None = None) -> Order:
     async with rt.sessions() as session:
         order = await session.get(Order, order_id)
-    if order is None:
-        raise Problem(404, "not-found", "Not found", f"no order {order_id}")
+    if order is None or (gateway is not None and order.gateway != gateway):
+        raise _not_found(order_id)
     return order
 
 
-@router.post("", status_code=202, dependencies=[require(Role.GATEWAY)])
+@router.post("", status_code=202)
 async def place_order(
+    caller: Annotated[Caller, require(Role.GATEWAY)],
     rt: Runtime,
     http: Request,
     response: Response,
-    body: Annotated[dict[str, Any], Body()],
+    request: Annotated[PlaceOrder, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> dict[str, Any]:
+    """Place an order (CONTRACT §4): 202 with the order; the same Idempotency-Key and body again
+    is the same order, another body 422, one still being handled 409."""
     if not idempotency_key:
         raise _invalid([{"field": "Idempotency-Key", "message": "the Idempotency-Key header is required", "type": "missing"}])
-    try:
-        request = PlaceOrder.model_validate(body)
-    except ValidationError as exc:
-        raise _invalid(validation_errors(exc.errors())) from exc
     errors = business_errors(request, max_quantity_per_line=rt.settings.max_quantity_per_line)
     if errors:
         raise _invalid([e.model_dump() for e in errors])
     try:
-        placed = await service.place_order(rt.sessions, request, key=f"http:{idempotency_key}", settings=rt.settings,
-                                           admission=http.app.state.admission)
+        placed = await service.place_order(rt.sessions, request, key=f"http:{idempotency_key}", actor=caller.name,
+                                           settings=rt.settings, admission=http.app.state.admission)
     except Overloaded as exc:  # nothing stored: the same key again later places the order
         raise Problem(503, "overloaded", "Too many orders in flight",
                       f"orders are arriving faster than they can be handled: retry after {exc.retry_after} s "
@@ -101,9 +120,9 @@ async def place_order(
     return view(await _load(rt, placed.order_id))
 
 
-@router.get("/{order_id}", dependencies=[require(Role.GATEWAY, Role.OPS)])
-async def get_order(order_id: str, rt: Runtime) -> dict[str, Any]:
-    return view(await _load(rt, order_id))
+@router.get("/{order_id}")
+async def get_order(order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)], rt: Runtime) -> dict[str, Any]:
+    return view(await _load(rt, order_id, _gateway(caller)))
 
 
 def _cursor(order: Order) -> str:
@@ -118,19 +137,22 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise _invalid([{"field": "cursor", "message": "not a cursor this API gave out", "type": "value_error"}]) from exc
 
 
-@router.get("", dependencies=[require(Role.GATEWAY, Role.OPS)])
+@router.get("")
 async def list_orders(
+    caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)],
     rt: Runtime,
     status: OrderStatus | None = None,
-    customer_id: str | None = None,
+    customer_id: Annotated[str | None, Query(max_length=200)] = None,
     channel: Channel | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Newest first; ``next_cursor`` continues after the last order of this page."""
     query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
+    if (gateway := _gateway(caller)) is not None:
+        query = query.where(Order.gateway == gateway)
     if status:
         query = query.where(Order.status == status)
     if customer_id:
@@ -155,52 +177,71 @@ class CancelBody(BaseModel):
     reason: Annotated[str, Field(max_length=500)] = ""
 
 
-async def _request(rt: Any, order_id: str, request: object, before: Any = None) -> dict[str, Any]:
+async def _answer(rt: Any, order_id: str, change: Any, gateway: str | None) -> dict[str, Any]:
+    """Run a person's change; its outcome as the API answers it."""
     try:
-        order = await service.apply(rt.sessions, order_id, request, settings=rt.settings, before=before)
+        order = await change
     except Refused as exc:
         raise Problem(409, "not-allowed-now", "Not allowed in this status", str(exc)) from exc
     if order is None:
-        raise Problem(404, "not-found", "Not found", f"no order {order_id}")
-    return view(await _load(rt, order_id))
+        raise _not_found(order_id)
+    return view(await _load(rt, order_id, gateway))
 
 
-@router.post("/{order_id}/cancel", status_code=202, dependencies=[require(Role.GATEWAY)])
-async def cancel_order(order_id: str, rt: Runtime, body: Annotated[CancelBody, Body()] = CancelBody()) -> dict[str, Any]:
+@router.post("/{order_id}/cancel", status_code=202)
+async def cancel_order(
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime,
+    body: Annotated[CancelBody, Body()] = CancelBody(),
+) -> dict[str, Any]:
     """Until the order is shipped: cancelled, stock released, payment refunded. From then on: 409."""
-    return await _request(rt, order_id, CancelRequested())
+    gateway = _gateway(caller)
+    return await _answer(rt, order_id, service.cancel(rt.sessions, order_id, actor=caller.name, gateway=gateway,
+                                                      note=body.reason or None, settings=rt.settings), gateway)
 
 
-@router.patch("/{order_id}/shipping-address", status_code=202, dependencies=[require(Role.GATEWAY)])
-async def change_address(order_id: str, rt: Runtime, address: Annotated[Address, Body()]) -> dict[str, Any]:
-    def set_address(order: Order) -> None:
-        order.shipping_address = address.model_dump(mode="json")
+@router.patch("/{order_id}/shipping-address", status_code=202)
+async def change_address(
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, address: Annotated[Address, Body()],
+) -> dict[str, Any]:
+    gateway = _gateway(caller)
+    change = service.change_address(rt.sessions, order_id, address, actor=caller.name, gateway=gateway,
+                                    settings=rt.settings)
+    return await _answer(rt, order_id, change, gateway)
 
-    return await _request(rt, order_id, AddressChangeRequested(), before=set_address)
 
-
-@router.post("/{order_id}/attention/resolve", dependencies=[require(Role.ADMIN)])
-async def resolve_attention(order_id: str, rt: Runtime) -> dict[str, Any]:
+@router.post("/{order_id}/attention/resolve")
+async def resolve_attention(
+    order_id: OrderId, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime,
+    body: Annotated[CancelBody, Body()] = CancelBody(),
+) -> dict[str, Any]:
     """Ops say they handled by hand what the saga marked for attention (a refund that got no
     answer, a parcel the carrier took after the order was cancelled): the mark is cleared and the
     order leaves the dashboard's "Needs attention". 409 when nothing about it waits for a person."""
-    return await _request(rt, order_id, AttentionResolved())
+    change = service.resolve_attention(rt.sessions, order_id, actor=caller.name, note=body.reason or None,
+                                       settings=rt.settings)
+    return await _answer(rt, order_id, change, None)
 
 
 class ReturnBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    items: Annotated[list[LineItem], Field(min_length=1)]
+    items: Annotated[list[LineItem], Field(min_length=1, max_length=100)]
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
-@router.post("/{order_id}/returns", status_code=202, dependencies=[require(Role.GATEWAY)])
-async def request_return(order_id: str, rt: Runtime, body: Annotated[ReturnBody, Body()]) -> dict[str, Any]:
+@router.post("/{order_id}/returns", status_code=202)
+async def request_return(
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, body: Annotated[ReturnBody, Body()],
+) -> dict[str, Any]:
     """After delivery: the parcel is expected back; when it arrives, the stock is put back and the
     returned items refunded."""
-    order = await _load(rt, order_id)
-    lines = [{"sku": li.sku, "quantity": li.quantity, "unit_price": li.unit_price} for li in order.lines]
+    gateway = _gateway(caller)
     try:
-        amount = return_value(lines, body.items)
+        order = await service.request_return(rt.sessions, order_id, list(body.items), actor=caller.name,
+                                             gateway=gateway, note=body.reason, settings=rt.settings)
     except ReturnRefused as exc:
         raise _invalid([{"field": "items", "message": str(exc), "type": "value_error"}]) from exc
-    return await _request(rt, order_id, ReturnRequested(items=list(body.items), amount=amount))
+    except Refused as exc:
+        raise Problem(409, "not-allowed-now", "Not allowed in this status", str(exc)) from exc
+    if order is None:
+        raise _not_found(order_id)
+    return view(await _load(rt, order_id, gateway))

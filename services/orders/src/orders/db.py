@@ -31,6 +31,9 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     status_reason: Mapped[str | None] = mapped_column(String(40))
     customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    gateway: Mapped[str | None] = mapped_column(String(200), index=True)
+    """The gateway that placed it (its API key's name, or the AMQP command's source): the only
+    gateway that sees it. None for orders placed before gateways were recorded (ops/admin only)."""
     channel: Mapped[str] = mapped_column(String(20), index=True)
     currency: Mapped[str] = mapped_column(String(3))
     total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
@@ -83,14 +86,19 @@ class OrderHistory(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     reason: Mapped[str | None] = mapped_column(String(40))
     at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    """Who made the change: an API key's name, or ``oms/<service>`` for the saga's own steps."""
+    note: Mapped[str | None] = mapped_column(String(500))
+    """What the person who made the change wrote (a cancel's reason), if anything."""
 
 
 class IdempotencyKey(Base):
-    """One row per Idempotency-Key (HTTP) or place_order command id (AMQP)."""
+    """One row per caller and Idempotency-Key (HTTP) or place_order command id (AMQP): the key is
+    prefixed with the caller's name, so two gateways never share one."""
 
     __tablename__ = "idempotency_key"
 
-    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    key: Mapped[str] = mapped_column(String(500), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(20))  # in_progress | done
     order_id: Mapped[str | None] = mapped_column(String(40))

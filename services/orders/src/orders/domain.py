@@ -10,7 +10,7 @@ from typing import Any
 
 from events.envelope import ErrorItem
 from events.orders import PlaceOrder
-from events.types import LineItem
+from events.types import LineItem, money_places, places
 
 CENT = Decimal("0.01")
 
@@ -20,8 +20,9 @@ def order_total(order: PlaceOrder) -> Decimal:
 
 
 def business_errors(order: PlaceOrder, *, max_quantity_per_line: int) -> list[ErrorItem]:
-    """What the schema cannot say: limits that are configuration."""
-    return [
+    """What the schema cannot say: limits that are configuration, and prices in the currency's
+    minor units (ISO 4217: no decimals for JPY, two for CNY)."""
+    errors = [
         ErrorItem(
             field=f"items.{i}.quantity",
             message=f"at most {max_quantity_per_line} of one SKU per order",
@@ -30,6 +31,18 @@ def business_errors(order: PlaceOrder, *, max_quantity_per_line: int) -> list[Er
         for i, line in enumerate(order.items)
         if line.quantity > max_quantity_per_line
     ]
+    allowed = money_places(order.currency)
+    if allowed is None:
+        errors.append(ErrorItem(field="currency", message=f"{order.currency} is not a currency accepted here",
+                                type="currency"))
+        return errors
+    errors += [
+        ErrorItem(field=f"items.{i}.unit_price", message=f"{order.currency} amounts have at most {allowed} decimals",
+                  type="decimal_places")
+        for i, line in enumerate(order.items)
+        if places(line.unit_price) > allowed
+    ]
+    return errors
 
 
 def request_fingerprint(order: PlaceOrder) -> str:

@@ -44,11 +44,13 @@ Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 Config = Annotated[Settings, Resource("settings")]
 
 PLACE = "orders.place_order"
+SELF = "oms/orders"  # the actor of what the saga does on its own (a deadline)
 
 
 @router.subscriber(queue(PLACE))
 async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config) -> None:
-    """A gateway's order over AMQP: the CloudEvent id is the idempotency key. A bad one is
+    """A gateway's order over AMQP: the CloudEvent id is the idempotency key, and its ``source``
+    names the gateway, which owns the order (a key of that name reads it over HTTP). A bad one is
     answered with order.rejected naming the fields, never dropped in silence."""
     try:
         request = PlaceOrder.model_validate(msg.data)
@@ -64,7 +66,8 @@ async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config
         log.info("order.rejected", command_id=msg.id, fields=[e.field for e in errors])
         return
     try:
-        await service.place_order(sessions, request, key=f"amqp:{msg.id}", settings=settings, cause=msg)
+        await service.place_order(sessions, request, key=f"amqp:{msg.id}", actor=msg.source, settings=settings,
+                                    cause=msg)
     except service.KeyReused:
         async with sessions.begin() as session:
             if await inbox.claim(session, msg.id, PLACE):
@@ -76,7 +79,8 @@ async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config
 
 
 async def _reply(msg: Envelope[Any], sessions: async_sessionmaker, settings: Settings, consumer: str) -> None:
-    await service.apply(sessions, msg.data.order_id, msg.data, settings=settings, cause=msg, consumer=consumer)
+    await service.apply(sessions, msg.data.order_id, msg.data, actor=msg.source, settings=settings, cause=msg,
+                        consumer=consumer)
 
 
 @router.subscriber(queue("orders.on.stock.reserved"))
@@ -141,7 +145,7 @@ async def run_deadlines(sessions: async_sessionmaker, settings: Settings) -> Non
         try:
             for order_id in await service.due_deadlines(sessions):
                 try:
-                    await service.apply(sessions, order_id, DeadlineReached(), settings=settings)
+                    await service.apply(sessions, order_id, DeadlineReached(), actor=SELF, settings=settings)
                 except Exception as exc:  # the next tick tries again
                     log.warning("saga.deadline_failed", order_id=order_id, error=repr(exc))
         except Exception as exc:

@@ -2,6 +2,10 @@
 it emits: create it (HTTP or AMQP), and move its saga (a reply, a deadline, a person's request).
 
 Both the subscribers (handlers.py), the HTTP routes (api.py) and the deadline scanner call these.
+Every change names its ``actor`` (an API key's name, or ``oms/<service>`` for the saga's own
+steps), recorded in the order's history. A person's request may also name a ``gateway``: the
+order is then touched only if that gateway placed it, else it is treated as unknown (``None``),
+so one gateway never learns of another's orders (CONTRACT §3).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from orders import saga as flow
 from orders.admission import Admission
 from orders.config import Settings
 from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
-from orders.domain import order_total, payment_status, request_fingerprint
+from orders.domain import order_total, payment_status, request_fingerprint, return_value
 
 SERVICE = "orders"
 log = get_logger(__name__)
@@ -75,16 +79,20 @@ async def place_order(
     request: PlaceOrder,
     *,
     key: str,
+    actor: str,
     settings: Settings,
     cause: Cause = None,
     admission: Admission | None = None,
 ) -> Placed:
-    """Create the order once per key. A first short transaction claims the key (so a concurrent
-    duplicate sees it "in progress"); a second creates the order and everything it emits.
+    """Create the order once per key and actor. A first short transaction claims the key (so a
+    concurrent duplicate sees it "in progress"); a second creates the order and everything it emits.
+    ``actor`` is the gateway placing it: the order is its own, and the key is scoped to it (another
+    gateway's same key is another order).
 
     With ``admission``, a new key is refused (:class:`Overloaded`, nothing stored) while the door is
     closed; a key seen before is answered as always, so a gateway that lost its answer gets it."""
     fingerprint = request_fingerprint(request)
+    key = f"{actor}:{key}"
     now = _now()
     admitted = False  # let in by the door: it counts the order until it is stored
     try:
@@ -114,7 +122,7 @@ async def place_order(
             if cause is not None and not await inbox.claim(session, cause.id, "orders.place_order"):
                 claim = (await session.execute(_KEY, {"key": key})).first()
                 return Placed(claim.order_id or "", created=False)
-            await _create(session, order_id, request, settings=settings, cause=cause, now=now)
+            await _create(session, order_id, request, actor=actor, settings=settings, cause=cause, now=now)
             await session.execute(_UPDATE_KEY, {"key_key": key, "state": "done", "order_id": order_id})
         log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
         return Placed(order_id, created=True)
@@ -134,7 +142,8 @@ _INSERT_LINES = insert(_lines)
 
 
 async def _create(
-    session: AsyncSession, order_id: str, request: PlaceOrder, *, settings: Settings, cause: Cause, now: datetime
+    session: AsyncSession, order_id: str, request: PlaceOrder, *, actor: str, settings: Settings, cause: Cause,
+    now: datetime,
 ) -> None:
     total = order_total(request)
     saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now, timeouts=settings.timeouts)
@@ -143,6 +152,7 @@ async def _create(
         "status": saga.status,
         "status_reason": None,
         "customer_id": request.customer.id,
+        "gateway": actor,
         "channel": request.channel,
         "currency": request.currency,
         "total": total,
@@ -169,7 +179,8 @@ async def _create(
     # Core, like a saga step: the order, its lines and its first history row, a statement each.
     await session.execute(_INSERT_ORDER, row)
     await session.execute(_INSERT_LINES, lines)
-    await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now})
+    await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now,
+                                            "actor": actor, "note": None})
     order = SimpleNamespace(**row, lines=[SimpleNamespace(**line) for line in lines])
     customer = request.customer
     await _stage(
@@ -214,7 +225,11 @@ async def apply(
     order_id: str,
     reply: object,
     *,
+    actor: str,
     settings: Settings,
+    gateway: str | None = None,
+    note: str | None = None,
+    recorded_as: str | None = None,
     cause: Cause = None,
     consumer: str | None = None,
     before: Any = None,
@@ -223,9 +238,12 @@ async def apply(
     commands and events it emits. Raises ``saga.Refused`` for a request not allowed now.
 
     Returns the order's row as saved (its columns as attributes), or None for an order that is
-    not ours or a message seen before. ``before(order)`` may change it first, in the same
-    transaction (an address change); like every change here, by assigning a new value, never by
-    changing a dict or list in place (only what compares unequal to the loaded row is written).
+    not ours, not ``gateway``'s (when given), or a message seen before. ``before(order)`` may
+    change it first, in the same transaction (an address change); like every change here, by
+    assigning a new value, never by changing a dict or list in place (only what compares unequal
+    to the loaded row is written). A request that leaves the status as it is still gets a history
+    row when ``recorded_as`` names it (the status repeated, with that reason), so every person's
+    change is in the history with its actor and ``note``.
     """
     now = _now()
     async with sessions.begin() as session:
@@ -237,6 +255,8 @@ async def apply(
         if loaded is None:
             log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)
             return None
+        if gateway is not None and loaded["gateway"] != gateway:
+            return None  # another gateway's order: as if it did not exist
         order = SimpleNamespace(**loaded)
         old = flow.Saga.from_dict(order.saga)
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
@@ -247,7 +267,7 @@ async def apply(
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
         if old.attention is not None and new.attention is None:  # resolved by a person
-            log.warning("order.attention_resolved", order_id=order_id, was=order.attention)
+            log.warning("order.attention_resolved", order_id=order_id, was=order.attention, actor=actor)
             order.attention = None
         if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED):
             order.payment_token = None  # decided: the token is of no more use
@@ -257,6 +277,10 @@ async def apply(
             for status in flow.passed_through(old.status, new.status):
                 await _status_changed(session, order, history, previous, status, new, now, cause)
                 previous = status
+        elif recorded_as is not None:
+            history.append({"order_id": order_id, "status": order.status, "reason": recorded_as, "at": now})
+        for row in history:
+            row.update(actor=actor, note=note)
         if any(isinstance(intent, NEEDS_LINES) for intent in intents):
             order.lines = (await session.execute(_LINES, {"order_id": order_id})).all()
         for intent in intents:
@@ -393,3 +417,57 @@ async def due_deadlines(sessions: async_sessionmaker, *, limit: int = 200) -> li
             select(Order.id).where(Order.deadline_at.is_not(None), Order.deadline_at <= _now()).limit(limit)
         )
         return list(rows)
+
+
+# --- a person's requests (the API and the ops console) ------------------------------------------
+
+
+async def cancel(
+    sessions: async_sessionmaker, order_id: str, *, actor: str, settings: Settings, gateway: str | None = None,
+    note: str | None = None,
+) -> SimpleNamespace | None:
+    """Until shipped: cancelled, stock released, payment refunded (``saga.Refused`` from then on)."""
+    return await apply(sessions, order_id, flow.CancelRequested(), actor=actor, gateway=gateway, note=note, settings=settings)
+
+
+async def change_address(
+    sessions: async_sessionmaker, order_id: str, address: Address, *, actor: str, settings: Settings,
+    gateway: str | None = None, note: str | None = None,
+) -> SimpleNamespace | None:
+    """A new shipping address until shipped (``saga.Refused`` from then on)."""
+
+    def set_address(order: Any) -> None:
+        order.shipping_address = address.model_dump(mode="json")
+
+    return await apply(sessions, order_id, flow.AddressChangeRequested(), actor=actor, gateway=gateway, note=note,
+                       recorded_as="address_changed", settings=settings, before=set_address)
+
+
+async def request_return(
+    sessions: async_sessionmaker, order_id: str, items: list[LineItem], *, actor: str, settings: Settings,
+    gateway: str | None = None, note: str | None = None,
+) -> SimpleNamespace | None:
+    """After delivery: the parcel is expected back; ``domain.ReturnRefused`` for items the order
+    does not have (or more of them than it has)."""
+    async with sessions() as session:
+        loaded = (await session.execute(_LOAD, {"order_id": order_id})).mappings().first()
+        if loaded is None or (gateway is not None and loaded["gateway"] != gateway):
+            return None
+        lines = (await session.execute(_PRICED_LINES, {"order_id": order_id})).mappings().all()
+    amount = return_value([dict(line) for line in lines], items)
+    return await apply(sessions, order_id, flow.ReturnRequested(items=list(items), amount=amount), actor=actor,
+                       gateway=gateway, note=note, settings=settings)
+
+
+_PRICED_LINES = (
+    select(_lines.c.sku, _lines.c.quantity, _lines.c.unit_price)
+    .where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+)
+
+
+async def resolve_attention(
+    sessions: async_sessionmaker, order_id: str, *, actor: str, settings: Settings, note: str | None = None,
+) -> SimpleNamespace | None:
+    """A person handled what the saga marked for attention (``saga.Refused`` when nothing waits)."""
+    return await apply(sessions, order_id, flow.AttentionResolved(), actor=actor, note=note,
+                       recorded_as="attention_resolved", settings=settings)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
@@ -14,20 +15,20 @@ from sqlalchemy import select
 from events import outbox
 from events.payments import RefundPayment
 from events.settings import Role
-from events.types import Money
-from events.web import Problem, Runtime, require
-from payments.db import HELD_BY_PENDING_REFUNDS, Payment, Refund
+from events.types import MoneyText
+from events.web import Caller, Problem, Runtime, require
+from payments.db import HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
 
-class RefundRequest(BaseModel):
+class RefundBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount: Annotated[Money, Field(gt=Decimal("0"))] | None = None
+    amount: Annotated[MoneyText, Field(gt=Decimal("0"))] | None = None
     reason: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _view(p: Payment, refunds: list[Refund]) -> dict:
+def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = None) -> dict:
     return {
         "order_id": p.order_id,
         "payment_id": p.payment_id,
@@ -41,7 +42,7 @@ def _view(p: Payment, refunds: list[Refund]) -> dict:
         "updated_at": p.updated_at.isoformat(),
         "refunds": [
             {"refund_id": r.refund_id, "amount": format(r.amount, "f"), "reason": r.reason, "status": r.status,
-             "created_at": r.created_at.isoformat()}
+             "created_at": r.created_at.isoformat(), "requested_by": (asked_by or {}).get(r.refund_key)}
             for r in refunds
         ],
     }
@@ -72,18 +73,25 @@ async def list_payments(
     return {"items": items, "next": items[-1]["order_id"] if len(items) == limit else None}
 
 
-@router.get("/{order_id}", dependencies=[require(Role.OPS, Role.GATEWAY)])
+@router.get("/{order_id}", dependencies=[require(Role.OPS)])
 async def get_payment(order_id: str, rt: Runtime) -> dict:
+    """Ops only: payments does not know which gateway placed an order, so a gateway reads the
+    payment through its own order (``GET /v1/orders/{id}``), which is scoped to it."""
     async with rt.sessions() as session:
         payment = await session.get(Payment, order_id)
         if payment is None:
             raise Problem(404, "not-found", "Not found", f"no payment for order {order_id}")
         refunds = (await session.scalars(select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at))).all()
-        return _view(payment, list(refunds))
+        asked = await session.execute(select(RefundRequest.refund_key, RefundRequest.actor)
+                                      .where(RefundRequest.order_id == order_id))
+        return _view(payment, list(refunds), dict(asked.tuples().all()))
 
 
-@router.post("/{order_id}/refunds", status_code=202, dependencies=[require(Role.ADMIN)])
-async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundRequest, Body()]) -> dict:
+@router.post("/{order_id}/refunds", status_code=202)
+async def refund_by_hand(
+    order_id: str, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[RefundBody, Body()],
+) -> dict:
+    """A refund by hand, recorded with the admin key's name (``refunds[].requested_by``)."""
     async with rt.sessions.begin() as session:
         payment = await session.get(Payment, order_id)
         if payment is None or payment.status == "failed":
@@ -93,6 +101,7 @@ async def refund_by_hand(order_id: str, rt: Runtime, body: Annotated[RefundReque
         if (body.amount or remaining) > remaining or remaining <= 0:
             raise Problem(409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded")
         key = f"manual-{uuid4()}"
+        session.add(RefundRequest(refund_key=key, order_id=order_id, actor=caller.name, requested_at=datetime.now(UTC)))
         await outbox.stage(
             session,
             RefundPayment(order_id=order_id, amount=body.amount, reason=body.reason, refund_key=key),

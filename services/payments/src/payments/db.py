@@ -56,3 +56,15 @@ HELD_BY_PENDING_REFUNDS = select(func.sum(Refund.amount)).where(
     Refund.order_id == bindparam("order_id"), Refund.status == REFUND_PENDING
 )
 """What the order's pending refunds hold of its capture (None when nothing)."""
+
+
+class RefundRequest(Base):
+    """A refund asked for by hand (``POST /v1/payments/{order_id}/refunds``): who asked, written
+    with the command it stages; its ``refund_key`` joins it to the refund it became."""
+
+    __tablename__ = "refund_request"
+
+    refund_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime())

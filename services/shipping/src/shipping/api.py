@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -33,7 +33,7 @@ def _view(s: Any) -> dict[str, Any]:
 
 
 @router.post("/v1/carriers/{carrier}/events", status_code=202, dependencies=[require(Role.ADMIN)])
-async def carrier_event(carrier: str, rt: Runtime, event: Annotated[CarrierEvent, Body()]) -> dict[str, Any]:
+async def carrier_event(carrier: Annotated[str, Path(max_length=40)], rt: Runtime, event: Annotated[CarrierEvent, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         shipment = await parcels.by_tracking(session, event.tracking_number)
         if shipment is None or shipment.carrier != carrier:
@@ -45,8 +45,10 @@ async def carrier_event(carrier: str, rt: Runtime, event: Annotated[CarrierEvent
         return {**_view(shipment), "accepted": moved}
 
 
-@router.get("/v1/shipments/{order_id}", dependencies=[require(Role.OPS, Role.GATEWAY)])
-async def get_shipment(order_id: str, rt: Runtime) -> dict[str, Any]:
+@router.get("/v1/shipments/{order_id}", dependencies=[require(Role.OPS)])
+async def get_shipment(order_id: Annotated[str, Path(max_length=64)], rt: Runtime) -> dict[str, Any]:
+    """Ops only: shipping does not know which gateway placed an order, so a gateway reads its
+    parcels through its own order (``GET /v1/orders/{id}``), which is scoped to it."""
     async with rt.sessions() as session:
         shipment = await parcels.by_order(session, order_id)
     if shipment is None:
@@ -58,7 +60,7 @@ async def get_shipment(order_id: str, rt: Runtime) -> dict[str, Any]:
 async def list_shipments(
     rt: Runtime,
     status: ShipmentStatus | None = None,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """By order id; ``next`` is passed back as ``after`` (make verify reads this)."""

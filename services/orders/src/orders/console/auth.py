@@ -1,8 +1,8 @@
 """Console sessions: an ops or admin key, typed once into the sign-in form, becomes a signed,
 expiring cookie; every form carries the session's CSRF token.
 
-The cookie holds no key: only an HMAC of it (so a key taken out of configuration ends its
-sessions at the next request) and the CSRF token, signed with the configured secret and dated
+The cookie holds no key: only an HMAC of its configured hash (so a key taken out of
+configuration ends its sessions at the next request) and the CSRF token, signed with the configured secret and dated
 (itsdangerous), ``HttpOnly``, ``SameSite=Strict``, ``Secure`` over HTTPS, for ``/ops`` only.
 A POST must also come from the console's own origin when the browser says where it comes from.
 """
@@ -17,8 +17,9 @@ from typing import Any
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from events import keys
 from events.settings import Role
-from events.web import Caller, authenticate
+from events.web import Caller
 
 COOKIE = "oms_console"
 PATH = "/ops"
@@ -37,8 +38,8 @@ def _serializer(settings: Any) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(settings.session_secret, salt="oms-console-session")
 
 
-def _fingerprint(settings: Any, key: str) -> str:
-    return hmac.new(settings.session_secret.encode(), key.strip().encode(), hashlib.sha256).hexdigest()[:32]
+def _fingerprint(settings: Any, entry: keys.ApiKey) -> str:
+    return hmac.new(settings.session_secret.encode(), entry.sha256.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 class Session:
@@ -55,13 +56,13 @@ class Session:
 def sign_in(settings: Any, key: str) -> tuple[Caller, str]:
     """The caller and the cookie value for a key; SignedOut for an unknown key, Forbidden for a
     key whose role may not use the console (a gateway's)."""
-    caller = authenticate(settings, key) if key.strip() else None
-    if caller is None:
+    entry = keys.find(settings.api_keys, key) if key.strip() else None
+    if entry is None:
         raise SignedOut
-    if caller.role not in CONSOLE_ROLES:
+    if entry.role not in CONSOLE_ROLES:
         raise Forbidden
-    value = _serializer(settings).dumps({"k": _fingerprint(settings, key), "c": secrets.token_urlsafe(24)})
-    return caller, value
+    value = _serializer(settings).dumps({"k": _fingerprint(settings, entry), "c": secrets.token_urlsafe(24)})
+    return Caller(name=entry.name, role=entry.role), value
 
 
 def current(request: Request) -> Session:
@@ -75,11 +76,9 @@ def current(request: Request) -> Session:
         data = _serializer(settings).loads(raw, max_age=settings.console_session_minutes * 60)
     except BadSignature as exc:  # SignatureExpired is one
         raise SignedOut from exc
-    for key in settings.api_keys:
-        if hmac.compare_digest(_fingerprint(settings, key), str(data.get("k", ""))):
-            caller = authenticate(settings, key)
-            if caller is not None and caller.role in CONSOLE_ROLES:
-                return Session(caller, str(data.get("c", "")))
+    for entry in settings.api_keys:
+        if hmac.compare_digest(_fingerprint(settings, entry), str(data.get("k", ""))) and entry.role in CONSOLE_ROLES:
+            return Session(Caller(name=entry.name, role=entry.role), str(data.get("c", "")))
     raise SignedOut
 
 

@@ -2,10 +2,11 @@
 and what an admin does from them. Server-rendered (Jinja2); the dashboard's tables are refreshed
 by htmx and its charts by console.js, both polling, so the page updates without a reload.
 
-Every action goes where the API's goes: ``service.apply`` for an order (the same requests as
+Every action goes where the API's goes: the order service's functions for an order (those of
 ``POST /v1/orders/{id}/cancel``, ``PATCH .../shipping-address``, ``POST .../attention/resolve``),
-the dead-letter API's own endpoints, and payments' and inventory's HTTP APIs (with the configured
-admin key) for refunds and stock; the admin who acted is named in what each records.
+with the admin as the actor and their reason as the note in the order's history; the dead-letter
+API itself; payments' and inventory's HTTP APIs (with the configured admin key) for refunds and
+stock, the admin named in the reason they record.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -34,7 +36,7 @@ from orders.console import auth, queries
 from orders.console.mask import mask_body
 from orders.console.text import language, translator
 from orders.db import Order
-from orders.saga import AddressChangeRequested, AttentionResolved, CancelRequested, Refused
+from orders.saga import Refused
 
 log = get_logger("orders.console")
 router = APIRouter(prefix="/ops", include_in_schema=False)
@@ -194,14 +196,14 @@ def _reason_missing(reason: str) -> list[dict[str, str]]:
     return [{"field": "reason", "message": "say why", "type": "missing"}]
 
 
-async def _apply(request: Request, session: auth.Session, order_id: str, action: str, reason: str,
-                 change: object, before: Any = None) -> Response:
-    """One order action, as the API does it; back to the order page, which shows the outcome."""
+async def _act(request: Request, session: auth.Session, order_id: str, action: str, reason: str, change: Any) -> Response:
+    """One order action through the service function the API calls, with the admin as its actor
+    and their reason as its note in the order's history; back to the order page."""
     if errors := _reason_missing(reason):
         return await _order_page(request, session, order_id, error="Reason", errors=errors, status=422)
     rt = _rt(request)
     try:
-        order = await service.apply(rt.sessions, order_id, change, settings=rt.settings, before=before)
+        order = await change(rt.sessions, order_id, actor=session.caller.name, note=reason.strip(), settings=rt.settings)
     except Refused as exc:
         return await _order_page(request, session, order_id, error=str(exc), status=409)
     if order is None:
@@ -213,13 +215,13 @@ async def _apply(request: Request, session: auth.Session, order_id: str, action:
 @router.post("/orders/{order_id}/cancel")
 async def cancel(request: Request, order_id: str, reason: Reason = "", csrf_token: Csrf = "") -> Response:
     session = _admin(request, csrf_token)
-    return await _apply(request, session, order_id, "cancel", reason, CancelRequested())
+    return await _act(request, session, order_id, "cancel", reason, service.cancel)
 
 
 @router.post("/orders/{order_id}/resolve")
 async def resolve(request: Request, order_id: str, reason: Reason = "", csrf_token: Csrf = "") -> Response:
     session = _admin(request, csrf_token)
-    return await _apply(request, session, order_id, "resolve", reason, AttentionResolved())
+    return await _act(request, session, order_id, "resolve", reason, service.resolve_attention)
 
 
 @router.post("/orders/{order_id}/address")
@@ -234,11 +236,7 @@ async def change_address(request: Request, order_id: str, reason: Reason = "", c
         errors = validation_errors(exc.errors())
         return await _order_page(request, session, order_id, error=", ".join(e["field"] for e in errors),
                                  errors=errors, status=422)
-
-    def set_address(order: Any) -> None:
-        order.shipping_address = address.model_dump(mode="json")
-
-    return await _apply(request, session, order_id, "address", reason, AddressChangeRequested(), before=set_address)
+    return await _act(request, session, order_id, "address", reason, partial(service.change_address, address=address))
 
 
 async def _post_admin(url: str, key: str, body: dict[str, Any]) -> tuple[int, str]:

@@ -8,14 +8,17 @@ The dashboard and the order page are photographed into docs/ (the README shows t
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
+import httpx
 import pytest
 from integration.helpers import (
     ADMIN,
+    OPS,
     eventually,
     get_order,
     new_sku,
@@ -190,3 +193,30 @@ async def test_a_dead_letter_is_replayed_from_its_page(oms, rabbit, orders, brow
     assert {d["id"]: d["status"] for d in letters}[first["id"]] == "replayed"
     assert [d["queue"] for d in letters] == [queue, queue]
     await page.context.close()
+
+
+async def test_an_admin_refunds_and_receives_stock_through_the_other_services(oms, orders, inventory, payments):
+    """Without a browser: the console's forms sent as a browser would, to show refunds reach
+    payments and receipts reach inventory, each naming the admin who acted."""
+    order_id, sku, before = await stocked_order(orders, inventory, f"refund.{uuid.uuid4().hex[:8]}@example.com")
+    async with httpx.AsyncClient(base_url=oms.url("orders"), timeout=30) as console:
+        signed = await console.post("/ops/sign-in", data={"api_key": "dev-admin-key"})
+        assert signed.status_code == 303
+        token = re.search(r'name="csrf_token" value="([^"]+)"', (await console.get("/ops/stock")).text).group(1)
+
+        r = await console.post(f"/ops/orders/{order_id}/refund",
+                               data={"amount": "5.00", "reason": "a mug arrived chipped", "csrf_token": token})
+        assert r.status_code == 303, r.text
+        order = await eventually(lambda: get_order(orders, order_id), lambda o: o["payment"]["refunded_amount"] == "5.00",
+                                 what="the refund by hand")
+        assert order["payment"]["status"] == "partially_refunded"
+        refunds = (await payments.get(f"/v1/payments/{order_id}", headers=OPS)).json()["refunds"]
+        assert [r["reason"] for r in refunds] == ["dev-admin: a mug arrived chipped"]
+        too_much = await console.post(f"/ops/orders/{order_id}/refund",
+                                      data={"amount": "999.00", "reason": "again", "csrf_token": token})
+        assert too_much.status_code == 409 and "can still be refunded" in too_much.text
+
+        r = await console.post("/ops/stock/receipts", data={"warehouse": "SH", "sku": sku, "quantity": "7",
+                                                           "csrf_token": token})
+        assert r.status_code == 303, r.text
+        assert (await stock(inventory, sku))["available"] == before - 2 + 7

@@ -47,7 +47,9 @@ async def test_sign_in_takes_ops_and_admin_keys_only(client):
     assert (await client.post("/ops/sign-in", data={"api_key": "dev-gateway-key"})).status_code == 403
     assert (await client.get("/ops/orders")).status_code == 401  # the sign-in form, in place
     token = await sign_in(client, "dev-ops-key")
-    assert "Sign out" in (await client.get("/ops")).text
+    dashboard = await client.get("/ops")
+    assert "Sign out" in dashboard.text and dashboard.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in dashboard.headers["content-security-policy"]
     r = await client.post("/ops/sign-out", data={"csrf_token": token})
     assert r.status_code == 303 and 'oms_console=""' in r.headers["set-cookie"]
 

@@ -48,6 +48,16 @@ DONE = {"cancel": "Cancel requested.", "refund": "Refund requested.", "address":
         "resolve": "Marked as handled.", "replay": "Replayed.", "discard": "Discarded.",
         "receipt": "Stock received.", "count": "Count recorded."}
 OPEN = ("submitted", "confirmed", "paid", "picking")  # until shipped: cancel, change the address
+HEADERS = {
+    "Cache-Control": "no-store",
+    # Scripts and forms of the console's own origin only; never inside another site's frame (an
+    # admin's button clicked through a page on top of it).
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def render(request: Request, name: str, session: auth.Session | None, status: int = 200, **context: Any) -> HTMLResponse:
@@ -55,7 +65,7 @@ def render(request: Request, name: str, session: auth.Session | None, status: in
     done = DONE.get(request.query_params.get("done", ""))
     return templates.TemplateResponse(
         request, name, {"t": translator(lang), "lang": lang, "session": session, "notice": done, **context},
-        status_code=status, headers={"Cache-Control": "no-store"},
+        status_code=status, headers=HEADERS,
     )
 
 

@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
+from events.tls import postgres_connect
+
 
 class UtcDateTime(TypeDecorator):
     """A timestamp stored in UTC and always read back time-zone aware (SQLite forgets the zone)."""
@@ -144,8 +146,10 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if not is_sqlite(url):
+        url, connect_args = postgres_connect(url)  # sslmode, sslrootcert, … (events.tls)
         return create_async_engine(
-            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True,
+            connect_args=connect_args,
         )
 
     database = make_url(url).database

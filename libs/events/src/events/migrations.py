@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from events.db import UtcDateTime, make_engine, messaging_metadata
+from events.tls import postgres_connect
 
 
 def _render_item(type_: str, obj, autogen_context):
@@ -52,7 +53,8 @@ def run_env(metadata: MetaData, *more: MetaData) -> None:
             context.run_migrations()
 
     async def online() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        plain_url, connect_args = postgres_connect(url)  # TLS parameters (events.tls)
+        engine = create_async_engine(plain_url, poolclass=pool.NullPool, connect_args=connect_args)
         async with engine.connect() as connection:
             await connection.run_sync(run)
         await engine.dispose()

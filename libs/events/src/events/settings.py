@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from events.keys import DEV_HASHES, DEV_KEYS, ApiKey, Role, parse_all
+from events.tls import with_amqp_tls, with_database_tls
 
 __all__ = ["ApiKey", "Role", "ServiceSettings"]
 
@@ -23,6 +24,13 @@ _UNPREFIXED = {
     "environment": "OMS_ENV",
     "log_json": "LOG_JSON",
     "max_body_bytes": "MAX_BODY_BYTES",
+    "database_sslmode": "DATABASE_SSLMODE",
+    "database_ssl_ca": "DATABASE_SSL_CA",
+    "database_ssl_cert": "DATABASE_SSL_CERT",
+    "database_ssl_key": "DATABASE_SSL_KEY",
+    "amqp_ssl_ca": "AMQP_SSL_CA",
+    "amqp_ssl_cert": "AMQP_SSL_CERT",
+    "amqp_ssl_key": "AMQP_SSL_KEY",
     "fault_fail_commit_rate": "OMS_FAULT_FAIL_COMMIT_RATE",
 }
 
@@ -34,6 +42,15 @@ class ServiceSettings(BaseSettings):
     environment: Literal["local", "test", "production"] = "local"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     database_url: str = ""
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_ssl_ca: str | None = None
+    database_ssl_cert: str | None = None
+    database_ssl_key: str | None = None
+    """PostgreSQL TLS (libpq's sslmode, sslrootcert, sslcert, sslkey), added to DATABASE_URL (events.tls)."""
+    amqp_ssl_ca: str | None = None
+    amqp_ssl_cert: str | None = None
+    amqp_ssl_key: str | None = None
+    """RabbitMQ TLS for an amqps:// AMQP_URL: the CA and a client certificate (events.tls)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = DEV_KEYS
@@ -69,6 +86,9 @@ class ServiceSettings(BaseSettings):
         if not self.database_url:
             var = os.environ.get("OMS_VAR_DIR", ".var")
             self.database_url = f"sqlite+aiosqlite:///{var}/{self.service}.db"
+        self.database_url = with_database_tls(self.database_url, sslmode=self.database_sslmode, ca=self.database_ssl_ca,
+                                              cert=self.database_ssl_cert, key=self.database_ssl_key)
+        self.amqp_url = with_amqp_tls(self.amqp_url, ca=self.amqp_ssl_ca, cert=self.amqp_ssl_cert, key=self.amqp_ssl_key)
         if self.environment == "production":
             if any(k.sha256 in DEV_HASHES for k in self.api_keys):
                 raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")

@@ -156,6 +156,49 @@ API_DOCUMENT_ROUTES = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redo
 services tell an unauthenticated caller nothing of their routes and models."""
 
 
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message", "type"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "type": {"type": "string"}},
+            },
+        },
+    },
+}
+ERRORS = {
+    "400": "Bad request", "401": "No API key, or an unknown one", "403": "The key's role may not do this",
+    "404": "Not found (or not the caller's)", "409": "Not allowed in the current state", "413": "Body too large",
+    "422": "Invalid input, each wrong field named in errors", "503": "Not now: retry after Retry-After",
+}
+
+
+def document_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with what every operation may answer besides success: a problem+json
+    body (instead of FastAPI's own 422 shape, which the API does not send), and the bearer key."""
+    document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    document["components"]["schemas"].pop("HTTPValidationError", None)
+    document["components"]["schemas"].pop("ValidationError", None)
+    document["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    problem = {"content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in ERRORS.items():
+                responses[status] = {"description": description, **problem}
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                operation["security"] = [{"apiKey": []}]
+    return document
+
+
 _HTTP_METRICS: dict[str, Any] = {}
 
 
@@ -232,6 +275,14 @@ def install(app: FastAPI, service: str) -> None:
         return problem_response(413, "body-too-large", "Request body too large", str(exc.detail))
 
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in API_DOCUMENT_ROUTES]
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(LimitBody)
     app.add_middleware(ObserveRequests, requests=requests, latency=latency)  # the outer one: sees every answer
 

@@ -1,14 +1,14 @@
 """console: indexes for order search by e-mail, phone and tracking number
 
 Revision ID: b7c4e19a2d05
-Revises: 7cbb02503250
+Revises: 52d23487a33a
 Create Date: 2026-12-02 11:35:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = 'b7c4e19a2d05'
-down_revision = '7cbb02503250'
+down_revision = '52d23487a33a'
 branch_labels = None
 depends_on = None
 

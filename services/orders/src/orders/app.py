@@ -1,16 +1,17 @@
 """Wiring only: settings, runtime (engine, broker, outbox relay), the saga's deadline scanner,
-the dead-letter parking, admission control, HTTP routes."""
+the retention of personal data, the dead-letter parking, admission control, HTTP routes."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from events import deadletters
 from events.runtime import ServiceRuntime
 from events.web import install
-from orders import api, console, handlers, ops
+from orders import api, console, handlers, ops, retention
 from orders.admission import Admission
 from orders.config import Settings
 
@@ -20,7 +21,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         s = settings or Settings()
         routers = [handlers.router, deadletters.build_router()]
-        async with ServiceRuntime(s, routers=routers) as runtime, handlers.deadlines(runtime.sessions, s):
+        async with (
+            ServiceRuntime(s, routers=routers) as runtime,
+            handlers.deadlines(runtime.sessions, s),
+            retention.housekeeping(runtime.sessions, timedelta(days=s.retention_days)),
+        ):
             app.state.runtime = runtime
             app.state.admission = Admission(
                 max_wait_seconds=s.admission_max_wait_seconds, min_in_flight=s.admission_min_in_flight,

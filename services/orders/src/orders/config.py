@@ -27,6 +27,9 @@ class Settings(ServiceSettings):
     paid at the recent pace (orders.admission); 0 turns the check off."""
     admission_min_in_flight: int = Field(default=50, ge=1)
     """The door never closes while fewer orders than this are in flight."""
+    retention_days: float = Field(default=180.0, gt=0)
+    """A closed order's contact details are blanked this long after it closed, and dead letters
+    parked this long ago deleted (orders.retention)."""
     inventory_url: str = "http://127.0.0.1:8001"
     ops_api_key: str = "dev-ops-key"
     """The key the dashboard uses to read low stock from inventory."""

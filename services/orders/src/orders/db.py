@@ -49,6 +49,8 @@ class Order(Base):
     saga: Mapped[dict[str, Any]]
     deadline_at: Mapped[datetime | None] = mapped_column(index=True)
     attention: Mapped[str | None] = mapped_column(String(500))
+    forgotten_at: Mapped[datetime | None]
+    """When its contact details were blanked, ORDERS_RETENTION_DAYS after it closed (orders.retention)."""
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]
     version: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -28,6 +28,8 @@ class Shipment(Base):
     status: Mapped[str] = mapped_column(String(20), index=True)
     estimated_delivery: Mapped[date]
     address: Mapped[dict[str, Any]]  # for the label: stays in this service
+    forgotten_at: Mapped[datetime | None]
+    """When the label's name and street were blanked, SHIPPING_RETENTION_DAYS after it closed."""
     cancelled: Mapped[bool] = mapped_column(default=False)
     return_expected: Mapped[bool] = mapped_column(default=False)
     return_items: Mapped[list[dict[str, Any]] | None]

@@ -95,8 +95,15 @@ async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_ba
     await expect(page.get_by_role("region", name="Saga messages")).to_contain_text("inventory.reserve_stock")
     await page.screenshot(path=str(DOCS / "console-order.png"), full_page=True)
 
-    await page.get_by_role("button", name="Cancel order").click()
+    # keyboard only: the button opens its form with the focus in Reason; Escape closes it again
+    await page.get_by_role("button", name="Cancel order").focus()
+    await page.keyboard.press("Enter")
     form = page.get_by_role("form", name="Cancel order")
+    await expect(form.get_by_label("Reason")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(form).to_be_hidden()
+    await expect(page.get_by_role("button", name="Cancel order")).to_be_focused()
+    await page.get_by_role("button", name="Cancel order").click()
     await form.get_by_label("Reason").fill("the customer phoned to cancel")
     await form.get_by_role("button", name="Confirm").click()
     await expect(page.locator("#order-status")).to_have_text("cancelled")

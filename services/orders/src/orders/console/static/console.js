@@ -21,6 +21,16 @@ document.addEventListener("click", (event) => {
   }
 });
 
+// Escape closes an open action form and gives the focus back to its button.
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  const form = event.target.closest && event.target.closest("form.action[id]");
+  if (!form || form.hidden) return;
+  form.hidden = true;
+  const button = document.querySelector(`[data-opens="${form.id}"]`);
+  if (button) { button.setAttribute("aria-expanded", "false"); button.focus(); }
+});
+
 const STATUS_COLOURS = {
   submitted: "#8aa4c8", confirmed: "#5b8def", paid: "#2e9d5b", picking: "#c7a232", shipped: "#d97f2b",
   in_transit: "#b565c7", delivered: "#1f7a44", cancelled: "#c0392b", return_requested: "#7f8c8d", returned: "#34495e",

@@ -80,11 +80,14 @@ SERVICES: tuple[Service, ...] = (
         publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, "amq.default"),
         extra_reads=(names.DEAD_LETTER_QUEUE,),  # orders parks dead letters for ops
         cpu="250m", memory="384Mi", memory_limit="768Mi", scale_on_cpu=True,
+        # the console's low-stock panel, stock receipts and counts (inventory), refunds (payments)
         egress=({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "inventory"}}}],
-                 "ports": [{"protocol": "TCP", "port": 8001}]},),  # the dashboard's low-stock panel
+                 "ports": [{"protocol": "TCP", "port": 8001}]},
+                {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "payments"}}}],
+                 "ports": [{"protocol": "TCP", "port": 8002}]}),
         ingress=(_from_ingress_controller(8000),),
-        env={"ORDERS_INVENTORY_URL": "http://inventory.oms.svc:8001"},
-        secret_env=("ORDERS_OPS_API_KEY", "DEAD_LETTER_KEY"),
+        env={"ORDERS_INVENTORY_URL": "http://inventory.oms.svc:8001", "ORDERS_PAYMENTS_URL": "http://payments.oms.svc:8002"},
+        secret_env=("ORDERS_OPS_API_KEY", "ORDERS_ADMIN_API_KEY", "ORDERS_CONSOLE_SECRET", "DEAD_LETTER_KEY"),
     ),
     Service(
         "inventory", 8001, publishes_to=(names.EVENTS_EXCHANGE,),

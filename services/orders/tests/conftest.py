@@ -7,10 +7,11 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from events import deadletters
 from events.db import make_engine, make_sessionmaker, messaging_metadata
 from events.deadletters import deadletter_metadata
 from events.web import install
-from orders import api, ops
+from orders import api, console, ops
 from orders.admission import Admission
 from orders.config import Settings
 from orders.db import Base
@@ -48,6 +49,8 @@ async def client(sessions, settings, admission):
     install(app, "orders")
     app.include_router(api.router)
     app.include_router(ops.router)
+    app.include_router(deadletters.build_api())
+    console.install(app)
     app.state.admission = admission
 
     async def refresh_backlog() -> int:

@@ -232,7 +232,7 @@ def banner(system: System, broker: Broker, postgres: PostgresServer | None = Non
 
     rows = [
         ("orders API", urls("orders", "/v1/orders")),
-        ("ops dashboard", f"{system.url('orders')}/ops?key=dev-ops-key"),
+        ("ops console", f"{system.url('orders')}/ops"),
         *((svc, urls(svc)) for svc in system.services if svc != "orders"),
         *([("PostgreSQL", f"{postgres.url.replace('+asyncpg', '').rsplit('/', 1)[0]}/<service>  "
                           f"(data {_shown(postgres.home)})")] if postgres else []),

@@ -166,6 +166,8 @@ class System:
             f"{prefix}_HTTP_PORT": str(self.port(name)),
             "NOTIFICATIONS_SMTP_HOST": self.host,
             "NOTIFICATIONS_SMTP_PORT": str(self.smtp_port),
+            # where the orders console reads low stock and payments, and sends an admin's changes
+            **{f"ORDERS_{peer.upper()}_URL": self.url(peer) for peer in ("inventory", "payments") if peer in self.ports},
         }
         env.update(self.env)
         env.update(self.service_env.get(svc, {}))  # every replica of the service

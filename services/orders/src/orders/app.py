@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from events import deadletters
 from events.runtime import ServiceRuntime
 from events.web import install
-from orders import api, handlers, ops, retention
+from orders import api, console, handlers, ops, retention
 from orders.admission import Admission
 from orders.config import Settings
 
@@ -41,4 +41,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(ops.router)
     app.include_router(deadletters.build_api())
+    console.install(app)
     return app

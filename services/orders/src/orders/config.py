@@ -34,6 +34,25 @@ class Settings(ServiceSettings):
     inventory_url: str = "http://127.0.0.1:8001"
     ops_api_key: str = "dev-ops-key"
     """The key the dashboard uses to read low stock from inventory."""
+    payments_url: str = "http://127.0.0.1:8002"
+    admin_api_key: str = "dev-admin-key"
+    """The key the console uses on payments and inventory for an admin's refunds, stock receipts
+    and counts (the admin who acts is named in the reason they carry)."""
+    console_secret: str = ""
+    """Signs the console's session cookies; required in production (32 characters or more). Local
+    runs and tests use a fixed development secret, so every replica reads every session."""
+    console_session_minutes: float = Field(default=480, gt=0)
+    """A console session ends this long after sign-in."""
+
+    @model_validator(mode="after")
+    def _console_secret(self) -> Settings:
+        if self.environment == "production" and len(self.console_secret) < 32:
+            raise ValueError("set ORDERS_CONSOLE_SECRET (32 characters or more) to sign console sessions")
+        return self
+
+    @property
+    def session_secret(self) -> str:
+        return self.console_secret or "dev-console-secret"
 
     @model_validator(mode="after")
     def _warning_first(self) -> Settings:

@@ -1,14 +1,10 @@
 """What ops watch: orders by status, where orders get stuck, throughput, dead letters, low stock
-(``GET /ops``, an HTML page that refreshes itself, and ``GET /v1/ops/summary``, the same as
-JSON), and the sales report (``GET /v1/reports/sales``).
-
-Browsers cannot send an Authorization header from a link, so the page also takes the key as
-``?key=``; it must be an ops or admin key like any other.
+(``GET /v1/ops/summary``, JSON; the console's dashboard at ``/ops`` shows the same, see
+orders.console), and the sales report (``GET /v1/reports/sales``).
 """
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,13 +13,12 @@ from typing import Any
 import aio_pika
 import httpx
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 
 from events.deadletters import parked_count
 from events.names import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
 from events.settings import Role
-from events.web import Problem, Runtime, authenticate, require
+from events.web import Runtime, require
 from orders import service
 from orders.admission import Admission
 from orders.db import Order, OrderHistory, OrderLine
@@ -118,58 +113,6 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
 @router.get("/v1/ops/summary", dependencies=[require(Role.OPS)])
 async def ops_summary(request: Request, rt: Runtime) -> dict[str, Any]:
     return await summary(rt, request.app.state.admission)
-
-
-@router.get("/ops", response_class=HTMLResponse)
-async def dashboard(request: Request, rt: Runtime, key: str | None = None) -> HTMLResponse:
-    if key and "authorization" not in request.headers:
-        caller = authenticate(rt.settings, key)
-        role = caller.role if caller else None
-        if role not in (Role.OPS, Role.ADMIN):
-            raise Problem(401 if role is None else 403, "unauthorized", "Unauthorized", "an ops key is needed")
-    else:
-        await require(Role.OPS).dependency(request)
-    return HTMLResponse(_render(await summary(rt, request.app.state.admission)))
-
-
-def _table(title: str, rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> str:
-    if not rows:
-        return f"<h2>{html.escape(title)}</h2><p class=ok>none</p>"
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<h2>{html.escape(title)}</h2><table><tr>{th}</tr>{body}</table>"
-
-
-def _render(s: dict[str, Any]) -> str:
-    t = s["throughput_last_5_min"]
-    low = s["low_stock"]
-    parts = [
-        _table("Orders by status", sorted(s["orders_by_status"].items()), ("status", "orders")),
-        _table("Throughput, last 5 minutes", [(k, v) for k, v in t.items()], ("reached", "orders")),
-        _table("Stuck (no move for a while, not with the carrier)", [(o["id"], o["status"], o["since"]) for o in s["stuck"]],
-               ("order", "status", "since")),
-        _table("Needs attention", [(o["id"], o["status"], o["attention"]) for o in s["needs_attention"]],
-               ("order", "status", "why")),
-        _table("Waiting long for an answer (saga_timeout comes next)",
-               [(o["id"], o["status"], o["waiting_since"], o["gives_up_at"]) for o in s["saga_deadline_near"]],
-               ("order", "status", "waiting since", "cancelled at")),
-        _table("Messages", [("dead letters parked", s["dead_letters"]["parked"]),
-                            ("dead letters waiting", s["dead_letters"]["waiting_in_queue"]),
-                            ("events nobody subscribes to", s["unrouted_events"]),
-                            ("outbox backlog", s["outbox_backlog"])], ("what", "count")),
-        _table("New orders (admission control)",
-               [("door", "open" if s["admission"]["open"] else "closed: refusing with 503"),
-                ("refused since start", s["admission"]["refused"])], ("what", "now")),
-        "<h2>Low stock</h2><p>inventory unavailable</p>" if low is None else
-        _table("Low stock", [(i["sku"], i["warehouse"], i["available"], i.get("reorder_quantity")) for i in low],
-               ("sku", "warehouse", "available", "reorder")),
-    ]
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
-        "<title>OMS ops</title><style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.ok{color:#080}</style></head><body>"
-        f"<h1>OMS operations</h1><p>{html.escape(s['at'])} (refreshes every 5 s)</p>" + "".join(parts) + "</body></html>"
-    )
 
 
 @router.get("/v1/reports/sales", dependencies=[require(Role.OPS)])

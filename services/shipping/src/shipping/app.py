@@ -1,4 +1,4 @@
-"""Wiring only: settings, runtime (engine, broker, outbox relay), the simulated carrier, HTTP routes."""
+"""Wiring only: settings, runtime (engine, broker, outbox relay), carrier adapters, the simulated carrier, HTTP routes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from events.runtime import ServiceRuntime
 from events.web import install
-from shipping import api, carrier, handlers
+from shipping import api, carrier, carriers, handlers
 from shipping.config import Settings
 
 
@@ -16,11 +16,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         s = settings or Settings()
+        adapters = carriers.adapters(s.carrier_secrets, default_secret=s.carrier_secret, window=s.signature_window_seconds)
         async with (
-            ServiceRuntime(s, routers=[handlers.router]) as runtime,
+            ServiceRuntime(s, routers=[handlers.router], context={"carriers": adapters}) as runtime,
             carrier.simulation(runtime.sessions, s.simulation_step_seconds, s.carrier_simulation),
         ):
-            app.state.runtime = runtime
+            for adapter in adapters.values():
+                adapter.attach(runtime.sessions)
+            app.state.runtime, app.state.carriers = runtime, adapters
             yield
 
     app = FastAPI(title="OMS shipping", version="1", lifespan=lifespan)

@@ -57,6 +57,7 @@ SHIP_CREATED = ShipmentCreated(
     order_id=ORDER, shipment_id="shp-1", carrier="sf-express", tracking_number="SF1", warehouse="SH",
     estimated_delivery=date(2026, 11, 27),
 )
+BOOK = CreateShipment(warehouse="SH", parcel="SH", items=(LineItem(sku="SKU-RED-MUG", quantity=2),))
 SHIP_FAILED = ShipmentFailed(order_id=ORDER, reason="no_carrier")
 SHIP_CANCELLED = ShipmentCancelled(order_id=ORDER, shipment_id="shp-1")
 
@@ -92,7 +93,7 @@ def test_happy_path_reaches_delivered_and_commits_stock_once():
     saga, intents = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"),
                         carrier("out_for_delivery"), carrier("delivered"))
     assert saga.status == "delivered"
-    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH"), Commit()]
+    assert intents == [Reserve(), Capture(), BOOK, Commit(warehouse="SH")]
     assert saga.deadline_at is None
 
 
@@ -140,7 +141,7 @@ def test_an_answer_after_resends_moves_on_and_stops_waiting():
     saga, _ = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
     saga, intents = advance(saga, CAPTURED, now=at(40), timeouts=TIMEOUTS)
     assert saga.status == "paid" and saga.waiting_since == at(40) and not saga.warned
-    assert intents == [CreateShipment(warehouse="SH")]
+    assert intents == [BOOK]
 
 
 def test_a_capture_payments_took_too_late_cancels_with_payment_timeout():
@@ -200,7 +201,7 @@ def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_
 def test_a_parcel_the_carrier_took_before_the_cancel_is_committed_and_asked_back(scan):
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
     saga, intents = advance(saga, carrier(scan), now=T0, timeouts=TIMEOUTS)
-    assert intents[0] == Commit() and isinstance(intents[1], RaiseAttention) and len(intents) == 2
+    assert intents[0] == Commit(warehouse="SH") and isinstance(intents[1], RaiseAttention) and len(intents) == 2
     assert "SF1" in intents[1].detail and saga.attention == intents[1].detail
     assert (saga.status, saga.stock, saga.parcel) == ("cancelled", "committed", "left")
     saga, intents = advance(saga, carrier("delivered"), now=T0, timeouts=TIMEOUTS)  # later scans change nothing
@@ -273,7 +274,7 @@ def test_return_before_delivery_is_refused():
 def test_carrier_news_never_goes_backwards_and_may_overtake_shipment_created():
     saga, intents = run(RESERVED, CAPTURED, carrier("in_transit"), SHIP_CREATED, carrier("picked_up"))
     assert saga.status == "in_transit"
-    assert intents.count(Commit()) == 1
+    assert intents.count(Commit(warehouse="SH")) == 1
 
 
 def test_stock_step_resends_then_gives_up_with_saga_timeout():
@@ -313,7 +314,7 @@ def test_the_same_refund_told_twice_counts_once():
 def test_late_and_duplicate_replies_are_ignored_not_fatal():
     saga, intents = run(RESERVED, RESERVED, CAPTURED, RESERVED, DECLINED, SHIP_CREATED, SHIP_CREATED, SHIP_FAILED)
     assert saga.status == "picking"
-    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH")]
+    assert intents == [Reserve(), Capture(), BOOK]
     assert saga.ignored == 5
 
 
@@ -324,7 +325,6 @@ def test_saga_round_trips_through_its_stored_form():
 
 def test_every_reply_the_saga_follows_comes_from_its_table():
     from events.envelope import Command, Event
-
     from orders import saga as flow
 
     handled = {t for t in flow._HANDLERS if issubclass(t, Event | Command)}

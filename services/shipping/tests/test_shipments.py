@@ -74,7 +74,7 @@ async def test_a_cancel_that_overtakes_the_create_books_no_parcel(sessions, sett
     await handle_cancel_shipment(cancel(), sessions, adapters)
     await handle_create_shipment(create("o1"), sessions, settings, adapters)
     cancelled, failed = await events(sessions)
-    assert cancelled["key"] == "shipment.cancelled" and cancelled["data"] == {"order_id": "o1", "shipment_id": None, "shipment_ids": []}
+    assert cancelled["key"] == "shipment.cancelled" and cancelled["data"] == {"order_id": "o1", "shipment_id": None, "shipment_ids": [], "parcels": []}
     assert (failed["key"], failed["data"]["reason"]) == ("shipment.failed", "cancelled")
 
 
@@ -285,3 +285,18 @@ async def test_a_cancel_and_a_scan_racing_for_one_parcel_are_never_both_taken(an
     async with sessions() as session:
         row = (await session.execute(select(Shipment.status, Shipment.cancelled))).one()
     assert (tuple(row), scanned) in {(("created", True), "refused"), (("picked_up", False), True)}
+
+
+async def test_an_order_from_two_warehouses_ships_two_parcels_and_a_cancel_stops_the_one_not_left(
+        client, sessions, settings, adapters):
+    for warehouse in ("SH", "BJ"):
+        command = create("o1").data.model_copy(update={"warehouse": warehouse, "parcel": warehouse})
+        await handle_create_shipment(msg(CreateShipment, command), sessions, settings, adapters)
+    created = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"]
+    assert [c["parcel"] for c in created] == ["SH", "BJ"] and created[0]["tracking_number"] != created[1]["tracking_number"]
+    assert created[0]["tracking_url"].endswith(created[0]["tracking_number"])
+    report = {"tracking_number": created[0]["tracking_number"], "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    assert (await post_scan(client, "/v1/carriers/sf-express/events", report)).status_code == 202
+    await handle_cancel_shipment(cancel(), sessions, adapters)
+    [answer] = [e["data"] for e in await events(sessions) if e["key"] == "shipment.cancelled"]
+    assert (answer["parcels"], answer["shipment_ids"]) == (["BJ"], [created[1]["shipment_id"]])

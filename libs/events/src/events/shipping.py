@@ -95,6 +95,8 @@ class ShipmentCancelled(Event):
     shipment_id: str | None = None
     shipment_ids: list[str] = []
     """Every parcel of the order that was cancelled (an order may have one per warehouse)."""
+    parcels: list[str] = []
+    """The same parcels by the order's names for them."""
 
 
 class ShipmentReturned(Event):

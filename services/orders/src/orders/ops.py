@@ -96,7 +96,8 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
     return {
         "at": now.isoformat(),
         "orders_by_status": by_status,
-        "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck],
+        "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck]
+        + await service.stuck_parcels(rt.sessions, settings=rt.settings),  # a parcel in one carrier status too long
         "needs_attention": [{"id": i, "status": s, "attention": a} for i, s, a in attention],
         "saga_deadline_near": [
             {"id": i, "status": s, "waiting_since": w.isoformat(),

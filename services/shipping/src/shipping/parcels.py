@@ -4,10 +4,10 @@ An order has one parcel per warehouse its stock came from (``parcel``: the order
 and one more for each parcel sent again. A cancel marks every parcel of the order cancelled that
 the carrier does not have yet (the simulation and carrier reports then leave it alone), or
 remembers the order when no shipment exists yet, so that a create command arriving after it books
-no parcel (``shipment.failed``, reason ``cancelled``); when no parcel of the order has left, it
-answers ``shipment.cancelled``. When the carrier has a parcel already, the cancel comes too late
-for it and answers nothing new: the ``shipment.updated`` of the carrier's scan, published before
-it, tells the orders saga that the parcel left.
+no parcel (``shipment.failed``, reason ``cancelled``); it answers ``shipment.cancelled`` naming
+the parcels that will not leave. When the carrier has a parcel already, the cancel comes too late
+for it and answers nothing new for it: the ``shipment.updated`` of the carrier's scan, published
+before it, tells the orders saga that the parcel left.
 
 A cancel, an address change and a carrier's report on one parcel lock its row first, so on
 PostgreSQL they run one after the other as on SQLite (a report and a cancel could otherwise both
@@ -181,7 +181,7 @@ async def change_address(session: AsyncSession, order_id: str, address: dict[str
 
 async def cancel(session: AsyncSession, order_id: str, cause: Cause, adapters: dict[str, carriers.CarrierAdapter]) -> None:
     """Stop every parcel of the order the carrier has not taken, and answer ``shipment.cancelled``
-    when none has left; no answer when one has (too late: its scan answers)."""
+    naming them; no answer when every parcel has left (too late: their scans answer)."""
     shipments = await of_order(session, order_id, lock=True)
     if not shipments and await session.get(CancelledOrder, order_id) is None:
         session.add(CancelledOrder(order_id=order_id, at=_now()))
@@ -192,9 +192,11 @@ async def cancel(session: AsyncSession, order_id: str, cause: Cause, adapters: d
             shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
     if left:
         log.warning("shipment.cancel_too_late", order_id=order_id, parcels=[s.parcel for s in left])
-        return
-    ids = [s.shipment_id for s in shipments]
-    answer = ShipmentCancelled(order_id=order_id, shipment_id=ids[0] if ids else None, shipment_ids=ids)
+        if len(left) == len(shipments):
+            return
+    ids = [s.shipment_id for s in shipments if s.cancelled]
+    answer = ShipmentCancelled(order_id=order_id, shipment_id=ids[0] if ids else None, shipment_ids=ids,
+                               parcels=[s.parcel for s in shipments if s.cancelled])
     await _stage(session, answer, order_id, cause)
 
 

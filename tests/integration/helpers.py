@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -125,9 +126,10 @@ def carrier_signature(body: bytes, *, secret: str = CARRIER_SECRET, t: int | Non
 
 
 async def carrier_event(shipping: httpx.AsyncClient, order: dict[str, Any], status: str, *,
-                        parcel: dict[str, Any] | None = None, at: str = "2026-11-24T12:00:00Z") -> dict[str, Any]:
-    """The carrier of ``parcel`` (default: the order's ``shipment``) posts a signed scan."""
+                        parcel: dict[str, Any] | None = None, at: str | None = None) -> dict[str, Any]:
+    """The carrier of ``parcel`` (default: the order's ``shipment``) posts a signed scan, made now."""
     shipment = parcel or order["shipment"]
+    at = at or datetime.now(UTC).isoformat()
     body = json.dumps({"tracking_number": shipment["tracking_number"], "status": status, "at": at,
                        "location": "Shanghai"}).encode()
     r = await shipping.post(

@@ -21,7 +21,8 @@ log = get_logger(__name__)
 
 def _view(s: Any) -> dict[str, Any]:
     """``s``: a Shipment, or a parcel as :func:`parcels.by_tracking` read it."""
-    return {"order_id": s.order_id, "shipment_id": s.shipment_id, "carrier": s.carrier, "tracking_number": s.tracking_number,
+    return {"order_id": s.order_id, "shipment_id": s.shipment_id, "parcel": s.parcel, "carrier": s.carrier,
+            "tracking_number": s.tracking_number,
             "status": s.status, "warehouse": s.warehouse, "estimated_delivery": s.estimated_delivery.isoformat(),
             "cancelled": s.cancelled, "return_expected": s.return_expected}
 

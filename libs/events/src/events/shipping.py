@@ -76,6 +76,11 @@ class ShipmentUpdated(Event):
     parcel: str | None = None
     estimated_delivery: date | None = None
     """The delivery estimate after this scan."""
+    tracking_url: str | None = None
+    """The carrier's public tracking page for this parcel."""
+    undelivered: bool = False
+    """The scan ends the parcel's delivery without it arriving (``lost``, or ``returned`` before
+    delivery, unlike a return the customer sent back)."""
 
 
 class ShipmentFailed(Event):

@@ -54,12 +54,15 @@ async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Caus
     await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause)
 
 
+def _tracking_url(carrier_code: str, tracking_number: str) -> str | None:
+    carrier = domain.BY_CODE.get(carrier_code)
+    return carrier.track_url.format(tracking_number) if carrier and carrier.track_url else None
+
+
 def _created(s: Any) -> ShipmentCreated:
-    carrier = domain.BY_CODE.get(s.carrier)
     return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier, parcel=s.parcel,
                            tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery,
-                           items=[LineItem(**i) for i in s.items or []],
-                           tracking_url=carrier.track_url.format(s.tracking_number) if carrier and carrier.track_url else None)
+                           items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number))
 
 
 # Built once: the create command and every carrier scan run these; a statement built per call (and
@@ -251,12 +254,15 @@ async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, a
     await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "status": status, "updated_at": now,
                                     "status_since": now, "next_step_at": next_step_at, "estimated_delivery": eta})
     was_delivered = shipment.status == St.DELIVERED
+    undelivered = status == St.LOST or (status == St.RETURNED and not was_delivered)
     shipment.status, shipment.estimated_delivery = status, eta
     await _stage(session, ShipmentUpdated(order_id=shipment.order_id, shipment_id=shipment.shipment_id, carrier=shipment.carrier,
                                           tracking_number=shipment.tracking_number, status=status, at=at, location=location,
-                                          parcel=shipment.parcel, estimated_delivery=eta),
+                                          parcel=shipment.parcel, estimated_delivery=eta,
+                                          tracking_url=_tracking_url(shipment.carrier, shipment.tracking_number),
+                                          undelivered=undelivered),
                  shipment.order_id, None)
-    if status in (St.EXCEPTION, St.LOST) or (status == St.RETURNED and not was_delivered):
+    if status == St.EXCEPTION or undelivered:
         log.warning("shipment.delivery_trouble", order_id=shipment.order_id, parcel=shipment.parcel, status=status)
     if status == St.RETURNED and was_delivered:
         items = [LineItem(**i) for i in shipment.return_items or []]

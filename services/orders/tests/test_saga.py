@@ -347,3 +347,34 @@ def test_the_table_is_walked_forward_and_undone_in_reverse():
     assert undo == [CancelShipment, Refund]  # the release waits for the parcel's cancel to be answered
     saga, intents = advance(saga, SHIP_CANCELLED, now=T0, timeouts=TIMEOUTS)
     assert intents == [Release()]
+
+
+SPLIT = StockReserved(order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1),
+                                                   Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
+
+
+def booked(warehouse: str) -> ShipmentCreated:
+    return ShipmentCreated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express", tracking_number=f"T{warehouse}",
+                           warehouse=warehouse, parcel=warehouse, estimated_delivery=date(2026, 11, 27))
+
+
+def scan(warehouse: str, status: str) -> ShipmentUpdated:
+    return ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express",
+                           tracking_number=f"T{warehouse}", status=status, at=T0, parcel=warehouse)
+
+
+def test_once_a_parcel_of_a_split_order_left_the_order_is_no_longer_cancelled():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"))
+    assert saga.status == "picking"
+    with pytest.raises(Refused, match="return"):
+        advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+
+
+def test_a_parcel_no_carrier_takes_cancels_the_order_and_its_other_parcel():
+    failed = ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ")
+    saga, intents = run(SPLIT, CAPTURED, booked("SH"), failed)
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
+    assert CancelShipment() in intents and Release() not in intents, "the stock waits for the parcel's cancel"
+    saga, intents = advance(saga, ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH"], parcels=["SH"]),
+                            now=T0, timeouts=TIMEOUTS)
+    assert intents == [Release()]

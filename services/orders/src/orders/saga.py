@@ -571,19 +571,11 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
 # --- compensation ---------------------------------------------------------------------------
 
 
-def _undone(progress: str, value: Any) -> Callable[[Saga, Any, datetime, Timeouts], tuple[Saga, list[Intent]]]:
-    """A compensation's answer: the step is undone, and the saga stops waiting once all are."""
-
-    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
-        if getattr(saga, progress) is not _UNDOING[progress]:
-            return _ignore(saga)  # told again (a resent compensation)
-        saga = replace(saga, **{progress: value})
-        return _settle(saga, now, t), []
-
-    return handle
-
-
-_UNDOING = {"stock": Stock.RELEASING}
+def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts):
+    """The release's answer: the stock is back, and the saga stops waiting once every compensation is."""
+    if saga.stock is not Stock.RELEASING:
+        return _ignore(saga)  # told again (a resent release)
+    return _settle(replace(saga, stock=Stock.RELEASED), now, t), []
 
 
 def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Timeouts):
@@ -645,7 +637,7 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
         handlers[step.success] = lambda saga, reply, now, t, step=step: _succeeded(step, saga, reply, now, t)
         for failure in step.failures:
             handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
-    handlers[StockReleased] = _undone("stock", Stock.RELEASED)
+    handlers[StockReleased] = _stock_released
     handlers[ShipmentCancelled] = _parcels_cancelled
     handlers[PaymentRefunded] = _payment_refunded
     handlers[ShipmentFailed] = _shipment_failed  # a failure that may answer a cancel

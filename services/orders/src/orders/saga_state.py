@@ -44,8 +44,7 @@ class Parcel(StrEnum):
 class Leg(StrEnum):
     """Where one parcel of the order stands (an order ships one parcel per warehouse)."""
 
-    PLANNED = "planned"  # its stock is reserved at the warehouse
-    BOOKING = "booking"  # shipping asked to book it
+    PLANNED = "planned"  # its stock is reserved at the warehouse; booking asked or to be asked
     BOOKED = "booked"  # booked with a carrier, waiting at the warehouse
     LEFT = "left"  # the carrier has it
     DELIVERED = "delivered"
@@ -54,7 +53,6 @@ class Leg(StrEnum):
     CANCELLED = "cancelled"
 
 
-ARRIVED = frozenset({Leg.DELIVERED})
 ENDED = frozenset({Leg.DELIVERED, Leg.RETURNED, Leg.LOST, Leg.CANCELLED})
 
 

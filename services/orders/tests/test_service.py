@@ -315,3 +315,5 @@ async def test_a_parcel_stuck_in_one_carrier_status_shows_on_the_stuck_list(sess
     later = datetime.now(UTC) + timedelta(seconds=settings.parcel_stuck_after_seconds + 1)
     [stuck] = await service.stuck_parcels(sessions, settings=settings, now=later)
     assert (stuck["id"], stuck["parcel"], stuck["parcel_status"]) == (order_id, "T-SH", "exception")
+    [failed] = await service.delivery_exceptions(sessions)
+    assert (failed["id"], failed["parcel"]) == (order_id, "T-SH")

@@ -479,6 +479,16 @@ async def stuck_parcels(sessions: async_sessionmaker, *, settings: Settings, lim
     """Orders with a parcel that has stayed in one carrier status past ``parcel_stuck_after_seconds``
     (a failed attempt nobody retried, a parcel the carrier never collected or stopped scanning)."""
     before = (now or _now()) - timedelta(seconds=settings.parcel_stuck_after_seconds)
+    return await _parcels_where(sessions, lambda p: datetime.fromisoformat(p["status_since"]) < before, limit)
+
+
+async def delivery_exceptions(sessions: async_sessionmaker, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Orders with a parcel whose last delivery attempt failed (the carrier's ``exception``): ops
+    see them at once, the customer was told, the carrier tries again."""
+    return await _parcels_where(sessions, lambda p: p["status"] == "exception", limit)
+
+
+async def _parcels_where(sessions: async_sessionmaker, wanted: Any, limit: int) -> list[dict[str, Any]]:
     async with sessions() as session:
         rows = await session.execute(
             select(Order.id, Order.status, Order.shipment)
@@ -487,9 +497,8 @@ async def stuck_parcels(sessions: async_sessionmaker, *, settings: Settings, lim
         found = []
         for order_id, status, shipment in rows:
             for p in (shipment or {}).get("parcels", []):
-                since = datetime.fromisoformat(p["status_since"])
-                if p["status"] not in ("delivered", "returned", "lost") and since < before:
-                    found.append({"id": order_id, "status": status, "since": since.isoformat(), "attention": None,
+                if p["status"] not in ("delivered", "returned", "lost") and wanted(p):
+                    found.append({"id": order_id, "status": status, "since": p["status_since"], "attention": None,
                                   "parcel": p["tracking_number"], "parcel_status": p["status"]})
                     break
         return found[:limit]

@@ -378,3 +378,13 @@ def test_a_parcel_no_carrier_takes_cancels_the_order_and_its_other_parcel():
     saga, intents = advance(saga, ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH"], parcels=["SH"]),
                             now=T0, timeouts=TIMEOUTS)
     assert intents == [Release()]
+
+
+def test_a_saga_saved_before_parcels_follows_its_one_parcel():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"))
+    old = saga.to_dict()
+    del old["parcels"], old["prices"]
+    restored = Saga.from_dict(old)
+    assert [(p.name, p.leg) for p in restored.parcels] == [("SH", "left")]
+    saga, intents = advance(restored, carrier("delivered"), now=T0, timeouts=TIMEOUTS)
+    assert saga.status == "delivered" and intents == []

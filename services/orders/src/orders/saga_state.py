@@ -84,6 +84,16 @@ class Wait(StrEnum):
     COMPENSATE = "compensate"
 
 
+def _one_parcel(d: dict[str, Any]) -> tuple[ParcelLeg, ...]:
+    """A saga saved before orders had parcels: its one parcel, where its order says it is."""
+    if "parcels" in d or not d.get("warehouse") or d["parcel"] in (Parcel.NONE, Parcel.FAILED):
+        return ()
+    leg = {S.SHIPPED: Leg.LEFT, S.IN_TRANSIT: Leg.LEFT, S.DELIVERED: Leg.DELIVERED, S.RETURN_REQUESTED: Leg.DELIVERED,
+           S.RETURNED: Leg.DELIVERED}.get(d["status"], Leg.PLANNED if d["parcel"] is Parcel.CREATING else Leg.BOOKED)
+    status = {Leg.LEFT: "in_transit" if d["status"] is S.IN_TRANSIT else "picked_up", Leg.DELIVERED: "delivered"}.get(leg)
+    return (ParcelLeg(name=d["warehouse"], warehouse=d["warehouse"], items=(), leg=leg, carrier_status=status),)
+
+
 @dataclass(frozen=True)
 class Saga:
     order_id: str
@@ -143,7 +153,7 @@ class Saga:
         d["return_items"] = tuple(LineItem.model_validate(i) for i in d.get("return_items", ()))
         d["refunds"] = tuple((key, Decimal(amount)) for key, amount in d.get("refunds", ()))
         d["refunds_done"], d["refund_ids"] = tuple(d.get("refunds_done", ())), tuple(d.get("refund_ids", ()))
-        d["parcels"] = tuple(ParcelLeg.from_dict(p) for p in d.get("parcels", ()))
+        d["parcels"] = tuple(ParcelLeg.from_dict(p) for p in d.get("parcels", ())) or _one_parcel(d)
         d["prices"] = tuple((sku, Decimal(price)) for sku, price in d.get("prices", ()))
         return cls(**d)
 

@@ -388,3 +388,18 @@ def test_a_saga_saved_before_parcels_follows_its_one_parcel():
     assert [(p.name, p.leg) for p in restored.parcels] == [("SH", "left")]
     saga, intents = advance(restored, carrier("delivered"), now=T0, timeouts=TIMEOUTS)
     assert saga.status == "delivered" and intents == []
+
+
+def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), *(scan(w, "delivered") for w in ("SH", "BJ")))
+    assert saga.status == "delivered"
+    mugs = [LineItem(sku="SKU-RED-MUG", quantity=2)]
+    saga, _ = advance(saga, ReturnRequested(items=mugs, amount=Decimal("79.80")), now=T0, timeouts=TIMEOUTS)
+    seen = []
+    for warehouse in ("SH", "BJ", "BJ"):
+        back = ShipmentReturned(order_id=ORDER, shipment_id=f"shp-{warehouse}", tracking_number=f"T{warehouse}",
+                                items=[LineItem(sku="SKU-RED-MUG", quantity=1)], at=T0)
+        saga, intents = advance(saga, back, now=T0, timeouts=TIMEOUTS)
+        seen += intents
+    assert saga.status == "returned"
+    assert [type(i).__name__ for i in seen] == ["Restock", "Refund", "Restock"]

@@ -300,3 +300,17 @@ async def test_an_order_from_two_warehouses_ships_two_parcels_and_a_cancel_stops
     await handle_cancel_shipment(cancel(), sessions, adapters)
     [answer] = [e["data"] for e in await events(sessions) if e["key"] == "shipment.cancelled"]
     assert (answer["parcels"], answer["shipment_ids"]) == (["BJ"], [created[1]["shipment_id"]])
+
+
+async def test_a_return_names_the_parcels_the_items_came_in(client, sessions, settings, adapters):
+    for warehouse in ("SH", "BJ"):
+        command = create("o1").data.model_copy(update={"warehouse": warehouse, "parcel": warehouse})
+        await handle_create_shipment(msg(CreateShipment, command), sessions, settings, adapters)
+    created = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"]
+    for parcel in created:
+        report = {"tracking_number": parcel["tracking_number"], "status": "delivered", "at": "2026-11-24T10:00:00Z"}
+        assert (await post_scan(client, "/v1/carriers/sf-express/events", report)).status_code == 202
+    await handle_expect_return(msg(ExpectReturn, ExpectReturn(order_id="o1", items=[LineItem(sku="A", quantity=2)])), sessions)
+    async with sessions() as session:
+        expected = [(s.parcel, s.return_expected, s.return_items) for s in await parcels.of_order(session, "o1")]
+    assert expected == [("SH", True, [{"sku": "A", "quantity": 1}]), ("BJ", True, [{"sku": "A", "quantity": 1}])]

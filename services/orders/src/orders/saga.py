@@ -500,7 +500,15 @@ def _cancel_answered(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list
 
 
 def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts):
-    """The return step: the parcel is back, its units go back on the shelf and are refunded."""
+    """The return step: a parcel is back, its units go back on the shelf, and the return is refunded
+    with the first (a return of items from two parcels comes back as two)."""
+    i = _leg_of(saga, reply) if len(saga.parcels) > 1 else None
+    if i is not None:
+        if saga.parcels[i].leg is not Leg.DELIVERED or saga.status not in (RETURN.waits_in, RETURN.then):
+            return _ignore(saga)  # told again, or not a parcel the customer had
+        saga = _with_leg(saga, i, leg=Leg.RETURNED)
+        if saga.status is RETURN.then:  # the second parcel of the return: its units only
+            return saga, [Restock(items=list(reply.items))] if reply.items else []
     if saga.status is not RETURN.waits_in:
         return _ignore(saga)
     items = list(reply.items) or list(saga.return_items)

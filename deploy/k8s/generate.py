@@ -97,9 +97,13 @@ SERVICES: tuple[Service, ...] = (
     # payments stages a refund asked for by hand as a command to itself
     Service("payments", 8002, publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE),
             egress=(_anywhere(443),)),  # the payment providers' APIs
-    Service("shipping", 8003, publishes_to=(names.EVENTS_EXCHANGE,)),
+    Service("shipping", 8003, publishes_to=(names.EVENTS_EXCHANGE,),
+            egress=(_anywhere(443),),  # the carriers' APIs
+            secret_env=("SHIPPING_CARRIER_SECRETS",)),  # {"carrier": "secret"}: each carrier signs its scans
     Service("notifications", 8004, publishes_to=(names.EVENTS_EXCHANGE,),
-            egress=(_anywhere(25, 465, 587),),  # the mail relay
+            egress=(_anywhere(25, 465, 587, 443),),  # the mail relay; the SMS provider's and FCM's APIs
+            secret_env=("NOTIFICATIONS_SMS_ACCOUNT_SID", "NOTIFICATIONS_SMS_AUTH_TOKEN", "NOTIFICATIONS_SMS_FROM",
+                        "NOTIFICATIONS_FCM_PROJECT_ID", "NOTIFICATIONS_FCM_ACCESS_TOKEN"),
             optional_secret_env=("NOTIFICATIONS_SMTP_USERNAME", "NOTIFICATIONS_SMTP_PASSWORD")),
 )
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import hmac
+import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -112,14 +117,28 @@ async def payment(payments: httpx.AsyncClient, order_id: str) -> dict[str, Any] 
     return r.json()
 
 
-async def carrier_event(shipping: httpx.AsyncClient, order: dict[str, Any], status: str) -> None:
-    shipment = order["shipment"]
+CARRIER_SECRET = "dev-carrier-secret"
+
+
+def carrier_signature(body: bytes, *, secret: str = CARRIER_SECRET, t: int | None = None) -> str:
+    """``X-OMS-Signature`` as a carrier signs its scan (CONTRACT §7)."""
+    t = int(time.time()) if t is None else t
+    return f"t={t},v1=" + hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+async def carrier_event(shipping: httpx.AsyncClient, order: dict[str, Any], status: str, *,
+                        parcel: dict[str, Any] | None = None, at: str | None = None) -> dict[str, Any]:
+    """The carrier of ``parcel`` (default: the order's ``shipment``) posts a signed scan, made now."""
+    shipment = parcel or order["shipment"]
+    at = at or datetime.now(UTC).isoformat()
+    body = json.dumps({"tracking_number": shipment["tracking_number"], "status": status, "at": at,
+                       "location": "Shanghai"}).encode()
     r = await shipping.post(
-        f"/v1/carriers/{shipment['carrier']}/events",
-        json={"tracking_number": shipment["tracking_number"], "status": status, "at": "2026-11-24T12:00:00Z", "location": "Shanghai"},
-        headers=ADMIN,
+        f"/v1/carriers/{shipment['carrier']}/events", content=body,
+        headers={"X-OMS-Signature": carrier_signature(body), "Content-Type": "application/json"},
     )
     assert r.status_code in (200, 202), r.text
+    return r.json()
 
 
 def new_sku() -> str:

@@ -2,7 +2,8 @@
 
 An order placed over HTTP goes submitted → confirmed → paid → picking → shipped → in_transit →
 delivered, driven by the simulated carrier; the customer gets an e-mail at each step, in their
-language; the stock it took leaves the shelf for good.
+language, and one with the parcel's carrier, tracking number and link; the stock it took leaves the
+shelf for good.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ async def test_an_order_reaches_delivered_with_nobody_touching_it(orders, invent
     assert after["on_hand"] == before["on_hand"] - 2, "delivered units leave the shelf"
     assert after["reserved"] == before["reserved"]
 
-    # One e-mail per step, to the customer, in Chinese.
+    # One e-mail per step, and one when the parcel left with its carrier, tracking number and
+    # link: to the customer, in Chinese.
     mails = await eventually(
-        lambda: mailbox.to(email), lambda m: len(m) >= len(HAPPY), timeout=30, what="an e-mail per status"
+        lambda: mailbox.to(email), lambda m: len(m) >= len(HAPPY) + 1, timeout=30, what="an e-mail per status"
     )
-    assert len(mails) == len(HAPPY)
+    assert len(mails) == len(HAPPY) + 1
     assert all(created["id"] in m.body for m in mails)
+    [shipped] = [m for m in mails if shipment["tracking_number"] in m.subject]
+    assert shipment["carrier"] in shipped.body and shipment["tracking_url"] in shipped.body
     assert any("订单" in m.subject for m in mails), [m.subject for m in mails]
 
 

@@ -49,7 +49,7 @@ def test_each_breach_is_seen():
     )
     text = "\n".join(report.breaches)
     for expected in ("stuck: stuck in confirmed", "kept: cancelled but kept 20.00", "held: cancelled still holds",
-                     "short: picking but holds", "twice: more than one shipment", "unpaid: delivered but kept 0",
+                     "short: picking but holds", "twice: more than one shipment for one parcel", "unpaid: delivered but kept 0",
                      "stock reserved for unknown order ghost", "payment for unknown order ghost"):
         assert expected in text, (expected, text)
     assert not report.ok
@@ -82,4 +82,37 @@ def test_the_provider_ledger_is_reconciled_with_our_payments():
     for expected in ("provider charge capture:x (20.00) is on no captured payment and not refunded",
                      "d: payment captured but the provider made no such charge",
                      "d: refund d:gift recorded but the provider paid no such refund"):
+        assert expected in text, (expected, text)
+
+
+def parcel(order_id: str, name: str, status: str, cancelled: bool = False) -> dict:
+    return {"order_id": order_id, "parcel": name, "warehouse": name, "status": status, "cancelled": cancelled}
+
+
+def test_parcels_are_checked_against_their_order():
+    clean = check(
+        orders=[order("split", "delivered", total="30.00"), order("lost", "delivered", total="30.00"),
+                order("back", "cancelled") | {"status_reason": "delivery_failed"},
+                order("gone", "cancelled") | {"attention": "ask for parcel T1 back"}, order("moving", "in_transit")],
+        payments=[paid("split", "30.00"), paid("lost", "30.00", refunded="10.00"), paid("back", refunded="20.00"),
+                  paid("gone", refunded="20.00"), paid("moving")],
+        shipments=[parcel("split", "SH", "delivered"), parcel("split", "BJ", "delivered"),
+                   parcel("lost", "SH", "delivered"), parcel("lost", "BJ", "lost"), parcel("back", "SH", "returned"),
+                   parcel("gone", "SH", "in_transit"), parcel("gone", "BJ", "created", cancelled=True),
+                   parcel("moving", "SH", "in_transit"), parcel("moving", "BJ", "out_for_delivery")],
+    )
+    assert clean.ok, clean.breaches
+    broken = check(
+        orders=[order("early", "delivered"), order("waits", "shipped"), order("lie", "cancelled") | {"status_reason": "delivery_failed"},
+                order("left", "cancelled"), order("forgot", "cancelled")],
+        payments=[paid("early"), paid("waits"), paid("lie", refunded="20.00"), paid("left", refunded="20.00"),
+                  paid("forgot", refunded="20.00")],
+        shipments=[parcel("early", "SH", "delivered"), parcel("early", "BJ", "in_transit"),
+                   parcel("waits", "SH", "picked_up"), parcel("waits", "BJ", "created"), parcel("lie", "SH", "delivered"),
+                   parcel("left", "SH", "created"), parcel("forgot", "SH", "in_transit")],
+    )
+    text = "\n".join(broken.breaches)
+    for expected in ("early: delivered but its parcels", "waits: shipped but a parcel waits",
+                     "lie: cancelled delivery_failed but a parcel was delivered", "left: cancelled but a parcel waits",
+                     "forgot: cancelled with a parcel on its way"):
         assert expected in text, (expected, text)

@@ -181,6 +181,15 @@ async def test_commit_takes_the_units_off_the_shelf_once(sessions):
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (1, 0)]
 
 
+async def test_a_parcel_leaving_one_warehouse_commits_that_warehouse_only(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 2)]
+    await handle_release_stock(release("o1"), sessions)  # the other parcel was cancelled: its units come back
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
+
+
 async def test_commit_for_an_order_that_holds_nothing_is_dead_lettered(sessions):
     before = await snapshot(sessions)
     with pytest.raises(Permanent):

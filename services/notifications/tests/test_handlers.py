@@ -268,3 +268,38 @@ async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_n
     sent = len(channels["email"].sent)
     await on_order_status_changed(status_changed("delivered", "ord-old"), sessions, channels, settings)  # acked
     assert len(channels["email"].sent) == sent and [n.order_id for n in await notifications(sessions)] == ["ord-new"]
+
+
+def scanned(status: str, *, undelivered: bool = False) -> Envelope:
+    from events.shipping import ShipmentUpdated
+
+    event = ShipmentUpdated(order_id="ord-1", shipment_id="shp-1", carrier="sf-express", tracking_number="SF123456789012",
+                            status=status, at=datetime.now(UTC), estimated_delivery=datetime(2026, 11, 30).date(),
+                            tracking_url="https://track.example/SF123456789012", undelivered=undelivered)
+    return Envelope[ShipmentUpdated].model_validate(build(event, service="shipping", subject="ord-1"))
+
+
+async def test_the_shipped_email_and_sms_carry_carrier_tracking_number_link_and_estimate(sessions, channels, settings):
+    from notifications.handlers import on_shipment_updated
+
+    await handle_register_recipient(register(locale="en"), sessions)
+    async with sessions.begin() as session:
+        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC)))
+    await on_shipment_updated(scanned("in_transit"), sessions, channels, settings)  # nothing to tell
+    await on_shipment_updated(scanned("picked_up"), sessions, channels, settings)
+    [mail], [sms] = channels["email"].sent, channels["sms"].sent
+    for message in (mail, sms):
+        for part in ("sf-express", "SF123456789012", "https://track.example/SF123456789012", "2026-11-30"):
+            assert part in message.body, (part, message.body)
+    assert mail.subject == "Your parcel SF123456789012 is on its way"
+
+
+async def test_a_failed_attempt_and_a_parcel_that_will_not_arrive_are_told(sessions, channels, settings):
+    from notifications.handlers import on_shipment_updated
+
+    await handle_register_recipient(register(locale="en"), sessions)
+    await on_shipment_updated(scanned("exception"), sessions, channels, settings)
+    await on_shipment_updated(scanned("returned"), sessions, channels, settings)  # a customer's return: the order tells
+    await on_shipment_updated(scanned("lost", undelivered=True), sessions, channels, settings)
+    assert [m.subject for m in channels["email"].sent] == ["We could not deliver your parcel SF123456789012 today",
+                                                           "Your parcel SF123456789012 could not be delivered"]

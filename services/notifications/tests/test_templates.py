@@ -11,6 +11,17 @@ from notifications.domain import REFUND_TEMPLATE, SUPPORTED_LOCALES, status_temp
 from notifications.templates import REASONS, TEMPLATES, format_money, render
 
 ALL_TEMPLATES = [status_template(s) for s in OrderStatus] + [REFUND_TEMPLATE]
+PARCEL_TEMPLATES = ["parcel.shipped", "parcel.exception", "parcel.not_delivered"]
+
+
+@pytest.mark.parametrize("template", PARCEL_TEMPLATES)
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+def test_a_parcels_messages_name_it_in_every_locale(template, locale):
+    out = render(template, locale, order_id="ord-123", name="Lin Mei", carrier="sf-express",
+                 tracking_number="SF1", tracking_url="https://track.example/SF1", eta="2026-11-30")
+    assert "SF1" in out.subject and "sf-express" in out.body and "ord-123" in out.body
+    assert "$" not in out.subject + out.body, "no placeholder left unfilled"
+    assert out.subject.isascii() or locale != "en"
 
 
 @pytest.mark.parametrize("template", ALL_TEMPLATES)
@@ -29,7 +40,7 @@ def test_every_template_renders_in_every_locale_with_the_order_id(template, loca
 
 
 def test_the_table_has_every_locale_for_every_template_and_reason():
-    assert set(TEMPLATES) == set(ALL_TEMPLATES)
+    assert set(TEMPLATES) == set(ALL_TEMPLATES) | set(PARCEL_TEMPLATES)
     assert all(set(texts) == set(SUPPORTED_LOCALES) for texts in TEMPLATES.values())
     assert set(REASONS) == {r.value for r in CancelReason}
     assert all(set(words) == set(SUPPORTED_LOCALES) for words in REASONS.values())

@@ -57,6 +57,7 @@ SHIP_CREATED = ShipmentCreated(
     order_id=ORDER, shipment_id="shp-1", carrier="sf-express", tracking_number="SF1", warehouse="SH",
     estimated_delivery=date(2026, 11, 27),
 )
+BOOK = CreateShipment(warehouse="SH", parcel="SH", items=(LineItem(sku="SKU-RED-MUG", quantity=2),))
 SHIP_FAILED = ShipmentFailed(order_id=ORDER, reason="no_carrier")
 SHIP_CANCELLED = ShipmentCancelled(order_id=ORDER, shipment_id="shp-1")
 
@@ -92,7 +93,7 @@ def test_happy_path_reaches_delivered_and_commits_stock_once():
     saga, intents = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"),
                         carrier("out_for_delivery"), carrier("delivered"))
     assert saga.status == "delivered"
-    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH"), Commit()]
+    assert intents == [Reserve(), Capture(), BOOK, Commit(warehouse="SH")]
     assert saga.deadline_at is None
 
 
@@ -140,7 +141,7 @@ def test_an_answer_after_resends_moves_on_and_stops_waiting():
     saga, _ = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
     saga, intents = advance(saga, CAPTURED, now=at(40), timeouts=TIMEOUTS)
     assert saga.status == "paid" and saga.waiting_since == at(40) and not saga.warned
-    assert intents == [CreateShipment(warehouse="SH")]
+    assert intents == [BOOK]
 
 
 def test_a_capture_payments_took_too_late_cancels_with_payment_timeout():
@@ -200,7 +201,7 @@ def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_
 def test_a_parcel_the_carrier_took_before_the_cancel_is_committed_and_asked_back(scan):
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
     saga, intents = advance(saga, carrier(scan), now=T0, timeouts=TIMEOUTS)
-    assert intents[0] == Commit() and isinstance(intents[1], RaiseAttention) and len(intents) == 2
+    assert intents[0] == Commit(warehouse="SH") and isinstance(intents[1], RaiseAttention) and len(intents) == 2
     assert "SF1" in intents[1].detail and saga.attention == intents[1].detail
     assert (saga.status, saga.stock, saga.parcel) == ("cancelled", "committed", "left")
     saga, intents = advance(saga, carrier("delivered"), now=T0, timeouts=TIMEOUTS)  # later scans change nothing
@@ -273,7 +274,7 @@ def test_return_before_delivery_is_refused():
 def test_carrier_news_never_goes_backwards_and_may_overtake_shipment_created():
     saga, intents = run(RESERVED, CAPTURED, carrier("in_transit"), SHIP_CREATED, carrier("picked_up"))
     assert saga.status == "in_transit"
-    assert intents.count(Commit()) == 1
+    assert intents.count(Commit(warehouse="SH")) == 1
 
 
 def test_stock_step_resends_then_gives_up_with_saga_timeout():
@@ -313,7 +314,7 @@ def test_the_same_refund_told_twice_counts_once():
 def test_late_and_duplicate_replies_are_ignored_not_fatal():
     saga, intents = run(RESERVED, RESERVED, CAPTURED, RESERVED, DECLINED, SHIP_CREATED, SHIP_CREATED, SHIP_FAILED)
     assert saga.status == "picking"
-    assert intents == [Reserve(), Capture(), CreateShipment(warehouse="SH")]
+    assert intents == [Reserve(), Capture(), BOOK]
     assert saga.ignored == 5
 
 
@@ -346,3 +347,59 @@ def test_the_table_is_walked_forward_and_undone_in_reverse():
     assert undo == [CancelShipment, Refund]  # the release waits for the parcel's cancel to be answered
     saga, intents = advance(saga, SHIP_CANCELLED, now=T0, timeouts=TIMEOUTS)
     assert intents == [Release()]
+
+
+SPLIT = StockReserved(order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1),
+                                                   Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
+
+
+def booked(warehouse: str) -> ShipmentCreated:
+    return ShipmentCreated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express", tracking_number=f"T{warehouse}",
+                           warehouse=warehouse, parcel=warehouse, estimated_delivery=date(2026, 11, 27))
+
+
+def scan(warehouse: str, status: str) -> ShipmentUpdated:
+    return ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express",
+                           tracking_number=f"T{warehouse}", status=status, at=T0, parcel=warehouse)
+
+
+def test_once_a_parcel_of_a_split_order_left_the_order_is_no_longer_cancelled():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"))
+    assert saga.status == "picking"
+    with pytest.raises(Refused, match="return"):
+        advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
+
+
+def test_a_parcel_no_carrier_takes_cancels_the_order_and_its_other_parcel():
+    failed = ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ")
+    saga, intents = run(SPLIT, CAPTURED, booked("SH"), failed)
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
+    assert CancelShipment() in intents and Release() not in intents, "the stock waits for the parcel's cancel"
+    saga, intents = advance(saga, ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH"], parcels=["SH"]),
+                            now=T0, timeouts=TIMEOUTS)
+    assert intents == [Release()]
+
+
+def test_a_saga_saved_before_parcels_follows_its_one_parcel():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"))
+    old = saga.to_dict()
+    del old["parcels"], old["prices"]
+    restored = Saga.from_dict(old)
+    assert [(p.name, p.leg) for p in restored.parcels] == [("SH", "left")]
+    saga, intents = advance(restored, carrier("delivered"), now=T0, timeouts=TIMEOUTS)
+    assert saga.status == "delivered" and intents == []
+
+
+def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), *(scan(w, "delivered") for w in ("SH", "BJ")))
+    assert saga.status == "delivered"
+    mugs = [LineItem(sku="SKU-RED-MUG", quantity=2)]
+    saga, _ = advance(saga, ReturnRequested(items=mugs, amount=Decimal("79.80")), now=T0, timeouts=TIMEOUTS)
+    seen = []
+    for warehouse in ("SH", "BJ", "BJ"):
+        back = ShipmentReturned(order_id=ORDER, shipment_id=f"shp-{warehouse}", tracking_number=f"T{warehouse}",
+                                items=[LineItem(sku="SKU-RED-MUG", quantity=1)], at=T0)
+        saga, intents = advance(saga, back, now=T0, timeouts=TIMEOUTS)
+        seen += intents
+    assert saga.status == "returned"
+    assert [type(i).__name__ for i in seen] == ["Restock", "Refund", "Restock"]

@@ -250,3 +250,71 @@ async def test_a_key_taken_over_while_its_first_request_still_runs_makes_one_ord
         await first
     async with sessions() as session:
         assert (await session.scalars(select(Order.id))).all() == [second.order_id]
+
+
+async def _split_and_booked(sessions, settings) -> str:
+    """An order of two mugs, one from SH and one from BJ, both parcels booked."""
+    order_id = await placed(sessions, settings)
+    await on_stock_reserved(envelope(StockReserved, StockReserved(order_id=order_id, allocations=[
+        Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1), Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1),
+    ])), sessions, settings)
+    await on_payment_captured(envelope(PaymentCaptured, PaymentCaptured(
+        order_id=order_id, payment_id="pay-1", amount=Decimal("79.80"), currency="CNY", method="card")), sessions, settings)
+    for warehouse in ("SH", "BJ"):
+        await on_shipment_created(envelope(ShipmentCreated, ShipmentCreated(
+            order_id=order_id, shipment_id=f"shp-{warehouse}", carrier="sf-express", tracking_number=f"T-{warehouse}",
+            warehouse=warehouse, parcel=warehouse, estimated_delivery=date(2026, 11, 30),
+            items=[{"sku": "SKU-RED-MUG", "quantity": 1}])), sessions, settings)
+    return order_id
+
+
+def _scan(order_id: str, warehouse: str, status: str) -> Envelope:
+    return envelope(ShipmentUpdated, ShipmentUpdated(
+        order_id=order_id, shipment_id=f"shp-{warehouse}", carrier="sf-express", tracking_number=f"T-{warehouse}",
+        status=status, at=datetime.now(UTC), location="Shanghai", parcel=warehouse, estimated_delivery=date(2026, 12, 1)))
+
+
+async def test_a_split_order_books_a_parcel_per_warehouse_and_is_shipped_when_both_are(sessions, settings, client):
+    order_id = await _split_and_booked(sessions, settings)
+    booked = [m["data"] for m in await outbox(sessions) if m["key"] == "shipping.create_shipment"]
+    assert sorted((b["parcel"], b["items"][0]["quantity"]) for b in booked) == [("BJ", 1), ("SH", 1)]
+    await on_shipment_updated(_scan(order_id, "SH", "picked_up"), sessions, settings)
+    assert (await load(sessions, order_id)).status == "picking", "shipped only when every parcel is"
+    await on_shipment_updated(_scan(order_id, "BJ", "picked_up"), sessions, settings)
+    assert (await load(sessions, order_id)).status == "shipped"
+    commits = [m["data"] for m in await outbox(sessions) if m["key"] == "inventory.commit_stock"]
+    assert sorted(c["warehouse"] for c in commits) == ["BJ", "SH"]
+    await on_shipment_updated(_scan(order_id, "SH", "delivered"), sessions, settings)
+    view = (await client.get(f"/v1/orders/{order_id}", headers={"Authorization": "Bearer dev-ops-key"})).json()
+    assert view["status"] == "shipped"
+    assert [(s["warehouse"], s["tracking_number"], s["status"]) for s in view["shipments"]] == [
+        ("SH", "T-SH", "delivered"), ("BJ", "T-BJ", "picked_up")]
+    assert [e["status"] for e in view["shipments"][0]["events"]] == ["created", "picked_up", "delivered"]
+    assert view["shipment"]["tracking_number"] == "T-BJ", "the summary is the least advanced parcel"
+    assert view["shipment"]["estimated_delivery"] == "2026-12-01"
+    await on_shipment_updated(_scan(order_id, "BJ", "delivered"), sessions, settings)
+    assert (await load(sessions, order_id)).status == "delivered"
+
+
+async def test_a_parcel_returned_undelivered_is_refunded_and_restocked_and_nothing_arrived_cancels(sessions, settings):
+    order_id = await _split_and_booked(sessions, settings)
+    for warehouse, last in (("SH", "returned"), ("BJ", "lost")):
+        await on_shipment_updated(_scan(order_id, warehouse, "picked_up"), sessions, settings)
+        await on_shipment_updated(_scan(order_id, warehouse, last), sessions, settings)
+    order = await load(sessions, order_id)
+    assert (order.status, order.status_reason) == ("cancelled", "delivery_failed")
+    sent = await outbox(sessions)
+    assert [m["data"]["items"] for m in sent if m["key"] == "inventory.restock"] == [[{"sku": "SKU-RED-MUG", "quantity": 1}]]
+    refunds = [(m["data"]["refund_key"].split(":", 1)[1], m["data"]["amount"]) for m in sent if m["key"] == "payments.refund_payment"]
+    assert refunds == [("parcel:SH", "39.90"), ("parcel:BJ", "39.90")]
+
+
+async def test_a_parcel_stuck_in_one_carrier_status_shows_on_the_stuck_list(sessions, settings):
+    order_id = await _split_and_booked(sessions, settings)
+    await on_shipment_updated(_scan(order_id, "SH", "exception"), sessions, settings)
+    assert await service.stuck_parcels(sessions, settings=settings) == []
+    later = datetime.now(UTC) + timedelta(seconds=settings.parcel_stuck_after_seconds + 1)
+    [stuck] = await service.stuck_parcels(sessions, settings=settings, now=later)
+    assert (stuck["id"], stuck["parcel"], stuck["parcel_status"]) == (order_id, "T-SH", "exception")
+    [failed] = await service.delivery_exceptions(sessions)
+    assert (failed["id"], failed["parcel"]) == (order_id, "T-SH")

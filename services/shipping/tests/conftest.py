@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from events.db import make_engine, make_sessionmaker, messaging_metadata
 from events.web import install
-from shipping import api
+from shipping import api, carriers
 from shipping.config import Settings
 from shipping.db import Base
 
@@ -41,10 +41,20 @@ async def any_sessions(any_database_url):
 
 
 @pytest.fixture
-async def client(sessions, settings):
+def adapters(settings, sessions):
+    made = carriers.adapters(settings.carrier_secrets, default_secret=settings.carrier_secret,
+                             window=settings.signature_window_seconds)
+    for adapter in made.values():
+        adapter.attach(sessions)
+    return made
+
+
+@pytest.fixture
+async def client(sessions, settings, adapters):
     app = FastAPI()
     install(app, "shipping")
     app.include_router(api.router)
     app.state.runtime = SimpleNamespace(sessions=sessions, settings=settings)
+    app.state.carriers = adapters
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shipping") as c:
         yield c

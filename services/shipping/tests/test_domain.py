@@ -25,3 +25,12 @@ def test_progress_never_goes_backwards_and_returns_need_to_be_expected():
     assert accepts(St.DELIVERED, St.RETURNED, return_expected=True)
     assert accepts(St.EXCEPTION, St.DELIVERED, return_expected=False)
     assert next_step(St.CREATED) == St.PICKED_UP and next_step(St.DELIVERED) is None
+
+
+def test_a_parcel_the_carrier_had_may_come_back_or_be_lost_and_then_never_moves():
+    assert accepts(St.IN_TRANSIT, St.RETURNED, return_expected=False)  # sent back undelivered
+    assert accepts(St.EXCEPTION, St.LOST, return_expected=False)
+    assert not accepts(St.CREATED, St.LOST, return_expected=False)  # the carrier never had it
+    assert not accepts(St.DELIVERED, St.LOST, return_expected=False)
+    for ended in (St.RETURNED, St.LOST):
+        assert not any(accepts(ended, s, return_expected=True) for s in St)

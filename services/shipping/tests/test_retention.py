@@ -23,9 +23,9 @@ def create(order_id: str) -> Envelope[CreateShipment]:
     return Envelope[CreateShipment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
-async def test_a_closed_parcel_past_retention_is_forgotten_and_nothing_else(sessions, settings):
+async def test_a_closed_parcel_past_retention_is_forgotten_and_nothing_else(sessions, settings, adapters):
     for order_id in ("old-delivered", "new-delivered", "old-open"):
-        await handle_create_shipment(create(order_id), sessions, settings)
+        await handle_create_shipment(create(order_id), sessions, settings, adapters)
     long_ago = datetime.now(UTC) - timedelta(days=200)
     async with sessions.begin() as session:
         await session.execute(update(Shipment).where(Shipment.order_id != "old-open").values(status="delivered"))

@@ -7,7 +7,12 @@ Checks, for every order:
   nothing otherwise;
 - captured minus refunded is what it should have paid: its total once paid and not cancelled,
   nothing when cancelled, less than the total (something refunded) when returned;
-- it has at most one shipment, and there is no payment or shipment for an order nobody placed;
+- it has at most one shipment per parcel (one per warehouse), and there is no payment or shipment
+  for an order nobody placed;
+- its parcels agree with it: shipped or in transit, every parcel not cancelled has left; delivered,
+  every one ended (delivered, returned or lost) and one arrived; cancelled for a failed delivery,
+  none arrived; cancelled otherwise, none waits at a warehouse to be collected, and one the carrier
+  has is put to ops (the order needs attention);
 - the payment provider's own ledger agrees (reconciliation): every charge it made is on a captured
   payment of ours or refunded in full, every captured payment of ours is a charge there, and every
   refund we recorded is in its ledger.
@@ -119,6 +124,32 @@ def reconcile(report: Report, payments: list[dict], ledger: dict[str, list[dict]
                 report.breach(f"{p['order_id']}: refund {r['refund_key']} recorded but the provider paid no such refund")
 
 
+UNDELIVERED = {"returned", "lost"}
+ENDED = {"delivered"} | UNDELIVERED
+AT_WAREHOUSE = {"created"}
+
+
+def _check_parcels(report: Report, order: dict, parcels: list[dict]) -> None:
+    """The order's parcels (as shipping lists them) against the order's status."""
+    order_id, status = order["id"], order["status"]
+    names = Counter(p.get("parcel") or p.get("warehouse") for p in parcels)
+    if any(n > 1 for n in names.values()):
+        report.breach(f"{order_id}: more than one shipment for one parcel")
+    live = [p for p in parcels if not p.get("cancelled") and p.get("status")]
+    states = [p["status"] for p in live]
+    if status in ("shipped", "in_transit") and any(s in AT_WAREHOUSE for s in states):
+        report.breach(f"{order_id}: {status} but a parcel waits at the warehouse")
+    if status == "delivered" and live and (not all(s in ENDED for s in states) or "delivered" not in states):
+        report.breach(f"{order_id}: delivered but its parcels are {states}")
+    if status == "cancelled":
+        if order.get("status_reason") == "delivery_failed" and "delivered" in states:
+            report.breach(f"{order_id}: cancelled delivery_failed but a parcel was delivered")
+        if any(s in AT_WAREHOUSE for s in states):
+            report.breach(f"{order_id}: cancelled but a parcel waits at the warehouse to be collected")
+        elif any(s not in ENDED for s in states) and not order.get("attention"):
+            report.breach(f"{order_id}: cancelled with a parcel on its way, and nobody asked to get it back")
+
+
 def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta) -> Report:
     report = Report()
     orders = {o["id"]: o for o in data["orders"]}
@@ -129,7 +160,9 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
     for r in data["reservations"]:
         held[r["order_id"]][r["sku"]] += int(r["quantity"])
     payments = {p["order_id"]: p for p in data["payments"]}
-    shipments = Counter(s["order_id"] for s in data["shipments"])
+    shipments: dict[str, list[dict]] = defaultdict(list)
+    for s in data["shipments"]:
+        shipments[s["order_id"]].append(s)
 
     for order_id, order in orders.items():
         status = order["status"]
@@ -155,7 +188,9 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         refunded = Decimal(p["refunded_amount"]) if p else Decimal("0")
         total = Decimal(order["total"])
         kept = captured - refunded
-        if status in PAID and status != "return_requested" and kept != total:
+        parcels = shipments.pop(order_id, [])
+        lost_some = any(p.get("status") in UNDELIVERED and not p.get("cancelled") for p in parcels)
+        if status in PAID and status != "return_requested" and kept != total and not (lost_some and 0 < kept < total):
             report.breach(f"{order_id}: {status} but kept {kept} of a {total} order")
         elif status == "cancelled" and kept != 0:
             report.breach(f"{order_id}: cancelled but kept {kept} (captured {captured}, refunded {refunded})")
@@ -164,8 +199,7 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         elif status in ("submitted", "confirmed") and captured and not refunded and now - updated > stuck_after:
             report.breach(f"{order_id}: {status} with a capture of {captured} for long")
 
-        if shipments.pop(order_id, 0) > 1:
-            report.breach(f"{order_id}: more than one shipment")
+        _check_parcels(report, order, parcels)
 
     if data.get("ledger") is not None:
         reconcile(report, data["payments"], data["ledger"])

@@ -34,6 +34,8 @@ class CommitStock(Command):
 
     routing_key = "inventory.commit_stock"
     order_id: str
+    warehouse: str | None = None
+    """Only this warehouse's parcel left (the order ships one parcel per warehouse); None: all."""
 
 
 class RestockItems(Command):

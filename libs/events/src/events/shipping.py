@@ -21,6 +21,9 @@ class CreateShipment(Command):
     warehouse_country: str | None = None
     address: Address
     items: Annotated[list[LineItem], Field(min_length=1)]
+    parcel: str | None = None
+    """The order's name for this parcel (one per warehouse, another for one sent again); the
+    warehouse when not given. The same name again books no second parcel."""
 
 
 class ChangeShipmentAddress(Command):
@@ -41,6 +44,8 @@ class ExpectReturn(Command):
     routing_key = "shipping.expect_return"
     order_id: str
     items: Annotated[list[LineItem], Field(min_length=1)]
+    shipment_id: str | None = None
+    """The parcel the items came in; when not given, the order's delivered parcels that hold them."""
 
 
 class ShipmentCreated(Event):
@@ -51,6 +56,12 @@ class ShipmentCreated(Event):
     tracking_number: str
     warehouse: str
     estimated_delivery: date
+    parcel: str | None = None
+    """The order's name for the parcel, as ``shipping.create_shipment`` gave it."""
+    items: list[LineItem] = []
+    """What the parcel holds (one parcel per warehouse the order's stock came from)."""
+    tracking_url: str | None = None
+    """The carrier's public tracking page for this parcel."""
 
 
 class ShipmentUpdated(Event):
@@ -62,12 +73,21 @@ class ShipmentUpdated(Event):
     status: ShipmentStatus
     at: datetime
     location: str | None = None
+    parcel: str | None = None
+    estimated_delivery: date | None = None
+    """The delivery estimate after this scan."""
+    tracking_url: str | None = None
+    """The carrier's public tracking page for this parcel."""
+    undelivered: bool = False
+    """The scan ends the parcel's delivery without it arriving (``lost``, or ``returned`` before
+    delivery, unlike a return the customer sent back)."""
 
 
 class ShipmentFailed(Event):
     routing_key = "shipment.failed"
     order_id: str
     reason: str
+    parcel: str | None = None
 
 
 class ShipmentCancelled(Event):
@@ -78,9 +98,16 @@ class ShipmentCancelled(Event):
     routing_key = "shipment.cancelled"
     order_id: str
     shipment_id: str | None = None
+    shipment_ids: list[str] = []
+    """Every parcel of the order that was cancelled (an order may have one per warehouse)."""
+    parcels: list[str] = []
+    """The same parcels by the order's names for them."""
 
 
 class ShipmentReturned(Event):
+    """A return the customer asked for is back at the warehouse. (A parcel sent back undelivered
+    is a ``shipment.updated`` with status ``returned``.)"""
+
     routing_key = "shipment.returned"
     order_id: str
     shipment_id: str

@@ -94,6 +94,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("notifications.register_recipient"),
     _event("notifications", "order.status_changed"),
     _event("notifications", "payment.refunded"),
+    _event("notifications", "shipment.updated"),
 )
 
 _BY_NAME = {q.name: q for q in QUEUES}

@@ -87,6 +87,7 @@ class CancelReason(StrEnum):
     SHIPMENT_FAILED = "shipment_failed"
     CUSTOMER_REQUEST = "customer_request"
     SAGA_TIMEOUT = "saga_timeout"
+    DELIVERY_FAILED = "delivery_failed"
 
 
 class PaymentMethod(StrEnum):
@@ -121,6 +122,7 @@ class ShipmentStatus(StrEnum):
     DELIVERED = "delivered"
     EXCEPTION = "exception"
     RETURNED = "returned"
+    LOST = "lost"
     FAILED = "failed"
 
 

@@ -63,7 +63,7 @@ async def handle_commit_stock(msg: Envelope[CommitStock], sessions: Sessions) ->
         if not await inbox.claim(session, msg.id, COMMIT):
             return
         try:
-            committed = await stock.commit(session, msg.data.order_id, msg)
+            committed = await stock.commit(session, msg.data.order_id, msg, msg.data.warehouse)
         except stock.Refused as exc:
             raise Permanent(str(exc)) from exc
     log.info("stock.committed", allocations=_units(committed.allocations))

@@ -277,12 +277,15 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
     return released
 
 
-async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCommitted:
-    """The parcel left: the reserved units leave the shelf (on hand and reserved both go down)."""
+async def commit(session: AsyncSession, order_id: str, cause: Cause, warehouse: str | None = None) -> StockCommitted:
+    """The parcel left: the reserved units leave the shelf (on hand and reserved both go down).
+    ``warehouse``: only that warehouse's parcel left (an order split over warehouses ships one
+    parcel from each); the order's hold is committed once nothing of it is reserved any more."""
     await _hold_of(session, order_id, lock=True)
-    held = await _reservations(session, order_id)
+    reserved = await _reservations(session, order_id)
+    held = [r for r in reserved if warehouse in (None, r.warehouse)]
     if not held:
-        done = await _reservations(session, order_id, "committed")
+        done = [r for r in await _reservations(session, order_id, "committed") if warehouse in (None, r.warehouse)]
         if not done:
             raise Refused(f"order {order_id} holds no reserved stock to commit")
         committed = StockCommitted(order_id=order_id, allocations=_allocations(done))  # told again
@@ -301,7 +304,8 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause) -> StockCom
     await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "committed", "updated_at": now}
                                                  for r in held])
     await session.execute(_INSERT_MOVEMENT, moves)
-    await _set_hold(session, order_id, "committed")
+    if len(held) == len(reserved):
+        await _set_hold(session, order_id, "committed")
     committed = StockCommitted(order_id=order_id, allocations=_allocations(held))
     await _stage(session, committed, order_id, cause)
     return committed

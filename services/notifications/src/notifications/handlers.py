@@ -1,5 +1,5 @@
 """Subscribers: who to tell (``register_recipient``) and what to tell them (``order.status_changed``,
-``payment.refunded``).
+``payment.refunded``, a parcel's ``shipment.updated``).
 
 A notification is sent only after its intent is recorded. One transaction claims the event in the
 inbox and writes a ``pending`` row per channel the customer wants (unique per event and channel).
@@ -35,6 +35,7 @@ from events.logs import get_logger
 from events.notifications import NotificationFailed, NotificationSent, RegisterRecipient
 from events.orders import OrderStatusChanged
 from events.payments import PaymentRefunded
+from events.shipping import ShipmentUpdated
 from notifications.channels import ChannelAdapter, Outgoing, Rejected, Transient
 from notifications.config import Settings
 from notifications.db import Notification, Preference, Recipient
@@ -56,6 +57,10 @@ SERVICE = "notifications"
 REGISTER = topology.command_queue("notifications.register_recipient")
 STATUS_CHANGED = topology.event_queue(SERVICE, "order.status_changed")
 REFUNDED = topology.event_queue(SERVICE, "payment.refunded")
+SCANNED = topology.event_queue(SERVICE, "shipment.updated")
+# A carrier's scan the customer hears of: their parcel left, an attempt failed, it will not arrive.
+PARCEL_TEMPLATES = {"picked_up": "parcel.shipped", "exception": "parcel.exception",
+                    "returned": "parcel.not_delivered", "lost": "parcel.not_delivered"}
 
 log = get_logger(__name__)
 router = RabbitRouter()
@@ -124,6 +129,22 @@ async def on_payment_refunded(
     event = msg.data
     leased = await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
                            amount=event.amount, currency=event.currency)
+    await _deliver(sessions, channels, settings, msg, leased)
+
+
+@router.subscriber(queue(SCANNED))
+async def on_shipment_updated(
+    msg: Envelope[ShipmentUpdated], sessions: Sessions, channels: Channels, settings: Config
+) -> None:
+    """A parcel's news, with its carrier, tracking number and link and the delivery estimate. A
+    ``returned`` scan of a parcel the customer sent back is their return, told by the order."""
+    event = msg.data
+    template = PARCEL_TEMPLATES.get(event.status)
+    if template is None or (event.status == "returned" and not event.undelivered):
+        return
+    eta = event.estimated_delivery.isoformat() if event.estimated_delivery else "-"
+    leased = await _record(sessions, msg, SCANNED, event.order_id, template, settings, carrier=event.carrier,
+                           tracking_number=event.tracking_number, tracking_url=event.tracking_url or "-", eta=eta)
     await _deliver(sessions, channels, settings, msg, leased)
 
 

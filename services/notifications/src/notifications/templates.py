@@ -79,6 +79,27 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                "Your parcel is back with us and your return is complete. Your refund is on its way."),
         "zh-CN": ("订单 $order_id 的退货已完成", "您退回的包裹已收到，退货已完成，退款正在处理中。"),
     },
+    "parcel.shipped": {
+        "en": ("Your parcel $tracking_number is on its way",
+               "A parcel of your order left our warehouse with $carrier.\n"
+               "Tracking number: $tracking_number\nTrack it: $tracking_url\nExpected delivery: $eta"),
+        "zh-CN": ("您的包裹 $tracking_number 已发出",
+                  "您订单中的一个包裹已由$carrier揽收。\n运单号：$tracking_number\n查询物流：$tracking_url\n预计送达：$eta"),
+    },
+    "parcel.exception": {
+        "en": ("We could not deliver your parcel $tracking_number today",
+               "$carrier could not deliver your parcel $tracking_number today and will try again.\n"
+               "Track it: $tracking_url\nExpected delivery now: $eta"),
+        "zh-CN": ("包裹 $tracking_number 今日未能投递",
+                  "$carrier今日未能投递您的包裹 $tracking_number，将再次尝试投递。\n查询物流：$tracking_url\n最新预计送达：$eta"),
+    },
+    "parcel.not_delivered": {
+        "en": ("Your parcel $tracking_number could not be delivered",
+               "We are sorry: $carrier could not deliver your parcel $tracking_number. "
+               "We will refund what it held to your original payment method."),
+        "zh-CN": ("您的包裹 $tracking_number 未能送达",
+                  "很抱歉，$carrier未能将您的包裹 $tracking_number 送达。我们会将该包裹内商品的款项退还至您的原支付方式。"),
+    },
     "payment.refunded": {
         "en": ("We refunded $amount for your order $order_id",
                "We refunded $amount to your original payment method. "
@@ -95,6 +116,7 @@ REASONS: dict[str, dict[str, str]] = {
     "shipment_failed": {"en": "no carrier can deliver to the shipping address", "zh-CN": "收货地址暂无承运商可以配送"},
     "customer_request": {"en": "you asked us to cancel it", "zh-CN": "应您的要求取消"},
     "saga_timeout": {"en": "it could not be processed in time", "zh-CN": "订单未能按时处理完成"},
+    "delivery_failed": {"en": "the carrier could not deliver it", "zh-CN": "承运商未能送达"},
 }
 UNKNOWN_REASON = {"en": "we could not complete it", "zh-CN": "订单无法完成"}
 
@@ -125,6 +147,7 @@ def render(
     reason: str | None = None,
     amount: Decimal | None = None,
     currency: str | None = None,
+    **parcel: str,
 ) -> Rendered:
     """The subject and body of ``template`` in ``locale`` (or the nearest supported one)."""
     texts = TEMPLATES[template]
@@ -135,6 +158,7 @@ def render(
         "name": name,
         "reason": reason_in_words(reason, resolved),
         "amount": format_money(amount, currency or "", resolved) if amount is not None else "",
+        **parcel,  # a parcel's messages: carrier, tracking_number, tracking_url, eta
     }
     body_text = Template(text).substitute(values)
     return Rendered(

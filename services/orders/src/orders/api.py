@@ -54,7 +54,8 @@ def view(order: Order) -> dict[str, Any]:
             "amount": _money(order.payment_amount if order.payment_amount else order.total, cur),
             "refunded_amount": _money(order.refunded_amount, cur),
         },
-        "shipment": order.shipment,
+        "shipment": shipment_summary(order.shipment),
+        "shipments": shipments_view(order.shipment),
         "history": [
             {"status": h.status, "at": h.at.isoformat(), "reason": h.reason, "actor": h.actor, "note": h.note}
             for h in order.history
@@ -63,6 +64,29 @@ def view(order: Order) -> dict[str, Any]:
         "created_at": order.created_at.isoformat(),
         "updated_at": order.updated_at.isoformat(),
     }
+
+
+_ADVANCE = ("created", "exception", "picked_up", "in_transit", "out_for_delivery", "delivered", "returned", "lost")
+
+
+def shipments_view(shipment: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One entry per parcel (CONTRACT §4: ``shipments``)."""
+    if not shipment:
+        return []
+    if "parcels" not in shipment:  # recorded before orders had parcels: its one parcel
+        return [{**shipment, "warehouse": None, "items": [], "events": []}]
+    keys = ("shipment_id", "warehouse", "carrier", "tracking_number", "tracking_url", "status", "estimated_delivery",
+            "items", "events")
+    return [{k: p.get(k) for k in keys} for p in shipment["parcels"]]
+
+
+def shipment_summary(shipment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``shipment``: the least advanced parcel (the one the customer still waits for)."""
+    parcels = shipments_view(shipment)
+    if not parcels:
+        return None
+    least = min(parcels, key=lambda p: _ADVANCE.index(p["status"]) if p["status"] in _ADVANCE else 0)
+    return {k: least.get(k) for k in ("carrier", "tracking_number", "status", "estimated_delivery", "tracking_url")}
 
 
 def _invalid(errors: list[dict[str, str]]) -> Problem:

@@ -23,6 +23,9 @@ class Settings(ServiceSettings):
     idempotency_abandoned_seconds: float = 30.0
     """A request still "in progress" after this long died half-way; its key may be used again."""
     stuck_after_seconds: float = 300.0
+    parcel_stuck_after_seconds: float = Field(default=172800.0, gt=0)
+    """A parcel in one carrier status (created, exception, in transit, ...) longer than this puts its
+    order on the dashboard's stuck list."""
     admission_max_wait_seconds: float = Field(default=5.0, ge=0)
     """New orders are refused (503) while the orders in flight would take longer than this to be
     paid at the recent pace (orders.admission); 0 turns the check off."""

@@ -54,7 +54,7 @@ class Release:
 
 @dataclass(frozen=True)
 class Commit:
-    pass
+    warehouse: str | None = None  # the parcel from this warehouse left; None: every one
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class Refund:
 @dataclass(frozen=True)
 class CreateShipment:
     warehouse: str
+    parcel: str | None = None
+    items: tuple[LineItem, ...] = ()  # empty: every line of the order
 
 
 @dataclass(frozen=True)

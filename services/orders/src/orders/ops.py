@@ -91,8 +91,10 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
     return {
         "at": now.isoformat(),
         "orders_by_status": by_status,
-        "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck],
+        "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck]
+        + await service.stuck_parcels(rt.sessions, settings=rt.settings),  # a parcel in one carrier status too long
         "needs_attention": [{"id": i, "status": s, "attention": a} for i, s, a in attention],
+        "delivery_exceptions": await service.delivery_exceptions(rt.sessions),  # failed attempts, awaiting the next
         "saga_deadline_near": [
             {"id": i, "status": s, "waiting_since": w.isoformat(),
              "gives_up_at": (w + timedelta(seconds=rt.settings.saga_timeout_seconds)).isoformat()}

@@ -8,13 +8,23 @@ reverse (``undo`` of each row, from the last one back):
     reserve  inventory.reserve_stock   stock.reserved     stock.reservation_failed   inventory.release_stock
     capture  payments.capture_payment  payment.captured   payment.failed             payments.refund_payment
     ship     shipping.create_shipment  shipment.created   shipment.failed            shipping.cancel_shipment (*)
+             (one per parcel)          (every parcel)
     follow   (the carrier reports)     shipment.updated   -                          (from shipped on: a return)
     return   shipping.expect_return    shipment.returned  -                          (asked by the customer)
 
-(*) A parcel's cancel is answered: ``shipment.cancelled`` when no parcel will leave, or, when the
-carrier took it first, the ``shipment.updated`` of that scan. The reserved stock is released only
-after the first; after the second its units left the shelf (committed), and ops are asked to get
-the parcel back (``RaiseAttention``). The order stays cancelled and refunded, as the customer asked.
+Parcels: the order ships one parcel per warehouse its stock was reserved at (``Saga.parcels``),
+each booked and followed on its own. The order is ``shipped`` when every parcel is with a carrier,
+``in_transit`` when every one is on its way, ``delivered`` when every one arrived. A parcel that
+comes back undelivered (``returned``) or is ``lost`` ends its delivery: what it held is refunded,
+returned units go back on the shelf; an order none of whose parcels arrived is cancelled with
+``delivery_failed``. A failed attempt (``exception``) only waits for the next one.
+
+(*) A cancel is answered: ``shipment.cancelled`` naming the parcels that will not leave, and, for
+one the carrier took first, the ``shipment.updated`` of that scan. The reserved stock is released
+only once every parcel is answered for; the units of a parcel that left are off the shelf
+(committed), and ops are asked to get it back (``RaiseAttention``). The order stays cancelled and
+refunded, as the customer asked. Once a parcel has left, the order is no longer cancelled: a
+return is the way.
 
 Statuses (CONTRACT §5): submitted → confirmed → paid → picking → shipped → in_transit → delivered,
 and cancelled (with a reason), return_requested, returned.
@@ -49,7 +59,7 @@ from events.shipping import (
     ShipmentReturned,
     ShipmentUpdated,
 )
-from events.types import CancelReason, OrderStatus, ShipmentStatus
+from events.types import CancelReason, LineItem, OrderStatus, ShipmentStatus
 from orders.intents import (
     AddressChangeRequested,
     AttentionResolved,
@@ -70,7 +80,7 @@ from orders.intents import (
     ReturnRequested,
     Warn,
 )
-from orders.saga_state import FINAL, Parcel, Pay, Saga, Stock, Wait
+from orders.saga_state import ENDED, FINAL, Leg, Parcel, ParcelLeg, Pay, Saga, Stock, Wait
 
 S = OrderStatus
 BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})
@@ -101,7 +111,48 @@ class Timeouts:
 
 
 def _reserved(saga: Saga, reply: StockReserved) -> Saga:
-    return replace(saga, warehouse=reply.allocations[0].warehouse if reply.allocations else None)
+    """One parcel per warehouse the stock was reserved at."""
+    by_warehouse: dict[str, list[LineItem]] = {}
+    for a in reply.allocations:
+        by_warehouse.setdefault(a.warehouse, []).append(LineItem(sku=a.sku, quantity=a.quantity))
+    parcels = tuple(ParcelLeg(name=w, warehouse=w, items=tuple(items)) for w, items in by_warehouse.items())
+    return replace(saga, warehouse=reply.allocations[0].warehouse if reply.allocations else None, parcels=parcels)
+
+
+def _book(saga: Saga) -> list[Intent]:
+    """A booking for every parcel not booked yet (the order's whole lines when it has none listed)."""
+    if not saga.parcels:
+        return [CreateShipment(warehouse=saga.warehouse or "")]
+    return [CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items) for p in saga.parcels if p.leg is Leg.PLANNED]
+
+
+def _leg_of(saga: Saga, reply: Any) -> int | None:
+    """The parcel a reply is about: by its shipment id, else its name (or warehouse)."""
+    for i, p in enumerate(saga.parcels):
+        if p.shipment_id is not None and p.shipment_id == getattr(reply, "shipment_id", None):
+            return i
+    name = getattr(reply, "parcel", None) or getattr(reply, "warehouse", None)
+    for i, p in enumerate(saga.parcels):
+        if p.name == name or (name is None and len(saga.parcels) == 1):
+            return i
+    return None
+
+
+def _with_leg(saga: Saga, i: int, **changes: Any) -> Saga:
+    parcels = list(saga.parcels)
+    parcels[i] = replace(parcels[i], **changes)
+    return replace(saga, parcels=tuple(parcels))
+
+
+def _booked(saga: Saga, reply: ShipmentCreated) -> Saga:
+    i = _leg_of(saga, reply)
+    if i is None or saga.parcels[i].leg is not Leg.PLANNED:
+        return saga
+    return _with_leg(saga, i, leg=Leg.BOOKED, shipment_id=reply.shipment_id, carrier_status="created")
+
+
+def _all_booked(saga: Saga) -> bool:
+    return all(p.leg is not Leg.PLANNED for p in saga.parcels)
 
 
 def _captured(saga: Saga, reply: PaymentCaptured) -> Saga:
@@ -123,9 +174,17 @@ def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
 
 
 def _cancel_parcel(saga: Saga) -> tuple[Saga, list[Intent]]:
-    if saga.parcel in (Parcel.CREATING, Parcel.CREATED):
-        return replace(saga, parcel=Parcel.CANCELLING), [CancelShipment()]
-    return saga, []
+    # One parcel's booking failed while the others may be booked: they are cancelled too.
+    intents: list[Intent] = []
+    on_the_way = [p.name for p in saga.parcels if p.leg is Leg.LEFT]
+    if on_the_way and saga.attention is None:  # the order is cancelled with parcels on their way
+        detail = f"parcel(s) {', '.join(on_the_way)} left with the carrier before the order was cancelled: ask for them back"
+        saga, intents = replace(saga, attention=detail), [RaiseAttention(step="ship", detail=detail)]
+    if saga.parcels and all(_left(p) or p.leg is Leg.CANCELLED for p in saga.parcels):
+        return saga, intents  # every parcel is with the carrier or ended: nothing to stop
+    if saga.parcel in (Parcel.CREATING, Parcel.CREATED) or (saga.parcel is Parcel.FAILED and len(saga.parcels) > 1):
+        return replace(saga, parcel=Parcel.CANCELLING), [*intents, CancelShipment()]
+    return saga, intents
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -140,7 +199,7 @@ class Step:
     waits_in: OrderStatus  # the order's status while the step waits
     then: OrderStatus  # the order's status once it succeeded
     progress: str  # the saga's field that says where the step stands
-    command: Callable[[Saga], Intent] | None = None  # None: the other side reports by itself
+    command: Callable[[Saga], list[Intent]] | None = None  # None: the other side reports by itself
     failures: tuple[type, ...] = ()
     undo: Callable[[Saga], tuple[Saga, list[Intent]]] | None = None  # what a cancelled order must not keep
     undone_by: type | None = None  # the reply that says the undo is done
@@ -151,12 +210,13 @@ class Step:
     failed: Any = None  # ... once it failed
     taken_in: frozenset[Any] = frozenset()  # the progress values in which a success is taken
     record: Callable[[Saga, Any], Saga] = lambda saga, reply: saga  # what a success tells the saga
+    complete: Callable[[Saga], bool] = lambda saga: True  # the step is done (every parcel booked)
     reason: Callable[[Any], str] = lambda reply: CancelReason.SAGA_TIMEOUT  # why a failure cancels
 
 
 STEPS: tuple[Step, ...] = (
     Step(
-        "reserve", command=lambda saga: Reserve(), success=StockReserved, failures=(StockReservationFailed,),
+        "reserve", command=lambda saga: [Reserve()], success=StockReserved, failures=(StockReservationFailed,),
         undo=_release, undone_by=StockReleased,
         pending_undo=lambda saga: [Release()] if saga.stock is Stock.RELEASING else [],
         wait=Wait.RESERVE, waits_in=S.SUBMITTED, then=S.CONFIRMED,
@@ -166,7 +226,7 @@ STEPS: tuple[Step, ...] = (
         record=_reserved, reason=lambda reply: CancelReason.OUT_OF_STOCK,
     ),
     Step(
-        "capture", command=lambda saga: Capture(), success=PaymentCaptured, failures=(PaymentFailed,),
+        "capture", command=lambda saga: [Capture()], success=PaymentCaptured, failures=(PaymentFailed,),
         undo=_refund_the_rest, undone_by=PaymentRefunded,
         pending_undo=lambda saga: [Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done],
         wait=Wait.CAPTURE, waits_in=S.CONFIRMED, then=S.PAID,
@@ -175,12 +235,12 @@ STEPS: tuple[Step, ...] = (
         record=_captured, reason=lambda reply: PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED),
     ),
     Step(
-        "ship", command=lambda saga: CreateShipment(warehouse=saga.warehouse or ""), success=ShipmentCreated,
+        "ship", command=_book, success=ShipmentCreated,
         failures=(ShipmentFailed,), undo=_cancel_parcel, undone_by=ShipmentCancelled,
         pending_undo=lambda saga: [CancelShipment()] if saga.parcel is Parcel.CANCELLING else [],
         wait=Wait.SHIP, waits_in=S.PAID, then=S.PICKING,
         progress="parcel", asked=Parcel.CREATING, done=Parcel.CREATED, failed=Parcel.FAILED,
-        taken_in=frozenset({Parcel.CREATING}),
+        taken_in=frozenset({Parcel.CREATING}), record=_booked, complete=_all_booked,
         reason=lambda reply: CancelReason.SHIPMENT_FAILED,
     ),
     Step(  # the carrier reports by itself: see _shipment_updated
@@ -189,7 +249,7 @@ STEPS: tuple[Step, ...] = (
 )
 
 RETURN = Step(
-    "return", command=lambda saga: ExpectReturn(items=list(saga.return_items)), success=ShipmentReturned,
+    "return", command=lambda saga: [ExpectReturn(items=list(saga.return_items))], success=ShipmentReturned,
     waits_in=S.RETURN_REQUESTED, then=S.RETURNED, progress="parcel",
 )
 """Not part of the forward flow: the customer asks for it after delivery (see _shipment_returned)."""
@@ -208,8 +268,10 @@ def _after(step: Step) -> Step:
 # --- the flow -------------------------------------------------------------------------------
 
 
-def start(*, order_id: str, total: Any, currency: str, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
-    return _begin(STEPS[0], Saga(order_id=order_id, total=total, currency=currency), now, timeouts)
+def start(*, order_id: str, total: Any, currency: str, now: datetime, timeouts: Timeouts,
+          prices: tuple[tuple[str, Any], ...] = ()) -> tuple[Saga, list[Intent]]:
+    """``prices``: the unit price of each SKU, for what a parcel that did not arrive is worth."""
+    return _begin(STEPS[0], Saga(order_id=order_id, total=total, currency=currency, prices=prices), now, timeouts)
 
 
 def advance(saga: Saga, reply: object, *, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
@@ -225,13 +287,16 @@ def _begin(step: Step, saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, li
     if step.command is None:
         return _wait(saga, None, now, t), []
     saga = replace(saga, **{step.progress: step.asked})
-    return _wait(saga, step.wait, now, t), [step.command(saga)]
+    return _wait(saga, step.wait, now, t), step.command(saga)
 
 
 def _succeeded(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
     if getattr(saga, step.progress) not in step.taken_in:
         return _ignore(saga)  # a duplicate, or the answer to a resent command
-    saga = step.record(replace(saga, **{step.progress: step.done}), reply)
+    saga = step.record(saga, reply)
+    if not step.complete(saga):
+        return saga, []  # one parcel booked, others to come
+    saga = replace(saga, **{step.progress: step.done})
     if saga.status is not step.waits_in:  # cancelled meanwhile: what was just done is undone
         return _compensate(saga, now, t)
     return _begin(_after(step), replace(saga, status=step.then), now, t)
@@ -270,13 +335,29 @@ def _next_look(saga: Saga, now: datetime, t: Timeouts) -> datetime:
 
 
 def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts):
-    if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: no parcel will leave
-        return _compensate(replace(saga, parcel=Parcel.CANCELLED), now, t)
+    i = _leg_of(saga, reply)
+    if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: that parcel will not leave
+        if i is None or len(saga.parcels) <= 1:
+            return _cancel_answered(replace(saga, parcels=tuple(_cancelled(p) for p in saga.parcels)), now, t)
+        return _cancel_answered(_with_leg(saga, i, leg=Leg.CANCELLED), now, t)
+    if i is not None and saga.parcel is Parcel.CREATING:  # never booked: nothing of it to cancel
+        saga = _with_leg(saga, i, leg=Leg.CANCELLED)
     return _failed(STEPS[2], saga, reply, now, t)
 
 
+# A carrier's status: where the parcel is (its leg) and what the order is once every parcel is there.
+_LEG = {
+    ShipmentStatus.PICKED_UP: Leg.LEFT,
+    ShipmentStatus.IN_TRANSIT: Leg.LEFT,
+    ShipmentStatus.OUT_FOR_DELIVERY: Leg.LEFT,
+    ShipmentStatus.EXCEPTION: Leg.LEFT,  # a failed attempt: the next one is awaited
+    ShipmentStatus.DELIVERED: Leg.DELIVERED,
+    ShipmentStatus.RETURNED: Leg.RETURNED,
+    ShipmentStatus.LOST: Leg.LOST,
+}
 _CARRIER_STATUS = {
     ShipmentStatus.PICKED_UP: S.SHIPPED,
+    ShipmentStatus.EXCEPTION: S.SHIPPED,
     ShipmentStatus.IN_TRANSIT: S.IN_TRANSIT,
     ShipmentStatus.OUT_FOR_DELIVERY: S.IN_TRANSIT,
     ShipmentStatus.DELIVERED: S.DELIVERED,
@@ -293,36 +374,141 @@ def passed_through(old: S, new: S) -> list[S]:
     return [new]
 
 
+def _cancelled(p: ParcelLeg) -> ParcelLeg:
+    return replace(p, leg=Leg.CANCELLED) if p.leg in (Leg.PLANNED, Leg.BOOKED) else p
+
+
+def _left(p: ParcelLeg) -> bool:
+    return p.leg not in (Leg.PLANNED, Leg.BOOKED, Leg.CANCELLED)
+
+
+def _rank(carrier_status: str | None) -> int:
+    status = ShipmentStatus(carrier_status) if carrier_status else ShipmentStatus.CREATED
+    return _PROGRESS.index(_CARRIER_STATUS.get(status, S.PICKING))
+
+
+def _order_status(saga: Saga) -> S:
+    """Where the least advanced parcel still on its way puts the order."""
+    going = [p for p in saga.parcels if p.leg not in (Leg.RETURNED, Leg.LOST)]
+    return _PROGRESS[min(_rank(p.carrier_status) for p in going)] if going else S.PICKING
+
+
 def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
-    """The follow step: the carrier's scans move the order forward, never back."""
-    target = _CARRIER_STATUS.get(reply.status)
-    if saga.parcel is Parcel.CANCELLING and target is not None:
+    """The follow step: each parcel's scans move it, and the order with the least advanced, never back."""
+    leg = _LEG.get(reply.status)
+    i = _leg_of(saga, reply)
+    if saga.parcel is Parcel.CANCELLING and leg is not None:
         return _parcel_left(saga, reply, now, t)
-    if target is None or saga.status not in _PROGRESS or saga.parcel not in (Parcel.CREATING, Parcel.CREATED):
-        return _ignore(saga)  # exceptions and returns are followed elsewhere; late news after cancel
-    if saga.parcel is Parcel.CREATING:  # the carrier's news overtook shipment.created
-        saga = _wait(replace(saga, parcel=Parcel.CREATED), None, now, t)
-    if _PROGRESS.index(target) <= _PROGRESS.index(saga.status):
-        return _ignore(saga)  # carriers resend and reorder: never go backwards
+    if saga.status is S.CANCELLED and leg is Leg.RETURNED and i is not None and saga.parcels[i].leg is Leg.LEFT \
+            and saga.parcels[i].items:
+        # a parcel that left for a cancelled order came back by itself: its units go back on the shelf
+        return _with_leg(saga, i, leg=leg, carrier_status=reply.status), [Restock(items=list(saga.parcels[i].items))]
+    if leg is None or i is None or saga.status not in _PROGRESS or saga.parcel not in (Parcel.CREATING, Parcel.CREATED):
+        return _ignore(saga)  # late news after cancel, or of a parcel the order does not know
+    p = saga.parcels[i]
+    if p.leg in ENDED or (p.leg is Leg.LEFT and leg is Leg.LEFT and _rank(reply.status) <= _rank(p.carrier_status)):
+        return _ignore(saga)  # a parcel that arrived or came back moves no more; carriers resend and reorder
     intents: list[Intent] = []
-    if saga.stock is Stock.RESERVED:  # the parcel left the warehouse: the units are gone for good
-        saga, intents = replace(saga, stock=Stock.COMMITTED), [Commit()]
-    return replace(saga, status=target), intents
+    if not _left(p) and saga.stock is Stock.RESERVED:  # the parcel left the warehouse: its units are gone for good
+        intents.append(Commit(warehouse=p.warehouse))
+    saga = _with_leg(saga, i, leg=leg, carrier_status=reply.status, shipment_id=p.shipment_id or reply.shipment_id)
+    if saga.parcel is Parcel.CREATING and _all_booked(saga):  # the carrier's news overtook shipment.created
+        saga = _wait(replace(saga, parcel=Parcel.CREATED), None, now, t)
+        saga = replace(saga, status=max(saga.status, S.PICKING, key=_PROGRESS.index))
+    if all(_left(q) for q in saga.parcels) and saga.stock is Stock.RESERVED:
+        saga = replace(saga, stock=Stock.COMMITTED)
+    if leg in (Leg.RETURNED, Leg.LOST):
+        saga, more = _delivery_failed(saga, saga.parcels[i], now, t)
+        return saga, [*intents, *more]
+    if all(q.leg in ENDED for q in saga.parcels):
+        return _delivery_over(saga, now, t, intents)
+    target = _order_status(saga)
+    if saga.parcel is Parcel.CREATED and _PROGRESS.index(target) > _PROGRESS.index(saga.status):
+        saga = replace(saga, status=target)
+    return saga, intents
+
+
+def _delivery_failed(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    """A parcel came back undelivered or was lost: what it held is refunded, returned units go back
+    on the shelf, and the order ends once no parcel is on its way."""
+    intents: list[Intent] = []
+    if p.leg is Leg.RETURNED and p.items:
+        intents.append(Restock(items=list(p.items)))
+    refund = _refund(saga, min(saga.worth(p.items), saga.unrefunded), f"parcel:{p.name}")
+    if refund:
+        saga, intents = _with_refund(saga, refund), [*intents, refund]
+    if all(q.leg in ENDED for q in saga.parcels):
+        return _delivery_over(saga, now, t, intents)
+    target = _order_status(saga)
+    if _PROGRESS.index(target) > _PROGRESS.index(saga.status):
+        saga = replace(saga, status=target)
+    return saga, intents
+
+
+def _delivery_over(saga: Saga, now: datetime, t: Timeouts, intents: list[Intent]) -> tuple[Saga, list[Intent]]:
+    """Every parcel arrived or ended: delivered if anything arrived, else cancelled ``delivery_failed``."""
+    if any(p.leg is Leg.DELIVERED for p in saga.parcels):
+        return replace(saga, status=S.DELIVERED), intents
+    saga, more = _cancel(saga, CancelReason.DELIVERY_FAILED, now, t)
+    return saga, [*intents, *more]
 
 
 def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
-    """The carrier scanned the parcel before the cancel reached shipping. The order stays cancelled
+    """The carrier scanned a parcel before the cancel reached shipping. The order stays cancelled
     (its refund is under way); the units are off the shelf, and someone has to get them back."""
+    i = _leg_of(saga, reply)
+    if i is not None and _left(saga.parcels[i]):
+        return _ignore(saga)  # told already
     detail = f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping: ask for it back"
-    saga = replace(saga, parcel=Parcel.LEFT, attention=detail)
-    intents: list[Intent] = []
-    if saga.stock is Stock.RESERVED:
-        saga, intents = replace(saga, stock=Stock.COMMITTED), [Commit()]
-    return _settle(saga, now, t), [*intents, RaiseAttention(step="ship", detail=detail)]
+    saga = replace(saga, attention=detail)
+    warehouse = saga.parcels[i].warehouse if i is not None else None
+    if i is not None:
+        saga = _with_leg(saga, i, leg=Leg.LEFT, carrier_status=reply.status)
+    commit: list[Intent] = [Commit(warehouse=warehouse)] if saga.stock is Stock.RESERVED else []
+    if not saga.parcels:
+        saga = replace(saga, parcel=Parcel.LEFT, stock=Stock.COMMITTED if commit else saga.stock)
+        return _settle(saga, now, t), [*commit, RaiseAttention(step="ship", detail=detail)]
+    saga, more = _cancel_answered(saga, now, t)
+    return saga, [*commit, *more, RaiseAttention(step="ship", detail=detail)]
+
+
+def _parcels_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: Timeouts):
+    """Shipping's answer to a cancel: the parcels named will not leave (none named: none that had
+    not left)."""
+    if saga.parcel is not Parcel.CANCELLING:
+        return _ignore(saga)  # told again (a resent cancel)
+    ids = set(reply.shipment_ids) | ({reply.shipment_id} if reply.shipment_id else set())
+    names = set(reply.parcels)
+    parcels = tuple(
+        _cancelled(p) if (not ids and not names) or len(saga.parcels) == 1 or p.shipment_id in ids or p.name in names else p
+        for p in saga.parcels
+    )
+    return _cancel_answered(replace(saga, parcels=parcels), now, t)
+
+
+def _cancel_answered(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    """Once every parcel is cancelled or known to have left, no parcel is pending: the stock can go back."""
+    if saga.parcel is not Parcel.CANCELLING:
+        return saga, []
+    if saga.parcels and not all(p.leg is Leg.CANCELLED or _left(p) for p in saga.parcels):
+        return saga, []
+    gone = any(_left(p) for p in saga.parcels)
+    saga = replace(saga, parcel=Parcel.LEFT if gone else Parcel.CANCELLED)
+    if saga.stock is Stock.RESERVED and gone and all(_left(p) for p in saga.parcels):
+        saga = replace(saga, stock=Stock.COMMITTED)
+    return _compensate(saga, now, t)
 
 
 def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts):
-    """The return step: the parcel is back, its units go back on the shelf and are refunded."""
+    """The return step: a parcel is back, its units go back on the shelf, and the return is refunded
+    with the first (a return of items from two parcels comes back as two)."""
+    i = _leg_of(saga, reply) if len(saga.parcels) > 1 else None
+    if i is not None:
+        if saga.parcels[i].leg is not Leg.DELIVERED or saga.status not in (RETURN.waits_in, RETURN.then):
+            return _ignore(saga)  # told again, or not a parcel the customer had
+        saga = _with_leg(saga, i, leg=Leg.RETURNED)
+        if saga.status is RETURN.then:  # the second parcel of the return: its units only
+            return saga, [Restock(items=list(reply.items))] if reply.items else []
     if saga.status is not RETURN.waits_in:
         return _ignore(saga)
     items = list(reply.items) or list(saga.return_items)
@@ -339,6 +525,8 @@ def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeou
         return _ignore(saga)  # asked twice: already done
     if saga.status not in BEFORE_SHIPMENT:
         raise Refused(f"the order is {saga.status}: it can no longer be cancelled; request a return after delivery")
+    if any(_left(p) for p in saga.parcels):
+        raise Refused("a parcel of the order has left with the carrier: it can no longer be cancelled; request a return after delivery")
     return _cancel(saga, CancelReason(req.reason), now, t)
 
 
@@ -361,7 +549,7 @@ def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeou
         raise Refused("the return is worth more than is left to refund")
     saga = replace(saga, status=RETURN.waits_in, return_items=tuple(req.items), return_amount=req.amount)
     assert RETURN.command is not None
-    return saga, [RETURN.command(saga)]
+    return saga, RETURN.command(saga)
 
 
 # the deadline: resend, warn, give up
@@ -383,7 +571,7 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
         intents.append(Warn(step=saga.waiting_for, waiting_since=since,
                             give_up_at=since + timedelta(seconds=t.give_up_seconds)))
     step = _step(saga.waiting_for)
-    intents += [step.command(saga)] if step and step.command else _pending_compensations(saga)
+    intents += step.command(saga) if step and step.command else _pending_compensations(saga)
     saga = replace(saga, resends=saga.resends + 1)
     return replace(saga, deadline_at=_next_look(saga, now, t)), intents
 
@@ -391,21 +579,11 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
 # --- compensation ---------------------------------------------------------------------------
 
 
-def _undone(progress: str, value: Any) -> Callable[[Saga, Any, datetime, Timeouts], tuple[Saga, list[Intent]]]:
-    """A compensation's answer: the step is undone, and the saga stops waiting once all are."""
-
-    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
-        if getattr(saga, progress) is not _UNDOING[progress]:
-            return _ignore(saga)  # told again (a resent compensation)
-        saga = replace(saga, **{progress: value})
-        if progress == "parcel":  # no parcel will leave: now the stock can go back
-            return _compensate(saga, now, t)
-        return _settle(saga, now, t), []
-
-    return handle
-
-
-_UNDOING = {"stock": Stock.RELEASING, "parcel": Parcel.CANCELLING}
+def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts):
+    """The release's answer: the stock is back, and the saga stops waiting once every compensation is."""
+    if saga.stock is not Stock.RELEASING:
+        return _ignore(saga)  # told again (a resent release)
+    return _settle(replace(saga, stock=Stock.RELEASED), now, t), []
 
 
 def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Timeouts):
@@ -467,8 +645,8 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
         handlers[step.success] = lambda saga, reply, now, t, step=step: _succeeded(step, saga, reply, now, t)
         for failure in step.failures:
             handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
-    handlers[StockReleased] = _undone("stock", Stock.RELEASED)
-    handlers[ShipmentCancelled] = _undone("parcel", Parcel.CANCELLED)
+    handlers[StockReleased] = _stock_released
+    handlers[ShipmentCancelled] = _parcels_cancelled
     handlers[PaymentRefunded] = _payment_refunded
     handlers[ShipmentFailed] = _shipment_failed  # a failure that may answer a cancel
     handlers[ShipmentUpdated] = _shipment_updated  # the follow step

@@ -41,6 +41,40 @@ class Parcel(StrEnum):
     FAILED = "failed"
 
 
+class Leg(StrEnum):
+    """Where one parcel of the order stands (an order ships one parcel per warehouse)."""
+
+    PLANNED = "planned"  # its stock is reserved at the warehouse; booking asked or to be asked
+    BOOKED = "booked"  # booked with a carrier, waiting at the warehouse
+    LEFT = "left"  # the carrier has it
+    DELIVERED = "delivered"
+    RETURNED = "returned"  # came back to the warehouse undelivered
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+
+ENDED = frozenset({Leg.DELIVERED, Leg.RETURNED, Leg.LOST, Leg.CANCELLED})
+
+
+@dataclass(frozen=True)
+class ParcelLeg:
+    name: str  # the order's name for the parcel: its warehouse
+    warehouse: str
+    items: tuple[LineItem, ...]
+    leg: Leg = Leg.PLANNED
+    shipment_id: str | None = None
+    carrier_status: str | None = None  # the carrier's last word on it (created, in_transit, exception, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "warehouse": self.warehouse, "items": [i.model_dump(mode="json") for i in self.items],
+                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParcelLeg:
+        return cls(name=d["name"], warehouse=d["warehouse"], items=tuple(LineItem.model_validate(i) for i in d["items"]),
+                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"))
+
+
 class Wait(StrEnum):
     """What the saga's deadline is for."""
 
@@ -48,6 +82,16 @@ class Wait(StrEnum):
     CAPTURE = "capture"
     SHIP = "ship"
     COMPENSATE = "compensate"
+
+
+def _one_parcel(d: dict[str, Any]) -> tuple[ParcelLeg, ...]:
+    """A saga saved before orders had parcels: its one parcel, where its order says it is."""
+    if "parcels" in d or not d.get("warehouse") or d["parcel"] in (Parcel.NONE, Parcel.FAILED):
+        return ()
+    leg = {S.SHIPPED: Leg.LEFT, S.IN_TRANSIT: Leg.LEFT, S.DELIVERED: Leg.DELIVERED, S.RETURN_REQUESTED: Leg.DELIVERED,
+           S.RETURNED: Leg.DELIVERED}.get(d["status"], Leg.PLANNED if d["parcel"] is Parcel.CREATING else Leg.BOOKED)
+    status = {Leg.LEFT: "in_transit" if d["status"] is S.IN_TRANSIT else "picked_up", Leg.DELIVERED: "delivered"}.get(leg)
+    return (ParcelLeg(name=d["warehouse"], warehouse=d["warehouse"], items=(), leg=leg, carrier_status=status),)
 
 
 @dataclass(frozen=True)
@@ -65,8 +109,10 @@ class Saga:
     refunds_done: tuple[str, ...] = ()  # keys payments confirmed
     refund_ids: tuple[str, ...] = ()  # refunds seen, so a repeated one is counted once
     refunded: Decimal = Decimal("0")  # what payments confirmed, manual refunds included
-    parcel: Parcel = Parcel.NONE
+    parcel: Parcel = Parcel.NONE  # the booking of the order's parcels, as one step
     warehouse: str | None = None
+    parcels: tuple[ParcelLeg, ...] = ()  # one per warehouse the stock was reserved at
+    prices: tuple[tuple[str, Decimal], ...] = ()  # unit price per SKU: what a parcel that did not arrive is worth
     return_items: tuple[LineItem, ...] = ()
     return_amount: Decimal = Decimal("0")
     waiting_for: Wait | None = None
@@ -88,6 +134,8 @@ class Saga:
         d["return_items"] = [i.model_dump(mode="json") for i in self.return_items]
         d["refunds"] = [[key, format(amount, "f")] for key, amount in self.refunds]
         d["refunds_done"], d["refund_ids"] = list(self.refunds_done), list(self.refund_ids)
+        d["parcels"] = [p.to_dict() for p in self.parcels]
+        d["prices"] = [[sku, format(price, "f")] for sku, price in self.prices]
         return d
 
     @classmethod
@@ -105,6 +153,8 @@ class Saga:
         d["return_items"] = tuple(LineItem.model_validate(i) for i in d.get("return_items", ()))
         d["refunds"] = tuple((key, Decimal(amount)) for key, amount in d.get("refunds", ()))
         d["refunds_done"], d["refund_ids"] = tuple(d.get("refunds_done", ())), tuple(d.get("refund_ids", ()))
+        d["parcels"] = tuple(ParcelLeg.from_dict(p) for p in d.get("parcels", ())) or _one_parcel(d)
+        d["prices"] = tuple((sku, Decimal(price)) for sku, price in d.get("prices", ()))
         return cls(**d)
 
     # -- derived --------------------------------------------------------------------------------
@@ -116,6 +166,11 @@ class Saga:
     @property
     def refund_asked(self) -> Decimal:
         return sum((amount for _, amount in self.refunds), Decimal("0"))
+
+    def worth(self, items: tuple[LineItem, ...]) -> Decimal:
+        """What ``items`` of this order cost the customer."""
+        price = dict(self.prices)
+        return sum((price.get(i.sku, Decimal("0")) * i.quantity for i in items), Decimal("0"))
 
     @property
     def unrefunded(self) -> Decimal:

@@ -183,7 +183,9 @@ async def _create(
     now: datetime,
 ) -> None:
     total = order_total(request)
-    saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now, timeouts=settings.timeouts)
+    prices = tuple({line.sku: line.unit_price for line in reversed(request.items)}.items())
+    saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now,
+                               timeouts=settings.timeouts, prices=prices)
     row = {
         "id": order_id,
         "status": saga.status,
@@ -302,7 +304,7 @@ async def apply(
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
             before(order)
-        _summaries(order, reply)
+        _summaries(order, reply, now)
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
         order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
@@ -386,7 +388,40 @@ async def _status_changed(
     log.info("order.status_changed", order_id=oid, from_status=from_status, to_status=to_status, reason=reason)
 
 
-def _summaries(order: Any, reply: object) -> None:
+def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) -> dict[str, Any]:
+    """The order's record of its parcels, one per parcel as shipping reports them (a new value:
+    the row is written only when it compares unequal). ``{"parcels": [...]}``, each with its
+    carrier, tracking number and link, status (and since when), estimate, items and trail; and the
+    first parcel's ``tracking_number`` at the top, which the ops console's search finds by index."""
+    parcels = [dict(p) for p in (shipment or {}).get("parcels", [])]
+    mine = next((p for p in parcels if p["shipment_id"] == reply.shipment_id), None)
+    if mine is None:
+        mine = {"shipment_id": reply.shipment_id, "parcel": getattr(reply, "parcel", None),
+                "warehouse": getattr(reply, "warehouse", None), "carrier": getattr(reply, "carrier", None),
+                "tracking_number": reply.tracking_number, "tracking_url": None, "status": "created",
+                "status_since": now.isoformat(), "estimated_delivery": None, "items": [], "events": []}
+        parcels.append(mine)
+    match reply:
+        case shipping.ShipmentCreated():
+            mine.update(parcel=reply.parcel, warehouse=reply.warehouse, carrier=reply.carrier,
+                        tracking_url=reply.tracking_url, estimated_delivery=reply.estimated_delivery.isoformat(),
+                        items=[i.model_dump(mode="json") for i in reply.items])
+            if not mine["events"]:
+                mine["events"] = [{"at": now.isoformat(), "status": "created", "location": reply.warehouse}]
+        case shipping.ShipmentUpdated():
+            scan = {"at": reply.at.isoformat(), "status": reply.status, "location": reply.location}
+            if scan not in mine["events"]:
+                mine["events"] = sorted([*mine["events"], scan], key=lambda e: e["at"])
+            if mine["status"] != reply.status:
+                mine.update(status=reply.status, status_since=now.isoformat())
+            if reply.estimated_delivery:
+                mine["estimated_delivery"] = reply.estimated_delivery.isoformat()
+        case shipping.ShipmentReturned():
+            mine.update(status="returned", status_since=now.isoformat())
+    return {"parcels": parcels, "tracking_number": parcels[0]["tracking_number"] if parcels else None}
+
+
+def _summaries(order: Any, reply: object, now: datetime) -> None:
     """Keep the order's view of its payment and shipment as the other services report them."""
     match reply:
         case payments.PaymentCaptured():
@@ -395,17 +430,8 @@ def _summaries(order: Any, reply: object) -> None:
             order.payment_failed = True
         case payments.PaymentRefunded():
             order.refunded_amount = max(order.refunded_amount, reply.refunded_total)
-        case shipping.ShipmentCreated():
-            order.shipment = {
-                "carrier": reply.carrier, "tracking_number": reply.tracking_number, "status": "created",
-                "estimated_delivery": reply.estimated_delivery.isoformat(),
-            }
-        case shipping.ShipmentUpdated():
-            current = dict(order.shipment or {"estimated_delivery": None})
-            current.update(carrier=reply.carrier, tracking_number=reply.tracking_number, status=reply.status)
-            order.shipment = current
-        case shipping.ShipmentReturned() if order.shipment:
-            order.shipment = {**order.shipment, "status": "returned"}
+        case shipping.ShipmentCreated() | shipping.ShipmentUpdated() | shipping.ShipmentReturned():
+            order.shipment = parcels_summary(order.shipment, reply, now)
         case _:
             return
     order.payment_status = payment_status(
@@ -432,8 +458,8 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
             )
         case flow.Release():
             return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released")
-        case flow.Commit():
-            return inventory.CommitStock(order_id=oid)
+        case flow.Commit(warehouse=warehouse):
+            return inventory.CommitStock(order_id=oid, warehouse=warehouse)
         case flow.Restock(items=returned):
             return inventory.RestockItems(order_id=oid, items=returned)
         case flow.Capture():
@@ -445,8 +471,9 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
             )
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
-        case flow.CreateShipment(warehouse=warehouse):
-            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, address=Address(**address), items=items())
+        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held):
+            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, parcel=parcel, address=Address(**address),
+                                           items=list(held) if held else items())
         case flow.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.ChangeShipmentAddress():
@@ -547,3 +574,36 @@ async def resolve_attention(
     """A person handled what the saga marked for attention (``saga.Refused`` when nothing waits)."""
     return await apply(sessions, order_id, flow.AttentionResolved(), actor=actor, note=note,
                        recorded_as="attention_resolved", settings=settings)
+
+
+WITH_CARRIER = (OrderStatus.PICKING, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT)
+
+
+async def stuck_parcels(sessions: async_sessionmaker, *, settings: Settings, limit: int = 50,
+                        now: datetime | None = None) -> list[dict[str, Any]]:
+    """Orders with a parcel that has stayed in one carrier status past ``parcel_stuck_after_seconds``
+    (a failed attempt nobody retried, a parcel the carrier never collected or stopped scanning)."""
+    before = (now or _now()) - timedelta(seconds=settings.parcel_stuck_after_seconds)
+    return await _parcels_where(sessions, lambda p: datetime.fromisoformat(p["status_since"]) < before, limit)
+
+
+async def delivery_exceptions(sessions: async_sessionmaker, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Orders with a parcel whose last delivery attempt failed (the carrier's ``exception``): ops
+    see them at once, the customer was told, the carrier tries again."""
+    return await _parcels_where(sessions, lambda p: p["status"] == "exception", limit)
+
+
+async def _parcels_where(sessions: async_sessionmaker, wanted: Any, limit: int) -> list[dict[str, Any]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Order.id, Order.status, Order.shipment)
+            .where(Order.status.in_(WITH_CARRIER)).order_by(Order.updated_at).limit(limit * 20)
+        )
+        found = []
+        for order_id, status, shipment in rows:
+            for p in (shipment or {}).get("parcels", []):
+                if p["status"] not in ("delivered", "returned", "lost") and wanted(p):
+                    found.append({"id": order_id, "status": status, "since": p["status_since"], "attention": None,
+                                  "parcel": p["tracking_number"], "parcel_status": p["status"]})
+                    break
+        return found[:limit]

@@ -1,5 +1,5 @@
-"""Wiring only: settings, runtime (engine, broker, outbox relay), the simulated carrier, the
-retention of personal data, HTTP routes."""
+"""Wiring only: settings, runtime (engine, broker, outbox relay), carrier adapters, the simulated
+carrier, the retention of personal data, HTTP routes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from events.runtime import ServiceRuntime
 from events.web import install
-from shipping import api, carrier, handlers, retention
+from shipping import api, carrier, carriers, handlers, retention
 from shipping.config import Settings
 
 
@@ -18,12 +18,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         s = settings or Settings()
+        adapters = carriers.adapters(s.carrier_secrets, default_secret=s.carrier_secret, window=s.signature_window_seconds)
         async with (
-            ServiceRuntime(s, routers=[handlers.router]) as runtime,
+            ServiceRuntime(s, routers=[handlers.router], context={"carriers": adapters}) as runtime,
             carrier.simulation(runtime.sessions, s.simulation_step_seconds, s.carrier_simulation),
             retention.housekeeping(runtime.sessions, timedelta(days=s.retention_days)),
         ):
-            app.state.runtime = runtime
+            for adapter in adapters.values():
+                adapter.attach(runtime.sessions)
+            app.state.runtime, app.state.carriers = runtime, adapters
             yield
 
     app = FastAPI(title="OMS shipping", version="1", lifespan=lifespan)

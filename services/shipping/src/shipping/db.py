@@ -16,12 +16,14 @@ class Base(DeclarativeBase):
 
 
 class Shipment(Base):
-    """One parcel per order (the unique order id): never a parcel shipped twice."""
+    """One parcel of an order: one per warehouse its stock came from, and one more for each sent
+    again. ``parcel`` is the order's name for it (the unique pair): never a parcel shipped twice."""
 
     __tablename__ = "shipment"
 
     shipment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    order_id: Mapped[str] = mapped_column(String(40), unique=True)
+    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    parcel: Mapped[str] = mapped_column(String(40))
     warehouse: Mapped[str] = mapped_column(String(20))
     carrier: Mapped[str] = mapped_column(String(20))
     tracking_number: Mapped[str] = mapped_column(String(40), unique=True)
@@ -33,9 +35,13 @@ class Shipment(Base):
     cancelled: Mapped[bool] = mapped_column(default=False)
     return_expected: Mapped[bool] = mapped_column(default=False)
     return_items: Mapped[list[dict[str, Any]] | None]
+    items: Mapped[list[dict[str, Any]] | None]  # what the parcel holds
     next_step_at: Mapped[datetime | None] = mapped_column(index=True)  # the simulated carrier's next move
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    status_since: Mapped[datetime | None]  # when it took its status (a parcel stuck in one shows)
+
+    __table_args__ = (UniqueConstraint("order_id", "parcel", name="uq_shipment_order_id_parcel"),)
 
 
 class ShipmentEvent(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from events.types import ShipmentStatus as St
 
@@ -16,14 +16,19 @@ class Carrier:
     serves: frozenset[str]  # destination countries; "*" = most of the world
     domestic_only: str | None = None  # serves only parcels inside this country
     transit_days: int = 5
+    track_url: str = ""  # the carrier's public tracking page, ``{}`` = the tracking number
 
 
 CARRIERS = (
-    Carrier("sf-express", "SF", frozenset({"CN"}), domestic_only="CN", transit_days=2),
-    Carrier("ups", "1Z", frozenset({"US", "CA", "DE", "GB", "FR"}), transit_days=4),
-    Carrier("dhl", "JD", frozenset({"*"}), transit_days=5),
-    Carrier("ems", "EE", frozenset({"*"}), transit_days=7),
+    Carrier("sf-express", "SF", frozenset({"CN"}), domestic_only="CN", transit_days=2,
+            track_url="https://www.sf-express.com/chn/en/waybill/waybill-detail/{}"),
+    Carrier("ups", "1Z", frozenset({"US", "CA", "DE", "GB", "FR"}), transit_days=4,
+            track_url="https://www.ups.com/track?tracknum={}"),
+    Carrier("dhl", "JD", frozenset({"*"}), transit_days=5,
+            track_url="https://www.dhl.com/global-en/home/tracking.html?tracking-id={}"),
+    Carrier("ems", "EE", frozenset({"*"}), transit_days=7, track_url="https://www.ems.com.cn/english/track?mailNo={}"),
 )
+BY_CODE = {c.code: c for c in CARRIERS}
 UNSERVED = frozenset({"AQ"})  # no carrier goes there
 WAREHOUSE_COUNTRY = {"SH": "CN", "BJ": "CN", "FRA": "DE", "NYC": "US"}
 
@@ -54,14 +59,23 @@ def estimated_delivery(carrier: Carrier, today: date) -> date:
 
 
 PROGRESS = (St.CREATED, St.PICKED_UP, St.IN_TRANSIT, St.OUT_FOR_DELIVERY, St.DELIVERED)
+ENDED = frozenset({St.RETURNED, St.LOST, St.FAILED})  # no scan moves such a parcel again
 
 
 def accepts(current: St, reported: St, *, return_expected: bool) -> bool:
-    """Whether a carrier's report moves the parcel. Carriers resend and reorder: never backwards."""
-    if current in (St.RETURNED, St.FAILED):
+    """Whether a carrier's report moves the parcel. Carriers resend and reorder: never backwards.
+
+    ``returned`` is the customer's return coming back (after delivery, once expected) or the parcel
+    sent back to the warehouse undelivered (from the carrier's hands); ``lost`` ends a parcel the
+    carrier had and did not deliver."""
+    if current in ENDED:
         return False
     if reported == St.RETURNED:
-        return return_expected and current == St.DELIVERED
+        if current == St.DELIVERED:
+            return return_expected
+        return current != St.CREATED
+    if reported == St.LOST:
+        return current not in (St.CREATED, St.DELIVERED)
     if reported == St.EXCEPTION:
         return current != St.DELIVERED
     if reported not in PROGRESS:
@@ -76,3 +90,21 @@ def next_step(current: St) -> St | None:
     if current not in PROGRESS or current == St.DELIVERED:
         return None
     return PROGRESS[PROGRESS.index(current) + 1]
+
+
+def eta(current: date, carrier: Carrier | None, status: St, at: datetime, given: date | None = None) -> date:
+    """The delivery estimate after a scan: the carrier's own when it gives one, else from where the
+    parcel is now (a failed attempt puts it off by a day; an overdue parcel is due tomorrow)."""
+    if given is not None:
+        return given
+    day = at.date()
+    match status:
+        case St.DELIVERED | St.OUT_FOR_DELIVERY:
+            return day
+        case St.PICKED_UP if carrier is not None:  # the carrier's transit time runs from here
+            return day + timedelta(days=carrier.transit_days)
+        case St.IN_TRANSIT | St.PICKED_UP:
+            return current if current > day else day + timedelta(days=1)
+        case St.EXCEPTION:
+            return max(current, day) + timedelta(days=1)
+    return current

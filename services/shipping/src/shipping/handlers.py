@@ -11,12 +11,13 @@ from events import inbox
 from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
-from shipping import parcels
+from shipping import carriers, parcels
 from shipping.config import Settings
 
 router = RabbitRouter()
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 Config = Annotated[Settings, Resource("settings")]
+Carriers = Annotated[dict[str, carriers.CarrierAdapter], Resource("carriers")]
 
 CREATE, ADDRESS, CANCEL, RETURN = (
     "shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return",
@@ -24,11 +25,12 @@ CREATE, ADDRESS, CANCEL, RETURN = (
 
 
 @router.subscriber(queue(CREATE))
-async def handle_create_shipment(msg: Envelope[CreateShipment], sessions: Sessions, settings: Config) -> None:
+async def handle_create_shipment(msg: Envelope[CreateShipment], sessions: Sessions, settings: Config,
+                                 adapters: Carriers) -> None:
     step = settings.simulation_step_seconds if settings.carrier_simulation else None
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CREATE):
-            await parcels.create(session, msg.data, msg, step_seconds=step)
+            await parcels.create(session, msg.data, msg, adapters=adapters, step_seconds=step)
 
 
 @router.subscriber(queue(ADDRESS))
@@ -39,10 +41,10 @@ async def handle_change_address(msg: Envelope[ChangeShipmentAddress], sessions: 
 
 
 @router.subscriber(queue(CANCEL))
-async def handle_cancel_shipment(msg: Envelope[CancelShipment], sessions: Sessions) -> None:
+async def handle_cancel_shipment(msg: Envelope[CancelShipment], sessions: Sessions, adapters: Carriers) -> None:
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CANCEL):
-            await parcels.cancel(session, msg.data.order_id, msg)
+            await parcels.cancel(session, msg.data.order_id, msg, adapters)
 
 
 @router.subscriber(queue(RETURN))
@@ -50,6 +52,6 @@ async def handle_expect_return(msg: Envelope[ExpectReturn], sessions: Sessions) 
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, RETURN):
             try:
-                await parcels.expect_return(session, msg.data.order_id, list(msg.data.items))
+                await parcels.expect_return(session, msg.data.order_id, list(msg.data.items), msg.data.shipment_id)
             except LookupError as exc:
                 raise Permanent(str(exc)) from exc

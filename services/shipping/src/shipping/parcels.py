@@ -1,10 +1,12 @@
 """Shipment operations, in the caller's transaction, with the events they emit.
 
-A cancel marks the shipment cancelled if the carrier does not have it yet (the simulation and
-carrier reports then leave it alone), or remembers the order when no shipment exists yet, so that
-a create command arriving after it books no parcel (``shipment.failed``, reason ``cancelled``);
-either way it answers ``shipment.cancelled``. When the carrier has the parcel already, the cancel
-comes too late and answers nothing new: the ``shipment.updated`` of the carrier's scan, published
+An order has one parcel per warehouse its stock came from (``parcel``: the order's name for it),
+and one more for each parcel sent again. A cancel marks every parcel of the order cancelled that
+the carrier does not have yet (the simulation and carrier reports then leave it alone), or
+remembers the order when no shipment exists yet, so that a create command arriving after it books
+no parcel (``shipment.failed``, reason ``cancelled``); it answers ``shipment.cancelled`` naming
+the parcels that will not leave. When the carrier has a parcel already, the cancel comes too late
+for it and answers nothing new for it: the ``shipment.updated`` of the carrier's scan, published
 before it, tells the orders saga that the parcel left.
 
 A cancel, an address change and a carrier's report on one parcel lock its row first, so on
@@ -15,7 +17,7 @@ succeed).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,7 +38,7 @@ from events.shipping import (
 )
 from events.types import LineItem
 from events.types import ShipmentStatus as St
-from shipping import domain
+from shipping import carriers, domain
 from shipping.db import CancelledOrder, Shipment, ShipmentEvent
 
 SERVICE = "shipping"
@@ -52,9 +54,15 @@ async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Caus
     await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause)
 
 
+def _tracking_url(carrier_code: str, tracking_number: str) -> str | None:
+    carrier = domain.BY_CODE.get(carrier_code)
+    return carrier.track_url.format(tracking_number) if carrier and carrier.track_url else None
+
+
 def _created(s: Any) -> ShipmentCreated:
-    return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier,
-                           tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery)
+    return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier, parcel=s.parcel,
+                           tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery,
+                           items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number))
 
 
 # Built once: the create command and every carrier scan run these; a statement built per call (and
@@ -62,11 +70,11 @@ def _created(s: Any) -> ShipmentCreated:
 _shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
 # A parcel as a report reads it and the carrier endpoint answers with it (not its address).
 _PARCEL = select(
-    _shipment.c.shipment_id, _shipment.c.order_id, _shipment.c.warehouse, _shipment.c.carrier,
+    _shipment.c.shipment_id, _shipment.c.order_id, _shipment.c.parcel, _shipment.c.warehouse, _shipment.c.carrier,
     _shipment.c.tracking_number, _shipment.c.status, _shipment.c.estimated_delivery, _shipment.c.cancelled,
-    _shipment.c.return_expected, _shipment.c.return_items,
+    _shipment.c.return_expected, _shipment.c.return_items, _shipment.c["items"],
 )
-_BY_ORDER = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"))
+_BY_PARCEL = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"), _shipment.c.parcel == bindparam("parcel"))
 # Locked: a report changes the parcel (see the module's docstring).
 _BY_TRACKING = _PARCEL.where(_shipment.c.tracking_number == bindparam("tracking_number")).with_for_update()
 _DUE = (
@@ -86,10 +94,29 @@ _record_event = InsertIfAbsent(_event)
 _UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id"))
 
 
+async def of_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> list[Shipment]:
+    """The order's parcels, first booked first; ``lock``: locked for this transaction (to change them)."""
+    query = select(Shipment).where(Shipment.order_id == order_id).order_by(Shipment.created_at, Shipment.shipment_id)
+    return list(await session.scalars(query.with_for_update() if lock else query))
+
+
 async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> Shipment | None:
-    """The order's shipment; ``lock``: locked for this transaction (to change it)."""
-    query = select(Shipment).where(Shipment.order_id == order_id)
-    return await session.scalar(query.with_for_update() if lock else query)
+    """The order's first parcel."""
+    found = await of_order(session, order_id, lock=lock)
+    return found[0] if found else None
+
+
+async def by_id(session: AsyncSession, shipment_id: str) -> Shipment | None:
+    return await session.get(Shipment, shipment_id)
+
+
+async def trail(session: AsyncSession, shipment_id: str) -> list[dict[str, Any]]:
+    """The parcel's tracking trail, oldest first: ``at``, ``status``, ``location``."""
+    rows = await session.execute(
+        select(ShipmentEvent.at, ShipmentEvent.status, ShipmentEvent.location)
+        .where(ShipmentEvent.shipment_id == shipment_id).order_by(ShipmentEvent.at, ShipmentEvent.id)
+    )
+    return [{"at": r.at.isoformat(), "status": r.status, "location": r.location} for r in rows]
 
 
 async def by_tracking(session: AsyncSession, tracking_number: str) -> SimpleNamespace | None:
@@ -109,66 +136,95 @@ async def unschedule(session: AsyncSession, shipment: SimpleNamespace) -> None:
     await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "next_step_at": None})
 
 
-async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *, step_seconds: float | None) -> None:
-    existing = (await session.execute(_BY_ORDER, {"order_id": cmd.order_id})).first()
+async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *,
+                 adapters: dict[str, carriers.CarrierAdapter], step_seconds: float | None) -> None:
+    """Book the parcel with a carrier that serves its route (warehouse → address)."""
+    name = cmd.parcel or cmd.warehouse
+    existing = (await session.execute(_BY_PARCEL, {"order_id": cmd.order_id, "parcel": name})).first()
     if existing is not None:  # asked again: the same parcel, never a second one
         await _stage(session, _created(existing), cmd.order_id, cause)
         return
     if (await session.execute(_IS_CANCELLED, {"order_id": cmd.order_id})).first() is not None:
-        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="cancelled"), cmd.order_id, cause)
+        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="cancelled", parcel=name), cmd.order_id, cause)
         return
     origin = cmd.warehouse_country or domain.WAREHOUSE_COUNTRY.get(cmd.warehouse, "CN")
     try:
         carrier = domain.choose_carrier(origin, cmd.address.country)
     except domain.NoCarrier:
-        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier"), cmd.order_id, cause)
+        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier", parcel=name), cmd.order_id, cause)
         return
     now = _now()
+    address = cmd.address.model_dump(mode="json")
+    booking = await adapters[carrier.code].book(order_id=cmd.order_id, from_country=origin, address=address, today=now.date())
     shipment = SimpleNamespace(
-        shipment_id=f"shp_{uuid.uuid4().hex}", order_id=cmd.order_id, warehouse=cmd.warehouse, carrier=carrier.code,
-        tracking_number=domain.tracking_number(carrier), status=St.CREATED,
-        estimated_delivery=domain.estimated_delivery(carrier, now.date()), address=cmd.address.model_dump(mode="json"),
-        cancelled=False, return_expected=False, return_items=None,
+        shipment_id=f"shp_{uuid.uuid4().hex}", order_id=cmd.order_id, parcel=name, warehouse=cmd.warehouse,
+        carrier=carrier.code, tracking_number=booking.tracking_number, status=St.CREATED,
+        estimated_delivery=booking.estimated_delivery, address=address,
+        cancelled=False, return_expected=False, return_items=None, items=[i.model_dump() for i in cmd.items],
         next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None, created_at=now, updated_at=now,
+        status_since=now,
     )
     await session.execute(_INSERT_SHIPMENT, vars(shipment))  # the unique order id: never a second parcel
     await session.execute(_INSERT_EVENT, {"shipment_id": shipment.shipment_id, "status": St.CREATED, "at": now,
                                           "location": cmd.warehouse})
     await _stage(session, _created(shipment), cmd.order_id, cause)
-    log.info("shipment.created", order_id=cmd.order_id, carrier=carrier.code)
+    log.info("shipment.created", order_id=cmd.order_id, parcel=name, carrier=carrier.code)
 
 
 async def change_address(session: AsyncSession, order_id: str, address: dict[str, Any]) -> bool:
-    shipment = await by_order(session, order_id, lock=True)
-    if shipment is None or shipment.status != St.CREATED:
-        log.info("shipment.address_not_changed", order_id=order_id, status=shipment.status if shipment else None)
-        return False
-    shipment.address, shipment.updated_at = address, _now()
-    return True
+    """The new address goes on every parcel of the order that has not left; False when none."""
+    changed = False
+    for shipment in await of_order(session, order_id, lock=True):
+        if shipment.status != St.CREATED or shipment.cancelled:
+            log.info("shipment.address_not_changed", order_id=order_id, parcel=shipment.parcel, status=shipment.status)
+            continue
+        shipment.address, shipment.updated_at, changed = address, _now(), True
+    return changed
 
 
-async def cancel(session: AsyncSession, order_id: str, cause: Cause) -> None:
-    """Stop the order's parcel and answer ``shipment.cancelled``; no answer when the carrier has it
-    already (too late)."""
-    shipment = await by_order(session, order_id, lock=True)
-    if shipment is None:
-        if await session.get(CancelledOrder, order_id) is None:
-            session.add(CancelledOrder(order_id=order_id, at=_now()))
-    elif shipment.status == St.CREATED:  # or cancelled before: told again
-        shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
-    else:
-        log.warning("shipment.cancel_too_late", order_id=order_id, status=shipment.status)
-        return
-    answer = ShipmentCancelled(order_id=order_id, shipment_id=shipment.shipment_id if shipment else None)
+async def cancel(session: AsyncSession, order_id: str, cause: Cause, adapters: dict[str, carriers.CarrierAdapter]) -> None:
+    """Stop every parcel of the order the carrier has not taken, and answer ``shipment.cancelled``
+    naming them; no answer when every parcel has left (too late: their scans answer)."""
+    shipments = await of_order(session, order_id, lock=True)
+    if not shipments and await session.get(CancelledOrder, order_id) is None:
+        session.add(CancelledOrder(order_id=order_id, at=_now()))
+    left = [s for s in shipments if s.status != St.CREATED]
+    for shipment in shipments:
+        if shipment.status == St.CREATED and not shipment.cancelled:  # or cancelled before: told again
+            await adapters[shipment.carrier].cancel(shipment.tracking_number)
+            shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
+    if left:
+        log.warning("shipment.cancel_too_late", order_id=order_id, parcels=[s.parcel for s in left])
+        if len(left) == len(shipments):
+            return
+    ids = [s.shipment_id for s in shipments if s.cancelled]
+    answer = ShipmentCancelled(order_id=order_id, shipment_id=ids[0] if ids else None, shipment_ids=ids,
+                               parcels=[s.parcel for s in shipments if s.cancelled])
     await _stage(session, answer, order_id, cause)
 
 
-async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem]) -> None:
-    shipment = await by_order(session, order_id, lock=True)
-    if shipment is None:
-        raise LookupError(f"no shipment for order {order_id}")
-    shipment.return_expected = True
-    shipment.return_items = [i.model_dump() for i in items]
+async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem], shipment_id: str | None = None) -> None:
+    """Expect the returned items back: in the parcel named, else in the order's delivered parcels
+    that hold them (each parcel expects what it held)."""
+    shipments = [s for s in await of_order(session, order_id, lock=True) if shipment_id in (None, s.shipment_id)]
+    if not shipments:
+        raise LookupError(f"no shipment {shipment_id or ''} for order {order_id}")
+    wanted = {i.sku: i.quantity for i in items}
+    if len(shipments) == 1:
+        shipments[0].return_expected = True
+        shipments[0].return_items = [i.model_dump() for i in items]
+        return
+    for shipment in shipments:
+        if shipment.status != St.DELIVERED:
+            continue
+        here = []
+        for held in shipment.items or []:
+            take = min(held["quantity"], wanted.get(held["sku"], 0))
+            if take:
+                here.append({"sku": held["sku"], "quantity": take})
+                wanted[held["sku"]] -= take
+        if here:
+            shipment.return_expected, shipment.return_items = True, here
 
 
 class Refused(Exception):
@@ -176,12 +232,13 @@ class Refused(Exception):
 
 
 async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, at: datetime, location: str | None,
-                 *, step_seconds: float | None = None) -> bool:
-    """A carrier's report (or the simulated carrier's): record it and tell the others. Returns
-    False when it changes nothing (a repeat, or news the parcel is already past).
+                 *, estimated_delivery: date | None = None, step_seconds: float | None = None) -> bool:
+    """A carrier's report (or the simulated carrier's): record it, bring the delivery estimate up
+    to date, and tell the others. Returns False when it changes nothing (a repeat, or news the
+    parcel is already past).
 
     ``shipment`` is the parcel as :func:`by_tracking` or :func:`due` read it, in this transaction;
-    its status is brought up to date with the row's."""
+    its status and estimate are brought up to date with the row's."""
     if shipment.cancelled:
         raise Refused("the shipment was cancelled")
     if not await _record_event(session, {"shipment_id": shipment.shipment_id, "status": status, "at": at,
@@ -193,13 +250,21 @@ async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, a
     now = _now()
     more = domain.next_step(status) is not None
     next_step_at = now + timedelta(seconds=step_seconds) if step_seconds and more else None
+    eta = domain.eta(shipment.estimated_delivery, domain.BY_CODE.get(shipment.carrier), status, at, estimated_delivery)
     await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "status": status, "updated_at": now,
-                                    "next_step_at": next_step_at})
-    shipment.status = status
+                                    "status_since": now, "next_step_at": next_step_at, "estimated_delivery": eta})
+    was_delivered = shipment.status == St.DELIVERED
+    undelivered = status == St.LOST or (status == St.RETURNED and not was_delivered)
+    shipment.status, shipment.estimated_delivery = status, eta
     await _stage(session, ShipmentUpdated(order_id=shipment.order_id, shipment_id=shipment.shipment_id, carrier=shipment.carrier,
-                                          tracking_number=shipment.tracking_number, status=status, at=at, location=location),
+                                          tracking_number=shipment.tracking_number, status=status, at=at, location=location,
+                                          parcel=shipment.parcel, estimated_delivery=eta,
+                                          tracking_url=_tracking_url(shipment.carrier, shipment.tracking_number),
+                                          undelivered=undelivered),
                  shipment.order_id, None)
-    if status == St.RETURNED:
+    if status == St.EXCEPTION or undelivered:
+        log.warning("shipment.delivery_trouble", order_id=shipment.order_id, parcel=shipment.parcel, status=status)
+    if status == St.RETURNED and was_delivered:
         items = [LineItem(**i) for i in shipment.return_items or []]
         await _stage(session, ShipmentReturned(order_id=shipment.order_id, shipment_id=shipment.shipment_id,
                                                tracking_number=shipment.tracking_number, items=items, at=at),

@@ -42,7 +42,8 @@ def settings_for(url: str) -> Settings:
 
 async def overdue_orders(sessions, settings: Settings, count: int) -> list[str]:
     """``count`` orders waiting for their stock reservation, whose deadline passed."""
-    ids = [(await service.place_order(sessions, PlaceOrder.model_validate(BODY), key=f"k{i}", settings=settings)).order_id
+    ids = [(await service.place_order(sessions, PlaceOrder.model_validate(BODY), key=f"k{i}", actor="dev-gateway",
+                                      settings=settings)).order_id
            for i in range(count)]
     past = datetime.now(UTC) - timedelta(seconds=1)
     async with sessions.begin() as session:

@@ -239,6 +239,12 @@ class OutboxRelay:
             self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._exchanges = {}
 
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._channel, self._exchanges = self._connection, None, None, {}
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         if name not in self._exchanges:
             # "" is the default exchange: straight to the queue named by the routing key (replays).
@@ -276,6 +282,8 @@ class OutboxRelay:
             except Exception as exc:  # broker or database down: keep the rows, try again
                 self.last_error = repr(exc)
                 log.warning("outbox.relay_error", error=repr(exc))
+                if not self.connected:  # connect afresh: a robust connection may never recover
+                    await self._disconnect()
                 await asyncio.sleep(1.0)
                 next_read = loop.time()
             timeout = next_read - loop.time()

@@ -191,7 +191,8 @@ async def test_a_dead_letter_is_replayed_from_its_page(oms, rabbit, orders, brow
     letter = page.get_by_role("article").filter(has_text=message_id)
     await expect(letter).to_contain_text(queue)
     await letter.get_by_text("Body (personal data and tokens masked)").click()
-    await expect(letter.locator("pre")).to_contain_text("l***@example.com")
+    await expect(letter.locator("pre")).to_contain_text('"email": "***"')  # masked when it was parked
+    await expect(letter.locator("pre")).not_to_contain_text("@example.com")
     await letter.get_by_role("button", name="Replay").click()
     await expect(page.get_by_role("status")).to_contain_text("Replayed.")
 

@@ -116,3 +116,15 @@ def test_parcels_are_checked_against_their_order():
                      "lie: cancelled delivery_failed but a parcel was delivered", "left: cancelled but a parcel waits",
                      "forgot: cancelled with a parcel on its way"):
         assert expected in text, (expected, text)
+
+
+def test_a_refund_by_hand_is_money_the_shop_gave_back_not_a_breach():
+    goodwill = dict(paid("p", refunded="5.00", status="partially_refunded"),
+                    refunds=[{"refund_key": "manual-1", "amount": "5.00", "status": "refunded"}])
+    assert check(orders=[order("p", "picking")], reservations=[reserved("p")], payments=[goodwill],
+                 shipments=[{"order_id": "p"}]).ok
+    lost = dict(paid("q", refunded="5.00", status="partially_refunded"),
+                refunds=[{"refund_key": "q:cancel", "amount": "5.00", "status": "refunded"}])
+    report = check(orders=[order("q", "picking")], reservations=[reserved("q")], payments=[lost],
+                   shipments=[{"order_id": "q"}])
+    assert "q: picking but kept 15.00 of a 20.00 order" in report.breaches

@@ -16,7 +16,6 @@ service.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -50,7 +49,7 @@ from events.db import UtcDateTime, outbox_message
 from events.logs import get_logger
 from events.names import DEAD_LETTER_QUEUE
 from events.settings import Role, ServiceSettings
-from events.tasks import background
+from events.tasks import every
 from events.web import Problem, Runtime, require
 
 log = get_logger("events.deadletters")
@@ -301,15 +300,6 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return total
 
 
-async def _purge_every(sessions: async_sessionmaker, older_than: timedelta, every_seconds: float) -> None:
-    while True:
-        try:
-            await purge(sessions, older_than=older_than)
-        except Exception as exc:  # the next round tries again
-            log.warning("dead_letter.purge_failed", error=type(exc).__name__)
-        await asyncio.sleep(every_seconds)
-
-
 def housekeeping(
     sessions: async_sessionmaker, settings: ServiceSettings, every_seconds: float = 3600.0
 ) -> contextlib.AbstractAsyncContextManager:
@@ -318,7 +308,7 @@ def housekeeping(
     Refuses to start without a key to seal dead letters with (production without DEAD_LETTER_KEY)."""
     sealer(settings)
     older_than = timedelta(days=settings.dead_letter_retention_days)
-    return background(_purge_every(sessions, older_than, every_seconds), name="dead-letter-retention")
+    return every(every_seconds, lambda: purge(sessions, older_than=older_than), name="dead-letter-retention")
 
 
 async def parked_count(sessions: async_sessionmaker) -> int:

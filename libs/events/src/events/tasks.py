@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
+
+from events.logs import get_logger
+
+log = get_logger("events.tasks")
 
 
 @contextlib.asynccontextmanager
@@ -19,3 +23,18 @@ async def background(work: Coroutine[Any, Any, Any], *, name: str) -> AsyncItera
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def every(seconds: float, job: Callable[[], Awaitable[Any]], *, name: str) -> contextlib.AbstractAsyncContextManager:
+    """Run ``job`` at once and then every ``seconds`` while the block lasts (retention purges); a
+    round that fails is logged and the next one tries again."""
+
+    async def rounds() -> None:
+        while True:
+            try:
+                await job()
+            except Exception as exc:
+                log.warning("background.round_failed", task=name, error=type(exc).__name__)
+            await asyncio.sleep(seconds)
+
+    return background(rounds(), name=name)

@@ -11,7 +11,6 @@ batch deletes or blanks only what is still there, so a second replica's batch fi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +18,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
-from events.tasks import background
+from events.tasks import every
 from notifications.db import Notification, Recipient
 
 log = get_logger(__name__)
@@ -58,14 +57,6 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return counts[0], counts[1]
 
 
-async def run(sessions: async_sessionmaker, older_than: timedelta, every_seconds: float = 3600.0) -> None:
-    while True:
-        try:
-            await purge(sessions, older_than=older_than)
-        except Exception as exc:  # the next round tries again
-            log.warning("retention.purge_failed", error=repr(exc))
-        await asyncio.sleep(every_seconds)
-
-
 def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
-    return background(run(sessions, older_than), name="notifications-retention")
+    """The purge, at start and then every hour, while the block lasts."""
+    return every(3600.0, lambda: purge(sessions, older_than=older_than), name="notifications-retention")

@@ -9,7 +9,6 @@ The same pattern as notifications' retention: at start and then every hour, a ba
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
-from events.tasks import background
+from events.tasks import every
 from orders.db import Order, OrderHistory
 
 log = get_logger(__name__)
@@ -63,14 +62,6 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return orders
 
 
-async def run(sessions: async_sessionmaker, older_than: timedelta, every_seconds: float = 3600.0) -> None:
-    while True:
-        try:
-            await purge(sessions, older_than=older_than)
-        except Exception as exc:  # the next round tries again
-            log.warning("retention.purge_failed", error=repr(exc))
-        await asyncio.sleep(every_seconds)
-
-
 def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
-    return background(run(sessions, older_than), name="orders-retention")
+    """The purge, at start and then every hour, while the block lasts."""
+    return every(3600.0, lambda: purge(sessions, older_than=older_than), name="orders-retention")

@@ -6,7 +6,6 @@ batch a transaction."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +13,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from events.logs import get_logger
-from events.tasks import background
+from events.tasks import every
 from shipping.db import Shipment
 
 log = get_logger(__name__)
@@ -48,14 +47,6 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return total
 
 
-async def run(sessions: async_sessionmaker, older_than: timedelta, every_seconds: float = 3600.0) -> None:
-    while True:
-        try:
-            await purge(sessions, older_than=older_than)
-        except Exception as exc:  # the next round tries again
-            log.warning("retention.purge_failed", error=repr(exc))
-        await asyncio.sleep(every_seconds)
-
-
 def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
-    return background(run(sessions, older_than), name="shipping-retention")
+    """The purge, at start and then every hour, while the block lasts."""
+    return every(3600.0, lambda: purge(sessions, older_than=older_than), name="shipping-retention")

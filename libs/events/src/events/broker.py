@@ -15,9 +15,9 @@ JSON, and a failed message is never dropped:
 - any other error is the message's own: it is returned to its queue after a back-off that grows
   with its delivery count, and after ``DELIVERY_LIMIT`` deliveries the broker dead-letters it.
 
-The ack comes after the handler returned, so after its transaction committed; a handler that ran
-in a failed transaction rolled it back, and handlers are idempotent (the inbox), so running one
-again is safe. Errors are logged by kind and place, never with the values of the message.
+The ack comes after the handler returned, so after its transaction committed (in a batch: after
+the batch's transaction committed, events.batch); a handler that ran in a failed transaction
+rolled it back, and handlers are idempotent (the inbox), so running one again is safe. Errors are logged by kind and place, never with the values of the message.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class ConsumePolicy(BaseMiddleware):
         delivery_count = int((msg.headers or {}).get("x-delivery-count") or 0)
         try:
             try:
-                return await call_next(msg)
+                return await self._first(call_next, msg)
             except HandlerException:
                 raise
             except PERMANENT_ERRORS as exc:
@@ -179,6 +179,16 @@ class ConsumePolicy(BaseMiddleware):
                 return await self._wait_out(call_next, msg, dependency, exc, queue, delivery_count)
         finally:
             structlog.contextvars.reset_contextvars(**bound)
+
+    async def _first(self, call_next: Any, msg: Any) -> Any:
+        """The handler's first run: in a batch (events.batch) when the service batches and the
+        queue's consumer allows it, else alone. Runs again after a failure are alone."""
+        batcher = self.context.get("oms_batcher")
+        subscriber = self.context.get("handler_")
+        queue_name = getattr(getattr(subscriber, "queue", None), "name", None)
+        if batcher is None or queue_name is None or not topology.batched(queue_name):
+            return await call_next(msg)
+        return await batcher.run(lambda: call_next(msg))
 
     async def _wait_out(
         self, call_next: Any, msg: Any, dependency: str, first: Exception, queue: str | None, delivery_count: int

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from events import topology
+from events.batch import Batcher
 from events.broker import make_broker
 from events.db import make_engine, make_sessionmaker
 from events.logs import get_logger, setup_logging
@@ -49,6 +50,7 @@ class ServiceRuntime:
     sessions: async_sessionmaker = field(init=False)
     broker: RabbitBroker = field(init=False)
     relay: OutboxRelay = field(init=False)
+    batcher: Batcher | None = field(init=False, default=None)
     started: bool = field(init=False, default=False)
     stopping: bool = field(init=False, default=False)
     """Set when the service begins to stop: handlers waiting out an outage let their message go."""
@@ -69,13 +71,20 @@ class ServiceRuntime:
         self.relay = OutboxRelay(
             self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds,
             inbox_retention=timedelta(days=s.inbox_retention_days),
+            # batches carry the marks; the relay marks on its own only when none came for a while
+            mark_seconds=0.5 if s.batch_size > 1 else 0.05,
         )
+        self.batcher = Batcher(
+            self.sessions, size=s.batch_size, linger_seconds=s.batch_linger_ms / 1000,
+            publish=self.relay.publish, mark_in=self.relay.mark_in, marked=self.relay.marked,
+        ) if s.batch_size > 1 else None
         self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
         for router in self.routers:
             self.broker.include_router(router)
         self.broker.context.set_global("sessions", self.sessions)
         self.broker.context.set_global("settings", s)
         self.broker.context.set_global("runtime", self)
+        self.broker.context.set_global("oms_batcher", self.batcher)
         for key, value in self.context.items():
             self.broker.context.set_global(key, value)
         backlog = Gauge("oms_outbox_backlog", "Outbox messages not yet confirmed by the broker", registry=self.registry)

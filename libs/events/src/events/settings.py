@@ -66,6 +66,10 @@ class ServiceSettings(BaseSettings):
     """A request body larger than this is refused with 413 (events.web.LimitBody)."""
     log_level: str = "INFO"
     prefetch: int = 32
+    batch_size: int = Field(default=32, ge=1)
+    """Messages handled in one database transaction at most (events.batch); 1 handles each alone."""
+    batch_linger_ms: float = Field(default=2.0, ge=0)
+    """How long a batch waits for more messages to arrive before it starts."""
     outbox_batch: int = 200
     outbox_poll_seconds: float = 1.0
     inbox_retention_days: float = Field(default=7.0, gt=0)

@@ -52,11 +52,14 @@ class QueueSpec:
     service: str
     exchange: str
     routing_key: str
+    batched: bool = True
+    """Its consumer's messages are handled in batches, one transaction each (events.batch). False
+    for a consumer that must commit before it calls out (payments' write-ahead)."""
 
 
-def _command(routing_key: str) -> QueueSpec:
+def _command(routing_key: str, *, batched: bool = True) -> QueueSpec:
     service = routing_key.split(".", 1)[0]
-    return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key)
+    return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key, batched)
 
 
 def _event(service: str, routing_key: str) -> QueueSpec:
@@ -83,8 +86,8 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("inventory.commit_stock"),
     _command("inventory.restock"),
     # payments
-    _command("payments.capture_payment"),
-    _command("payments.refund_payment"),
+    _command("payments.capture_payment", batched=False),
+    _command("payments.refund_payment", batched=False),
     # shipping
     _command("shipping.create_shipment"),
     _command("shipping.change_address"),
@@ -112,6 +115,13 @@ def queue_arguments(name: str) -> dict[str, Any]:
 
 def spec(name: str) -> QueueSpec:
     return _BY_NAME[name]
+
+
+def batched(name: str) -> bool:
+    """Whether the consumer of the queue ``name`` takes its messages in batches (not one outside
+    this table: a test's, a tool's)."""
+    found = _BY_NAME.get(name)
+    return found is not None and found.batched
 
 
 def command_queue(routing_key: str) -> str:

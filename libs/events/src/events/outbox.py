@@ -1,6 +1,6 @@
 """Transactional outbox: messages are written in the same transaction as the state change that
 emits them, and a relay publishes them afterwards with publisher confirms, persistent delivery and
-mandatory routing. A row is marked published only after the broker confirmed it; one the broker
+(commands) mandatory routing. A row is marked published only after the broker confirmed it; one the broker
 refused is retried with back-off. A transaction that staged messages hands its committed rows to
 the relay as it commits, so they are published without being read back, and marked published in
 batches; the relay also reads the table, so rows left by a crash (or by a publish that failed)
@@ -431,7 +431,10 @@ class OutboxRelay:
             timestamp=row["created_at"],
             headers={"traceparent": traceparent} if traceparent else {},
         )
-        await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=10)
+        # An event nobody subscribes to is dropped by the broker (events.topology); anything else
+        # (a command, a replay to a queue) must reach a queue, or it comes back and is retried.
+        mandatory = row["exchange"] != EVENTS_EXCHANGE
+        await exchange.publish(message, routing_key=row["routing_key"], mandatory=mandatory, timeout=10)
 
     async def purge(self) -> None:
         """Housekeeping, every five minutes: published rows past their retention (an hour), and the

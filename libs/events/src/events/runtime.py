@@ -31,10 +31,10 @@ from events.telemetry import setup_tracing
 log = get_logger("events.runtime")
 
 
-async def declare_topology(amqp_url: str) -> None:
+async def declare_topology(amqp_url: str, *, unrouted_tap: bool = False) -> None:
     connection = await aio_pika.connect(amqp_url)
     try:
-        await topology.declare(await connection.channel())
+        await topology.declare(await connection.channel(), unrouted_tap=unrouted_tap)
     finally:
         await connection.close()
 
@@ -103,7 +103,7 @@ class ServiceRuntime:
         while True:
             try:
                 if self.settings.declare_topology:
-                    await declare_topology(self.settings.amqp_url)
+                    await declare_topology(self.settings.amqp_url, unrouted_tap=self.settings.unrouted_tap)
                 await self.broker.start()
                 return
             except (OSError, aio_pika.exceptions.AMQPError) as exc:

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from events.db import BATCH, in_batch
@@ -59,7 +60,9 @@ class Batcher:
     """Runs handlers in batches, one transaction a batch (see the module's docstring).
 
     ``publish`` receives the outbox rows a batch's commit wrote, ``mark_in``/``marked`` let the
-    relay's marks ride in the batch's transaction (both from :class:`events.outbox.OutboxRelay`).
+    relay's marks ride in the batch's transaction (both from :class:`events.outbox.OutboxRelay`);
+    ``handled`` counts the messages acked, and the batch sizes go to ``oms_batch_messages``, both
+    once a batch.
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class Batcher:
         publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
         mark_in: Callable[[AsyncSession], Awaitable[list[str]]] | None = None,
         marked: Callable[[list[str]], None] | None = None,
+        handled: Counter | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._sessions = sessions
         self._size = size
@@ -83,6 +88,10 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.messages = 0
+        # Measured per batch, not per message (the handled counter is events.broker's).
+        self._sizes = Histogram("oms_batch_messages", "Messages handled in one batch transaction",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+        self._handled = handled
 
     async def run(self, handler: Callable[[], Awaitable[T]]) -> T:
         """Run ``handler`` (one message's) in the next batch; returns once the batch committed."""
@@ -154,6 +163,9 @@ class Batcher:
                 member.committed.set_result(None)
         self.batches += 1
         self.messages += len(ran)
+        self._sizes.observe(len(ran))
+        if self._handled is not None:
+            self._handled.inc(len(ran))
         if self._marked is not None:
             self._marked(marks)
         if rows and self._publish is not None:

@@ -26,7 +26,7 @@ from events.db import make_engine, make_sessionmaker
 from events.logs import get_logger, setup_logging
 from events.outbox import OutboxRelay
 from events.settings import ServiceSettings
-from events.telemetry import setup_tracing
+from events.telemetry import setup_tracing, spans_recorded
 
 log = get_logger("events.runtime")
 
@@ -74,11 +74,13 @@ class ServiceRuntime:
             # batches carry the marks; the relay marks on its own only when none came for a while
             mark_seconds=0.5 if s.batch_size > 1 else 0.05,
         )
+        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry,
+                                  trace_messages=spans_recorded())
         self.batcher = Batcher(
             self.sessions, size=s.batch_size, linger_seconds=s.batch_linger_ms / 1000,
             publish=self.relay.publish, mark_in=self.relay.mark_in, marked=self.relay.marked,
+            handled=self.broker.context.get("oms_messages_handled"), registry=self.registry,
         ) if s.batch_size > 1 else None
-        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
         for router in self.routers:
             self.broker.include_router(router)
         self.broker.context.set_global("sessions", self.sessions)

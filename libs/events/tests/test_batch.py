@@ -129,3 +129,40 @@ async def test_outside_a_batch_begin_is_a_transaction_of_its_own(engine):
     for n in range(3):
         await _handler(sessions, n)()
     assert len(engine.commits) - before == 3
+
+
+async def test_a_message_whose_savepoint_fails_to_release_leaves_nothing_to_publish(engine):
+    """SQLAlchemy runs the commit hooks as a savepoint is released too: a release that fails (a
+    flush refused there) must not leave that message's rows to be handed on after the commit."""
+    published: list[dict] = []
+
+    async def publish(rows):
+        published.extend(rows)
+
+    sessions = make_sessionmaker(engine.engine)
+
+    @event.listens_for(sessions.kw["sync_session_class"], "before_commit")
+    def _refuse_release(session) -> None:
+        if session.in_nested_transaction() and session.info.pop("refuse_release", False):
+            raise RuntimeError("the savepoint's release was refused")
+
+    def handler(n: int):
+        async def handle() -> None:
+            async with sessions.begin() as session:
+                assert await inbox.claim(session, f"msg-{n}", "test")
+                await outbox.stage(session, StockReleased(order_id=f"o-{n}", allocations=[]), service="test",
+                                   subject=f"o-{n}")
+                if n == 4:  # the last: nothing staged after it
+                    session.info["refuse_release"] = True
+
+        return handle
+
+    batcher = Batcher(sessions, size=32, linger_seconds=0.01, publish=publish)
+    results = await asyncio.gather(*(batcher.run(handler(n)) for n in range(5)), return_exceptions=True)
+    assert isinstance(results[4], RuntimeError) and [r for i, r in enumerate(results) if i != 4] == [None] * 4
+    async with sessions() as session:
+        claimed = set(await session.scalars(select(processed_message.c.message_id)))
+        staged = set(await session.scalars(select(outbox_message.c.correlation_id)))
+    expected = {f"o-{n}" for n in range(5) if n != 4}
+    assert claimed == {f"msg-{n}" for n in range(5) if n != 4}
+    assert staged == expected and {r["correlation_id"] for r in published} == expected

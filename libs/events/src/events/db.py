@@ -262,12 +262,15 @@ def make_sessionmaker(
 
         @event.listens_for(ServiceSession, "before_commit")
         def _fail_some(session: Session) -> None:
+            if session.in_nested_transaction():  # a savepoint's release: not a commit
+                return
             if session.info.get("outbox_staged") and random.random() < fail_commit_rate:
                 raise InjectedCommitFailure("injected commit failure")
 
     @event.listens_for(ServiceSession, "after_commit")
     def _after_commit(session: Session) -> None:
-        if not session.info.pop("outbox_staged", False):
+        # SQLAlchemy also calls this as a savepoint is released: nothing is committed yet then.
+        if session.in_nested_transaction() or not session.info.pop("outbox_staged", False):
             return
         rows, batch = session.info.pop(OUTBOX_COMMITTED, None), session.info.get(BATCH)
         if batch is not None and rows is not None:

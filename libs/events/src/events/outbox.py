@@ -95,7 +95,11 @@ async def stage(
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
     """Every session's commit writes what was staged in it (a listener on the base class, so no
-    session, whatever made it, can commit and leave its staged messages behind)."""
+    session, whatever made it, can commit and leave its staged messages behind). SQLAlchemy also
+    calls it as a savepoint is released: that commits nothing, so the rows wait for the commit
+    (a release that fails would otherwise leave rows of a rolled-back savepoint to be handed on)."""
+    if session.in_nested_transaction():
+        return
     rows = session.info.pop(_PENDING, None)
     if rows:
         if session.info.get(HANDED_OVER):  # the process's relay gets them: leased to it

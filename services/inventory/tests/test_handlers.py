@@ -190,6 +190,17 @@ async def test_a_parcel_leaving_one_warehouse_commits_that_warehouse_only(sessio
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
 
 
+async def test_a_release_of_the_parcels_that_stayed_leaves_the_one_that_left_to_its_commit(sessions):
+    """The commit of the parcel that left may arrive after the release of the others (two queues)."""
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    await handle_release_stock(msg(ReleaseStock, ReleaseStock(order_id="o1", reason="customer_request",
+                                                              warehouses=["BJ"])), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(3, 3), (3, 0)]
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
+
+
 async def test_commit_for_an_order_that_holds_nothing_is_dead_lettered(sessions):
     before = await snapshot(sessions)
     with pytest.raises(Permanent):

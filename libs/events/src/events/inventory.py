@@ -27,6 +27,9 @@ class ReleaseStock(Command):
     routing_key = "inventory.release_stock"
     order_id: str
     reason: str
+    warehouses: list[str] | None = None
+    """Only what these warehouses hold (their parcels did not leave); None: everything. A parcel
+    that left is committed by its own ``CommitStock``, which may arrive after this release."""
 
 
 class CommitStock(Command):

@@ -53,7 +53,7 @@ async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RELEASE):
             return
-        released = await stock.release(session, msg.data.order_id, msg.data.reason, msg)
+        released = await stock.release(session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses)
     log.info("stock.released", allocations=_units(released.allocations))
 
 

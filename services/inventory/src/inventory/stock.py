@@ -252,10 +252,13 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
     return reserved
 
 
-async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause) -> StockReleased:
-    """Give back what the order still holds; remember the release so it is never reserved later."""
+async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause,
+                  warehouses: list[str] | None = None) -> StockReleased:
+    """Give back what the order still holds (``warehouses``: only what those hold, so the units of
+    a parcel that left stay reserved for its commit, whichever comes first); remember the release
+    so the order is never reserved later."""
     hold = await _hold_of(session, order_id, lock=True)
-    held = await _reservations(session, order_id)
+    held = [r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
     for r in held:

@@ -47,6 +47,13 @@ CARRIER_STEPS = ["picked_up", "in_transit", "out_for_delivery", "delivered"]
 FATES = {"deliver": CARRIER_STEPS, "returned": ["picked_up", "in_transit", "returned"], "lost": ["picked_up", "lost"]}
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A command on its way to inventory: it takes effect when it arrives, not when it is sent."""
+
+    intent: object
+
+
 @dataclass
 class World:
     """Inventory, payments, shipping and the carrier, as far as the saga can tell."""
@@ -85,15 +92,8 @@ class World:
                 if not self.committed:
                     self.reserved = set(self.warehouses)
                 return [StockReserved(order_id=ORDER, allocations=self.allocations())]
-            case s.Release():
-                self.reserved, self.released_once = set(), True
-                return [StockReleased(order_id=ORDER, allocations=[])]
-            case s.Commit(warehouse=warehouse):
-                for w in [warehouse] if warehouse else list(self.reserved):
-                    if w in self.reserved:
-                        self.reserved.discard(w)
-                        self.committed.add(w)
-                return []
+            case s.Release() | s.Commit():
+                return [Queued(intent)]  # inventory takes each queue on its own: in any order
             case s.Capture():
                 if self.payment_reply is None:
                     if self.payment == "ok":
@@ -156,6 +156,22 @@ class World:
                 return []
         raise AssertionError(f"unexpected intent {intent!r}")
 
+    def take(self, intent: object) -> list[object]:
+        """Inventory takes a release or a commit off its queue."""
+        match intent:
+            case s.Release():
+                warehouses = getattr(intent, "warehouses", None)
+                self.reserved -= set(self.reserved if warehouses is None else warehouses)
+                self.released_once = True
+                return [StockReleased(order_id=ORDER, allocations=[])]
+            case s.Commit(warehouse=warehouse):
+                for w in [warehouse] if warehouse else list(self.reserved):
+                    if w in self.reserved:
+                        self.reserved.discard(w)
+                        self.committed.add(w)
+                return []
+        raise AssertionError(f"unexpected intent {intent!r}")
+
     @property
     def total(self) -> Decimal:
         return TOTAL if len(self.warehouses) == 1 else Decimal("50.00")  # 2 × 20 + 1 × 10
@@ -206,6 +222,9 @@ class Run:
             self.inflight += self.world.answer(intent)
 
     def feed(self, reply: object) -> None:
+        if isinstance(reply, Queued):
+            self.inflight += self.world.take(reply.intent)
+            return
         try:
             self.saga, intents = s.advance(self.saga, reply, now=self.now, timeouts=TIMEOUTS)
         except s.Refused:
@@ -300,3 +319,28 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
     # Silence cancels nothing before the long deadline, and that deadline is warned of first.
     if saga.reason == "saga_timeout":
         assert run.late_answers and world.warnings >= 1, "cancelled saga_timeout without a long silence and a warning"
+
+
+def test_a_release_overtaking_the_commit_of_a_parcel_that_left_keeps_its_units_off_the_shelf():
+    """A split order cancelled while its parcels are booked: the carrier took SH first. Its commit
+    and the release of the rest travel on two queues, and inventory here takes the release first."""
+    world = World(stock_ok=True, payment="ok", ship_ok=True, warehouses=("SH", "BJ"))
+    run = Run(world)
+    while run.inflight:  # reserved, captured, both parcels booked
+        run.feed(run.inflight.pop(0))
+    assert run.saga.status == "picking" and not run.inflight
+    run.inflight += world.carrier_moves(0)  # SH picked up: the scan is on its way
+    run.feed(s.CancelRequested())  # the cancel overtakes the scan
+    scan = next(r for r in run.inflight if isinstance(r, ShipmentUpdated))
+    run.inflight.remove(scan)
+    run.feed(scan)  # SH left: Commit(SH) queued
+    cancelled = next(r for r in run.inflight if isinstance(r, ShipmentCancelled))
+    run.inflight.remove(cancelled)
+    run.feed(cancelled)  # BJ will not leave: the release queued
+    release = next(r for r in run.inflight if isinstance(r, Queued) and isinstance(r.intent, s.Release))
+    run.inflight.remove(release)
+    run.feed(release)  # inventory takes the release before the commit
+    run.settle()
+    assert run.saga.status == "cancelled"
+    assert world.committed == {"SH"}, "the units the carrier took were put back on the shelf"
+    assert not world.reserved

@@ -49,7 +49,7 @@ class Reserve:
 
 @dataclass(frozen=True)
 class Release:
-    pass
+    warehouses: tuple[str, ...] | None = None  # only these (their parcels did not leave); None: all
 
 
 @dataclass(frozen=True)

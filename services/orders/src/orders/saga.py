@@ -164,8 +164,18 @@ def _release(saga: Saga) -> tuple[Saga, list[Intent]]:
     # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
     # parcel's cancel to be answered: they may have left with the carrier.
     if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
-        return replace(saga, stock=Stock.RELEASING), [Release()]
+        return replace(saga, stock=Stock.RELEASING), [_release_intent(saga)]
     return saga, []
+
+
+def _release_intent(saga: Saga) -> Release:
+    """Release what did not leave. Once a parcel left, its ``Commit`` may still be on its way to
+    inventory on another queue: a release of the whole order taken first would put the units the
+    carrier has back on the shelf, so the release names the warehouses whose parcels stayed."""
+    gone = {p.warehouse for p in saga.parcels if _left(p)}
+    if not gone:
+        return Release()
+    return Release(warehouses=tuple(sorted({p.warehouse for p in saga.parcels} - gone)))
 
 
 def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
@@ -218,7 +228,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "reserve", command=lambda saga: [Reserve()], success=StockReserved, failures=(StockReservationFailed,),
         undo=_release, undone_by=StockReleased,
-        pending_undo=lambda saga: [Release()] if saga.stock is Stock.RELEASING else [],
+        pending_undo=lambda saga: [_release_intent(saga)] if saga.stock is Stock.RELEASING else [],
         wait=Wait.RESERVE, waits_in=S.SUBMITTED, then=S.CONFIRMED,
         # all or nothing: a failed reservation holds nothing
         progress="stock", asked=Stock.RESERVING, done=Stock.RESERVED, failed=Stock.NONE,

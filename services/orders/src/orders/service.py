@@ -456,8 +456,9 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 order_id=oid, items=items(), country=address["country"],
                 latitude=address.get("latitude"), longitude=address.get("longitude"),
             )
-        case flow.Release():
-            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released")
+        case flow.Release(warehouses=warehouses):
+            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released",
+                                          warehouses=list(warehouses) if warehouses is not None else None)
         case flow.Commit(warehouse=warehouse):
             return inventory.CommitStock(order_id=oid, warehouse=warehouse)
         case flow.Restock(items=returned):

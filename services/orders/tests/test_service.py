@@ -296,6 +296,17 @@ async def test_a_split_order_books_a_parcel_per_warehouse_and_is_shipped_when_bo
     assert (await load(sessions, order_id)).status == "delivered"
 
 
+async def test_the_console_search_finds_a_split_order_by_each_parcels_tracking_number(sessions, settings):
+    from orders.console import queries
+
+    order_id = await _split_and_booked(sessions, settings)
+    await on_shipment_updated(_scan(order_id, "BJ", "picked_up"), sessions, settings)  # scans find no new parcel
+    async with sessions() as session:
+        for number in ("T-SH", "T-BJ"):
+            assert [o.id for o in await queries.search(session, queries.Search(q=number))] == [order_id], number
+        assert await queries.search(session, queries.Search(q="T-NONE")) == []
+
+
 async def test_a_parcel_returned_undelivered_is_refunded_and_restocked_and_nothing_arrived_cancels(sessions, settings):
     order_id = await _split_and_booked(sessions, settings)
     for warehouse, last in (("SH", "returned"), ("BJ", "lost")):

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
+from events.db import InsertIfAbsent
 from events.envelope import Envelope, Incoming
 from events.logs import get_logger
 from events.orders import (
@@ -42,7 +43,7 @@ from events.types import LineItem, OrderStatus, PricedLine
 from orders import saga as flow
 from orders.admission import Admission
 from orders.config import Settings
-from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
+from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine, OrderParcel
 from orders.domain import order_total, payment_status, request_fingerprint, return_value
 
 SERVICE = "orders"
@@ -304,6 +305,7 @@ async def apply(
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
             before(order)
+        await _new_parcel(session, order, reply)
         _summaries(order, reply, now)
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
@@ -391,8 +393,8 @@ async def _status_changed(
 def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) -> dict[str, Any]:
     """The order's record of its parcels, one per parcel as shipping reports them (a new value:
     the row is written only when it compares unequal). ``{"parcels": [...]}``, each with its
-    carrier, tracking number and link, status (and since when), estimate, items and trail; and the
-    first parcel's ``tracking_number`` at the top, which the ops console's search finds by index."""
+    carrier, tracking number and link, status (and since when), estimate, items and trail (the
+    console's search finds each tracking number in ``order_parcel``)."""
     parcels = [dict(p) for p in (shipment or {}).get("parcels", [])]
     mine = next((p for p in parcels if p["shipment_id"] == reply.shipment_id), None)
     if mine is None:
@@ -418,7 +420,20 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
                 mine["estimated_delivery"] = reply.estimated_delivery.isoformat()
         case shipping.ShipmentReturned():
             mine.update(status="returned", status_since=now.isoformat())
-    return {"parcels": parcels, "tracking_number": parcels[0]["tracking_number"] if parcels else None}
+    return {"parcels": parcels}
+
+
+_record_parcel = InsertIfAbsent(OrderParcel.__table__)
+
+
+async def _new_parcel(session: AsyncSession, order: Any, reply: object) -> None:
+    """A parcel the order did not know yet: its tracking number is recorded for the search."""
+    number = getattr(reply, "tracking_number", None)
+    if not isinstance(reply, shipping.ShipmentCreated | shipping.ShipmentUpdated) or not number:
+        return
+    if any(p.get("tracking_number") == number for p in (order.shipment or {}).get("parcels", [])):
+        return
+    await _record_parcel(session, {"tracking_number": number, "order_id": order.id})
 
 
 def _summaries(order: Any, reply: object, now: datetime) -> None:

@@ -40,7 +40,7 @@ async def handle_reserve_stock(msg: Envelope[ReserveStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RESERVE):
             return
-        outcome = await stock.reserve(session, cmd.order_id, list(cmd.items), to, msg)
+        outcome = await stock.reserve(session, cmd.order_id, list(cmd.items), to, msg, cmd.parcel)
     if isinstance(outcome, StockReserved):
         log.info("stock.reserved", allocations=_units(outcome.allocations))
     else:

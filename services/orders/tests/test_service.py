@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from events.envelope import Envelope, Incoming, build
-from events.inventory import StockReserved
+from events.inventory import StockReservationFailed, StockReserved
 from events.orders import PlaceOrder
 from events.payments import PaymentCaptured
 from events.shipping import ShipmentCreated, ShipmentUpdated
@@ -25,6 +25,7 @@ from orders.handlers import (
     on_payment_captured,
     on_shipment_created,
     on_shipment_updated,
+    on_stock_reservation_failed,
     on_stock_reserved,
 )
 
@@ -312,6 +313,11 @@ async def test_a_parcel_returned_undelivered_is_refunded_and_restocked_and_nothi
     for warehouse, last in (("SH", "returned"), ("BJ", "lost")):
         await on_shipment_updated(_scan(order_id, warehouse, "picked_up"), sessions, settings)
         await on_shipment_updated(_scan(order_id, warehouse, last), sessions, settings)
+    [again] = [m["data"] for m in await outbox(sessions) if m["key"] == "inventory.reserve_stock" and m["data"]["parcel"]]
+    assert (again["parcel"], again["items"]) == ("BJ+1", [{"sku": "SKU-RED-MUG", "quantity": 1}]), "the lost one first"
+    assert (await load(sessions, order_id)).status == "shipped"
+    await on_stock_reservation_failed(envelope(StockReservationFailed, StockReservationFailed(
+        order_id=order_id, parcel="BJ+1")), sessions, settings)  # no stock to send it again
     order = await load(sessions, order_id)
     assert (order.status, order.status_reason) == ("cancelled", "delivery_failed")
     sent = await outbox(sessions)

@@ -44,7 +44,8 @@ class DeadlineReached:
 
 @dataclass(frozen=True)
 class Reserve:
-    pass
+    parcel: str | None = None  # once more, for this parcel sent instead of a lost one
+    items: tuple[LineItem, ...] = ()  # ... holding these; empty: every line of the order
 
 
 @dataclass(frozen=True)

@@ -466,10 +466,10 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
         return [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
 
     match intent:
-        case flow.Reserve():
+        case flow.Reserve(parcel=parcel, items=held):
             return inventory.ReserveStock(
-                order_id=oid, items=items(), country=address["country"],
-                latitude=address.get("latitude"), longitude=address.get("longitude"),
+                order_id=oid, items=list(held) if held else items(), country=address["country"],
+                latitude=address.get("latitude"), longitude=address.get("longitude"), parcel=parcel,
             )
         case flow.Release(warehouses=warehouses):
             return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released",

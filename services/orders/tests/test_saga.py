@@ -459,3 +459,12 @@ def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time(
     saga, intents = advance(saga, again("SH", "lost"), now=T0, timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "delivery_failed")
     assert [type(i) for i in intents] == [Refund] and saga.unrefunded == 0
+
+
+def test_a_parcel_delivered_before_its_order_is_cancelled_is_put_to_ops():
+    """The carrier delivered SH before BJ's booking failed: the order is cancelled and refunded, and
+    someone has to get the mug back."""
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), scan("SH", "picked_up"), scan("SH", "delivered"))
+    saga, intents = advance(saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
+    assert any(isinstance(i, RaiseAttention) and "SH" in i.detail for i in intents) and saga.attention

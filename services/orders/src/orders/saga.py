@@ -191,7 +191,7 @@ def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
 def _cancel_parcel(saga: Saga) -> tuple[Saga, list[Intent]]:
     # One parcel's booking failed while the others may be booked: they are cancelled too.
     intents: list[Intent] = []
-    on_the_way = [p.name for p in saga.parcels if p.leg is Leg.LEFT]
+    on_the_way = [p.name for p in saga.parcels if p.leg in (Leg.LEFT, Leg.DELIVERED)]  # or with the customer
     if on_the_way and saga.attention is None:  # the order is cancelled with parcels on their way
         detail = f"parcel(s) {', '.join(on_the_way)} left with the carrier before the order was cancelled: ask for them back"
         saga, intents = replace(saga, attention=detail), [RaiseAttention(step="ship", detail=detail)]

@@ -314,3 +314,21 @@ async def test_a_return_names_the_parcels_the_items_came_in(client, sessions, se
     async with sessions() as session:
         expected = [(s.parcel, s.return_expected, s.return_items) for s in await parcels.of_order(session, "o1")]
     assert expected == [("SH", True, [{"sku": "A", "quantity": 1}]), ("BJ", True, [{"sku": "A", "quantity": 1}])]
+
+
+async def test_a_parcel_sent_instead_of_a_lost_one_names_it_in_its_news(client, sessions, settings, adapters):
+    await handle_create_shipment(create("o1"), sessions, settings, adapters)
+    [first] = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"]
+    lost = {"tracking_number": first["tracking_number"], "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    await post_scan(client, "/v1/carriers/sf-express/events", lost)
+    await post_scan(client, "/v1/carriers/sf-express/events", {**lost, "status": "lost", "at": "2026-11-25T10:00:00Z"})
+    again = CreateShipment(order_id="o1", warehouse="SH", address=ADDRESS, items=[LineItem(sku="A", quantity=1)],
+                           parcel="SH+1", replaces="SH")
+    await handle_create_shipment(msg(CreateShipment, again), sessions, settings, adapters)
+    second = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"][-1]
+    assert second["parcel"] == "SH+1" and second["tracking_number"] != first["tracking_number"]
+    assert second["replaces"] == first["tracking_number"]
+    scan = {"tracking_number": second["tracking_number"], "status": "picked_up", "at": "2026-11-26T10:00:00Z"}
+    assert (await post_scan(client, "/v1/carriers/sf-express/events", scan)).status_code == 202
+    update = [e["data"] for e in await events(sessions) if e["key"] == "shipment.updated"][-1]
+    assert (update["tracking_number"], update["replaces"]) == (second["tracking_number"], first["tracking_number"])

@@ -423,7 +423,7 @@ def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_
     assert intents == [Reserve(parcel="SH+1", items=MUG)], "silence: asked again"
     spare = StockReserved(order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
     saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
-    assert intents == [CreateShipment(warehouse="BJ", parcel="SH+1", items=MUG)]
+    assert intents == [CreateShipment(warehouse="BJ", parcel="SH+1", items=MUG, replaces="SH")]
     saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
     assert intents == [], "a resent reservation's answer books nothing twice"
     booked_again = ShipmentCreated(order_id=ORDER, shipment_id="shp-SH+1", carrier="sf-express", tracking_number="TSH+1",

@@ -74,6 +74,7 @@ class CreateShipment:
     warehouse: str
     parcel: str | None = None
     items: tuple[LineItem, ...] = ()  # empty: every line of the order
+    replaces: str | None = None  # the lost parcel it is sent instead of
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ each booked and followed on its own. The order is ``shipped`` when every parcel 
 comes back undelivered (``returned``) or is ``lost`` ends its delivery: what it held is refunded,
 returned units go back on the shelf; an order none of whose parcels arrived is cancelled with
 ``delivery_failed``. A lost parcel is first sent again (the resend step: its units reserved once
-more, a new parcel booked; the customer hears of it by that parcel's "shipped" message), and is
-refunded only when the stock does not allow it (the customer hears of the refund), or when the one
-sent instead is lost too. A failed attempt (``exception``) only waits for the next one.
+more, a new parcel booked that names the one it replaces, so the customer is told it was sent
+again), and is refunded only when the stock does not allow it (the customer is told of the
+refund), or when the one sent instead is lost too. A failed attempt (``exception``) only waits for the next one.
 
 (*) A cancel is answered: ``shipment.cancelled`` naming the parcels that will not leave, and, for
 one the carrier took first, the ``shipment.updated`` of that scan. The reserved stock is released
@@ -274,7 +274,8 @@ def _resend(saga: Saga) -> list[Intent]:
     """For each parcel sent instead of a lost one: its stock reserved again, then its booking."""
     again = [p for p in saga.parcels if p.replaces is not None]
     return [*(Reserve(parcel=p.name, items=p.items) for p in again if p.leg is Leg.RESERVING),
-            *(CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items) for p in again if p.leg is Leg.PLANNED)]
+            *(CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items, replaces=p.replaces)
+              for p in again if p.leg is Leg.PLANNED)]
 
 
 RESEND = Step(

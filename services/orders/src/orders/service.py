@@ -487,9 +487,9 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
             )
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
-        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held):
+        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held, replaces=replaces):
             return shipping.CreateShipment(order_id=oid, warehouse=warehouse, parcel=parcel, address=Address(**address),
-                                           items=list(held) if held else items())
+                                           items=list(held) if held else items(), replaces=replaces)
         case flow.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.ChangeShipmentAddress():

@@ -562,9 +562,10 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
     if now >= since + timedelta(seconds=t.give_up_seconds):
         if saga.waiting_for is not Wait.COMPENSATE:
             return _cancel(saga, CancelReason.SAGA_TIMEOUT, now, t)
-        detail = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
-        saga = _wait(replace(saga, attention=f"no answer to {detail}"), None, now, t)
-        return saga, [RaiseAttention(step="compensate", detail=f"no answer to {detail} since {since.isoformat()}")]
+        pending = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
+        detail = f"no answer to {pending} since {since.isoformat()}"
+        saga = _wait(replace(saga, attention=detail), None, now, t)
+        return saga, [RaiseAttention(step="compensate", detail=detail)]
     intents: list[Intent] = []
     if not saga.warned and now >= since + timedelta(seconds=t.warn_seconds):
         saga = replace(saga, warned=True)

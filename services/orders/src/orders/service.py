@@ -14,7 +14,6 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -43,7 +42,8 @@ from orders import saga as flow
 from orders.admission import Admission
 from orders.config import Settings
 from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
-from orders.domain import order_total, payment_status, request_fingerprint, return_value
+from orders.domain import order_total, request_fingerprint, return_value
+from orders.saga_state import projection
 
 SERVICE = "orders"
 SELF = "oms/orders"  # the actor of what the saga does on its own (a deadline)
@@ -188,8 +188,6 @@ async def _create(
                                timeouts=settings.timeouts, prices=prices)
     row = {
         "id": order_id,
-        "status": saga.status,
-        "status_reason": None,
         "customer_id": request.customer.id,
         "gateway": actor,
         "channel": request.channel,
@@ -199,15 +197,8 @@ async def _create(
         "shipping_address": request.shipping_address.model_dump(mode="json"),
         "payment_method": request.payment.method,
         "payment_token": request.payment.token,
-        "payment_status": "pending",
-        "payment_amount": Decimal("0"),
-        "payment_failed": False,
-        "refunded_amount": Decimal("0"),
         "shipment": None,
-        "saga": saga.to_dict(),
-        "deadline_at": saga.deadline_at,
-        "waiting_since": saga.waiting_since,
-        "attention": None,
+        **projection(saga),
         "created_at": now,
         "updated_at": now,
         "version": 1,
@@ -304,16 +295,13 @@ async def apply(
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
             before(order)
-        _summaries(order, reply, now)
+        if isinstance(reply, SHIPPING_NEWS):
+            order.shipment = parcels_summary(order.shipment, reply, now)
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
-        order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
-        order.waiting_since = new.waiting_since
         if old.attention is not None and new.attention is None:  # resolved by a person
             log.warning("order.attention_resolved", order_id=order_id, was=order.attention, actor=actor)
-            order.attention = None
-        if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or new.final:
-            order.payment_token = None  # decided, or the order is over: the token is of no more use
+        _project(order, new, now)
         history: list[dict[str, Any]] = []
         if new.status != old.status:
             previous = old.status
@@ -332,7 +320,6 @@ async def apply(
                 log.warning("saga.deadline_near", order_id=order_id, step=intent.step,
                             waiting_since=intent.waiting_since.isoformat(), gives_up_at=intent.give_up_at.isoformat())
             elif isinstance(intent, flow.RaiseAttention):
-                order.attention = intent.detail
                 await _stage(session, OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail), order_id, cause)
                 log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
             else:
@@ -365,7 +352,6 @@ async def _status_changed(
     new: flow.Saga, now: datetime, cause: Cause,
 ) -> None:
     reason = new.reason if to_status == new.status else None
-    order.status, order.status_reason = to_status, reason
     history.append({"order_id": order.id, "status": to_status, "reason": reason, "at": now})
     oid = order.id
     await _stage(
@@ -421,22 +407,16 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
     return {"parcels": parcels, "tracking_number": parcels[0]["tracking_number"] if parcels else None}
 
 
-def _summaries(order: Any, reply: object, now: datetime) -> None:
-    """Keep the order's view of its payment and shipment as the other services report them."""
-    match reply:
-        case payments.PaymentCaptured():
-            order.payment_amount = reply.amount
-        case payments.PaymentFailed():
-            order.payment_failed = True
-        case payments.PaymentRefunded():
-            order.refunded_amount = max(order.refunded_amount, reply.refunded_total)
-        case shipping.ShipmentCreated() | shipping.ShipmentUpdated() | shipping.ShipmentReturned():
-            order.shipment = parcels_summary(order.shipment, reply, now)
-        case _:
-            return
-    order.payment_status = payment_status(
-        captured=order.payment_amount, refunded=order.refunded_amount, failed=order.payment_failed
-    )
+SHIPPING_NEWS = (shipping.ShipmentCreated, shipping.ShipmentUpdated, shipping.ShipmentReturned)
+"""The replies whose tracking details the order's ``shipment`` column records for the customer."""
+
+
+def _project(order: SimpleNamespace, saga: flow.Saga, now: datetime) -> None:
+    """Write the saga's new state into the order's row: its JSON, and the columns projected from it
+    (``saga_state.projection``). The only place a saga step changes those columns."""
+    vars(order).update(projection(saga), updated_at=now)
+    if saga.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or saga.final:
+        order.payment_token = None  # decided, or the order is over: the token is of no more use
 
 
 NEEDS_LINES = (flow.Reserve, flow.CreateShipment)  # the intents whose command lists the order's items

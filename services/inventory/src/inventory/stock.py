@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
-from events.envelope import Envelope, Incoming, Message
+from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
     StockCommitted,
@@ -38,7 +37,6 @@ from inventory import domain
 from inventory.db import OrderHold, Reservation, Stock, StockMovement, Warehouse
 
 SERVICE = "inventory"
-Cause = Incoming | Envelope[Any] | None
 Key = tuple[str, str]  # (warehouse, sku)
 
 
@@ -99,16 +97,12 @@ _RESERVATIONS = (
 _WAREHOUSES = select(_warehouse.c.code, _warehouse.c.country, _warehouse.c.latitude, _warehouse.c.longitude)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _source(cause: Cause) -> str | None:
     return cause.source if cause is not None else None
 
 
-async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=subject, causation=cause)
+_now = utcnow
+_stage = outbox.stager(SERVICE)
 
 
 def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,

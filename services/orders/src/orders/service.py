@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
-from events.envelope import Envelope, Incoming
+from events.envelope import Cause, utcnow
 from events.logs import get_logger
 from events.orders import (
     Address,
@@ -57,7 +57,6 @@ def _saga_warnings() -> Counter:
         _METRICS["warnings"] = Counter("oms_saga_warnings", "Saga steps waiting past the warning", ["step"])
     return _METRICS["warnings"]
 
-Cause = Incoming | Envelope[Any] | None
 
 
 class KeyReused(Exception):
@@ -82,12 +81,8 @@ class Placed:
     created: bool  # False: the same request again, answered with the order it made
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause, correlationid=order_id)
+_now = utcnow
+_stage = outbox.stager(SERVICE, correlate_by_subject=True)
 
 
 # --- creating an order ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox
+from events import inbox, topology
 from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems, StockReserved
@@ -23,10 +23,10 @@ log = get_logger(__name__)
 router = RabbitRouter()
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 
-RESERVE = "inventory.reserve_stock"
-RELEASE = "inventory.release_stock"
-COMMIT = "inventory.commit_stock"
-RESTOCK = "inventory.restock"
+RESERVE = topology.command_queue("inventory.reserve_stock")
+RELEASE = topology.command_queue("inventory.release_stock")
+COMMIT = topology.command_queue("inventory.commit_stock")
+RESTOCK = topology.command_queue("inventory.restock")
 
 
 def _units(allocations) -> list[str]:

@@ -67,8 +67,7 @@ class Level:
     low_alerted: bool
 
 
-# The message paths run prebuilt Core statements: the ORM's get and flush and a statement built
-# per call cost SQLAlchemy more than SQLite takes to run them. The admin paths below stay ORM.
+# Prebuilt Core statements on the message paths (see docs/operations.md, "Prebuilt statements on the message paths"); the admin paths stay ORM.
 _stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
 _movement, _warehouse = StockMovement.__table__, Warehouse.__table__
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()

@@ -156,8 +156,7 @@ async def place_order(
             admission.settled()
 
 
-# Built once, executed with parameters: a statement built per call (``insert(...).values(...)``)
-# costs SQLAlchemy more than SQLite takes to run it.
+# Prebuilt Core statements, executed with parameters: see docs/operations.md, "Prebuilt statements on the message paths".
 _orders, _lines, _history, _keys = Order.__table__, OrderLine.__table__, OrderHistory.__table__, IdempotencyKey.__table__
 _KEY = select(_keys).where(_keys.c.key == bindparam("key"))
 _INSERT_KEY = insert(_keys)
@@ -202,7 +201,7 @@ async def _create(
         {"order_id": order_id, "position": i, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
         for i, line in enumerate(request.items)
     ]
-    # Core, like a saga step: the order, its lines and its first history row, a statement each.
+    # The order, its lines and its first history row, a statement each.
     await session.execute(_INSERT_ORDER, row)
     await session.execute(_INSERT_LINES, lines)
     await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now,
@@ -277,8 +276,7 @@ async def apply(
     async with contextlib.nullcontext(session) if session is not None else sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
-        # Core, not the ORM: a saga step reads one row and writes back what changed, and the
-        # ORM's identity map and unit of work cost more than both statements together.
+        # One row read and what changed written back, with prebuilt statements (not the ORM).
         loaded = (await session.execute(_LOAD, {"order_id": order_id})).mappings().first()
         if loaded is None:
             log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)

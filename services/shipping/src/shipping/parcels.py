@@ -58,8 +58,7 @@ def _created(s: Any) -> ShipmentCreated:
                            items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number))
 
 
-# Built once: the create command and every carrier scan run these; a statement built per call (and
-# the ORM's get and flush) cost SQLAlchemy more than SQLite took to run it.
+# Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md, "Prebuilt statements on the message paths".
 _shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
 # A parcel as a report reads it and the carrier endpoint answers with it (not its address).
 _PARCEL = select(

@@ -21,7 +21,7 @@ from test_saga import (
 
 from events import topology
 from events.broker import make_broker
-from events.envelope import build
+from events.envelope import Event, build
 from events.shipping import ShipmentReturned
 from events.types import LineItem
 from orders import handlers, service
@@ -59,3 +59,12 @@ async def test_a_reply_on_its_queue_reaches_the_saga_as_its_model(reply, monkeyp
         await test_broker.publish(build(reply, service="test", subject=reply.order_id), queue)
 
     assert applied == [("ord_1", reply, queue)]
+
+
+def test_a_reply_added_to_the_table_without_its_queue_is_refused_naming_the_topology():
+    class StockCounted(Event):
+        routing_key = "stock.counted"
+        order_id: str
+
+    with pytest.raises(topology.UnknownQueue, match=r"orders\.on\.stock\.counted.*events\.topology\.QUEUES"):
+        handlers._subscribe(StockCounted)

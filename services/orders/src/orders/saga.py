@@ -98,6 +98,10 @@ PAYMENT_FAILURES = {
 }
 
 
+Outcome = tuple[Saga, list[Intent]]
+"""The saga's next state and what it asks to be done."""
+
+
 class Refused(Exception):
     """A request the order's current state does not allow (answered 409)."""
 
@@ -270,6 +274,7 @@ RETURN = Step(
 """Not part of the forward flow: the customer asks for it after delivery (see _shipment_returned)."""
 
 
+
 def _resend(saga: Saga) -> list[Intent]:
     """For each parcel sent instead of a lost one: its stock reserved again, then its booking."""
     again = [p for p in saga.parcels if p.replaces is not None]
@@ -286,6 +291,7 @@ RESEND = Step(
 replies carry the parcel's name (``parcel``), which tells them from the reserve step's."""
 
 TABLE: tuple[Step, ...] = (*STEPS, RETURN, RESEND)
+SHIP = next(step for step in STEPS if step.name == "ship")
 
 
 def _step(waiting: Wait | None) -> Step | None:
@@ -365,7 +371,7 @@ def _next_look(saga: Saga, now: datetime, t: Timeouts) -> datetime:
 # the exceptions to the table's rules, each for a reason it gives
 
 
-def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts):
+def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts) -> Outcome:
     i = _leg_of(saga, reply)
     if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: that parcel will not leave
         if i is None or len(saga.parcels) <= 1:
@@ -373,7 +379,7 @@ def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeou
         return _cancel_answered(_with_leg(saga, i, leg=Leg.CANCELLED), now, t)
     if i is not None and saga.parcel is Parcel.CREATING:  # never booked: nothing of it to cancel
         saga = _with_leg(saga, i, leg=Leg.CANCELLED)
-    return _failed(STEPS[2], saga, reply, now, t)
+    return _failed(SHIP, saga, reply, now, t)
 
 
 # A carrier's status: where the parcel is (its leg) and what the order is once every parcel is there.
@@ -424,7 +430,7 @@ def _order_status(saga: Saga) -> S:
     return _PROGRESS[min(_rank(p.carrier_status) for p in going)] if going else S.PICKING
 
 
-def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
+def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts) -> Outcome:
     """The follow step: each parcel's scans move it, and the order with the least advanced, never back."""
     leg = _LEG.get(reply.status)
     i = _leg_of(saga, reply)
@@ -502,7 +508,7 @@ def _again(saga: Saga, reply: Any, legs: tuple[Leg, ...]) -> int | None:
                  if p.replaces is not None and p.name == name and p.leg in legs), None)
 
 
-def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, now: datetime, t: Timeouts):
+def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, now: datetime, t: Timeouts) -> Outcome:
     """Inventory's answer for a parcel sent again: booked from where its units were reserved (one
     parcel per warehouse, as for the order), or, without stock, the lost parcel is refunded."""
     i = _again(saga, reply, (Leg.RESERVING,))
@@ -520,7 +526,7 @@ def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, 
     return _resend_waits(saga, now, t), _resend(replace(saga, parcels=legs))
 
 
-def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: datetime, t: Timeouts):
+def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: datetime, t: Timeouts) -> Outcome:
     """The lost parcel cannot be sent again: refunded, as any parcel that did not arrive."""
     lost = next(q for q in saga.parcels if q.name == p.replaces)
     refund = _refund(saga, min(saga.worth(lost.items), saga.unrefunded), f"parcel:{lost.name}")
@@ -532,7 +538,7 @@ def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: dateti
     return saga, intents
 
 
-def _replacement_booked(saga: Saga, reply: ShipmentCreated, now: datetime, t: Timeouts):
+def _replacement_booked(saga: Saga, reply: ShipmentCreated, now: datetime, t: Timeouts) -> Outcome:
     i = _again(saga, reply, (Leg.PLANNED,))
     if i is None:
         return _ignore(saga)
@@ -540,7 +546,7 @@ def _replacement_booked(saga: Saga, reply: ShipmentCreated, now: datetime, t: Ti
     return _resend_waits(saga, now, t), []
 
 
-def _replacement_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts):
+def _replacement_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts) -> Outcome:
     """No carrier takes the parcel sent again: its units go back, and the lost parcel is refunded."""
     i = _again(saga, reply, (Leg.PLANNED,))
     if i is None:
@@ -557,7 +563,7 @@ def _delivery_over(saga: Saga, now: datetime, t: Timeouts, intents: list[Intent]
     return saga, [*intents, *more]
 
 
-def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts):
+def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts) -> Outcome:
     """The carrier scanned a parcel before the cancel reached shipping. The order stays cancelled
     (its refund is under way); the units are off the shelf, and someone has to get them back."""
     i = _leg_of(saga, reply)
@@ -576,7 +582,7 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
     return saga, [*commit, *more, RaiseAttention(step="ship", detail=detail)]
 
 
-def _parcels_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: Timeouts):
+def _parcels_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: Timeouts) -> Outcome:
     """Shipping's answer to a cancel: the parcels named will not leave (none named: none that had
     not left)."""
     if saga.parcel is not Parcel.CANCELLING:
@@ -603,7 +609,7 @@ def _cancel_answered(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list
     return _compensate(saga, now, t)
 
 
-def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts):
+def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Timeouts) -> Outcome:
     """The return step: a parcel is back, its units go back on the shelf, and the return is refunded
     with the first (a return of items from two parcels comes back as two)."""
     i = _leg_of(saga, reply) if len(saga.parcels) > 1 else None
@@ -624,7 +630,7 @@ def _shipment_returned(saga: Saga, reply: ShipmentReturned, now: datetime, t: Ti
 # requests from people
 
 
-def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeouts):
+def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeouts) -> Outcome:
     if saga.status is S.CANCELLED:
         return _ignore(saga)  # asked twice: already done
     if saga.status not in BEFORE_SHIPMENT:
@@ -634,19 +640,19 @@ def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeou
     return _cancel(saga, CancelReason(req.reason), now, t)
 
 
-def _attention_resolved(saga: Saga, req: AttentionResolved, now: datetime, t: Timeouts):
+def _attention_resolved(saga: Saga, req: AttentionResolved, now: datetime, t: Timeouts) -> Outcome:
     if saga.attention is None:
         raise Refused("nothing about this order waits for a person")
     return replace(saga, attention=None), []
 
 
-def _address_change(saga: Saga, req: AddressChangeRequested, now: datetime, t: Timeouts):
+def _address_change(saga: Saga, req: AddressChangeRequested, now: datetime, t: Timeouts) -> Outcome:
     if saga.status not in BEFORE_SHIPMENT:
         raise Refused(f"the order is {saga.status}: the address can no longer be changed")
     return saga, ([ChangeShipmentAddress()] if saga.parcel in (Parcel.CREATING, Parcel.CREATED) else [])
 
 
-def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeouts):
+def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeouts) -> Outcome:
     if saga.status is not S.DELIVERED:
         raise Refused(f"the order is {saga.status}: a return can be requested once it is delivered")
     if req.amount > saga.captured - saga.refund_asked:
@@ -659,8 +665,9 @@ def _return_requested(saga: Saga, req: ReturnRequested, now: datetime, t: Timeou
 # the deadline: resend, warn, give up
 
 
-def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
-    if saga.deadline_at is None or saga.waiting_for is None or now < saga.deadline_at:
+def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Outcome:
+    waiting = saga.waiting_for
+    if saga.deadline_at is None or waiting is None or now < saga.deadline_at:
         return _ignore(saga)  # fired early or twice
     since = saga.waiting_since or now
     if now >= since + timedelta(seconds=t.give_up_seconds):
@@ -669,13 +676,14 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
             return _wait(replace(saga, attention=detail), None, now, t), [RaiseAttention(step="resend", detail=detail)]
         if saga.waiting_for is not Wait.COMPENSATE:
             return _cancel(saga, CancelReason.SAGA_TIMEOUT, now, t)
-        detail = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
-        saga = _wait(replace(saga, attention=f"no answer to {detail}"), None, now, t)
-        return saga, [RaiseAttention(step="compensate", detail=f"no answer to {detail} since {since.isoformat()}")]
+        pending = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
+        detail = f"no answer to {pending} since {since.isoformat()}"
+        saga = _wait(replace(saga, attention=detail), None, now, t)
+        return saga, [RaiseAttention(step="compensate", detail=detail)]
     intents: list[Intent] = []
     if not saga.warned and now >= since + timedelta(seconds=t.warn_seconds):
         saga = replace(saga, warned=True)
-        intents.append(Warn(step=saga.waiting_for, waiting_since=since,
+        intents.append(Warn(step=waiting, waiting_since=since,
                             give_up_at=since + timedelta(seconds=t.give_up_seconds)))
     step = _step(saga.waiting_for)
     intents += step.command(saga) if step and step.command else _pending_compensations(saga)
@@ -686,14 +694,14 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts):
 # --- compensation ---------------------------------------------------------------------------
 
 
-def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts):
+def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts) -> Outcome:
     """The release's answer: the stock is back, and the saga stops waiting once every compensation is."""
     if saga.stock is not Stock.RELEASING:
         return _ignore(saga)  # told again (a resent release)
     return _settle(replace(saga, stock=Stock.RELEASED), now, t), []
 
 
-def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Timeouts):
+def _payment_refunded(saga: Saga, reply: PaymentRefunded, now: datetime, t: Timeouts) -> Outcome:
     if reply.refund_id in saga.refund_ids:
         return _ignore(saga)  # the same refund told twice
     saga = replace(
@@ -748,7 +756,9 @@ def _settle(saga: Saga, now: datetime, t: Timeouts) -> Saga:
 def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
     """The replies each row of the table answers to, handled by the table's rules."""
     handlers: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {}
-    for step in STEPS[:3]:
+    for step in STEPS:
+        if step.command is None:
+            continue  # the other side reports by itself: its replies have rules of their own, below
         handlers[step.success] = lambda saga, reply, now, t, step=step: _succeeded(step, saga, reply, now, t)
         for failure in step.failures:
             handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
@@ -759,15 +769,18 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
     handlers[ShipmentUpdated] = _shipment_updated  # the follow step
     handlers[ShipmentReturned] = _shipment_returned  # the return step
     # the resend step's replies name the parcel sent again; the others are the forward flow's
-    for reply_type, again in ((RESEND.success, _resend_answered), *((f, _resend_answered) for f in RESEND.failures),
-                              (ShipmentCreated, _replacement_booked), (ShipmentFailed, _replacement_failed)):
-        handlers[reply_type] = _by_parcel(again, handlers[reply_type])
+    again: list[tuple[type, Callable[..., Outcome]]] = [
+        (RESEND.success, _resend_answered), *((f, _resend_answered) for f in RESEND.failures),
+        (ShipmentCreated, _replacement_booked), (ShipmentFailed, _replacement_failed),
+    ]
+    for reply_type, handle in again:
+        handlers[reply_type] = _by_parcel(handle, handlers[reply_type])
     return handlers
 
 
-def _by_parcel(again: Callable[..., tuple[Saga, list[Intent]]], first: Callable[..., tuple[Saga, list[Intent]]]):
+def _by_parcel(again: Callable[..., Outcome], first: Callable[..., Outcome]) -> Callable[..., Outcome]:
     """``again`` for a reply about a parcel sent instead of a lost one, else ``first``."""
-    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> Outcome:
         name = getattr(reply, "parcel", None)
         if name is not None and any(p.replaces is not None and p.name == name for p in saga.parcels):
             return again(saga, reply, now, t)

@@ -28,7 +28,7 @@ class Warehouse(Base):
 class Stock(Base):
     """Units of one SKU at one warehouse. Changes lock the row first, reservations take units by a
     guarded UPDATE (``on_hand - reserved >= :q``), and the CHECKs below refuse anything else, so
-    concurrent orders never oversell (stock.py)."""
+    concurrent orders never oversell (service.py)."""
 
     __tablename__ = "stock"
 
@@ -79,6 +79,9 @@ class OrderHold(Base):
     state: Mapped[str] = mapped_column(String(20))  # reserved | released | committed | failed
     shortages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     """Of a failed reservation: what was short, told again when the order asks again."""
+    allocations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """Of a replacement parcel's hold (``order_id`` = ``<order>/<parcel>``): what it reserved, told
+    again when asked again (its units are the order's reservations)."""
     updated_at: Mapped[datetime]
 
 

@@ -1,5 +1,6 @@
-"""The saga's state: where each participant stands, what it waits for, and its JSON form (stored in
-the order's row). Plain values, no behaviour: the flow is in ``orders.saga``."""
+"""The saga's state: where each participant stands, what it waits for, its JSON form (stored in
+the order's row), and the order's columns it projects to. Plain values, no behaviour: the flow
+is in ``orders.saga``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from events.types import LineItem, OrderStatus
+from orders.domain import payment_status
 
 S = OrderStatus
 FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
@@ -44,6 +46,7 @@ class Parcel(StrEnum):
 class Leg(StrEnum):
     """Where one parcel of the order stands (an order ships one parcel per warehouse)."""
 
+    RESERVING = "reserving"  # sent again for a lost one: its stock is being reserved again
     PLANNED = "planned"  # its stock is reserved at the warehouse; booking asked or to be asked
     BOOKED = "booked"  # booked with a carrier, waiting at the warehouse
     LEFT = "left"  # the carrier has it
@@ -64,15 +67,18 @@ class ParcelLeg:
     leg: Leg = Leg.PLANNED
     shipment_id: str | None = None
     carrier_status: str | None = None  # the carrier's last word on it (created, in_transit, exception, ...)
+    replaces: str | None = None  # the lost parcel it is sent instead of
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "warehouse": self.warehouse, "items": [i.model_dump(mode="json") for i in self.items],
-                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status}
+                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status,
+                "replaces": self.replaces}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ParcelLeg:
         return cls(name=d["name"], warehouse=d["warehouse"], items=tuple(LineItem.model_validate(i) for i in d["items"]),
-                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"))
+                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"),
+                   replaces=d.get("replaces"))
 
 
 class Wait(StrEnum):
@@ -81,6 +87,7 @@ class Wait(StrEnum):
     RESERVE = "reserve"
     CAPTURE = "capture"
     SHIP = "ship"
+    RESEND = "resend"  # a lost parcel's stock reserved again and its replacement booked
     COMPENSATE = "compensate"
 
 
@@ -176,3 +183,24 @@ class Saga:
     def unrefunded(self) -> Decimal:
         """Captured money the saga has not yet asked back (for a cancelled order: must reach 0)."""
         return self.captured - self.refund_asked
+
+
+def projection(saga: Saga) -> dict[str, Any]:
+    """The order's columns that the API, the console and the reports read, as the saga has them.
+
+    The saga is the one truth about where an order stands; these columns are a copy for queries
+    (by status, by deadline, sums of money), written from this alone, in the saga's transaction.
+    The shipment column is not here: it records the carriers' tracking as shipping reports it."""
+    return {
+        "status": saga.status,
+        "status_reason": saga.reason,
+        "attention": saga.attention,
+        "deadline_at": saga.deadline_at,
+        "waiting_since": saga.waiting_since,
+        "payment_amount": saga.captured,
+        "refunded_amount": saga.refunded,
+        "payment_failed": saga.payment is Pay.FAILED,
+        "payment_status": payment_status(captured=saga.captured, refunded=saga.refunded,
+                                         failed=saga.payment is Pay.FAILED),
+        "saga": saga.to_dict(),
+    }

@@ -25,7 +25,7 @@ from faststream.rabbit import RabbitRouter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from events import inbox, outbox
+from events import inbox, outbox, topology
 from events.broker import Permanent, Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
@@ -37,8 +37,8 @@ from payments.domain import RefundRefused, decide_refund, mask_token, status_aft
 from payments.provider import Declined, SandboxProvider, Transient
 
 SERVICE = "payments"
-CAPTURE = "payments.capture_payment"
-REFUND = "payments.refund_payment"
+CAPTURE = topology.command_queue("payments.capture_payment")
+REFUND = topology.command_queue("payments.refund_payment")
 
 log = get_logger(__name__)
 router = RabbitRouter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
-from events.envelope import Envelope, Incoming, Message
+from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
     StockCommitted,
@@ -38,7 +37,6 @@ from inventory import domain
 from inventory.db import OrderHold, Reservation, Stock, StockMovement, Warehouse
 
 SERVICE = "inventory"
-Cause = Incoming | Envelope[Any] | None
 Key = tuple[str, str]  # (warehouse, sku)
 
 
@@ -69,8 +67,7 @@ class Level:
     low_alerted: bool
 
 
-# The message paths run prebuilt Core statements: the ORM's get and flush and a statement built
-# per call cost SQLAlchemy more than SQLite takes to run them. The admin paths below stay ORM.
+# Prebuilt Core statements on the message paths (see docs/operations.md, "Prebuilt statements on the message paths"); the admin paths stay ORM.
 _stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
 _movement, _warehouse = StockMovement.__table__, Warehouse.__table__
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
@@ -88,7 +85,7 @@ _UPDATE_HOLD = update(_hold).where(_hold.c.order_id == bindparam("key_order_id")
 _INSERT_RESERVATION = insert(_reservation)
 _INSERT_HOLD = insert(_hold)
 _INSERT_MOVEMENT = insert(_movement)
-_HOLD = select(_hold.c.state, _hold.c.shortages).where(_hold.c.order_id == bindparam("order_id"))
+_HOLD = select(_hold.c.state, _hold.c.shortages, _hold.c.allocations).where(_hold.c.order_id == bindparam("order_id"))
 _LOCK_HOLD = _HOLD.with_for_update()
 _RESERVATIONS = (
     select(_reservation.c.id, _reservation.c.warehouse, _reservation.c.sku, _reservation.c.quantity,
@@ -99,16 +96,12 @@ _RESERVATIONS = (
 _WAREHOUSES = select(_warehouse.c.code, _warehouse.c.country, _warehouse.c.latitude, _warehouse.c.longitude)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _source(cause: Cause) -> str | None:
     return cause.source if cause is not None else None
 
 
-async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=subject, causation=cause)
+_now = utcnow
+_stage = outbox.stager(SERVICE)
 
 
 def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,
@@ -171,10 +164,13 @@ async def check_low(session: AsyncSession, row: Stock | Level, cause: Cause) -> 
 
 
 async def _set_hold(session: AsyncSession, order_id: str, state: str,
-                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False) -> None:
+                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False,
+                    allocations: list[dict[str, Any]] | None = None) -> None:
     """The order's hold in ``state``: updated, or inserted when it has none (``new``: known to have
     none in this transaction, so a concurrent first answer fails the insert and is retried)."""
     values = {"state": state, "shortages": shortages, "updated_at": _now()}
+    if new:
+        values["allocations"] = allocations
     if not new and (await session.execute(_UPDATE_HOLD, {"key_order_id": order_id, **values})).rowcount == 1:
         return
     await session.execute(_INSERT_HOLD, {"order_id": order_id, **values})
@@ -193,8 +189,16 @@ def _allocations(rows: list[Any]) -> list[Allocation]:
     return [Allocation(warehouse=r.warehouse, sku=r.sku, quantity=r.quantity) for r in rows]
 
 
-async def _answer_again(session: AsyncSession, order_id: str, hold: Any) -> StockReserved | StockReservationFailed:
-    """The order was answered before: the same answer, whatever was asked this time."""
+async def _answer_again(session: AsyncSession, order_id: str, hold: Any,
+                        parcel: str | None = None) -> StockReserved | StockReservationFailed:
+    """The order (or its replacement ``parcel``) was answered before: the same answer, whatever
+    was asked this time."""
+    if parcel is not None:
+        if hold.state == "failed":
+            shortages = [Shortage.model_validate(s) for s in hold.shortages or []]
+            return StockReservationFailed(order_id=order_id, shortages=shortages, parcel=parcel)
+        allocations = [Allocation.model_validate(a) for a in hold.allocations or []]
+        return StockReserved(order_id=order_id, allocations=allocations, parcel=parcel)
     match hold.state:
         case "released":
             return StockReservationFailed(order_id=order_id, reason="released")
@@ -207,11 +211,15 @@ async def _answer_again(session: AsyncSession, order_id: str, hold: Any) -> Stoc
 
 
 async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], to: domain.Destination,
-                  cause: Cause) -> StockReserved | StockReservationFailed:
-    """Reserve every line, all or nothing, once per order."""
-    hold = await _hold_of(session, order_id)
+                  cause: Cause, parcel: str | None = None) -> StockReserved | StockReservationFailed:
+    """Reserve every line, all or nothing, once per order; ``parcel``: once more for that parcel of
+    the order (one sent again after the carrier lost the first). A replacement's units are the
+    order's reservations, so the order's commit, release and restock treat them as the rest; its
+    own hold (``<order>/<parcel>``) answers a resent command as the first time."""
+    key = order_id if parcel is None else f"{order_id}/{parcel}"
+    hold = await _hold_of(session, key)
     if hold is not None:
-        answer = await _answer_again(session, order_id, hold)
+        answer = await _answer_again(session, order_id, hold, parcel)
         await _stage(session, answer, order_id, cause)
         return answer
 
@@ -223,8 +231,8 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
         allocations = domain.allocate(lines, warehouses, available, to)
     except domain.OutOfStock as exc:
         shortages = [s.model_dump(mode="json") for s in exc.shortages]
-        await _set_hold(session, order_id, "failed", shortages, new=True)
-        failed = StockReservationFailed(order_id=order_id, shortages=exc.shortages)
+        await _set_hold(session, key, "failed", shortages, new=True)
+        failed = StockReservationFailed(order_id=order_id, shortages=exc.shortages, parcel=parcel)
         await _stage(session, failed, order_id, cause)
         return failed
 
@@ -246,16 +254,20 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
     if allocations:
         await session.execute(_INSERT_RESERVATION, reservations)
         await session.execute(_INSERT_MOVEMENT, moves)
-    await _set_hold(session, order_id, "reserved", new=True)
-    reserved = StockReserved(order_id=order_id, allocations=allocations)
+    await _set_hold(session, key, "reserved", new=True,
+                    allocations=[a.model_dump(mode="json") for a in allocations] if parcel else None)
+    reserved = StockReserved(order_id=order_id, allocations=allocations, parcel=parcel)
     await _stage(session, reserved, order_id, cause)
     return reserved
 
 
-async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause) -> StockReleased:
-    """Give back what the order still holds; remember the release so it is never reserved later."""
+async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause,
+                  warehouses: list[str] | None = None) -> StockReleased:
+    """Give back what the order still holds (``warehouses``: only what those hold, so the units of
+    a parcel that left stay reserved for its commit, whichever comes first); remember the release
+    so the order is never reserved later."""
     hold = await _hold_of(session, order_id, lock=True)
-    held = await _reservations(session, order_id)
+    held = [r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
     for r in held:

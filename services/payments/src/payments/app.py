@@ -7,10 +7,26 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from events.runtime import ServiceRuntime
+from events.tasks import every
 from events.web import install
 from payments import api, handlers
+from payments.adapters.alipay import AlipayAdapter
+from payments.adapters.base import Adapter
+from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.provider import Ledger, SandboxProvider
+
+
+def configured(s: Settings) -> list[Adapter]:
+    """The real providers' adapters that configuration names (a gateway URL and keys each)."""
+    adapters: list[Adapter] = []
+    if s.alipay_gateway:
+        adapters.append(AlipayAdapter(
+            gateway=s.alipay_gateway, app_id=s.alipay_app_id, private_key=s.alipay_private_key,
+            alipay_public_key=s.alipay_public_key, notify_url=f"{s.public_url}/v1/providers/alipay/notify",
+            timeout=s.provider_timeout_seconds,
+        ))
+    return adapters
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,12 +35,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = settings or Settings()
         ledger = Ledger(s.sandbox_ledger)
         provider = SandboxProvider(ledger=ledger, late_seconds=s.late_capture_seconds)
+        providers = Providers.of(provider, *configured(s))
         try:
-            async with ServiceRuntime(s, routers=[handlers.router], context={"provider": provider}) as runtime:
+            async with (
+                ServiceRuntime(s, routers=[handlers.router], context={"providers": providers}) as runtime,
+                every(s.window_poll_seconds, lambda: handlers.expire_windows(runtime.sessions, providers, s),
+                      name="payments-windows"),
+            ):
                 app.state.runtime = runtime
                 app.state.provider = provider
+                app.state.providers = providers
                 yield
         finally:
+            await providers.aclose()
             ledger.close()
 
     app = FastAPI(title="OMS payments", version="1", lifespan=lifespan)

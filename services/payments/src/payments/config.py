@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
@@ -24,6 +25,24 @@ class Settings(ServiceSettings):
     """``tok_late`` answers, with a capture, after this long."""
     sandbox_ledger: str = ""
     """The sandbox provider's own ledger (a SQLite file; default ``$OMS_VAR_DIR/payments-provider.db``)."""
+    payment_window_seconds: float = 0.0
+    """How long a customer has to pay a QR code or redirect (``payment.action.expires_at``); then
+    the payment is closed at the provider and the order cancelled ``payment_timeout``. Unset: 15
+    minutes, 10 s in local runs and tests."""
+    window_poll_seconds: float = 1.0
+    """How often payments looks for payment windows that have passed."""
+    public_url: str = ""
+    """Where providers reach this service from outside (their notifications go to
+    ``<public_url>/v1/providers/<provider>/notify``). Unset: its own HTTP address."""
+    alipay_gateway: str = ""
+    """Alipay's OpenAPI gateway (``https://openapi.alipay.com/gateway.do``); unset: no Alipay."""
+    alipay_app_id: str = ""
+    alipay_private_key: str = ""
+    """The app's RSA2 private key (PEM or Alipay's bare base64), or ``alipay_private_key_file``."""
+    alipay_private_key_file: str = ""
+    alipay_public_key: str = ""
+    """Alipay's public key, that verifies its answers and notifications, or ``alipay_public_key_file``."""
+    alipay_public_key_file: str = ""
     fault_crash_after_charge_file: str = ""
     """Fault injection for the tests only: when this file exists, the process removes it and dies
     between the provider's charge and its commit."""
@@ -32,6 +51,14 @@ class Settings(ServiceSettings):
     def _payments_safe(self) -> Settings:
         if not self.sandbox_ledger:
             self.sandbox_ledger = os.path.join(os.environ.get("OMS_VAR_DIR", ".var"), "payments-provider.db")
+        if not self.payment_window_seconds:
+            self.payment_window_seconds = 900.0 if self.environment == "production" else 10.0
+        if not self.public_url:
+            self.public_url = f"http://{self.http_host}:{self.http_port}"
+        for name in ("alipay_private_key", "alipay_public_key"):
+            path = getattr(self, f"{name}_file")
+            if path and not getattr(self, name):
+                setattr(self, name, Path(path).read_text())
         if self.environment == "production" and self.fault_crash_after_charge_file:
             raise ValueError("fault injection must not be switched on in production")
         return self

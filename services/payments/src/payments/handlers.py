@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 from faststream.rabbit import RabbitRouter
+from prometheus_client import Counter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,12 +30,20 @@ from events import inbox, outbox
 from events.broker import Permanent, Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
-from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
+from events.payments import (
+    CapturePayment,
+    PaymentActionRequired,
+    PaymentCaptured,
+    PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
+)
 from events.types import PaymentStatus
+from payments.adapters.base import Adapter, Declined, Notification, Transient, Unsupported
+from payments.adapters.registry import NOPAY, Providers
 from payments.config import Settings
-from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
+from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, PENDING, REFUND_PENDING, REFUNDED, Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token, status_after_refunds
-from payments.provider import Declined, SandboxProvider, Transient
 
 SERVICE = "payments"
 CAPTURE = "payments.capture_payment"
@@ -44,7 +53,7 @@ log = get_logger(__name__)
 router = RabbitRouter()
 
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
-Provider = Annotated[SandboxProvider, Resource("provider")]
+ProvidersDep = Annotated[Providers, Resource("providers")]
 Config = Annotated[Settings, Resource("settings")]
 
 
@@ -79,7 +88,8 @@ def _captured_event(p: Any) -> PaymentCaptured:
 _payment = Payment.__table__
 _READ = select(
     _payment.c.order_id, _payment.c.payment_id, _payment.c.amount, _payment.c.currency, _payment.c.method,
-    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key,
+    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key, _payment.c.provider,
+    _payment.c.action_type, _payment.c.action_url, _payment.c.expires_at,
 ).where(_payment.c.order_id == bindparam("order_id"))
 _INSERT_PAYMENT = insert(_payment)
 _FINISH = (
@@ -95,9 +105,15 @@ def capture_key(order_id: str) -> str:
     return f"capture:{order_id}"
 
 
-async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope) -> None:
-    """Tell the asker the order's outcome (again, when it was decided before)."""
-    if p.status == PaymentStatus.FAILED:
+async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope | None) -> None:
+    """Tell the asker the order's outcome (again, when it was decided before); for a payment that
+    waits for the customer, what the customer is to do."""
+    if p.status == PENDING:
+        event: Any = PaymentActionRequired(
+            order_id=p.order_id, payment_id=p.payment_id, method=p.method, action_type=p.action_type, url=p.action_url,
+            expires_at=p.expires_at, amount=p.amount, currency=p.currency,
+        )
+    elif p.status == PaymentStatus.FAILED:
         event = PaymentFailed(order_id=p.order_id, reason=p.failure_reason or "declined")
     else:
         event = _captured_event(p)
@@ -106,10 +122,14 @@ async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope) -> None
 
 @router.subscriber(queue(CAPTURE))
 async def handle_capture_payment(
-    msg: Envelope[CapturePayment], sessions: Sessions, provider: Provider, settings: Config
+    msg: Envelope[CapturePayment], sessions: Sessions, providers: ProvidersDep, settings: Config
 ) -> None:
     cmd = msg.data
     now = datetime.now(UTC)
+    if providers.customer_pays(cmd.method, cmd.token):
+        return await _customer_pays(msg, sessions, providers, settings)
+    provider = providers.get(providers.name_for(cmd.method, cmd.token))
+    assert provider is not None, "the card processor is always configured"
     async with sessions.begin() as session:
         attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
         if attempt is not None and attempt.status != CAPTURING:
@@ -119,7 +139,9 @@ async def handle_capture_payment(
             return
         if attempt is None:  # write-ahead: the attempt exists before the provider hears of it
             attempt = SimpleNamespace(
-                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token),
+                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method,
+                token_hint=mask_token(cmd.token or ""), provider=provider.name, action_type=None, action_url=None,
+                expires_at=None,
                 currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
                 refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=capture_key(cmd.order_id),
                 created_at=now, updated_at=now,
@@ -143,23 +165,25 @@ async def handle_capture_payment(
     log.info("payment.decided", status=decided.status, reason=decided.failure_reason, amount=str(cmd.amount))
 
 
-async def _outcome(provider: SandboxProvider, settings: Settings, cmd: CapturePayment, key: str):
+async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, key: str):
     """(status, failure reason, provider reference) of the attempt ``key``, from the provider."""
     try:
         ref = await _with_retries(
-            lambda: provider.capture(key=key, token=cmd.token, amount=cmd.amount, currency=cmd.currency), settings
+            lambda: provider.charge(key=key, token=cmd.token or "", amount=cmd.amount, currency=cmd.currency), settings
         )
         return PaymentStatus.CAPTURED, None, ref
     except Declined:
         return PaymentStatus.FAILED, "declined", None
+    except Unsupported:
+        return PaymentStatus.FAILED, "method_unavailable", None
     except (TimeoutError, Transient, OSError) as exc:  # unknown: ask the provider what became of it
         log.warning("payment.outcome_unknown", error=type(exc).__name__)
         gave_up = "provider_unavailable" if isinstance(exc, Transient) else "provider_timeout"
     try:
-        charge = await asyncio.wait_for(provider.lookup(key), timeout=settings.provider_timeout_seconds)
+        charge = await asyncio.wait_for(provider.query(key), timeout=settings.provider_timeout_seconds)
         if charge is None or charge.status == "voided":
             charge = await asyncio.wait_for(
-                provider.void(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
+                provider.close(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
             )
     except (TimeoutError, Transient, OSError) as exc:
         raise Unresolved(f"the provider could not say what became of {key}") from exc
@@ -182,7 +206,7 @@ def _maybe_crash(settings: Settings) -> None:
 
 @router.subscriber(queue(REFUND))
 async def handle_refund_payment(
-    msg: Envelope[RefundPayment], sessions: Sessions, provider: Provider, settings: Config
+    msg: Envelope[RefundPayment], sessions: Sessions, providers: ProvidersDep, settings: Config
 ) -> None:
     """Hold the refund against the capture, then ask the provider, then record its answer.
 
@@ -202,7 +226,7 @@ async def handle_refund_payment(
         if refund is None:  # else: held by an earlier delivery that did not finish; the same refund
             if payment is not None and payment.status == CAPTURING:
                 raise Unresolved(f"the capture of order {cmd.order_id} is not finished yet")
-            if payment is None or payment.status == PaymentStatus.FAILED:
+            if payment is None or payment.status in (PaymentStatus.FAILED, PENDING):
                 raise Permanent(f"no captured payment for order {cmd.order_id}")
             held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": cmd.order_id})
             try:
@@ -216,6 +240,9 @@ async def handle_refund_payment(
             )
             session.add(refund)
         refund_id, amount, payment_ref = refund.refund_id, refund.amount, payment.provider_ref
+        provider = providers.get(payment.provider)
+    if provider is None:
+        raise Unresolved(f"the provider {payment.provider!r} of order {cmd.order_id} is not configured")
 
     refund_ref = await _with_retries(
         lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key), settings
@@ -253,3 +280,152 @@ def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
         refunded_total=payment.refunded_amount,
         currency=payment.currency,
     )
+
+
+# --- the customer pays: a QR code or a redirect, a notification, a window ------------------------
+
+NOTIFY = "payments.provider_notification"
+
+
+async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers,
+                         settings: Settings) -> None:
+    """Open the payment at the method's provider and tell the order what the customer is to do.
+
+    Write-ahead as a capture: the attempt is recorded ``capturing`` with its key and the end of its
+    window before the provider hears of it, so a redelivery opens the same payment (the same key
+    and window); once the provider answered, the payment is ``pending`` until its notification, or
+    the window's end (``expire_windows``)."""
+    cmd = msg.data
+    name = providers.name_for(cmd.method, cmd.token)
+    provider = providers.get(name)
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        if attempt is not None and attempt.status != CAPTURING:
+            if await inbox.claim(session, msg.id, CAPTURE):
+                await _restage_outcome(session, attempt, msg)
+            return
+        if attempt is None:
+            attempt = SimpleNamespace(
+                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token or ""),
+                currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
+                refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=cmd.order_id, provider=name,
+                action_type=None, action_url=None, expires_at=now + timedelta(seconds=settings.payment_window_seconds),
+                created_at=now, updated_at=now,
+            )
+            if provider is None:  # the method is not configured: nothing to open anywhere
+                attempt.status, attempt.failure_reason = PaymentStatus.FAILED, "method_unavailable"
+            await session.execute(_INSERT_PAYMENT, vars(attempt))
+            if provider is None:
+                await inbox.claim(session, msg.id, CAPTURE)
+                await _restage_outcome(session, attempt, msg)
+                log.error("payment.method_unavailable", method=cmd.method, provider=name)
+                return
+    assert provider is not None
+    # The sandbox's customer who never pays is told to the stand-in by the order's subject.
+    subject = f"Order {cmd.order_id}" + (f" {NOPAY}" if cmd.token == NOPAY else "")
+    try:
+        action = await _with_retries(lambda: provider.start(
+            key=attempt.idempotency_key, amount=cmd.amount, currency=cmd.currency, subject=subject,
+            expires_at=attempt.expires_at), settings)
+        values = {"status": PENDING, "action_type": action.type, "action_url": action.url, "failure_reason": None}
+    except (Declined, Unsupported) as exc:
+        values = {"status": PaymentStatus.FAILED, "failure_reason": "declined" if isinstance(exc, Declined)
+                  else "method_unavailable"}
+    except (TimeoutError, Transient, OSError) as exc:
+        raise Unresolved(f"{name} did not open the payment of order {cmd.order_id}") from exc
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, CAPTURE):
+            return
+        await session.execute(
+            update(_payment).where(_payment.c.order_id == cmd.order_id, _payment.c.status == CAPTURING)
+            .values(**values, updated_at=datetime.now(UTC))
+        )
+        decided = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        await _restage_outcome(session, decided, msg)
+    log.info("payment.waiting_for_customer", provider=name, status=decided.status,
+             expires_at=decided.expires_at.isoformat() if decided.expires_at else None)
+
+
+async def apply_notification(sessions: async_sessionmaker, provider: Adapter, note: Notification) -> str:
+    """A verified notification from ``provider``: the money arrived (or the payment closed). Once
+    per notification id; a payment already decided is not decided again, except that money that
+    arrives after the window closed is recorded captured (and the cancelled order refunds it)."""
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
+            return "duplicate"
+        payment = await session.scalar(
+            select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
+            .with_for_update().execution_options(populate_existing=True)
+        )
+        if payment is None:
+            log.warning("payment.notification_unknown", provider=provider.name)
+            return "unknown"
+        if note.status != "captured" or payment.status not in (PENDING, CAPTURING, PaymentStatus.FAILED):
+            return "ignored"
+        if note.amount is not None and note.amount != payment.amount:
+            _mismatches().labels(provider.name).inc()
+            log.error("payment.amount_mismatch", order_id=payment.order_id, provider=provider.name,
+                      notified=str(note.amount), expected=str(payment.amount))
+            return "mismatch"
+        await _record_captured(session, payment, note.reference)
+    log.info("payment.captured_by_notification", order_id=payment.order_id, provider=provider.name)
+    return "captured"
+
+
+async def _record_captured(session: AsyncSession, payment: Payment, reference: str | None) -> None:
+    payment.status, payment.failure_reason, payment.provider_ref = PaymentStatus.CAPTURED, None, reference
+    payment.updated_at = datetime.now(UTC)
+    await session.flush()
+    await outbox.stage(session, _captured_event(payment), service=SERVICE, subject=payment.order_id)
+
+
+async def expire_windows(sessions: async_sessionmaker, providers: Providers, settings: Settings) -> int:
+    """Close the payments whose window passed unpaid: each at its provider first (so that it can
+    never be paid later), then ``payment.failed`` (``payment_timeout``), in its own transaction. A
+    payment the provider says was paid meanwhile (its notification lost or late) is captured."""
+    now = datetime.now(UTC)
+    async with sessions() as session:
+        due = (await session.execute(
+            select(Payment.order_id).where(Payment.status == PENDING, Payment.expires_at <= now).limit(50)
+        )).scalars().all()
+    for order_id in due:
+        async with sessions() as session:
+            p = await session.get(Payment, order_id)
+        provider = providers.get(p.provider) if p is not None else None
+        if p is None or provider is None or p.idempotency_key is None:
+            continue
+        try:
+            charge = await asyncio.wait_for(provider.close(p.idempotency_key, amount=p.amount, currency=p.currency),
+                                            timeout=settings.provider_timeout_seconds)
+        except (TimeoutError, Transient, OSError) as exc:
+            log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
+            continue  # the next round asks again
+        async with sessions.begin() as session:
+            payment = await session.scalar(
+                select(Payment).where(Payment.order_id == order_id).with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            if payment.status != PENDING:
+                continue  # decided meanwhile (its notification)
+            if charge.status == "captured" and charge.amount == payment.amount:
+                await _record_captured(session, payment, charge.reference)
+                log.info("payment.captured_at_window_end", order_id=order_id)
+                continue
+            payment.status, payment.failure_reason = PaymentStatus.FAILED, "payment_timeout"
+            payment.updated_at = datetime.now(UTC)
+            await outbox.stage(session, PaymentFailed(order_id=order_id, reason="payment_timeout"), service=SERVICE,
+                               subject=order_id)
+        log.info("payment.window_passed", order_id=order_id)
+    return len(due)
+
+
+_METRICS: dict[str, Any] = {}
+
+
+def _mismatches() -> Any:
+    """Notifications whose amount is not the payment's: raised for ops, never captured."""
+    if not _METRICS:  # once per process: the default registry refuses a second registration
+        _METRICS["mismatch"] = Counter("oms_payment_amount_mismatches", "Provider notifications with another amount",
+                                       ["provider"])
+    return _METRICS["mismatch"]

@@ -17,29 +17,23 @@ import asyncio
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from payments.adapters.base import (
+    Action,
+    BadSignature,
+    Charge,
+    Declined,
+    Notification,
+    Transient,
+    Unsupported,
+)
 
-class Declined(Exception):
-    pass
-
-
-class Transient(Exception):
-    """The provider could not answer now; the same call may succeed later."""
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What the provider knows of one capture attempt."""
-
-    key: str
-    status: str  # captured | declined | voided
-    reference: str | None
-    amount: Decimal
-    currency: str
+__all__ = ["Charge", "Declined", "Ledger", "SandboxProvider", "Transient"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +107,10 @@ class Ledger:
 
 @dataclass
 class SandboxProvider:
+    """The token-capture sandbox (cards, saved wallet agreements) behind ``Adapter``."""
+
+    name = "sandbox"
+    acknowledgement = "success"
     ledger: Ledger = field(default_factory=lambda: Ledger(":memory:"))
     late_seconds: float = 15.0
     _flaky_calls: Counter[str] = field(default_factory=Counter)
@@ -148,6 +146,23 @@ class SandboxProvider:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
         return self.ledger.record_refund(idempotency_key, payment_ref, amount).reference
+
+    # -- the Adapter interface ---------------------------------------------------------------
+
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+        return await self.capture(key=key, token=token, amount=amount, currency=currency)
+
+    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+        raise Unsupported("the sandbox captures with tokens only")
+
+    async def query(self, key: str) -> Charge | None:
+        return await self.lookup(key)
+
+    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+        return await self.void(key, amount=amount, currency=currency)
+
+    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        raise BadSignature("the sandbox sends no notifications")
 
     @staticmethod
     def _answer(charge: Charge) -> str:

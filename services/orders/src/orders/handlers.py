@@ -23,7 +23,7 @@ from events.envelope import Envelope, ErrorItem, Incoming
 from events.inventory import StockReleased, StockReservationFailed, StockReserved
 from events.logs import get_logger
 from events.orders import OrderRejected, PlaceOrder
-from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+from events.payments import PaymentActionRequired, PaymentCaptured, PaymentFailed, PaymentRefunded
 from events.shipping import (
     ShipmentCancelled,
     ShipmentCreated,
@@ -110,6 +110,11 @@ async def on_payment_captured(msg: Envelope[PaymentCaptured], sessions: Sessions
 @router.subscriber(queue("orders.on.payment.failed"))
 async def on_payment_failed(msg: Envelope[PaymentFailed], sessions: Sessions, settings: Config) -> None:
     await _reply(msg, sessions, settings, "orders.on.payment.failed")
+
+
+@router.subscriber(queue("orders.on.payment.action_required"))
+async def on_payment_action_required(msg: Envelope[PaymentActionRequired], sessions: Sessions, settings: Config) -> None:
+    await _reply(msg, sessions, settings, "orders.on.payment.action_required")
 
 
 @router.subscriber(queue("orders.on.payment.refunded"))

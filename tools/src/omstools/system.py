@@ -1,4 +1,5 @@
-"""The whole OMS on this machine: five service processes, their databases, an SMTP sink.
+"""The whole OMS on this machine: five service processes, their databases, an SMTP sink, the
+payment providers' stand-ins.
 
 Used by ``make run`` (``omstools.run``, fixed ports, supervision on) and by the integration tests
 (free ports, a temporary var dir, supervision off so a test can kill a service and watch).
@@ -27,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from omstools.rabbit import free_port, port_open
+from omstools.standins.alipay import ensure_keys
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "shipping", "notifications")
 DEFAULT_PORTS: dict[str, int] = {
@@ -37,6 +39,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
+STANDINS: dict[str, int] = {"alipay": 8011}
+"""The payment providers' stand-ins of local runs and tests, and their default ports."""
+STANDIN_APP_ID = "2021000000000000"
 REPLICA_PORT_STEP = 100
 
 
@@ -76,6 +81,7 @@ class System:
     amqp_url: str
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     smtp_port: int = 8025
+    standin_ports: dict[str, int] = field(default_factory=lambda: dict(STANDINS))
     host: str = "127.0.0.1"
     services: tuple[str, ...] = SERVICES
     replicas: int = 1  # processes per service
@@ -111,7 +117,8 @@ class System:
         """A system for tests: every process's HTTP port and the SMTP port picked free."""
         services, replicas = kwargs.get("services", SERVICES), kwargs.get("replicas", 1)
         ports = {replica_name(s, r): free_port() for s in services for r in range(replicas)}
-        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(), **kwargs)
+        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(),
+                   standin_ports={name: free_port() for name in STANDINS}, **kwargs)
 
     # ---- where things are ---------------------------------------------------------------
     @property
@@ -151,12 +158,33 @@ class System:
     def running(self, svc: str) -> bool:
         return self.pid(svc) is not None
 
+    def standin_url(self, provider: str) -> str:
+        return f"http://{self.host}:{self.standin_ports[provider]}"
+
+    def standin_dir(self, provider: str) -> Path:
+        return self.var_dir / "standins" / provider
+
+    def _standin_env(self) -> dict[str, str]:
+        """Payments' configuration of the providers, pointed at their stand-ins (soft: the caller's
+        environment may name the real providers instead). The keys are made on first use."""
+        if "alipay" not in self.standin_ports:
+            return {}
+        keys = self.standin_dir("alipay")
+        ensure_keys(keys)
+        return {
+            "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
+            "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
+            "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
+            "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
+        }
+
     def env_for(self, name: str) -> dict[str, str]:
         svc, _ = split_name(name, self.services)
         prefix = svc.upper()
         env = {
             "OMS_ENV": "local",
             "LOG_JSON": "false",
+            **(self._standin_env() if svc == "payments" else {}),
             **self.defaults,
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -226,6 +254,23 @@ class System:
                 raise StartupError(f"the SMTP sink did not start; see {self.log_path(SMTP)}:\n"
                                    f"{log_tail(self.log_path(SMTP))}")
             time.sleep(0.05)
+
+    def start_standins(self, timeout: float = 30.0) -> None:
+        """The payment providers' stand-ins (their keys generated on first use), each until it listens."""
+        for provider, port in self.standin_ports.items():
+            folder = self.standin_dir(provider)
+            ensure_keys(folder)
+            argv = [sys.executable, "-m", f"omstools.standins.{provider}", "--host", self.host, "--port", str(port),
+                    "--dir", str(folder), "--app-id", STANDIN_APP_ID]
+            name = f"standin-{provider}"
+            with self._lock:
+                self._procs[name] = _Proc(self._spawn(name, argv, os.environ), time.monotonic())
+            deadline = time.monotonic() + timeout
+            while not port_open(port, self.host):
+                if self._procs[name].popen.poll() is not None or time.monotonic() > deadline:
+                    raise StartupError(f"the {provider} stand-in did not start; see {self.log_path(name)}:\n"
+                                       f"{log_tail(self.log_path(name))}")
+                time.sleep(0.05)
 
     # ---- the service processes ----------------------------------------------------------
     def start(self, svc: str) -> int:
@@ -297,12 +342,14 @@ class System:
             self.wait_ready([svc], timeout)
 
     def up(self, *, seed: bool = True, smtp: bool = True, timeout: float = 120.0) -> System:
-        """Migrate, seed, start the SMTP sink and every service, wait until all are ready."""
+        """Migrate, seed, start the SMTP sink, the payment stand-ins and every service, wait until all
+        are ready."""
         self.migrate()
         if seed:
             self.seed()
         if smtp:
             self.start_smtp()
+        self.start_standins()
         self.start_all()
         self.wait_ready(timeout=timeout)
         return self

@@ -238,7 +238,7 @@ def banner(system: System, broker: Broker, postgres: PostgresServer | None = Non
                           f"(data {_shown(postgres.home)})")] if postgres else []),
         ("RabbitMQ", broker.url + (f"  (management {broker.management_url})" if broker.management_url else "")),
         ("e-mails", f"{_shown(system.mail_dir)}  (SMTP sink on 127.0.0.1:{system.smtp_port})"),
-        *((f"{provider} stand-in", system.standin_url(provider)) for provider in system.standin_ports),
+        *((f"{provider} stand-in", system.standin_url(provider)) for provider in system.standins),
         ("logs", _shown(system.logs_dir)),
     ]
     return "OMS ready\n" + "\n".join(f"  {name:<17} {value}" for name, value in rows)
@@ -271,7 +271,7 @@ def main() -> int:
         smtp_port = int(os.environ.get("OMS_SMTP_PORT", "0")) or _port_or_free(SMTP_PORT)
         standin_ports = {name: _port_or_free(port) for name, port in STANDINS.items()}
         system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, standin_ports=standin_ports,
-                        defaults=defaults, replicas=n)
+                        card_processor=os.environ.get("OMS_CARD_PROCESSOR", "sandbox"), defaults=defaults, replicas=n)
         cleanups.append(system.stop)
         say("migrating the databases")
         system.migrate()

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from omstools.rabbit import free_port, port_open
+from omstools.standins import stripe as stripe_standin
 from omstools.standins.alipay import ensure_keys
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "shipping", "notifications")
@@ -39,8 +40,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
-STANDINS: dict[str, int] = {"alipay": 8011}
-"""The payment providers' stand-ins of local runs and tests, and their default ports."""
+STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012}
+"""The payment providers' stand-ins of local runs and tests, and their default ports (the card
+processor's, ``stripe``, only when ``card_processor`` names it)."""
 STANDIN_APP_ID = "2021000000000000"
 REPLICA_PORT_STEP = 100
 
@@ -82,6 +84,7 @@ class System:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     smtp_port: int = 8025
     standin_ports: dict[str, int] = field(default_factory=lambda: dict(STANDINS))
+    card_processor: str = "sandbox"  # or "stripe": cards through the stripe SDK, against its stand-in
     host: str = "127.0.0.1"
     services: tuple[str, ...] = SERVICES
     replicas: int = 1  # processes per service
@@ -167,16 +170,24 @@ class System:
     def _standin_env(self) -> dict[str, str]:
         """Payments' configuration of the providers, pointed at their stand-ins (soft: the caller's
         environment may name the real providers instead). The keys are made on first use."""
-        if "alipay" not in self.standin_ports:
-            return {}
-        keys = self.standin_dir("alipay")
-        ensure_keys(keys)
-        return {
-            "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
-            "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
-            "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
-            "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
-        }
+        env: dict[str, str] = {}
+        if "alipay" in self.standins:
+            keys = self.standin_dir("alipay")
+            ensure_keys(keys)
+            env.update({
+                "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
+                "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
+                "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
+                "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
+            })
+        if "stripe" in self.standins:
+            env.update({"PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY, "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
+                        "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET})
+        return env
+
+    @property
+    def standins(self) -> list[str]:
+        return [p for p in self.standin_ports if p != "stripe" or self.card_processor == "stripe"]
 
     def env_for(self, name: str) -> dict[str, str]:
         svc, _ = split_name(name, self.services)
@@ -257,11 +268,16 @@ class System:
 
     def start_standins(self, timeout: float = 30.0) -> None:
         """The payment providers' stand-ins (their keys generated on first use), each until it listens."""
-        for provider, port in self.standin_ports.items():
-            folder = self.standin_dir(provider)
-            ensure_keys(folder)
+        for provider in self.standins:
+            port, folder = self.standin_ports[provider], self.standin_dir(provider)
             argv = [sys.executable, "-m", f"omstools.standins.{provider}", "--host", self.host, "--port", str(port),
-                    "--dir", str(folder), "--app-id", STANDIN_APP_ID]
+                    "--dir", str(folder)]
+            if provider == "alipay":
+                ensure_keys(folder)
+                argv += ["--app-id", STANDIN_APP_ID]
+            else:  # the card processor: its webhooks go to payments, its tok_late as late as the sandbox's
+                late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get("PAYMENTS_LATE_CAPTURE_SECONDS", "15")
+                argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/stripe/notify", "--late-seconds", late]
             name = f"standin-{provider}"
             with self._lock:
                 self._procs[name] = _Proc(self._spawn(name, argv, os.environ), time.monotonic())

@@ -12,6 +12,7 @@ from events.web import install
 from payments import api, handlers
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
+from payments.adapters.card import StripeCardAdapter
 from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.provider import Ledger, SandboxProvider
@@ -26,6 +27,9 @@ def configured(s: Settings) -> list[Adapter]:
             alipay_public_key=s.alipay_public_key, notify_url=f"{s.public_url}/v1/providers/alipay/notify",
             timeout=s.provider_timeout_seconds,
         ))
+    if s.stripe_api_key:
+        adapters.append(StripeCardAdapter(api_key=s.stripe_api_key, webhook_secret=s.stripe_webhook_secret,
+                                          api_base=s.stripe_api_base or None, timeout=s.provider_timeout_seconds))
     return adapters
 
 

@@ -43,6 +43,12 @@ class Settings(ServiceSettings):
     alipay_public_key: str = ""
     """Alipay's public key, that verifies its answers and notifications, or ``alipay_public_key_file``."""
     alipay_public_key_file: str = ""
+    stripe_api_key: str = ""
+    """The card processor's secret key (``sk_live_…``); unset: cards go to the in-process sandbox."""
+    stripe_api_base: str = ""
+    """The card processor's API address; unset: Stripe's own (``https://api.stripe.com``)."""
+    stripe_webhook_secret: str = ""
+    """The signing secret of the webhook endpoint ``<public_url>/v1/providers/stripe/notify``."""
     fault_crash_after_charge_file: str = ""
     """Fault injection for the tests only: when this file exists, the process removes it and dies
     between the provider's charge and its commit."""

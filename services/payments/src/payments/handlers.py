@@ -239,13 +239,14 @@ async def handle_refund_payment(
                 reason=cmd.reason[:200], status=REFUND_PENDING, provider_ref=None, created_at=datetime.now(UTC),
             )
             session.add(refund)
-        refund_id, amount, payment_ref = refund.refund_id, refund.amount, payment.provider_ref
+        refund_id, amount, payment_ref, currency = refund.refund_id, refund.amount, payment.provider_ref, payment.currency
         provider = providers.get(payment.provider)
     if provider is None:
         raise Unresolved(f"the provider {payment.provider!r} of order {cmd.order_id} is not configured")
 
     refund_ref = await _with_retries(
-        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key), settings
+        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key,
+                                currency=currency), settings
     )
 
     async with sessions.begin() as session:

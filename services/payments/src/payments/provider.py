@@ -142,7 +142,7 @@ class SandboxProvider:
         that completed meanwhile is returned as it is (the caller must honour it)."""
         return self.ledger.record_charge(key, "voided", amount, currency)
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
+    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
         return self.ledger.record_refund(idempotency_key, payment_ref, amount).reference

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     standin = AlipayStandIn(Path(args.dir), app_id=args.app_id, public_url=f"http://{args.host}:{args.port}",
                             pay_after=args.pay_after)
-    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

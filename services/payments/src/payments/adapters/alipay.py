@@ -159,7 +159,7 @@ class AlipayAdapter:
             raise Transient(f"alipay close: {answer.get('sub_code') or answer.get('code')}")
         return known
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
+    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         answer = await self._call("alipay.trade.refund", {
             "trade_no": payment_ref, "refund_amount": format(amount, ".2f"),
             "out_request_no": trade_no_for(idempotency_key),

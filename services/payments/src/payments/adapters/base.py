@@ -81,7 +81,7 @@ class Adapter(Protocol):
         """Make sure an attempt that was not paid never can be; returns it as it stands (a paid one
         stays paid, and the caller must honour it)."""
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
+    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         """Pay back ``amount`` of the charge; the same idempotency key again is the same refund."""
 
     def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:

@@ -2,11 +2,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from events.settings import ServiceSettings
+
+METHODS = ("card", "alipay", "wechat_pay", "paypal")
+
+
+def _stand_in(url: str) -> bool:
+    """A provider address that cannot be the real provider: plain HTTP, or this machine."""
+    parts = urlsplit(url)
+    return parts.scheme != "https" or (parts.hostname or "") in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
 
 class Settings(ServiceSettings):
@@ -43,6 +53,10 @@ class Settings(ServiceSettings):
     alipay_public_key: str = ""
     """Alipay's public key, that verifies its answers and notifications, or ``alipay_public_key_file``."""
     alipay_public_key_file: str = ""
+    enabled_methods: Annotated[tuple[str, ...], NoDecode] = ("card", "alipay", "wechat_pay", "paypal")
+    """The payment methods this shop takes (comma-separated); in production each needs its provider
+    configured: card the card processor (``stripe_*``), alipay ``alipay_*``. WeChat Pay and PayPal
+    have no adapter yet: enabled in production, payments refuses to start."""
     stripe_api_key: str = ""
     """The card processor's secret key (``sk_live_…``); unset: cards go to the in-process sandbox."""
     stripe_api_base: str = ""
@@ -52,6 +66,38 @@ class Settings(ServiceSettings):
     fault_crash_after_charge_file: str = ""
     """Fault injection for the tests only: when this file exists, the process removes it and dies
     between the provider's charge and its commit."""
+
+    @field_validator("enabled_methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        return tuple(m.strip() for m in value.split(",") if m.strip()) if isinstance(value, str) else value
+
+    def production_problems(self) -> list[str]:
+        """Why this configuration would take no money, or take it from a stand-in: production
+        refuses to start with any of them (a sandbox ships goods without charging anyone)."""
+        problems = [f"PAYMENTS_ENABLED_METHODS: unknown method {m!r}" for m in self.enabled_methods if m not in METHODS]
+        if "card" in self.enabled_methods:
+            if not self.stripe_api_key:
+                problems.append("card is enabled but no card processor is configured (PAYMENTS_STRIPE_API_KEY): "
+                                "the in-process sandbox is a stand-in")
+            elif self.stripe_api_key.startswith(("sk_test_", "rk_test_")):
+                problems.append("PAYMENTS_STRIPE_API_KEY is a test-mode key")
+            if not self.stripe_webhook_secret:
+                problems.append("card is enabled but PAYMENTS_STRIPE_WEBHOOK_SECRET is missing")
+            if self.stripe_api_base and _stand_in(self.stripe_api_base):
+                problems.append(f"PAYMENTS_STRIPE_API_BASE {self.stripe_api_base} is a stand-in")
+        if "alipay" in self.enabled_methods:
+            missing = [name for name in ("alipay_gateway", "alipay_app_id", "alipay_private_key", "alipay_public_key")
+                       if not getattr(self, name)]
+            if missing:
+                problems.append("alipay is enabled but not configured: " + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+            elif _stand_in(self.alipay_gateway):
+                problems.append(f"PAYMENTS_ALIPAY_GATEWAY {self.alipay_gateway} is a stand-in")
+        problems += [f"{m} is enabled but this build has no adapter for its provider: leave it out of "
+                     "PAYMENTS_ENABLED_METHODS" for m in ("wechat_pay", "paypal") if m in self.enabled_methods]
+        if not self.public_url.startswith("https://"):
+            problems.append(f"PAYMENTS_PUBLIC_URL {self.public_url} is not an https address providers can notify")
+        return problems
 
     @model_validator(mode="after")
     def _payments_safe(self) -> Settings:
@@ -67,4 +113,7 @@ class Settings(ServiceSettings):
                 setattr(self, name, Path(path).read_text())
         if self.environment == "production" and self.fault_crash_after_charge_file:
             raise ValueError("fault injection must not be switched on in production")
+        if self.environment == "production":
+            for problem in self.production_problems():
+                raise ValueError(problem)
         return self

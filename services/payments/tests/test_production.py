@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from omstools.system import System
 from pydantic import ValidationError
 
+from omstools.system import System
 from payments.config import Settings
 
 SAFE = {"environment": "production", "api_keys": "ops-team:admin:" + "ab" * 32,

@@ -26,9 +26,9 @@ from integration.helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("simulated_carrier")]
 
 
-def alipay_body(*, sku: str, email: str, token: str | None = None) -> dict:
+def alipay_body(*, sku: str, email: str, token: str | None = None, method: str = "alipay") -> dict:
     body = order_body(items=[{"sku": sku, "quantity": 2, "unit_price": "19.90"}], email=email, locale="en")
-    body["payment"] = {"method": "alipay", **({"token": token} if token else {})}
+    body["payment"] = {"method": method, **({"token": token} if token else {})}
     return body
 
 
@@ -78,3 +78,17 @@ async def test_an_alipay_customer_who_never_pays_is_cancelled_payment_timeout(om
     [trade] = [t for t in books["trades"] if t["out_trade_no"] == created["id"]]
     assert trade["status"] == "TRADE_CLOSED"  # it can no longer be paid
 
+
+
+async def test_a_wechat_pay_order_shows_its_native_code_is_paid_and_delivered(oms, orders, inventory, payments):
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 5)
+    created = await place(orders, alipay_body(sku=sku, email="wechat.buyer@example.com", method="wechat_pay"))
+    waiting = await eventually(lambda: get_order(orders, created["id"]), lambda o: "action" in o["payment"],
+                               what="the order shows the code to scan")
+    assert waiting["payment"]["action"]["type"] == "qr_code"
+    assert waiting["payment"]["action"]["url"].startswith("weixin://wxpay/bizpayurl?pr=")
+    order = await wait_status(orders, created["id"], "delivered", timeout=60)
+    assert order["payment"]["status"] == "captured"
+    paid = await payment(payments, created["id"])
+    assert (paid["provider"], paid["status"]) == ("wechat_pay", "captured")

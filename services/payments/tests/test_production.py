@@ -52,7 +52,12 @@ def test_alipay_enabled_without_its_keys_or_at_a_stand_in_is_refused():
 
 
 def test_a_method_without_an_adapter_is_refused_when_enabled():
-    assert "wechat_pay is enabled but this build has no adapter" in refusal(**CARD, enabled_methods="card,wechat_pay")
+    assert "paypal is enabled but this build has no adapter" in refusal(**CARD, enabled_methods="card,paypal")
+
+
+def test_wechat_pay_enabled_without_its_keys_is_refused():
+    assert "PAYMENTS_WECHAT_PAY_APIV3_KEY" in refusal(**CARD, enabled_methods="card,wechat_pay",
+                                                     wechat_pay_base_url="https://api.mch.weixin.qq.com")
 
 
 def test_payments_with_the_stand_ins_of_local_runs_refuses_to_start_in_production(tmp_path):

@@ -29,6 +29,7 @@ import httpx
 
 from omstools.rabbit import free_port, port_open
 from omstools.standins import stripe as stripe_standin
+from omstools.standins import wechat_pay as wechat_standin
 from omstools.standins.alipay import ensure_keys
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "shipping", "notifications")
@@ -40,7 +41,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
-STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012}
+STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012, "wechat_pay": 8013}
 """The payment providers' stand-ins of local runs and tests, and their default ports (the card
 processor's, ``stripe``, only when ``card_processor`` names it)."""
 STANDIN_APP_ID = "2021000000000000"
@@ -180,6 +181,17 @@ class System:
                 "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
                 "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
             })
+        if "wechat_pay" in self.standins:
+            keys = wechat_standin.ensure_keys(self.standin_dir("wechat_pay"))
+            env.update({
+                "PAYMENTS_WECHAT_PAY_BASE_URL": self.standin_url("wechat_pay"),
+                "PAYMENTS_WECHAT_PAY_MCHID": wechat_standin.MCHID, "PAYMENTS_WECHAT_PAY_APPID": wechat_standin.APPID,
+                "PAYMENTS_WECHAT_PAY_SERIAL_NO": wechat_standin.MERCHANT_SERIAL,
+                "PAYMENTS_WECHAT_PAY_PRIVATE_KEY_FILE": str(keys["app_private"]),
+                "PAYMENTS_WECHAT_PAY_PLATFORM_PUBLIC_KEY_FILE": str(keys["platform_public"]),
+                "PAYMENTS_WECHAT_PAY_PLATFORM_SERIAL": wechat_standin.PLATFORM_SERIAL,
+                "PAYMENTS_WECHAT_PAY_APIV3_KEY_FILE": str(keys["apiv3_key"]),
+            })
         if "stripe" in self.standins:
             env.update({"PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY, "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
                         "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET})
@@ -275,6 +287,8 @@ class System:
             if provider == "alipay":
                 ensure_keys(folder)
                 argv += ["--app-id", STANDIN_APP_ID]
+            elif provider == "wechat_pay":
+                wechat_standin.ensure_keys(folder)
             else:  # the card processor: its webhooks go to payments, its tok_late as late as the sandbox's
                 late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get("PAYMENTS_LATE_CAPTURE_SECONDS", "15")
                 argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/stripe/notify", "--late-seconds", late]

@@ -14,6 +14,7 @@ from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
 from payments.adapters.card import StripeCardAdapter
 from payments.adapters.registry import Providers
+from payments.adapters.wechat_pay import WechatPayAdapter
 from payments.config import Settings
 from payments.provider import Ledger, SandboxProvider
 
@@ -25,6 +26,14 @@ def configured(s: Settings) -> list[Adapter]:
         adapters.append(AlipayAdapter(
             gateway=s.alipay_gateway, app_id=s.alipay_app_id, private_key=s.alipay_private_key,
             alipay_public_key=s.alipay_public_key, notify_url=f"{s.public_url}/v1/providers/alipay/notify",
+            timeout=s.provider_timeout_seconds,
+        ))
+    if s.wechat_pay_base_url:
+        adapters.append(WechatPayAdapter(
+            base_url=s.wechat_pay_base_url, mchid=s.wechat_pay_mchid, appid=s.wechat_pay_appid,
+            serial_no=s.wechat_pay_serial_no, private_key=s.wechat_pay_private_key,
+            platform_public_key=s.wechat_pay_platform_public_key, platform_serial=s.wechat_pay_platform_serial,
+            apiv3_key=s.wechat_pay_apiv3_key, notify_url=f"{s.public_url}/v1/providers/wechat_pay/notify",
             timeout=s.provider_timeout_seconds,
         ))
     if s.stripe_api_key:

@@ -55,8 +55,25 @@ class Settings(ServiceSettings):
     alipay_public_key_file: str = ""
     enabled_methods: Annotated[tuple[str, ...], NoDecode] = ("card", "alipay", "wechat_pay", "paypal")
     """The payment methods this shop takes (comma-separated); in production each needs its provider
-    configured: card the card processor (``stripe_*``), alipay ``alipay_*``. WeChat Pay and PayPal
-    have no adapter yet: enabled in production, payments refuses to start."""
+    configured: card the card processor (``stripe_*``), alipay ``alipay_*``, wechat_pay
+    ``wechat_pay_*``. PayPal has no adapter yet: enabled in production, payments refuses to start."""
+    wechat_pay_base_url: str = ""
+    """WeChat Pay's API v3 address (``https://api.mch.weixin.qq.com``); unset: no WeChat Pay."""
+    wechat_pay_mchid: str = ""
+    wechat_pay_appid: str = ""
+    wechat_pay_serial_no: str = ""
+    """The serial number of the merchant's API certificate (named in every request's signature)."""
+    wechat_pay_private_key: str = ""
+    """The merchant's API private key (PEM), or ``wechat_pay_private_key_file``."""
+    wechat_pay_private_key_file: str = ""
+    wechat_pay_platform_public_key: str = ""
+    """WeChat Pay's platform public key (PEM), that verifies its answers and notifications."""
+    wechat_pay_platform_public_key_file: str = ""
+    wechat_pay_platform_serial: str = ""
+    """The serial (``PUB_KEY_ID_…``) WeChat Pay names in ``Wechatpay-Serial``."""
+    wechat_pay_apiv3_key: str = ""
+    """The 32-character APIv3 key that decrypts notifications, or ``wechat_pay_apiv3_key_file``."""
+    wechat_pay_apiv3_key_file: str = ""
     stripe_api_key: str = ""
     """The card processor's secret key (``sk_live_…``); unset: cards go to the in-process sandbox."""
     stripe_api_base: str = ""
@@ -93,8 +110,19 @@ class Settings(ServiceSettings):
                 problems.append("alipay is enabled but not configured: " + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
             elif _stand_in(self.alipay_gateway):
                 problems.append(f"PAYMENTS_ALIPAY_GATEWAY {self.alipay_gateway} is a stand-in")
-        problems += [f"{m} is enabled but this build has no adapter for its provider: leave it out of "
-                     "PAYMENTS_ENABLED_METHODS" for m in ("wechat_pay", "paypal") if m in self.enabled_methods]
+        if "wechat_pay" in self.enabled_methods:
+            names = ("wechat_pay_base_url", "wechat_pay_mchid", "wechat_pay_appid", "wechat_pay_serial_no",
+                     "wechat_pay_private_key", "wechat_pay_platform_public_key", "wechat_pay_platform_serial",
+                     "wechat_pay_apiv3_key")
+            missing = [name for name in names if not getattr(self, name)]
+            if missing:
+                problems.append("wechat_pay is enabled but not configured: "
+                                + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+            elif _stand_in(self.wechat_pay_base_url):
+                problems.append(f"PAYMENTS_WECHAT_PAY_BASE_URL {self.wechat_pay_base_url} is a stand-in")
+        if "paypal" in self.enabled_methods:
+            problems.append("paypal is enabled but this build has no adapter for it: leave it out of "
+                            "PAYMENTS_ENABLED_METHODS")
         if not self.public_url.startswith("https://"):
             problems.append(f"PAYMENTS_PUBLIC_URL {self.public_url} is not an https address providers can notify")
         return problems
@@ -107,10 +135,11 @@ class Settings(ServiceSettings):
             self.payment_window_seconds = 900.0 if self.environment == "production" else 10.0
         if not self.public_url:
             self.public_url = f"http://{self.http_host}:{self.http_port}"
-        for name in ("alipay_private_key", "alipay_public_key"):
+        for name in ("alipay_private_key", "alipay_public_key", "wechat_pay_private_key",
+                     "wechat_pay_platform_public_key", "wechat_pay_apiv3_key"):
             path = getattr(self, f"{name}_file")
             if path and not getattr(self, name):
-                setattr(self, name, Path(path).read_text())
+                setattr(self, name, Path(path).read_text().strip())
         if self.environment == "production" and self.fault_crash_after_charge_file:
             raise ValueError("fault injection must not be switched on in production")
         if self.environment == "production":

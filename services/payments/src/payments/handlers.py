@@ -310,7 +310,8 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
             attempt = SimpleNamespace(
                 order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token or ""),
                 currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
-                refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=cmd.order_id, provider=name,
+                refunded_amount=Decimal("0"), provider_ref=None, provider=name,
+                idempotency_key=provider.trade_key(cmd.order_id) if provider is not None else cmd.order_id,
                 action_type=None, action_url=None, expires_at=now + timedelta(seconds=settings.payment_window_seconds),
                 created_at=now, updated_at=now,
             )

@@ -149,6 +149,9 @@ class SandboxProvider:
 
     # -- the Adapter interface ---------------------------------------------------------------
 
+    def trade_key(self, order_id: str) -> str:
+        return order_id
+
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         return await self.capture(key=key, token=token, amount=amount, currency=currency)
 

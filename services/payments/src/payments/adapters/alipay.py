@@ -126,6 +126,9 @@ class AlipayAdapter:
             raise Transient(f"alipay {method}: {answer.get('sub_code') or answer.get('code')}")
         return answer
 
+    def trade_key(self, order_id: str) -> str:
+        return trade_no_for(order_id)
+
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         raise Unsupported("saved Alipay agreements are not wired to this adapter")
 

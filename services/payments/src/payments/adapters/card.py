@@ -53,6 +53,9 @@ class StripeCardAdapter:
     async def aclose(self) -> None:
         await self._client._requestor._client.close_async()
 
+    def trade_key(self, order_id: str) -> str:
+        return order_id
+
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         try:
             intent = await self._client.v1.payment_intents.create_async(

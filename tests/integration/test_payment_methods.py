@@ -92,3 +92,17 @@ async def test_a_wechat_pay_order_shows_its_native_code_is_paid_and_delivered(om
     assert order["payment"]["status"] == "captured"
     paid = await payment(payments, created["id"])
     assert (paid["provider"], paid["status"]) == ("wechat_pay", "captured")
+
+
+async def test_a_paypal_order_is_approved_captured_and_delivered(oms, orders, inventory, payments):
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 5)
+    created = await place(orders, alipay_body(sku=sku, email="paypal.buyer@example.com", method="paypal"))
+    waiting = await eventually(lambda: get_order(orders, created["id"]), lambda o: "action" in o["payment"],
+                               what="the order shows where the customer approves")
+    assert waiting["payment"]["action"]["type"] == "redirect"
+    assert waiting["payment"]["action"]["url"].startswith(f"{oms.standin_url('paypal')}/checkoutnow?token=")
+    order = await wait_status(orders, created["id"], "delivered", timeout=60)
+    assert order["payment"]["status"] == "captured"
+    paid = await payment(payments, created["id"])
+    assert (paid["provider"], paid["status"]) == ("paypal", "captured")

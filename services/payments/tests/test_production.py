@@ -51,8 +51,12 @@ def test_alipay_enabled_without_its_keys_or_at_a_stand_in_is_refused():
                                       enabled_methods="alipay")
 
 
-def test_a_method_without_an_adapter_is_refused_when_enabled():
-    assert "paypal is enabled but this build has no adapter" in refusal(**CARD, enabled_methods="card,paypal")
+def test_paypal_enabled_without_its_credentials_or_on_its_sandbox_is_refused():
+    assert "PAYMENTS_PAYPAL_CLIENT_SECRET" in refusal(**CARD, enabled_methods="card,paypal",
+                                                     paypal_base_url="https://api-m.paypal.com")
+    assert "PayPal's sandbox" in refusal(**CARD, enabled_methods="card,paypal",
+                                         paypal_base_url="https://api-m.sandbox.paypal.com", paypal_client_id="c",
+                                         paypal_client_secret="s", paypal_webhook_id="w")
 
 
 def test_wechat_pay_enabled_without_its_keys_is_refused():

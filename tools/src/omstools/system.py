@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from omstools.rabbit import free_port, port_open
+from omstools.standins import paypal as paypal_standin
 from omstools.standins import stripe as stripe_standin
 from omstools.standins import wechat_pay as wechat_standin
 from omstools.standins.alipay import ensure_keys
@@ -41,7 +42,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
-STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012, "wechat_pay": 8013}
+STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012, "wechat_pay": 8013, "paypal": 8014}
 """The payment providers' stand-ins of local runs and tests, and their default ports (the card
 processor's, ``stripe``, only when ``card_processor`` names it)."""
 STANDIN_APP_ID = "2021000000000000"
@@ -192,6 +193,11 @@ class System:
                 "PAYMENTS_WECHAT_PAY_PLATFORM_SERIAL": wechat_standin.PLATFORM_SERIAL,
                 "PAYMENTS_WECHAT_PAY_APIV3_KEY_FILE": str(keys["apiv3_key"]),
             })
+        if "paypal" in self.standins:
+            env.update({"PAYMENTS_PAYPAL_BASE_URL": self.standin_url("paypal"),
+                        "PAYMENTS_PAYPAL_CLIENT_ID": paypal_standin.CLIENT_ID,
+                        "PAYMENTS_PAYPAL_CLIENT_SECRET": paypal_standin.CLIENT_SECRET,
+                        "PAYMENTS_PAYPAL_WEBHOOK_ID": paypal_standin.WEBHOOK_ID})
         if "stripe" in self.standins:
             env.update({"PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY, "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
                         "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET})
@@ -289,6 +295,8 @@ class System:
                 argv += ["--app-id", STANDIN_APP_ID]
             elif provider == "wechat_pay":
                 wechat_standin.ensure_keys(folder)
+            elif provider == "paypal":
+                argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/paypal/notify"]
             else:  # the card processor: its webhooks go to payments, its tok_late as late as the sandbox's
                 late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get("PAYMENTS_LATE_CAPTURE_SECONDS", "15")
                 argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/stripe/notify", "--late-seconds", late]

@@ -134,7 +134,7 @@ async def provider_notification(provider: str, request: Request, rt: Runtime) ->
         raise Problem(404, "not-found", "Not found", f"no payment provider {provider!r} is configured")
     body = await request.body()
     try:
-        note = adapter.verify_notification(request.headers, body)
+        note = await adapter.verify_notification(request.headers, body)
     except BadSignature:
         log.warning("payment.notification_refused", provider=provider)
         raise Problem(401, "bad-signature", "Signature does not verify", "the notification's signature does not verify") from None

@@ -13,6 +13,7 @@ from payments import api, handlers
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
 from payments.adapters.card import StripeCardAdapter
+from payments.adapters.paypal import PayPalAdapter
 from payments.adapters.registry import Providers
 from payments.adapters.wechat_pay import WechatPayAdapter
 from payments.config import Settings
@@ -35,6 +36,11 @@ def configured(s: Settings) -> list[Adapter]:
             platform_public_key=s.wechat_pay_platform_public_key, platform_serial=s.wechat_pay_platform_serial,
             apiv3_key=s.wechat_pay_apiv3_key, notify_url=f"{s.public_url}/v1/providers/wechat_pay/notify",
             timeout=s.provider_timeout_seconds,
+        ))
+    if s.paypal_base_url:
+        adapters.append(PayPalAdapter(
+            base_url=s.paypal_base_url, client_id=s.paypal_client_id, client_secret=s.paypal_client_secret,
+            webhook_id=s.paypal_webhook_id, return_url=s.paypal_return_url, timeout=s.provider_timeout_seconds,
         ))
     if s.stripe_api_key:
         adapters.append(StripeCardAdapter(api_key=s.stripe_api_key, webhook_secret=s.stripe_webhook_secret,

@@ -56,7 +56,7 @@ class Settings(ServiceSettings):
     enabled_methods: Annotated[tuple[str, ...], NoDecode] = ("card", "alipay", "wechat_pay", "paypal")
     """The payment methods this shop takes (comma-separated); in production each needs its provider
     configured: card the card processor (``stripe_*``), alipay ``alipay_*``, wechat_pay
-    ``wechat_pay_*``. PayPal has no adapter yet: enabled in production, payments refuses to start."""
+    ``wechat_pay_*``, paypal ``paypal_*``."""
     wechat_pay_base_url: str = ""
     """WeChat Pay's API v3 address (``https://api.mch.weixin.qq.com``); unset: no WeChat Pay."""
     wechat_pay_mchid: str = ""
@@ -74,6 +74,15 @@ class Settings(ServiceSettings):
     wechat_pay_apiv3_key: str = ""
     """The 32-character APIv3 key that decrypts notifications, or ``wechat_pay_apiv3_key_file``."""
     wechat_pay_apiv3_key_file: str = ""
+    paypal_base_url: str = ""
+    """PayPal's REST API (``https://api-m.paypal.com``); unset: no PayPal."""
+    paypal_client_id: str = ""
+    paypal_client_secret: str = ""
+    paypal_webhook_id: str = ""
+    """The id of the webhook PayPal sends to ``<public_url>/v1/providers/paypal/notify`` (its
+    signature is verified by PayPal's verify-webhook-signature API for this id)."""
+    paypal_return_url: str = "https://shop.example/paid"
+    """Where PayPal sends the customer back after the approval page (the shop's page)."""
     stripe_api_key: str = ""
     """The card processor's secret key (``sk_live_…``); unset: cards go to the in-process sandbox."""
     stripe_api_base: str = ""
@@ -121,8 +130,12 @@ class Settings(ServiceSettings):
             elif _stand_in(self.wechat_pay_base_url):
                 problems.append(f"PAYMENTS_WECHAT_PAY_BASE_URL {self.wechat_pay_base_url} is a stand-in")
         if "paypal" in self.enabled_methods:
-            problems.append("paypal is enabled but this build has no adapter for it: leave it out of "
-                            "PAYMENTS_ENABLED_METHODS")
+            missing = [name for name in ("paypal_base_url", "paypal_client_id", "paypal_client_secret", "paypal_webhook_id")
+                       if not getattr(self, name)]
+            if missing:
+                problems.append("paypal is enabled but not configured: " + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+            elif _stand_in(self.paypal_base_url) or "sandbox.paypal.com" in self.paypal_base_url:
+                problems.append(f"PAYMENTS_PAYPAL_BASE_URL {self.paypal_base_url} is a stand-in or PayPal's sandbox")
         if not self.public_url.startswith("https://"):
             problems.append(f"PAYMENTS_PUBLIC_URL {self.public_url} is not an https address providers can notify")
         return problems

@@ -330,7 +330,8 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
         action = await _with_retries(lambda: provider.start(
             key=attempt.idempotency_key, amount=cmd.amount, currency=cmd.currency, subject=subject,
             expires_at=attempt.expires_at), settings)
-        values = {"status": PENDING, "action_type": action.type, "action_url": action.url, "failure_reason": None}
+        values = {"status": PENDING, "action_type": action.type, "action_url": action.url, "failure_reason": None,
+                  "provider_ref": action.reference}
     except (Declined, Unsupported) as exc:
         values = {"status": PaymentStatus.FAILED, "failure_reason": "declined" if isinstance(exc, Declined)
                   else "method_unavailable"}
@@ -352,7 +353,22 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
 async def apply_notification(sessions: async_sessionmaker, provider: Adapter, note: Notification) -> str:
     """A verified notification from ``provider``: the money arrived (or the payment closed). Once
     per notification id; a payment already decided is not decided again, except that money that
-    arrives after the window closed is recorded captured (and the cancelled order refunds it)."""
+    arrives after the window closed is recorded captured (and the cancelled order refunds it).
+
+    An approval (PayPal) is captured first, outside any transaction (the capture's idempotency key
+    makes a resent approval the same capture), and only while the payment waits for it: an
+    approval that comes after the window closed takes no money."""
+    if note.status == "approved":
+        async with sessions() as session:
+            waiting = await session.scalar(
+                select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key))
+        if waiting is None or waiting.status not in (PENDING, CAPTURING) or note.reference is None:
+            return "ignored"
+        charge = await provider.complete(note.key, reference=note.reference)
+        if charge.status != "captured":
+            return "ignored"
+        note = Notification(id=note.id, key=note.key, status="captured", reference=charge.reference,
+                            amount=charge.amount)
     async with sessions.begin() as session:
         if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
             return "duplicate"
@@ -398,7 +414,8 @@ async def expire_windows(sessions: async_sessionmaker, providers: Providers, set
         if p is None or provider is None or p.idempotency_key is None:
             continue
         try:
-            charge = await asyncio.wait_for(provider.close(p.idempotency_key, amount=p.amount, currency=p.currency),
+            charge = await asyncio.wait_for(provider.close(p.idempotency_key, amount=p.amount, currency=p.currency,
+                                                           reference=p.provider_ref),
                                             timeout=settings.provider_timeout_seconds)
         except (TimeoutError, Transient, OSError) as exc:
             log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)

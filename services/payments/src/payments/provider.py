@@ -142,6 +142,9 @@ class SandboxProvider:
         that completed meanwhile is returned as it is (the caller must honour it)."""
         return self.ledger.record_charge(key, "voided", amount, currency)
 
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        raise Unsupported("its notifications say paid: there is nothing to capture after approval")
+
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
@@ -158,13 +161,13 @@ class SandboxProvider:
     async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
         raise Unsupported("the sandbox captures with tokens only")
 
-    async def query(self, key: str) -> Charge | None:
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
         return await self.lookup(key)
 
-    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
         return await self.void(key, amount=amount, currency=currency)
 
-    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         raise BadSignature("the sandbox sends no notifications")
 
     @staticmethod

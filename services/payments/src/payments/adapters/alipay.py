@@ -144,7 +144,7 @@ class AlipayAdapter:
             raise Declined(f"alipay precreate: {answer.get('sub_code') or answer.get('code')}")
         return Action(type="qr_code", url=answer["qr_code"], expires_at=expires_at)
 
-    async def query(self, key: str) -> Charge | None:
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
         answer = await self._call("alipay.trade.query", {"out_trade_no": trade_no_for(key)})
         if answer.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
             return None
@@ -152,7 +152,7 @@ class AlipayAdapter:
             raise Transient(f"alipay query: {answer.get('sub_code') or answer.get('code')}")
         return self._charge(key, answer)
 
-    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
         answer = await self._call("alipay.trade.close", {"out_trade_no": trade_no_for(key)})
         if answer.get("code") == "10000" or answer.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
             # not scanned before time_expire: Alipay no longer takes it
@@ -161,6 +161,9 @@ class AlipayAdapter:
         if known is None or known.status == "pending":
             raise Transient(f"alipay close: {answer.get('sub_code') or answer.get('code')}")
         return known
+
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         answer = await self._call("alipay.trade.refund", {
@@ -171,7 +174,7 @@ class AlipayAdapter:
             raise Transient(f"alipay refund: {answer.get('sub_code') or answer.get('code')}")
         return f"{answer.get('trade_no', payment_ref)}:{trade_no_for(idempotency_key)}"
 
-    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """An asynchronous notification: form fields, signed over all of them but ``sign`` and
         ``sign_type``; it must be for this merchant's app."""
         fields = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))

@@ -5,7 +5,8 @@ wallet agreement) and answers at once; ``start`` opens a payment the customer ma
 code, a PayPal approval page) and answers with the ``Action`` the gateway shows: the money then
 arrives by the provider's signed notification (``verify_notification``), or is found by ``query``
 (the same idempotency key), or never, and ``close`` makes sure it never can once the payment
-window has passed. ``refund`` pays back all or part of a charge, once per idempotency key.
+window has passed; a provider where the customer only approves (PayPal) is then captured by
+``complete``. ``refund`` pays back all or part of a charge, once per idempotency key.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Action:
     type: str  # qr_code | redirect
     url: str
     expires_at: datetime
+    reference: str | None = None  # the provider's id of the payment, where it makes its own (PayPal's order)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Notification:
 
     id: str  # the provider's id of the notification (a resent one has the same)
     key: str
-    status: str  # captured | voided | pending
+    status: str  # captured | voided | pending | approved (the customer approved: the merchant captures)
     reference: str | None
     amount: Decimal | None
 
@@ -78,15 +80,19 @@ class Adapter(Protocol):
     async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
         """Open a payment the customer makes; the same key again is the same payment."""
 
-    async def query(self, key: str) -> Charge | None:
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
         """What became of the attempt ``key``; None when the provider never heard of it."""
 
-    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
         """Make sure an attempt that was not paid never can be; returns it as it stands (a paid one
         stays paid, and the caller must honour it)."""
+
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        """Capture a payment the customer approved (PayPal's capture after approval); the same key
+        again is the same capture. Providers whose notification says "paid" never get here."""
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         """Pay back ``amount`` of the charge; the same idempotency key again is the same refund."""
 
-    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """Verify the provider's signature exactly as it documents it, then parse. Raises BadSignature."""

@@ -77,7 +77,7 @@ class StripeCardAdapter:
     async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
         raise Unsupported("a card is charged with its token")
 
-    async def query(self, key: str) -> Charge | None:
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
         try:
             found = await self._client.v1.payment_intents.search_async(params={"query": f"metadata['oms_key']:'{key}'"})
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
@@ -89,7 +89,7 @@ class StripeCardAdapter:
                       reference=intent.id if intent.status == "succeeded" else None,
                       amount=major_units(intent.amount, intent.currency), currency=intent.currency.upper())
 
-    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
         known = await self.query(key)
         if known is None or known.status in ("captured", "voided", "declined"):
             return known or Charge(key=key, status="voided", reference=None, amount=amount, currency=currency)
@@ -99,6 +99,9 @@ class StripeCardAdapter:
         except stripe.InvalidRequestError:  # succeeded meanwhile
             pass
         return await self.query(key) or Charge(key=key, status="voided", reference=None, amount=amount, currency=currency)
+
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         try:
@@ -110,7 +113,7 @@ class StripeCardAdapter:
             raise Transient(f"card processor refund: {type(exc).__name__}") from exc
         return refund.id
 
-    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         try:
             event = stripe.Webhook.construct_event(body, headers.get("stripe-signature"), self.webhook_secret)
         except (stripe.SignatureVerificationError, ValueError) as exc:

@@ -108,7 +108,7 @@ class WechatPayAdapter:
             raise Declined(f"wechat pay native: {answer.get('code')}")
         return Action(type="qr_code", url=answer["code_url"], expires_at=expires_at)
 
-    async def query(self, key: str) -> Charge | None:
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
         status, answer = await self._call(
             "GET", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}?mchid={self.mchid}")
         if status == 404:
@@ -120,7 +120,7 @@ class WechatPayAdapter:
                       amount=Decimal(answer.get("amount", {}).get("total", 0)).scaleb(-2),
                       currency=answer.get("amount", {}).get("currency", "CNY"))
 
-    async def close(self, key: str, *, amount: Decimal, currency: str) -> Charge:
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
         status, answer = await self._call(
             "POST", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}/close", {"mchid": self.mchid})
         if status == 204:
@@ -131,6 +131,9 @@ class WechatPayAdapter:
         if known.status == "pending":
             raise Transient(f"wechat pay close: {answer.get('code')}")
         return known
+
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         status, paid = await self._call("GET", f"/v3/pay/transactions/id/{quote(payment_ref)}?mchid={self.mchid}")
@@ -144,7 +147,7 @@ class WechatPayAdapter:
             raise Transient(f"wechat pay refund: {answer.get('code') or answer.get('status')}")
         return answer["refund_id"]
 
-    def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         text = body.decode("utf-8", errors="replace")
         if not self._verified({k.lower(): v for k, v in headers.items()}, text):
             raise BadSignature("wechat pay notification: the signature does not verify")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from integration.helpers import (
+    OPS,
     eventually,
     get_order,
     new_sku,
@@ -22,6 +23,8 @@ from integration.helpers import (
     wait_settled,
     wait_status,
 )
+
+from omstools.verify import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("simulated_carrier")]
 
@@ -106,3 +109,13 @@ async def test_a_paypal_order_is_approved_captured_and_delivered(oms, orders, in
     assert order["payment"]["status"] == "captured"
     paid = await payment(payments, created["id"])
     assert (paid["provider"], paid["status"]) == ("paypal", "captured")
+
+
+async def test_every_provider_agrees_with_payments(oms, payments):
+    """make verify's reconciliation, per provider, on what the tests above paid: every provider's
+    books agree with ours, so nothing is reported (disagreements: tests/test_reconcile.py)."""
+    report = await verify({s: oms.url(s) for s in ("orders", "inventory", "payments", "shipping")}, settle=30)
+    assert report.ok, report.render()
+    assert not any("disagrees" in b for b in report.breaches)
+    r = await payments.get("/v1/providers/reconciliation", params={"run": "true", "settled_for": 0}, headers=OPS)
+    assert r.status_code == 200 and r.json()["mismatches"] == [] and r.json()["checked"] >= 3

@@ -153,7 +153,8 @@ async def test_the_customer_approves_and_the_approval_is_captured(sessions, prov
     paid = await until(lambda: _status(sessions, oid, "captured"), what="the approval is captured")
     order = await paypal_order(standin, oid)
     [done] = order["purchase_units"][0]["payments"]["captures"]
-    assert (order["status"], paid.provider_ref, done["amount"]["value"]) == ("COMPLETED", done["id"], "88.80")
+    assert (order["status"], paid.provider_ref, done["amount"]["value"]) == ("COMPLETED", f"{order['id']}/{done['id']}",
+                                                                              "88.80")
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
 
@@ -182,7 +183,8 @@ async def test_a_forged_webhook_is_refused_and_a_repeated_one_captures_once(sess
             assert (await client.post("/v1/providers/paypal/notify", content=body, headers=headers)).status_code == 200
     captured = await until(lambda: _status(sessions, oid, "captured"), what="the approval is captured")
     order = await paypal_order(standin, oid)
-    assert [c["id"] for c in order["purchase_units"][0]["payments"]["captures"]] == [captured.provider_ref]
+    assert [f"{order['id']}/{c['id']}" for c in order["purchase_units"][0]["payments"]["captures"]] == [
+        captured.provider_ref]
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
 
@@ -221,4 +223,5 @@ async def test_partial_full_and_failing_refunds_of_the_capture(sessions, provide
     assert (done.status, done.refunded_amount) == ("refunded", Decimal("100.00"))
     async with httpx.AsyncClient(base_url=standin) as client:
         refunds = (await client.get("/_standin/ledger")).json()["refunds"]
-    assert sorted(r["value"] for r in refunds if r["capture_id"] == done.provider_ref) == ["30.00", "70.00"]
+    capture_id = done.provider_ref.split("/")[1]
+    assert sorted(r["value"] for r in refunds if r["capture_id"] == capture_id) == ["30.00", "70.00"]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
@@ -19,7 +19,7 @@ from events.payments import RefundPayment
 from events.settings import Role
 from events.types import MoneyText
 from events.web import Caller, Problem, Runtime, require
-from payments import handlers
+from payments import handlers, reconcile
 from payments.adapters.base import BadSignature
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
@@ -140,6 +140,21 @@ async def provider_notification(provider: str, request: Request, rt: Runtime) ->
         raise Problem(401, "bad-signature", "Signature does not verify", "the notification's signature does not verify") from None
     await handlers.apply_notification(rt.sessions, adapter, note)
     return PlainTextResponse(adapter.acknowledgement)
+
+
+@providers.get("/reconciliation", dependencies=[require(Role.OPS)])
+async def reconciliation(
+    request: Request, rt: Runtime, run: bool = False,
+    settled_for: Annotated[float, Query(ge=0, le=3600)] = 30.0,
+) -> dict:
+    """Each provider's books against ours: the last round of the reconciliation job, or, with
+    ``run=true``, a round over every decided payment now (``make verify``). Mismatches are for ops
+    to resolve; nothing here changes a payment."""
+    latest = getattr(request.app.state, "reconciliation", None)
+    if run or latest is None:
+        latest = await reconcile.reconcile(rt.sessions, request.app.state.providers,
+                                           settled_for=timedelta(seconds=settled_for))
+    return latest.view()
 
 
 @providers.get("/sandbox/ledger", dependencies=[require(Role.OPS)])

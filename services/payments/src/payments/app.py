@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
 from events.runtime import ServiceRuntime
 from events.tasks import every
 from events.web import install
-from payments import api, handlers
+from payments import api, handlers, reconcile
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
 from payments.adapters.card import StripeCardAdapter
@@ -48,6 +49,13 @@ def configured(s: Settings) -> list[Adapter]:
     return adapters
 
 
+async def _reconcile(app: FastAPI, sessions, providers: Providers, s: Settings) -> None:
+    """One round over the payments decided lately; its result is what ops read."""
+    since = datetime.now(UTC) - timedelta(seconds=s.reconcile_lookback_seconds)
+    app.state.reconciliation = await reconcile.reconcile(sessions, providers, since=since,
+                                                         timeout=s.provider_timeout_seconds)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ServiceRuntime(s, routers=[handlers.router], context={"providers": providers}) as runtime,
                 every(s.window_poll_seconds, lambda: handlers.expire_windows(runtime.sessions, providers, s),
                       name="payments-windows"),
+                every(s.reconcile_interval_seconds, lambda: _reconcile(app, runtime.sessions, providers, s),
+                      name="payments-reconciliation"),
             ):
                 app.state.runtime = runtime
                 app.state.provider = provider

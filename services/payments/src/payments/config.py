@@ -41,6 +41,10 @@ class Settings(ServiceSettings):
     minutes, 10 s in local runs and tests."""
     window_poll_seconds: float = 1.0
     """How often payments looks for payment windows that have passed."""
+    reconcile_interval_seconds: float = 300.0
+    """How often the recent payments are reconciled with their providers (``payments.reconcile``)."""
+    reconcile_lookback_seconds: float = 3600.0
+    """How far back each round looks (payments decided since then)."""
     public_url: str = ""
     """Where providers reach this service from outside (their notifications go to
     ``<public_url>/v1/providers/<provider>/notify``). Unset: its own HTTP address."""

@@ -29,6 +29,12 @@ from payments.adapters.base import (
     Unsupported,
 )
 
+
+def _order_id(reference: str) -> str:
+    """The payment's reference is PayPal's order id, and once captured ``<order id>/<capture id>``."""
+    return reference.split("/", 1)[0]
+
+
 _HEADERS = ("paypal-transmission-id", "paypal-transmission-time", "paypal-transmission-sig", "paypal-cert-url",
             "paypal-auth-algo")
 
@@ -97,7 +103,7 @@ class PayPalAdapter:
     async def query(self, key: str, reference: str | None = None) -> Charge | None:
         if reference is None:
             return None
-        r = await self._call("GET", f"/v2/checkout/orders/{reference}")
+        r = await self._call("GET", f"/v2/checkout/orders/{_order_id(reference)}")
         if r.status_code == 404:
             return None
         return self._charge(key, r.json())
@@ -113,15 +119,16 @@ class PayPalAdapter:
         return known
 
     async def complete(self, key: str, *, reference: str) -> Charge:
-        r = await self._call("POST", f"/v2/checkout/orders/{reference}/capture", {}, request_id=f"capture-{key}")
+        order_id = _order_id(reference)
+        r = await self._call("POST", f"/v2/checkout/orders/{order_id}/capture", {}, request_id=f"capture-{key}")
         if r.status_code == 422 and r.json().get("details", [{}])[0].get("issue") == "ORDER_ALREADY_CAPTURED":
-            r = await self._call("GET", f"/v2/checkout/orders/{reference}")
+            r = await self._call("GET", f"/v2/checkout/orders/{order_id}")
         if r.status_code not in (200, 201):
             raise Transient(f"paypal capture: {r.json().get('name', r.status_code)}")
         return self._charge(key, r.json())
 
     async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
-        r = await self._call("POST", f"/v2/payments/captures/{payment_ref}/refund",
+        r = await self._call("POST", f"/v2/payments/captures/{payment_ref.rsplit('/', 1)[-1]}/refund",
                              {"amount": {"value": format(amount, ".2f"), "currency_code": currency}},
                              request_id=f"refund-{idempotency_key}")
         if r.status_code not in (200, 201) or r.json().get("status") not in ("COMPLETED", "PENDING"):
@@ -160,5 +167,5 @@ class PayPalAdapter:
         status = {"COMPLETED": "captured", "APPROVED": "approved", "VOIDED": "voided"}.get(order.get("status"), "pending")
         amount = (done or unit).get("amount") or {}
         return Charge(key=key, status="captured" if done else ("pending" if status == "captured" else status),
-                      reference=done["id"] if done else None, amount=Decimal(amount.get("value", "0")),
+                      reference=f"{order['id']}/{done['id']}" if done else None, amount=Decimal(amount.get("value", "0")),
                       currency=amount.get("currency_code", ""))

@@ -16,10 +16,10 @@ from events.db import outbox_message, processed_message
 from events.envelope import Envelope, build
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems
 from events.types import LineItem
-from inventory import stock
+from inventory import service
 from inventory.db import Reservation, Stock, StockMovement
 from inventory.handlers import handle_commit_stock, handle_release_stock, handle_reserve_stock, handle_restock
-from inventory.stock import receive
+from inventory.service import receive
 
 
 def msg(model, payload):
@@ -266,7 +266,7 @@ async def test_a_release_and_a_commit_racing_for_one_order_take_its_units_once(a
         await handle_reserve_stock(reserve(order, "SKU-RACE", 2, latitude=31.2, longitude=121.5), sessions)
 
     # Both read the order's reservations before either goes on (unless a lock keeps one from reading).
-    monkeypatch.setattr(stock, "_reservations", Meeting().after(stock._reservations))
+    monkeypatch.setattr(service, "_reservations", Meeting().after(service._reservations))
     outcomes = await asyncio.gather(handle_release_stock(release("mine"), sessions),
                                     handle_commit_stock(commit("mine"), sessions), return_exceptions=True)
 

@@ -337,7 +337,7 @@ def test_the_table_is_walked_forward_and_undone_in_reverse():
     from orders import saga as flow
 
     saga, seen = run()
-    for step in flow.STEPS[:3]:
+    for step in (step for step in flow.STEPS if step.command is not None):
         assert saga.waiting_for == step.wait and saga.status == step.waits_in
         saga, intents = advance(saga, {"reserve": RESERVED, "capture": CAPTURED, "ship": SHIP_CREATED}[step.name],
                                 now=T0, timeouts=TIMEOUTS)

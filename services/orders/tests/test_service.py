@@ -20,13 +20,12 @@ from events.shipping import ShipmentCreated, ShipmentUpdated
 from events.types import Allocation
 from orders import service
 from orders.db import Order
-from orders.handlers import (
-    handle_place_order,
-    on_payment_captured,
-    on_shipment_created,
-    on_shipment_updated,
-    on_stock_reserved,
-)
+from orders.handlers import SUBSCRIBERS, handle_place_order
+
+on_stock_reserved = SUBSCRIBERS[StockReserved]
+on_payment_captured = SUBSCRIBERS[PaymentCaptured]
+on_shipment_created = SUBSCRIBERS[ShipmentCreated]
+on_shipment_updated = SUBSCRIBERS[ShipmentUpdated]
 
 
 async def placed(sessions, settings, key="k") -> str:

@@ -31,7 +31,7 @@ from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys
-from payments import api, handlers
+from payments import api, settle
 from payments.adapters.alipay import AlipayAdapter, content_to_sign, load_private_key, sign
 from payments.adapters.base import Transient
 from payments.adapters.registry import Providers
@@ -212,7 +212,7 @@ async def test_the_provider_refuses_the_payment(oid, sessions, providers, settin
 async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(oid, sessions, providers, standin):
     short = Settings(provider_retry_base_seconds=0.001, payment_window_seconds=0.5, database_url="sqlite://")
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, short)
-    assert await handlers.expire_windows(sessions, providers, short) == 0  # not yet
+    assert await settle.expire_windows(sessions, providers, short) == 0  # not yet
     await until(lambda: _expired(sessions, providers, short), what="the window passes")
     failed = await payment(sessions, oid)
     assert (failed.status, failed.failure_reason) == ("failed", "payment_timeout")
@@ -222,7 +222,7 @@ async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(o
 
 
 async def _expired(sessions, providers, settings) -> bool:
-    return await handlers.expire_windows(sessions, providers, settings) == 1
+    return await settle.expire_windows(sessions, providers, settings) == 1
 
 
 async def test_a_notification_with_a_bad_signature_is_refused_and_changes_nothing(oid, sessions, providers, settings,

@@ -109,6 +109,16 @@ class Incoming(BaseModel):
     traceparent: str | None = None
 
 
+Cause = Incoming | Envelope[Any] | None
+"""The message that caused a change (what the change emits names it as its ``causationid``), or
+None for a change asked for over HTTP."""
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC, as every ``time`` and ``*_at`` of the system is."""
+    return datetime.now(UTC)
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -118,7 +128,7 @@ def build(
     *,
     service: str,
     subject: str | None,
-    causation: Incoming | Envelope[Any] | None = None,
+    causation: Cause = None,
     correlationid: str | None = None,
     traceparent: str | None = None,
     message_id: str | None = None,
@@ -134,7 +144,7 @@ def build(
         "type": payload.ce_type(),
         "source": f"oms/{service}",
         "subject": subject,
-        "time": (time or datetime.now(UTC)).isoformat(),
+        "time": (time or utcnow()).isoformat(),
         "datacontenttype": "application/json",
         "data": payload.model_dump(mode="json"),
         "correlationid": correlationid or (causation.correlationid if causation else None) or subject,

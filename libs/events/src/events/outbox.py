@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from events import inbox
 from events.db import HANDED_OVER, OUTBOX_COMMITTED, outbox_message
-from events.envelope import Envelope, Incoming, Message, build
+from events.envelope import Cause, Message, build
 from events.logs import get_logger
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 from events.telemetry import current_traceparent
@@ -52,7 +52,7 @@ async def stage(
     *,
     service: str,
     subject: str | None,
-    causation: Incoming | Envelope[Any] | None = None,
+    causation: Cause = None,
     correlationid: str | None = None,
     message_id: str | None = None,
 ) -> str:
@@ -421,3 +421,18 @@ class OutboxRelay:
             return await session.scalar(
                 select(func.count()).select_from(outbox_message).where(outbox_message.c.published_at.is_(None))
             ) or 0
+
+
+Stage = Callable[[AsyncSession, Message, str | None, Cause], Awaitable[str]]
+
+
+def stager(service: str, *, correlate_by_subject: bool = False) -> Stage:
+    """:func:`stage` as one service's operations call it: ``await _stage(session, payload, subject,
+    cause)``. With ``correlate_by_subject`` the subject (the order id) is the ``correlationid``
+    whatever the cause carried: the service that owns the order names it."""
+
+    async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> str:
+        return await stage(session, payload, service=service, subject=subject, causation=cause,
+                           correlationid=subject if correlate_by_subject else None)
+
+    return _stage

@@ -112,8 +112,16 @@ def queue_arguments(name: str) -> dict[str, Any]:
     }
 
 
+class UnknownQueue(KeyError):
+    """A subscriber names a queue that is not in ``QUEUES``: nothing would declare or bind it."""
+
+
 def spec(name: str) -> QueueSpec:
-    return _BY_NAME[name]
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownQueue(f"no queue {name!r} in events.topology.QUEUES: add it there (a saga step's"
+                           f" reply queue is _event('orders', '<routing key>'))") from None
 
 
 def command_queue(routing_key: str) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select
 from events.settings import Role
 from events.types import CountryCode, Sku
 from events.web import Caller, Problem, Runtime, require
-from inventory import domain, stock
+from inventory import domain, service
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
 router = APIRouter(tags=["inventory"])
@@ -87,7 +87,7 @@ async def receive(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, b
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
-        row = await stock.receive(session, body.warehouse, body.sku, body.quantity, actor=caller.name,
+        row = await service.receive(session, body.warehouse, body.sku, body.quantity, actor=caller.name,
                                   threshold=rt.settings.default_low_stock_threshold, reorder=rt.settings.default_reorder_quantity)
         return {"sku": body.sku, **_level(row)}
 
@@ -99,10 +99,10 @@ async def adjust(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, bo
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
-            row = await stock.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason, actor=caller.name,
+            row = await service.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason, actor=caller.name,
                                      threshold=rt.settings.default_low_stock_threshold,
                                      reorder=rt.settings.default_reorder_quantity)
-        except stock.Conflict as exc:
+        except service.Conflict as exc:
             raise Problem(409, "below-reserved", "Below what is reserved", str(exc)) from exc
         return {"sku": body.sku, **_level(row)}
 
@@ -123,7 +123,7 @@ async def low_stock(rt: Runtime) -> dict[str, Any]:
 @router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
 async def set_threshold(sku: Annotated[str, Path(max_length=64)], rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
-        row = await stock.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
+        row = await service.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
         if row is None:
             raise Problem(404, "not-found", "Not found", f"no {sku} at {body.warehouse}")
         return {"sku": sku, **_level(row), "threshold": row.low_stock_threshold,

@@ -28,7 +28,7 @@ class Warehouse(Base):
 class Stock(Base):
     """Units of one SKU at one warehouse. Changes lock the row first, reservations take units by a
     guarded UPDATE (``on_hand - reserved >= :q``), and the CHECKs below refuse anything else, so
-    concurrent orders never oversell (stock.py)."""
+    concurrent orders never oversell (service.py)."""
 
     __tablename__ = "stock"
 

@@ -53,7 +53,7 @@ def nearest_first(warehouses: Sequence[Warehouse], to: Destination) -> list[Ware
     stable."""
 
     def key(w: Warehouse) -> tuple[int, float, str]:
-        if None not in (to.latitude, to.longitude, w.latitude, w.longitude):
+        if to.latitude is not None and to.longitude is not None and w.latitude is not None and w.longitude is not None:
             return (0, distance_km(to.latitude, to.longitude, w.latitude, w.longitude), w.code)
         return (1 if w.country == to.country else 2, 0.0, w.code)
 

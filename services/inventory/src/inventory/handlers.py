@@ -12,21 +12,21 @@ from typing import Annotated
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox
+from events import inbox, topology
 from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems, StockReserved
 from events.logs import get_logger
-from inventory import domain, stock
+from inventory import domain, service
 
 log = get_logger(__name__)
 router = RabbitRouter()
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 
-RESERVE = "inventory.reserve_stock"
-RELEASE = "inventory.release_stock"
-COMMIT = "inventory.commit_stock"
-RESTOCK = "inventory.restock"
+RESERVE = topology.command_queue("inventory.reserve_stock")
+RELEASE = topology.command_queue("inventory.release_stock")
+COMMIT = topology.command_queue("inventory.commit_stock")
+RESTOCK = topology.command_queue("inventory.restock")
 
 
 def _units(allocations) -> list[str]:
@@ -40,7 +40,7 @@ async def handle_reserve_stock(msg: Envelope[ReserveStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RESERVE):
             return
-        outcome = await stock.reserve(session, cmd.order_id, list(cmd.items), to, msg)
+        outcome = await service.reserve(session, cmd.order_id, list(cmd.items), to, msg)
     if isinstance(outcome, StockReserved):
         log.info("stock.reserved", allocations=_units(outcome.allocations))
     else:
@@ -53,7 +53,7 @@ async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RELEASE):
             return
-        released = await stock.release(session, msg.data.order_id, msg.data.reason, msg)
+        released = await service.release(session, msg.data.order_id, msg.data.reason, msg)
     log.info("stock.released", allocations=_units(released.allocations))
 
 
@@ -63,8 +63,8 @@ async def handle_commit_stock(msg: Envelope[CommitStock], sessions: Sessions) ->
         if not await inbox.claim(session, msg.id, COMMIT):
             return
         try:
-            committed = await stock.commit(session, msg.data.order_id, msg, msg.data.warehouse)
-        except stock.Refused as exc:
+            committed = await service.commit(session, msg.data.order_id, msg, msg.data.warehouse)
+        except service.Refused as exc:
             raise Permanent(str(exc)) from exc
     log.info("stock.committed", allocations=_units(committed.allocations))
 
@@ -75,7 +75,7 @@ async def handle_restock(msg: Envelope[RestockItems], sessions: Sessions) -> Non
         if not await inbox.claim(session, msg.id, RESTOCK):
             return
         try:
-            restocked = await stock.restock(session, msg.data.order_id, list(msg.data.items), msg)
-        except stock.Refused as exc:
+            restocked = await service.restock(session, msg.data.order_id, list(msg.data.items), msg)
+        except service.Refused as exc:
             raise Permanent(str(exc)) from exc
     log.info("stock.restocked", allocations=_units(restocked))

@@ -232,7 +232,7 @@ async def _record(
     return leased
 
 
-# Built once: a statement built per event cost SQLAlchemy more than SQLite took to run it.
+# Prebuilt Core statements: see docs/operations.md, "Prebuilt statements on the message paths".
 _recipient, _preference, _notification = Recipient.__table__, Preference.__table__, Notification.__table__
 _RECIPIENT = (
     select(

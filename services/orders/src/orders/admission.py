@@ -12,12 +12,11 @@ The signal is Little's law: orders in flight (``submitted`` or ``confirmed``: pl
 cancelled yet) ÷ the pace at which orders left that state over the last ``window_seconds`` is how
 long a new order would wait. The door closes while that is over ``max_wait_seconds``, and never
 while fewer than ``min_in_flight`` orders are in flight (a burst on an idle system, whose recent
-pace says little of what it can take). It reacts within a second: a signal built on how old the
-waiting orders are lets a burst in for ``max_wait_seconds`` before it sees it, and 50 orders/s for
-5 s was a minute of work here.
+pace says little of what it can take). It reacts within a second, because it counts the orders
+let in, not how long they have waited (which shows a burst only ``max_wait_seconds`` late).
 
 While the broker is out of reach (``outage``), the door stays open: the outbox holds what is
-accepted until the broker is back, as it always has. Otherwise, when nothing moves at all (the
+accepted until the broker is back. Otherwise, when nothing moves at all (the
 start of a burst, or a service down), up to ``min_in_flight`` orders are let in.
 
 It is read from the database, at most once per ``refresh_seconds``, so every replica of the
@@ -110,9 +109,9 @@ class Admission:
         connection) when the last reading is older than the refresh.
 
         Between readings, and for orders let in whose key is not stored yet, the orders this
-        process let in are counted on top of the reading. (The orders table alone lagged behind the
-        door by hundreds of orders under a burst: they waited for the database with their key
-        stored, which the reading counts.)"""
+        process let in are counted on top of the reading; the reading counts stored keys in
+        progress too, because under a burst many orders wait for the database with only their key
+        stored."""
         if not self.enabled:
             return
         if self._checked_at is None or now - self._checked_at >= self._refresh:

@@ -20,6 +20,10 @@ class Base(AsyncAttrs, DeclarativeBase):
 class Order(Base):
     """The order, its saga, and summaries of its payment and shipment.
 
+    The saga (its JSON) is the truth about where the order stands; ``status``, ``status_reason``,
+    ``attention``, ``deadline_at``, ``waiting_since`` and the payment columns are its projection
+    (``saga_state.projection``), written with it by every saga step, for queries and the API.
+
     ``version`` makes every save conditional on nobody else having saved since the load
     (optimistic concurrency): two replies for one order handled at once never lose an update;
     the loser raises StaleDataError and its message is retried.

@@ -58,7 +58,7 @@ class ReturnRefused(ValueError):
 def return_value(lines: list[dict[str, Any]], wanted: list[LineItem]) -> Decimal:
     """What the returned items are worth at the prices paid; refuses what was not bought."""
     bought = {line["sku"]: line for line in lines}
-    asked = Counter()
+    asked: Counter[str] = Counter()
     for item in wanted:
         asked[item.sku] += item.quantity
     total = Decimal("0")

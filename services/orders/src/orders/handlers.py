@@ -1,9 +1,10 @@
 """Subscribers: the gateways' ``orders.place_order`` command, and every reply the saga follows.
 
-Each reply is decoded into its event model and handed to ``service.apply``, which loads the
-order, calls ``saga.advance`` and saves the saga, its status and history, and the commands and
-events it emits, with the inbox record, in one transaction. A reply for an order that is not ours
-(events are broadcast) is acked and ignored.
+The reply subscribers are made from the saga's table: one per reply it names (``saga.REPLIES``),
+on its queue ``orders.on.<routing key>``. Each decodes the reply into its event model and hands it
+to ``service.apply``, which loads the order, calls ``saga.advance`` and saves the saga, its status
+and history, and the commands and events it emits, with the inbox record, in one transaction. A
+reply for an order that is not ours (events are broadcast) is acked and ignored.
 """
 
 from __future__ import annotations
@@ -11,29 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from faststream.rabbit import RabbitRouter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox, outbox
+from events import inbox, outbox, topology
 from events.broker import Resource, queue
-from events.envelope import Envelope, ErrorItem, Incoming
-from events.inventory import StockReleased, StockReservationFailed, StockReserved
+from events.envelope import Envelope, ErrorItem, Event, Incoming
 from events.logs import get_logger
 from events.orders import OrderRejected, PlaceOrder
-from events.payments import PaymentActionRequired, PaymentCaptured, PaymentFailed, PaymentRefunded
-from events.shipping import (
-    ShipmentCancelled,
-    ShipmentCreated,
-    ShipmentFailed,
-    ShipmentReturned,
-    ShipmentUpdated,
-)
 from events.tasks import background
 from events.web import validation_errors
-from orders import service
+from orders import saga, service
 from orders.config import Settings
 from orders.domain import business_errors
 
@@ -43,7 +36,8 @@ router = RabbitRouter()
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
 Config = Annotated[Settings, Resource("settings")]
 
-PLACE = "orders.place_order"
+SERVICE = "orders"
+PLACE = topology.command_queue("orders.place_order")
 
 
 @router.subscriber(queue(PLACE))
@@ -82,69 +76,24 @@ async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config
                 await outbox.stage(session, rejected, service="orders", subject=None, causation=msg)
 
 
-async def _reply(msg: Envelope[Any], sessions: async_sessionmaker, settings: Settings, consumer: str) -> None:
-    await service.apply(sessions, msg.data.order_id, msg.data, actor=msg.source, settings=settings, cause=msg,
-                        consumer=consumer)
+def _subscribe(reply: type[Event]) -> Callable[..., Awaitable[None]]:
+    """One subscriber for a reply the saga follows: its queue ``orders.on.<routing key>``, the
+    reply decoded into its model, then ``service.apply`` (the queue name is the inbox consumer)."""
+    consumer = topology.event_queue(SERVICE, reply.routing_key)
+
+    async def on_reply(msg: Envelope[Any], sessions: Sessions, settings: Config) -> None:
+        await service.apply(sessions, msg.data.order_id, msg.data, actor=msg.source, settings=settings, cause=msg,
+                            consumer=consumer)
+
+    on_reply.__annotations__["msg"] = Envelope[reply]  # what FastStream decodes the message into
+    on_reply.__name__ = on_reply.__qualname__ = "on_" + reply.routing_key.replace(".", "_")
+    return router.subscriber(queue(consumer))(on_reply)
 
 
-@router.subscriber(queue("orders.on.stock.reserved"))
-async def on_stock_reserved(msg: Envelope[StockReserved], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.stock.reserved")
-
-
-@router.subscriber(queue("orders.on.stock.reservation_failed"))
-async def on_stock_reservation_failed(msg: Envelope[StockReservationFailed], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.stock.reservation_failed")
-
-
-@router.subscriber(queue("orders.on.stock.released"))
-async def on_stock_released(msg: Envelope[StockReleased], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.stock.released")
-
-
-@router.subscriber(queue("orders.on.payment.captured"))
-async def on_payment_captured(msg: Envelope[PaymentCaptured], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.payment.captured")
-
-
-@router.subscriber(queue("orders.on.payment.failed"))
-async def on_payment_failed(msg: Envelope[PaymentFailed], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.payment.failed")
-
-
-@router.subscriber(queue("orders.on.payment.action_required"))
-async def on_payment_action_required(msg: Envelope[PaymentActionRequired], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.payment.action_required")
-
-
-@router.subscriber(queue("orders.on.payment.refunded"))
-async def on_payment_refunded(msg: Envelope[PaymentRefunded], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.payment.refunded")
-
-
-@router.subscriber(queue("orders.on.shipment.created"))
-async def on_shipment_created(msg: Envelope[ShipmentCreated], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.shipment.created")
-
-
-@router.subscriber(queue("orders.on.shipment.updated"))
-async def on_shipment_updated(msg: Envelope[ShipmentUpdated], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.shipment.updated")
-
-
-@router.subscriber(queue("orders.on.shipment.failed"))
-async def on_shipment_failed(msg: Envelope[ShipmentFailed], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.shipment.failed")
-
-
-@router.subscriber(queue("orders.on.shipment.cancelled"))
-async def on_shipment_cancelled(msg: Envelope[ShipmentCancelled], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.shipment.cancelled")
-
-
-@router.subscriber(queue("orders.on.shipment.returned"))
-async def on_shipment_returned(msg: Envelope[ShipmentReturned], sessions: Sessions, settings: Config) -> None:
-    await _reply(msg, sessions, settings, "orders.on.shipment.returned")
+SUBSCRIBERS: dict[type[Event], Callable[..., Awaitable[None]]] = {
+    reply: _subscribe(reply) for reply in sorted(saga.REPLIES, key=lambda r: r.routing_key)
+}
+"""A subscriber per reply the saga's table names (``saga.REPLIES``), e.g. ``on_stock_reserved``."""
 
 
 async def run_deadlines(sessions: async_sessionmaker, settings: Settings) -> None:

@@ -1,5 +1,6 @@
-"""The saga's state: where each participant stands, what it waits for, and its JSON form (stored in
-the order's row). Plain values, no behaviour: the flow is in ``orders.saga``."""
+"""The saga's state: where each participant stands, what it waits for, its JSON form (stored in
+the order's row), and the order's columns it projects to. Plain values, no behaviour: the flow
+is in ``orders.saga``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from events.types import LineItem, OrderStatus
+from orders.domain import payment_status
 
 S = OrderStatus
 FINAL = frozenset({S.DELIVERED, S.CANCELLED, S.RETURNED})
@@ -178,3 +180,24 @@ class Saga:
     def unrefunded(self) -> Decimal:
         """Captured money the saga has not yet asked back (for a cancelled order: must reach 0)."""
         return self.captured - self.refund_asked
+
+
+def projection(saga: Saga) -> dict[str, Any]:
+    """The order's columns that the API, the console and the reports read, as the saga has them.
+
+    The saga is the one truth about where an order stands; these columns are a copy for queries
+    (by status, by deadline, sums of money), written from this alone, in the saga's transaction.
+    The shipment column is not here: it records the carriers' tracking as shipping reports it."""
+    return {
+        "status": saga.status,
+        "status_reason": saga.reason,
+        "attention": saga.attention,
+        "deadline_at": saga.deadline_at,
+        "waiting_since": saga.waiting_since,
+        "payment_amount": saga.captured,
+        "refunded_amount": saga.refunded,
+        "payment_failed": saga.payment is Pay.FAILED,
+        "payment_status": payment_status(captured=saga.captured, refunded=saga.refunded,
+                                         failed=saga.payment is Pay.FAILED),
+        "saga": saga.to_dict(),
+    }

@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
-from events.envelope import Envelope, Incoming
+from events.envelope import Cause, utcnow
 from events.logs import get_logger
 from events.orders import (
     Address,
@@ -43,7 +42,8 @@ from orders import saga as flow
 from orders.admission import Admission
 from orders.config import Settings
 from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
-from orders.domain import order_total, payment_status, request_fingerprint, return_value
+from orders.domain import order_total, request_fingerprint, return_value
+from orders.saga_state import projection
 
 SERVICE = "orders"
 SELF = "oms/orders"  # the actor of what the saga does on its own (a deadline)
@@ -57,7 +57,6 @@ def _saga_warnings() -> Counter:
         _METRICS["warnings"] = Counter("oms_saga_warnings", "Saga steps waiting past the warning", ["step"])
     return _METRICS["warnings"]
 
-Cause = Incoming | Envelope[Any] | None
 
 
 class KeyReused(Exception):
@@ -82,12 +81,8 @@ class Placed:
     created: bool  # False: the same request again, answered with the order it made
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause, correlationid=order_id)
+_now = utcnow
+_stage = outbox.stager(SERVICE, correlate_by_subject=True)
 
 
 # --- creating an order ------------------------------------------------------------------------
@@ -161,8 +156,7 @@ async def place_order(
             admission.settled()
 
 
-# Built once, executed with parameters: a statement built per call (``insert(...).values(...)``)
-# costs SQLAlchemy more than SQLite takes to run it.
+# Prebuilt Core statements, executed with parameters: see docs/operations.md, "Prebuilt statements on the message paths".
 _orders, _lines, _history, _keys = Order.__table__, OrderLine.__table__, OrderHistory.__table__, IdempotencyKey.__table__
 _KEY = select(_keys).where(_keys.c.key == bindparam("key"))
 _INSERT_KEY = insert(_keys)
@@ -188,8 +182,6 @@ async def _create(
                                timeouts=settings.timeouts, prices=prices)
     row = {
         "id": order_id,
-        "status": saga.status,
-        "status_reason": None,
         "customer_id": request.customer.id,
         "gateway": actor,
         "channel": request.channel,
@@ -199,15 +191,8 @@ async def _create(
         "shipping_address": request.shipping_address.model_dump(mode="json"),
         "payment_method": request.payment.method,
         "payment_token": request.payment.token,
-        "payment_status": "pending",
-        "payment_amount": Decimal("0"),
-        "payment_failed": False,
-        "refunded_amount": Decimal("0"),
         "shipment": None,
-        "saga": saga.to_dict(),
-        "deadline_at": saga.deadline_at,
-        "waiting_since": saga.waiting_since,
-        "attention": None,
+        **projection(saga),
         "created_at": now,
         "updated_at": now,
         "version": 1,
@@ -216,7 +201,7 @@ async def _create(
         {"order_id": order_id, "position": i, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
         for i, line in enumerate(request.items)
     ]
-    # Core, like a saga step: the order, its lines and its first history row, a statement each.
+    # The order, its lines and its first history row, a statement each.
     await session.execute(_INSERT_ORDER, row)
     await session.execute(_INSERT_LINES, lines)
     await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now,
@@ -291,8 +276,7 @@ async def apply(
     async with contextlib.nullcontext(session) if session is not None else sessions.begin() as session:
         if cause is not None and consumer is not None and not await inbox.claim(session, cause.id, consumer):
             return None
-        # Core, not the ORM: a saga step reads one row and writes back what changed, and the
-        # ORM's identity map and unit of work cost more than both statements together.
+        # One row read and what changed written back, with prebuilt statements (not the ORM).
         loaded = (await session.execute(_LOAD, {"order_id": order_id})).mappings().first()
         if loaded is None:
             log.info("saga.unknown_order", order_id=order_id, reply=type(reply).__name__)
@@ -304,16 +288,13 @@ async def apply(
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
             before(order)
-        _summaries(order, reply, now)
+        if isinstance(reply, SHIPPING_NEWS):
+            order.shipment = parcels_summary(order.shipment, reply, now)
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
-        order.saga, order.deadline_at, order.updated_at = new.to_dict(), new.deadline_at, now
-        order.waiting_since = new.waiting_since
         if old.attention is not None and new.attention is None:  # resolved by a person
             log.warning("order.attention_resolved", order_id=order_id, was=order.attention, actor=actor)
-            order.attention = None
-        if new.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or new.final:
-            order.payment_token = None  # decided, or the order is over: the token is of no more use
+        _project(order, new, now)
         history: list[dict[str, Any]] = []
         if new.status != old.status:
             previous = old.status
@@ -332,7 +313,6 @@ async def apply(
                 log.warning("saga.deadline_near", order_id=order_id, step=intent.step,
                             waiting_since=intent.waiting_since.isoformat(), gives_up_at=intent.give_up_at.isoformat())
             elif isinstance(intent, flow.RaiseAttention):
-                order.attention = intent.detail
                 await _stage(session, OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail), order_id, cause)
                 log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
             else:
@@ -365,7 +345,6 @@ async def _status_changed(
     new: flow.Saga, now: datetime, cause: Cause,
 ) -> None:
     reason = new.reason if to_status == new.status else None
-    order.status, order.status_reason = to_status, reason
     history.append({"order_id": order.id, "status": to_status, "reason": reason, "at": now})
     oid = order.id
     await _stage(
@@ -421,22 +400,16 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
     return {"parcels": parcels, "tracking_number": parcels[0]["tracking_number"] if parcels else None}
 
 
-def _summaries(order: Any, reply: object, now: datetime) -> None:
-    """Keep the order's view of its payment and shipment as the other services report them."""
-    match reply:
-        case payments.PaymentCaptured():
-            order.payment_amount = reply.amount
-        case payments.PaymentFailed():
-            order.payment_failed = True
-        case payments.PaymentRefunded():
-            order.refunded_amount = max(order.refunded_amount, reply.refunded_total)
-        case shipping.ShipmentCreated() | shipping.ShipmentUpdated() | shipping.ShipmentReturned():
-            order.shipment = parcels_summary(order.shipment, reply, now)
-        case _:
-            return
-    order.payment_status = payment_status(
-        captured=order.payment_amount, refunded=order.refunded_amount, failed=order.payment_failed
-    )
+SHIPPING_NEWS = (shipping.ShipmentCreated, shipping.ShipmentUpdated, shipping.ShipmentReturned)
+"""The replies whose tracking details the order's ``shipment`` column records for the customer."""
+
+
+def _project(order: SimpleNamespace, saga: flow.Saga, now: datetime) -> None:
+    """Write the saga's new state into the order's row: its JSON, and the columns projected from it
+    (``saga_state.projection``). The only place a saga step changes those columns."""
+    vars(order).update(projection(saga), updated_at=now)
+    if saga.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or saga.final:
+        order.payment_token = None  # decided, or the order is over: the token is of no more use
 
 
 NEEDS_LINES = (flow.Reserve, flow.CreateShipment)  # the intents whose command lists the order's items

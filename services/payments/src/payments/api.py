@@ -19,7 +19,7 @@ from events.payments import RefundPayment
 from events.settings import Role
 from events.types import MoneyText
 from events.web import Caller, Problem, Runtime, require
-from payments import handlers, reconcile
+from payments import reconcile, settle
 from payments.adapters.base import BadSignature
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
@@ -138,7 +138,7 @@ async def provider_notification(provider: str, request: Request, rt: Runtime) ->
     except BadSignature:
         log.warning("payment.notification_refused", provider=provider)
         raise Problem(401, "bad-signature", "Signature does not verify", "the notification's signature does not verify") from None
-    await handlers.apply_notification(rt.sessions, adapter, note)
+    await settle.apply_notification(rt.sessions, adapter, note)
     return PlainTextResponse(adapter.acknowledgement)
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from events.runtime import ServiceRuntime
 from events.tasks import every
 from events.web import install
-from payments import api, handlers, reconcile
+from payments import api, handlers, reconcile, settle
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
 from payments.adapters.card import StripeCardAdapter
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             async with (
                 ServiceRuntime(s, routers=[handlers.router], context={"providers": providers}) as runtime,
-                every(s.window_poll_seconds, lambda: handlers.expire_windows(runtime.sessions, providers, s),
+                every(s.window_poll_seconds, lambda: settle.expire_windows(runtime.sessions, providers, s),
                       name="payments-windows"),
                 every(s.reconcile_interval_seconds, lambda: _reconcile(app, runtime.sessions, providers, s),
                       name="payments-reconciliation"),

@@ -22,32 +22,31 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 from faststream.rabbit import RabbitRouter
-from prometheus_client import Counter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from events import inbox, outbox
+from events import inbox, outbox, topology
 from events.broker import Permanent, Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
 from events.payments import (
     CapturePayment,
     PaymentActionRequired,
-    PaymentCaptured,
     PaymentFailed,
     PaymentRefunded,
     RefundPayment,
 )
 from events.types import PaymentStatus
-from payments.adapters.base import Adapter, Declined, Notification, Transient, Unsupported
+from payments.adapters.base import Adapter, Declined, Transient, Unsupported
 from payments.adapters.registry import NOPAY, Providers
 from payments.config import Settings
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, PENDING, REFUND_PENDING, REFUNDED, Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token, status_after_refunds
+from payments.settle import captured_event as _captured_event
 
 SERVICE = "payments"
-CAPTURE = "payments.capture_payment"
-REFUND = "payments.refund_payment"
+CAPTURE = topology.command_queue("payments.capture_payment")
+REFUND = topology.command_queue("payments.refund_payment")
 
 log = get_logger(__name__)
 router = RabbitRouter()
@@ -77,12 +76,6 @@ async def _with_retries(call, settings: Settings):
             log.info("payment.provider_retry", attempt=attempt, delay_s=delay, error=str(exc))
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def _captured_event(p: Any) -> PaymentCaptured:
-    return PaymentCaptured(
-        order_id=p.order_id, payment_id=p.payment_id, amount=p.amount, currency=p.currency, method=p.method
-    )
 
 
 _payment = Payment.__table__
@@ -285,9 +278,6 @@ def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
 
 # --- the customer pays: a QR code or a redirect, a notification, a window ------------------------
 
-NOTIFY = "payments.provider_notification"
-
-
 async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers,
                          settings: Settings) -> None:
     """Open the payment at the method's provider and tell the order what the customer is to do.
@@ -348,103 +338,3 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
         await _restage_outcome(session, decided, msg)
     log.info("payment.waiting_for_customer", provider=name, status=decided.status,
              expires_at=decided.expires_at.isoformat() if decided.expires_at else None)
-
-
-async def apply_notification(sessions: async_sessionmaker, provider: Adapter, note: Notification) -> str:
-    """A verified notification from ``provider``: the money arrived (or the payment closed). Once
-    per notification id; a payment already decided is not decided again, except that money that
-    arrives after the window closed is recorded captured (and the cancelled order refunds it).
-
-    An approval (PayPal) is captured first, outside any transaction (the capture's idempotency key
-    makes a resent approval the same capture), and only while the payment waits for it: an
-    approval that comes after the window closed takes no money."""
-    if note.status == "approved":
-        async with sessions() as session:
-            waiting = await session.scalar(
-                select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key))
-        if waiting is None or waiting.status not in (PENDING, CAPTURING) or note.reference is None:
-            return "ignored"
-        charge = await provider.complete(note.key, reference=note.reference)
-        if charge.status != "captured":
-            return "ignored"
-        note = Notification(id=note.id, key=note.key, status="captured", reference=charge.reference,
-                            amount=charge.amount)
-    async with sessions.begin() as session:
-        if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
-            return "duplicate"
-        payment = await session.scalar(
-            select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
-            .with_for_update().execution_options(populate_existing=True)
-        )
-        if payment is None:
-            log.warning("payment.notification_unknown", provider=provider.name)
-            return "unknown"
-        if note.status != "captured" or payment.status not in (PENDING, CAPTURING, PaymentStatus.FAILED):
-            return "ignored"
-        if note.amount is not None and note.amount != payment.amount:
-            _mismatches().labels(provider.name).inc()
-            log.error("payment.amount_mismatch", order_id=payment.order_id, provider=provider.name,
-                      notified=str(note.amount), expected=str(payment.amount))
-            return "mismatch"
-        await _record_captured(session, payment, note.reference)
-    log.info("payment.captured_by_notification", order_id=payment.order_id, provider=provider.name)
-    return "captured"
-
-
-async def _record_captured(session: AsyncSession, payment: Payment, reference: str | None) -> None:
-    payment.status, payment.failure_reason, payment.provider_ref = PaymentStatus.CAPTURED, None, reference
-    payment.updated_at = datetime.now(UTC)
-    await session.flush()
-    await outbox.stage(session, _captured_event(payment), service=SERVICE, subject=payment.order_id)
-
-
-async def expire_windows(sessions: async_sessionmaker, providers: Providers, settings: Settings) -> int:
-    """Close the payments whose window passed unpaid: each at its provider first (so that it can
-    never be paid later), then ``payment.failed`` (``payment_timeout``), in its own transaction. A
-    payment the provider says was paid meanwhile (its notification lost or late) is captured."""
-    now = datetime.now(UTC)
-    async with sessions() as session:
-        due = (await session.execute(
-            select(Payment.order_id).where(Payment.status == PENDING, Payment.expires_at <= now).limit(50)
-        )).scalars().all()
-    for order_id in due:
-        async with sessions() as session:
-            p = await session.get(Payment, order_id)
-        provider = providers.get(p.provider) if p is not None else None
-        if p is None or provider is None or p.idempotency_key is None:
-            continue
-        try:
-            charge = await asyncio.wait_for(provider.close(p.idempotency_key, amount=p.amount, currency=p.currency,
-                                                           reference=p.provider_ref),
-                                            timeout=settings.provider_timeout_seconds)
-        except (TimeoutError, Transient, OSError) as exc:
-            log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
-            continue  # the next round asks again
-        async with sessions.begin() as session:
-            payment = await session.scalar(
-                select(Payment).where(Payment.order_id == order_id).with_for_update()
-                .execution_options(populate_existing=True)
-            )
-            if payment.status != PENDING:
-                continue  # decided meanwhile (its notification)
-            if charge.status == "captured" and charge.amount == payment.amount:
-                await _record_captured(session, payment, charge.reference)
-                log.info("payment.captured_at_window_end", order_id=order_id)
-                continue
-            payment.status, payment.failure_reason = PaymentStatus.FAILED, "payment_timeout"
-            payment.updated_at = datetime.now(UTC)
-            await outbox.stage(session, PaymentFailed(order_id=order_id, reason="payment_timeout"), service=SERVICE,
-                               subject=order_id)
-        log.info("payment.window_passed", order_id=order_id)
-    return len(due)
-
-
-_METRICS: dict[str, Any] = {}
-
-
-def _mismatches() -> Any:
-    """Notifications whose amount is not the payment's: raised for ops, never captured."""
-    if not _METRICS:  # once per process: the default registry refuses a second registration
-        _METRICS["mismatch"] = Counter("oms_payment_amount_mismatches", "Provider notifications with another amount",
-                                       ["provider"])
-    return _METRICS["mismatch"]

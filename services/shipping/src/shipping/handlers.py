@@ -7,7 +7,7 @@ from typing import Annotated
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox
+from events import inbox, topology
 from events.broker import Permanent, Resource, queue
 from events.envelope import Envelope
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
@@ -20,7 +20,8 @@ Config = Annotated[Settings, Resource("settings")]
 Carriers = Annotated[dict[str, carriers.CarrierAdapter], Resource("carriers")]
 
 CREATE, ADDRESS, CANCEL, RETURN = (
-    "shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return",
+    topology.command_queue(k)
+    for k in ("shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return")
 )
 
 

@@ -17,7 +17,7 @@ succeed).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
 from events.db import InsertIfAbsent
-from events.envelope import Envelope, Incoming
+from events.envelope import Cause, utcnow
 from events.logs import get_logger
 from events.shipping import (
     CreateShipment,
@@ -43,15 +43,8 @@ from shipping.db import CancelledOrder, Shipment, ShipmentEvent
 
 SERVICE = "shipping"
 log = get_logger(__name__)
-Cause = Incoming | Envelope[Any] | None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-async def _stage(session: AsyncSession, payload: Any, order_id: str, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=order_id, causation=cause)
+_now = utcnow
+_stage = outbox.stager(SERVICE)
 
 
 def _tracking_url(carrier_code: str, tracking_number: str) -> str | None:
@@ -65,8 +58,7 @@ def _created(s: Any) -> ShipmentCreated:
                            items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number))
 
 
-# Built once: the create command and every carrier scan run these; a statement built per call (and
-# the ORM's get and flush) cost SQLAlchemy more than SQLite took to run it.
+# Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md, "Prebuilt statements on the message paths".
 _shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
 # A parcel as a report reads it and the carrier endpoint answers with it (not its address).
 _PARCEL = select(

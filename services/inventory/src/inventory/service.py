@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events import outbox
-from events.envelope import Envelope, Incoming, Message
+from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
     StockCommitted,
@@ -38,7 +37,6 @@ from inventory import domain
 from inventory.db import OrderHold, Reservation, Stock, StockMovement, Warehouse
 
 SERVICE = "inventory"
-Cause = Incoming | Envelope[Any] | None
 Key = tuple[str, str]  # (warehouse, sku)
 
 
@@ -69,8 +67,7 @@ class Level:
     low_alerted: bool
 
 
-# The message paths run prebuilt Core statements: the ORM's get and flush and a statement built
-# per call cost SQLAlchemy more than SQLite takes to run them. The admin paths below stay ORM.
+# Prebuilt Core statements on the message paths (see docs/operations.md, "Prebuilt statements on the message paths"); the admin paths stay ORM.
 _stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
 _movement, _warehouse = StockMovement.__table__, Warehouse.__table__
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
@@ -99,16 +96,12 @@ _RESERVATIONS = (
 _WAREHOUSES = select(_warehouse.c.code, _warehouse.c.country, _warehouse.c.latitude, _warehouse.c.longitude)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _source(cause: Cause) -> str | None:
     return cause.source if cause is not None else None
 
 
-async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> None:
-    await outbox.stage(session, payload, service=SERVICE, subject=subject, causation=cause)
+_now = utcnow
+_stage = outbox.stager(SERVICE)
 
 
 def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,

@@ -147,13 +147,15 @@ async def reconciliation(
     request: Request, rt: Runtime, run: bool = False,
     settled_for: Annotated[float, Query(ge=0, le=3600)] = 30.0,
 ) -> dict:
-    """Each provider's books against ours: the last round of the reconciliation job, or, with
-    ``run=true``, a round over every decided payment now (``make verify``). Mismatches are for ops
+    """Each provider's books against ours: the last round of the reconciliation job (``at`` null:
+    none finished yet), or, with ``run=true``, a round over every decided payment now (``make verify``). Mismatches are for ops
     to resolve; nothing here changes a payment."""
     latest = getattr(request.app.state, "reconciliation", None)
-    if run or latest is None:
+    if run:
         latest = await reconcile.reconcile(rt.sessions, request.app.state.providers,
                                            settled_for=timedelta(seconds=settled_for))
+    if latest is None:  # the job's first round has not finished yet
+        return {"at": None, "checked": 0, "unreachable": 0, "mismatches": []}
     return latest.view()
 
 

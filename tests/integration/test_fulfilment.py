@@ -1,6 +1,7 @@
 """Fulfilment as it happens (CONTRACT §4, §7), across the real services on a real broker: an order
 split over two warehouses ships two parcels, each followed on its own; a parcel that comes back
-undelivered is refunded and restocked; carriers' scans are believed only when signed."""
+undelivered is refunded and restocked; a lost one is sent again from stock, or refunded without;
+carriers' scans are believed only when signed."""
 
 from __future__ import annotations
 
@@ -86,6 +87,46 @@ async def test_a_parcel_returned_before_delivery_is_refunded_restocked_and_cance
     assert (await payment(payments, created["id"]))["refunded_amount"] == "50.00"
     await eventually(lambda: stock(inventory, sku), lambda s: (s["on_hand"], s["reserved"]) == (5, 0),
                      what="the returned units back on the shelf")
+
+
+async def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_a_refund(
+        orders, inventory, payments, shipping):
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 4)
+    created = await place(orders, order_body(items=_items(sku, 2, "25.00")))
+    picking = await wait_status(orders, created["id"], "picking")
+    await carrier_event(shipping, picking, "picked_up")
+    await wait_status(orders, created["id"], "shipped")
+    await carrier_event(shipping, picking, "lost")
+    order = await eventually(lambda: get_order(orders, created["id"]),
+                             lambda o: len(o["shipments"]) == 2 and o["shipments"][1]["tracking_number"],
+                             what="a parcel sent instead of the lost one")
+    lost, again = order["shipments"]
+    assert lost["status"] == "lost" and again["status"] == "created"
+    assert again["items"] == [{"sku": sku, "quantity": 2}] and again["tracking_number"] != lost["tracking_number"]
+    assert order["status"] == "shipped"
+    assert (await stock(inventory, sku))["reserved"] == 2, "the units of the parcel sent again are reserved"
+    await carrier_event(shipping, order, "picked_up", parcel=again)
+    await carrier_event(shipping, order, "delivered", parcel=again)
+    done = await wait_status(orders, created["id"], "delivered")
+    assert done["payment"]["refunded_amount"] == "0.00"
+    assert (await payment(payments, created["id"]))["refunded_amount"] == "0.00"
+    await eventually(lambda: stock(inventory, sku), lambda s: (s["on_hand"], s["reserved"]) == (0, 0),
+                     what="both parcels' units off the shelf")
+
+
+async def test_a_lost_parcel_without_stock_to_send_again_is_refunded(orders, inventory, payments, shipping):
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 2)
+    created = await place(orders, order_body(items=_items(sku, 2, "25.00")))
+    picking = await wait_status(orders, created["id"], "picking")
+    await carrier_event(shipping, picking, "picked_up")
+    await wait_status(orders, created["id"], "shipped")
+    await carrier_event(shipping, picking, "lost")
+    order = await wait_settled(orders, created["id"], payment="refunded")
+    assert (order["status"], order["status_reason"]) == ("cancelled", "delivery_failed")
+    assert len(order["shipments"]) == 1, "nothing sent again"
+    assert (await payment(payments, created["id"]))["refunded_amount"] == "50.00"
 
 
 async def test_unsigned_wrongly_signed_and_stale_scans_are_refused_and_change_nothing(orders, inventory, shipping):

@@ -118,6 +118,18 @@ def test_parcels_are_checked_against_their_order():
         assert expected in text, (expected, text)
 
 
+def test_a_parcel_sent_instead_of_a_lost_one_may_wait_at_the_warehouse_with_its_units_reserved():
+    clean = check(orders=[order("again", "in_transit", qty=2)], payments=[paid("again")],
+                  reservations=[reserved("again", 1)],
+                  shipments=[parcel("again", "SH", "lost"), parcel("again", "SH+1", "created"),
+                             parcel("again", "BJ", "in_transit")])
+    assert clean.ok, clean.breaches
+    broken = check(orders=[order("held", "in_transit", qty=2)], payments=[paid("held")],
+                   reservations=[reserved("held", 1)],
+                   shipments=[parcel("held", "SH", "in_transit"), parcel("held", "BJ", "in_transit")])
+    assert "held: in_transit still holds" in "\n".join(broken.breaches)
+
+
 def test_a_refund_by_hand_is_money_the_shop_gave_back_not_a_breach():
     goodwill = dict(paid("p", refunded="5.00", status="partially_refunded"),
                     refunds=[{"refund_key": "manual-1", "amount": "5.00", "status": "refunded"}])

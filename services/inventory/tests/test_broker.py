@@ -85,7 +85,7 @@ async def test_a_reserve_command_on_the_broker_is_answered_with_stock_reserved(a
             assert reserved["type"] == "oms.stock.reserved.v1" and reserved["source"] == "oms/inventory"
             assert (reserved["subject"], reserved["correlationid"], reserved["causationid"]) == (order_id, order_id,
                                                                                                 reserve["id"])
-            assert reserved["data"] == {"order_id": order_id,
+            assert reserved["data"] == {"order_id": order_id, "parcel": None,
                                         "allocations": [{"warehouse": "FRA", "sku": "SKU-TEA-POT", "quantity": 3}]}
 
             # The same message again, then another order's: one queue, consumed in order, so the

@@ -77,7 +77,7 @@ async def snapshot(sessions) -> tuple:
 async def test_reserve_at_the_nearest_warehouse_that_can_serve_the_whole_order(sessions):
     await handle_reserve_stock(reserve("o1", more=(("SKU-TEA-POT", 1),)), sessions)
     [reserved] = await events(sessions, "stock.reserved")
-    assert reserved["data"] == {"order_id": "o1", "allocations": [
+    assert reserved["data"] == {"order_id": "o1", "parcel": None, "allocations": [
         {"warehouse": "BJ", "sku": "SKU-RED-MUG", "quantity": 2},
         {"warehouse": "BJ", "sku": "SKU-TEA-POT", "quantity": 1},
     ]}
@@ -107,7 +107,7 @@ async def test_out_of_stock_reserves_nothing_and_names_the_shortages(sessions):
     await handle_reserve_stock(reserve("o1", "SKU-RED-MUG", 2, more=(("SKU-LIMITED", 5), ("SKU-NONE", 1))), sessions)
     [failed] = await events(sessions)
     assert failed["key"] == "stock.reservation_failed"
-    assert failed["data"] == {"order_id": "o1", "reason": "out_of_stock", "shortages": [
+    assert failed["data"] == {"order_id": "o1", "parcel": None, "reason": "out_of_stock", "shortages": [
         {"sku": "SKU-LIMITED", "quantity": 5, "available": 3},
         {"sku": "SKU-NONE", "quantity": 1, "available": 0},
     ]}
@@ -188,6 +188,36 @@ async def test_a_parcel_leaving_one_warehouse_commits_that_warehouse_only(sessio
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 2)]
     await handle_release_stock(release("o1"), sessions)  # the other parcel was cancelled: its units come back
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
+
+
+async def test_a_release_of_the_parcels_that_stayed_leaves_the_one_that_left_to_its_commit(sessions):
+    """The commit of the parcel that left may arrive after the release of the others (two queues)."""
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    await handle_release_stock(msg(ReleaseStock, ReleaseStock(order_id="o1", reason="customer_request",
+                                                              warehouses=["BJ"])), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(3, 3), (3, 0)]
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
+
+
+async def test_a_lost_parcel_is_reserved_again_once_and_committed_when_it_leaves(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 2, latitude=31.2, longitude=121.5), sessions)
+    await handle_commit_stock(commit("o1"), sessions)  # the first parcel left, then was lost
+    again = ReserveStock(order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+1")
+    await handle_reserve_stock(msg(ReserveStock, again), sessions)
+    await handle_reserve_stock(msg(ReserveStock, again), sessions)  # resent: answered again, reserved once
+    answers = [e["data"] for e in await events(sessions, "stock.reserved")][1:]
+    assert answers == [{"order_id": "o1", "parcel": "SH+1",
+                        "allocations": [{"warehouse": "SH", "sku": "SKU-SPLIT", "quantity": 1}]}] * 2
+    assert await level(sessions, "SKU-SPLIT", "SH") == (1, 1)
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    assert await level(sessions, "SKU-SPLIT", "SH") == (0, 0)
+    short = ReserveStock(order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+2")
+    await handle_reserve_stock(msg(ReserveStock, short), sessions)
+    failed = (await events(sessions, "stock.reservation_failed"))[-1]["data"]
+    assert (failed["parcel"], failed["shortages"][0]["available"]) == ("SH+2", 0)
 
 
 async def test_commit_for_an_order_that_holds_nothing_is_dead_lettered(sessions):

@@ -284,12 +284,13 @@ async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_n
     assert len(channels["email"].sent) == sent and [n.order_id for n in await notifications(sessions)] == ["ord-new"]
 
 
-def scanned(status: str, *, undelivered: bool = False) -> Envelope:
+def scanned(status: str, *, undelivered: bool = False, tracking: str = "SF123456789012",
+            replaces: str | None = None) -> Envelope:
     from events.shipping import ShipmentUpdated
 
-    event = ShipmentUpdated(order_id="ord-1", shipment_id="shp-1", carrier="sf-express", tracking_number="SF123456789012",
+    event = ShipmentUpdated(order_id="ord-1", shipment_id="shp-1", carrier="sf-express", tracking_number=tracking,
                             status=status, at=datetime.now(UTC), estimated_delivery=datetime(2026, 11, 30).date(),
-                            tracking_url="https://track.example/SF123456789012", undelivered=undelivered)
+                            tracking_url=f"https://track.example/{tracking}", undelivered=undelivered, replaces=replaces)
     return Envelope[ShipmentUpdated].model_validate(build(event, service="shipping", subject="ord-1"))
 
 
@@ -316,4 +317,20 @@ async def test_a_failed_attempt_and_a_parcel_that_will_not_arrive_are_told(sessi
     await on_shipment_updated(scanned("returned"), sessions, channels, settings)  # a customer's return: the order tells
     await on_shipment_updated(scanned("lost", undelivered=True), sessions, channels, settings)
     assert [m.subject for m in channels["email"].sent] == ["We could not deliver your parcel SF123456789012 today",
-                                                           "Your parcel SF123456789012 could not be delivered"]
+                                                           "Your parcel SF123456789012 was lost"]
+
+
+async def test_a_lost_parcel_sent_again_is_told_as_sent_again_with_its_new_tracking_number(sessions, channels, settings):
+    from notifications.handlers import on_shipment_updated
+
+    await handle_register_recipient(register(locale="en"), sessions)
+    async with sessions.begin() as session:
+        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC)))
+    await on_shipment_updated(scanned("lost", undelivered=True), sessions, channels, settings)
+    await on_shipment_updated(scanned("picked_up", tracking="SF999", replaces="SF123456789012"), sessions, channels, settings)
+    lost, again = channels["email"].sent
+    assert "send what it held again" in lost.body and "refund" in lost.body, "the customer is told both may come"
+    assert again.subject == "We sent your lost parcel SF123456789012 again: SF999"
+    sms = channels["sms"].sent[-1]
+    for part in ("SF123456789012", "SF999", "sf-express", "https://track.example/SF999", "2026-11-30"):
+        assert part in again.body and part in sms.body, part

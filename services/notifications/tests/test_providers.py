@@ -81,3 +81,17 @@ def test_production_refuses_the_standins():
         Settings(**prod, sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com")
     Settings(**prod, sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com",
              sms_auth_token="t", fcm_access_token="a")
+
+
+async def test_production_serves_no_standin_and_a_local_run_does():
+    from notifications.app import create_app
+
+    prod = Settings(environment="production", api_keys="ops-team:admin:" + "ab" * 32, amqp_url="amqp://oms:s3cret@broker/",
+                    sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com",
+                    sms_auth_token="t", fcm_access_token="a")
+    path = "/sandbox/sms/2010-04-01/Accounts/AC-dev/Messages.json"
+    form = {"To": "+8613800000000", "From": "+10000000000", "Body": "hi"}
+    for app, found in ((create_app(prod), False), (create_app(Settings()), True)):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            answer = await client.post(path, data=form)
+        assert (answer.status_code != 404) is found, (found, answer.status_code)

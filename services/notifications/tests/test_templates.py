@@ -11,14 +11,14 @@ from notifications.domain import REFUND_TEMPLATE, SUPPORTED_LOCALES, status_temp
 from notifications.templates import REASONS, TEMPLATES, format_money, render
 
 ALL_TEMPLATES = [status_template(s) for s in OrderStatus] + [REFUND_TEMPLATE]
-PARCEL_TEMPLATES = ["parcel.shipped", "parcel.exception", "parcel.not_delivered"]
+PARCEL_TEMPLATES = ["parcel.shipped", "parcel.exception", "parcel.not_delivered", "parcel.lost", "parcel.sent_again"]
 
 
 @pytest.mark.parametrize("template", PARCEL_TEMPLATES)
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
 def test_a_parcels_messages_name_it_in_every_locale(template, locale):
     out = render(template, locale, order_id="ord-123", name="Lin Mei", carrier="sf-express",
-                 tracking_number="SF1", tracking_url="https://track.example/SF1", eta="2026-11-30")
+                 tracking_number="SF1", tracking_url="https://track.example/SF1", eta="2026-11-30", replaces="SF0")
     assert "SF1" in out.subject and "sf-express" in out.body and "ord-123" in out.body
     assert "$" not in out.subject + out.body, "no placeholder left unfilled"
     assert out.subject.isascii() or locale != "en"

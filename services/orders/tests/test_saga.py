@@ -75,9 +75,9 @@ def refunded(key: str, amount: Decimal, refund_id: str = "ref-1", total: Decimal
     )
 
 
-def run(*replies, now: datetime = T0) -> tuple[Saga, list]:
+def run(*replies, now: datetime = T0, prices: tuple = ()) -> tuple[Saga, list]:
     """Start a saga and feed it the replies; returns the saga and every intent along the way."""
-    saga, intents = start(order_id=ORDER, total=TOTAL, currency="CNY", now=now, timeouts=TIMEOUTS)
+    saga, intents = start(order_id=ORDER, total=TOTAL, currency="CNY", now=now, timeouts=TIMEOUTS, prices=prices)
     seen = list(intents)
     for reply in replies:
         saga, intents = advance(saga, reply, now=now, timeouts=TIMEOUTS)
@@ -403,6 +403,71 @@ def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once(
         seen += intents
     assert saga.status == "returned"
     assert [type(i).__name__ for i in seen] == ["Restock", "Refund", "Restock"]
+
+
+def again(warehouse: str, status: str) -> ShipmentUpdated:
+    return ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{warehouse}+1", carrier="sf-express",
+                           tracking_number=f"T{warehouse}+1", status=status, at=T0, parcel=f"{warehouse}+1")
+
+
+MUG = (LineItem(sku="SKU-RED-MUG", quantity=1),)
+PRICES = (("SKU-RED-MUG", Decimal("39.90")),)
+
+
+def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_a_refund():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"), scan("BJ", "picked_up"))
+    saga, intents = advance(saga, scan("SH", "lost"), now=T0, timeouts=TIMEOUTS)
+    assert intents == [Reserve(parcel="SH+1", items=MUG)], "reserved again, not refunded"
+    assert saga.waiting_for == "resend"
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert intents == [Reserve(parcel="SH+1", items=MUG)], "silence: asked again"
+    spare = StockReserved(order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
+    saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
+    assert intents == [CreateShipment(warehouse="BJ", parcel="SH+1", items=MUG, replaces="SH")]
+    saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
+    assert intents == [], "a resent reservation's answer books nothing twice"
+    booked_again = ShipmentCreated(order_id=ORDER, shipment_id="shp-SH+1", carrier="sf-express", tracking_number="TSH+1",
+                                   warehouse="BJ", parcel="SH+1", estimated_delivery=date(2026, 11, 28))
+    saga, intents = advance(saga, booked_again, now=at(32), timeouts=TIMEOUTS)
+    assert intents == [] and saga.waiting_for is None
+    saga, intents = advance(saga, scan("BJ", "delivered"), now=at(33), timeouts=TIMEOUTS)
+    assert saga.status == "shipped", "the parcel sent again is still on its way"
+    saga, intents = advance(saga, again("SH", "picked_up"), now=at(34), timeouts=TIMEOUTS)
+    assert intents == [Commit(warehouse="BJ")], "its units leave the shelf"
+    saga, intents = advance(saga, again("SH", "delivered"), now=at(35), timeouts=TIMEOUTS)
+    assert saga.status == "delivered" and saga.refunds == () and intents == []
+
+
+def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"), scan("BJ", "picked_up"),
+                  scan("SH", "lost"), prices=PRICES)
+    none = StockReservationFailed(order_id=ORDER, parcel="SH+1", shortages=[Shortage(sku="SKU-RED-MUG", quantity=1, available=0)])
+    saga, intents = advance(saga, none, now=T0, timeouts=TIMEOUTS)
+    assert intents == [Refund(amount=Decimal("39.90"), key=f"{ORDER}:parcel:SH")]
+    assert saga.waiting_for is None and saga.status == "shipped"
+    saga, intents = advance(saga, scan("BJ", "delivered"), now=T0, timeouts=TIMEOUTS)
+    assert saga.status == "delivered" and intents == []
+
+
+def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time():
+    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("lost"),
+                  StockReserved(order_id=ORDER, parcel="SH+1", allocations=RESERVED.allocations), prices=PRICES)
+    booked_again = ShipmentCreated(order_id=ORDER, shipment_id="shp-SH+1", carrier="sf-express", tracking_number="TSH+1",
+                                   warehouse="SH", parcel="SH+1", estimated_delivery=date(2026, 11, 28))
+    saga, _ = advance(saga, booked_again, now=T0, timeouts=TIMEOUTS)
+    saga, _ = advance(saga, again("SH", "picked_up"), now=T0, timeouts=TIMEOUTS)
+    saga, intents = advance(saga, again("SH", "lost"), now=T0, timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "delivery_failed")
+    assert [type(i) for i in intents] == [Refund] and saga.unrefunded == 0
+
+
+def test_a_parcel_delivered_before_its_order_is_cancelled_is_put_to_ops():
+    """The carrier delivered SH before BJ's booking failed: the order is cancelled and refunded, and
+    someone has to get the mug back."""
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), scan("SH", "picked_up"), scan("SH", "delivered"))
+    saga, intents = advance(saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
+    assert any(isinstance(i, RaiseAttention) and "SH" in i.detail for i in intents) and saga.attention
 
 
 # the customer pays: a wallet without a token (a QR code, a redirect) and its window

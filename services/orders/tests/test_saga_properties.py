@@ -9,9 +9,10 @@ cancels or returns. Whatever it chooses, once everything in flight has arrived:
 - units the carrier took are off the shelf (committed), never given back as if still there, and a
   parcel the carrier took after its order was cancelled is put to ops;
 - nobody was charged twice, no refund was made twice, and never more refunded than captured;
-- an order split over two warehouses ships two parcels; a parcel that comes back undelivered or is
-  lost is refunded (and its units restocked when it came back), and an order none of whose parcels
-  arrived is cancelled ``delivery_failed`` with everything refunded.
+- an order split over two warehouses ships two parcels; a parcel that comes back undelivered is
+  refunded and its units restocked; a lost one is sent again when there is stock (and refunded
+  when there is not), and an order none of whose parcels arrived is cancelled ``delivery_failed``
+  with everything refunded.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ CARRIER_STEPS = ["picked_up", "in_transit", "out_for_delivery", "delivered"]
 FATES = {"deliver": CARRIER_STEPS, "returned": ["picked_up", "in_transit", "returned"], "lost": ["picked_up", "lost"]}
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A command on its way to inventory: it takes effect when it arrives, not when it is sent."""
+
+    intent: object
+
+
 @dataclass
 class World:
     """Inventory, payments, shipping and the carrier, as far as the saga can tell."""
@@ -56,6 +64,8 @@ class World:
     ship_ok: bool
     warehouses: tuple[str, ...] = ("SH",)
     fates: dict[str, str] = field(default_factory=dict)  # per parcel: deliver | returned | lost
+    spare: bool = True  # stock to send a lost parcel again
+    again: dict[str, bool] = field(default_factory=dict)  # per parcel sent again: reserved or not
     reserved: set[str] = field(default_factory=set)  # warehouses holding the order's stock reserved
     released_once: bool = False
     committed: set[str] = field(default_factory=set)
@@ -77,6 +87,16 @@ class World:
 
     def answer(self, intent: object) -> list[object]:
         match intent:
+            case s.Reserve(parcel=parcel) if parcel:  # a lost parcel sent again, from where it left
+                w = parcel.split("+")[0]
+                if parcel not in self.again:
+                    self.again[parcel] = self.spare
+                    if self.spare:
+                        self.reserved.add(w)
+                if not self.again[parcel]:
+                    return [StockReservationFailed(order_id=ORDER, parcel=parcel)]
+                allocations = [Allocation(warehouse=w, sku=i.sku, quantity=i.quantity) for i in self.items(w)]
+                return [StockReserved(order_id=ORDER, allocations=allocations, parcel=parcel)]
             case s.Reserve():
                 if self.released_once:
                     return [StockReservationFailed(order_id=ORDER, reason="released")]
@@ -85,15 +105,8 @@ class World:
                 if not self.committed:
                     self.reserved = set(self.warehouses)
                 return [StockReserved(order_id=ORDER, allocations=self.allocations())]
-            case s.Release():
-                self.reserved, self.released_once = set(), True
-                return [StockReleased(order_id=ORDER, allocations=[])]
-            case s.Commit(warehouse=warehouse):
-                for w in [warehouse] if warehouse else list(self.reserved):
-                    if w in self.reserved:
-                        self.reserved.discard(w)
-                        self.committed.add(w)
-                return []
+            case s.Release() | s.Commit():
+                return [Queued(intent)]  # inventory takes each queue on its own: in any order
             case s.Capture():
                 if self.payment_reply is None:
                     if self.payment == "ok":
@@ -156,6 +169,22 @@ class World:
                 return []
         raise AssertionError(f"unexpected intent {intent!r}")
 
+    def take(self, intent: object) -> list[object]:
+        """Inventory takes a release or a commit off its queue."""
+        match intent:
+            case s.Release():
+                warehouses = getattr(intent, "warehouses", None)
+                self.reserved -= set(self.reserved if warehouses is None else warehouses)
+                self.released_once = True
+                return [StockReleased(order_id=ORDER, allocations=[])]
+            case s.Commit(warehouse=warehouse):
+                for w in [warehouse] if warehouse else list(self.reserved):
+                    if w in self.reserved:
+                        self.reserved.discard(w)
+                        self.committed.add(w)
+                return []
+        raise AssertionError(f"unexpected intent {intent!r}")
+
     @property
     def total(self) -> Decimal:
         return TOTAL if len(self.warehouses) == 1 else Decimal("50.00")  # 2 × 20 + 1 × 10
@@ -185,6 +214,10 @@ class World:
         return [ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{name}", carrier="sf", tracking_number=f"T-{name}",
                                 status=status, at=T0, parcel=name)]
 
+    def got(self, warehouse: str) -> bool:
+        """The customer got what the warehouse's parcel held: it, or the one sent instead."""
+        return self.arrived(warehouse) or self.arrived(f"{warehouse}+1")
+
     def left(self, name: str) -> bool:
         return self.carrier_steps.get(name, 0) > 0
 
@@ -206,6 +239,9 @@ class Run:
             self.inflight += self.world.answer(intent)
 
     def feed(self, reply: object) -> None:
+        if isinstance(reply, Queued):
+            self.inflight += self.world.take(reply.intent)
+            return
         try:
             self.saga, intents = s.advance(self.saga, reply, now=self.now, timeouts=TIMEOUTS)
         except s.Refused:
@@ -240,12 +276,13 @@ class Run:
     ship_ok=st.booleans(),
     split=st.booleans(),
     fates=st.lists(st.sampled_from(["deliver", "deliver", "returned", "lost"]), min_size=2, max_size=2),
+    spare=st.booleans(),
     data=st.data(),
 )
-def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment, ship_ok, split, fates, data):
+def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment, ship_ok, split, fates, spare, data):
     warehouses = ("SH", "BJ") if split else ("SH",)
     world = World(stock_ok=stock_ok, payment=payment, ship_ok=ship_ok, warehouses=warehouses,
-                  fates=dict(zip(warehouses, fates, strict=False)))
+                  fates=dict(zip(warehouses, fates, strict=False)), spare=spare)
     run = Run(world)
     for _ in range(data.draw(st.integers(0, 40), label="steps")):
         action = data.draw(st.sampled_from(["deliver", "deliver", "deliver", "duplicate", "tick", "carrier", "cancel", "return"]))
@@ -273,10 +310,11 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
         assert world.captured == world.refunded, "a cancelled order kept money"
     left = [w for w in warehouses if world.left(w)]
     assert set(left) <= world.committed, "units that left with the carrier were given back"
-    assert len(world.shipments) <= len(warehouses), "more parcels than warehouses"
+    assert len([n for n in world.shipments if "+" not in n]) <= len(warehouses), "more parcels than warehouses"
+    assert all(world.fates[n.split("+")[0]] == "lost" for n in world.shipments if "+" in n), "sent again, not lost"
     came_back = [i for w in warehouses if world.left(w) and world.fates[w] == "returned"
                  and world.carrier_steps[w] == len(FATES["returned"]) for i in world.items(w)]
-    not_arrived = sum((dict(PRICES)[i.sku] * i.quantity for w in warehouses if not world.arrived(w) for i in world.items(w)),
+    not_arrived = sum((dict(PRICES)[i.sku] * i.quantity for w in warehouses if not world.got(w) for i in world.items(w)),
                       Decimal("0"))
     # a parcel that left for a cancelled order, and is not lost or on its way back, is for ops to get back
     left_after_cancel = saga.status == "cancelled" and saga.reason != "delivery_failed"
@@ -287,10 +325,10 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
         assert world.attention >= 1, "a parcel that left after its order was cancelled was not put to ops"
     if saga.status == "delivered":
         assert world.captured == world.total and world.committed == set(warehouses)
-        assert any(world.arrived(w) for w in warehouses)
+        assert any(world.got(w) for w in warehouses)
         assert world.refunded == not_arrived, "what did not arrive is refunded, and nothing else"
     if saga.reason == "delivery_failed":
-        assert not any(world.arrived(w) for w in warehouses) and all(world.left(w) for w in warehouses)
+        assert not any(world.got(w) for w in warehouses) and all(world.left(w) for w in warehouses)
     if saga.status == "returned":
         assert world.refunded == Decimal("20.00") + not_arrived
     # Ops are asked to look only when answers came later than the saga's deadlines allow (a
@@ -300,3 +338,28 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
     # Silence cancels nothing before the long deadline, and that deadline is warned of first.
     if saga.reason == "saga_timeout":
         assert run.late_answers and world.warnings >= 1, "cancelled saga_timeout without a long silence and a warning"
+
+
+def test_a_release_overtaking_the_commit_of_a_parcel_that_left_keeps_its_units_off_the_shelf():
+    """A split order cancelled while its parcels are booked: the carrier took SH first. Its commit
+    and the release of the rest travel on two queues, and inventory here takes the release first."""
+    world = World(stock_ok=True, payment="ok", ship_ok=True, warehouses=("SH", "BJ"))
+    run = Run(world)
+    while run.inflight:  # reserved, captured, both parcels booked
+        run.feed(run.inflight.pop(0))
+    assert run.saga.status == "picking" and not run.inflight
+    run.inflight += world.carrier_moves(0)  # SH picked up: the scan is on its way
+    run.feed(s.CancelRequested())  # the cancel overtakes the scan
+    scan = next(r for r in run.inflight if isinstance(r, ShipmentUpdated))
+    run.inflight.remove(scan)
+    run.feed(scan)  # SH left: Commit(SH) queued
+    cancelled = next(r for r in run.inflight if isinstance(r, ShipmentCancelled))
+    run.inflight.remove(cancelled)
+    run.feed(cancelled)  # BJ will not leave: the release queued
+    release = next(r for r in run.inflight if isinstance(r, Queued) and isinstance(r.intent, s.Release))
+    run.inflight.remove(release)
+    run.feed(release)  # inventory takes the release before the commit
+    run.settle()
+    assert run.saga.status == "cancelled"
+    assert world.committed == {"SH"}, "the units the carrier took were put back on the shelf"
+    assert not world.reserved

@@ -33,12 +33,14 @@ SELECT 'ord_' || lpad(g::text, 8, '0'), (ARRAY['paid', 'delivered', 'cancelled',
                                                   'status', 'in_transit') END,
        '{{}}'::json, now() - g * interval '10 seconds', now(), 1
 FROM generate_series(1, {ORDERS}) AS g;
+INSERT INTO order_parcel (tracking_number, order_id)
+SELECT 'SF' || g, 'ord_' || lpad(g::text, 8, '0') FROM generate_series(2, {ORDERS}, 2) AS g;
 INSERT INTO order_line (order_id, position, sku, quantity, unit_price)
 SELECT 'ord_' || lpad(g::text, 8, '0'), 0, 'SKU-' || (g % 5000), 1, 10.00 FROM generate_series(1, {ORDERS}) AS g;
 ANALYZE;
 """
 
-INDEXES = {"order_pkey", "ix_order_customer_email", "ix_order_customer_phone", "ix_order_tracking_number",
+INDEXES = {"order_pkey", "ix_order_customer_email", "ix_order_customer_phone", "order_parcel_pkey",
            "ix_order_line_sku"}
 
 

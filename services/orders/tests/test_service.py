@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from events.envelope import Envelope, Incoming, build
-from events.inventory import StockReserved
+from events.inventory import StockReservationFailed, StockReserved
 from events.orders import PlaceOrder
 from events.payments import PaymentCaptured
 from events.shipping import ShipmentCreated, ShipmentUpdated
@@ -23,6 +23,7 @@ from orders.db import Order
 from orders.handlers import SUBSCRIBERS, handle_place_order
 
 on_stock_reserved = SUBSCRIBERS[StockReserved]
+on_stock_reservation_failed = SUBSCRIBERS[StockReservationFailed]
 on_payment_captured = SUBSCRIBERS[PaymentCaptured]
 on_shipment_created = SUBSCRIBERS[ShipmentCreated]
 on_shipment_updated = SUBSCRIBERS[ShipmentUpdated]
@@ -295,11 +296,27 @@ async def test_a_split_order_books_a_parcel_per_warehouse_and_is_shipped_when_bo
     assert (await load(sessions, order_id)).status == "delivered"
 
 
+async def test_the_console_search_finds_a_split_order_by_each_parcels_tracking_number(sessions, settings):
+    from orders.console import queries
+
+    order_id = await _split_and_booked(sessions, settings)
+    await on_shipment_updated(_scan(order_id, "BJ", "picked_up"), sessions, settings)  # scans find no new parcel
+    async with sessions() as session:
+        for number in ("T-SH", "T-BJ"):
+            assert [o.id for o in await queries.search(session, queries.Search(q=number))] == [order_id], number
+        assert await queries.search(session, queries.Search(q="T-NONE")) == []
+
+
 async def test_a_parcel_returned_undelivered_is_refunded_and_restocked_and_nothing_arrived_cancels(sessions, settings):
     order_id = await _split_and_booked(sessions, settings)
     for warehouse, last in (("SH", "returned"), ("BJ", "lost")):
         await on_shipment_updated(_scan(order_id, warehouse, "picked_up"), sessions, settings)
         await on_shipment_updated(_scan(order_id, warehouse, last), sessions, settings)
+    [again] = [m["data"] for m in await outbox(sessions) if m["key"] == "inventory.reserve_stock" and m["data"]["parcel"]]
+    assert (again["parcel"], again["items"]) == ("BJ+1", [{"sku": "SKU-RED-MUG", "quantity": 1}]), "the lost one first"
+    assert (await load(sessions, order_id)).status == "shipped"
+    await on_stock_reservation_failed(envelope(StockReservationFailed, StockReservationFailed(
+        order_id=order_id, parcel="BJ+1")), sessions, settings)  # no stock to send it again
     order = await load(sessions, order_id)
     assert (order.status, order.status_reason) == ("cancelled", "delivery_failed")
     sent = await outbox(sessions)

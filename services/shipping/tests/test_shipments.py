@@ -14,12 +14,17 @@ from sqlalchemy import select, update
 from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.orders import Address
-from events.shipping import CancelShipment, CreateShipment, ExpectReturn
+from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
 from events.types import LineItem
 from events.types import ShipmentStatus as St
 from shipping import carrier, carriers, parcels
 from shipping.db import Shipment
-from shipping.handlers import handle_cancel_shipment, handle_create_shipment, handle_expect_return
+from shipping.handlers import (
+    handle_cancel_shipment,
+    handle_change_address,
+    handle_create_shipment,
+    handle_expect_return,
+)
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 SECRET = "dev-carrier-secret"
@@ -302,6 +307,20 @@ async def test_an_order_from_two_warehouses_ships_two_parcels_and_a_cancel_stops
     assert (answer["parcels"], answer["shipment_ids"]) == (["BJ"], [created[1]["shipment_id"]])
 
 
+async def test_an_address_change_goes_to_every_parcel_the_carrier_has_not_collected(client, sessions, settings, adapters):
+    for warehouse in ("SH", "BJ", "FRA"):
+        command = create("o1").data.model_copy(update={"warehouse": warehouse, "parcel": warehouse})
+        await handle_create_shipment(msg(CreateShipment, command), sessions, settings, adapters)
+    created = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"]
+    report = {"tracking_number": created[0]["tracking_number"], "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    assert (await post_scan(client, "/v1/carriers/sf-express/events", report)).status_code == 202
+    moved = ADDRESS.model_copy(update={"line1": "99 Nanjing Rd"})
+    await handle_change_address(msg(ChangeShipmentAddress, ChangeShipmentAddress(order_id="o1", address=moved)), sessions)
+    async with sessions() as session:
+        lines = [(s.parcel, s.address["line1"]) for s in await parcels.of_order(session, "o1")]
+    assert lines == [("SH", "1 Century Ave"), ("BJ", "99 Nanjing Rd"), ("FRA", "99 Nanjing Rd")]
+
+
 async def test_a_return_names_the_parcels_the_items_came_in(client, sessions, settings, adapters):
     for warehouse in ("SH", "BJ"):
         command = create("o1").data.model_copy(update={"warehouse": warehouse, "parcel": warehouse})
@@ -314,3 +333,21 @@ async def test_a_return_names_the_parcels_the_items_came_in(client, sessions, se
     async with sessions() as session:
         expected = [(s.parcel, s.return_expected, s.return_items) for s in await parcels.of_order(session, "o1")]
     assert expected == [("SH", True, [{"sku": "A", "quantity": 1}]), ("BJ", True, [{"sku": "A", "quantity": 1}])]
+
+
+async def test_a_parcel_sent_instead_of_a_lost_one_names_it_in_its_news(client, sessions, settings, adapters):
+    await handle_create_shipment(create("o1"), sessions, settings, adapters)
+    [first] = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"]
+    lost = {"tracking_number": first["tracking_number"], "status": "picked_up", "at": "2026-11-24T10:00:00Z"}
+    await post_scan(client, "/v1/carriers/sf-express/events", lost)
+    await post_scan(client, "/v1/carriers/sf-express/events", {**lost, "status": "lost", "at": "2026-11-25T10:00:00Z"})
+    again = CreateShipment(order_id="o1", warehouse="SH", address=ADDRESS, items=[LineItem(sku="A", quantity=1)],
+                           parcel="SH+1", replaces="SH")
+    await handle_create_shipment(msg(CreateShipment, again), sessions, settings, adapters)
+    second = [e["data"] for e in await events(sessions) if e["key"] == "shipment.created"][-1]
+    assert second["parcel"] == "SH+1" and second["tracking_number"] != first["tracking_number"]
+    assert second["replaces"] == first["tracking_number"]
+    scan = {"tracking_number": second["tracking_number"], "status": "picked_up", "at": "2026-11-26T10:00:00Z"}
+    assert (await post_scan(client, "/v1/carriers/sf-express/events", scan)).status_code == 202
+    update = [e["data"] for e in await events(sessions) if e["key"] == "shipment.updated"][-1]
+    assert (update["tracking_number"], update["replaces"]) == (second["tracking_number"], first["tracking_number"])

@@ -10,7 +10,8 @@ Checks, for every order:
   refunded) when returned;
 - it has at most one shipment per parcel (one per warehouse), and there is no payment or shipment
   for an order nobody placed;
-- its parcels agree with it: shipped or in transit, every parcel not cancelled has left; delivered,
+- its parcels agree with it: shipped or in transit, every parcel not cancelled has left (but one
+  sent instead of a lost one, which holds its units reserved until it leaves); delivered,
   every one ended (delivered, returned or lost) and one arrived; cancelled for a failed delivery,
   none arrived; cancelled otherwise, none waits at a warehouse to be collected, and one the carrier
   has is put to ops (the order needs attention);
@@ -145,6 +146,12 @@ ENDED = {"delivered"} | UNDELIVERED
 AT_WAREHOUSE = {"created"}
 
 
+def _sent_again(parcels: list[dict]) -> bool:
+    """A parcel was lost and another waits at the warehouse: sent instead (its units reserved)."""
+    live = [p for p in parcels if not p.get("cancelled")]
+    return any(p.get("status") == "lost" for p in live) and any(p.get("status") in AT_WAREHOUSE for p in live)
+
+
 def _check_parcels(report: Report, order: dict, parcels: list[dict]) -> None:
     """The order's parcels (as shipping lists them) against the order's status."""
     order_id, status = order["id"], order["status"]
@@ -153,7 +160,7 @@ def _check_parcels(report: Report, order: dict, parcels: list[dict]) -> None:
         report.breach(f"{order_id}: more than one shipment for one parcel")
     live = [p for p in parcels if not p.get("cancelled") and p.get("status")]
     states = [p["status"] for p in live]
-    if status in ("shipped", "in_transit") and any(s in AT_WAREHOUSE for s in states):
+    if status in ("shipped", "in_transit") and any(s in AT_WAREHOUSE for s in states) and not _sent_again(parcels):
         report.breach(f"{order_id}: {status} but a parcel waits at the warehouse")
     if status == "delivered" and live and (not all(s in ENDED for s in states) or "delivered" not in states):
         report.breach(f"{order_id}: delivered but its parcels are {states}")
@@ -192,9 +199,11 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         for item in order["items"]:
             lines[item["sku"]] += int(item["quantity"])
         holds = held.pop(order_id, Counter())
+        parcels = shipments.pop(order_id, [])
+        lost_some = any(p.get("status") in UNDELIVERED and not p.get("cancelled") for p in parcels)
         if status in HOLDS_STOCK and holds != lines:
             report.breach(f"{order_id}: {status} but holds {dict(holds)} reserved for lines {dict(lines)}")
-        elif status not in HOLDS_STOCK | {"submitted"} and holds:
+        elif status not in HOLDS_STOCK | {"submitted"} and holds and not (status in CARRIER_MOVES and _sent_again(parcels)):
             report.breach(f"{order_id}: {status} still holds {dict(holds)} reserved")
 
         p = payments.pop(order_id, None)
@@ -204,8 +213,6 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         refunded = Decimal(p["refunded_amount"]) if p else Decimal("0")
         total = Decimal(order["total"])
         kept = captured - refunded
-        parcels = shipments.pop(order_id, [])
-        lost_some = any(p.get("status") in UNDELIVERED and not p.get("cancelled") for p in parcels)
         # a refund by hand (a goodwill gesture, ops' console) is money the shop chose to give back
         by_hand = sum((Decimal(r["amount"]) for r in (p or {}).get("refunds", [])
                        if str(r.get("refund_key") or "").startswith("manual-") and r["status"] == "refunded"),

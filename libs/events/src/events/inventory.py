@@ -19,6 +19,9 @@ class ReserveStock(Command):
     country: CountryCode
     latitude: float | None = None
     longitude: float | None = None
+    parcel: str | None = None
+    """Reserve again for this parcel of the order (it replaces one the carrier lost): once per
+    order and parcel, all or nothing, answered with the same ``parcel``. None: the order itself."""
 
 
 class ReleaseStock(Command):
@@ -27,6 +30,9 @@ class ReleaseStock(Command):
     routing_key = "inventory.release_stock"
     order_id: str
     reason: str
+    warehouses: list[str] | None = None
+    """Only what these warehouses hold (their parcels did not leave); None: everything. A parcel
+    that left is committed by its own ``CommitStock``, which may arrive after this release."""
 
 
 class CommitStock(Command):
@@ -50,6 +56,8 @@ class StockReserved(Event):
     routing_key = "stock.reserved"
     order_id: str
     allocations: list[Allocation]
+    parcel: str | None = None
+    """The replacement parcel this reservation is for (``ReserveStock.parcel``); None: the order."""
 
 
 class Shortage(LineItem):
@@ -61,6 +69,8 @@ class StockReservationFailed(Event):
     order_id: str
     reason: str = "out_of_stock"
     shortages: list[Shortage] = []
+    parcel: str | None = None
+    """The replacement parcel that could not be reserved (``ReserveStock.parcel``); None: the order."""
 
 
 class StockReleased(Event):

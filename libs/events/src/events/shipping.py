@@ -24,6 +24,8 @@ class CreateShipment(Command):
     parcel: str | None = None
     """The order's name for this parcel (one per warehouse, another for one sent again); the
     warehouse when not given. The same name again books no second parcel."""
+    replaces: str | None = None
+    """The order's name for the lost parcel this one is sent instead of."""
 
 
 class ChangeShipmentAddress(Command):
@@ -62,6 +64,8 @@ class ShipmentCreated(Event):
     """What the parcel holds (one parcel per warehouse the order's stock came from)."""
     tracking_url: str | None = None
     """The carrier's public tracking page for this parcel."""
+    replaces: str | None = None
+    """The tracking number of the lost parcel this one is sent instead of."""
 
 
 class ShipmentUpdated(Event):
@@ -81,6 +85,8 @@ class ShipmentUpdated(Event):
     undelivered: bool = False
     """The scan ends the parcel's delivery without it arriving (``lost``, or ``returned`` before
     delivery, unlike a return the customer sent back)."""
+    replaces: str | None = None
+    """The tracking number of the lost parcel this one is sent instead of."""
 
 
 class ShipmentFailed(Event):

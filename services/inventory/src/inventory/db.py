@@ -79,6 +79,9 @@ class OrderHold(Base):
     state: Mapped[str] = mapped_column(String(20))  # reserved | released | committed | failed
     shortages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     """Of a failed reservation: what was short, told again when the order asks again."""
+    allocations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """Of a replacement parcel's hold (``order_id`` = ``<order>/<parcel>``): what it reserved, told
+    again when asked again (its units are the order's reservations)."""
     updated_at: Mapped[datetime]
 
 

@@ -40,7 +40,7 @@ async def handle_reserve_stock(msg: Envelope[ReserveStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RESERVE):
             return
-        outcome = await service.reserve(session, cmd.order_id, list(cmd.items), to, msg)
+        outcome = await service.reserve(session, cmd.order_id, list(cmd.items), to, msg, cmd.parcel)
     if isinstance(outcome, StockReserved):
         log.info("stock.reserved", allocations=_units(outcome.allocations))
     else:
@@ -53,7 +53,7 @@ async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RELEASE):
             return
-        released = await service.release(session, msg.data.order_id, msg.data.reason, msg)
+        released = await service.release(session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses)
     log.info("stock.released", allocations=_units(released.allocations))
 
 

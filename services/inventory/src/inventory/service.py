@@ -85,7 +85,7 @@ _UPDATE_HOLD = update(_hold).where(_hold.c.order_id == bindparam("key_order_id")
 _INSERT_RESERVATION = insert(_reservation)
 _INSERT_HOLD = insert(_hold)
 _INSERT_MOVEMENT = insert(_movement)
-_HOLD = select(_hold.c.state, _hold.c.shortages).where(_hold.c.order_id == bindparam("order_id"))
+_HOLD = select(_hold.c.state, _hold.c.shortages, _hold.c.allocations).where(_hold.c.order_id == bindparam("order_id"))
 _LOCK_HOLD = _HOLD.with_for_update()
 _RESERVATIONS = (
     select(_reservation.c.id, _reservation.c.warehouse, _reservation.c.sku, _reservation.c.quantity,
@@ -164,10 +164,13 @@ async def check_low(session: AsyncSession, row: Stock | Level, cause: Cause) -> 
 
 
 async def _set_hold(session: AsyncSession, order_id: str, state: str,
-                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False) -> None:
+                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False,
+                    allocations: list[dict[str, Any]] | None = None) -> None:
     """The order's hold in ``state``: updated, or inserted when it has none (``new``: known to have
     none in this transaction, so a concurrent first answer fails the insert and is retried)."""
     values = {"state": state, "shortages": shortages, "updated_at": _now()}
+    if new:
+        values["allocations"] = allocations
     if not new and (await session.execute(_UPDATE_HOLD, {"key_order_id": order_id, **values})).rowcount == 1:
         return
     await session.execute(_INSERT_HOLD, {"order_id": order_id, **values})
@@ -186,8 +189,16 @@ def _allocations(rows: list[Any]) -> list[Allocation]:
     return [Allocation(warehouse=r.warehouse, sku=r.sku, quantity=r.quantity) for r in rows]
 
 
-async def _answer_again(session: AsyncSession, order_id: str, hold: Any) -> StockReserved | StockReservationFailed:
-    """The order was answered before: the same answer, whatever was asked this time."""
+async def _answer_again(session: AsyncSession, order_id: str, hold: Any,
+                        parcel: str | None = None) -> StockReserved | StockReservationFailed:
+    """The order (or its replacement ``parcel``) was answered before: the same answer, whatever
+    was asked this time."""
+    if parcel is not None:
+        if hold.state == "failed":
+            shortages = [Shortage.model_validate(s) for s in hold.shortages or []]
+            return StockReservationFailed(order_id=order_id, shortages=shortages, parcel=parcel)
+        allocations = [Allocation.model_validate(a) for a in hold.allocations or []]
+        return StockReserved(order_id=order_id, allocations=allocations, parcel=parcel)
     match hold.state:
         case "released":
             return StockReservationFailed(order_id=order_id, reason="released")
@@ -200,11 +211,15 @@ async def _answer_again(session: AsyncSession, order_id: str, hold: Any) -> Stoc
 
 
 async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], to: domain.Destination,
-                  cause: Cause) -> StockReserved | StockReservationFailed:
-    """Reserve every line, all or nothing, once per order."""
-    hold = await _hold_of(session, order_id)
+                  cause: Cause, parcel: str | None = None) -> StockReserved | StockReservationFailed:
+    """Reserve every line, all or nothing, once per order; ``parcel``: once more for that parcel of
+    the order (one sent again after the carrier lost the first). A replacement's units are the
+    order's reservations, so the order's commit, release and restock treat them as the rest; its
+    own hold (``<order>/<parcel>``) answers a resent command as the first time."""
+    key = order_id if parcel is None else f"{order_id}/{parcel}"
+    hold = await _hold_of(session, key)
     if hold is not None:
-        answer = await _answer_again(session, order_id, hold)
+        answer = await _answer_again(session, order_id, hold, parcel)
         await _stage(session, answer, order_id, cause)
         return answer
 
@@ -216,8 +231,8 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
         allocations = domain.allocate(lines, warehouses, available, to)
     except domain.OutOfStock as exc:
         shortages = [s.model_dump(mode="json") for s in exc.shortages]
-        await _set_hold(session, order_id, "failed", shortages, new=True)
-        failed = StockReservationFailed(order_id=order_id, shortages=exc.shortages)
+        await _set_hold(session, key, "failed", shortages, new=True)
+        failed = StockReservationFailed(order_id=order_id, shortages=exc.shortages, parcel=parcel)
         await _stage(session, failed, order_id, cause)
         return failed
 
@@ -239,16 +254,20 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
     if allocations:
         await session.execute(_INSERT_RESERVATION, reservations)
         await session.execute(_INSERT_MOVEMENT, moves)
-    await _set_hold(session, order_id, "reserved", new=True)
-    reserved = StockReserved(order_id=order_id, allocations=allocations)
+    await _set_hold(session, key, "reserved", new=True,
+                    allocations=[a.model_dump(mode="json") for a in allocations] if parcel else None)
+    reserved = StockReserved(order_id=order_id, allocations=allocations, parcel=parcel)
     await _stage(session, reserved, order_id, cause)
     return reserved
 
 
-async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause) -> StockReleased:
-    """Give back what the order still holds; remember the release so it is never reserved later."""
+async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause,
+                  warehouses: list[str] | None = None) -> StockReleased:
+    """Give back what the order still holds (``warehouses``: only what those hold, so the units of
+    a parcel that left stay reserved for its commit, whichever comes first); remember the release
+    so the order is never reserved later."""
     hold = await _hold_of(session, order_id, lock=True)
-    held = await _reservations(session, order_id)
+    held = [r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
     for r in held:

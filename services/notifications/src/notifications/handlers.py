@@ -60,9 +60,11 @@ STATUS_CHANGED = topology.event_queue(SERVICE, "order.status_changed")
 REFUNDED = topology.event_queue(SERVICE, "payment.refunded")
 SCANNED = topology.event_queue(SERVICE, "shipment.updated")
 PLEASE_PAY = topology.event_queue(SERVICE, "payment.action_required")
-# A carrier's scan the customer hears of: their parcel left, an attempt failed, it will not arrive.
+# A carrier's scan the customer hears of: their parcel left, an attempt failed, it will not arrive
+# (came back: refunded; lost: sent again or refunded, told by the parcel sent instead or the refund).
 PARCEL_TEMPLATES = {"picked_up": "parcel.shipped", "exception": "parcel.exception",
-                    "returned": "parcel.not_delivered", "lost": "parcel.not_delivered"}
+                    "returned": "parcel.not_delivered", "lost": "parcel.lost"}
+SENT_AGAIN_TEMPLATE = "parcel.sent_again"  # picked up, sent instead of a lost parcel
 
 log = get_logger(__name__)
 router = RabbitRouter()
@@ -156,9 +158,12 @@ async def on_shipment_updated(
     template = PARCEL_TEMPLATES.get(event.status)
     if template is None or (event.status == "returned" and not event.undelivered):
         return
+    if event.status == "picked_up" and event.replaces:
+        template = SENT_AGAIN_TEMPLATE
     eta = event.estimated_delivery.isoformat() if event.estimated_delivery else "-"
     leased = await _record(sessions, msg, SCANNED, event.order_id, template, settings, carrier=event.carrier,
-                           tracking_number=event.tracking_number, tracking_url=event.tracking_url or "-", eta=eta)
+                           tracking_number=event.tracking_number, tracking_url=event.tracking_url or "-", eta=eta,
+                           replaces=event.replaces or "-")
     await _deliver(sessions, channels, settings, msg, leased)
 
 

@@ -106,6 +106,23 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                "(scan or open this link): $url"),
         "zh-CN": ("请支付订单 $order_id 的 $amount", "商品已为您预留，请在 $expires_at 之前完成支付 $amount（扫码或打开链接）：$url"),
     },
+    "parcel.lost": {
+        "en": ("Your parcel $tracking_number was lost",
+               "We are sorry: $carrier lost your parcel $tracking_number. We will send what it held again "
+               "if we have it in stock, or else refund it to your original payment method; "
+               "we will write to you again to tell you which."),
+        "zh-CN": ("您的包裹 $tracking_number 已丢失",
+                  "很抱歉，$carrier丢失了您的包裹 $tracking_number。如有库存，我们将重新发出包裹内的商品；"
+                  "否则将款项退还至您的原支付方式。我们会再次通知您处理结果。"),
+    },
+    "parcel.sent_again": {
+        "en": ("We sent your lost parcel $replaces again: $tracking_number",
+               "What your lost parcel $replaces held is on its way again with $carrier.\n"
+               "Tracking number: $tracking_number\nTrack it: $tracking_url\nExpected delivery: $eta"),
+        "zh-CN": ("已重新发出丢失的包裹 $replaces：$tracking_number",
+                  "您丢失的包裹 $replaces 内的商品已由$carrier重新揽收。\n运单号：$tracking_number\n"
+                  "查询物流：$tracking_url\n预计送达：$eta"),
+    },
     "payment.refunded": {
         "en": ("We refunded $amount for your order $order_id",
                "We refunded $amount to your original payment method. "

@@ -17,7 +17,8 @@ class Settings(ServiceSettings):
     saga_warning_seconds: float = Field(default=1200.0, gt=0)
     """A step that has waited this long is shown to ops (dashboard, oms_saga_warnings_total)."""
     saga_timeout_seconds: float = Field(default=1800.0, gt=0)
-    """A step that has waited this long is cancelled with saga_timeout (a compensation: attention)."""
+    """A step that has waited this long is cancelled with saga_timeout (a compensation, or a lost
+    parcel sent again: attention)."""
     deadline_poll_seconds: float = Field(default=0.5, gt=0)
     max_quantity_per_line: int = Field(default=100, gt=0)
     idempotency_abandoned_seconds: float = 30.0

@@ -71,7 +71,6 @@ class Order(Base):
         # expressions there, so the database uses these. ``->>`` reads JSON on PostgreSQL and SQLite.
         Index("ix_order_customer_email", text("lower(customer ->> 'email')")),
         Index("ix_order_customer_phone", text("(customer ->> 'phone')")),
-        Index("ix_order_tracking_number", text("(shipment ->> 'tracking_number')")),
     )
 
 
@@ -98,6 +97,16 @@ class OrderHistory(Base):
     """Who made the change: an API key's name, or ``oms/<service>`` for the saga's own steps."""
     note: Mapped[str | None] = mapped_column(String(500))
     """What the person who made the change wrote (a cancel's reason), if anything."""
+
+
+class OrderParcel(Base):
+    """Each parcel's tracking number and its order, so the console's search finds an order by any
+    of its parcels (an order split over warehouses ships several)."""
+
+    __tablename__ = "order_parcel"
+
+    tracking_number: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("order.id"), index=True)
 
 
 class IdempotencyKey(Base):

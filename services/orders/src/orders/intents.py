@@ -44,12 +44,13 @@ class DeadlineReached:
 
 @dataclass(frozen=True)
 class Reserve:
-    pass
+    parcel: str | None = None  # once more, for this parcel sent instead of a lost one
+    items: tuple[LineItem, ...] = ()  # ... holding these; empty: every line of the order
 
 
 @dataclass(frozen=True)
 class Release:
-    pass
+    warehouses: tuple[str, ...] | None = None  # only these (their parcels did not leave); None: all
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class CreateShipment:
     warehouse: str
     parcel: str | None = None
     items: tuple[LineItem, ...] = ()  # empty: every line of the order
+    replaces: str | None = None  # the lost parcel it is sent instead of
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ reverse (``undo`` of each row, from the last one back):
              (one per parcel)          (every parcel)
     follow   (the carrier reports)     shipment.updated   -                          (from shipped on: a return)
     return   shipping.expect_return    shipment.returned  -                          (asked by the customer)
+    resend   inventory.reserve_stock   stock.reserved     stock.reservation_failed   (a lost parcel: sent again
+             + shipping.create_shipment  (its parcel)      (its parcel: refunded)     when stock allows)
 
 The customer pays: a wallet order without a token (CONTRACT §4) is answered
 ``payment.action_required`` (a QR code or a redirect and its ``expires_at``): the capture step then
@@ -22,7 +24,10 @@ each booked and followed on its own. The order is ``shipped`` when every parcel 
 ``in_transit`` when every one is on its way, ``delivered`` when every one arrived. A parcel that
 comes back undelivered (``returned``) or is ``lost`` ends its delivery: what it held is refunded,
 returned units go back on the shelf; an order none of whose parcels arrived is cancelled with
-``delivery_failed``. A failed attempt (``exception``) only waits for the next one.
+``delivery_failed``. A lost parcel is first sent again (the resend step: its units reserved once
+more, a new parcel booked that names the one it replaces, so the customer is told it was sent
+again), and is refunded only when the stock does not allow it (the customer is told of the
+refund), or when the one sent instead is lost too. A failed attempt (``exception``) only waits for the next one.
 
 (*) A cancel is answered: ``shipment.cancelled`` naming the parcels that will not leave, and, for
 one the carrier took first, the ``shipment.updated`` of that scan. The reserved stock is released
@@ -174,8 +179,18 @@ def _release(saga: Saga) -> tuple[Saga, list[Intent]]:
     # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
     # parcel's cancel to be answered: they may have left with the carrier.
     if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
-        return replace(saga, stock=Stock.RELEASING), [Release()]
+        return replace(saga, stock=Stock.RELEASING), [_release_intent(saga)]
     return saga, []
+
+
+def _release_intent(saga: Saga) -> Release:
+    """Release what did not leave. Once a parcel left, its ``Commit`` may still be on its way to
+    inventory on another queue: a release of the whole order taken first would put the units the
+    carrier has back on the shelf, so the release names the warehouses whose parcels stayed."""
+    gone = {p.warehouse for p in saga.parcels if _left(p)}
+    if not gone:
+        return Release()
+    return Release(warehouses=tuple(sorted({p.warehouse for p in saga.parcels} - gone)))
 
 
 def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
@@ -186,7 +201,7 @@ def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
 def _cancel_parcel(saga: Saga) -> tuple[Saga, list[Intent]]:
     # One parcel's booking failed while the others may be booked: they are cancelled too.
     intents: list[Intent] = []
-    on_the_way = [p.name for p in saga.parcels if p.leg is Leg.LEFT]
+    on_the_way = [p.name for p in saga.parcels if p.leg in (Leg.LEFT, Leg.DELIVERED)]  # or with the customer
     if on_the_way and saga.attention is None:  # the order is cancelled with parcels on their way
         detail = f"parcel(s) {', '.join(on_the_way)} left with the carrier before the order was cancelled: ask for them back"
         saga, intents = replace(saga, attention=detail), [RaiseAttention(step="ship", detail=detail)]
@@ -230,7 +245,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "reserve", command=lambda saga: [Reserve()], success=StockReserved, failures=(StockReservationFailed,),
         undo=_release, undone_by=StockReleased,
-        pending_undo=lambda saga: [Release()] if saga.stock is Stock.RELEASING else [],
+        pending_undo=lambda saga: [_release_intent(saga)] if saga.stock is Stock.RELEASING else [],
         wait=Wait.RESERVE, waits_in=S.SUBMITTED, then=S.CONFIRMED,
         # all or nothing: a failed reservation holds nothing
         progress="stock", asked=Stock.RESERVING, done=Stock.RESERVED, failed=Stock.NONE,
@@ -268,12 +283,29 @@ RETURN = Step(
 )
 """Not part of the forward flow: the customer asks for it after delivery (see _shipment_returned)."""
 
-TABLE: tuple[Step, ...] = (*STEPS, RETURN)
+
+
+def _resend(saga: Saga) -> list[Intent]:
+    """For each parcel sent instead of a lost one: its stock reserved again, then its booking."""
+    again = [p for p in saga.parcels if p.replaces is not None]
+    return [*(Reserve(parcel=p.name, items=p.items) for p in again if p.leg is Leg.RESERVING),
+            *(CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items, replaces=p.replaces)
+              for p in again if p.leg is Leg.PLANNED)]
+
+
+RESEND = Step(
+    "resend", command=_resend, success=StockReserved, failures=(StockReservationFailed,), wait=Wait.RESEND,
+    waits_in=S.SHIPPED, then=S.DELIVERED, progress="parcels",  # (the order may be further on: in transit)
+)
+"""Not part of the forward flow: a parcel the carrier lost is sent again (see _send_again). Its
+replies carry the parcel's name (``parcel``), which tells them from the reserve step's."""
+
+TABLE: tuple[Step, ...] = (*STEPS, RETURN, RESEND)
 SHIP = next(step for step in STEPS if step.name == "ship")
 
 
 def _step(waiting: Wait | None) -> Step | None:
-    return next((step for step in STEPS if step.wait is waiting and waiting is not None), None)
+    return next((step for step in TABLE if step.wait is waiting and waiting is not None), None)
 
 
 def _after(step: Step) -> Step:
@@ -416,7 +448,7 @@ def _rank(carrier_status: str | None) -> int:
 
 def _order_status(saga: Saga) -> S:
     """Where the least advanced parcel still on its way puts the order."""
-    going = [p for p in saga.parcels if p.leg not in (Leg.RETURNED, Leg.LOST)]
+    going = [p for p in saga.parcels if p.leg not in (Leg.RETURNED, Leg.LOST, Leg.CANCELLED)]
     return _PROGRESS[min(_rank(p.carrier_status) for p in going)] if going else S.PICKING
 
 
@@ -457,7 +489,10 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
 
 def _delivery_failed(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
     """A parcel came back undelivered or was lost: what it held is refunded, returned units go back
-    on the shelf, and the order ends once no parcel is on its way."""
+    on the shelf, and the order ends once no parcel is on its way. A lost parcel is sent again
+    first (once), and refunded only if that cannot be."""
+    if p.leg is Leg.LOST and p.items and p.replaces is None and not any(q.replaces == p.name for q in saga.parcels):
+        return _send_again(saga, p, now, t)
     intents: list[Intent] = []
     if p.leg is Leg.RETURNED and p.items:
         intents.append(Restock(items=list(p.items)))
@@ -470,6 +505,76 @@ def _delivery_failed(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tu
     if _PROGRESS.index(target) > _PROGRESS.index(saga.status):
         saga = replace(saga, status=target)
     return saga, intents
+
+
+def _send_again(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    """The resend step begins: the lost parcel's units are reserved once more (inventory picks the
+    warehouse); its refund waits for the answer."""
+    again = ParcelLeg(name=f"{p.name}+1", warehouse=p.warehouse, items=p.items, leg=Leg.RESERVING, replaces=p.name)
+    saga = replace(saga, parcels=(*saga.parcels, again))
+    return _resend_waits(saga, now, t), _resend(replace(saga, parcels=(again,)))
+
+
+def _resend_waits(saga: Saga, now: datetime, t: Timeouts) -> Saga:
+    """The resend step waits while a parcel sent again is not reserved or not booked yet."""
+    pending = any(p.replaces is not None and p.leg in (Leg.RESERVING, Leg.PLANNED) for p in saga.parcels)
+    if pending:
+        return saga if saga.waiting_for is Wait.RESEND else _wait(saga, Wait.RESEND, now, t)
+    return _wait(saga, None, now, t) if saga.waiting_for is Wait.RESEND else saga
+
+
+def _again(saga: Saga, reply: Any, legs: tuple[Leg, ...]) -> int | None:
+    """The parcel sent again that ``reply`` is about, while it is in one of ``legs``."""
+    name = getattr(reply, "parcel", None)
+    return next((i for i, p in enumerate(saga.parcels)
+                 if p.replaces is not None and p.name == name and p.leg in legs), None)
+
+
+def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, now: datetime, t: Timeouts) -> Outcome:
+    """Inventory's answer for a parcel sent again: booked from where its units were reserved (one
+    parcel per warehouse, as for the order), or, without stock, the lost parcel is refunded."""
+    i = _again(saga, reply, (Leg.RESERVING,))
+    if i is None:
+        return _ignore(saga)  # told again (a resent reserve)
+    p = saga.parcels[i]
+    if isinstance(reply, StockReservationFailed):
+        return _not_sent_again(_with_leg(saga, i, leg=Leg.CANCELLED), p, [], now, t)
+    by_warehouse: dict[str, list[LineItem]] = {}
+    for a in reply.allocations:
+        by_warehouse.setdefault(a.warehouse, []).append(LineItem(sku=a.sku, quantity=a.quantity))
+    legs = tuple(replace(p, name=p.name if k == 0 else f"{p.name}-{w}", warehouse=w, items=tuple(items), leg=Leg.PLANNED)
+                 for k, (w, items) in enumerate(by_warehouse.items()))
+    saga = replace(saga, parcels=(*saga.parcels[:i], *legs, *saga.parcels[i + 1:]), stock=Stock.RESERVED)
+    return _resend_waits(saga, now, t), _resend(replace(saga, parcels=legs))
+
+
+def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: datetime, t: Timeouts) -> Outcome:
+    """The lost parcel cannot be sent again: refunded, as any parcel that did not arrive."""
+    lost = next(q for q in saga.parcels if q.name == p.replaces)
+    refund = _refund(saga, min(saga.worth(lost.items), saga.unrefunded), f"parcel:{lost.name}")
+    if refund:
+        saga, intents = _with_refund(saga, refund), [*intents, refund]
+    saga = _resend_waits(saga, now, t)
+    if all(q.leg in ENDED for q in saga.parcels):
+        return _delivery_over(saga, now, t, intents)
+    return saga, intents
+
+
+def _replacement_booked(saga: Saga, reply: ShipmentCreated, now: datetime, t: Timeouts) -> Outcome:
+    i = _again(saga, reply, (Leg.PLANNED,))
+    if i is None:
+        return _ignore(saga)
+    saga = _with_leg(saga, i, leg=Leg.BOOKED, shipment_id=reply.shipment_id, carrier_status="created")
+    return _resend_waits(saga, now, t), []
+
+
+def _replacement_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts) -> Outcome:
+    """No carrier takes the parcel sent again: its units go back, and the lost parcel is refunded."""
+    i = _again(saga, reply, (Leg.PLANNED,))
+    if i is None:
+        return _ignore(saga)
+    p = saga.parcels[i]
+    return _not_sent_again(_with_leg(saga, i, leg=Leg.CANCELLED), p, [Release(warehouses=(p.warehouse,))], now, t)
 
 
 def _delivery_over(saga: Saga, now: datetime, t: Timeouts, intents: list[Intent]) -> tuple[Saga, list[Intent]]:
@@ -591,6 +696,9 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Out
         return _cancel(saga, CancelReason(paying.customer_late), now, t)
     since = saga.waiting_since or now
     if now >= since + timedelta(seconds=t.give_up_seconds):
+        if saga.waiting_for is Wait.RESEND:  # the order is with the carrier: not cancelled, put to ops
+            detail = f"no answer to sending a lost parcel again since {since.isoformat()}"
+            return _wait(replace(saga, attention=detail), None, now, t), [RaiseAttention(step="resend", detail=detail)]
         if saga.waiting_for is not Wait.COMPENSATE:
             return _cancel(saga, CancelReason.SAGA_TIMEOUT, now, t)
         pending = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
@@ -687,7 +795,24 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
     handlers[ShipmentFailed] = _shipment_failed  # a failure that may answer a cancel
     handlers[ShipmentUpdated] = _shipment_updated  # the follow step
     handlers[ShipmentReturned] = _shipment_returned  # the return step
+    # the resend step's replies name the parcel sent again; the others are the forward flow's
+    again: list[tuple[type, Callable[..., Outcome]]] = [
+        (RESEND.success, _resend_answered), *((f, _resend_answered) for f in RESEND.failures),
+        (ShipmentCreated, _replacement_booked), (ShipmentFailed, _replacement_failed),
+    ]
+    for reply_type, handle in again:
+        handlers[reply_type] = _by_parcel(handle, handlers[reply_type])
     return handlers
+
+
+def _by_parcel(again: Callable[..., Outcome], first: Callable[..., Outcome]) -> Callable[..., Outcome]:
+    """``again`` for a reply about a parcel sent instead of a lost one, else ``first``."""
+    def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> Outcome:
+        name = getattr(reply, "parcel", None)
+        if name is not None and any(p.replaces is not None and p.name == name for p in saga.parcels):
+            return again(saga, reply, now, t)
+        return first(saga, reply, now, t)
+    return handle
 
 
 _HANDLERS: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {

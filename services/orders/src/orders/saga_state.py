@@ -46,6 +46,7 @@ class Parcel(StrEnum):
 class Leg(StrEnum):
     """Where one parcel of the order stands (an order ships one parcel per warehouse)."""
 
+    RESERVING = "reserving"  # sent again for a lost one: its stock is being reserved again
     PLANNED = "planned"  # its stock is reserved at the warehouse; booking asked or to be asked
     BOOKED = "booked"  # booked with a carrier, waiting at the warehouse
     LEFT = "left"  # the carrier has it
@@ -66,15 +67,18 @@ class ParcelLeg:
     leg: Leg = Leg.PLANNED
     shipment_id: str | None = None
     carrier_status: str | None = None  # the carrier's last word on it (created, in_transit, exception, ...)
+    replaces: str | None = None  # the lost parcel it is sent instead of
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "warehouse": self.warehouse, "items": [i.model_dump(mode="json") for i in self.items],
-                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status}
+                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status,
+                "replaces": self.replaces}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ParcelLeg:
         return cls(name=d["name"], warehouse=d["warehouse"], items=tuple(LineItem.model_validate(i) for i in d["items"]),
-                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"))
+                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"),
+                   replaces=d.get("replaces"))
 
 
 class Wait(StrEnum):
@@ -84,6 +88,7 @@ class Wait(StrEnum):
     CAPTURE = "capture"
     SHIP = "ship"
     CUSTOMER = "customer"  # the customer is to pay (a QR code, a redirect) before the action expires
+    RESEND = "resend"  # a lost parcel's stock reserved again and its replacement booked
     COMPENSATE = "compensate"
 
 

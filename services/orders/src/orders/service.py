@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from events import inbox, inventory, notifications, outbox, payments, shipping
+from events.db import InsertIfAbsent
 from events.envelope import Cause, utcnow
 from events.logs import get_logger
 from events.orders import (
@@ -41,7 +42,7 @@ from events.types import LineItem, OrderStatus, PricedLine
 from orders import saga as flow
 from orders.admission import Admission
 from orders.config import Settings
-from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine
+from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine, OrderParcel
 from orders.domain import order_total, request_fingerprint, return_value
 from orders.saga_state import projection
 
@@ -289,6 +290,7 @@ async def apply(
         if before is not None:
             before(order)
         if isinstance(reply, SHIPPING_NEWS):
+            await _new_parcel(session, order, reply)
             order.shipment = parcels_summary(order.shipment, reply, now)
         if new.ignored > old.ignored:
             log.info("saga.reply_ignored", order_id=order_id, reply=type(reply).__name__, status=old.status)
@@ -370,8 +372,8 @@ async def _status_changed(
 def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) -> dict[str, Any]:
     """The order's record of its parcels, one per parcel as shipping reports them (a new value:
     the row is written only when it compares unequal). ``{"parcels": [...]}``, each with its
-    carrier, tracking number and link, status (and since when), estimate, items and trail; and the
-    first parcel's ``tracking_number`` at the top, which the ops console's search finds by index."""
+    carrier, tracking number and link, status (and since when), estimate, items and trail (the
+    console's search finds each tracking number in ``order_parcel``)."""
     parcels = [dict(p) for p in (shipment or {}).get("parcels", [])]
     mine = next((p for p in parcels if p["shipment_id"] == reply.shipment_id), None)
     if mine is None:
@@ -397,7 +399,20 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
                 mine["estimated_delivery"] = reply.estimated_delivery.isoformat()
         case shipping.ShipmentReturned():
             mine.update(status="returned", status_since=now.isoformat())
-    return {"parcels": parcels, "tracking_number": parcels[0]["tracking_number"] if parcels else None}
+    return {"parcels": parcels}
+
+
+_record_parcel = InsertIfAbsent(OrderParcel.__table__)
+
+
+async def _new_parcel(session: AsyncSession, order: Any, reply: object) -> None:
+    """A parcel the order did not know yet: its tracking number is recorded for the search."""
+    number = getattr(reply, "tracking_number", None)
+    if not isinstance(reply, shipping.ShipmentCreated | shipping.ShipmentUpdated) or not number:
+        return
+    if any(p.get("tracking_number") == number for p in (order.shipment or {}).get("parcels", [])):
+        return
+    await _record_parcel(session, {"tracking_number": number, "order_id": order.id})
 
 
 SHIPPING_NEWS = (shipping.ShipmentCreated, shipping.ShipmentUpdated, shipping.ShipmentReturned)
@@ -424,13 +439,14 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
         return [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
 
     match intent:
-        case flow.Reserve():
+        case flow.Reserve(parcel=parcel, items=held):
             return inventory.ReserveStock(
-                order_id=oid, items=items(), country=address["country"],
-                latitude=address.get("latitude"), longitude=address.get("longitude"),
+                order_id=oid, items=list(held) if held else items(), country=address["country"],
+                latitude=address.get("latitude"), longitude=address.get("longitude"), parcel=parcel,
             )
-        case flow.Release():
-            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released")
+        case flow.Release(warehouses=warehouses):
+            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released",
+                                          warehouses=list(warehouses) if warehouses is not None else None)
         case flow.Commit(warehouse=warehouse):
             return inventory.CommitStock(order_id=oid, warehouse=warehouse)
         case flow.Restock(items=returned):
@@ -444,9 +460,9 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
             )
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
-        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held):
+        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held, replaces=replaces):
             return shipping.CreateShipment(order_id=oid, warehouse=warehouse, parcel=parcel, address=Address(**address),
-                                           items=list(held) if held else items())
+                                           items=list(held) if held else items(), replaces=replaces)
         case flow.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.ChangeShipmentAddress():

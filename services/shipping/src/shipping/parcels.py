@@ -55,7 +55,8 @@ def _tracking_url(carrier_code: str, tracking_number: str) -> str | None:
 def _created(s: Any) -> ShipmentCreated:
     return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier, parcel=s.parcel,
                            tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery,
-                           items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number))
+                           items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number),
+                           replaces=s.replaces)
 
 
 # Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md, "Prebuilt statements on the message paths".
@@ -64,7 +65,7 @@ _shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, Can
 _PARCEL = select(
     _shipment.c.shipment_id, _shipment.c.order_id, _shipment.c.parcel, _shipment.c.warehouse, _shipment.c.carrier,
     _shipment.c.tracking_number, _shipment.c.status, _shipment.c.estimated_delivery, _shipment.c.cancelled,
-    _shipment.c.return_expected, _shipment.c.return_items, _shipment.c["items"],
+    _shipment.c.return_expected, _shipment.c.return_items, _shipment.c["items"], _shipment.c.replaces,
 )
 _BY_PARCEL = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"), _shipment.c.parcel == bindparam("parcel"))
 # Locked: a report changes the parcel (see the module's docstring).
@@ -145,6 +146,9 @@ async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *,
     except domain.NoCarrier:
         await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier", parcel=name), cmd.order_id, cause)
         return
+    lost = None
+    if cmd.replaces:  # the customer is told which parcel this one is sent instead of
+        lost = (await session.execute(_BY_PARCEL, {"order_id": cmd.order_id, "parcel": cmd.replaces})).first()
     now = _now()
     address = cmd.address.model_dump(mode="json")
     booking = await adapters[carrier.code].book(order_id=cmd.order_id, from_country=origin, address=address, today=now.date())
@@ -154,7 +158,7 @@ async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *,
         estimated_delivery=booking.estimated_delivery, address=address,
         cancelled=False, return_expected=False, return_items=None, items=[i.model_dump() for i in cmd.items],
         next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None, created_at=now, updated_at=now,
-        status_since=now,
+        status_since=now, replaces=lost.tracking_number if lost is not None else None,
     )
     await session.execute(_INSERT_SHIPMENT, vars(shipment))  # the unique order id: never a second parcel
     await session.execute(_INSERT_EVENT, {"shipment_id": shipment.shipment_id, "status": St.CREATED, "at": now,
@@ -252,7 +256,7 @@ async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, a
                                           tracking_number=shipment.tracking_number, status=status, at=at, location=location,
                                           parcel=shipment.parcel, estimated_delivery=eta,
                                           tracking_url=_tracking_url(shipment.carrier, shipment.tracking_number),
-                                          undelivered=undelivered),
+                                          undelivered=undelivered, replaces=shipment.replaces),
                  shipment.order_id, None)
     if status == St.EXCEPTION or undelivered:
         log.warning("shipment.delivery_trouble", order_id=shipment.order_id, parcel=shipment.parcel, status=status)

@@ -2,8 +2,9 @@
 the last hour, and the messages an order's saga sent.
 
 The search looks each kind of term up in its own index (order id, lower-cased e-mail, phone,
-tracking number, SKU) and joins the union of what they found, so a million orders cost a few index
-probes, on PostgreSQL as on SQLite; the expressions below are those of the indexes in orders.db.
+the tracking number of any of the order's parcels, SKU) and joins the union of what they found,
+so a million orders cost a few index probes, on PostgreSQL as on SQLite; the expressions below
+are those of the indexes in orders.db.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from sqlalchemy import Integer, Select, cast, func, literal_column, select, unio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from events.db import outbox_message
-from orders.db import Order, OrderHistory, OrderLine
+from orders.db import Order, OrderHistory, OrderLine, OrderParcel
 
 EMAIL = literal_column("lower(customer ->> 'email')")
 PHONE = literal_column("(customer ->> 'phone')")
-TRACKING = literal_column("(shipment ->> 'tracking_number')")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def search_query(s: Search, *, limit: int = 50) -> Select:
             select(Order.id).where(Order.id == term),
             select(Order.id).where(EMAIL == term.lower()),
             select(Order.id).where(PHONE == term),
-            select(Order.id).where(TRACKING == term),
+            select(OrderParcel.order_id).where(OrderParcel.tracking_number == term),
             select(OrderLine.order_id).where(OrderLine.sku == term),
         ).subquery()
         query = query.where(Order.id.in_(select(found.c[0])))

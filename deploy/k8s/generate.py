@@ -96,7 +96,12 @@ SERVICES: tuple[Service, ...] = (
     ),
     # payments stages a refund asked for by hand as a command to itself
     Service("payments", 8002, publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE),
-            egress=(_anywhere(443),)),  # the payment providers' APIs
+            egress=(_anywhere(443),),  # the payment providers' APIs
+            # production refuses to start without a real provider for every enabled method
+            env={"PAYMENTS_ENABLED_METHODS": "card,alipay", "PAYMENTS_PUBLIC_URL": "https://hooks.oms.example.com",
+                 "PAYMENTS_ALIPAY_GATEWAY": "https://openapi.alipay.com/gateway.do"},
+            secret_env=("PAYMENTS_STRIPE_API_KEY", "PAYMENTS_STRIPE_WEBHOOK_SECRET", "PAYMENTS_ALIPAY_APP_ID",
+                        "PAYMENTS_ALIPAY_PRIVATE_KEY", "PAYMENTS_ALIPAY_PUBLIC_KEY")),
     Service("shipping", 8003, publishes_to=(names.EVENTS_EXCHANGE,),
             egress=(_anywhere(443),),  # the carriers' APIs
             secret_env=("SHIPPING_CARRIER_SECRETS",)),  # {"carrier": "secret"}: each carrier signs its scans

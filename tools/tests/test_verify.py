@@ -140,3 +140,16 @@ def test_a_refund_by_hand_is_money_the_shop_gave_back_not_a_breach():
     report = check(orders=[order("q", "picking")], reservations=[reserved("q")], payments=[lost],
                    shipments=[{"order_id": "q"}])
     assert "q: picking but kept 15.00 of a 20.00 order" in report.breaches
+
+
+def test_a_provider_that_disagrees_is_a_breach_and_other_providers_are_not_read_in_the_sandbox_ledger():
+    alipay = {"order_id": "o1", "payment_id": "p1", "status": "captured", "amount": "10.00", "refunded_amount": "0",
+              "provider": "alipay", "provider_ref": "2026120200001", "refunds": []}
+    data = {"orders": [], "reservations": [], "payments": [alipay], "shipments": [],
+            "ledger": {"charges": [], "refunds": []}, "providers": {"mismatches": []}}
+    report = audit(data, now=NOW, stuck_after=timedelta(minutes=2))
+    assert not any("no such charge" in b for b in report.breaches), report.breaches
+    data["providers"] = {"mismatches": [{"order_id": "o1", "provider": "alipay", "kind": "recorded_not_charged",
+                                         "ours": "captured 10.00 CNY", "theirs": "no charge"}]}
+    report = audit(data, now=NOW, stuck_after=timedelta(minutes=2))
+    assert any("alipay disagrees (recorded_not_charged)" in b for b in report.breaches), report.breaches

@@ -15,7 +15,7 @@ from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.notifications import RegisterRecipient
 from events.orders import OrderStatusChanged
-from events.payments import PaymentRefunded
+from events.payments import PaymentActionRequired, PaymentRefunded
 from notifications import retention
 from notifications.channels import Rejected, Transient
 from notifications.db import Notification, Preference, Recipient
@@ -24,6 +24,7 @@ from notifications.handlers import (
     RecipientNotRegistered,
     handle_register_recipient,
     on_order_status_changed,
+    on_payment_action_required,
     on_payment_refunded,
 )
 
@@ -168,6 +169,19 @@ async def test_a_refund_tells_the_amount(sessions, channels, settings):
     assert "CNY 79.80" in mail.body
     [event] = await published(sessions)
     assert event["data"]["template"] == "payment.refunded"
+
+
+async def test_please_pay_sends_the_link_once(sessions, channels, settings):
+    await handle_register_recipient(register(locale="en"), sessions)
+    event = PaymentActionRequired(order_id="ord-1", payment_id="pay-1", method="alipay", action_type="qr_code",
+                                  url="https://qr.alipay.com/bax01", expires_at=datetime(2026, 12, 2, 10, 15, tzinfo=UTC),
+                                  amount=Decimal("79.80"), currency="CNY")
+    msg = Envelope[PaymentActionRequired].model_validate(build(event, service="payments", subject="ord-1"))
+    await on_payment_action_required(msg, sessions, channels, settings)
+    await on_payment_action_required(msg, sessions, channels, settings)  # redelivered
+    [mail] = channels["email"].sent
+    assert mail.subject == "Please pay CNY 79.80 for your order ord-1"
+    assert "https://qr.alipay.com/bax01" in mail.body and "2026-12-02 10:15:00 UTC" in mail.body
 
 
 async def test_a_cancellation_says_why(sessions, channels, settings):

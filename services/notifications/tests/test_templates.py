@@ -39,8 +39,17 @@ def test_every_template_renders_in_every_locale_with_the_order_id(template, loca
         assert "订单" in out.subject, out.subject
 
 
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+def test_please_pay_shows_the_link_the_amount_and_until_when(locale):
+    out = render("payment.action_required", locale, order_id="ord-123", name="Lin Mei", amount=Decimal("79.80"),
+                 currency="CNY", url="https://qr.alipay.com/bax01", expires_at="2026-12-02 10:15:00 UTC")
+    assert "ord-123" in out.subject and "https://qr.alipay.com/bax01" in out.body
+    assert "2026-12-02 10:15:00 UTC" in out.body and "79.80" in out.body
+    assert "$" not in out.subject + out.body, "no placeholder left unfilled"
+
+
 def test_the_table_has_every_locale_for_every_template_and_reason():
-    assert set(TEMPLATES) == set(ALL_TEMPLATES) | set(PARCEL_TEMPLATES)
+    assert set(TEMPLATES) == set(ALL_TEMPLATES) | set(PARCEL_TEMPLATES) | {"payment.action_required"}
     assert all(set(texts) == set(SUPPORTED_LOCALES) for texts in TEMPLATES.values())
     assert set(REASONS) == {r.value for r in CancelReason}
     assert all(set(words) == set(SUPPORTED_LOCALES) for words in REASONS.values())

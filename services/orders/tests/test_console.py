@@ -180,3 +180,18 @@ async def test_charts_count_orders_placed_and_paid_per_minute(client, sessions, 
     assert charts["placed"][-3:] == [2, 0, 0]
     assert charts["paid"][-3:] == [0, 1, 0]
     assert charts["latency_mean_s"][-2] == charts["latency_max_s"][-2] == 90.0
+
+
+async def test_the_dashboard_shows_payments_a_provider_disagrees_with(client, monkeypatch):
+    from orders import ops
+
+    async def mismatches(url: str, key: str) -> list[dict]:
+        return [{"order_id": "ord_x1", "provider": "alipay", "kind": "recorded_not_charged",
+                 "ours": "captured 10.00 CNY", "theirs": "no charge"}]
+
+    await sign_in(client, "dev-ops-key")
+    page = (await client.get("/ops/fragments/dashboard")).text
+    assert "Payment providers disagree" in page and "payments unavailable" in page  # payments not reachable: said
+    monkeypatch.setattr(ops, "_payment_mismatches", mismatches)
+    page = (await client.get("/ops/fragments/dashboard")).text
+    assert 'href="/ops/orders/ord_x1"' in page and "recorded_not_charged" in page and "no charge" in page

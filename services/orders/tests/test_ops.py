@@ -24,6 +24,7 @@ async def test_summary_counts_orders_and_says_what_it_cannot_reach(client, sessi
     assert s["orders_by_status"] == {"cancelled": 1, "submitted": 1}
     assert s["throughput_last_5_min"]["placed"] == 2 and s["throughput_last_5_min"]["cancelled"] == 1
     assert s["low_stock"] is None and s["unrouted_events"] is None and s["dead_letters"]["parked"] == 0
+    assert s["payment_mismatches"] is None  # payments is not there: said, not hidden
     assert (await client.get("/v1/ops/summary", headers=GATEWAY)).status_code == 403
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from events.inventory import Shortage, StockReleased, StockReservationFailed, StockReserved
-from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+from events.payments import PaymentActionRequired, PaymentCaptured, PaymentFailed, PaymentRefunded
 from events.shipping import (
     ShipmentCancelled,
     ShipmentCreated,
@@ -468,3 +468,50 @@ def test_a_parcel_delivered_before_its_order_is_cancelled_is_put_to_ops():
     saga, intents = advance(saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
     assert any(isinstance(i, RaiseAttention) and "SH" in i.detail for i in intents) and saga.attention
+
+
+# the customer pays: a wallet without a token (a QR code, a redirect) and its window
+
+WINDOW_END = at(600)
+ACTION = PaymentActionRequired(order_id=ORDER, payment_id="pay-1", method="alipay", action_type="qr_code",
+                               url="https://qr.alipay.com/bax01", expires_at=WINDOW_END, amount=TOTAL, currency="CNY")
+
+
+def test_the_customer_is_waited_for_until_the_window_ends_without_resending():
+    saga, intents = run(RESERVED, ACTION)
+    assert saga.status == "confirmed" and saga.waiting_for == "customer"
+    assert saga.action == {"type": "qr_code", "url": "https://qr.alipay.com/bax01", "expires_at": WINDOW_END.isoformat()}
+    assert saga.deadline_at == WINDOW_END + timedelta(seconds=TIMEOUTS.resend_seconds)
+    assert intents == [Reserve(), Capture()]  # past the usual resend, warning and give-up: nothing resent
+    saga, intents = advance(saga, CAPTURED, now=at(120), timeouts=TIMEOUTS)
+    assert saga.status == "paid" and intents == [BOOK] and saga.waiting_for == "ship"
+
+
+def test_the_window_passing_unpaid_cancels_with_payment_timeout_and_releases_stock():
+    saga, _ = run(RESERVED, ACTION)
+    early, intents = advance(saga, DeadlineReached(), now=at(100), timeouts=TIMEOUTS)
+    assert early.status == "confirmed" and intents == []
+    saga, intents = advance(saga, DeadlineReached(), now=saga.deadline_at, timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
+    assert intents == [Release()]
+    saga, intents = advance(saga, PaymentFailed(order_id=ORDER, reason="payment_timeout"), now=at(700), timeouts=TIMEOUTS)
+    assert intents == [] and saga.reason == "payment_timeout"  # payments' own answer changes nothing more
+
+
+def test_payments_telling_the_window_passed_cancels_with_payment_timeout():
+    saga, intents = run(RESERVED, ACTION, PaymentFailed(order_id=ORDER, reason="payment_timeout"))
+    assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
+    assert intents[-1] == Release()
+
+
+def test_money_that_arrives_after_the_window_is_refunded():
+    saga, _ = run(RESERVED, ACTION)
+    saga, _ = advance(saga, DeadlineReached(), now=saga.deadline_at, timeouts=TIMEOUTS)
+    saga, intents = advance(saga, CAPTURED, now=at(700), timeouts=TIMEOUTS)
+    assert saga.status == "cancelled" and intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
+
+
+def test_the_action_told_again_changes_nothing():
+    saga, _ = run(RESERVED, ACTION)
+    again, intents = advance(saga, ACTION, now=at(30), timeouts=TIMEOUTS)
+    assert intents == [] and again.deadline_at == saga.deadline_at and again.waiting_since == saga.waiting_since

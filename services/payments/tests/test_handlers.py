@@ -17,6 +17,7 @@ from events.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from payments import handlers
+from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.db import Payment, Refund
 from payments.handlers import handle_capture_payment, handle_refund_payment
@@ -52,7 +53,7 @@ async def published(sessions) -> list[dict]:
      ("tok_slow", "failed", "payment.failed")],
 )
 async def test_sandbox_tokens(sessions, token, status, event):
-    await handle_capture_payment(capture("o1", token), sessions, SandboxProvider(), SETTINGS)
+    await handle_capture_payment(capture("o1", token), sessions, Providers.of(SandboxProvider()), SETTINGS)
     async with sessions() as session:
         payment = await session.get(Payment, "o1")
     assert payment.status == status
@@ -64,29 +65,29 @@ async def test_sandbox_tokens(sessions, token, status, event):
 
 async def test_slow_provider_fails_with_provider_timeout_and_the_attempt_is_voided(sessions):
     provider = SandboxProvider()
-    await handle_capture_payment(capture("o1", "tok_slow"), sessions, provider, SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_slow"), sessions, Providers.of(provider), SETTINGS)
     assert (await published(sessions))[0]["data"]["reason"] == "provider_timeout"
     assert [c.status for c in provider.ledger.charges()] == ["voided"]  # it can never complete later
 
 
 async def test_flaky_exhausting_its_retries_fails_as_provider_unavailable(sessions):
     stingy = SETTINGS.model_copy(update={"provider_attempts": 2})
-    await handle_capture_payment(capture("o1", "tok_flaky"), sessions, SandboxProvider(), stingy)
+    await handle_capture_payment(capture("o1", "tok_flaky"), sessions, Providers.of(SandboxProvider()), stingy)
     assert (await published(sessions))[0]["data"]["reason"] == "provider_unavailable"
 
 
 async def test_the_same_command_twice_charges_once(sessions):
     msg = capture("o1", "tok_ok")
     provider = SandboxProvider()
-    await handle_capture_payment(msg, sessions, provider, SETTINGS)
-    await handle_capture_payment(msg, sessions, provider, SETTINGS)
+    await handle_capture_payment(msg, sessions, Providers.of(provider), SETTINGS)
+    await handle_capture_payment(msg, sessions, Providers.of(provider), SETTINGS)
     assert len(await published(sessions)) == 1
 
 
 async def test_a_second_capture_command_for_the_order_repeats_the_outcome_without_charging(sessions):
     provider = SandboxProvider()
-    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
-    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
     events = await published(sessions)
     assert [e["key"] for e in events] == ["payment.captured", "payment.captured"]
     assert events[0]["data"]["payment_id"] == events[1]["data"]["payment_id"]
@@ -99,7 +100,7 @@ async def test_a_late_command_is_still_charged_never_expired(sessions):
     """No deadline turns a command into "expired": the money may already have moved."""
     provider = SandboxProvider()
     late = capture("o1", "tok_ok", not_after=datetime.now(UTC) - timedelta(minutes=5))
-    await handle_capture_payment(late, sessions, provider, SETTINGS)
+    await handle_capture_payment(late, sessions, Providers.of(provider), SETTINGS)
     assert [e["key"] for e in await published(sessions)] == ["payment.captured"]
     assert [c.status for c in provider.ledger.charges()] == ["captured"]
 
@@ -120,7 +121,7 @@ async def test_the_attempt_is_recorded_before_the_provider_is_asked_and_finished
     ledger_file = tmp_path / "provider.db"
     command = capture("o1", "tok_ok")
     with pytest.raises(Killed):
-        await handle_capture_payment(command, sessions, DiesAfterCharging(ledger=Ledger(ledger_file)), SETTINGS)
+        await handle_capture_payment(command, sessions, Providers.of(DiesAfterCharging(ledger=Ledger(ledger_file))), SETTINGS)
     async with sessions() as session:
         attempt = await session.get(Payment, "o1")
     assert (attempt.status, attempt.idempotency_key) == ("capturing", "capture:o1")
@@ -128,7 +129,7 @@ async def test_the_attempt_is_recorded_before_the_provider_is_asked_and_finished
     # payments starts again (a new provider client, the provider's ledger as it was) and the
     # command is redelivered: the attempt is finished from the provider's answer, charged once.
     restarted = SandboxProvider(ledger=Ledger(ledger_file))
-    await handle_capture_payment(command, sessions, restarted, SETTINGS)
+    await handle_capture_payment(command, sessions, Providers.of(restarted), SETTINGS)
     [charge] = restarted.ledger.charges()
     async with sessions() as session:
         payment = await session.get(Payment, "o1")
@@ -146,7 +147,7 @@ class ChargesThenHangs(SandboxProvider):
 
 async def test_a_timeout_is_unknown_and_resolved_by_asking_the_provider_never_failed(sessions):
     provider = ChargesThenHangs()
-    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
     assert [e["key"] for e in await published(sessions)] == ["payment.captured"]
     assert [c.status for c in provider.ledger.charges()] == ["captured"]
 
@@ -159,7 +160,7 @@ class Unreachable(ChargesThenHangs):
 async def test_an_attempt_the_provider_cannot_account_for_stays_capturing_and_is_retried(sessions):
     command = capture("o1", "tok_ok")
     with pytest.raises(handlers.Unresolved):
-        await handle_capture_payment(command, sessions, Unreachable(), SETTINGS)
+        await handle_capture_payment(command, sessions, Providers.of(Unreachable()), SETTINGS)
     async with sessions() as session:
         assert (await session.get(Payment, "o1")).status == "capturing"
     assert await published(sessions) == []
@@ -172,9 +173,9 @@ def test_the_sandbox_ledger_survives_a_restart(tmp_path):
 
 async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
     provider = SandboxProvider()
-    await handle_capture_payment(capture("o1", "tok_ok", "25.00"), sessions, provider, SETTINGS)
-    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, provider, SETTINGS)
-    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, provider, SETTINGS)  # another message, same key
+    await handle_capture_payment(capture("o1", "tok_ok", "25.00"), sessions, Providers.of(provider), SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(provider), SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(provider), SETTINGS)  # another message, same key
     refunds = [e for e in await published(sessions) if e["key"] == "payment.refunded"]
     assert len(refunds) == 2 and refunds[0]["data"]["refund_id"] == refunds[1]["data"]["refund_id"]
     assert refunds[0]["data"]["refund_key"] == "o1:cancel"
@@ -182,12 +183,12 @@ async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
         payment = await session.get(Payment, "o1")
     assert (payment.refunded_amount, payment.status) == (Decimal("25.00"), "refunded")
     with pytest.raises(Permanent):
-        await handle_refund_payment(refund("o1", "o1:more", "1.00"), sessions, provider, SETTINGS)
+        await handle_refund_payment(refund("o1", "o1:more", "1.00"), sessions, Providers.of(provider), SETTINGS)
 
 
 async def test_refund_without_a_capture_is_permanent(sessions):
     with pytest.raises(Permanent):
-        await handle_refund_payment(refund("nope", "k"), sessions, SandboxProvider(), SETTINGS)
+        await handle_refund_payment(refund("nope", "k"), sessions, Providers.of(SandboxProvider()), SETTINGS)
 
 
 async def test_payments_are_listed_for_the_consistency_check(sessions):
@@ -210,8 +211,8 @@ async def test_payments_are_listed_for_the_consistency_check(sessions):
     rt.settings = SETTINGS
     app.state.runtime = rt
     for i in range(3):
-        await handle_capture_payment(capture(f"o{i}", "tok_ok"), sessions, SandboxProvider(), SETTINGS)
-    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, SandboxProvider(), SETTINGS)
+        await handle_capture_payment(capture(f"o{i}", "tok_ok"), sessions, Providers.of(SandboxProvider()), SETTINGS)
+    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(SandboxProvider()), SETTINGS)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         ops = {"Authorization": "Bearer dev-ops-key"}
         page = (await client.get("/v1/payments", params={"limit": 2}, headers=ops)).json()
@@ -227,12 +228,12 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
     """Each one alone fits; together they would not. The first holds its amount, under the
     payment's lock, before the provider is asked, so the second is refused before it pays anything."""
     sessions, provider = any_sessions, SandboxProvider()
-    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
 
     # Both read the payment before either goes on (unless its lock keeps one from reading it).
     monkeypatch.setattr(handlers, "_locked_payment", Meeting().after(handlers._locked_payment))
     outcomes = await asyncio.gather(
-        *(handle_refund_payment(refund("o1", key, "15.00"), sessions, provider, SETTINGS) for key in ("o1:a", "o1:b")),
+        *(handle_refund_payment(refund("o1", key, "15.00"), sessions, Providers.of(provider), SETTINGS) for key in ("o1:a", "o1:b")),
         return_exceptions=True,
     )
     assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "Permanent"]
@@ -268,8 +269,8 @@ class AnswerLost(SandboxProvider):
 
 async def test_a_capture_whose_answer_was_lost_is_looked_up_and_charged_once(sessions):
     provider, command = AnswerLost(), capture("o1", "tok_ok")
-    await handle_capture_payment(command, sessions, provider, SETTINGS)
-    await handle_capture_payment(command, sessions, provider, SETTINGS)  # redelivered
+    await handle_capture_payment(command, sessions, Providers.of(provider), SETTINGS)
+    await handle_capture_payment(command, sessions, Providers.of(provider), SETTINGS)  # redelivered
     [charge] = provider.ledger.charges()
     async with sessions() as session:
         assert (await session.get(Payment, "o1")).provider_ref == charge.reference
@@ -280,15 +281,15 @@ async def test_a_capture_whose_answer_was_lost_is_looked_up_and_charged_once(ses
 async def test_a_refund_whose_answer_was_lost_is_paid_once_when_redelivered(sessions):
     provider = AnswerLost()
     provider.lost = True  # the capture's answer arrives
-    await handle_capture_payment(capture("o1", "tok_ok"), sessions, provider, SETTINGS)
+    await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
     provider.lost = False
     command = refund("o1", "o1:cancel")
     with pytest.raises(ConnectionResetError):
-        await handle_refund_payment(command, sessions, provider, SETTINGS)
+        await handle_refund_payment(command, sessions, Providers.of(provider), SETTINGS)
     async with sessions() as session:  # held meanwhile: nothing counted as refunded yet
         assert (await session.get(Payment, "o1")).refunded_amount == Decimal("0")
         assert (await session.execute(select(Refund.status))).scalars().all() == ["pending"]
-    await handle_refund_payment(command, sessions, provider, SETTINGS)  # redelivered
+    await handle_refund_payment(command, sessions, Providers.of(provider), SETTINGS)  # redelivered
     assert [r.amount for r in provider.ledger.refunds()] == [Decimal("25.00")]
     async with sessions() as session:
         assert (await session.get(Payment, "o1")).refunded_amount == Decimal("25.00")

@@ -51,7 +51,7 @@ from omstools.rabbit import (
     port_open,
     rabbitmq_installed,
 )
-from omstools.system import DEFAULT_PORTS, SERVICES, StartupError, System, replica_name, split_name
+from omstools.system import DEFAULT_PORTS, SERVICES, STANDINS, StartupError, System, replica_name, split_name
 
 AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
@@ -238,6 +238,7 @@ def banner(system: System, broker: Broker, postgres: PostgresServer | None = Non
                           f"(data {_shown(postgres.home)})")] if postgres else []),
         ("RabbitMQ", broker.url + (f"  (management {broker.management_url})" if broker.management_url else "")),
         ("e-mails", f"{_shown(system.mail_dir)}  (SMTP sink on 127.0.0.1:{system.smtp_port})"),
+        *((f"{provider} stand-in", system.standin_url(provider)) for provider in system.standins),
         ("logs", _shown(system.logs_dir)),
     ]
     return "OMS ready\n" + "\n".join(f"  {name:<17} {value}" for name, value in rows)
@@ -268,13 +269,16 @@ def main() -> int:
         if postgres is not None:  # soft: a service's own <SERVICE>_DATABASE_URL wins
             defaults.update({f"{svc.upper()}_DATABASE_URL": postgres.database_url(svc) for svc in SERVICES})
         smtp_port = int(os.environ.get("OMS_SMTP_PORT", "0")) or _port_or_free(SMTP_PORT)
-        system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, defaults=defaults, replicas=n)
+        standin_ports = {name: _port_or_free(port) for name, port in STANDINS.items()}
+        system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, standin_ports=standin_ports,
+                        card_processor=os.environ.get("OMS_CARD_PROCESSOR", "sandbox"), defaults=defaults, replicas=n)
         cleanups.append(system.stop)
         say("migrating the databases")
         system.migrate()
         say("loading demo data")
         system.seed()
         system.start_smtp()
+        system.start_standins()
         each = f" ({n} processes each)" if n > 1 else ""
         say(f"starting {', '.join(system.services)}{each} (logs in {_shown(system.logs_dir)})")
         system.start_all()

@@ -1,4 +1,5 @@
-"""The whole OMS on this machine: five service processes, their databases, an SMTP sink.
+"""The whole OMS on this machine: five service processes, their databases, an SMTP sink, the
+payment providers' stand-ins.
 
 Used by ``make run`` (``omstools.run``, fixed ports, supervision on) and by the integration tests
 (free ports, a temporary var dir, supervision off so a test can kill a service and watch).
@@ -27,6 +28,10 @@ from pathlib import Path
 import httpx
 
 from omstools.rabbit import free_port, port_open
+from omstools.standins import paypal as paypal_standin
+from omstools.standins import stripe as stripe_standin
+from omstools.standins import wechat_pay as wechat_standin
+from omstools.standins.alipay import ensure_keys
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "shipping", "notifications")
 DEFAULT_PORTS: dict[str, int] = {
@@ -37,6 +42,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "notifications": 8004,
 }
 SMTP = "smtp-sink"
+STANDINS: dict[str, int] = {"alipay": 8011, "stripe": 8012, "wechat_pay": 8013, "paypal": 8014}
+"""The payment providers' stand-ins of local runs and tests, and their default ports (the card
+processor's, ``stripe``, only when ``card_processor`` names it)."""
+STANDIN_APP_ID = "2021000000000000"
 REPLICA_PORT_STEP = 100
 
 
@@ -76,6 +85,8 @@ class System:
     amqp_url: str
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     smtp_port: int = 8025
+    standin_ports: dict[str, int] = field(default_factory=lambda: dict(STANDINS))
+    card_processor: str = "sandbox"  # or "stripe": cards through the stripe SDK, against its stand-in
     host: str = "127.0.0.1"
     services: tuple[str, ...] = SERVICES
     replicas: int = 1  # processes per service
@@ -111,7 +122,8 @@ class System:
         """A system for tests: every process's HTTP port and the SMTP port picked free."""
         services, replicas = kwargs.get("services", SERVICES), kwargs.get("replicas", 1)
         ports = {replica_name(s, r): free_port() for s in services for r in range(replicas)}
-        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(), **kwargs)
+        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(),
+                   standin_ports={name: free_port() for name in STANDINS}, **kwargs)
 
     # ---- where things are ---------------------------------------------------------------
     @property
@@ -151,12 +163,57 @@ class System:
     def running(self, svc: str) -> bool:
         return self.pid(svc) is not None
 
+    def standin_url(self, provider: str) -> str:
+        return f"http://{self.host}:{self.standin_ports[provider]}"
+
+    def standin_dir(self, provider: str) -> Path:
+        return self.var_dir / "standins" / provider
+
+    def _standin_env(self) -> dict[str, str]:
+        """Payments' configuration of the providers, pointed at their stand-ins (soft: the caller's
+        environment may name the real providers instead). The keys are made on first use."""
+        env: dict[str, str] = {}
+        if "alipay" in self.standins:
+            keys = self.standin_dir("alipay")
+            ensure_keys(keys)
+            env.update({
+                "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
+                "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
+                "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
+                "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
+            })
+        if "wechat_pay" in self.standins:
+            keys = wechat_standin.ensure_keys(self.standin_dir("wechat_pay"))
+            env.update({
+                "PAYMENTS_WECHAT_PAY_BASE_URL": self.standin_url("wechat_pay"),
+                "PAYMENTS_WECHAT_PAY_MCHID": wechat_standin.MCHID, "PAYMENTS_WECHAT_PAY_APPID": wechat_standin.APPID,
+                "PAYMENTS_WECHAT_PAY_SERIAL_NO": wechat_standin.MERCHANT_SERIAL,
+                "PAYMENTS_WECHAT_PAY_PRIVATE_KEY_FILE": str(keys["app_private"]),
+                "PAYMENTS_WECHAT_PAY_PLATFORM_PUBLIC_KEY_FILE": str(keys["platform_public"]),
+                "PAYMENTS_WECHAT_PAY_PLATFORM_SERIAL": wechat_standin.PLATFORM_SERIAL,
+                "PAYMENTS_WECHAT_PAY_APIV3_KEY_FILE": str(keys["apiv3_key"]),
+            })
+        if "paypal" in self.standins:
+            env.update({"PAYMENTS_PAYPAL_BASE_URL": self.standin_url("paypal"),
+                        "PAYMENTS_PAYPAL_CLIENT_ID": paypal_standin.CLIENT_ID,
+                        "PAYMENTS_PAYPAL_CLIENT_SECRET": paypal_standin.CLIENT_SECRET,
+                        "PAYMENTS_PAYPAL_WEBHOOK_ID": paypal_standin.WEBHOOK_ID})
+        if "stripe" in self.standins:
+            env.update({"PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY, "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
+                        "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET})
+        return env
+
+    @property
+    def standins(self) -> list[str]:
+        return [p for p in self.standin_ports if p != "stripe" or self.card_processor == "stripe"]
+
     def env_for(self, name: str) -> dict[str, str]:
         svc, _ = split_name(name, self.services)
         prefix = svc.upper()
         env = {
             "OMS_ENV": "local",
             "LOG_JSON": "false",
+            **(self._standin_env() if svc == "payments" else {}),
             **self.defaults,
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -226,6 +283,32 @@ class System:
                 raise StartupError(f"the SMTP sink did not start; see {self.log_path(SMTP)}:\n"
                                    f"{log_tail(self.log_path(SMTP))}")
             time.sleep(0.05)
+
+    def start_standins(self, timeout: float = 30.0) -> None:
+        """The payment providers' stand-ins (their keys generated on first use), each until it listens."""
+        for provider in self.standins:
+            port, folder = self.standin_ports[provider], self.standin_dir(provider)
+            argv = [sys.executable, "-m", f"omstools.standins.{provider}", "--host", self.host, "--port", str(port),
+                    "--dir", str(folder)]
+            if provider == "alipay":
+                ensure_keys(folder)
+                argv += ["--app-id", STANDIN_APP_ID]
+            elif provider == "wechat_pay":
+                wechat_standin.ensure_keys(folder)
+            elif provider == "paypal":
+                argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/paypal/notify"]
+            else:  # the card processor: its webhooks go to payments, its tok_late as late as the sandbox's
+                late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get("PAYMENTS_LATE_CAPTURE_SECONDS", "15")
+                argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/stripe/notify", "--late-seconds", late]
+            name = f"standin-{provider}"
+            with self._lock:
+                self._procs[name] = _Proc(self._spawn(name, argv, os.environ), time.monotonic())
+            deadline = time.monotonic() + timeout
+            while not port_open(port, self.host):
+                if self._procs[name].popen.poll() is not None or time.monotonic() > deadline:
+                    raise StartupError(f"the {provider} stand-in did not start; see {self.log_path(name)}:\n"
+                                       f"{log_tail(self.log_path(name))}")
+                time.sleep(0.05)
 
     # ---- the service processes ----------------------------------------------------------
     def start(self, svc: str) -> int:
@@ -297,12 +380,14 @@ class System:
             self.wait_ready([svc], timeout)
 
     def up(self, *, seed: bool = True, smtp: bool = True, timeout: float = 120.0) -> System:
-        """Migrate, seed, start the SMTP sink and every service, wait until all are ready."""
+        """Migrate, seed, start the SMTP sink, the payment stand-ins and every service, wait until all
+        are ready."""
         self.migrate()
         if seed:
             self.seed()
         if smtp:
             self.start_smtp()
+        self.start_standins()
         self.start_all()
         self.wait_ready(timeout=timeout)
         return self

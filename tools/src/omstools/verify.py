@@ -17,7 +17,9 @@ Checks, for every order:
   has is put to ops (the order needs attention);
 - the payment provider's own ledger agrees (reconciliation): every charge it made is on a captured
   payment of ours or refunded in full, every captured payment of ours is a charge there, and every
-  refund we recorded is in its ledger.
+  refund we recorded is in its ledger (the sandbox's books); and each other provider (Alipay,
+  WeChat Pay, PayPal, the card processor), asked about every payment by payments'
+  reconciliation, agrees on what was charged.
 
 Prints what it found and exits 1 on any breach. ``--settle N`` first waits up to N seconds for the
 system to go quiet (no order changing between two looks), so it can follow a load test.
@@ -83,15 +85,26 @@ async def _pages(client: httpx.AsyncClient, path: str, cursor_param: str, next_k
 
 async def collect(urls: dict[str, str]) -> dict[str, list[dict]]:
     async with httpx.AsyncClient(timeout=30) as client:
-        orders, reservations, payments, shipments, ledger = await asyncio.gather(
+        orders, reservations, payments, shipments, ledger, providers = await asyncio.gather(
             _pages(client, urls["orders"] + "/v1/orders", "cursor", "next_cursor", limit=200),
             _pages(client, urls["inventory"] + "/v1/reservations", "after", "next", status="reserved", limit=1000),
             _pages(client, urls["payments"] + "/v1/payments", "after", "next", limit=1000),
             _pages(client, urls["shipping"] + "/v1/shipments", "after", "next", limit=1000),
             _ledger(client, urls["payments"]),
+            _providers(client, urls["payments"]),
         )
     return {"orders": orders, "reservations": reservations, "payments": payments, "shipments": shipments,
-            "ledger": ledger}
+            "ledger": ledger, "providers": providers}
+
+
+async def _providers(client: httpx.AsyncClient, payments_url: str) -> dict | None:
+    """Each payment's provider asked about it now (payments' reconciliation round): its mismatches."""
+    r = await client.get(payments_url + "/v1/providers/reconciliation", params={"run": "true"}, headers=OPS,
+                         timeout=300)
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return r.json()
 
 
 async def _ledger(client: httpx.AsyncClient, payments_url: str) -> dict[str, list[dict]] | None:
@@ -104,12 +117,14 @@ async def _ledger(client: httpx.AsyncClient, payments_url: str) -> dict[str, lis
 
 
 def reconcile(report: Report, payments: list[dict], ledger: dict[str, list[dict]]) -> None:
-    """Our payments against the provider's books: no charge nobody accounts for, no capture the
+    """Our sandbox payments against the sandbox's books (refunds included; every other provider is
+    asked by payments' reconciliation, each payment by its key): no charge nobody accounts for, no capture the
     provider never made, no refund it never paid."""
     refunded_at_provider: Counter[str] = Counter()
     for r in ledger["refunds"]:
         refunded_at_provider[r["charge_reference"]] += Decimal(r["amount"])
     refund_keys = {r["key"] for r in ledger["refunds"]}
+    payments = [p for p in payments if p.get("provider", "sandbox") == "sandbox"]  # the others: reconcile_providers
     ours = {p["provider_ref"]: p for p in payments if p.get("provider_ref")}
     charged = {c["reference"]: c for c in ledger["charges"] if c["status"] == "captured"}
     for ref, charge in charged.items():
@@ -216,6 +231,8 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
 
     if data.get("ledger") is not None:
         reconcile(report, data["payments"], data["ledger"])
+    for m in (data.get("providers") or {}).get("mismatches", []):
+        report.breach(f"{m['order_id']}: {m['provider']} disagrees ({m['kind']}): ours {m['ours']}, theirs {m['theirs']}")
     for order_id in held:
         report.breach(f"stock reserved for unknown order {order_id}")
     for order_id in payments:

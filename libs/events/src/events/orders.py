@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from events.envelope import Command, ErrorItem, Event
 from events.types import (
@@ -49,8 +49,17 @@ class Address(_Strict):
 
 
 class PaymentDetails(_Strict):
+    """A ``card`` is captured with its token; ``alipay``, ``wechat_pay`` and ``paypal`` with a token
+    (a saved agreement) too, or, without one, paid by the customer (a QR code or a redirect)."""
+
     method: PaymentMethod
-    token: Annotated[str, Field(min_length=1, max_length=200)]
+    token: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _card_needs_token(self) -> PaymentDetails:
+        if self.method == PaymentMethod.CARD and self.token is None:
+            raise ValueError("a card payment needs a token")
+        return self
 
 
 class OrderLine(PricedLine):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AwareDatetime
 
 from events.envelope import Command, Event
@@ -21,7 +23,7 @@ class CapturePayment(Command):
     amount: Money
     currency: CurrencyCode
     method: PaymentMethod
-    token: str
+    token: str | None = None  # None: a wallet the customer pays (a QR code, a redirect)
     not_after: AwareDatetime | None = None
 
 
@@ -44,10 +46,26 @@ class PaymentCaptured(Event):
     method: PaymentMethod
 
 
+class PaymentActionRequired(Event):
+    """The customer pays by themselves: show them ``url`` (a QR code to scan, or a page to go to)
+    before ``expires_at``; the payment then arrives as ``payment.captured``, or, the window passed
+    unpaid, ``payment.failed`` with ``payment_timeout``. No personal data: the link is the provider's."""
+
+    routing_key = "payment.action_required"
+    order_id: str
+    payment_id: str
+    method: PaymentMethod
+    action_type: Literal["qr_code", "redirect"]
+    url: str
+    expires_at: AwareDatetime
+    amount: Money
+    currency: CurrencyCode
+
+
 class PaymentFailed(Event):
     routing_key = "payment.failed"
     order_id: str
-    reason: str  # "declined", "provider_unavailable", "provider_timeout", "expired"
+    reason: str  # "declined", "provider_unavailable", "provider_timeout", "payment_timeout", "method_unavailable"
 
 
 class PaymentRefunded(Event):

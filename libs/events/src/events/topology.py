@@ -78,6 +78,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     _event("orders", "payment.captured"),
     _event("orders", "payment.failed"),
     _event("orders", "payment.refunded"),
+    _event("orders", "payment.action_required"),
     _event("orders", "shipment.created"),
     _event("orders", "shipment.updated"),
     _event("orders", "shipment.failed"),
@@ -100,6 +101,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("notifications.register_recipient"),
     _event("notifications", "order.status_changed"),
     _event("notifications", "payment.refunded"),
+    _event("notifications", "payment.action_required"),
     _event("notifications", "shipment.updated"),
 )
 

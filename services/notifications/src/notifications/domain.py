@@ -17,6 +17,8 @@ DEFAULT_LOCALE = "en"
 _BY_LANGUAGE = {"en": "en", "zh": "zh-CN"}
 
 REFUND_TEMPLATE = "payment.refunded"
+PAY_TEMPLATE = "payment.action_required"
+"""Please pay: the QR code or link the customer pays with, before it expires."""
 
 
 class Channel(StrEnum):

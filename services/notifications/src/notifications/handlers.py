@@ -1,5 +1,5 @@
 """Subscribers: who to tell (``register_recipient``) and what to tell them (``order.status_changed``,
-``payment.refunded``, a parcel's ``shipment.updated``).
+``payment.refunded``, ``payment.action_required``, a parcel's ``shipment.updated``).
 
 A notification is sent only after its intent is recorded. One transaction claims the event in the
 inbox and writes a ``pending`` row per channel the customer wants (unique per event and channel).
@@ -34,13 +34,14 @@ from events.envelope import Envelope
 from events.logs import get_logger
 from events.notifications import NotificationFailed, NotificationSent, RegisterRecipient
 from events.orders import OrderStatusChanged
-from events.payments import PaymentRefunded
+from events.payments import PaymentActionRequired, PaymentRefunded
 from events.shipping import ShipmentUpdated
 from notifications.channels import ChannelAdapter, Outgoing, Rejected, Transient
 from notifications.config import Settings
 from notifications.db import Notification, Preference, Recipient
 from notifications.domain import (
     DEFAULT_CHANNELS,
+    PAY_TEMPLATE,
     REFUND_TEMPLATE,
     NotificationStatus,
     address_for,
@@ -58,6 +59,7 @@ REGISTER = topology.command_queue("notifications.register_recipient")
 STATUS_CHANGED = topology.event_queue(SERVICE, "order.status_changed")
 REFUNDED = topology.event_queue(SERVICE, "payment.refunded")
 SCANNED = topology.event_queue(SERVICE, "shipment.updated")
+PLEASE_PAY = topology.event_queue(SERVICE, "payment.action_required")
 # A carrier's scan the customer hears of: their parcel left, an attempt failed, it will not arrive
 # (came back: refunded; lost: sent again or refunded, told by the parcel sent instead or the refund).
 PARCEL_TEMPLATES = {"picked_up": "parcel.shipped", "exception": "parcel.exception",
@@ -131,6 +133,18 @@ async def on_payment_refunded(
     event = msg.data
     leased = await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
                            amount=event.amount, currency=event.currency)
+    await _deliver(sessions, channels, settings, msg, leased)
+
+
+@router.subscriber(queue(PLEASE_PAY))
+async def on_payment_action_required(
+    msg: Envelope[PaymentActionRequired], sessions: Sessions, channels: Channels, settings: Config
+) -> None:
+    """Please pay: the QR code's or the payment page's link, the amount, and until when."""
+    event = msg.data
+    expires = event.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    leased = await _record(sessions, msg, PLEASE_PAY, event.order_id, PAY_TEMPLATE, settings, amount=event.amount,
+                           currency=event.currency, url=event.url, expires_at=expires)
     await _deliver(sessions, channels, settings, msg, leased)
 
 

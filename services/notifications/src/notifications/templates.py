@@ -100,6 +100,12 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
         "zh-CN": ("您的包裹 $tracking_number 未能送达",
                   "很抱歉，$carrier未能将您的包裹 $tracking_number 送达。我们会将该包裹内商品的款项退还至您的原支付方式。"),
     },
+    "payment.action_required": {
+        "en": ("Please pay $amount for your order $order_id",
+               "Your items are reserved for you. Please pay $amount before $expires_at "
+               "(scan or open this link): $url"),
+        "zh-CN": ("请支付订单 $order_id 的 $amount", "商品已为您预留，请在 $expires_at 之前完成支付 $amount（扫码或打开链接）：$url"),
+    },
     "parcel.lost": {
         "en": ("Your parcel $tracking_number was lost",
                "We are sorry: $carrier lost your parcel $tracking_number. We will send what it held again "

@@ -35,6 +35,12 @@ def _money(value: Any, currency: str) -> str:
     return format(Decimal(value).quantize(Decimal(1).scaleb(-(2 if exponent is None else exponent))), "f")
 
 
+def _payment_action(order: Order) -> dict[str, Any]:
+    """What the customer is to do to pay (a QR code or a redirect), while the order waits for it."""
+    action = (order.saga or {}).get("action")
+    return {"action": action} if action and order.payment_status == "pending" and order.status == "confirmed" else {}
+
+
 def view(order: Order) -> dict[str, Any]:
     """The order as CONTRACT §4 shows it."""
     cur = order.currency
@@ -53,6 +59,7 @@ def view(order: Order) -> dict[str, Any]:
             "method": order.payment_method,
             "amount": _money(order.payment_amount if order.payment_amount else order.total, cur),
             "refunded_amount": _money(order.refunded_amount, cur),
+            **_payment_action(order),
         },
         "shipment": shipment_summary(order.shipment),
         "shipments": shipments_view(order.shipment),

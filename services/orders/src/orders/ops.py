@@ -58,6 +58,17 @@ async def _low_stock(url: str, key: str) -> list[dict[str, Any]] | None:
         return None
 
 
+async def _payment_mismatches(url: str, key: str) -> list[dict[str, Any]] | None:
+    """What payments' last reconciliation found: payments a provider's books disagree with."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            r = await client.get(f"{url}/v1/providers/reconciliation", headers={"Authorization": f"Bearer {key}"})
+            r.raise_for_status()
+            return r.json()["mismatches"]
+    except Exception:
+        return None
+
+
 async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
     now = datetime.now(UTC)
     recent = now - timedelta(minutes=5)
@@ -109,6 +120,7 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
         "outbox_backlog": await rt.refresh_backlog(),
         "admission": {"open": admission.open, "refused": admission.refused},  # this replica's door
         "low_stock": await _low_stock(rt.settings.inventory_url, rt.settings.ops_api_key),
+        "payment_mismatches": await _payment_mismatches(rt.settings.payments_url, rt.settings.ops_api_key),
     }
 
 

@@ -14,6 +14,11 @@ reverse (``undo`` of each row, from the last one back):
     resend   inventory.reserve_stock   stock.reserved     stock.reservation_failed   (a lost parcel: sent again
              + shipping.create_shipment  (its parcel)      (its parcel: refunded)     when stock allows)
 
+The customer pays: a wallet order without a token (CONTRACT §4) is answered
+``payment.action_required`` (a QR code or a redirect and its ``expires_at``): the capture step then
+waits for the customer (``Wait.CUSTOMER``) until a little past ``expires_at``, and the order is
+cancelled ``payment_timeout`` when the money has not come by then (payments normally says so first).
+
 Parcels: the order ships one parcel per warehouse its stock was reserved at (``Saga.parcels``),
 each booked and followed on its own. The order is ``shipped`` when every parcel is with a carrier,
 ``in_transit`` when every one is on its way, ``delivered`` when every one arrived. A parcel that
@@ -56,7 +61,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events.inventory import StockReleased, StockReservationFailed, StockReserved
-from events.payments import PaymentCaptured, PaymentFailed, PaymentRefunded
+from events.payments import PaymentActionRequired, PaymentCaptured, PaymentFailed, PaymentRefunded
 from events.shipping import (
     ShipmentCancelled,
     ShipmentCreated,
@@ -94,6 +99,7 @@ BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})
 PAYMENT_FAILURES = {
     "declined": CancelReason.PAYMENT_DECLINED,
     "provider_timeout": CancelReason.PAYMENT_TIMEOUT,
+    "payment_timeout": CancelReason.PAYMENT_TIMEOUT,  # the customer did not pay within the window
     "expired": CancelReason.PAYMENT_TIMEOUT,
 }
 
@@ -231,6 +237,8 @@ class Step:
     record: Callable[[Saga, Any], Saga] = lambda saga, reply: saga  # what a success tells the saga
     complete: Callable[[Saga], bool] = lambda saga: True  # the step is done (every parcel booked)
     reason: Callable[[Any], str] = lambda reply: CancelReason.SAGA_TIMEOUT  # why a failure cancels
+    customer: tuple[type, ...] = ()  # replies that say the step now waits for the customer (to pay)
+    customer_late: str = CancelReason.SAGA_TIMEOUT  # why the order is cancelled when the customer's time is up
 
 
 STEPS: tuple[Step, ...] = (
@@ -252,6 +260,8 @@ STEPS: tuple[Step, ...] = (
         progress="payment", asked=Pay.CAPTURING, done=Pay.CAPTURED, failed=Pay.FAILED,
         taken_in=frozenset({Pay.NONE, Pay.CAPTURING, Pay.FAILED}),  # money is never ignored: kept or refunded
         record=_captured, reason=lambda reply: PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED),
+        # a wallet without a token: the customer pays a QR code or a redirect before its expires_at
+        customer=(PaymentActionRequired,), customer_late=CancelReason.PAYMENT_TIMEOUT,
     ),
     Step(
         "ship", command=_book, success=ShipmentCreated,
@@ -337,6 +347,18 @@ def _succeeded(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -
     if saga.status is not step.waits_in:  # cancelled meanwhile: what was just done is undone
         return _compensate(saga, now, t)
     return _begin(_after(step), replace(saga, status=step.then), now, t)
+
+
+def _customer_asked(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+    """The step waits for the customer now, until what they were asked to do expires (its own
+    deadline: then the order is cancelled, ``customer_late``, and what was done is undone). The
+    other side answers by itself when the customer acts, so nothing is resent meanwhile."""
+    if getattr(saga, step.progress) is not step.asked or saga.status is not step.waits_in or saga.action is not None:
+        return _ignore(saga)  # told again, or too late
+    action = {"type": reply.action_type, "url": reply.url, "expires_at": reply.expires_at.isoformat()}
+    saga = replace(saga, action=action, waiting_for=Wait.CUSTOMER, waiting_since=now, resends=0, warned=False)
+    # a little past the window: the provider's own "unpaid" answer normally comes first
+    return replace(saga, deadline_at=reply.expires_at + timedelta(seconds=t.resend_seconds)), []
 
 
 def _failed(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
@@ -669,6 +691,9 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Out
     waiting = saga.waiting_for
     if saga.deadline_at is None or waiting is None or now < saga.deadline_at:
         return _ignore(saga)  # fired early or twice
+    if saga.waiting_for is Wait.CUSTOMER:  # the customer's time is up
+        paying = next(s for s in STEPS if s.customer and getattr(saga, s.progress) is s.asked)
+        return _cancel(saga, CancelReason(paying.customer_late), now, t)
     since = saga.waiting_since or now
     if now >= since + timedelta(seconds=t.give_up_seconds):
         if saga.waiting_for is Wait.RESEND:  # the order is with the carrier: not cancelled, put to ops
@@ -762,6 +787,8 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
         handlers[step.success] = lambda saga, reply, now, t, step=step: _succeeded(step, saga, reply, now, t)
         for failure in step.failures:
             handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
+        for asked in step.customer:
+            handlers[asked] = lambda saga, reply, now, t, step=step: _customer_asked(step, saga, reply, now, t)
     handlers[StockReleased] = _stock_released
     handlers[ShipmentCancelled] = _parcels_cancelled
     handlers[PaymentRefunded] = _payment_refunded
@@ -798,6 +825,6 @@ _HANDLERS: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {
 }
 
 REPLIES: frozenset[type] = frozenset(
-    t for step in TABLE for t in (step.success, *step.failures, step.undone_by) if t is not None
+    t for step in TABLE for t in (step.success, *step.failures, *step.customer, step.undone_by) if t is not None
 )
 """Every message from another service that the saga follows: its subscribers are made from this."""

@@ -87,6 +87,7 @@ class Wait(StrEnum):
     RESERVE = "reserve"
     CAPTURE = "capture"
     SHIP = "ship"
+    CUSTOMER = "customer"  # the customer is to pay (a QR code, a redirect) before the action expires
     RESEND = "resend"  # a lost parcel's stock reserved again and its replacement booked
     COMPENSATE = "compensate"
 
@@ -128,6 +129,7 @@ class Saga:
     resends: int = 0
     warned: bool = False
     attention: str | None = None
+    action: dict[str, str] | None = None  # what the customer is to do to pay: type, url, expires_at
     ignored: int = field(default=0, compare=False)  # replies that did not fit, for the record
 
     # -- persistence ----------------------------------------------------------------------------

@@ -452,7 +452,7 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
         case flow.Restock(items=returned):
             return inventory.RestockItems(order_id=oid, items=returned)
         case flow.Capture():
-            if not order.payment_token:
+            if not order.payment_token and order.payment_method == "card":
                 raise RuntimeError(f"order {oid} has no payment token left to capture with")
             return payments.CapturePayment(
                 order_id=oid, amount=order.total, currency=order.currency, method=order.payment_method,

@@ -3,22 +3,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from events import outbox
+from events.logs import get_logger
 from events.payments import RefundPayment
 from events.settings import Role
 from events.types import MoneyText
 from events.web import Caller, Problem, Runtime, require
+from payments import reconcile, settle
+from payments.adapters.base import BadSignature
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
+log = get_logger(__name__)
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
 
@@ -35,7 +40,10 @@ def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = N
         "method": p.method,
         "status": p.status,
         "failure_reason": p.failure_reason,
+        "provider": p.provider,
         "provider_ref": p.provider_ref,
+        "action": {"type": p.action_type, "url": p.action_url, "expires_at": p.expires_at.isoformat()}
+        if p.action_url and p.expires_at else None,
         "amount": format(p.amount, "f"),
         "refunded_amount": format(p.refunded_amount, "f"),
         "currency": p.currency,
@@ -53,7 +61,7 @@ def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = N
 @router.get("", dependencies=[require(Role.OPS)])
 async def list_payments(
     rt: Runtime,
-    status: Annotated[str | None, Query(pattern="^(capturing|captured|failed|partially_refunded|refunded)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(capturing|pending|captured|failed|partially_refunded|refunded)$")] = None,
     after: Annotated[str | None, Query(description="order id to continue after (the previous page's next)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
@@ -114,6 +122,41 @@ async def refund_by_hand(
 
 
 providers = APIRouter(prefix="/v1/providers", tags=["providers"])
+
+
+@providers.post("/{provider}/notify", include_in_schema=True)
+async def provider_notification(provider: str, request: Request, rt: Runtime) -> Response:
+    """A provider's notification of a payment, in its own format and signature scheme (no API key:
+    the signature is the authentication). A signature that does not verify: 401, nothing changes;
+    the same notification again changes nothing again, and is acknowledged as the provider expects."""
+    adapter = request.app.state.providers.get(provider) if provider != "sandbox" else None
+    if adapter is None:
+        raise Problem(404, "not-found", "Not found", f"no payment provider {provider!r} is configured")
+    body = await request.body()
+    try:
+        note = await adapter.verify_notification(request.headers, body)
+    except BadSignature:
+        log.warning("payment.notification_refused", provider=provider)
+        raise Problem(401, "bad-signature", "Signature does not verify", "the notification's signature does not verify") from None
+    await settle.apply_notification(rt.sessions, adapter, note)
+    return PlainTextResponse(adapter.acknowledgement)
+
+
+@providers.get("/reconciliation", dependencies=[require(Role.OPS)])
+async def reconciliation(
+    request: Request, rt: Runtime, run: bool = False,
+    settled_for: Annotated[float, Query(ge=0, le=3600)] = 30.0,
+) -> dict:
+    """Each provider's books against ours: the last round of the reconciliation job (``at`` null:
+    none finished yet), or, with ``run=true``, a round over every decided payment now (``make verify``). Mismatches are for ops
+    to resolve; nothing here changes a payment."""
+    latest = getattr(request.app.state, "reconciliation", None)
+    if run:
+        latest = await reconcile.reconcile(rt.sessions, request.app.state.providers,
+                                           settled_for=timedelta(seconds=settled_for))
+    if latest is None:  # the job's first round has not finished yet
+        return {"at": None, "checked": 0, "unreachable": 0, "mismatches": []}
+    return latest.view()
 
 
 @providers.get("/sandbox/ledger", dependencies=[require(Role.OPS)])

@@ -32,6 +32,13 @@ class Payment(Base):
     provider_ref: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     """The provider's idempotency key of the capture attempt, recorded before the provider is asked."""
+    provider: Mapped[str] = mapped_column(String(20), default="sandbox", server_default="sandbox")
+    """The adapter that took the payment (``sandbox``: the card processor; ``alipay``, ...)."""
+    action_type: Mapped[str | None] = mapped_column(String(20))
+    """What the customer does to pay (``qr_code`` | ``redirect``), while the payment is ``pending``."""
+    action_url: Mapped[str | None] = mapped_column(String(1000))
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    """The end of the payment window: unpaid by then, the payment is closed and fails."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -55,6 +62,8 @@ class Refund(Base):
 REFUND_PENDING, REFUNDED = "pending", "refunded"
 CAPTURING = "capturing"
 """A payment's status from its write-ahead record until the provider's answer is recorded."""
+PENDING = "pending"
+"""Waiting for the customer to pay (a QR code, a redirect) until ``expires_at``."""
 
 HELD_BY_PENDING_REFUNDS = select(func.sum(Refund.amount)).where(
     Refund.order_id == bindparam("order_id"), Refund.status == REFUND_PENDING

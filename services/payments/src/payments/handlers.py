@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,12 +29,20 @@ from events import inbox, outbox, topology
 from events.broker import Permanent, Resource, Unavailable, queue
 from events.envelope import Envelope
 from events.logs import get_logger
-from events.payments import CapturePayment, PaymentCaptured, PaymentFailed, PaymentRefunded, RefundPayment
+from events.payments import (
+    CapturePayment,
+    PaymentActionRequired,
+    PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
+)
 from events.types import PaymentStatus
+from payments.adapters.base import Adapter, Declined, Transient, Unsupported
+from payments.adapters.registry import NOPAY, Providers
 from payments.config import Settings
-from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, REFUND_PENDING, REFUNDED, Payment, Refund
+from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, PENDING, REFUND_PENDING, REFUNDED, Payment, Refund
 from payments.domain import RefundRefused, decide_refund, mask_token, status_after_refunds
-from payments.provider import Declined, SandboxProvider, Transient
+from payments.settle import captured_event as _captured_event
 
 SERVICE = "payments"
 CAPTURE = topology.command_queue("payments.capture_payment")
@@ -44,7 +52,7 @@ log = get_logger(__name__)
 router = RabbitRouter()
 
 Sessions = Annotated[async_sessionmaker, Resource("sessions")]
-Provider = Annotated[SandboxProvider, Resource("provider")]
+ProvidersDep = Annotated[Providers, Resource("providers")]
 Config = Annotated[Settings, Resource("settings")]
 
 
@@ -70,16 +78,11 @@ async def _with_retries(call, settings: Settings):
     raise AssertionError("unreachable")
 
 
-def _captured_event(p: Any) -> PaymentCaptured:
-    return PaymentCaptured(
-        order_id=p.order_id, payment_id=p.payment_id, amount=p.amount, currency=p.currency, method=p.method
-    )
-
-
 _payment = Payment.__table__
 _READ = select(
     _payment.c.order_id, _payment.c.payment_id, _payment.c.amount, _payment.c.currency, _payment.c.method,
-    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key,
+    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key, _payment.c.provider,
+    _payment.c.action_type, _payment.c.action_url, _payment.c.expires_at,
 ).where(_payment.c.order_id == bindparam("order_id"))
 _INSERT_PAYMENT = insert(_payment)
 _FINISH = (
@@ -95,9 +98,15 @@ def capture_key(order_id: str) -> str:
     return f"capture:{order_id}"
 
 
-async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope) -> None:
-    """Tell the asker the order's outcome (again, when it was decided before)."""
-    if p.status == PaymentStatus.FAILED:
+async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope | None) -> None:
+    """Tell the asker the order's outcome (again, when it was decided before); for a payment that
+    waits for the customer, what the customer is to do."""
+    if p.status == PENDING:
+        event: Any = PaymentActionRequired(
+            order_id=p.order_id, payment_id=p.payment_id, method=p.method, action_type=p.action_type, url=p.action_url,
+            expires_at=p.expires_at, amount=p.amount, currency=p.currency,
+        )
+    elif p.status == PaymentStatus.FAILED:
         event = PaymentFailed(order_id=p.order_id, reason=p.failure_reason or "declined")
     else:
         event = _captured_event(p)
@@ -106,10 +115,14 @@ async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope) -> None
 
 @router.subscriber(queue(CAPTURE))
 async def handle_capture_payment(
-    msg: Envelope[CapturePayment], sessions: Sessions, provider: Provider, settings: Config
+    msg: Envelope[CapturePayment], sessions: Sessions, providers: ProvidersDep, settings: Config
 ) -> None:
     cmd = msg.data
     now = datetime.now(UTC)
+    if providers.customer_pays(cmd.method, cmd.token):
+        return await _customer_pays(msg, sessions, providers, settings)
+    provider = providers.get(providers.name_for(cmd.method, cmd.token))
+    assert provider is not None, "the card processor is always configured"
     async with sessions.begin() as session:
         attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
         if attempt is not None and attempt.status != CAPTURING:
@@ -119,7 +132,9 @@ async def handle_capture_payment(
             return
         if attempt is None:  # write-ahead: the attempt exists before the provider hears of it
             attempt = SimpleNamespace(
-                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token),
+                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method,
+                token_hint=mask_token(cmd.token or ""), provider=provider.name, action_type=None, action_url=None,
+                expires_at=None,
                 currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
                 refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=capture_key(cmd.order_id),
                 created_at=now, updated_at=now,
@@ -143,23 +158,25 @@ async def handle_capture_payment(
     log.info("payment.decided", status=decided.status, reason=decided.failure_reason, amount=str(cmd.amount))
 
 
-async def _outcome(provider: SandboxProvider, settings: Settings, cmd: CapturePayment, key: str):
+async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, key: str):
     """(status, failure reason, provider reference) of the attempt ``key``, from the provider."""
     try:
         ref = await _with_retries(
-            lambda: provider.capture(key=key, token=cmd.token, amount=cmd.amount, currency=cmd.currency), settings
+            lambda: provider.charge(key=key, token=cmd.token or "", amount=cmd.amount, currency=cmd.currency), settings
         )
         return PaymentStatus.CAPTURED, None, ref
     except Declined:
         return PaymentStatus.FAILED, "declined", None
+    except Unsupported:
+        return PaymentStatus.FAILED, "method_unavailable", None
     except (TimeoutError, Transient, OSError) as exc:  # unknown: ask the provider what became of it
         log.warning("payment.outcome_unknown", error=type(exc).__name__)
         gave_up = "provider_unavailable" if isinstance(exc, Transient) else "provider_timeout"
     try:
-        charge = await asyncio.wait_for(provider.lookup(key), timeout=settings.provider_timeout_seconds)
+        charge = await asyncio.wait_for(provider.query(key), timeout=settings.provider_timeout_seconds)
         if charge is None or charge.status == "voided":
             charge = await asyncio.wait_for(
-                provider.void(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
+                provider.close(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
             )
     except (TimeoutError, Transient, OSError) as exc:
         raise Unresolved(f"the provider could not say what became of {key}") from exc
@@ -182,7 +199,7 @@ def _maybe_crash(settings: Settings) -> None:
 
 @router.subscriber(queue(REFUND))
 async def handle_refund_payment(
-    msg: Envelope[RefundPayment], sessions: Sessions, provider: Provider, settings: Config
+    msg: Envelope[RefundPayment], sessions: Sessions, providers: ProvidersDep, settings: Config
 ) -> None:
     """Hold the refund against the capture, then ask the provider, then record its answer.
 
@@ -202,7 +219,7 @@ async def handle_refund_payment(
         if refund is None:  # else: held by an earlier delivery that did not finish; the same refund
             if payment is not None and payment.status == CAPTURING:
                 raise Unresolved(f"the capture of order {cmd.order_id} is not finished yet")
-            if payment is None or payment.status == PaymentStatus.FAILED:
+            if payment is None or payment.status in (PaymentStatus.FAILED, PENDING):
                 raise Permanent(f"no captured payment for order {cmd.order_id}")
             held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": cmd.order_id})
             try:
@@ -215,10 +232,14 @@ async def handle_refund_payment(
                 reason=cmd.reason[:200], status=REFUND_PENDING, provider_ref=None, created_at=datetime.now(UTC),
             )
             session.add(refund)
-        refund_id, amount, payment_ref = refund.refund_id, refund.amount, payment.provider_ref
+        refund_id, amount, payment_ref, currency = refund.refund_id, refund.amount, payment.provider_ref, payment.currency
+        provider = providers.get(payment.provider)
+    if provider is None:
+        raise Unresolved(f"the provider {payment.provider!r} of order {cmd.order_id} is not configured")
 
     refund_ref = await _with_retries(
-        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key), settings
+        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key,
+                                currency=currency), settings
     )
 
     async with sessions.begin() as session:
@@ -253,3 +274,67 @@ def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
         refunded_total=payment.refunded_amount,
         currency=payment.currency,
     )
+
+
+# --- the customer pays: a QR code or a redirect, a notification, a window ------------------------
+
+async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers,
+                         settings: Settings) -> None:
+    """Open the payment at the method's provider and tell the order what the customer is to do.
+
+    Write-ahead as a capture: the attempt is recorded ``capturing`` with its key and the end of its
+    window before the provider hears of it, so a redelivery opens the same payment (the same key
+    and window); once the provider answered, the payment is ``pending`` until its notification, or
+    the window's end (``expire_windows``)."""
+    cmd = msg.data
+    name = providers.name_for(cmd.method, cmd.token)
+    provider = providers.get(name)
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        if attempt is not None and attempt.status != CAPTURING:
+            if await inbox.claim(session, msg.id, CAPTURE):
+                await _restage_outcome(session, attempt, msg)
+            return
+        if attempt is None:
+            attempt = SimpleNamespace(
+                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token or ""),
+                currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
+                refunded_amount=Decimal("0"), provider_ref=None, provider=name,
+                idempotency_key=provider.trade_key(cmd.order_id) if provider is not None else cmd.order_id,
+                action_type=None, action_url=None, expires_at=now + timedelta(seconds=settings.payment_window_seconds),
+                created_at=now, updated_at=now,
+            )
+            if provider is None:  # the method is not configured: nothing to open anywhere
+                attempt.status, attempt.failure_reason = PaymentStatus.FAILED, "method_unavailable"
+            await session.execute(_INSERT_PAYMENT, vars(attempt))
+            if provider is None:
+                await inbox.claim(session, msg.id, CAPTURE)
+                await _restage_outcome(session, attempt, msg)
+                log.error("payment.method_unavailable", method=cmd.method, provider=name)
+                return
+    assert provider is not None
+    # The sandbox's customer who never pays is told to the stand-in by the order's subject.
+    subject = f"Order {cmd.order_id}" + (f" {NOPAY}" if cmd.token == NOPAY else "")
+    try:
+        action = await _with_retries(lambda: provider.start(
+            key=attempt.idempotency_key, amount=cmd.amount, currency=cmd.currency, subject=subject,
+            expires_at=attempt.expires_at), settings)
+        values = {"status": PENDING, "action_type": action.type, "action_url": action.url, "failure_reason": None,
+                  "provider_ref": action.reference}
+    except (Declined, Unsupported) as exc:
+        values = {"status": PaymentStatus.FAILED, "failure_reason": "declined" if isinstance(exc, Declined)
+                  else "method_unavailable"}
+    except (TimeoutError, Transient, OSError) as exc:
+        raise Unresolved(f"{name} did not open the payment of order {cmd.order_id}") from exc
+    async with sessions.begin() as session:
+        if not await inbox.claim(session, msg.id, CAPTURE):
+            return
+        await session.execute(
+            update(_payment).where(_payment.c.order_id == cmd.order_id, _payment.c.status == CAPTURING)
+            .values(**values, updated_at=datetime.now(UTC))
+        )
+        decided = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+        await _restage_outcome(session, decided, msg)
+    log.info("payment.waiting_for_customer", provider=name, status=decided.status,
+             expires_at=decided.expires_at.isoformat() if decided.expires_at else None)

@@ -17,29 +17,23 @@ import asyncio
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from payments.adapters.base import (
+    Action,
+    BadSignature,
+    Charge,
+    Declined,
+    Notification,
+    Transient,
+    Unsupported,
+)
 
-class Declined(Exception):
-    pass
-
-
-class Transient(Exception):
-    """The provider could not answer now; the same call may succeed later."""
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What the provider knows of one capture attempt."""
-
-    key: str
-    status: str  # captured | declined | voided
-    reference: str | None
-    amount: Decimal
-    currency: str
+__all__ = ["Charge", "Declined", "Ledger", "SandboxProvider", "Transient"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +107,10 @@ class Ledger:
 
 @dataclass
 class SandboxProvider:
+    """The token-capture sandbox (cards, saved wallet agreements) behind ``Adapter``."""
+
+    name = "sandbox"
+    acknowledgement = "success"
     ledger: Ledger = field(default_factory=lambda: Ledger(":memory:"))
     late_seconds: float = 15.0
     _flaky_calls: Counter[str] = field(default_factory=Counter)
@@ -144,10 +142,33 @@ class SandboxProvider:
         that completed meanwhile is returned as it is (the caller must honour it)."""
         return self.ledger.record_charge(key, "voided", amount, currency)
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str) -> str:
+    async def complete(self, key: str, *, reference: str) -> Charge:
+        raise Unsupported("its notifications say paid: there is nothing to capture after approval")
+
+    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
         return self.ledger.record_refund(idempotency_key, payment_ref, amount).reference
+
+    # -- the Adapter interface ---------------------------------------------------------------
+
+    def trade_key(self, order_id: str) -> str:
+        return order_id
+
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+        return await self.capture(key=key, token=token, amount=amount, currency=currency)
+
+    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+        raise Unsupported("the sandbox captures with tokens only")
+
+    async def query(self, key: str, reference: str | None = None) -> Charge | None:
+        return await self.lookup(key)
+
+    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+        return await self.void(key, amount=amount, currency=currency)
+
+    async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        raise BadSignature("the sandbox sends no notifications")
 
     @staticmethod
     def _answer(charge: Charge) -> str:

@@ -1,0 +1,111 @@
+"""Reconciliation, per provider: what each provider says of a payment against what payments
+recorded, for every payment decided (a periodic job over the recent ones; ``make verify`` over all).
+
+A mismatch is never corrected here: it is logged (``payment.reconciliation_mismatch``), counted
+(``oms_payment_reconciliation_mismatches{provider,kind}``) and listed at
+``GET /v1/providers/reconciliation`` for ops, who decide (the provider's books may be the wrong
+ones). Kinds: ``charged_not_recorded`` (the provider took money on a payment recorded failed),
+``recorded_not_charged`` (recorded captured, the provider has no such charge), ``amount`` (both
+charged, not the same amount).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from events.logs import get_logger
+from payments.adapters.base import Transient
+from payments.adapters.registry import Providers
+from payments.db import CAPTURING, PENDING, Payment
+
+log = get_logger(__name__)
+CHARGED = ("captured", "partially_refunded", "refunded")
+_METRICS: dict[str, Any] = {}
+
+
+def _metrics() -> tuple[Counter, Gauge]:
+    if not _METRICS:  # once per process: the default registry refuses a second registration
+        _METRICS["found"] = Counter("oms_payment_reconciliation_mismatches",
+                                    "Payments whose provider's books disagree with ours", ["provider", "kind"])
+        _METRICS["open"] = Gauge("oms_payment_reconciliation_open",
+                                 "Mismatches found by the last reconciliation round", ["provider"])
+    return _METRICS["found"], _METRICS["open"]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    order_id: str
+    provider: str
+    kind: str
+    ours: str
+    theirs: str
+
+
+@dataclass
+class Round:
+    at: datetime
+    checked: int
+    unreachable: int
+    mismatches: list[Mismatch]
+
+    def view(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "checked": self.checked, "unreachable": self.unreachable,
+                "mismatches": [asdict(m) for m in self.mismatches]}
+
+
+def compare(p: Payment, charge: Any) -> Mismatch | None:
+    """Our record of ``p`` against the provider's ``charge`` (None: it knows of none)."""
+    taken = charge is not None and charge.status == "captured"
+    ours = f"{p.status} {p.amount} {p.currency}"
+    theirs = "no charge" if charge is None else f"{charge.status} {charge.amount} {charge.currency}"
+    if p.status in CHARGED and not taken:
+        return Mismatch(p.order_id, p.provider, "recorded_not_charged", ours, theirs)
+    if p.status not in CHARGED and taken:
+        return Mismatch(p.order_id, p.provider, "charged_not_recorded", ours, theirs)
+    if taken and charge.amount != p.amount:
+        return Mismatch(p.order_id, p.provider, "amount", ours, theirs)
+    return None
+
+
+async def reconcile(sessions: async_sessionmaker, providers: Providers, *, since: datetime | None = None,
+                    settled_for: timedelta = timedelta(seconds=30), timeout: float = 10.0) -> Round:
+    """Ask each payment's provider about every payment decided (updated since ``since``, and at
+    least ``settled_for`` ago, so an answer on its way is not a mismatch); report, change nothing."""
+    now = datetime.now(UTC)
+    query = select(Payment).where(Payment.status.not_in((PENDING, CAPTURING)),
+                                  Payment.updated_at <= now - settled_for).order_by(Payment.order_id)
+    if since is not None:
+        query = query.where(Payment.updated_at >= since)
+    async with sessions() as session:
+        payments = (await session.scalars(query)).all()
+    found, unreachable = [], 0
+    for p in payments:
+        adapter = providers.get(p.provider)
+        if adapter is None or p.idempotency_key is None:
+            unreachable += 1
+            continue
+        try:
+            charge = await asyncio.wait_for(adapter.query(p.idempotency_key, p.provider_ref), timeout=timeout)
+        except (TimeoutError, Transient, OSError) as exc:
+            log.warning("payment.reconciliation_unreachable", order_id=p.order_id, provider=p.provider,
+                        error=type(exc).__name__)
+            unreachable += 1
+            continue
+        mismatch = compare(p, charge)
+        if mismatch is not None:
+            found.append(mismatch)
+    counter, gauge = _metrics()
+    for name in {p.provider for p in payments} | {m.provider for m in found}:
+        gauge.labels(name).set(sum(1 for m in found if m.provider == name))
+    for m in found:
+        counter.labels(m.provider, m.kind).inc()
+        log.error("payment.reconciliation_mismatch", order_id=m.order_id, provider=m.provider, kind=m.kind,
+                  ours=m.ours, theirs=m.theirs)
+    return Round(at=now, checked=len(payments), unreachable=unreachable, mismatches=found)

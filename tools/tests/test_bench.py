@@ -48,8 +48,15 @@ def test_quick_bench_writes_the_contract_json_and_a_plot(rabbit, amqp_url, tmp_p
             assert set(latency) == LATENCY_KEYS
             assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (name, kind, latency)
         assert phase["errors"] == {}, (name, phase["errors"])
-    assert data["phases"]["fixed"]["offered_per_s"] == 10
     saturation = data["phases"]["saturation"]
+    assert list(data["phases"]) == ["saturation", "fixed"]  # saturation first, then half its rate
+    assert data["phases"]["fixed"]["offered_per_s"] == pytest.approx(max(0.5, saturation["paid_per_s"] / 2))
+    cpu = data["cpu_ms_per_order"]
+    assert {"total", "by_process"} <= cpu.keys()
+    assert {"orders", "inventory", "payments", "shipping", "notifications", "rabbitmq"} <= cpu["by_process"].keys()
+    assert all(ms > 0 for ms in cpu["by_process"].values())
+    assert cpu["total"] == pytest.approx(sum(cpu["by_process"].values()), abs=0.5)
+    assert cpu["total"] == pytest.approx(saturation["cpu_s_per_order_total"] * 1000, abs=0.1)
     expected = saturation["paid_per_s"] * data["messages_per_order"] / data["ceiling"]["broker_msgs_per_s"]
     assert data["efficiency"] == pytest.approx(expected, rel=0.01, abs=0.001)
     assert "OMS benchmark" in result.stdout and "efficiency" in result.stdout

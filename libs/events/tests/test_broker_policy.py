@@ -19,6 +19,7 @@ from events import topology
 from events.broker import make_broker
 from events.envelope import Command, Envelope, build
 from events.names import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
+from events.telemetry import current_trace_id
 
 pytestmark = pytest.mark.integration
 
@@ -247,4 +248,39 @@ async def test_a_message_waiting_out_an_outage_is_left_for_redelivery_when_the_c
         assert await _dead_letters(channel, name, {envelope["id"]}, timeout=0.5) == set()
     finally:
         await queue.delete(if_unused=False, if_empty=False)
+        await connection.close()
+
+
+@pytest.mark.parametrize("trace_messages", [True, False])
+async def test_the_messages_trace_reaches_its_handler_with_or_without_a_span_per_message(rabbit, trace_messages):
+    """Where nothing records spans, no span is built per message, and the handler still runs in the
+    message's trace: what it logs and emits carries the same trace id."""
+    name = f"test.trace.{uuid.uuid4().hex[:8]}"
+    arguments = topology.queue_arguments(name)
+    connection = await aio_pika.connect(rabbit.url)
+    channel = await connection.channel()
+    await topology.declare(channel)
+    await channel.declare_queue(name, durable=True, arguments=arguments)
+    seen: list[str | None] = []
+    broker = make_broker(rabbit.url, service="test", trace_messages=trace_messages)
+
+    @broker.subscriber(RabbitQueue(name, durable=True, declare=False, arguments=arguments))
+    async def handle_sample(msg: Envelope[Sample]) -> None:
+        seen.append(current_trace_id())
+
+    await broker.start()
+    try:
+        trace_id = uuid.uuid4().hex
+        envelope = build(Sample(), service="test", subject="order-1")
+        await channel.default_exchange.publish(
+            aio_pika.Message(json.dumps(envelope).encode(), message_id=envelope["id"],
+                             headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-00"}),
+            routing_key=name,
+        )
+        await eventually(lambda: asyncio.sleep(0, seen), bool, timeout=15, what="the message handled")
+        assert seen == [trace_id]
+        middlewares = {type(m).__name__ for m in broker.config.broker_middlewares}
+        assert ("RabbitTelemetryMiddleware" in middlewares) is trace_messages
+    finally:
+        await broker.stop()
         await connection.close()

@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 from events import outbox, topology
 from events.db import HANDED_OVER, make_engine, make_sessionmaker, messaging_metadata, outbox_message
 from events.envelope import Command, Event
-from events.names import EVENTS_EXCHANGE
+from events.names import EVENTS_EXCHANGE, UNROUTED_QUEUE
 from events.outbox import OutboxRelay
 from events.telemetry import setup_tracing, tracer
 
@@ -123,6 +123,39 @@ async def test_an_unroutable_command_stays_in_the_outbox_and_is_retried(rabbit, 
         await queue.bind(await channel.get_exchange("oms.commands"), routing_key=Nobody.routing_key)
         [message] = await _take(queue, 1, timeout=15)
         assert json.loads(message.body)["type"] == "oms.command.nobody.listens.v1"
+    finally:
+        await relay.stop()
+        await connection.close()
+
+
+class Unheard(Event):
+    routing_key = "test.unheard"
+
+
+async def test_an_event_nobody_subscribes_to_is_confirmed_and_not_stored(rabbit, db):
+    """Events are broadcast: nobody listening is no error, and the broker keeps nothing of it."""
+    sessions = make_sessionmaker(db, on_outbox_commit=lambda rows: relay.wake(rows))
+    relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=0.1, mark_seconds=0.01)
+    connection = await aio_pika.connect(rabbit.url)
+    channel = await connection.channel()
+    await topology.declare(channel)
+    await relay.start()
+    try:
+        async with sessions.begin() as session:
+            await outbox.stage(session, Unheard(), service="test", subject=None)
+        await eventually(lambda: _pending(sessions), lambda pending: pending == 0)
+        async with sessions() as session:
+            assert await session.scalar(select(outbox_message.c.attempts)) == 0  # not refused, not retried
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await channel.declare_queue(UNROUTED_QUEUE, passive=True)
+
+        # The opt-in tap keeps them, to see what is published.
+        channel = await connection.channel()  # the passive declaration's failure closed the other
+        await topology.declare(channel, unrouted_tap=True)
+        async with sessions.begin() as session:
+            await outbox.stage(session, Unheard(), service="test", subject=None)
+        [kept] = await _take(await channel.get_queue(UNROUTED_QUEUE), 1)
+        assert json.loads(kept.body)["type"] == "oms.test.unheard.v1"
     finally:
         await relay.stop()
         await connection.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
@@ -167,3 +168,14 @@ async def test_an_address_beyond_ascii_goes_out_with_smtputf8(smtp):
     [envelope] = inbox.envelopes
     assert envelope.rcpt_tos == ["lin@例子.中国"] and envelope.smtp_utf8
     assert "To: 林美 <lin@例子.中国>".encode() in envelope.original_content
+
+
+async def test_mail_goes_out_from_the_event_loop_without_a_thread_per_message(smtp):
+    controller, inbox = smtp
+    email = adapter(controller.port)
+    before = {t.ident for t in threading.enumerate()}
+    for n in range(3):
+        await email.send(outgoing(message_id=f"<t{n}@oms.local>"))
+    assert {t.ident for t in threading.enumerate()} <= before
+    assert len(inbox.messages) == 3 and len(set(inbox.peers)) == 1
+    email.close()

@@ -12,9 +12,11 @@ What it does, in this order:
    broker messages/s.
 4. **Messages per order**: a few orders with a tap on both exchanges; for each order, the
    messages (events and commands, by CloudEvents ``subject``) published up to its ``paid``.
-5. **Phase fixed**: orders at a fixed offered rate (open loop: a POST every 1/rate s whatever the
-   answers). **Phase saturation**: as fast as the system takes them (closed loop: a window of
-   orders in flight between ``POST`` and ``paid``; a new one whenever one is paid).
+5. **Phase saturation**: as fast as the system takes them (closed loop: a window of orders in
+   flight between ``POST`` and ``paid``; a new one whenever one is paid). **Phase fixed**, after
+   it: orders at a fixed offered rate, half the saturation's paid rate unless ``--rate`` sets one
+   (open loop: a POST every 1/rate s whatever the answers), so its latency is that of a system
+   at half load.
 
 Latency is measured from events, not by polling: a queue of the bench's own bound to
 ``oms.events``/``order.status_changed`` records when each order's ``paid`` and ``shipped`` reach a
@@ -529,6 +531,8 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
     procs = {svc: psutil.Process(pid) for svc in SERVICES if (pid := system.pid(svc))}
     if node is not None and (beam := node.beam_pid()):
         procs["rabbitmq"] = psutil.Process(beam)
+    elif (broker := listening_process(httpx.URL(amqp_url.replace("amqp://", "http://", 1)).port or 5672)) is not None:
+        procs["rabbitmq"] = broker  # a broker given by --amqp-url, when it runs on this machine
     return Target({svc: system.url(svc) for svc in SERVICES}, amqp_url, "a system started by the bench",
                   procs, stops)
 
@@ -579,8 +583,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"messages per order up to paid: {result['messages_per_order']:g}",
         f"efficiency: {sat['paid_per_s']:.1f} orders/s × {result['messages_per_order']:g} ÷ "
         f"{result['ceiling']['broker_msgs_per_s']:.0f} = {result['efficiency'] * 100:.1f} %",
-        "CPU ms per order at saturation: " + ", ".join(
-            f"{k} {v * 1000:.1f}" for k, v in sorted(sat["cpu_s_per_order"].items(), key=lambda kv: -kv[1])),
+        f"CPU ms per order at saturation: {result['cpu_ms_per_order']['total']:.1f}: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(result["cpu_ms_per_order"]["by_process"].items(), key=lambda kv: -kv[1])),
     ]
 
 
@@ -623,7 +627,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     say(f"system: {target.what}; orders at {target.urls['orders']}")
     tracker = Tracker()
     try:
-        units = int(args.rate * args.fixed_seconds + 400 * args.saturation_seconds + 1000)
+        units = int(max(args.rate or 0, 200) * args.fixed_seconds + 400 * args.saturation_seconds + 1000)
         await load_stock(target.urls["inventory"], units)
         say(f"stock: {units} units of {SKU} at each of {', '.join(WAREHOUSES)}")
         connection = await aio_pika.connect_robust(target.amqp_url)
@@ -639,23 +643,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                           TimeRemainingColumn(), console=console, transient=False) as progress:
                 cpu0 = cpu_times(target.procs)
-                fixed = await fixed_phase(client, tracker, args.rate, args.fixed_seconds, progress)
-                await drain(tracker, "fixed", "delivered", args.drain_seconds)
-                await quiet(connection, target.procs, args.drain_seconds)
-                fixed.cpu = cpu_delta(target.procs, cpu0)
-                cpu0 = cpu_times(target.procs)
                 saturation = await saturation_phase(client, tracker, args.saturation_seconds, args.window,
                                                      progress)
                 await drain(tracker, "saturation", "delivered", args.drain_seconds)
                 await quiet(connection, target.procs, args.drain_seconds)
                 saturation.cpu = cpu_delta(target.procs, cpu0)
+                # half the saturation's paid rate (CONTRACT §8), 0.5/s at least
+                rate = args.rate or max(0.5, phase_figures(saturation, tracker)["paid_per_s"] / 2)
+                cpu0 = cpu_times(target.procs)
+                fixed = await fixed_phase(client, tracker, rate, args.fixed_seconds, progress)
+                await drain(tracker, "fixed", "delivered", args.drain_seconds)
+                await quiet(connection, target.procs, args.drain_seconds)
+                fixed.cpu = cpu_delta(target.procs, cpu0)
         await connection.close()
     finally:
         for stop in reversed(target.stop):
             with contextlib.suppress(Exception):
                 stop()
 
-    phases = {"fixed": phase_figures(fixed, tracker), "saturation": phase_figures(saturation, tracker)}
+    phases = {"saturation": phase_figures(saturation, tracker), "fixed": phase_figures(fixed, tracker)}
     ceiling_rate = ceiling_result["broker_msgs_per_s"]
     efficiency = phases["saturation"]["paid_per_s"] * calibration["messages_per_order"] / ceiling_rate
     result = {
@@ -668,6 +674,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_order_by_type": calibration["by_type"],
         "phases": phases,
         "efficiency": round(efficiency, 3),
+        "cpu_ms_per_order": {
+            "total": round(phases["saturation"]["cpu_s_per_order_total"] * 1000, 1),
+            "by_process": {name: round(v * 1000, 1) for name, v in phases["saturation"]["cpu_s_per_order"].items()},
+        },
         "method": {
             "latency": "order.status_changed events on oms.events, arrival at the bench minus POST sent (HdrHistogram)",
             "rates": "paid/shipped events arriving within the phase window ÷ its length",
@@ -690,7 +700,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make bench BENCH_ARGS=...", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=float, default=50.0, help="offered orders/s in the fixed phase (50)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="offered orders/s in the fixed phase (half the saturation's paid rate)")
     p.add_argument("--fixed-seconds", type=float, default=30.0)
     p.add_argument("--saturation-seconds", type=float, default=30.0)
     p.add_argument("--ceiling-seconds", type=float, default=10.0)
@@ -705,7 +716,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few seconds of each (make test checks the bench runs)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rate, args.fixed_seconds, args.saturation_seconds = 10.0, 2.0, 2.0
+        args.fixed_seconds, args.saturation_seconds = 2.0, 2.0
         args.ceiling_seconds, args.window, args.calibration_orders, args.drain_seconds = 1.0, 8, 2, 120.0
         args.carrier_step = "0.2"
     return args

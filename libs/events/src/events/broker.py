@@ -15,9 +15,9 @@ JSON, and a failed message is never dropped:
 - any other error is the message's own: it is returned to its queue after a back-off that grows
   with its delivery count, and after ``DELIVERY_LIMIT`` deliveries the broker dead-letters it.
 
-The ack comes after the handler returned, so after its transaction committed; a handler that ran
-in a failed transaction rolled it back, and handlers are idempotent (the inbox), so running one
-again is safe. Errors are logged by kind and place, never with the values of the message.
+The ack comes after the handler returned, so after its transaction committed (in a batch: after
+the batch's transaction committed, events.batch); a handler that ran in a failed transaction
+rolled it back, and handlers are idempotent (the inbox), so running one again is safe. Errors are logged by kind and place, never with the values of the message.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from faststream._internal.middlewares import BaseMiddleware
 from faststream.exceptions import HandlerException, NackMessage, RejectMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
-from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from events import topology
 from events.logs import get_logger
+from events.telemetry import context_from
 
 log = get_logger("events.broker")
 
@@ -164,10 +165,13 @@ class ConsumePolicy(BaseMiddleware):
             message_id=envelope.get("id") or msg.message_id,
             message_type=envelope.get("type"),
         )
-        delivery_count = int((msg.headers or {}).get("x-delivery-count") or 0)
+        headers = msg.headers or {}
+        delivery_count = int(headers.get("x-delivery-count") or 0)
+        traceparent = headers.get("traceparent") if self.context.get("oms_carry_trace") else None
+        trace_token = otel_context.attach(context_from(traceparent)) if traceparent else None
         try:
             try:
-                return await call_next(msg)
+                return await self._first(call_next, msg)
             except HandlerException:
                 raise
             except PERMANENT_ERRORS as exc:
@@ -178,7 +182,21 @@ class ConsumePolicy(BaseMiddleware):
                     raise await self._retry(exc, queue, delivery_count) from exc
                 return await self._wait_out(call_next, msg, dependency, exc, queue, delivery_count)
         finally:
+            if trace_token is not None:
+                otel_context.detach(trace_token)
             structlog.contextvars.reset_contextvars(**bound)
+
+    async def _first(self, call_next: Any, msg: Any) -> Any:
+        """The handler's first run: in a batch (events.batch) when the service batches and the
+        queue's consumer allows it, else alone. Runs again after a failure are alone."""
+        batcher = self.context.get("oms_batcher")
+        subscriber = self.context.get("handler_")
+        queue_name = getattr(getattr(subscriber, "queue", None), "name", None)
+        if batcher is None or queue_name is None or not topology.batched(queue_name):
+            result = await call_next(msg)
+            self.context.get("oms_messages_handled").inc()
+            return result
+        return await batcher.run(lambda: call_next(msg))
 
     async def _wait_out(
         self, call_next: Any, msg: Any, dependency: str, first: Exception, queue: str | None, delivery_count: int
@@ -291,13 +309,16 @@ def make_broker(
     service: str,
     prefetch: int = 32,
     registry: CollectorRegistry | None = None,
+    trace_messages: bool = True,
 ) -> RabbitBroker:
+    """The service's broker. ``trace_messages``: a span per consumed message (FastStream's
+    OpenTelemetry middleware); off where nothing records spans (``telemetry.spans_recorded``), the
+    message's ``traceparent`` is only made current for its handler, so trace ids still reach logs
+    and the messages it emits. Messages are counted with one counter (``oms_messages_handled``,
+    and per batch in events.batch), not timed one by one."""
     registry = registry or CollectorRegistry()
-    middlewares: list[Any] = [
-        RabbitTelemetryMiddleware(),
-        RabbitPrometheusMiddleware(registry=registry, app_name=f"oms-{service}", metrics_prefix="oms"),
-        ConsumePolicy,
-    ]
+    middlewares: list[Any] = [RabbitTelemetryMiddleware()] if trace_messages else []
+    middlewares.append(ConsumePolicy)
     broker = RabbitBroker(
         amqp_url,
         default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True),
@@ -315,6 +336,10 @@ def make_broker(
         Counter("oms_messages_failed", "Messages that failed, by outcome", ["outcome"], registry=registry),
     )
     broker.context.set_global("oms_outages", Outages(registry))
+    broker.context.set_global("oms_carry_trace", not trace_messages)
+    broker.context.set_global(
+        "oms_messages_handled", Counter("oms_messages_handled", "Messages handled and acked", registry=registry)
+    )
     return broker
 
 

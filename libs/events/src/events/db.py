@@ -8,9 +8,11 @@ in the event loop's thread (:class:`InlineSqlite`).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from datetime import UTC
 from functools import partial
 from pathlib import Path
@@ -60,6 +62,56 @@ OUTBOX_COMMITTED = "outbox_committed"
 """``session.info`` key: the outbox rows the transaction's commit wrote (see events.outbox)."""
 HANDED_OVER = "outbox_handed_over"
 """``session.info`` key: the session's commits hand their outbox rows to a relay (see events.outbox)."""
+OUTBOX_PENDING = "outbox_rows"
+"""``session.info`` key: the outbox rows staged in the session's transaction, written as it commits."""
+BATCH = "batch_rows"
+"""``session.info`` key of a batch's session (events.batch): a list that its commit fills with the
+outbox rows it wrote, for the batch to publish (instead of handing them to the relay)."""
+BATCH_SAVEPOINT = "batch_savepoint"
+"""``session.info`` key: the savepoint of the message running in the batch now. The outbox stages
+inside it as at the top of a transaction (written with the batch's commit, dropped with the
+savepoint)."""
+
+_batch_session: ContextVar[AsyncSession | None] = ContextVar("oms_batch_session", default=None)
+
+
+@contextlib.contextmanager
+def in_batch(session: AsyncSession):
+    """Within this block (one message's handler in a batch), ``sessions.begin()`` is a savepoint
+    of ``session``'s transaction."""
+    token = _batch_session.set(session)
+    try:
+        yield
+    finally:
+        _batch_session.reset(token)
+
+
+@contextlib.asynccontextmanager
+async def _savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """One message's share of a batch transaction: what it wrote and staged goes if it fails."""
+    pending = session.info.setdefault(OUTBOX_PENDING, [])
+    staged, outer = len(pending), session.info.get(BATCH_SAVEPOINT)
+    try:
+        async with session.begin_nested() as nested:
+            session.info[BATCH_SAVEPOINT] = nested.sync_transaction
+            yield session
+    except BaseException:
+        del session.info.get(OUTBOX_PENDING, pending)[staged:]
+        raise
+    finally:
+        session.info[BATCH_SAVEPOINT] = outer
+
+
+class ServiceSessions(async_sessionmaker):
+    """The service's session factory. ``begin()`` opens a transaction, as usual, except inside a
+    batch (events.batch), where it is a savepoint of the batch's transaction: the handlers' code
+    is the same either way."""
+
+    def begin(self) -> Any:
+        session = _batch_session.get()
+        if session is not None:
+            return _savepoint(session)
+        return super().begin()
 
 outbox_message = Table(
     "outbox_message",
@@ -210,20 +262,26 @@ def make_sessionmaker(
 
         @event.listens_for(ServiceSession, "before_commit")
         def _fail_some(session: Session) -> None:
+            if session.in_nested_transaction():  # a savepoint's release: not a commit
+                return
             if session.info.get("outbox_staged") and random.random() < fail_commit_rate:
                 raise InjectedCommitFailure("injected commit failure")
 
-    if on_outbox_commit is not None:
-
-        @event.listens_for(ServiceSession, "after_commit")
-        def _after_commit(session: Session) -> None:
-            if session.info.pop("outbox_staged", False):
-                on_outbox_commit(session.info.pop(OUTBOX_COMMITTED, None))
+    @event.listens_for(ServiceSession, "after_commit")
+    def _after_commit(session: Session) -> None:
+        # SQLAlchemy also calls this as a savepoint is released: nothing is committed yet then.
+        if session.in_nested_transaction() or not session.info.pop("outbox_staged", False):
+            return
+        rows, batch = session.info.pop(OUTBOX_COMMITTED, None), session.info.get(BATCH)
+        if batch is not None and rows is not None:
+            batch.extend(rows)  # the batch publishes them itself
+        elif on_outbox_commit is not None:
+            on_outbox_commit(rows)
 
     @event.listens_for(ServiceSession, "after_transaction_end")
     def _after_end(session: Session, transaction: Any) -> None:
         if transaction.parent is None:  # the whole transaction, not a savepoint inside it
             session.info.pop("outbox_staged", None)
 
-    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ServiceSession,
-                              info={HANDED_OVER: on_outbox_commit is not None})
+    return ServiceSessions(engine, expire_on_commit=False, sync_session_class=ServiceSession,
+                           info={HANDED_OVER: on_outbox_commit is not None})

@@ -1,6 +1,6 @@
 """Transactional outbox: messages are written in the same transaction as the state change that
 emits them, and a relay publishes them afterwards with publisher confirms, persistent delivery and
-mandatory routing. A row is marked published only after the broker confirmed it; one the broker
+(commands) mandatory routing. A row is marked published only after the broker confirmed it; one the broker
 refused is retried with back-off. A transaction that staged messages hands its committed rows to
 the relay as it commits, so they are published without being read back, and marked published in
 batches; the relay also reads the table, so rows left by a crash (or by a publish that failed)
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from events import inbox
-from events.db import HANDED_OVER, OUTBOX_COMMITTED, outbox_message
+from events.db import BATCH_SAVEPOINT, HANDED_OVER, OUTBOX_COMMITTED, OUTBOX_PENDING, outbox_message
 from events.envelope import Cause, Message, build
 from events.logs import get_logger
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
@@ -43,7 +43,7 @@ _INSERT = insert(outbox_message)
 LEASE = timedelta(seconds=10)
 """How long a row is one relay's to publish: written by its process and handed over, or claimed
 by its read. Past it, another relay may take it (the first one no longer sends it)."""
-_PENDING = "outbox_rows"  # session.info: the rows staged in the session's current transaction
+_PENDING = OUTBOX_PENDING  # session.info: the rows staged in the session's current transaction
 
 
 async def stage(
@@ -61,8 +61,9 @@ async def stage(
     The rows of one transaction are written together, in one statement, as it commits, in the
     order they were staged. Inside a savepoint a row is written at once, so that rolling the
     savepoint back takes it too; it then comes before the rows the transaction staged outside
-    it. (The relay publishes a batch concurrently anyway: messages of one transaction are not
-    ordered on the wire.)"""
+    it. A batch's savepoint for one message (events.batch) counts as the top of the transaction.
+    (The relay publishes a batch concurrently anyway: messages of one transaction are not ordered
+    on the wire.)"""
     envelope = build(
         payload,
         service=service,
@@ -82,7 +83,8 @@ async def stage(
         "created_at": datetime.now(UTC),
         "attempts": 0,
     }
-    if session.in_nested_transaction():
+    nested = session.sync_session.get_nested_transaction()
+    if nested is not None and nested is not session.info.get(BATCH_SAVEPOINT):
         await session.execute(_INSERT, row)
     else:
         session.info.setdefault(_PENDING, []).append(row)
@@ -93,7 +95,11 @@ async def stage(
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
     """Every session's commit writes what was staged in it (a listener on the base class, so no
-    session, whatever made it, can commit and leave its staged messages behind)."""
+    session, whatever made it, can commit and leave its staged messages behind). SQLAlchemy also
+    calls it as a savepoint is released: that commits nothing, so the rows wait for the commit
+    (a release that fails would otherwise leave rows of a rolled-back savepoint to be handed on)."""
+    if session.in_nested_transaction():
+        return
     rows = session.info.pop(_PENDING, None)
     if rows:
         if session.info.get(HANDED_OVER):  # the process's relay gets them: leased to it
@@ -339,6 +345,35 @@ class OutboxRelay:
         if isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
             raise failed[0][1]
 
+    async def publish(self, rows: list[dict[str, Any]]) -> None:
+        """Publish rows a commit wrote, in the caller's task (a batch's, events.batch), as the relay
+        would have; rows it cannot send now are left to the relay."""
+        if not rows:
+            return
+        if not self.connected or self._channel is None:
+            self.wake(rows)
+            return
+        try:
+            await self._publish([row for row in rows if row["message_id"] not in self._recent])
+        except Exception as exc:  # the failed rows are recorded for their retry; the relay goes on
+            log.warning("outbox.publish_error", error=repr(exc))
+            self._wake.set()
+
+    async def mark_in(self, session: AsyncSession) -> list[str]:
+        """Mark the rows confirmed so far inside the caller's transaction (a batch's: the marks ride
+        along instead of taking a transaction of their own); call :meth:`marked` once it commits."""
+        ids = list(self._unmarked)
+        if ids:
+            await session.execute(_MARK_PUBLISHED, {"ids": ids, "at": datetime.now(UTC)})
+        return ids
+
+    def marked(self, ids: list[str]) -> None:
+        """The rows ``ids`` are marked in the table (their transaction committed)."""
+        if ids:
+            done = set(ids)
+            self._unmarked[:] = [i for i in self._unmarked if i not in done]
+            self._unmarked_since = asyncio.get_running_loop().time()
+
     async def _mark(self) -> None:
         if self._unmarked:
             async with self._transaction():
@@ -359,14 +394,10 @@ class OutboxRelay:
         """A transaction that first marks the rows confirmed so far (the relay's reads, retries and
         marking all go through it); once it commits, they are off the list (rows confirmed
         meanwhile stay on it)."""
-        ids = list(self._unmarked)
         async with self._sessions.begin() as session:
-            if ids:
-                await session.execute(_MARK_PUBLISHED, {"ids": ids, "at": datetime.now(UTC)})
+            ids = await self.mark_in(session)
             yield session
-        if ids:
-            del self._unmarked[: len(ids)]
-            self._unmarked_since = asyncio.get_running_loop().time()
+        self.marked(ids)
 
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
         """Claim the due rows, oldest first, for ``LEASE``."""
@@ -404,7 +435,10 @@ class OutboxRelay:
             timestamp=row["created_at"],
             headers={"traceparent": traceparent} if traceparent else {},
         )
-        await exchange.publish(message, routing_key=row["routing_key"], mandatory=True, timeout=10)
+        # An event nobody subscribes to is dropped by the broker (events.topology); anything else
+        # (a command, a replay to a queue) must reach a queue, or it comes back and is retried.
+        mandatory = row["exchange"] != EVENTS_EXCHANGE
+        await exchange.publish(message, routing_key=row["routing_key"], mandatory=mandatory, timeout=10)
 
     async def purge(self) -> None:
         """Housekeeping, every five minutes: published rows past their retention (an hour), and the

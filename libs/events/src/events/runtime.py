@@ -20,20 +20,21 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from events import topology
+from events.batch import Batcher
 from events.broker import make_broker
 from events.db import make_engine, make_sessionmaker
 from events.logs import get_logger, setup_logging
 from events.outbox import OutboxRelay
 from events.settings import ServiceSettings
-from events.telemetry import setup_tracing
+from events.telemetry import setup_tracing, spans_recorded
 
 log = get_logger("events.runtime")
 
 
-async def declare_topology(amqp_url: str) -> None:
+async def declare_topology(amqp_url: str, *, unrouted_tap: bool = False) -> None:
     connection = await aio_pika.connect(amqp_url)
     try:
-        await topology.declare(await connection.channel())
+        await topology.declare(await connection.channel(), unrouted_tap=unrouted_tap)
     finally:
         await connection.close()
 
@@ -49,6 +50,7 @@ class ServiceRuntime:
     sessions: async_sessionmaker = field(init=False)
     broker: RabbitBroker = field(init=False)
     relay: OutboxRelay = field(init=False)
+    batcher: Batcher | None = field(init=False, default=None)
     started: bool = field(init=False, default=False)
     stopping: bool = field(init=False, default=False)
     """Set when the service begins to stop: handlers waiting out an outage let their message go."""
@@ -69,13 +71,22 @@ class ServiceRuntime:
         self.relay = OutboxRelay(
             self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds,
             inbox_retention=timedelta(days=s.inbox_retention_days),
+            # batches carry the marks; the relay marks on its own only when none came for a while
+            mark_seconds=0.5 if s.batch_size > 1 else 0.05,
         )
-        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry)
+        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry,
+                                  trace_messages=spans_recorded())
+        self.batcher = Batcher(
+            self.sessions, size=s.batch_size, linger_seconds=s.batch_linger_ms / 1000,
+            publish=self.relay.publish, mark_in=self.relay.mark_in, marked=self.relay.marked,
+            handled=self.broker.context.get("oms_messages_handled"), registry=self.registry,
+        ) if s.batch_size > 1 else None
         for router in self.routers:
             self.broker.include_router(router)
         self.broker.context.set_global("sessions", self.sessions)
         self.broker.context.set_global("settings", s)
         self.broker.context.set_global("runtime", self)
+        self.broker.context.set_global("oms_batcher", self.batcher)
         for key, value in self.context.items():
             self.broker.context.set_global(key, value)
         backlog = Gauge("oms_outbox_backlog", "Outbox messages not yet confirmed by the broker", registry=self.registry)
@@ -94,7 +105,7 @@ class ServiceRuntime:
         while True:
             try:
                 if self.settings.declare_topology:
-                    await declare_topology(self.settings.amqp_url)
+                    await declare_topology(self.settings.amqp_url, unrouted_tap=self.settings.unrouted_tap)
                 await self.broker.start()
                 return
             except (OSError, aio_pika.exceptions.AMQPError) as exc:

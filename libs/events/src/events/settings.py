@@ -35,6 +35,7 @@ _UNPREFIXED = {
     "dead_letter_key": "DEAD_LETTER_KEY",
     "dead_letter_retention_days": "DEAD_LETTER_RETENTION_DAYS",
     "declare_topology": "OMS_DECLARE_TOPOLOGY",
+    "unrouted_tap": "OMS_UNROUTED_TAP",
 }
 
 DEV_DEAD_LETTER_KEY = "b21zLWRldi1kZWFkLWxldHRlci1rZXktMzItYnl0ZXM="
@@ -66,6 +67,10 @@ class ServiceSettings(BaseSettings):
     """A request body larger than this is refused with 413 (events.web.LimitBody)."""
     log_level: str = "INFO"
     prefetch: int = 32
+    batch_size: int = Field(default=32, ge=1)
+    """Messages handled in one database transaction at most (events.batch); 1 handles each alone."""
+    batch_linger_ms: float = Field(default=2.0, ge=0)
+    """How long a batch waits for more messages to arrive before it starts."""
     outbox_batch: int = 200
     outbox_poll_seconds: float = 1.0
     inbox_retention_days: float = Field(default=7.0, gt=0)
@@ -78,6 +83,9 @@ class ServiceSettings(BaseSettings):
     """How long dead letters are kept, parked or resolved (``events.deadletters``)."""
     fault_fail_commit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Fault injection for the resilience tests only (OMS_FAULT_FAIL_COMMIT_RATE)."""
+    unrouted_tap: bool = False
+    """Keep the events no queue subscribes to in ``oms.events.unrouted``, to debug (events.topology);
+    off, the broker drops them."""
     declare_topology: bool = True
     """Declare the exchanges and queues at start (``events.topology``). Off where the broker's
     topology is declared for the services and their users may not declare it (deploy/k8s)."""

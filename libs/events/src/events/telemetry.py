@@ -28,12 +28,23 @@ def setup_tracing(service: str) -> TracerProvider:
     if isinstance(current, TracerProvider):
         return current
     console = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() == "console"
-    sampler = None if console or os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(ALWAYS_OFF)
+    sampler = None if console or os.environ.get("OTEL_TRACES_SAMPLER") else _NOTHING_SAMPLED
     provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=sampler)
     if console:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+_NOTHING_SAMPLED = ParentBased(ALWAYS_OFF)
+
+
+def spans_recorded() -> bool:
+    """Whether this process records spans of its own: False when :func:`setup_tracing` found nothing
+    to export them to. Then a consumer builds no span per message, and only carries the message's
+    ``traceparent`` on (events.broker): trace ids reach logs and messages all the same."""
+    provider = trace.get_tracer_provider()
+    return not (isinstance(provider, TracerProvider) and provider.sampler is _NOTHING_SAMPLED)
 
 
 def tracer(name: str = "oms") -> trace.Tracer:

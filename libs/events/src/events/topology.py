@@ -6,8 +6,11 @@ command or event published before its consumer ever ran waits in the consumer's 
 Queues are durable quorum queues with a delivery limit; a message that reaches the limit, or that
 a consumer rejects as malformed, is dead-lettered (at least once) to ``oms.dead-letter``, itself a
 bounded queue with no dead-letter exchange (``DEAD_LETTER_ARGUMENTS``).
-Events that no queue subscribes to go to the alternate exchange ``oms.events.unrouted`` instead of
-being returned, so a publish is only ever refused for a command nobody can take.
+Events are broadcast: one that no queue subscribes to is not an error, and it is not stored. They
+are published without ``mandatory`` and go to the alternate exchange ``oms.events.unrouted``, which
+drops them, unless the opt-in debugging tap (``unrouted_tap``, ``OMS_UNROUTED_TAP``) binds the
+bounded queue ``oms.events.unrouted`` to it. Commands are published ``mandatory``: one that no
+queue can take is returned and refused.
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ class QueueSpec:
     service: str
     exchange: str
     routing_key: str
+    batched: bool = True
+    """Its consumer's messages are handled in batches, one transaction each (events.batch). False
+    for a consumer that must commit before it calls out (payments' write-ahead)."""
 
 
-def _command(routing_key: str) -> QueueSpec:
+def _command(routing_key: str, *, batched: bool = True) -> QueueSpec:
     service = routing_key.split(".", 1)[0]
-    return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key)
+    return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key, batched)
 
 
 def _event(service: str, routing_key: str) -> QueueSpec:
@@ -84,8 +90,8 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("inventory.commit_stock"),
     _command("inventory.restock"),
     # payments
-    _command("payments.capture_payment"),
-    _command("payments.refund_payment"),
+    _command("payments.capture_payment", batched=False),
+    _command("payments.refund_payment", batched=False),
     # shipping
     _command("shipping.create_shipment"),
     _command("shipping.change_address"),
@@ -124,6 +130,13 @@ def spec(name: str) -> QueueSpec:
                            f" reply queue is _event('orders', '<routing key>'))") from None
 
 
+def batched(name: str) -> bool:
+    """Whether the consumer of the queue ``name`` takes its messages in batches (not one outside
+    this table: a test's, a tool's)."""
+    found = _BY_NAME.get(name)
+    return found is not None and found.batched
+
+
 def command_queue(routing_key: str) -> str:
     return spec(routing_key).name
 
@@ -136,8 +149,11 @@ def queues_of(service: str) -> list[QueueSpec]:
     return [q for q in QUEUES if q.service == service]
 
 
-async def declare(channel: AbstractChannel) -> None:
-    """Declare every exchange, queue and binding. Safe to call from every service at every start."""
+async def declare(channel: AbstractChannel, *, unrouted_tap: bool = False) -> None:
+    """Declare every exchange, queue and binding. Safe to call from every service at every start.
+
+    ``unrouted_tap`` also keeps the events nobody subscribes to in ``oms.events.unrouted`` (the
+    last 10,000), to see what is published; each costs the broker a quorum-queue write."""
     unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE,
@@ -158,12 +174,13 @@ async def declare(channel: AbstractChannel) -> None:
         await channel.reopen()  # the broker closed the channel over the refused declaration
         dlq = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
     await dlq.bind(dead)
-    parked = await channel.declare_queue(
-        UNROUTED_QUEUE,
-        durable=True,
-        arguments={"x-queue-type": "quorum", "x-max-length": 10_000, "x-overflow": "drop-head"},
-    )
-    await parked.bind(unrouted)
+    if unrouted_tap:
+        tap = await channel.declare_queue(
+            UNROUTED_QUEUE,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-max-length": 10_000, "x-overflow": "drop-head"},
+        )
+        await tap.bind(unrouted)
 
     exchanges = {EVENTS_EXCHANGE: events, COMMANDS_EXCHANGE: commands}
     for q in QUEUES:

@@ -1,7 +1,7 @@
 """Channel adapters: one interface, ``await adapter.send(outgoing) -> provider reference``.
 
-E-mail goes to an SMTP server (the standard library's ``smtplib``, in a thread, on a connection
-kept open). SMS and push have no provider here: their sandbox adapters accept every message, and
+E-mail goes to an SMTP server as bytes, on an asyncio connection kept open (aiosmtplib: no thread
+per message). SMS and push have no provider here: their sandbox adapters accept every message, and
 the notification row in the database is the record of what was "sent". A real provider adapter
 would offer the same call.
 
@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import smtplib
-import ssl
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +25,11 @@ from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
+from email.policy import SMTPUTF8
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Protocol
+
+import aiosmtplib
 
 from events.broker import Unavailable
 from notifications.config import Settings
@@ -92,8 +92,9 @@ class SmtpEmail:
         self.host, self.port, self.timeout = host, port, timeout
         self.mail_from = mail_from
         self.starttls, self.username, self.password = starttls, username, password
-        self._smtp: smtplib.SMTP | None = None
-        self._lock = threading.Lock()
+        self._sender = parseaddr(mail_from)[1]
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._lock = asyncio.Lock()
 
     def build(self, message: Outgoing) -> Message:
         display = " ".join((message.name or "").split())  # no line breaks into a header
@@ -130,66 +131,72 @@ class SmtpEmail:
 
     async def send(self, message: Outgoing) -> str:
         email = self.build(message)
-        await asyncio.to_thread(self._deliver, email)
+        international = isinstance(email, EmailMessage)
+        data = email.as_bytes(policy=SMTPUTF8) if international else email.as_bytes()
+        await self._deliver(message.address, data, ["SMTPUTF8"] if international else [])
         return message.message_id
 
     def close(self) -> None:
-        with self._lock:
-            self._drop(quit=True)
+        self._drop()
 
-    def _connection(self) -> smtplib.SMTP:
-        if self._smtp is None:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+    async def _connection(self) -> aiosmtplib.SMTP:
+        if self._smtp is None or not self._smtp.is_connected:
+            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout,
+                                   start_tls=self.starttls, use_tls=False)
+            await smtp.connect()
             try:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
                 if self.username:
-                    smtp.login(self.username, self.password or "")
+                    await smtp.login(self.username, self.password or "")
             except BaseException:
                 smtp.close()
                 raise
             self._smtp = smtp
         return self._smtp
 
-    def _drop(self, *, quit: bool = False) -> None:
+    def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             with contextlib.suppress(Exception):
-                if quit:
-                    smtp.quit()
-            smtp.close()
+                smtp.close()
 
-    def _deliver(self, email: Message) -> None:
-        with self._lock:
+    async def _deliver(self, to: str, data: bytes, options: list[str]) -> None:
+        async with self._lock:
             try:
-                reused = self._smtp is not None
+                reused = self._smtp is not None and self._smtp.is_connected
                 try:
-                    self._connection().send_message(email)
-                except smtplib.SMTPServerDisconnected:
+                    await (await self._connection()).sendmail(self._sender, [to], data, mail_options=options)
+                except aiosmtplib.SMTPServerDisconnected:
                     if not reused:
                         raise
                     self._drop()  # closed by the server while idle: once more, on a new connection
-                    self._connection().send_message(email)
-            except smtplib.SMTPRecipientsRefused as exc:  # the connection stays usable (smtplib sent RSET)
-                codes = [code for code, _ in exc.recipients.values()]
+                    await (await self._connection()).sendmail(self._sender, [to], data, mail_options=options)
+            except aiosmtplib.SMTPRecipientsRefused as exc:  # the connection stays usable (the client sent RSET)
+                codes = [refused.code for refused in exc.recipients]
                 if codes and all(400 <= code < 500 for code in codes):
                     raise Transient(f"smtp_{codes[0]}") from None
                 raise Rejected(f"smtp_{codes[0] if codes else 550}") from None
-            except smtplib.SMTPDataError as exc:  # the same
-                if exc.smtp_code >= 500:
-                    raise Rejected(f"smtp_{exc.smtp_code}") from None
-                raise Transient(f"smtp_{exc.smtp_code}") from None
-            except smtplib.SMTPNotSupportedError:
+            except aiosmtplib.SMTPDataError as exc:  # the same
+                if exc.code >= 500:
+                    raise Rejected(f"smtp_{exc.code}") from None
+                raise Transient(f"smtp_{exc.code}") from None
+            except aiosmtplib.SMTPNotSupported:
                 raise Rejected("smtputf8_not_supported") from None
-            except smtplib.SMTPResponseException as exc:
+            except aiosmtplib.SMTPResponseException as exc:
                 # Greeting, HELO, sender or login refused: the server or our settings, not this message.
                 self._drop()
-                if isinstance(exc, smtplib.SMTPConnectError) or exc.smtp_code == 421:  # "service not available"
-                    raise Unavailable("smtp", f"smtp_{exc.smtp_code}") from None
-                raise Transient(f"smtp_{exc.smtp_code}") from None
-            except (OSError, smtplib.SMTPException) as exc:  # refused, unreachable, timed out, disconnected
+                if isinstance(exc, aiosmtplib.SMTPConnectError) or exc.code == 421:  # "service not available"
+                    raise Unavailable("smtp", f"smtp_{exc.code}") from None
+                raise Transient(f"smtp_{exc.code}") from None
+            except (OSError, aiosmtplib.SMTPException) as exc:  # refused, unreachable, timed out, disconnected
                 self._drop()
-                raise Unavailable("smtp", type(exc).__name__) from None
+                raise Unavailable("smtp", _reason(exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The kind of a connection failure, as the standard library names it: aiosmtplib wraps the
+    OS error (``ConnectionRefusedError`` says more in a log than ``SMTPConnectError``)."""
+    cause = exc.__cause__ or exc.__context__
+    return type(cause).__name__ if isinstance(cause, OSError) else type(exc).__name__
 
 
 class SandboxChannel:

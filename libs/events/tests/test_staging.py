@@ -74,12 +74,18 @@ async def test_messages_staged_in_a_savepoint_go_with_it(engine):
     assert sorted(await _staged(sessions)) == [1, 3]
 
 
-async def test_a_session_made_anywhere_writes_what_it_staged(engine):
-    """The write hangs on every SQLAlchemy session, not only on those make_sessionmaker makes."""
+async def test_a_session_that_would_drop_staged_rows_is_refused(engine):
+    """Only OutboxSessions write what they staged: any other session is refused at once, so no
+    commit can leave its staged messages behind."""
     plain = async_sessionmaker(engine)
     async with plain.begin() as session:
-        await outbox.stage(session, Pinged(n=7), service="test", subject="ord-7")
-    assert await _staged(plain) == [7]
+        with pytest.raises(TypeError, match="make_sessionmaker"):
+            await outbox.stage(session, Pinged(n=7), service="test", subject="ord-7")
+    assert await _staged(plain) == []
+    own = async_sessionmaker(engine, sync_session_class=outbox.OutboxSession)
+    async with own.begin() as session:
+        await outbox.stage(session, Pinged(n=8), service="test", subject="ord-8")
+    assert await _staged(own) == [8]
 
 
 async def test_the_inbox_claims_once_per_consumer_and_a_rollback_claims_nothing(engine):

@@ -255,7 +255,9 @@ def make_sessionmaker(
     message is then redelivered and applied once.
     """
 
-    class ServiceSession(Session):
+    from events.outbox import OutboxSession  # outbox builds on this module's tables
+
+    class ServiceSession(OutboxSession):
         pass
 
     if fail_commit_rate > 0:

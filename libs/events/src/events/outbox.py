@@ -64,6 +64,8 @@ async def stage(
     it. A batch's savepoint for one message (events.batch) counts as the top of the transaction.
     (The relay publishes a batch concurrently anyway: messages of one transaction are not ordered
     on the wire.)"""
+    if not isinstance(session.sync_session, OutboxSession):
+        raise TypeError("outbox.stage needs a session from events.db.make_sessionmaker (an OutboxSession)")
     envelope = build(
         payload,
         service=service,
@@ -92,12 +94,17 @@ async def stage(
     return envelope["id"]
 
 
-@event.listens_for(Session, "before_commit")
+class OutboxSession(Session):
+    """The sessions whose commit writes what was staged in them (``make_sessionmaker``'s are).
+    :func:`stage` refuses any other, so no session can commit and leave its staged rows behind;
+    the listeners hang on this class alone, not on SQLAlchemy's ``Session``."""
+
+
+@event.listens_for(OutboxSession, "before_commit")
 def _write_staged(session: Session) -> None:
-    """Every session's commit writes what was staged in it (a listener on the base class, so no
-    session, whatever made it, can commit and leave its staged messages behind). SQLAlchemy also
-    calls it as a savepoint is released: that commits nothing, so the rows wait for the commit
-    (a release that fails would otherwise leave rows of a rolled-back savepoint to be handed on)."""
+    """A commit writes what was staged in its transaction. SQLAlchemy also calls this as a
+    savepoint is released: that commits nothing, so the rows wait for the commit (a release that
+    fails would otherwise leave rows of a rolled-back savepoint to be handed on)."""
     if session.in_nested_transaction():
         return
     rows = session.info.pop(_PENDING, None)
@@ -109,7 +116,7 @@ def _write_staged(session: Session) -> None:
         session.info[OUTBOX_COMMITTED] = rows  # handed to the relay after the commit
 
 
-@event.listens_for(Session, "after_transaction_end")
+@event.listens_for(OutboxSession, "after_transaction_end")
 def _drop_staged(session: Session, transaction: Any) -> None:
     """A transaction that ended without committing leaves nothing for the next one (a savepoint's
     end is not the transaction's: what it staged was written at once)."""

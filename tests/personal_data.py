@@ -1,6 +1,6 @@
 """A scan for personal data and payment tokens where none may be (CONTRACT §3, §6): log lines,
 events on the bus, dead letters of the system's own messages. Its patterns are its own, broader
-than the masking in events.logs, so that a form the masking misses is found here."""
+than the masking in chassis.logs, so that a form the masking misses is found here."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from events.db import messaging_metadata
-from events.deadletters import deadletter_metadata
-from events.migrations import upgrade
+from chassis.db import messaging_metadata
+from chassis.deadletters import deadletter_metadata
+from chassis.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = {

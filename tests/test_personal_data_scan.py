@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from personal_data import scan, scan_logs
 
-from events.logs import mask
+from chassis.logs import mask
 
 PLANTED = [
     ("card token", 'capture failed token="tok_visa_4242"'),

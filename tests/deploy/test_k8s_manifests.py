@@ -323,8 +323,8 @@ def test_dev_generates_only_per_service_secrets() -> None:
 def test_every_variable_set_for_a_service_is_one_its_settings_read() -> None:
     """Names drift silently (a typo is just ignored by pydantic-settings): each prefixed name a
     manifest sets must be a field of that service's Settings; the unprefixed ones are the shared
-    ones events.settings reads."""
-    from events.settings import _UNPREFIXED
+    ones chassis.settings reads."""
+    from chassis.settings import _UNPREFIXED
 
     fields = {s: set(importlib.import_module(f"{s}.config").Settings.model_fields) for s in SERVICES}
     objs = rendered("prod")
@@ -457,7 +457,7 @@ def test_the_database_accepts_every_connection_the_replicas_may_open(overlay: st
 
 
 def test_the_connection_budget_is_the_pool_the_services_really_open() -> None:
-    from events.db import make_engine
+    from chassis.db import make_engine
 
     pool = make_engine("postgresql+asyncpg://u:p@127.0.0.1:9/x").sync_engine.pool  # connects to nothing
     assert pool.size() + pool._max_overflow == generate.CONNECTIONS_PER_PROCESS

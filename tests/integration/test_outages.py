@@ -1,5 +1,5 @@
 """A dependency down for a minute under a stream of orders (issue 14): the handlers that need it
-wait it out (events.broker), nothing is dead-lettered, and once it is back everything is done,
+wait it out (chassis.broker), nothing is dead-lettered, and once it is back everything is done,
 each thing once. Each scenario prints its score: placed, delivered, cancelled, lost, twice.
 
 The outage lasts 60 s, twice the ~31 s in which the delivery limit used to dead-letter every

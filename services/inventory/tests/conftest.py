@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.db import make_engine, make_sessionmaker, messaging_metadata
-from events.web import install
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata
+from chassis.web import install
 from inventory import api
 from inventory.config import Settings
 from inventory.db import Base

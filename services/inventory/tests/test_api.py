@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from events.db import outbox_message
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.inventory import ReserveStock
 from events.types import LineItem

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from chassis.migrations import upgrade
 from events.envelope import Message, build
 from events.inventory import ReleaseStock, ReserveStock
-from events.migrations import upgrade
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 from events.types import LineItem
 from inventory.app import create_app

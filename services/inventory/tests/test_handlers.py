@@ -11,8 +11,8 @@ import pytest
 from concurrency import Meeting
 from sqlalchemy import func, select
 
-from events.broker import Permanent
-from events.db import outbox_message, processed_message
+from chassis.broker import Permanent
+from chassis.db import outbox_message, processed_message
 from events.envelope import Envelope, build
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems
 from events.types import LineItem

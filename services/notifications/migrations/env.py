@@ -1,4 +1,4 @@
-from events.migrations import run_env
+from chassis.migrations import run_env
 from notifications.db import Base
 
 run_env(Base.metadata)

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from events.db import make_engine, make_sessionmaker, messaging_metadata
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata
 from notifications.channels import Outgoing
 from notifications.config import Settings
 from notifications.db import Base

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from events.web import install
+from chassis.web import install
 from notifications.api import router
 from notifications.handlers import handle_register_recipient, on_order_status_changed
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from chassis.migrations import upgrade
 from events.envelope import Message, build
-from events.migrations import upgrade
 from events.names import CLOUDEVENTS_CONTENT_TYPE, COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 from events.notifications import RegisterRecipient
 from events.orders import OrderStatusChanged

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, update
 
-from events.broker import Permanent, Unavailable
-from events.db import outbox_message
+from chassis.broker import Permanent, Unavailable
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.notifications import RegisterRecipient
 from events.orders import OrderStatusChanged

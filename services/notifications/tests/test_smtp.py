@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from events.broker import Unavailable
+from chassis.broker import Unavailable
 from notifications.channels import Outgoing, Rejected, SmtpEmail, Transient, build_channels
 from notifications.db import Notification
 from notifications.handlers import handle_register_recipient, on_order_status_changed

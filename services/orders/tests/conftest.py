@@ -7,10 +7,10 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from events import deadletters
-from events.db import make_engine, make_sessionmaker, messaging_metadata
-from events.deadletters import deadletter_metadata
-from events.web import install
+from chassis import deadletters
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata
+from chassis.deadletters import deadletter_metadata
+from chassis.web import install
 from orders import api, console, ops
 from orders.admission import Admission
 from orders.config import Settings

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from events.db import outbox_message
+from chassis.db import outbox_message
 
 GATEWAY = {"Authorization": "Bearer dev-gateway-key"}
 OPS = {"Authorization": "Bearer dev-ops-key"}

@@ -12,7 +12,7 @@ import pytest
 from orders_support import BODY, GATEWAY, body
 from sqlalchemy import insert, update
 
-from events.deadletters import dead_letter
+from chassis.deadletters import dead_letter
 from events.inventory import StockReserved
 from events.payments import PaymentCaptured
 from events.types import Allocation

@@ -12,8 +12,8 @@ import pytest
 from orders_support import BODY
 from sqlalchemy import select
 
-from events.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
-from events.deadletters import deadletter_metadata
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
+from chassis.deadletters import deadletter_metadata
 from events.orders import PlaceOrder
 from orders import service
 from orders.config import Settings

@@ -19,8 +19,8 @@ from test_saga import (
     refunded,
 )
 
+from chassis.broker import make_broker
 from events import topology
-from events.broker import make_broker
 from events.envelope import Event, build
 from events.shipping import ShipmentReturned
 from events.types import LineItem

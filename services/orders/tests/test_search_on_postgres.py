@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from events.migrations import upgrade
+from chassis.migrations import upgrade
 from orders.console.queries import Search, search_query
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from events.db import make_engine, make_sessionmaker, messaging_metadata
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata
 from payments.db import Base
 
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from events import web
-from events.db import outbox_message
+from chassis import web
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys

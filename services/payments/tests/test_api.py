@@ -11,8 +11,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from events.db import outbox_message
-from events.web import install
+from chassis.db import outbox_message
+from chassis.web import install
 from payments.api import router
 from payments.config import Settings
 from payments.db import Payment, Refund

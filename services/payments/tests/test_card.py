@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from events import web
-from events.db import outbox_message
+from chassis import web
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.stripe import API_KEY, WEBHOOK_SECRET, stripe_signature

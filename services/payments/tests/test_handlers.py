@@ -12,8 +12,8 @@ import pytest
 from concurrency import Meeting
 from sqlalchemy import select
 
-from events.broker import Permanent
-from events.db import outbox_message
+from chassis.broker import Permanent
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from payments import handlers
@@ -196,7 +196,7 @@ async def test_payments_are_listed_for_the_consistency_check(sessions):
     import httpx
     from fastapi import FastAPI
 
-    from events.web import install
+    from chassis.web import install
     from payments.api import router
 
     app = FastAPI()

@@ -24,8 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from events import web
-from events.db import outbox_message
+from chassis import web
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.paypal import CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID

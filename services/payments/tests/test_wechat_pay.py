@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from events import web
-from events.db import outbox_message
+from chassis import web
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.wechat_pay import MCHID, MERCHANT_SERIAL, PLATFORM_SERIAL, ensure_keys

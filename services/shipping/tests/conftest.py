@@ -6,8 +6,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from events.db import make_engine, make_sessionmaker, messaging_metadata
-from events.web import install
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata
+from chassis.web import install
 from shipping import api, carriers
 from shipping.config import Settings
 from shipping.db import Base

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from concurrency import Meeting
 from sqlalchemy import select, update
 
-from events.db import outbox_message
+from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.orders import Address
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn

@@ -16,7 +16,8 @@ from pathlib import Path
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 from faststream.specification import AsyncAPI
 
-from events import deadletters, inventory, notifications, orders, payments, shipping
+from chassis import deadletters
+from events import inventory, notifications, orders, payments, shipping
 from events.envelope import Command, Envelope, Event, Message
 from events.names import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
 

@@ -1,6 +1,6 @@
 """The OpenAPI documents of the HTTP APIs that gateways and ops call (orders, inventory, shipping),
 committed under docs/openapi/ so that clients can be generated from them. The services do not
-serve them (``/openapi.json`` and ``/docs`` are 404: events.web), so they are written from the
+serve them (``/openapi.json`` and ``/docs`` are 404: chassis.web), so they are written from the
 same FastAPI apps here and a test fails when they drift."""
 
 from __future__ import annotations

@@ -15,13 +15,10 @@ queue can take is returned and refused.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-from aio_pika.abc import AbstractChannel
-
-from events.logs import get_logger
 from events.names import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -46,7 +43,10 @@ When it is full it refuses more; with at-least-once dead-lettering the source qu
 the message (and retries dead-lettering it), so nothing is lost: the queues back up instead, and
 the alert on parked dead letters asks a person to look."""
 
-log = get_logger("events.topology")
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel
+
+log = logging.getLogger("events.topology")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class QueueSpec:
     exchange: str
     routing_key: str
     batched: bool = True
-    """Its consumer's messages are handled in batches, one transaction each (events.batch). False
+    """Its consumer's messages are handled in batches, one transaction each (chassis.batch). False
     for a consumer that must commit before it calls out (payments' write-ahead)."""
 
 
@@ -153,7 +153,12 @@ async def declare(channel: AbstractChannel, *, unrouted_tap: bool = False) -> No
     """Declare every exchange, queue and binding. Safe to call from every service at every start.
 
     ``unrouted_tap`` also keeps the events nobody subscribes to in ``oms.events.unrouted`` (the
-    last 10,000), to see what is published; each costs the broker a quorum-queue write."""
+    last 10,000), to see what is published; each costs the broker a quorum-queue write.
+
+    Needs aio-pika (``oms-events[amqp]``); reading the tables needs only this module.
+    """
+    import aio_pika
+
     unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE,
@@ -169,8 +174,9 @@ async def declare(channel: AbstractChannel, *, unrouted_tap: bool = False) -> No
     except aio_pika.exceptions.ChannelPreconditionFailed as exc:
         # Declared before with other arguments (an older release): queue arguments cannot be
         # changed in place, and a service that refused to start over it would help nobody.
-        log.warning("topology.dead_letter_queue_differs", queue=DEAD_LETTER_QUEUE, error=str(exc.args[0])[:300]
-                    if exc.args else "PRECONDITION_FAILED", wanted=DEAD_LETTER_ARGUMENTS)
+        reason = str(exc.args[0])[:300] if exc.args else "PRECONDITION_FAILED"
+        log.warning("topology.dead_letter_queue_differs queue=%s wanted=%s error=%s",
+                    DEAD_LETTER_QUEUE, DEAD_LETTER_ARGUMENTS, reason)
         await channel.reopen()  # the broker closed the channel over the refused declaration
         dlq = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
     await dlq.bind(dead)

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 
-from events.settings import Role
+from chassis.settings import Role
+from chassis.web import Caller, Problem, Runtime, require
 from events.types import CountryCode, Sku
-from events.web import Caller, Problem, Runtime, require
 from inventory import domain, service
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 

@@ -6,8 +6,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from events.runtime import ServiceRuntime
-from events.web import install
+from chassis.runtime import ServiceRuntime
+from chassis.web import install
 from inventory import api, handlers
 from inventory.config import Settings
 

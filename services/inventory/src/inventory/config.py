@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from events.settings import ServiceSettings
+from chassis.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

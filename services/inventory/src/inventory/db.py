@@ -1,4 +1,4 @@
-"""Tables of the inventory service (plus the shared outbox/inbox tables from events.db)."""
+"""Tables of the inventory service (plus the shared outbox/inbox tables from chassis.db)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from events.db import UtcDateTime
+from chassis.db import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -12,11 +12,12 @@ from typing import Annotated
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox, topology
-from events.broker import Permanent, Resource, queue
+from chassis import inbox
+from chassis.broker import Permanent, Resource, queue
+from chassis.logs import get_logger
+from events import topology
 from events.envelope import Envelope
 from events.inventory import CommitStock, ReleaseStock, ReserveStock, RestockItems, StockReserved
-from events.logs import get_logger
 from inventory import domain, service
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ import asyncio
 
 from sqlalchemy import select
 
-from events.db import make_engine, make_sessionmaker
+from chassis.db import make_engine, make_sessionmaker
 from inventory.config import Settings
 from inventory.db import Stock, Warehouse
 

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events import outbox
+from chassis import outbox
 from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,

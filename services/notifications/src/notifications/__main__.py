@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from events.cli import main
+from chassis.cli import main
 from notifications.config import Settings
 
 main(

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
-from events.settings import Role
-from events.web import Runtime, require
+from chassis.settings import Role
+from chassis.web import Runtime, require
 from notifications.db import Notification, Preference
 from notifications.domain import DEFAULT_CHANNELS, Channel, NotificationStatus, mask_address
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from events.runtime import ServiceRuntime
-from events.web import install
+from chassis.runtime import ServiceRuntime
+from chassis.web import install
 from notifications import api, handlers, providers, retention
 from notifications.channels import build_channels
 from notifications.config import Settings

@@ -5,7 +5,7 @@ per message). SMS and push have no provider here: their sandbox adapters accept 
 the notification row in the database is the record of what was "sent". A real provider adapter
 would offer the same call.
 
-Adapters raise ``events.broker.Unavailable`` when the channel's server cannot be reached (refused,
+Adapters raise ``chassis.broker.Unavailable`` when the channel's server cannot be reached (refused,
 timed out, disconnected, "service not available": the event waits for it, however long, without
 counting as a failed delivery), :class:`Transient` when the server answered that the same send may
 succeed later (the event is retried with back-off, and dead-lettered if it never does) and
@@ -31,7 +31,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from events.broker import Unavailable
+from chassis.broker import Unavailable
 from notifications.config import Settings
 from notifications.domain import Channel
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from events.settings import ServiceSettings
+from chassis.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

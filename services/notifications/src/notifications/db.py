@@ -1,4 +1,4 @@
-"""Tables of the notifications service (plus the shared outbox/inbox tables from events.db)."""
+"""Tables of the notifications service (plus the shared outbox/inbox tables from chassis.db)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from events.db import UtcDateTime
+from chassis.db import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.logs import get_logger
-from events.tasks import every
+from chassis.logs import get_logger
+from chassis.tasks import every
 from notifications.db import Notification, Recipient
 
 log = get_logger(__name__)

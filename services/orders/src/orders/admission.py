@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events.logs import get_logger
+from chassis.logs import get_logger
 from events.types import OrderStatus
 from orders.db import IdempotencyKey, Order, OrderHistory
 

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
+from chassis.settings import Role
+from chassis.web import Caller, Problem, Runtime, require
 from events.orders import Address, PlaceOrder
-from events.settings import Role
 from events.types import Channel, LineItem, OrderStatus, money_places
-from events.web import Caller, Problem, Runtime, require
 from orders import service
 from orders.admission import Overloaded
 from orders.db import Order

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from events import deadletters
-from events.runtime import ServiceRuntime
-from events.web import install
+from chassis import deadletters
+from chassis.runtime import ServiceRuntime
+from chassis.web import install
 from orders import api, console, handlers, ops, retention
 from orders.admission import Admission
 from orders.config import Settings

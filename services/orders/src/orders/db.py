@@ -10,7 +10,7 @@ from sqlalchemy import JSON, ForeignKey, Index, Integer, Numeric, String, text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from events.db import UtcDateTime
+from chassis.db import UtcDateTime
 
 
 class Base(AsyncAttrs, DeclarativeBase):

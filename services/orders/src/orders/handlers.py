@@ -19,13 +19,14 @@ from faststream.rabbit import RabbitRouter
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox, outbox, topology
-from events.broker import Resource, queue
+from chassis import inbox, outbox
+from chassis.broker import Resource, queue
+from chassis.logs import get_logger
+from chassis.tasks import background
+from chassis.web import validation_errors
+from events import topology
 from events.envelope import Envelope, ErrorItem, Event, Incoming
-from events.logs import get_logger
 from events.orders import OrderRejected, PlaceOrder
-from events.tasks import background
-from events.web import validation_errors
 from orders import saga, service
 from orders.config import Settings
 from orders.domain import business_errors

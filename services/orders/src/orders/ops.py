@@ -15,10 +15,10 @@ import httpx
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select
 
-from events.deadletters import parked_count
+from chassis.deadletters import parked_count
+from chassis.settings import Role
+from chassis.web import Runtime, require
 from events.names import DEAD_LETTER_QUEUE, UNROUTED_QUEUE
-from events.settings import Role
-from events.web import Runtime, require
 from orders import service
 from orders.admission import Admission
 from orders.db import Order, OrderHistory, OrderLine

@@ -2,7 +2,7 @@
 closed (delivered, cancelled or returned, and not touched since), its customer's name, e-mail
 address and phone number, its shipping address (but the country, which the reports read), its
 payment token and the notes people wrote in its history are blanked, and it is marked
-``forgotten_at``. (Dead letters have a retention of their own: ``events.deadletters``.)
+``forgotten_at``. (Dead letters have a retention of their own: ``chassis.deadletters``.)
 
 The same pattern as notifications' retention: at start and then every hour, a batch a transaction.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.logs import get_logger
-from events.tasks import every
+from chassis.logs import get_logger
+from chassis.tasks import every
 from orders.db import Order, OrderHistory
 
 log = get_logger(__name__)

@@ -23,10 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from events import inbox, inventory, notifications, outbox, payments, shipping
-from events.db import InsertIfAbsent
+from chassis import inbox, outbox
+from chassis.db import InsertIfAbsent
+from chassis.logs import get_logger
+from events import inventory, notifications, payments, shipping
 from events.envelope import Cause, utcnow
-from events.logs import get_logger
 from events.orders import (
     Address,
     OrderCancelled,

@@ -13,12 +13,12 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from events import outbox
-from events.logs import get_logger
+from chassis import outbox
+from chassis.logs import get_logger
+from chassis.settings import Role
+from chassis.web import Caller, Problem, Runtime, require
 from events.payments import RefundPayment
-from events.settings import Role
 from events.types import MoneyText
-from events.web import Caller, Problem, Runtime, require
 from payments import reconcile, settle
 from payments.adapters.base import BadSignature
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
-from events.runtime import ServiceRuntime
-from events.tasks import every
-from events.web import install
+from chassis.runtime import ServiceRuntime
+from chassis.tasks import every
+from chassis.web import install
 from payments import api, handlers, reconcile, settle
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter

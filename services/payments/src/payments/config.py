@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from events.settings import ServiceSettings
+from chassis.settings import ServiceSettings
 
 METHODS = ("card", "alipay", "wechat_pay", "paypal")
 

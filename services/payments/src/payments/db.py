@@ -1,4 +1,4 @@
-"""Tables of the payments service (plus the shared outbox/inbox tables from events.db)."""
+"""Tables of the payments service (plus the shared outbox/inbox tables from chassis.db)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import ForeignKey, Numeric, String, bindparam, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from events.db import UtcDateTime
+from chassis.db import UtcDateTime
 
 
 class Base(DeclarativeBase):

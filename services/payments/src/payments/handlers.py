@@ -25,10 +25,11 @@ from faststream.rabbit import RabbitRouter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from events import inbox, outbox, topology
-from events.broker import Permanent, Resource, Unavailable, queue
+from chassis import inbox, outbox
+from chassis.broker import Permanent, Resource, Unavailable, queue
+from chassis.logs import get_logger
+from events import topology
 from events.envelope import Envelope
-from events.logs import get_logger
 from events.payments import (
     CapturePayment,
     PaymentActionRequired,

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.logs import get_logger
+from chassis.logs import get_logger
 from payments.adapters.base import Transient
 from payments.adapters.registry import Providers
 from payments.db import CAPTURING, PENDING, Payment

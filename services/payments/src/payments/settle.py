@@ -12,8 +12,8 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from events import inbox, outbox
-from events.logs import get_logger
+from chassis import inbox, outbox
+from chassis.logs import get_logger
 from events.payments import PaymentCaptured, PaymentFailed
 from events.types import PaymentStatus
 from payments.adapters.base import Adapter, Notification, Transient

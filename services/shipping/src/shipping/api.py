@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from events.logs import get_logger
-from events.settings import Role
+from chassis.logs import get_logger
+from chassis.settings import Role
+from chassis.web import Problem, Runtime, require, validation_errors
 from events.types import ShipmentStatus
-from events.web import Problem, Runtime, require, validation_errors
 from shipping import carriers, parcels
 from shipping.db import Shipment
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from events.runtime import ServiceRuntime
-from events.web import install
+from chassis.runtime import ServiceRuntime
+from chassis.web import install
 from shipping import api, carrier, carriers, handlers, retention
 from shipping.config import Settings
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.logs import get_logger
-from events.tasks import background
+from chassis.logs import get_logger
+from chassis.tasks import background
 from events.types import ShipmentStatus as St
 from shipping import domain, parcels
 

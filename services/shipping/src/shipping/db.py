@@ -1,4 +1,4 @@
-"""Tables of the shipping service (plus the shared outbox/inbox tables from events.db)."""
+"""Tables of the shipping service (plus the shared outbox/inbox tables from chassis.db)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from events.db import UtcDateTime
+from chassis.db import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -7,8 +7,9 @@ from typing import Annotated
 from faststream.rabbit import RabbitRouter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events import inbox, topology
-from events.broker import Permanent, Resource, queue
+from chassis import inbox
+from chassis.broker import Permanent, Resource, queue
+from events import topology
 from events.envelope import Envelope
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
 from shipping import carriers, parcels

@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events import outbox
-from events.db import InsertIfAbsent
+from chassis import outbox
+from chassis.db import InsertIfAbsent
+from chassis.logs import get_logger
 from events.envelope import Cause, utcnow
-from events.logs import get_logger
 from events.shipping import (
     CreateShipment,
     ShipmentCancelled,

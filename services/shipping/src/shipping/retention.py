@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from events.logs import get_logger
-from events.tasks import every
+from chassis.logs import get_logger
+from chassis.tasks import every
 from shipping.db import Shipment
 
 log = get_logger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from events import keys
-from events.settings import Role
-from events.web import Caller
+from chassis import keys
+from chassis.settings import Role
+from chassis.web import Caller
 
 COOKIE = "oms_console"
 PATH = "/ops"

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, cast, func, literal_column, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from events.db import outbox_message
+from chassis.db import outbox_message
 from orders.db import Order, OrderHistory, OrderLine, OrderParcel
 
 EMAIL = literal_column("lower(customer ->> 'email')")

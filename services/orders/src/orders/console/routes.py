@@ -26,11 +26,11 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from events.deadletters import dead_letter
-from events.logs import get_logger
+from chassis.deadletters import dead_letter
+from chassis.logs import get_logger
+from chassis.web import validation_errors
 from events.orders import Address
 from events.types import Channel, OrderStatus
-from events.web import validation_errors
 from orders import ops, service
 from orders.console import auth, queries
 from orders.console.mask import mask_body
@@ -311,7 +311,7 @@ async def dead_letters(request: Request, error: str | None = None, status: int =
 
 @router.post("/dead-letters/{letter_id}/{action}")
 async def dead_letter_action(request: Request, letter_id: str, action: str, csrf_token: Csrf = "") -> Response:
-    """Through the dead-letter API itself (events.deadletters), called in-process with the
+    """Through the dead-letter API itself (chassis.deadletters), called in-process with the
     configured admin key: the console does exactly what ``POST /v1/dead-letters/{id}/replay`` does."""
     session = _admin(request, csrf_token)
     if action not in ("replay", "discard"):

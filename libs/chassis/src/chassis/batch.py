@@ -1,0 +1,172 @@
+"""Messages handled in batches: one database transaction for what has arrived, a savepoint each.
+
+Every message a service consumes used to cost a transaction of its own, its commit, and a relay
+transaction to mark its outbox rows published. A :class:`Batcher` takes the messages that have
+arrived (up to ``size``, waiting at most ``linger_seconds`` for more), and runs their handlers one
+after the other in ONE transaction:
+
+- each handler runs in its message's own task (its log context, its FastStream context), and its
+  ``sessions.begin()`` is a savepoint of the batch's transaction (:class:`chassis.db.ServiceSessions`),
+  so the handlers' code is the same in a batch and alone. The inbox claim and the effects of a
+  message commit together, as before;
+- a handler that fails has its savepoint rolled back, and its message is handled as it always was
+  (dead-lettered, retried, or waited out: chassis.broker) while the others go on;
+- the transaction also marks the outbox rows confirmed since the last one (the relay's marks ride
+  along), then commits; only then does each handler return, so its message is acked after the
+  commit. If the commit fails, every message of the batch fails with the commit's error, and none
+  is acked;
+- the batch's task then publishes the outbox rows the commit wrote, with publisher confirms
+  (:meth:`chassis.outbox.OutboxRelay.publish`); the relay's table poll stays for what a crash left.
+
+A consumer that must commit before it calls out (payments' write-ahead capture) is not batched
+(``batched=False`` in events.topology) and runs per message as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chassis.db import BATCH, in_batch
+from chassis.logs import get_logger
+
+log = get_logger("chassis.batch")
+
+T = TypeVar("T")
+
+
+class _Member:
+    """One message's place in a batch: its turn (the batch's session), its end, the commit."""
+
+    __slots__ = ("committed", "done", "turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.turn: asyncio.Future[AsyncSession] = loop.create_future()
+        self.done: asyncio.Future[bool] = loop.create_future()
+        self.committed: asyncio.Future[None] = loop.create_future()
+
+    def finish(self, ok: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(ok)
+
+
+class Batcher:
+    """Runs handlers in batches, one transaction a batch (see the module's docstring).
+
+    ``publish`` receives the outbox rows a batch's commit wrote, ``mark_in``/``marked`` let the
+    relay's marks ride in the batch's transaction (both from :class:`chassis.outbox.OutboxRelay`);
+    ``handled`` counts the messages acked, and the batch sizes go to ``oms_batch_messages``, both
+    once a batch.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        *,
+        size: int = 32,
+        linger_seconds: float = 0.002,
+        publish: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+        mark_in: Callable[[AsyncSession], Awaitable[list[str]]] | None = None,
+        marked: Callable[[list[str]], None] | None = None,
+        handled: Counter | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._size = size
+        self._linger = linger_seconds
+        self._publish = publish
+        self._mark_in = mark_in
+        self._marked = marked
+        self._waiting: deque[_Member] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.messages = 0
+        # Measured per batch, not per message (the handled counter is chassis.broker's).
+        self._sizes = Histogram("oms_batch_messages", "Messages handled in one batch transaction",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+        self._handled = handled
+
+    async def run(self, handler: Callable[[], Awaitable[T]]) -> T:
+        """Run ``handler`` (one message's) in the next batch; returns once the batch committed."""
+        loop = asyncio.get_running_loop()
+        member = _Member(loop)
+        self._waiting.append(member)
+        if len(self._waiting) >= self._size:
+            self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drive(), name="batcher")
+        try:
+            session = await member.turn
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(member)
+            member.finish(False)
+            raise
+        try:
+            with in_batch(session):
+                result = await handler()
+        except BaseException:
+            member.finish(False)
+            raise
+        member.finish(True)
+        await member.committed
+        return result
+
+    async def _drive(self) -> None:
+        """Batch after batch while messages wait; ends when none does (the next one starts it)."""
+        while self._waiting:
+            if len(self._waiting) < self._size:  # let what is arriving join, a few ms at most
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self._linger)
+            members = [self._waiting.popleft() for _ in range(min(self._size, len(self._waiting)))]
+            if not members:
+                continue
+            try:
+                await self._run(members)
+            except Exception as exc:  # the members were told; the next batch starts afresh
+                log.warning("batch.failed", messages=len(members), error=repr(exc)[:300])
+
+    async def _run(self, members: list[_Member]) -> None:
+        ran: list[_Member] = []
+        rows: list[dict[str, Any]] = []
+        marks: list[str] = []
+        try:
+            async with self._sessions() as session:
+                session.info[BATCH] = rows
+                async with session.begin():
+                    if self._mark_in is not None:
+                        marks = await self._mark_in(session)
+                    for member in members:
+                        if member.turn.done():  # cancelled while it waited
+                            continue
+                        member.turn.set_result(session)
+                        if await member.done:
+                            ran.append(member)
+        except BaseException as exc:
+            for member in members:
+                if not member.turn.done():  # never ran: fails like the others, never acked
+                    member.turn.set_exception(exc)
+            for member in ran:
+                if not member.committed.done():  # else its task was cancelled meanwhile
+                    member.committed.set_exception(exc)
+            raise
+        for member in ran:
+            if not member.committed.done():
+                member.committed.set_result(None)
+        self.batches += 1
+        self.messages += len(ran)
+        self._sizes.observe(len(ran))
+        if self._handled is not None:
+            self._handled.inc(len(ran))
+        if self._marked is not None:
+            self._marked(marks)
+        if rows and self._publish is not None:
+            await self._publish(rows)

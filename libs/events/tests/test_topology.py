@@ -3,9 +3,10 @@ of its own, and a broker whose dead-letter queue was declared otherwise does not
 
 from __future__ import annotations
 
+import logging
+
 import aio_pika
 import pytest
-from structlog.testing import capture_logs
 
 from events import topology
 from events.names import DEAD_LETTER_QUEUE
@@ -29,15 +30,28 @@ async def test_the_dead_letter_queue_is_bounded_and_refuses_when_full(amqp_url):
     assert "x-dead-letter-exchange" not in topology.DEAD_LETTER_ARGUMENTS
 
 
-async def test_a_dead_letter_queue_declared_otherwise_is_used_as_it_is(amqp_url):
+async def test_a_dead_letter_queue_declared_otherwise_is_used_as_it_is(amqp_url, caplog):
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()
         await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-        with capture_logs() as logs:
+        with caplog.at_level(logging.WARNING, logger="events.topology"):
             await topology.declare(channel)  # does not raise
-        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["topology.dead_letter_queue_differs"]
+        warnings = [r.getMessage().split()[0] for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == ["topology.dead_letter_queue_differs"]
         for spec in topology.QUEUES:  # everything after the dead-letter queue was declared too
             await channel.get_queue(spec.name, ensure=True)
     finally:
         await connection.close()
+
+
+def test_consumers_that_call_out_before_committing_are_not_batched():
+    """A batch commits after all its handlers ran: a handler that must commit before it calls out
+    (a charge, a refund, an e-mail handed to the SMTP server) would call out before its record is
+    committed, and a crash would make it call out again."""
+    calls_out = {"payments.capture_payment", "payments.refund_payment"} | {
+        q.name for q in topology.QUEUES if q.service == "notifications" and q.exchange == topology.EVENTS_EXCHANGE
+    }
+    assert calls_out >= {"notifications.on.order.status_changed", "notifications.on.shipment.updated"}
+    assert not any(topology.batched(name) for name in calls_out)
+    assert topology.batched("inventory.reserve_stock") and topology.batched("orders.on.stock.reserved")

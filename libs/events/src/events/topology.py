@@ -57,7 +57,9 @@ class QueueSpec:
     routing_key: str
     batched: bool = True
     """Its consumer's messages are handled in batches, one transaction each (chassis.batch). False
-    for a consumer that must commit before it calls out (payments' write-ahead)."""
+    for a consumer that must commit before it calls out: payments' write-ahead capture and refund,
+    and notifications, which records a message as sent-pending before it hands it to the SMTP server
+    (in a batch the record would commit only after the send, so a crash could send it twice)."""
 
 
 def _command(routing_key: str, *, batched: bool = True) -> QueueSpec:
@@ -65,8 +67,8 @@ def _command(routing_key: str, *, batched: bool = True) -> QueueSpec:
     return QueueSpec(routing_key, service, COMMANDS_EXCHANGE, routing_key, batched)
 
 
-def _event(service: str, routing_key: str) -> QueueSpec:
-    return QueueSpec(f"{service}.on.{routing_key}", service, EVENTS_EXCHANGE, routing_key)
+def _event(service: str, routing_key: str, *, batched: bool = True) -> QueueSpec:
+    return QueueSpec(f"{service}.on.{routing_key}", service, EVENTS_EXCHANGE, routing_key, batched)
 
 
 QUEUES: tuple[QueueSpec, ...] = (
@@ -99,10 +101,10 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("shipping.expect_return"),
     # notifications
     _command("notifications.register_recipient"),
-    _event("notifications", "order.status_changed"),
-    _event("notifications", "payment.refunded"),
-    _event("notifications", "payment.action_required"),
-    _event("notifications", "shipment.updated"),
+    _event("notifications", "order.status_changed", batched=False),
+    _event("notifications", "payment.refunded", batched=False),
+    _event("notifications", "payment.action_required", batched=False),
+    _event("notifications", "shipment.updated", batched=False),
 )
 
 _BY_NAME = {q.name: q for q in QUEUES}

@@ -130,7 +130,9 @@ def postgres() -> Iterator[Postgres]:
         with PostgresContainer("postgres:16", driver="asyncpg") as container:
             yield Postgres(container.get_connection_url())
         return
-    pytest.fail("no PostgreSQL: set OMS_TEST_POSTGRES_URL, install postgresql (apt-get), or run a Docker engine")
+    pytest.fail(
+        "no PostgreSQL: set OMS_TEST_POSTGRES_URL, install postgresql (apt-get), or run a Docker engine"
+    )
 
 
 def _admin(postgres: Postgres, sql: str) -> None:

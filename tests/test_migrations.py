@@ -36,4 +36,6 @@ def test_the_migrations_build_the_schema_of_the_models(service, tmp_path):
             differences = compare_metadata(MigrationContext.configure(connection), models)
     finally:
         engine.dispose()
-    assert differences == [], f"{service}: the models and the migrations differ; run python -m {service} makemigration"
+    assert differences == [], (
+        f"{service}: the models and the migrations differ; run python -m {service} makemigration"
+    )

@@ -63,7 +63,10 @@ class Service:
 
 
 def _anywhere(*ports: int) -> dict[str, Any]:
-    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": p} for p in ports]}
+    return {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+        "ports": [{"protocol": "TCP", "port": p} for p in ports],
+    }
 
 
 def _from_ingress_controller(port: int) -> dict[str, Any]:
@@ -75,41 +78,85 @@ def _from_ingress_controller(port: int) -> dict[str, Any]:
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        "orders", 8000,
+        "orders",
+        8000,
         # events; the saga's commands; dead-letter replays go back through the default exchange
         publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, "amq.default"),
         extra_reads=(names.DEAD_LETTER_QUEUE,),  # orders parks dead letters for ops
-        cpu="250m", memory="384Mi", memory_limit="768Mi", scale_on_cpu=True,
+        cpu="250m",
+        memory="384Mi",
+        memory_limit="768Mi",
+        scale_on_cpu=True,
         # the console's low-stock panel, stock receipts and counts (inventory), refunds (payments)
-        egress=({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "inventory"}}}],
-                 "ports": [{"protocol": "TCP", "port": 8001}]},
-                {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "payments"}}}],
-                 "ports": [{"protocol": "TCP", "port": 8002}]}),
+        egress=(
+            {
+                "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "inventory"}}}],
+                "ports": [{"protocol": "TCP", "port": 8001}],
+            },
+            {
+                "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "payments"}}}],
+                "ports": [{"protocol": "TCP", "port": 8002}],
+            },
+        ),
         ingress=(_from_ingress_controller(8000),),
-        env={"ORDERS_INVENTORY_URL": "http://inventory.oms.svc:8001", "ORDERS_PAYMENTS_URL": "http://payments.oms.svc:8002"},
+        env={
+            "ORDERS_INVENTORY_URL": "http://inventory.oms.svc:8001",
+            "ORDERS_PAYMENTS_URL": "http://payments.oms.svc:8002",
+        },
         secret_env=("ORDERS_OPS_API_KEY", "ORDERS_ADMIN_API_KEY", "ORDERS_CONSOLE_SECRET", "DEAD_LETTER_KEY"),
     ),
     Service(
-        "inventory", 8001, publishes_to=(names.EVENTS_EXCHANGE,),
-        ingress=({"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orders"}}}],
-                  "ports": [{"protocol": "TCP", "port": 8001}]},),
+        "inventory",
+        8001,
+        publishes_to=(names.EVENTS_EXCHANGE,),
+        ingress=(
+            {
+                "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orders"}}}],
+                "ports": [{"protocol": "TCP", "port": 8001}],
+            },
+        ),
     ),
     # payments stages a refund asked for by hand as a command to itself
-    Service("payments", 8002, publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE),
-            egress=(_anywhere(443),),  # the payment providers' APIs
-            # production refuses to start without a real provider for every enabled method
-            env={"PAYMENTS_ENABLED_METHODS": "card,alipay", "PAYMENTS_PUBLIC_URL": "https://hooks.oms.example.com",
-                 "PAYMENTS_ALIPAY_GATEWAY": "https://openapi.alipay.com/gateway.do"},
-            secret_env=("PAYMENTS_STRIPE_API_KEY", "PAYMENTS_STRIPE_WEBHOOK_SECRET", "PAYMENTS_ALIPAY_APP_ID",
-                        "PAYMENTS_ALIPAY_PRIVATE_KEY", "PAYMENTS_ALIPAY_PUBLIC_KEY")),
-    Service("shipping", 8003, publishes_to=(names.EVENTS_EXCHANGE,),
-            egress=(_anywhere(443),),  # the carriers' APIs
-            secret_env=("SHIPPING_CARRIER_SECRETS",)),  # {"carrier": "secret"}: each carrier signs its scans
-    Service("notifications", 8004, publishes_to=(names.EVENTS_EXCHANGE,),
-            egress=(_anywhere(25, 465, 587, 443),),  # the mail relay; the SMS provider's and FCM's APIs
-            secret_env=("NOTIFICATIONS_SMS_ACCOUNT_SID", "NOTIFICATIONS_SMS_AUTH_TOKEN", "NOTIFICATIONS_SMS_FROM",
-                        "NOTIFICATIONS_FCM_PROJECT_ID", "NOTIFICATIONS_FCM_ACCESS_TOKEN"),
-            optional_secret_env=("NOTIFICATIONS_SMTP_USERNAME", "NOTIFICATIONS_SMTP_PASSWORD")),
+    Service(
+        "payments",
+        8002,
+        publishes_to=(names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE),
+        egress=(_anywhere(443),),  # the payment providers' APIs
+        # production refuses to start without a real provider for every enabled method
+        env={
+            "PAYMENTS_ENABLED_METHODS": "card,alipay",
+            "PAYMENTS_PUBLIC_URL": "https://hooks.oms.example.com",
+            "PAYMENTS_ALIPAY_GATEWAY": "https://openapi.alipay.com/gateway.do",
+        },
+        secret_env=(
+            "PAYMENTS_STRIPE_API_KEY",
+            "PAYMENTS_STRIPE_WEBHOOK_SECRET",
+            "PAYMENTS_ALIPAY_APP_ID",
+            "PAYMENTS_ALIPAY_PRIVATE_KEY",
+            "PAYMENTS_ALIPAY_PUBLIC_KEY",
+        ),
+    ),
+    Service(
+        "shipping",
+        8003,
+        publishes_to=(names.EVENTS_EXCHANGE,),
+        egress=(_anywhere(443),),  # the carriers' APIs
+        secret_env=("SHIPPING_CARRIER_SECRETS",),
+    ),  # {"carrier": "secret"}: each carrier signs its scans
+    Service(
+        "notifications",
+        8004,
+        publishes_to=(names.EVENTS_EXCHANGE,),
+        egress=(_anywhere(25, 465, 587, 443),),  # the mail relay; the SMS provider's and FCM's APIs
+        secret_env=(
+            "NOTIFICATIONS_SMS_ACCOUNT_SID",
+            "NOTIFICATIONS_SMS_AUTH_TOKEN",
+            "NOTIFICATIONS_SMS_FROM",
+            "NOTIFICATIONS_FCM_PROJECT_ID",
+            "NOTIFICATIONS_FCM_ACCESS_TOKEN",
+        ),
+        optional_secret_env=("NOTIFICATIONS_SMTP_USERNAME", "NOTIFICATIONS_SMTP_PASSWORD"),
+    ),
 )
 
 
@@ -119,7 +166,11 @@ def k8s_name(amqp_name: str) -> str:
 
 
 def labels(service: str, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": service, "app.kubernetes.io/component": component, "app.kubernetes.io/part-of": "oms"}
+    return {
+        "app.kubernetes.io/name": service,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "oms",
+    }
 
 
 def _regex(names_: tuple[str, ...] | list[str]) -> str:
@@ -138,8 +189,14 @@ class _Recorder:
         self.bindings: list[dict[str, Any]] = []
 
     async def declare_exchange(self, name: str, type_: Any, *, durable: bool, arguments: dict | None = None):
-        self.exchanges.append({"name": name, "type": str(getattr(type_, "value", type_)), "durable": durable,
-                               "arguments": dict(arguments or {})})
+        self.exchanges.append(
+            {
+                "name": name,
+                "type": str(getattr(type_, "value", type_)),
+                "durable": durable,
+                "arguments": dict(arguments or {}),
+            }
+        )
         return name
 
     async def declare_queue(self, name: str, *, durable: bool, arguments: dict | None = None):
@@ -165,69 +222,172 @@ def _ref() -> dict[str, Any]:
 
 def topology_objects() -> list[dict[str, Any]]:
     rec = recorded_topology()
-    objs: list[dict[str, Any]] = [{
-        "apiVersion": "rabbitmq.com/v1beta1", "kind": "Vhost", "metadata": {"name": VHOST},
-        "spec": {"name": VHOST, "defaultQueueType": "quorum", "deletionPolicy": "retain", "rabbitmqClusterReference": _ref()},
-    }]
+    objs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Vhost",
+            "metadata": {"name": VHOST},
+            "spec": {
+                "name": VHOST,
+                "defaultQueueType": "quorum",
+                "deletionPolicy": "retain",
+                "rabbitmqClusterReference": _ref(),
+            },
+        }
+    ]
     for x in rec.exchanges:
-        spec = {"name": x["name"], "vhost": VHOST, "type": x["type"], "durable": x["durable"], "autoDelete": False,
-                "rabbitmqClusterReference": _ref()}
+        spec = {
+            "name": x["name"],
+            "vhost": VHOST,
+            "type": x["type"],
+            "durable": x["durable"],
+            "autoDelete": False,
+            "rabbitmqClusterReference": _ref(),
+        }
         if x["arguments"]:
             spec["arguments"] = x["arguments"]
-        objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Exchange",
-                     "metadata": {"name": k8s_name(x["name"])}, "spec": spec})
+        objs.append(
+            {
+                "apiVersion": "rabbitmq.com/v1beta1",
+                "kind": "Exchange",
+                "metadata": {"name": k8s_name(x["name"])},
+                "spec": spec,
+            }
+        )
     # The gateways' door: a topic exchange that forwards orders.place_order, and nothing else, to
     # oms.commands. See README.md ("The gateway account") for why it exists.
-    objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Exchange", "metadata": {"name": k8s_name(GATEWAY_EXCHANGE)},
-                 "spec": {"name": GATEWAY_EXCHANGE, "vhost": VHOST, "type": "topic", "durable": True, "autoDelete": False,
-                          "rabbitmqClusterReference": _ref()}})
+    objs.append(
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Exchange",
+            "metadata": {"name": k8s_name(GATEWAY_EXCHANGE)},
+            "spec": {
+                "name": GATEWAY_EXCHANGE,
+                "vhost": VHOST,
+                "type": "topic",
+                "durable": True,
+                "autoDelete": False,
+                "rabbitmqClusterReference": _ref(),
+            },
+        }
+    )
     for q in rec.queues:
         args = dict(q["arguments"])
         qtype = args.pop("x-queue-type", "classic")
-        spec = {"name": q["name"], "vhost": VHOST, "type": qtype, "durable": q["durable"], "autoDelete": False,
-                "deletionPolicy": "retain", "rabbitmqClusterReference": _ref()}
+        spec = {
+            "name": q["name"],
+            "vhost": VHOST,
+            "type": qtype,
+            "durable": q["durable"],
+            "autoDelete": False,
+            "deletionPolicy": "retain",
+            "rabbitmqClusterReference": _ref(),
+        }
         if args:
             spec["arguments"] = args
-        objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Queue", "metadata": {"name": "q-" + k8s_name(q["name"])},
-                     "spec": spec})
+        objs.append(
+            {
+                "apiVersion": "rabbitmq.com/v1beta1",
+                "kind": "Queue",
+                "metadata": {"name": "q-" + k8s_name(q["name"])},
+                "spec": spec,
+            }
+        )
     for b in rec.bindings:
-        objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Binding",
-                     "metadata": {"name": "b-" + k8s_name(f"{b['source']}-{b['destination']}-{b['routingKey']}")},
-                     "spec": {"vhost": VHOST, "source": b["source"], "destination": b["destination"],
-                              "destinationType": "queue", "routingKey": b["routingKey"], "rabbitmqClusterReference": _ref()}})
+        objs.append(
+            {
+                "apiVersion": "rabbitmq.com/v1beta1",
+                "kind": "Binding",
+                "metadata": {"name": "b-" + k8s_name(f"{b['source']}-{b['destination']}-{b['routingKey']}")},
+                "spec": {
+                    "vhost": VHOST,
+                    "source": b["source"],
+                    "destination": b["destination"],
+                    "destinationType": "queue",
+                    "routingKey": b["routingKey"],
+                    "rabbitmqClusterReference": _ref(),
+                },
+            }
+        )
     place = topology.spec("orders.place_order")
-    objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Binding",
-                 "metadata": {"name": "b-" + k8s_name(f"{GATEWAY_EXCHANGE}-{place.exchange}-{place.routing_key}")},
-                 "spec": {"vhost": VHOST, "source": GATEWAY_EXCHANGE, "destination": place.exchange,
-                          "destinationType": "exchange", "routingKey": place.routing_key, "rabbitmqClusterReference": _ref()}})
+    objs.append(
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Binding",
+            "metadata": {"name": "b-" + k8s_name(f"{GATEWAY_EXCHANGE}-{place.exchange}-{place.routing_key}")},
+            "spec": {
+                "vhost": VHOST,
+                "source": GATEWAY_EXCHANGE,
+                "destination": place.exchange,
+                "destinationType": "exchange",
+                "routingKey": place.routing_key,
+                "rabbitmqClusterReference": _ref(),
+            },
+        }
+    )
     # The same dead-lettering as the queues' own arguments, as a policy: an operator can tighten
     # it at run time (queue arguments cannot change once a queue exists; where both are set, the
     # argument wins, and for delivery-limit the lower of the two).
     args = topology.queue_arguments(topology.QUEUES[0].name)
-    objs.append({"apiVersion": "rabbitmq.com/v1beta1", "kind": "Policy", "metadata": {"name": "oms-dead-lettering"},
-                 "spec": {"name": "oms-dead-lettering", "vhost": VHOST, "applyTo": "quorum_queues", "priority": 0,
-                          "pattern": "^(" + "|".join(names.SERVICES) + r")\.",
-                          "definition": {"delivery-limit": args["x-delivery-limit"],
-                                         "dead-letter-exchange": args["x-dead-letter-exchange"],
-                                         "dead-letter-strategy": args["x-dead-letter-strategy"],
-                                         "overflow": args["x-overflow"]},
-                          "rabbitmqClusterReference": _ref()}})
+    objs.append(
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Policy",
+            "metadata": {"name": "oms-dead-lettering"},
+            "spec": {
+                "name": "oms-dead-lettering",
+                "vhost": VHOST,
+                "applyTo": "quorum_queues",
+                "priority": 0,
+                "pattern": "^(" + "|".join(names.SERVICES) + r")\.",
+                "definition": {
+                    "delivery-limit": args["x-delivery-limit"],
+                    "dead-letter-exchange": args["x-dead-letter-exchange"],
+                    "dead-letter-strategy": args["x-dead-letter-strategy"],
+                    "overflow": args["x-overflow"],
+                },
+                "rabbitmqClusterReference": _ref(),
+            },
+        }
+    )
     return objs
 
 
 def gateway_objects() -> list[dict[str, Any]]:
     place = topology.spec("orders.place_order")
     return [
-        {"apiVersion": "rabbitmq.com/v1beta1", "kind": "User", "metadata": {"name": "oms-gateway", "labels": labels("gateway", "broker-user")},
-         "spec": {"tags": [], "rabbitmqClusterReference": _ref()}},
-        {"apiVersion": "rabbitmq.com/v1beta1", "kind": "Permission", "metadata": {"name": "oms-gateway"},
-         "spec": {"vhost": VHOST, "userReference": {"name": "oms-gateway"},
-                  "permissions": {"configure": "^$", "write": _regex([GATEWAY_EXCHANGE]), "read": "^$"},
-                  "rabbitmqClusterReference": _ref()}},
-        {"apiVersion": "rabbitmq.com/v1beta1", "kind": "TopicPermission", "metadata": {"name": "oms-gateway"},
-         "spec": {"vhost": VHOST, "userReference": {"name": "oms-gateway"},
-                  "permissions": {"exchange": GATEWAY_EXCHANGE, "write": _regex([place.routing_key]), "read": "^$"},
-                  "rabbitmqClusterReference": _ref()}},
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "User",
+            "metadata": {"name": "oms-gateway", "labels": labels("gateway", "broker-user")},
+            "spec": {"tags": [], "rabbitmqClusterReference": _ref()},
+        },
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Permission",
+            "metadata": {"name": "oms-gateway"},
+            "spec": {
+                "vhost": VHOST,
+                "userReference": {"name": "oms-gateway"},
+                "permissions": {"configure": "^$", "write": _regex([GATEWAY_EXCHANGE]), "read": "^$"},
+                "rabbitmqClusterReference": _ref(),
+            },
+        },
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "TopicPermission",
+            "metadata": {"name": "oms-gateway"},
+            "spec": {
+                "vhost": VHOST,
+                "userReference": {"name": "oms-gateway"},
+                "permissions": {
+                    "exchange": GATEWAY_EXCHANGE,
+                    "write": _regex([place.routing_key]),
+                    "read": "^$",
+                },
+                "rabbitmqClusterReference": _ref(),
+            },
+        },
     ]
 
 
@@ -251,11 +411,16 @@ def _env(s: Service) -> list[dict[str, Any]]:
         # Topology Operator) and the database role's (CloudNativePG sets the role's password from it).
         _secret_ref("OMS_AMQP_USERNAME", f"{own}-user-credentials", "username"),
         _secret_ref("OMS_AMQP_PASSWORD", f"{own}-user-credentials", "password"),
-        {"name": "AMQP_URL", "value": f"amqp://$(OMS_AMQP_USERNAME):$(OMS_AMQP_PASSWORD)@{RABBITMQ}.{NAMESPACE}.svc:5672/{VHOST}"},
+        {
+            "name": "AMQP_URL",
+            "value": f"amqp://$(OMS_AMQP_USERNAME):$(OMS_AMQP_PASSWORD)@{RABBITMQ}.{NAMESPACE}.svc:5672/{VHOST}",
+        },
         _secret_ref("OMS_DB_USERNAME", f"{own}-db", "username"),
         _secret_ref("OMS_DB_PASSWORD", f"{own}-db", "password"),
-        {"name": "DATABASE_URL",
-         "value": f"postgresql+asyncpg://$(OMS_DB_USERNAME):$(OMS_DB_PASSWORD)@{POSTGRES}-rw.{NAMESPACE}.svc:5432/{s.name}"},
+        {
+            "name": "DATABASE_URL",
+            "value": f"postgresql+asyncpg://$(OMS_DB_USERNAME):$(OMS_DB_PASSWORD)@{POSTGRES}-rw.{NAMESPACE}.svc:5432/{s.name}",
+        },
         _secret_ref("API_KEYS", own, "API_KEYS"),
         *[_secret_ref(var, own, var) for var in s.secret_env],
         *[_secret_ref(var, own, var, optional=True) for var in s.optional_secret_env],
@@ -265,10 +430,20 @@ def _env(s: Service) -> list[dict[str, Any]]:
     ]
 
 
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                      "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 
@@ -277,12 +452,14 @@ def _container(s: Service, name: str, command: list[str] | None = None) -> dict[
     c: dict[str, Any] = {"name": name, "image": IMAGE}
     if command:
         c["command"] = command
-    c.update({
-        "envFrom": [{"configMapRef": {"name": "oms-config"}}],
-        "env": _env(s),
-        "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [TMP_MOUNT],
-    })
+    c.update(
+        {
+            "envFrom": [{"configMapRef": {"name": "oms-config"}}],
+            "env": _env(s),
+            "securityContext": CONTAINER_SECURITY,
+            "volumeMounts": [TMP_MOUNT],
+        }
+    )
     return c
 
 
@@ -291,21 +468,39 @@ def deployment(s: Service) -> dict[str, Any]:
     server["ports"] = [{"name": "http", "containerPort": s.port, "protocol": "TCP"}]
     # The lifespan waits for the broker and the database before the port opens: up to 5 minutes
     # of start-up before liveness counts.
-    server["startupProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 60,
-                              "timeoutSeconds": 3}
-    server["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
-                                "timeoutSeconds": 3}
-    server["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3,
-                               "timeoutSeconds": 3}
-    server["resources"] = {"requests": {"cpu": s.cpu, "memory": s.memory}, "limits": {"memory": s.memory_limit}}
+    server["startupProbe"] = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 60,
+        "timeoutSeconds": 3,
+    }
+    server["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 2,
+        "timeoutSeconds": 3,
+    }
+    server["livenessProbe"] = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+        "timeoutSeconds": 3,
+    }
+    server["resources"] = {
+        "requests": {"cpu": s.cpu, "memory": s.memory},
+        "limits": {"memory": s.memory_limit},
+    }
     pod = labels(s.name, "server")
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": s.name, "labels": pod, "annotations": {"argocd.argoproj.io/sync-wave": "2"}},
         # no `replicas`: the ScaledObject owns the count
         "spec": {
             "revisionHistoryLimit": 5,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"}},
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"}
+            },
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": pod},
@@ -314,10 +509,19 @@ def deployment(s: Service) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "securityContext": POD_SECURITY,
                     "terminationGracePeriodSeconds": 30,
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
-                        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"}},
-                    }],
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {
+                                "matchLabels": {
+                                    "app.kubernetes.io/name": s.name,
+                                    "app.kubernetes.io/component": "server",
+                                }
+                            },
+                        }
+                    ],
                     "containers": [server],
                     "volumes": [TMP_VOLUME],
                 },
@@ -342,41 +546,77 @@ def migration_job(s: Service) -> dict[str, Any]:
         # The orders role owns its tables; it lets the CloudNativePG metrics exporter count the orders
         # that need attention and the parked dead letters (monitoring.yaml, postgres-queries.yaml).
         spec["initContainers"] = [migrate]
-        spec["containers"] = [{
-            "name": "grant-metrics",
-            "image": "ghcr.io/cloudnative-pg/postgresql:17.6",
-            "command": ["sh", "-c", 'exec psql "$PGURL" -v ON_ERROR_STOP=1 -c '
-                        "'GRANT SELECT ON \"order\", dead_letter TO cnpg_metrics_exporter'"],
-            "env": [_secret_ref("OMS_DB_USERNAME", "oms-orders-db", "username"),
+        spec["containers"] = [
+            {
+                "name": "grant-metrics",
+                "image": "ghcr.io/cloudnative-pg/postgresql:17.6",
+                "command": [
+                    "sh",
+                    "-c",
+                    'exec psql "$PGURL" -v ON_ERROR_STOP=1 -c '
+                    "'GRANT SELECT ON \"order\", dead_letter TO cnpg_metrics_exporter'",
+                ],
+                "env": [
+                    _secret_ref("OMS_DB_USERNAME", "oms-orders-db", "username"),
                     _secret_ref("OMS_DB_PASSWORD", "oms-orders-db", "password"),
-                    {"name": "PGURL", "value": f"postgresql://$(OMS_DB_USERNAME):$(OMS_DB_PASSWORD)@{POSTGRES}-rw.{NAMESPACE}.svc:5432/orders"}],
-            "securityContext": {**CONTAINER_SECURITY, "runAsUser": 26, "runAsGroup": 26},
-            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
-            "volumeMounts": [TMP_MOUNT],
-        }]
+                    {
+                        "name": "PGURL",
+                        "value": f"postgresql://$(OMS_DB_USERNAME):$(OMS_DB_PASSWORD)@{POSTGRES}-rw.{NAMESPACE}.svc:5432/orders",
+                    },
+                ],
+                "securityContext": {**CONTAINER_SECURITY, "runAsUser": 26, "runAsGroup": 26},
+                "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+                "volumeMounts": [TMP_MOUNT],
+            }
+        ]
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": f"{s.name}-migrate", "labels": labels(s.name, "migration"),
-                     # Argo CD: re-created at every sync, after the databases (wave 0), before the
-                     # Deployments (wave 2); plain kubectl follows README.md's release steps.
-                     "annotations": {"argocd.argoproj.io/hook": "Sync",
-                                     "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
-                                     "argocd.argoproj.io/sync-wave": "1"}},
-        "spec": {"parallelism": 1, "completions": 1, "backoffLimit": 6, "activeDeadlineSeconds": 900,
-                 "template": {"metadata": {"labels": labels(s.name, "migration")}, "spec": spec}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{s.name}-migrate",
+            "labels": labels(s.name, "migration"),
+            # Argo CD: re-created at every sync, after the databases (wave 0), before the
+            # Deployments (wave 2); plain kubectl follows README.md's release steps.
+            "annotations": {
+                "argocd.argoproj.io/hook": "Sync",
+                "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+                "argocd.argoproj.io/sync-wave": "1",
+            },
+        },
+        "spec": {
+            "parallelism": 1,
+            "completions": 1,
+            "backoffLimit": 6,
+            "activeDeadlineSeconds": 900,
+            "template": {"metadata": {"labels": labels(s.name, "migration")}, "spec": spec},
+        },
     }
 
 
 def service(s: Service) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": s.name, "labels": labels(s.name, "server")},
-            "spec": {"selector": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"},
-                     "ports": [{"name": "http", "port": s.port, "targetPort": "http", "protocol": "TCP"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": s.name, "labels": labels(s.name, "server")},
+        "spec": {
+            "selector": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"},
+            "ports": [{"name": "http", "port": s.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
 
 
 def disruption_budget(s: Service) -> dict[str, Any]:
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": s.name},
-            "spec": {"maxUnavailable": 1,
-                     "selector": {"matchLabels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"}}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": s.name},
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/component": "server"}
+            },
+        },
+    }
 
 
 def network_policy(s: Service) -> dict[str, Any]:
@@ -389,55 +629,122 @@ def network_policy(s: Service) -> dict[str, Any]:
         *s.egress,
     ]
     ingress = [
-        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}], "ports": tcp(s.port)},
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": tcp(s.port),
+        },
         *s.ingress,
     ]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": s.name},
-            "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": s.name}},
-                     "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": s.name},
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": s.name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
 
 
 def scaled_object(s: Service) -> dict[str, Any]:
-    triggers: list[dict[str, Any]] = [{
-        "type": "rabbitmq",
-        "metadata": {"protocol": "http", "host": f"http://{RABBITMQ}.{NAMESPACE}.svc:15672", "vhostName": VHOST,
-                     "queueName": f"^{re.escape(s.name)}\\.", "useRegex": "true", "operation": "sum",
-                     "mode": "QueueLength", "value": "100"},
-        "authenticationRef": {"name": "oms-rabbitmq-keda"},
-    }]
+    triggers: list[dict[str, Any]] = [
+        {
+            "type": "rabbitmq",
+            "metadata": {
+                "protocol": "http",
+                "host": f"http://{RABBITMQ}.{NAMESPACE}.svc:15672",
+                "vhostName": VHOST,
+                "queueName": f"^{re.escape(s.name)}\\.",
+                "useRegex": "true",
+                "operation": "sum",
+                "mode": "QueueLength",
+                "value": "100",
+            },
+            "authenticationRef": {"name": "oms-rabbitmq-keda"},
+        }
+    ]
     if s.scale_on_cpu:
         triggers.append({"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}})
-    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": s.name},
-            "spec": {"scaleTargetRef": {"name": s.name}, "minReplicaCount": 2, "maxReplicaCount": MAX_REPLICAS,
-                     "pollingInterval": 15, "cooldownPeriod": 300,
-                     "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                         "scaleDown": {"stabilizationWindowSeconds": 300,
-                                       "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}}},
-                     "triggers": triggers}}
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": s.name},
+        "spec": {
+            "scaleTargetRef": {"name": s.name},
+            "minReplicaCount": 2,
+            "maxReplicaCount": MAX_REPLICAS,
+            "pollingInterval": 15,
+            "cooldownPeriod": 300,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": 300,
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                        }
+                    }
+                }
+            },
+            "triggers": triggers,
+        },
+    }
 
 
 def broker_account(s: Service) -> list[dict[str, Any]]:
     own_queues = [q.name for q in topology.queues_of(s.name)]
     return [
-        {"apiVersion": "rabbitmq.com/v1beta1", "kind": "User", "metadata": {"name": f"oms-{s.name}", "labels": labels(s.name, "broker-user")},
-         "spec": {"tags": [], "rabbitmqClusterReference": _ref()}},
-        {"apiVersion": "rabbitmq.com/v1beta1", "kind": "Permission", "metadata": {"name": f"oms-{s.name}"},
-         "spec": {"vhost": VHOST, "userReference": {"name": f"oms-{s.name}"},
-                  "permissions": {"configure": "^$", "write": _regex(s.publishes_to),
-                                  "read": _regex([*own_queues, *s.extra_reads])},
-                  "rabbitmqClusterReference": _ref()}},
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "User",
+            "metadata": {"name": f"oms-{s.name}", "labels": labels(s.name, "broker-user")},
+            "spec": {"tags": [], "rabbitmqClusterReference": _ref()},
+        },
+        {
+            "apiVersion": "rabbitmq.com/v1beta1",
+            "kind": "Permission",
+            "metadata": {"name": f"oms-{s.name}"},
+            "spec": {
+                "vhost": VHOST,
+                "userReference": {"name": f"oms-{s.name}"},
+                "permissions": {
+                    "configure": "^$",
+                    "write": _regex(s.publishes_to),
+                    "read": _regex([*own_queues, *s.extra_reads]),
+                },
+                "rabbitmqClusterReference": _ref(),
+            },
+        },
     ]
 
 
 def database(s: Service) -> dict[str, Any]:
-    return {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Database", "metadata": {"name": s.name},
-            "spec": {"cluster": {"name": POSTGRES}, "name": s.name, "owner": s.name, "ensure": "present",
-                     "databaseReclaimPolicy": "retain"}}
+    return {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Database",
+        "metadata": {"name": s.name},
+        "spec": {
+            "cluster": {"name": POSTGRES},
+            "name": s.name,
+            "owner": s.name,
+            "ensure": "present",
+            "databaseReclaimPolicy": "retain",
+        },
+    }
 
 
 def service_objects(s: Service) -> list[dict[str, Any]]:
-    return [deployment(s), service(s), migration_job(s), disruption_budget(s), network_policy(s), scaled_object(s),
-            *broker_account(s), database(s)]
+    return [
+        deployment(s),
+        service(s),
+        migration_job(s),
+        disruption_budget(s),
+        network_policy(s),
+        scaled_object(s),
+        *broker_account(s),
+        database(s),
+    ]
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
@@ -447,8 +754,17 @@ def postgres_roles() -> dict[str, Any]:
     """The part of the Cluster spec that is per service: roles and who may log in where."""
     # enough for every replica KEDA may start, each with a full pool, and the migration Job
     limit = MAX_REPLICAS * CONNECTIONS_PER_PROCESS + CONNECTIONS_PER_PROCESS
-    roles = [{"name": s.name, "ensure": "present", "login": True, "inherit": True, "connectionLimit": limit,
-              "passwordSecret": {"name": f"oms-{s.name}-db"}} for s in SERVICES]
+    roles = [
+        {
+            "name": s.name,
+            "ensure": "present",
+            "login": True,
+            "inherit": True,
+            "connectionLimit": limit,
+            "passwordSecret": {"name": f"oms-{s.name}-db"},
+        }
+        for s in SERVICES
+    ]
     # First match wins: each role reaches its own database, and is refused every other one.
     hba = []
     for s in SERVICES:
@@ -474,11 +790,19 @@ def _dump(objs: list[dict[str, Any]], source: str) -> str:
 
 def files() -> dict[Path, str]:
     out = {
-        BASE / "rabbitmq-topology.yaml": _dump(topology_objects() + gateway_objects(), "libs/events/src/events/topology.py"),
+        BASE / "rabbitmq-topology.yaml": _dump(
+            topology_objects() + gateway_objects(), "libs/events/src/events/topology.py"
+        ),
         BASE / "postgres-roles.yaml": HEADER.format(source="its SERVICES table")
         + "# A kustomize patch of the Cluster in postgres.yaml.\n"
-        + _yaml({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": POSTGRES},
-                 "spec": postgres_roles()}),
+        + _yaml(
+            {
+                "apiVersion": "postgresql.cnpg.io/v1",
+                "kind": "Cluster",
+                "metadata": {"name": POSTGRES},
+                "spec": postgres_roles(),
+            }
+        ),
     }
     for s in SERVICES:
         out[BASE / f"{s.name}.yaml"] = _dump(service_objects(s), "its SERVICES table")

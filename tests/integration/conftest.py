@@ -121,13 +121,17 @@ def oms(rabbit, tmp_path_factory) -> Iterator[System]:
         system.stop()
         events = tap.drain()
     found = personal_data_left(system, events)
-    assert not found, f"{len(found)} payment tokens or personal data written where none may be:\n" + "\n".join(
-        str(f) for f in found[:20])
+    assert not found, (
+        f"{len(found)} payment tokens or personal data written where none may be:\n"
+        + "\n".join(str(f) for f in found[:20])
+    )
 
 
 def _carrier(oms: System, mode: str) -> None:
     if oms.carrier != mode:
-        oms.restart("shipping", env={"SHIPPING_CARRIER_SIMULATION": "true" if mode == "simulated" else "false"})
+        oms.restart(
+            "shipping", env={"SHIPPING_CARRIER_SIMULATION": "true" if mode == "simulated" else "false"}
+        )
         oms.carrier = mode
 
 

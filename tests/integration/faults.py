@@ -39,7 +39,9 @@ class Stream:
             await asyncio.gather(*tasks)
 
     async def _place(self, client: httpx.AsyncClient, key: str, give_up_after: float) -> None:
-        body = order_body(customer_id=self.customer, items=[{"sku": self.sku, "quantity": 1, "unit_price": "3.00"}])
+        body = order_body(
+            customer_id=self.customer, items=[{"sku": self.sku, "quantity": 1, "unit_price": "3.00"}]
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
         delay = 0.2
@@ -70,8 +72,10 @@ class Score:
     def line(self, scenario: str) -> str:
         cancelled = sum(self.cancelled.values())
         reasons = f" {self.cancelled}" if cancelled else ""
-        return (f"{scenario}: placed={self.placed} delivered={self.delivered} cancelled={cancelled}{reasons} "
-                f"final={self.final} lost={self.lost} twice={self.duplicated}")
+        return (
+            f"{scenario}: placed={self.placed} delivered={self.delivered} cancelled={cancelled}{reasons} "
+            f"final={self.final} lost={self.lost} twice={self.duplicated}"
+        )
 
 
 async def settle(stream: Stream, *, timeout: float = 180.0) -> Score:
@@ -88,14 +92,22 @@ async def settle(stream: Stream, *, timeout: float = 180.0) -> Score:
             await asyncio.sleep(0.5)
     ids = {o["id"] for o in orders}
     lost = len(stream.given_up) + len(set(stream.placed.values()) - {o["id"] for o in final})
-    duplicated = len(ids - set(stream.placed.values())) + (len(stream.placed) - len(set(stream.placed.values())))
+    duplicated = len(ids - set(stream.placed.values())) + (
+        len(stream.placed) - len(set(stream.placed.values()))
+    )
     cancelled: dict[str, int] = {}
     for o in final:
         if o["status"] == "cancelled":
             cancelled[o["status_reason"]] = cancelled.get(o["status_reason"], 0) + 1
     delivered = sum(1 for o in final if o["status"] == "delivered")
-    return Score(placed=len(stream.placed), final=len(final), lost=lost, duplicated=duplicated,
-                 delivered=delivered, cancelled=cancelled)
+    return Score(
+        placed=len(stream.placed),
+        final=len(final),
+        lost=lost,
+        duplicated=duplicated,
+        delivered=delivered,
+        cancelled=cancelled,
+    )
 
 
 async def _orders_of(client: httpx.AsyncClient, customer: str) -> list[dict]:
@@ -141,8 +153,11 @@ class Duplicator:
                 if (message.headers or {}).get(DUPLICATE_HEADER):
                     return
                 twin = aio_pika.Message(
-                    message.body, content_type=message.content_type, message_id=message.message_id,
-                    type=message.type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message.body,
+                    content_type=message.content_type,
+                    message_id=message.message_id,
+                    type=message.type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     headers={**(message.headers or {}), DUPLICATE_HEADER: 1},
                 )
                 await exchanges[message.exchange].publish(twin, routing_key=message.routing_key)
@@ -169,8 +184,14 @@ def poison_bodies(message_id: str) -> dict[str, bytes]:
     return {
         "not-json": b"\x00\x01 this is not json",
         "not-an-event": json.dumps({"hello": "world"}).encode(),
-        "bad-data": json.dumps({
-            "specversion": "1.0", "id": message_id, "type": "oms.unknown.v1", "source": "test",
-            "time": "2026-11-24T00:00:00Z", "data": {"order_id": 42},
-        }).encode(),
+        "bad-data": json.dumps(
+            {
+                "specversion": "1.0",
+                "id": message_id,
+                "type": "oms.unknown.v1",
+                "source": "test",
+                "time": "2026-11-24T00:00:00Z",
+                "data": {"order_id": 42},
+            }
+        ).encode(),
     }

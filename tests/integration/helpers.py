@@ -18,15 +18,30 @@ import httpx
 GATEWAY = {"Authorization": "Bearer dev-gateway-key"}
 OPS = {"Authorization": "Bearer dev-ops-key"}
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
-MARKETPLACE = {"Authorization": "Bearer dev-marketplace-key"}  # a second gateway: sees none of dev-gateway's orders
+MARKETPLACE = {
+    "Authorization": "Bearer dev-marketplace-key"
+}  # a second gateway: sees none of dev-gateway's orders
 
 FINAL = {"delivered", "cancelled", "returned"}
 
 ORDER: dict[str, Any] = {
-    "customer": {"id": "cust-42", "name": "Lin Mei", "email": "lin@example.com", "phone": "+8613800000000", "locale": "zh-CN"},
+    "customer": {
+        "id": "cust-42",
+        "name": "Lin Mei",
+        "email": "lin@example.com",
+        "phone": "+8613800000000",
+        "locale": "zh-CN",
+    },
     "shipping_address": {
-        "name": "Lin Mei", "line1": "1 Century Ave", "line2": None, "city": "Shanghai", "region": "SH",
-        "postal_code": "200120", "country": "CN", "latitude": 31.23, "longitude": 121.50,
+        "name": "Lin Mei",
+        "line1": "1 Century Ave",
+        "line2": None,
+        "city": "Shanghai",
+        "region": "SH",
+        "postal_code": "200120",
+        "country": "CN",
+        "latitude": 31.23,
+        "longitude": 121.50,
     },
     "items": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
     "currency": "CNY",
@@ -37,8 +52,15 @@ ORDER: dict[str, Any] = {
 T = TypeVar("T")
 
 
-def order_body(*, token: str = "tok_ok", items: list[dict] | None = None, country: str | None = None,
-               email: str | None = None, locale: str | None = None, customer_id: str | None = None) -> dict[str, Any]:
+def order_body(
+    *,
+    token: str = "tok_ok",
+    items: list[dict] | None = None,
+    country: str | None = None,
+    email: str | None = None,
+    locale: str | None = None,
+    customer_id: str | None = None,
+) -> dict[str, Any]:
     body = copy.deepcopy(ORDER)
     if customer_id is not None:
         body["customer"]["id"] = customer_id
@@ -55,8 +77,13 @@ def order_body(*, token: str = "tok_ok", items: list[dict] | None = None, countr
     return body
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, timeout: float = 30.0,
-                     what: str = "condition") -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    what: str = "condition",
+) -> T:
     """Poll ``probe`` until ``accept`` says yes; fail with the last value seen after ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -71,7 +98,9 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
 
 
 async def place(orders: httpx.AsyncClient, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    r = await orders.post("/v1/orders", json=body, headers={**GATEWAY, "Idempotency-Key": key or str(uuid.uuid4())})
+    r = await orders.post(
+        "/v1/orders", json=body, headers={**GATEWAY, "Idempotency-Key": key or str(uuid.uuid4())}
+    )
     assert r.status_code == 202, r.text
     return r.json()
 
@@ -82,19 +111,28 @@ async def get_order(orders: httpx.AsyncClient, order_id: str) -> dict[str, Any]:
     return r.json()
 
 
-async def wait_status(orders: httpx.AsyncClient, order_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+async def wait_status(
+    orders: httpx.AsyncClient, order_id: str, *statuses: str, timeout: float = 30.0
+) -> dict[str, Any]:
     return await eventually(
-        lambda: get_order(orders, order_id), lambda o: o["status"] in statuses, timeout=timeout,
+        lambda: get_order(orders, order_id),
+        lambda o: o["status"] in statuses,
+        timeout=timeout,
         what=f"order {order_id} to reach {statuses}",
     )
 
 
-async def wait_settled(orders: httpx.AsyncClient, order_id: str, *, payment: str | None = None, timeout: float = 30.0) -> dict:
+async def wait_settled(
+    orders: httpx.AsyncClient, order_id: str, *, payment: str | None = None, timeout: float = 30.0
+) -> dict:
     """Wait for the order to be final and, if given, its payment to reach ``payment``."""
     return await eventually(
         lambda: get_order(orders, order_id),
-        lambda o: o["status"] in FINAL and (payment is None or (o.get("payment") or {}).get("status") == payment),
-        timeout=timeout, what=f"order {order_id} final with payment {payment}",
+        lambda o: (
+            o["status"] in FINAL and (payment is None or (o.get("payment") or {}).get("status") == payment)
+        ),
+        timeout=timeout,
+        what=f"order {order_id} final with payment {payment}",
     )
 
 
@@ -105,7 +143,9 @@ async def stock(inventory: httpx.AsyncClient, sku: str) -> dict[str, Any]:
 
 
 async def receive(inventory: httpx.AsyncClient, warehouse: str, sku: str, quantity: int) -> None:
-    r = await inventory.post("/v1/stock/receipts", json={"warehouse": warehouse, "sku": sku, "quantity": quantity}, headers=ADMIN)
+    r = await inventory.post(
+        "/v1/stock/receipts", json={"warehouse": warehouse, "sku": sku, "quantity": quantity}, headers=ADMIN
+    )
     assert r.status_code in (200, 201, 202), r.text
 
 
@@ -126,15 +166,23 @@ def carrier_signature(body: bytes, *, secret: str = CARRIER_SECRET, t: int | Non
     return f"t={t},v1=" + hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-async def carrier_event(shipping: httpx.AsyncClient, order: dict[str, Any], status: str, *,
-                        parcel: dict[str, Any] | None = None, at: str | None = None) -> dict[str, Any]:
+async def carrier_event(
+    shipping: httpx.AsyncClient,
+    order: dict[str, Any],
+    status: str,
+    *,
+    parcel: dict[str, Any] | None = None,
+    at: str | None = None,
+) -> dict[str, Any]:
     """The carrier of ``parcel`` (default: the order's ``shipment``) posts a signed scan, made now."""
     shipment = parcel or order["shipment"]
     at = at or datetime.now(UTC).isoformat()
-    body = json.dumps({"tracking_number": shipment["tracking_number"], "status": status, "at": at,
-                       "location": "Shanghai"}).encode()
+    body = json.dumps(
+        {"tracking_number": shipment["tracking_number"], "status": status, "at": at, "location": "Shanghai"}
+    ).encode()
     r = await shipping.post(
-        f"/v1/carriers/{shipment['carrier']}/events", content=body,
+        f"/v1/carriers/{shipment['carrier']}/events",
+        content=body,
         headers={"X-OMS-Signature": carrier_signature(body), "Content-Type": "application/json"},
     )
     assert r.status_code in (200, 202), r.text

@@ -23,13 +23,17 @@ TIGHT = {"ORDERS_ADMISSION_MIN_IN_FLIGHT": "5", "ORDERS_ADMISSION_MAX_WAIT_SECON
 BURST, RATE = 120, 40.0
 
 
-async def test_a_burst_past_what_the_system_takes_is_refused_at_the_door_and_placed_later(oms, orders, inventory):
+async def test_a_burst_past_what_the_system_takes_is_refused_at_the_door_and_placed_later(
+    oms, orders, inventory
+):
     sku = new_sku()
     await receive(inventory, "SH", sku, 2 * BURST)
     items = [{"sku": sku, "quantity": 1, "unit_price": "10.00"}]
 
     async def post(key: str) -> httpx.Response:
-        return await orders.post("/v1/orders", json=order_body(items=items), headers={**GATEWAY, "Idempotency-Key": key})
+        return await orders.post(
+            "/v1/orders", json=order_body(items=items), headers={**GATEWAY, "Idempotency-Key": key}
+        )
 
     await asyncio.to_thread(oms.restart, "orders", TIGHT)
     try:
@@ -55,12 +59,21 @@ async def test_a_burst_past_what_the_system_takes_is_refused_at_the_door_and_pla
             await wait_status(orders, answers[key].json()["id"], "picking", timeout=90)
         # sent again with the same keys once the burst is over: placed, each once
         for key in refused[:5]:
-            placed = await eventually(lambda key=key: post(key), lambda r: r.status_code == 202,
-                                      what="a refused order to be placed when sent again")
-            assert (await wait_status(orders, placed.json()["id"], "picking"))["payment"]["status"] == "captured"
+            placed = await eventually(
+                lambda key=key: post(key),
+                lambda r: r.status_code == 202,
+                what="a refused order to be placed when sent again",
+            )
+            assert (await wait_status(orders, placed.json()["id"], "picking"))["payment"][
+                "status"
+            ] == "captured"
             assert (await post(key)).json()["id"] == placed.json()["id"]
     finally:
-        await asyncio.to_thread(oms.restart, "orders", {
-            "ORDERS_ADMISSION_MIN_IN_FLIGHT": str(DEFAULTS.admission_min_in_flight),
-            "ORDERS_ADMISSION_MAX_WAIT_SECONDS": str(DEFAULTS.admission_max_wait_seconds),
-        })
+        await asyncio.to_thread(
+            oms.restart,
+            "orders",
+            {
+                "ORDERS_ADMISSION_MIN_IN_FLIGHT": str(DEFAULTS.admission_min_in_flight),
+                "ORDERS_ADMISSION_MAX_WAIT_SECONDS": str(DEFAULTS.admission_max_wait_seconds),
+            },
+        )

@@ -17,11 +17,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("manual_carrier")
 
 def _command(data: dict, command_id: str) -> bytes:
     """A gateway's command; its ``source`` names the gateway, and the key of that name reads it."""
-    return json.dumps({
-        "specversion": "1.0", "id": command_id, "type": "oms.command.orders.place_order.v1",
-        "source": "dev-gateway", "time": "2026-11-24T12:00:00Z", "datacontenttype": "application/json",
-        "data": data,
-    }).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": command_id,
+            "type": "oms.command.orders.place_order.v1",
+            "source": "dev-gateway",
+            "time": "2026-11-24T12:00:00Z",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -36,9 +42,14 @@ async def gateway(rabbit):
 
     async def send(data: dict, command_id: str) -> None:
         await commands.publish(
-            aio_pika.Message(_command(data, command_id), content_type="application/cloudevents+json",
-                             message_id=command_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key="orders.place_order", mandatory=True,
+            aio_pika.Message(
+                _command(data, command_id),
+                content_type="application/cloudevents+json",
+                message_id=command_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key="orders.place_order",
+            mandatory=True,
         )
 
     async def reply_to(command_id: str, timeout: float = 20) -> dict:
@@ -66,11 +77,17 @@ async def test_a_good_place_order_command_is_answered_with_order_placed(gateway,
     assert placed["type"] == "oms.order.placed.v1"
     order_id = placed["data"]["order_id"]
     assert placed["subject"] == order_id and placed["correlationid"] == order_id
-    assert "email" not in json.dumps(placed) and "Lin Mei" not in json.dumps(placed), "events carry no contact details"
-    r = await eventually(lambda: orders.get(f"/v1/orders/{order_id}", headers=GATEWAY), lambda r: r.status_code == 200)
+    assert "email" not in json.dumps(placed) and "Lin Mei" not in json.dumps(placed), (
+        "events carry no contact details"
+    )
+    r = await eventually(
+        lambda: orders.get(f"/v1/orders/{order_id}", headers=GATEWAY), lambda r: r.status_code == 200
+    )
     assert r.json()["channel"] == "web"
     assert r.json()["history"][0]["actor"] == "dev-gateway"
-    assert (await orders.get(f"/v1/orders/{order_id}", headers=MARKETPLACE)).status_code == 404, "another gateway's"
+    assert (await orders.get(f"/v1/orders/{order_id}", headers=MARKETPLACE)).status_code == 404, (
+        "another gateway's"
+    )
 
 
 async def test_the_same_command_id_twice_is_one_order(gateway, orders):

@@ -20,10 +20,16 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def system(new_vhost, tmp_path_factory) -> Iterator[System]:
     if new_vhost is None:
-        pytest.skip("a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set")
+        pytest.skip(
+            "a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set"
+        )
     with new_vhost() as amqp_url:
-        oms = System.on_free_ports(tmp_path_factory.mktemp("oms-stripe"), amqp_url, card_processor="stripe",
-                                   env={**TEST_ENV, "SHIPPING_CARRIER_SIMULATION": "true"})
+        oms = System.on_free_ports(
+            tmp_path_factory.mktemp("oms-stripe"),
+            amqp_url,
+            card_processor="stripe",
+            env={**TEST_ENV, "SHIPPING_CARRIER_SIMULATION": "true"},
+        )
         try:
             oms.up(timeout=180)
             yield oms
@@ -34,8 +40,10 @@ def system(new_vhost, tmp_path_factory) -> Iterator[System]:
 @pytest.fixture
 async def clients(system) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
     async with contextlib.AsyncExitStack() as stack:
-        yield {svc: await stack.enter_async_context(httpx.AsyncClient(base_url=system.url(svc), timeout=10))
-               for svc in ("orders", "payments")}
+        yield {
+            svc: await stack.enter_async_context(httpx.AsyncClient(base_url=system.url(svc), timeout=10))
+            for svc in ("orders", "payments")
+        }
 
 
 async def test_a_card_order_is_charged_at_the_card_processor_and_delivered(system, clients):

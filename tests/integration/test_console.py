@@ -44,10 +44,19 @@ async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():  # noqa: ASYNC240 (once, before the browser starts)
         pytest.fail(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        ])
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             yield browser
         finally:
@@ -77,7 +86,9 @@ async def stocked_order(orders, inventory, email: str) -> tuple[str, str, int]:
     return order["id"], sku, before
 
 
-async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_back(oms, orders, inventory, browser):
+async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_back(
+    oms, orders, inventory, browser
+):
     email = f"console.{uuid.uuid4().hex[:8]}@example.com"
     order_id, sku, before = await stocked_order(orders, inventory, email)
     assert (await stock(inventory, sku))["available"] == before - 2
@@ -114,7 +125,9 @@ async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_ba
 
     order = await get_order(orders, order_id)
     assert order["status"] == "cancelled" and order["status_reason"] == "customer_request"
-    await eventually(lambda: stock(inventory, sku), lambda s: s["available"] == before, what="the stock released")
+    await eventually(
+        lambda: stock(inventory, sku), lambda s: s["available"] == before, what="the stock released"
+    )
     await page.get_by_role("link", name="Stock", exact=True).click()
     await page.get_by_label("Look up a SKU").fill(sku)
     await page.get_by_role("button", name="Show").click()
@@ -123,8 +136,12 @@ async def test_an_admin_finds_an_order_by_email_and_cancels_it_with_the_stock_ba
     await page.context.close()
 
 
-async def test_an_ops_session_sees_no_action_and_is_refused_if_it_posts_anyway(oms, orders, inventory, browser):
-    order_id, _sku, _before = await stocked_order(orders, inventory, f"ops.{uuid.uuid4().hex[:8]}@example.com")
+async def test_an_ops_session_sees_no_action_and_is_refused_if_it_posts_anyway(
+    oms, orders, inventory, browser
+):
+    order_id, _sku, _before = await stocked_order(
+        orders, inventory, f"ops.{uuid.uuid4().hex[:8]}@example.com"
+    )
     page = await signed_in(browser, oms, "dev-ops-key")
     await page.goto(f"{oms.url('orders')}/ops/orders/{order_id}")
     await expect(page.locator("#order-status")).to_have_text("picking")
@@ -132,8 +149,11 @@ async def test_an_ops_session_sees_no_action_and_is_refused_if_it_posts_anyway(o
         await expect(page.get_by_role("button", name=name)).to_have_count(0)
 
     token = await page.locator("input[name=csrf_token]").first.get_attribute("value")  # the sign-out form's
-    refused = await page.request.post(f"{oms.url('orders')}/ops/orders/{order_id}/cancel",
-                                      form={"reason": "not mine to do", "csrf_token": token}, max_redirects=0)
+    refused = await page.request.post(
+        f"{oms.url('orders')}/ops/orders/{order_id}/cancel",
+        form={"reason": "not mine to do", "csrf_token": token},
+        max_redirects=0,
+    )
     assert refused.status == 403
     assert (await get_order(orders, order_id))["status"] == "picking"
     await page.context.close()
@@ -147,8 +167,10 @@ async def test_the_dashboard_charts_draw_and_change_without_a_reload(oms, orders
     await receive(inventory, "SH", sku, 50)
     page = await signed_in(browser, oms, "dev-ops-key")
     await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
-    await page.wait_for_function("() => window.Chart && Chart.getChart('chart-throughput')"
-                                 " && Chart.getChart('chart-throughput').data.labels.length === 60")
+    await page.wait_for_function(
+        "() => window.Chart && Chart.getChart('chart-throughput')"
+        " && Chart.getChart('chart-throughput').data.labels.length === 60"
+    )
     for chart in ("chart-status", "chart-latency"):
         assert await page.evaluate("id => Chart.getChart(id) !== undefined", chart)
     await page.evaluate("() => { window.notReloaded = true }")
@@ -160,7 +182,9 @@ async def test_the_dashboard_charts_draw_and_change_without_a_reload(oms, orders
         await place(orders, order_body(items=[{"sku": sku, "quantity": 1, "unit_price": "3.00"}]))
     await page.wait_for_function(f"n => ({CHART_SUM})('chart-throughput') >= n + 5", arg=placed)
     await page.wait_for_function(f"n => ({CHART_SUM})('chart-status') >= n + 5", arg=status_total)
-    await page.wait_for_function("t => document.querySelector('#live time').getAttribute('datetime') !== t", arg=updated)
+    await page.wait_for_function(
+        "t => document.querySelector('#live time').getAttribute('datetime') !== t", arg=updated
+    )
     assert await page.evaluate("() => window.notReloaded === true"), "the page was reloaded"
     await page.screenshot(path=str(DOCS / "console-dashboard.png"), full_page=True)
     await page.context.close()
@@ -181,10 +205,14 @@ async def test_a_dead_letter_is_replayed_from_its_page(oms, rabbit, orders, brow
         channel = await connection.channel(publisher_confirms=True)
         body = json.dumps({"hello": message_id, "customer": {"email": "lin@example.com"}}).encode()
         await channel.default_exchange.publish(
-            aio_pika.Message(body, message_id=message_id, content_type="application/cloudevents+json"), routing_key=queue)
+            aio_pika.Message(body, message_id=message_id, content_type="application/cloudevents+json"),
+            routing_key=queue,
+        )
     finally:
         await connection.close()
-    first = (await eventually(lambda: parked(orders, message_id), lambda d: len(d) == 1, what="the poison parked"))[0]
+    first = (
+        await eventually(lambda: parked(orders, message_id), lambda d: len(d) == 1, what="the poison parked")
+    )[0]
 
     page = await signed_in(browser, oms, "dev-admin-key")
     await page.get_by_role("link", name="Dead letters", exact=True).click()
@@ -197,34 +225,50 @@ async def test_a_dead_letter_is_replayed_from_its_page(oms, rabbit, orders, brow
     await expect(page.get_by_role("status")).to_contain_text("Replayed.")
 
     # Back in the queue it died in, where it fails again and is parked anew: it was re-sent.
-    letters = await eventually(lambda: parked(orders, message_id), lambda d: len(d) == 2, what="the replay parked again")
+    letters = await eventually(
+        lambda: parked(orders, message_id), lambda d: len(d) == 2, what="the replay parked again"
+    )
     assert {d["id"]: d["status"] for d in letters}[first["id"]] == "replayed"
     assert [d["queue"] for d in letters] == [queue, queue]
     await page.context.close()
 
 
-async def test_an_admin_refunds_and_receives_stock_through_the_other_services(oms, orders, inventory, payments):
+async def test_an_admin_refunds_and_receives_stock_through_the_other_services(
+    oms, orders, inventory, payments
+):
     """Without a browser: the console's forms sent as a browser would, to show refunds reach
     payments and receipts reach inventory, each naming the admin who acted."""
-    order_id, sku, before = await stocked_order(orders, inventory, f"refund.{uuid.uuid4().hex[:8]}@example.com")
+    order_id, sku, before = await stocked_order(
+        orders, inventory, f"refund.{uuid.uuid4().hex[:8]}@example.com"
+    )
     async with httpx.AsyncClient(base_url=oms.url("orders"), timeout=30) as console:
         signed = await console.post("/ops/sign-in", data={"api_key": "dev-admin-key"})
         assert signed.status_code == 303
-        token = re.search(r'name="csrf_token" value="([^"]+)"', (await console.get("/ops/stock")).text).group(1)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', (await console.get("/ops/stock")).text).group(
+            1
+        )
 
-        r = await console.post(f"/ops/orders/{order_id}/refund",
-                               data={"amount": "5.00", "reason": "a mug arrived chipped", "csrf_token": token})
+        r = await console.post(
+            f"/ops/orders/{order_id}/refund",
+            data={"amount": "5.00", "reason": "a mug arrived chipped", "csrf_token": token},
+        )
         assert r.status_code == 303, r.text
-        order = await eventually(lambda: get_order(orders, order_id), lambda o: o["payment"]["refunded_amount"] == "5.00",
-                                 what="the refund by hand")
+        order = await eventually(
+            lambda: get_order(orders, order_id),
+            lambda o: o["payment"]["refunded_amount"] == "5.00",
+            what="the refund by hand",
+        )
         assert order["payment"]["status"] == "partially_refunded"
         refunds = (await payments.get(f"/v1/payments/{order_id}", headers=OPS)).json()["refunds"]
         assert [r["reason"] for r in refunds] == ["dev-admin: a mug arrived chipped"]
-        too_much = await console.post(f"/ops/orders/{order_id}/refund",
-                                      data={"amount": "999.00", "reason": "again", "csrf_token": token})
+        too_much = await console.post(
+            f"/ops/orders/{order_id}/refund",
+            data={"amount": "999.00", "reason": "again", "csrf_token": token},
+        )
         assert too_much.status_code == 409 and "can still be refunded" in too_much.text
 
-        r = await console.post("/ops/stock/receipts", data={"warehouse": "SH", "sku": sku, "quantity": "7",
-                                                           "csrf_token": token})
+        r = await console.post(
+            "/ops/stock/receipts", data={"warehouse": "SH", "sku": sku, "quantity": "7", "csrf_token": token}
+        )
         assert r.status_code == 303, r.text
         assert (await stock(inventory, sku))["available"] == before - 2 + 7

@@ -83,7 +83,9 @@ async def test_services_and_the_broker_blinking_under_a_stream_cancel_no_order(o
     await finish(oms, stream, "services kill -9 and broker app stopped 3 s")
 
 
-async def test_payments_killed_between_the_charge_and_its_commit_charges_once(oms, sku, orders, payments, tmp_path):
+async def test_payments_killed_between_the_charge_and_its_commit_charges_once(
+    oms, sku, orders, payments, tmp_path
+):
     """The provider charged, payments died before it wrote the answer: when it is back, the
     redelivered capture asks the provider by the attempt's key and records the charge. One charge,
     the order paid (never a charge nobody accounts for)."""
@@ -92,8 +94,12 @@ async def test_payments_killed_between_the_charge_and_its_commit_charges_once(om
     try:
         marker.touch()
         created = await place(orders, order_body(items=[{"sku": sku, "quantity": 1, "unit_price": "7.00"}]))
-        await eventually(lambda: asyncio.to_thread(oms.running, "payments"), lambda alive: not alive, timeout=60,
-                         what="payments to die between the charge and its commit")
+        await eventually(
+            lambda: asyncio.to_thread(oms.running, "payments"),
+            lambda alive: not alive,
+            timeout=60,
+            what="payments to die between the charge and its commit",
+        )
         assert not marker.exists()
         await asyncio.to_thread(oms.start, "payments")
         await asyncio.to_thread(oms.wait_ready, ["payments"])
@@ -104,8 +110,10 @@ async def test_payments_killed_between_the_charge_and_its_commit_charges_once(om
         assert [c["status"] for c in charged] == ["captured"], "charged once"
         paid = await payment(payments, created["id"])
         assert (paid["status"], paid["provider_ref"]) == ("captured", charged[0]["reference"])
-        SCORES.append(f"payments killed between charge and commit: placed=1 delivered=1 cancelled=0 lost=0 twice=0 "
-                      f"charges={len(charged)}")
+        SCORES.append(
+            f"payments killed between charge and commit: placed=1 delivered=1 cancelled=0 lost=0 twice=0 "
+            f"charges={len(charged)}"
+        )
     finally:
         await asyncio.to_thread(oms.restart, "payments", {"PAYMENTS_FAULT_CRASH_AFTER_CHARGE_FILE": ""})
     report = await verify(urls(oms), settle=60)
@@ -126,7 +134,9 @@ async def test_broker_restart_mid_stream_loses_nothing(oms, rabbit, sku, how):
     await finish(oms, stream, f"broker {how}")
 
 
-async def test_orders_are_accepted_while_the_broker_is_down_and_flow_when_it_is_back(oms, rabbit, sku, orders):
+async def test_orders_are_accepted_while_the_broker_is_down_and_flow_when_it_is_back(
+    oms, rabbit, sku, orders
+):
     needs_own_broker(rabbit)
     await asyncio.to_thread(rabbit.node.stop)
     try:
@@ -164,8 +174,11 @@ async def test_a_poison_message_on_each_queue_is_dead_lettered_and_the_rest_flow
             message_id = f"poison-{kind}-{spec.name}-{sku}"
             sent.setdefault(spec.name, set()).add(message_id)
             await channel.default_exchange.publish(
-                aio_pika.Message(poison_bodies(message_id)[kind], message_id=message_id,
-                                 content_type="application/cloudevents+json"),
+                aio_pika.Message(
+                    poison_bodies(message_id)[kind],
+                    message_id=message_id,
+                    content_type="application/cloudevents+json",
+                ),
                 routing_key=spec.name,
             )
     await connection.close()
@@ -183,7 +196,8 @@ async def test_a_poison_message_on_each_queue_is_dead_lettered_and_the_rest_flow
     await eventually(
         lambda: dead_letters(oms.url("orders")),
         lambda letters: all(ids <= parked(letters).get(queue, set()) for queue, ids in sent.items()),
-        timeout=60, what="every poison message parked with the queue it died in",
+        timeout=60,
+        what="every poison message parked with the queue it died in",
     )
 
 

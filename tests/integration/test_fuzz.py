@@ -18,8 +18,12 @@ from omstools.openapi import FOLDER
 pytestmark = pytest.mark.integration
 
 # About 25 operations: some 350 requests in all, a minute or two on the shared machine.
-FUZZ = settings(max_examples=14, deadline=None, suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.generate])
+FUZZ = settings(
+    max_examples=14,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 NOT_THE_API = r"^/(healthz|readyz|metrics)$"  # probes, not part of the documented API
 
 
@@ -35,7 +39,12 @@ def no_stack_trace_or_personal_data(ctx, response, case) -> bool | None:
     return True
 
 
-CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance, no_stack_trace_or_personal_data]
+CHECKS = [
+    not_a_server_error,
+    content_type_conformance,
+    response_schema_conformance,
+    no_stack_trace_or_personal_data,
+]
 
 
 def _schema(service: str):

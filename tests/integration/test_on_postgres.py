@@ -27,11 +27,16 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def system(new_vhost, new_database, tmp_path_factory) -> Iterator[tuple[System, dict[str, str]]]:
     if new_vhost is None:
-        pytest.skip("a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set")
+        pytest.skip(
+            "a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set"
+        )
     with new_vhost() as amqp_url, contextlib.ExitStack() as databases:
         urls = {svc: databases.enter_context(new_database()) for svc in SERVICES}
-        env = {**TEST_ENV, "SHIPPING_CARRIER_SIMULATION": "true",
-               **{f"{svc.upper()}_DATABASE_URL": url for svc, url in urls.items()}}
+        env = {
+            **TEST_ENV,
+            "SHIPPING_CARRIER_SIMULATION": "true",
+            **{f"{svc.upper()}_DATABASE_URL": url for svc, url in urls.items()},
+        }
         oms = System.on_free_ports(tmp_path_factory.mktemp("oms-pg"), amqp_url, env=env)
         try:
             oms.up(timeout=180)
@@ -50,9 +55,11 @@ async def _rows(url: str, sql: str, *args) -> list[asyncpg.Record]:
 
 async def test_every_path_ends_final_with_stock_and_money_where_they_belong(system):
     oms, urls = system
-    async with (httpx.AsyncClient(base_url=oms.url("orders"), timeout=30) as orders,
-                httpx.AsyncClient(base_url=oms.url("inventory"), timeout=30) as inventory,
-                httpx.AsyncClient(base_url=oms.url("payments"), timeout=30) as payments):
+    async with (
+        httpx.AsyncClient(base_url=oms.url("orders"), timeout=30) as orders,
+        httpx.AsyncClient(base_url=oms.url("inventory"), timeout=30) as inventory,
+        httpx.AsyncClient(base_url=oms.url("payments"), timeout=30) as payments,
+    ):
         before = await stock(inventory, "SKU-RED-MUG")
         bodies = {
             "delivered": [order_body() for _ in range(6)],
@@ -60,7 +67,10 @@ async def test_every_path_ends_final_with_stock_and_money_where_they_belong(syst
             "shipment_failed": [order_body(country="AQ")],
             "out_of_stock": [order_body(items=[{"sku": "SKU-LIMITED", "quantity": 4, "unit_price": "9.90"}])],
         }
-        placed = {outcome: await asyncio.gather(*(place(orders, b) for b in group)) for outcome, group in bodies.items()}
+        placed = {
+            outcome: await asyncio.gather(*(place(orders, b) for b in group))
+            for outcome, group in bodies.items()
+        }
 
         for outcome, group in placed.items():
             final = "delivered" if outcome == "delivered" else "cancelled"
@@ -74,18 +84,27 @@ async def test_every_path_ends_final_with_stock_and_money_where_they_belong(syst
 
         after = await stock(inventory, "SKU-RED-MUG")
         assert after["reserved"] == before["reserved"], "every reservation was committed or released"
-        assert after["on_hand"] == before["on_hand"] - 2 * len(placed["delivered"]), "delivered units left the shelf"
+        assert after["on_hand"] == before["on_hand"] - 2 * len(placed["delivered"]), (
+            "delivered units left the shelf"
+        )
         assert (await stock(inventory, "SKU-LIMITED"))["reserved"] == 0
 
         # The reports' aggregates (window functions included) run on PostgreSQL too.
         sales = (await orders.get("/v1/reports/sales", headers=OPS)).json()
         delivered = len(placed["delivered"])
-        assert sales["orders"] == len(bodies["delivered"]) + 3 and sales["orders_by_status"]["delivered"] == delivered
+        assert (
+            sales["orders"] == len(bodies["delivered"]) + 3
+            and sales["orders_by_status"]["delivered"] == delivered
+        )
         assert sales["best_sellers"][0] == {"sku": "SKU-RED-MUG", "quantity": 2 * delivered}
-        assert {"submitted", "confirmed", "paid", "picking", "shipped", "in_transit"} <= set(sales["average_seconds_in_status"])
+        assert {"submitted", "confirmed", "paid", "picking", "shipped", "in_transit"} <= set(
+            sales["average_seconds_in_status"]
+        )
         turnover = (await inventory.get("/v1/reports/stock", headers=OPS)).json()
         [mugs] = [i for i in turnover["items"] if i["sku"] == "SKU-RED-MUG"]
-        assert mugs["shipped"] == 2 * delivered and mugs["closing"] == after["on_hand"] and mugs["turnover"] > 0
+        assert (
+            mugs["shipped"] == 2 * delivered and mugs["closing"] == after["on_hand"] and mugs["turnover"] > 0
+        )
 
     # The orders are in PostgreSQL, not in a SQLite file beside it.
     ids = [o["id"] for group in placed.values() for o in group]

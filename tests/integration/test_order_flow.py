@@ -25,7 +25,12 @@ async def test_an_order_reaches_delivered_with_nobody_touching_it(orders, invent
 
     order = await wait_status(orders, created["id"], "delivered", timeout=60)
     assert [h["status"] for h in order["history"]] == HAPPY
-    assert order["payment"] == {"status": "captured", "method": "card", "amount": "79.80", "refunded_amount": "0.00"}
+    assert order["payment"] == {
+        "status": "captured",
+        "method": "card",
+        "amount": "79.80",
+        "refunded_amount": "0.00",
+    }
     shipment = order["shipment"]
     assert shipment["carrier"] and shipment["tracking_number"] and shipment["estimated_delivery"]
     assert shipment["status"] == "delivered"
@@ -50,7 +55,9 @@ async def test_english_customers_are_written_to_in_english(orders, mailbox):
     email = "english.reader@example.com"
     created = await place(orders, order_body(email=email, locale="en"))
     await wait_status(orders, created["id"], "delivered", timeout=60)
-    mails = await eventually(lambda: mailbox.to(email), lambda m: len(m) >= len(HAPPY), timeout=30, what="e-mails")
+    mails = await eventually(
+        lambda: mailbox.to(email), lambda m: len(m) >= len(HAPPY), timeout=30, what="e-mails"
+    )
     assert all(m.subject.isascii() for m in mails), [m.subject for m in mails]
 
 
@@ -68,11 +75,18 @@ async def test_orders_can_be_listed_newest_first_by_status_and_customer(orders):
     page = (await orders.get("/v1/orders", params={"customer_id": "cust-42", "limit": 2}, headers=OPS)).json()
     assert len(page["items"]) == 2 and page["next_cursor"]
     assert page["items"][0]["id"] == ids[-1]
-    rest = (await orders.get("/v1/orders", params={"customer_id": "cust-42", "limit": 2, "cursor": page["next_cursor"]},
-                             headers=OPS)).json()
+    rest = (
+        await orders.get(
+            "/v1/orders",
+            params={"customer_id": "cust-42", "limit": 2, "cursor": page["next_cursor"]},
+            headers=OPS,
+        )
+    ).json()
     assert rest["items"][0]["id"] == ids[0]
     for order_id in ids:
         await wait_status(orders, order_id, "delivered", timeout=60)
-    delivered = (await orders.get("/v1/orders", params={"status": "delivered", "limit": 100}, headers=GATEWAY)).json()
+    delivered = (
+        await orders.get("/v1/orders", params={"status": "delivered", "limit": 100}, headers=GATEWAY)
+    ).json()
     assert set(ids) <= {o["id"] for o in delivered["items"]}
     assert (await get_order(orders, ids[0]))["status"] == "delivered"

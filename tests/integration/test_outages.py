@@ -128,12 +128,16 @@ async def test_the_smtp_server_down_for_a_minute_sends_every_email_once_when_it_
     try:
         placing = asyncio.create_task(stream.run())
         waiting = await eventually(
-            lambda: _ready(oms.url("notifications")), lambda r: "smtp" in r.get("waiting_for", []),
-            timeout=OUTAGE_SECONDS, what="notifications not ready, waiting for the SMTP server",
+            lambda: _ready(oms.url("notifications")),
+            lambda r: "smtp" in r.get("waiting_for", []),
+            timeout=OUTAGE_SECONDS,
+            what="notifications not ready, waiting for the SMTP server",
         )
         assert waiting["checks"]["dependencies"] is False
         await placing
-        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at)))  # the outage
+        await asyncio.sleep(
+            max(0.0, OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at))
+        )  # the outage
     finally:
         await asyncio.to_thread(oms.start_smtp)
 
@@ -147,12 +151,16 @@ async def test_the_smtp_server_down_for_a_minute_sends_every_email_once_when_it_
     expected = {(o["id"], h["status"]) for o in orders for h in (await _history(oms, o["id"]))}
     count = MailCount(mailbox, {o["id"] for o in orders})
     sent = await eventually(
-        lambda: asyncio.to_thread(count), lambda s: set(s) >= expected, timeout=90,
+        lambda: asyncio.to_thread(count),
+        lambda s: set(s) >= expected,
+        timeout=90,
         what="an e-mail for every status of every order",
     )
     twice = {k: n for k, n in sent.items() if n > 1}
     assert not twice and set(sent) == expected, (twice, set(sent) ^ expected)
-    SCORES.append(f"SMTP server down 60 s: e-mails expected={len(expected)} sent={sum(sent.values())} twice={len(twice)}")
+    SCORES.append(
+        f"SMTP server down 60 s: e-mails expected={len(expected)} sent={sum(sent.values())} twice={len(twice)}"
+    )
 
     assert (await _ready(oms.url("notifications")))["status"] == "ready"
     report = await verify(_urls(oms), settle=60)
@@ -176,13 +184,31 @@ class OwnPostgres:
             pytest.skip("needs the local PostgreSQL binaries (apt-get install postgresql)")
         self.bindir = found[-1].parent
         self.home = Path(tempfile.mkdtemp(prefix="oms-outage-pg-"))
-        self.user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None) if os.geteuid() == 0 else None
+        self.user = (
+            next((u for u in ("postgres", "nobody") if _user_exists(u)), None) if os.geteuid() == 0 else None
+        )
         if self.user:
             shutil.chown(self.home, self.user)
         self.data, self.port = self.home / "data", free_port()
         self.process: subprocess.Popen | None = None
-        subprocess.run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "oms", "--auth=trust", "--no-sync",
-                        "-E", "UTF8", "--locale=C"], user=self.user, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "oms",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            user=self.user,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://oms@127.0.0.1:{self.port}/{database}"
@@ -190,15 +216,38 @@ class OwnPostgres:
     def start(self) -> None:
         with open(self.home / "server.log", "ab") as server_log:
             self.process = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.home),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-                user=self.user, stdout=subprocess.DEVNULL, stderr=server_log, start_new_session=True,
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.home),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                user=self.user,
+                stdout=subprocess.DEVNULL,
+                stderr=server_log,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 60
-        while subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start: {(self.home / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"PostgreSQL did not start: {(self.home / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -237,16 +286,20 @@ def on_own_postgres(new_vhost, tmp_path_factory) -> Iterator[tuple[System, OwnPo
     """The whole system on a PostgreSQL server of its own (a database per service) and a virtual
     host of its own, with the carrier simulated."""
     if new_vhost is None:
-        pytest.skip("a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set")
+        pytest.skip(
+            "a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set"
+        )
     server = OwnPostgres()
     try:
         server.start()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, outside the test's
             urls = {svc: pool.submit(asyncio.run, server.create_database(svc)).result(60) for svc in SERVICES}
         env = {
-            **TEST_ENV, "SHIPPING_CARRIER_SIMULATION": "true",
+            **TEST_ENV,
+            "SHIPPING_CARRIER_SIMULATION": "true",
             # The saga's own deadlines are not what this test is about: long, as they are by default.
-            "ORDERS_PAYMENT_TIMEOUT_SECONDS": "600", "ORDERS_STEP_TIMEOUT_SECONDS": "600",
+            "ORDERS_PAYMENT_TIMEOUT_SECONDS": "600",
+            "ORDERS_STEP_TIMEOUT_SECONDS": "600",
             **{f"{svc.upper()}_DATABASE_URL": url for svc, url in urls.items()},
         }
         with new_vhost() as amqp_url:
@@ -267,17 +320,23 @@ async def test_postgresql_down_for_a_minute_delays_orders_and_loses_none(on_own_
     stream = Stream(oms.url("orders"), sku, ORDERS, rate=RATE, customer=f"cust-pg-{uuid.uuid4().hex[:8]}")
     placing = asyncio.create_task(stream.run(give_up_after=OUTAGE_SECONDS + 60))
     try:
-        await eventually(_now(lambda: len(stream.placed)), lambda n: n >= 8, timeout=60, what="orders under way")
+        await eventually(
+            _now(lambda: len(stream.placed)), lambda n: n >= 8, timeout=60, what="orders under way"
+        )
         await asyncio.to_thread(server.stop)
         down_at = asyncio.get_running_loop().time()
         try:
             # The orders in flight: some service's handler is waiting for its database.
             ready = await eventually(
-                lambda: _readiness(oms), lambda r: any("database" in v.get("waiting_for", []) for v in r.values()),
-                timeout=OUTAGE_SECONDS, what="a service waiting for its database",
+                lambda: _readiness(oms),
+                lambda r: any("database" in v.get("waiting_for", []) for v in r.values()),
+                timeout=OUTAGE_SECONDS,
+                what="a service waiting for its database",
             )
             assert all(v.get("checks", {}).get("database") is False for v in ready.values()), ready
-            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at)))  # the outage
+            await asyncio.sleep(
+                max(0.0, OUTAGE_SECONDS - (asyncio.get_running_loop().time() - down_at))
+            )  # the outage
         finally:
             await asyncio.to_thread(server.start)
     finally:

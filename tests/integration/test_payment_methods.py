@@ -35,45 +35,68 @@ def alipay_body(*, sku: str, email: str, token: str | None = None, method: str =
     return body
 
 
-async def test_an_alipay_order_shows_its_qr_code_is_paid_and_notified_and_delivered(oms, orders, inventory, payments,
-                                                                                    mailbox):
+async def test_an_alipay_order_shows_its_qr_code_is_paid_and_notified_and_delivered(
+    oms, orders, inventory, payments, mailbox
+):
     sku = new_sku()
     await receive(inventory, "SH", sku, 5)
     created = await place(orders, alipay_body(sku=sku, email="alipay.buyer@example.com"))
-    waiting = await eventually(lambda: get_order(orders, created["id"]), lambda o: "action" in o["payment"],
-                               what="the order shows what the customer is to do")
+    waiting = await eventually(
+        lambda: get_order(orders, created["id"]),
+        lambda o: "action" in o["payment"],
+        what="the order shows what the customer is to do",
+    )
     action = waiting["payment"]["action"]
     assert waiting["status"] == "confirmed" and waiting["payment"]["status"] == "pending"
     assert action["type"] == "qr_code" and action["url"].startswith(f"{oms.standin_url('alipay')}/qr/")
     assert datetime.fromisoformat(action["expires_at"]) > datetime.now(UTC)
 
     order = await wait_status(orders, created["id"], "delivered", timeout=60)
-    assert order["payment"] == {"status": "captured", "method": "alipay", "amount": "39.80", "refunded_amount": "0.00"}
+    assert order["payment"] == {
+        "status": "captured",
+        "method": "alipay",
+        "amount": "39.80",
+        "refunded_amount": "0.00",
+    }
     paid = await payment(payments, created["id"])
     assert (paid["provider"], paid["status"]) == ("alipay", "captured")
     async with httpx.AsyncClient(base_url=oms.standin_url("alipay")) as standin:
         books = (await standin.get("/_standin/ledger")).json()
     [trade] = [t for t in books["trades"] if t["out_trade_no"] == created["id"]]
-    assert (trade["status"], trade["trade_no"], trade["total_amount"]) == ("TRADE_SUCCESS", paid["provider_ref"], "39.80")
+    assert (trade["status"], trade["trade_no"], trade["total_amount"]) == (
+        "TRADE_SUCCESS",
+        paid["provider_ref"],
+        "39.80",
+    )
 
-    mails = await eventually(lambda: mailbox.to("alipay.buyer@example.com"),
-                             lambda m: any("Please pay" in x.subject for x in m) and any("Payment received" in x.subject
-                                                                                          for x in m),
-                             what="the please-pay and payment-received e-mails")
+    mails = await eventually(
+        lambda: mailbox.to("alipay.buyer@example.com"),
+        lambda m: (
+            any("Please pay" in x.subject for x in m) and any("Payment received" in x.subject for x in m)
+        ),
+        what="the please-pay and payment-received e-mails",
+    )
     [please_pay] = [m for m in mails if "Please pay" in m.subject]
     assert action["url"] in please_pay.body
 
 
-async def test_an_alipay_customer_who_never_pays_is_cancelled_payment_timeout(oms, orders, inventory, payments):
+async def test_an_alipay_customer_who_never_pays_is_cancelled_payment_timeout(
+    oms, orders, inventory, payments
+):
     sku = new_sku()
     await receive(inventory, "SH", sku, 5)
     created = await place(orders, alipay_body(sku=sku, email="never.pays@example.com", token="tok_nopay"))
     await eventually(lambda: stock(inventory, sku), lambda s: s["reserved"] == 2, what="the stock reserved")
-    order = await wait_settled(orders, created["id"], timeout=60)  # the window is 10 s in local runs and tests
+    order = await wait_settled(
+        orders, created["id"], timeout=60
+    )  # the window is 10 s in local runs and tests
     assert (order["status"], order["status_reason"]) == ("cancelled", "payment_timeout")
     assert order["payment"]["status"] == "failed" and "action" not in order["payment"]
-    await eventually(lambda: stock(inventory, sku),
-                     lambda s: (s["on_hand"], s["reserved"], s["available"]) == (5, 0, 5), what="the stock released")
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda s: (s["on_hand"], s["reserved"], s["available"]) == (5, 0, 5),
+        what="the stock released",
+    )
     closed = await payment(payments, created["id"])
     assert (closed["status"], closed["failure_reason"]) == ("failed", "payment_timeout")
     async with httpx.AsyncClient(base_url=oms.standin_url("alipay")) as standin:
@@ -82,13 +105,17 @@ async def test_an_alipay_customer_who_never_pays_is_cancelled_payment_timeout(om
     assert trade["status"] == "TRADE_CLOSED"  # it can no longer be paid
 
 
-
-async def test_a_wechat_pay_order_shows_its_native_code_is_paid_and_delivered(oms, orders, inventory, payments):
+async def test_a_wechat_pay_order_shows_its_native_code_is_paid_and_delivered(
+    oms, orders, inventory, payments
+):
     sku = new_sku()
     await receive(inventory, "SH", sku, 5)
     created = await place(orders, alipay_body(sku=sku, email="wechat.buyer@example.com", method="wechat_pay"))
-    waiting = await eventually(lambda: get_order(orders, created["id"]), lambda o: "action" in o["payment"],
-                               what="the order shows the code to scan")
+    waiting = await eventually(
+        lambda: get_order(orders, created["id"]),
+        lambda o: "action" in o["payment"],
+        what="the order shows the code to scan",
+    )
     assert waiting["payment"]["action"]["type"] == "qr_code"
     assert waiting["payment"]["action"]["url"].startswith("weixin://wxpay/bizpayurl?pr=")
     order = await wait_status(orders, created["id"], "delivered", timeout=60)
@@ -101,8 +128,11 @@ async def test_a_paypal_order_is_approved_captured_and_delivered(oms, orders, in
     sku = new_sku()
     await receive(inventory, "SH", sku, 5)
     created = await place(orders, alipay_body(sku=sku, email="paypal.buyer@example.com", method="paypal"))
-    waiting = await eventually(lambda: get_order(orders, created["id"]), lambda o: "action" in o["payment"],
-                               what="the order shows where the customer approves")
+    waiting = await eventually(
+        lambda: get_order(orders, created["id"]),
+        lambda o: "action" in o["payment"],
+        what="the order shows where the customer approves",
+    )
     assert waiting["payment"]["action"]["type"] == "redirect"
     assert waiting["payment"]["action"]["url"].startswith(f"{oms.standin_url('paypal')}/checkoutnow?token=")
     order = await wait_status(orders, created["id"], "delivered", timeout=60)
@@ -117,5 +147,7 @@ async def test_every_provider_agrees_with_payments(oms, payments):
     report = await verify({s: oms.url(s) for s in ("orders", "inventory", "payments", "shipping")}, settle=30)
     assert report.ok, report.render()
     assert not any("disagrees" in b for b in report.breaches)
-    r = await payments.get("/v1/providers/reconciliation", params={"run": "true", "settled_for": 0}, headers=OPS)
+    r = await payments.get(
+        "/v1/providers/reconciliation", params={"run": "true", "settled_for": 0}, headers=OPS
+    )
     assert r.status_code == 200 and r.json()["mismatches"] == [] and r.json()["checked"] >= 3

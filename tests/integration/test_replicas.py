@@ -40,7 +40,9 @@ VICTIMS = ("orders-1", "inventory", "payments-1", "shipping", "notifications-1",
 @pytest.fixture(scope="module")
 def oms(new_vhost, new_database, tmp_path_factory) -> Iterator[System]:
     if new_vhost is None:
-        pytest.skip("a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set")
+        pytest.skip(
+            "a second system needs a broker the suite runs (a virtual host of its own): AMQP_URL is set"
+        )
     with new_vhost() as amqp_url, contextlib.ExitStack() as databases:
         urls = {svc: databases.enter_context(new_database()) for svc in SERVICES}
         env = {
@@ -96,15 +98,22 @@ def fired_deadlines(oms: System) -> Counter:
 
 
 async def test_orders_through_both_replicas_while_one_replica_of_each_service_is_killed(oms):
-    orders_replicas = [httpx.AsyncClient(base_url=oms.url(name), timeout=30) for name in oms.replicas_of("orders")]
+    orders_replicas = [
+        httpx.AsyncClient(base_url=oms.url(name), timeout=30) for name in oms.replicas_of("orders")
+    ]
     inventory = httpx.AsyncClient(base_url=oms.url("inventory-1"), timeout=30)
     payments = httpx.AsyncClient(base_url=oms.url("payments"), timeout=30)
     try:
         sku = new_sku()
         await receive(inventory, "SH", sku, STOCK)
         slow = {i for i in range(ORDERS) if i % SLOW_EVERY == SLOW_EVERY - 1}
-        bodies = [order_body(token="tok_slow" if i in slow else "tok_ok",
-                             items=[{"sku": sku, "quantity": 1, "unit_price": "3.00"}]) for i in range(ORDERS)]
+        bodies = [
+            order_body(
+                token="tok_slow" if i in slow else "tok_ok",
+                items=[{"sku": sku, "quantity": 1, "unit_price": "3.00"}],
+            )
+            for i in range(ORDERS)
+        ]
 
         # Orders arrive at up to 15 a second. Every ORDERS / (len(VICTIMS) + 1) orders, the next
         # victim is killed, once the one before is back (one replica down at a time; on a shared
@@ -114,8 +123,12 @@ async def test_orders_through_both_replicas_while_one_replica_of_each_service_is
         for i, body in enumerate(bodies):
             if i and i % every == 0 and len(kills) < len(VICTIMS):
                 if kills:
-                    await eventually(lambda: asyncio.to_thread(oms.ready, kills[-1]), bool, timeout=120,
-                                     what=f"{kills[-1]} restarted")
+                    await eventually(
+                        lambda: asyncio.to_thread(oms.ready, kills[-1]),
+                        bool,
+                        timeout=120,
+                        what=f"{kills[-1]} restarted",
+                    )
                 victim = VICTIMS[len(kills)]
                 await asyncio.to_thread(oms.kill, victim)
                 kills.append(victim)
@@ -131,13 +144,19 @@ async def test_orders_through_both_replicas_while_one_replica_of_each_service_is
             for n, order_id in enumerate(ids):
                 for attempt in range(2):
                     with contextlib.suppress(httpx.TransportError):
-                        r = await orders_replicas[(n + attempt) % 2].get(f"/v1/orders/{order_id}", headers=OPS)
+                        r = await orders_replicas[(n + attempt) % 2].get(
+                            f"/v1/orders/{order_id}", headers=OPS
+                        )
                         got.append(r.json())
                         break
             return got
 
-        orders = await eventually(statuses, lambda got: len(got) == ORDERS and all(
-            o["status"] in ("delivered", "cancelled") for o in got), timeout=300, what="every order final")
+        orders = await eventually(
+            statuses,
+            lambda got: len(got) == ORDERS and all(o["status"] in ("delivered", "cancelled") for o in got),
+            timeout=300,
+            what="every order final",
+        )
         outcomes = Counter((o["status"], o["status_reason"]) for n, o in enumerate(orders) if n not in slow)
         assert outcomes == {("delivered", None): ORDERS - len(slow)}, outcomes
         for n, order in enumerate(orders):
@@ -147,11 +166,19 @@ async def test_orders_through_both_replicas_while_one_replica_of_each_service_is
                 assert order["status"] == "delivered", order
                 assert order["shipment"] is not None and not (order.get("shipments") or [])[1:], order
                 money = await payment(payments, order["id"])
-                assert (money["status"], money["amount"], money["refunded_amount"]) == ("captured", "3.00", "0.00"), money
+                assert (money["status"], money["amount"], money["refunded_amount"]) == (
+                    "captured",
+                    "3.00",
+                    "0.00",
+                ), money
 
         # The killed processes are back (the supervisor started each again).
-        await eventually(lambda: asyncio.to_thread(lambda: all(oms.ready(name) for name in oms.processes)),
-                         bool, timeout=180, what="every process ready again")
+        await eventually(
+            lambda: asyncio.to_thread(lambda: all(oms.ready(name) for name in oms.processes)),
+            bool,
+            timeout=180,
+            what="every process ready again",
+        )
         assert all(oms.restarts.get(victim, 0) >= 1 for victim in VICTIMS), oms.restarts
 
         level = await stock(inventory, sku)
@@ -163,7 +190,9 @@ async def test_orders_through_both_replicas_while_one_replica_of_each_service_is
         fired_for = {order_id for order_id, _ in fired}
         assert {ids[i] for i in slow} <= fired_for, "every slow order's saga deadline fired (a resend)"
 
-        report = await verify({svc: oms.url(svc) for svc in ("orders", "inventory", "payments", "shipping")}, settle=60)
+        report = await verify(
+            {svc: oms.url(svc) for svc in ("orders", "inventory", "payments", "shipping")}, settle=60
+        )
         assert report.ok, report.render()
     finally:
         for client in (*orders_replicas, inventory, payments):

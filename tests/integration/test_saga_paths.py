@@ -39,9 +39,11 @@ def _items(sku: str, quantity: int = 1, price: str = "10.00") -> list[dict]:
 async def _untouched(inventory, sku: str, quantity: int) -> None:
     """The order is final as soon as the saga decides; the compensations it sent (release the
     stock) complete right after: wait for them, with a deadline."""
-    await eventually(lambda: stock(inventory, sku),
-                     lambda level: (level["on_hand"], level["reserved"], level["available"]) == (quantity, 0, quantity),
-                     what=f"all {quantity} units of {sku} back and free")
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda level: (level["on_hand"], level["reserved"], level["available"]) == (quantity, 0, quantity),
+        what=f"all {quantity} units of {sku} back and free",
+    )
 
 
 async def test_stock_short_cancels_out_of_stock_and_charges_nothing(orders, inventory, payments):
@@ -83,7 +85,9 @@ async def test_a_capture_that_arrives_after_the_customer_cancelled_is_refunded(o
     sku = await _fresh_sku(inventory, 5)
     created = await place(orders, order_body(token="tok_late", items=_items(sku, 1, "12.50")))
     await wait_status(orders, created["id"], "confirmed")  # the capture is on its way to the provider
-    r = await orders.post(f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY)
+    r = await orders.post(
+        f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY
+    )
     assert r.status_code == 202, r.text
     order = await wait_settled(orders, created["id"], payment="refunded", timeout=60)
     assert (order["status"], order["status_reason"]) == ("cancelled", "customer_request")
@@ -93,7 +97,9 @@ async def test_a_capture_that_arrives_after_the_customer_cancelled_is_refunded(o
     await _untouched(inventory, sku, 5)
 
 
-async def test_payments_down_for_a_while_cancels_nothing_the_order_is_paid_when_it_is_back(oms, orders, inventory, payments):
+async def test_payments_down_for_a_while_cancels_nothing_the_order_is_paid_when_it_is_back(
+    oms, orders, inventory, payments
+):
     """Silence is not an answer: while payments is down the saga resends its capture and waits; the
     order is neither cancelled nor charged twice, and is paid once payments is back."""
     sku = await _fresh_sku(inventory, 5)
@@ -105,7 +111,8 @@ async def test_payments_down_for_a_while_cancels_nothing_the_order_is_paid_when_
         resent = await eventually(
             lambda: get_order(orders, created["id"]),
             lambda o: o["updated_at"] > confirmed["updated_at"] or o["status"] != "confirmed",
-            timeout=45, what="the saga to look again at its unanswered capture",
+            timeout=45,
+            what="the saga to look again at its unanswered capture",
         )
         assert resent["status"] == "confirmed", resent
     finally:
@@ -127,11 +134,15 @@ async def test_no_carrier_for_the_address_refunds_and_releases(orders, inventory
     await _untouched(inventory, sku, 5)
 
 
-async def test_cancel_before_shipment_refunds_and_releases_and_after_shipping_is_refused(orders, inventory, payments, shipping):
+async def test_cancel_before_shipment_refunds_and_releases_and_after_shipping_is_refused(
+    orders, inventory, payments, shipping
+):
     sku = await _fresh_sku(inventory, 5)
     created = await place(orders, order_body(items=_items(sku, 2, "15.00")))
     await wait_status(orders, created["id"], "picking")
-    r = await orders.post(f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY)
+    r = await orders.post(
+        f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY
+    )
     assert r.status_code == 202, r.text
     order = await wait_settled(orders, created["id"], payment="refunded")
     assert (order["status"], order["status_reason"]) == ("cancelled", "customer_request")
@@ -146,11 +157,16 @@ async def test_cancel_before_shipment_refunds_and_releases_and_after_shipping_is
     assert r.status_code == 409 and "return" in r.json()["detail"]
 
 
-async def test_cancel_racing_the_capture_ends_in_one_final_state_with_one_refund_at_most(orders, inventory, payments):
+async def test_cancel_racing_the_capture_ends_in_one_final_state_with_one_refund_at_most(
+    orders, inventory, payments
+):
     sku = await _fresh_sku(inventory, 20)
     created = [await place(orders, order_body(items=_items(sku, 1, "5.00"))) for _ in range(5)]
     answers = await asyncio.gather(
-        *(orders.post(f"/v1/orders/{o['id']}/cancel", json={"reason": "race"}, headers=GATEWAY) for o in created)
+        *(
+            orders.post(f"/v1/orders/{o['id']}/cancel", json={"reason": "race"}, headers=GATEWAY)
+            for o in created
+        )
     )
     assert {a.status_code for a in answers} == {202}
     for o in created:
@@ -161,8 +177,14 @@ async def test_cancel_racing_the_capture_ends_in_one_final_state_with_one_refund
             lambda p: p is None or p["status"] in ("refunded", "failed"),
             what="no capture kept",
         )
-        assert paid is None or paid["status"] == "failed" or (len(paid["refunds"]) == 1 and paid["refunded_amount"] == paid["amount"])
-    await eventually(lambda: stock(inventory, sku), lambda s: s["reserved"] == 0, what="every reservation released")
+        assert (
+            paid is None
+            or paid["status"] == "failed"
+            or (len(paid["refunds"]) == 1 and paid["refunded_amount"] == paid["amount"])
+        )
+    await eventually(
+        lambda: stock(inventory, sku), lambda s: s["reserved"] == 0, what="every reservation released"
+    )
 
 
 async def test_address_change_before_shipping_follows_the_shipment_then_409(orders, inventory, shipping):
@@ -179,33 +201,50 @@ async def test_address_change_before_shipping_follows_the_shipment_then_409(orde
     assert r.status_code == 409
 
 
-async def test_return_after_delivery_restocks_and_refunds_the_returned_items(orders, inventory, payments, shipping):
+async def test_return_after_delivery_restocks_and_refunds_the_returned_items(
+    orders, inventory, payments, shipping
+):
     sku = await _fresh_sku(inventory, 5)
     created = await place(orders, order_body(items=_items(sku, 2, "25.00")))
     picking = await wait_status(orders, created["id"], "picking")
-    r = await orders.post(f"/v1/orders/{created['id']}/returns", json={"items": [{"sku": sku, "quantity": 1}], "reason": "early"},
-                          headers=GATEWAY)
+    r = await orders.post(
+        f"/v1/orders/{created['id']}/returns",
+        json={"items": [{"sku": sku, "quantity": 1}], "reason": "early"},
+        headers=GATEWAY,
+    )
     assert r.status_code == 409, "a return before delivery is refused"
     for status in ("picked_up", "in_transit", "delivered"):
         await carrier_event(shipping, picking, status)
     await wait_status(orders, created["id"], "delivered")
-    await eventually(lambda: stock(inventory, sku), lambda level: level["on_hand"] == 3,
-                     what="the shipped units off the shelf")
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda level: level["on_hand"] == 3,
+        what="the shipped units off the shelf",
+    )
 
-    r = await orders.post(f"/v1/orders/{created['id']}/returns", json={"items": [{"sku": sku, "quantity": 1}], "reason": "too big"},
-                          headers=GATEWAY)
+    r = await orders.post(
+        f"/v1/orders/{created['id']}/returns",
+        json={"items": [{"sku": sku, "quantity": 1}], "reason": "too big"},
+        headers=GATEWAY,
+    )
     assert r.status_code == 202, r.text
     await wait_status(orders, created["id"], "return_requested")
     # The carrier scans the parcel back only after shipping was told to expect it: a scan before
     # that is ignored, as a parcel nobody announced would be.
-    await eventually(lambda: _shipment(shipping, created["id"]), lambda s: s["return_expected"],
-                     what="shipping expecting the return")
+    await eventually(
+        lambda: _shipment(shipping, created["id"]),
+        lambda s: s["return_expected"],
+        what="shipping expecting the return",
+    )
     await carrier_event(shipping, picking, "returned")
     order = await wait_settled(orders, created["id"], payment="partially_refunded")
     assert order["status"] == "returned"
     assert (await payment(payments, created["id"]))["refunded_amount"] == "25.00"
-    await eventually(lambda: stock(inventory, sku), lambda level: (level["on_hand"], level["reserved"]) == (4, 0),
-                     what="the returned unit back on the shelf")
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda level: (level["on_hand"], level["reserved"]) == (4, 0),
+        what="the returned unit back on the shelf",
+    )
 
 
 async def _shipment(shipping, order_id: str) -> dict:

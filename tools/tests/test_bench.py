@@ -23,8 +23,20 @@ def test_quick_bench_writes_the_contract_json_and_a_plot(rabbit, amqp_url, tmp_p
         pytest.skip("the broker comes from AMQP_URL: the bench's services need a virtual host of their own")
     out = tmp_path / "results"
     result = subprocess.run(
-        [sys.executable, "-m", "omstools.bench", "--quick", "--start", "--amqp-url", amqp_url, "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "omstools.bench",
+            "--quick",
+            "--start",
+            "--amqp-url",
+            amqp_url,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -46,14 +58,20 @@ def test_quick_bench_writes_the_contract_json_and_a_plot(rabbit, amqp_url, tmp_p
         for kind in ("paid", "shipped"):
             latency = phase["latency_ms"][kind]
             assert set(latency) == LATENCY_KEYS
-            assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (name, kind, latency)
+            assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], (
+                name,
+                kind,
+                latency,
+            )
         assert phase["errors"] == {}, (name, phase["errors"])
     saturation = data["phases"]["saturation"]
     assert list(data["phases"]) == ["saturation", "fixed"]  # saturation first, then half its rate
     assert data["phases"]["fixed"]["offered_per_s"] == pytest.approx(max(0.5, saturation["paid_per_s"] / 2))
     cpu = data["cpu_ms_per_order"]
     assert {"total", "by_process"} <= cpu.keys()
-    assert {"orders", "inventory", "payments", "shipping", "notifications", "rabbitmq"} <= cpu["by_process"].keys()
+    assert {"orders", "inventory", "payments", "shipping", "notifications", "rabbitmq"} <= cpu[
+        "by_process"
+    ].keys()
     assert all(ms > 0 for ms in cpu["by_process"].values())
     assert cpu["total"] == pytest.approx(sum(cpu["by_process"].values()), abs=0.5)
     assert cpu["total"] == pytest.approx(saturation["cpu_s_per_order_total"] * 1000, abs=0.1)

@@ -17,7 +17,9 @@ from omstools.rabbit import RabbitNode, port_open, rabbitmq_installed
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not rabbitmq_installed(), reason="rabbitmq-server is not installed (make test installs it)"),
+    pytest.mark.skipif(
+        not rabbitmq_installed(), reason="rabbitmq-server is not installed (make test installs it)"
+    ),
 ]
 
 QUEUES = {
@@ -77,7 +79,9 @@ async def quorum_queues_registered(node: RabbitNode, timeout: float = 30.0) -> N
     2.2.0. A real broker crash that soon after a declaration is the same, and out of our hands.
     """
     names = node.home / "mnesia" / node.name / "quorum" / node.name / "names.dets"
-    wanted = [name.encode() for name, arguments in QUEUES.items() if arguments.get("x-queue-type") == "quorum"]
+    wanted = [
+        name.encode() for name, arguments in QUEUES.items() if arguments.get("x-queue-type") == "quorum"
+    ]
     deadline = time.monotonic() + timeout
     while not (names.exists() and all(w in names.read_bytes() for w in wanted)):
         assert time.monotonic() < deadline, f"quorum queues not in {names} after {timeout}s"

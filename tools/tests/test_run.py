@@ -102,15 +102,24 @@ def test_make_run_starts_everything_restarts_a_dead_service_and_stops_on_sigterm
         "OMS_SMTP_PORT": str(free_port()),
         **{f"{svc.upper()}_HTTP_PORT": str(port) for svc, port in ports.items()},
     }
-    run = subprocess.Popen([sys.executable, "-m", "omstools.run"], env=env, cwd=tmp_path, text=True,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "omstools.run"],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = Output(run.stdout)
     try:
         out.wait_for("OMS ready")
         out.wait_for("e-mails")
         assert f"http://127.0.0.1:{ports['orders']}/v1/orders" in "\n".join(out.lines)
         assert {p.name for p in (tmp_path / "var").glob("*.done")} == {
-            *(f"{svc}.migrate.done" for svc in SERVICES), "inventory.seed.done"}
+            *(f"{svc}.migrate.done" for svc in SERVICES),
+            "inventory.seed.done",
+        }
         pids = {svc: pid_of(f"http://127.0.0.1:{port}") for svc, port in ports.items()}
 
         os.kill(pids["payments"], signal.SIGKILL)
@@ -157,8 +166,13 @@ def test_the_banner_lists_every_url(tmp_path):
     system = System(tmp_path / "var", "amqp://guest:guest@127.0.0.1:5672/")
     text = banner(system, Broker("amqp://guest:guest@127.0.0.1:5672/", "http://127.0.0.1:15672", "test"))
     assert text.splitlines()[0] == "OMS ready"
-    for needle in ("http://127.0.0.1:8000/v1/orders", "http://127.0.0.1:8000/ops", "http://127.0.0.1:8004",
-                   "management http://127.0.0.1:15672", "mail"):
+    for needle in (
+        "http://127.0.0.1:8000/v1/orders",
+        "http://127.0.0.1:8000/ops",
+        "http://127.0.0.1:8004",
+        "management http://127.0.0.1:15672",
+        "mail",
+    ):
         assert needle in text
 
 
@@ -171,12 +185,18 @@ def test_with_replicas_every_process_has_its_port_and_the_banner_lists_them(tmp_
     assert [system.port(name) for name in system.replicas_of("payments")] == [8002, 8102]
     assert system.env_for("shipping-1")["SHIPPING_HTTP_PORT"] == "8103"
     system.service_env = {"shipping": {"SHIPPING_X": "all"}, "shipping-1": {"SHIPPING_Y": "one"}}
-    assert system.env_for("shipping-1")["SHIPPING_X"] == "all" and system.env_for("shipping-1")["SHIPPING_Y"] == "one"
+    assert (
+        system.env_for("shipping-1")["SHIPPING_X"] == "all"
+        and system.env_for("shipping-1")["SHIPPING_Y"] == "one"
+    )
     assert "SHIPPING_Y" not in system.env_for("shipping")
     postgres = PostgresServer(tmp_path / "pg", port=5433)  # not started: the banner only reads its URL
     text = banner(system, Broker("amqp://guest:guest@127.0.0.1:5672/", None, "test"), postgres)
-    for needle in ("http://127.0.0.1:8000/v1/orders  http://127.0.0.1:8100/v1/orders",
-                   "http://127.0.0.1:8004  http://127.0.0.1:8104", "postgresql://oms@127.0.0.1:5433/<service>"):
+    for needle in (
+        "http://127.0.0.1:8000/v1/orders  http://127.0.0.1:8100/v1/orders",
+        "http://127.0.0.1:8004  http://127.0.0.1:8104",
+        "postgresql://oms@127.0.0.1:5433/<service>",
+    ):
         assert needle in text
 
 

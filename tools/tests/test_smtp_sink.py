@@ -35,8 +35,11 @@ def sink(tmp_path: Path):
 
 def test_a_message_sent_with_smtplib_is_written_and_read_back(sink):
     with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
-        smtp.send_message(order_mail("Lin Mei <lin@example.com>", "您的订单已确认", "订单 o-123 已确认。",
-                                     "<p>订单 o-123</p>"))
+        smtp.send_message(
+            order_mail(
+                "Lin Mei <lin@example.com>", "您的订单已确认", "订单 o-123 已确认。", "<p>订单 o-123</p>"
+            )
+        )
 
     files = list(sink.folder.iterdir())
     assert len(files) == 1 and files[0].suffix == ".eml", files
@@ -54,7 +57,9 @@ def test_one_file_per_message_in_arrival_order_and_filtered_by_recipient(sink):
             to = "a@example.com" if n % 2 == 0 else "b@example.com"
             smtp.send_message(order_mail(to, f"message {n}", f"body {n}"))
         # an envelope recipient that is not in the headers (Bcc) counts as a recipient
-        smtp.sendmail("orders@oms.example", ["hidden@example.com"], order_mail("a@example.com", "bcc", "x").as_bytes())
+        smtp.sendmail(
+            "orders@oms.example", ["hidden@example.com"], order_mail("a@example.com", "bcc", "x").as_bytes()
+        )
 
     assert [m.subject for m in read_messages(sink.folder)] == [*(f"message {n}" for n in range(5)), "bcc"]
     assert [m.subject for m in read_messages(sink.folder, to="B@example.com")] == ["message 1", "message 3"]
@@ -79,7 +84,9 @@ def test_runs_as_a_program_and_stops_on_sigterm(tmp_path):
     port, folder = free_port(), tmp_path / "mail"
     process = subprocess.Popen(
         [sys.executable, "-m", "omstools.smtp_sink", "--port", str(port), "--dir", str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

@@ -70,8 +70,12 @@ def make_system(tmp_path: Path, lines: Lines) -> Iterator[Callable[..., System]]
 
     def make(services: tuple[str, ...] = ("alpha", "beta"), **kwargs) -> System:
         system = System.on_free_ports(
-            tmp_path / "var", "amqp://guest:guest@127.0.0.1:1/", services=services,
-            command=dummy_command, report=lines, **kwargs,
+            tmp_path / "var",
+            "amqp://guest:guest@127.0.0.1:1/",
+            services=services,
+            command=dummy_command,
+            report=lines,
+            **kwargs,
         )
         made.append(system)
         return system
@@ -94,8 +98,11 @@ def test_services_start_become_ready_and_log_to_their_own_files(make_system):
 def test_env_for_names_the_broker_ports_var_dir_and_smtp_and_overrides_win(make_system, monkeypatch):
     monkeypatch.setenv("OMS_ENV", "test")
     monkeypatch.setenv("ALPHA_HTTP_PORT", "1")  # the system's own port wins over the caller's
-    system = make_system(defaults={"OMS_ENV": "local", "SOME_DEFAULT": "d"},
-                         env={"LOG_JSON": "true"}, service_env={"alpha": {"LOG_JSON": "false"}})
+    system = make_system(
+        defaults={"OMS_ENV": "local", "SOME_DEFAULT": "d"},
+        env={"LOG_JSON": "true"},
+        service_env={"alpha": {"LOG_JSON": "false"}},
+    )
     env = system.env_for("alpha")
     assert env["AMQP_URL"] == system.amqp_url
     assert env["ALPHA_HTTP_PORT"] == str(system.ports["alpha"]) and env["ALPHA_HTTP_HOST"] == "127.0.0.1"
@@ -109,7 +116,9 @@ def test_env_for_names_the_broker_ports_var_dir_and_smtp_and_overrides_win(make_
 def test_migrate_runs_every_service_and_names_the_one_that_failed(make_system, tmp_path):
     system = make_system()
     system.migrate(timeout=20)
-    assert (system.var_dir / "alpha.migrate.done").exists() and (system.var_dir / "beta.migrate.done").exists()
+    assert (system.var_dir / "alpha.migrate.done").exists() and (
+        system.var_dir / "beta.migrate.done"
+    ).exists()
 
     system.service_env["beta"] = {"DUMMY_MODE": "fail-migrate"}
     with pytest.raises(StartupError, match=r"(?s)beta migrate exited 2.*migrate failed on purpose"):
@@ -163,13 +172,20 @@ def test_a_supervised_service_that_dies_is_restarted_and_the_run_says_so(make_sy
 
 
 def test_the_backoff_doubles_while_a_service_keeps_dying_and_is_capped(make_system, lines):
-    system = make_system(services=("alpha",), service_env={"alpha": {"DUMMY_MODE": "die"}},
-                         backoff_initial=0.05, backoff_max=0.2)
+    system = make_system(
+        services=("alpha",),
+        service_env={"alpha": {"DUMMY_MODE": "die"}},
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
     system.start_all()
     system.supervise()
     wait_for(lambda: len(lines.matching("restarting in")) >= 5, what="five restarts announced")
     system.stop_supervising()
-    delays = [float(re.search(r"restarting in ([\d.]+)s", line).group(1)) for line in lines.matching("restarting in")]
+    delays = [
+        float(re.search(r"restarting in ([\d.]+)s", line).group(1))
+        for line in lines.matching("restarting in")
+    ]
     assert delays[:5] == [0.05, 0.1, 0.2, 0.2, 0.2]
 
 
@@ -182,7 +198,10 @@ def test_a_process_that_lived_long_enough_gets_the_short_backoff_again(make_syst
         pid = system.pid("alpha")
         system.kill("alpha")
         wait_for(lambda pid=pid: system.running("alpha") and system.pid("alpha") != pid, what=f"restart {n}")
-    assert [line.split("restarting in ")[1].split("s")[0] for line in lines.matching("restarting in")] == ["0.05", "0.05"]
+    assert [line.split("restarting in ")[1].split("s")[0] for line in lines.matching("restarting in")] == [
+        "0.05",
+        "0.05",
+    ]
 
 
 def test_stop_ends_every_process_even_one_that_ignores_sigterm(make_system):

@@ -34,7 +34,9 @@ def _handler(sessions, n: int, *, fail: bool = False):
     async def handle() -> str:
         async with sessions.begin() as session:
             assert await inbox.claim(session, f"msg-{n}", "test")
-            await outbox.stage(session, StockReleased(order_id=f"o-{n}", allocations=[]), service="test", subject=f"o-{n}")
+            await outbox.stage(
+                session, StockReleased(order_id=f"o-{n}", allocations=[]), service="test", subject=f"o-{n}"
+            )
             if fail:
                 raise RuntimeError("this message's own fault")
         return f"done-{n}"
@@ -53,7 +55,9 @@ async def test_messages_that_arrive_together_commit_in_one_transaction_and_publi
     async def publish(rows):
         published.append(rows)
 
-    sessions = make_sessionmaker(engine.engine, on_outbox_commit=lambda rows: pytest.fail("a batch publishes its own rows"))
+    sessions = make_sessionmaker(
+        engine.engine, on_outbox_commit=lambda rows: pytest.fail("a batch publishes its own rows")
+    )
     batcher = Batcher(sessions, size=32, linger_seconds=0.01, publish=publish)
     before = len(engine.commits)
     results = await asyncio.gather(*(batcher.run(_handler(sessions, n)) for n in range(10)))
@@ -94,7 +98,9 @@ async def test_a_failed_commit_fails_every_message_of_the_batch_and_keeps_nothin
         published.extend(rows)
 
     batcher = Batcher(sessions, size=32, linger_seconds=0.01, publish=publish)
-    results = await asyncio.gather(*(batcher.run(_handler(sessions, n)) for n in range(5)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(batcher.run(_handler(sessions, n)) for n in range(5)), return_exceptions=True
+    )
     assert all(isinstance(r, RuntimeError) and "injected" in str(r) for r in results)
     assert published == []
     assert await _count(sessions, outbox_message) == 0 and await _count(sessions, processed_message) == 0
@@ -150,8 +156,12 @@ async def test_a_message_whose_savepoint_fails_to_release_leaves_nothing_to_publ
         async def handle() -> None:
             async with sessions.begin() as session:
                 assert await inbox.claim(session, f"msg-{n}", "test")
-                await outbox.stage(session, StockReleased(order_id=f"o-{n}", allocations=[]), service="test",
-                                   subject=f"o-{n}")
+                await outbox.stage(
+                    session,
+                    StockReleased(order_id=f"o-{n}", allocations=[]),
+                    service="test",
+                    subject=f"o-{n}",
+                )
                 if n == 4:  # the last: nothing staged after it
                     session.info["refuse_release"] = True
 

@@ -30,7 +30,9 @@ class Sample(Command):
     kind: str = ""
 
 
-async def _dead_letters(channel: aio_pika.abc.AbstractChannel, queue: str, wanted: set[str], timeout: float) -> set[str]:
+async def _dead_letters(
+    channel: aio_pika.abc.AbstractChannel, queue: str, wanted: set[str], timeout: float
+) -> set[str]:
     """Take from the dead-letter queue the messages that died in ``queue`` until ``wanted`` are all there."""
     dlq = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
     found: set[str] = set()
@@ -73,6 +75,7 @@ async def test_transient_errors_retry_and_poison_messages_are_dead_lettered(rabb
 
     await broker.start()
     try:
+
         async def send(body: bytes, message_id: str) -> None:
             await channel.default_exchange.publish(
                 aio_pika.Message(body, message_id=message_id, content_type="application/cloudevents+json"),
@@ -157,7 +160,9 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
     @broker.subscriber(RabbitQueue(name, durable=True, declare=False, arguments=arguments))
     async def handle_sample(msg: Envelope[Sample], message: RabbitMessage) -> None:
         runs[msg.data.kind] += 1
-        deliveries.setdefault(msg.data.kind, set()).add(int((message.headers or {}).get("x-delivery-count") or 0))
+        deliveries.setdefault(msg.data.kind, set()).add(
+            int((message.headers or {}).get("x-delivery-count") or 0)
+        )
         waiting_seen.update(outages.waiting())
         if msg.data.kind == "smtp" and runs["smtp"] <= 8:
             raise broker_mod.Unavailable("smtp", "ConnectionRefusedError")
@@ -192,15 +197,21 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
         dead = await _dead_letters(channel, name, {sent["bug"]}, timeout=30)
         assert dead == {sent["bug"]}
         assert runs["bug"] == 3  # the first delivery and two redeliveries: the database answered
-        await eventually(_now(lambda: list(handled)), lambda h: h == ["smtp"], timeout=30, what="smtp handled")
+        await eventually(
+            _now(lambda: list(handled)), lambda h: h == ["smtp"], timeout=30, what="smtp handled"
+        )
         assert runs["smtp"] == 9 and deliveries["smtp"] == {0}, "waited in place: never redelivered"
 
         await send("database")  # alone: the fake database is down for every message while it is
-        await eventually(_now(lambda: list(handled)), lambda h: len(h) == 2, timeout=30, what="database handled")
+        await eventually(
+            _now(lambda: list(handled)), lambda h: len(h) == 2, timeout=30, what="database handled"
+        )
         # the 8th run failed while the probe answered: that one counts, the seven before did not
         assert runs["database"] == 9 and deliveries["database"] == {0, 1}
         await send("switch")
-        await eventually(_now(lambda: list(handled)), lambda h: len(h) == 3, timeout=30, what="switch handled")
+        await eventually(
+            _now(lambda: list(handled)), lambda h: len(h) == 3, timeout=30, what="switch handled"
+        )
         # waiting for one dependency at a time; the 4th run failed with the database up: counted
         assert snapshots == [[], ["smtp"], ["smtp"], ["database"], []] and deliveries["switch"] == {0, 1}
         assert {"smtp", "database"} <= waiting_seen and outages.waiting() == []
@@ -211,7 +222,9 @@ async def test_an_outage_is_waited_out_without_spending_the_delivery_limit(rabbi
         await connection.close()
 
 
-async def test_a_message_waiting_out_an_outage_is_left_for_redelivery_when_the_consumer_stops(rabbit, monkeypatch):
+async def test_a_message_waiting_out_an_outage_is_left_for_redelivery_when_the_consumer_stops(
+    rabbit, monkeypatch
+):
     monkeypatch.setattr(broker_mod, "WAIT_MAX_SECONDS", 0.05)
     name = f"test.outage-stop.{uuid.uuid4().hex[:8]}"
     arguments: dict[str, Any] = {**topology.queue_arguments(name), "x-delivery-limit": 2}
@@ -242,7 +255,10 @@ async def test_a_message_waiting_out_an_outage_is_left_for_redelivery_when_the_c
     try:
         # neither acknowledged nor returned by us: back in its queue once the connection closed
         message = await eventually(
-            lambda: queue.get(no_ack=True, fail=False), lambda m: m is not None, timeout=30, what="the message back"
+            lambda: queue.get(no_ack=True, fail=False),
+            lambda m: m is not None,
+            timeout=30,
+            what="the message back",
         )
         assert message.message_id == envelope["id"]
         assert await _dead_letters(channel, name, {envelope["id"]}, timeout=0.5) == set()
@@ -252,7 +268,9 @@ async def test_a_message_waiting_out_an_outage_is_left_for_redelivery_when_the_c
 
 
 @pytest.mark.parametrize("trace_messages", [True, False])
-async def test_the_messages_trace_reaches_its_handler_with_or_without_a_span_per_message(rabbit, trace_messages):
+async def test_the_messages_trace_reaches_its_handler_with_or_without_a_span_per_message(
+    rabbit, trace_messages
+):
     """Where nothing records spans, no span is built per message, and the handler still runs in the
     message's trace: what it logs and emits carries the same trace id."""
     name = f"test.trace.{uuid.uuid4().hex[:8]}"
@@ -273,8 +291,11 @@ async def test_the_messages_trace_reaches_its_handler_with_or_without_a_span_per
         trace_id = uuid.uuid4().hex
         envelope = build(Sample(), service="test", subject="order-1")
         await channel.default_exchange.publish(
-            aio_pika.Message(json.dumps(envelope).encode(), message_id=envelope["id"],
-                             headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-00"}),
+            aio_pika.Message(
+                json.dumps(envelope).encode(),
+                message_id=envelope["id"],
+                headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-00"},
+            ),
             routing_key=name,
         )
         await eventually(lambda: asyncio.sleep(0, seen), bool, timeout=15, what="the message handled")

@@ -36,5 +36,6 @@ def test_an_outage_is_waited_out_with_a_capped_doubling_pause():
     assert [wait_delay(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert wait_delay(10_000) == 10.0
     assert describe(Unavailable("smtp", "ConnectionRefusedError")) == {
-        "error": "Unavailable: smtp", "reason": "ConnectionRefusedError"
+        "error": "Unavailable: smtp",
+        "reason": "ConnectionRefusedError",
     }

@@ -70,8 +70,12 @@ async def test_a_rejected_message_is_parked_then_replayed_to_its_queue(rabbit, a
     queue = await channel.declare_queue(name, durable=True, arguments=topology.queue_arguments(name))
     ids = [str(uuid.uuid4()) for _ in range(3)]
     for message_id in ids[:2]:
-        body = json.dumps({"specversion": "1.0", "id": message_id, "type": "oms.test.v1", "source": "t", "data": {}})
-        await channel.default_exchange.publish(aio_pika.Message(body.encode(), message_id=message_id), routing_key=name)
+        body = json.dumps(
+            {"specversion": "1.0", "id": message_id, "type": "oms.test.v1", "source": "t", "data": {}}
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(body.encode(), message_id=message_id), routing_key=name
+        )
     garbage = b"\xff\x00 not json, not even UTF-8"
     await channel.default_exchange.publish(aio_pika.Message(garbage, message_id=ids[2]), routing_key=name)
     for _ in ids:  # a consumer gives up on them: the broker dead-letters them
@@ -106,17 +110,35 @@ async def test_a_rejected_message_is_parked_then_replayed_to_its_queue(rabbit, a
 
 
 PERSONAL = {
-    "specversion": "1.0", "id": "to-be-set", "type": "oms.command.payments.capture_payment.v1", "source": "t",
+    "specversion": "1.0",
+    "id": "to-be-set",
+    "type": "oms.command.payments.capture_payment.v1",
+    "source": "t",
     "data": {
-        "order_id": "ord-1", "payment": {"method": "card", "token": "tok_visa_4242secret"},
+        "order_id": "ord-1",
+        "payment": {"method": "card", "token": "tok_visa_4242secret"},
         "customer": {"name": "Lin Mei", "email": "lin.mei@example.com", "phone": "+86 138 0000 0000"},
-        "shipping_address": {"line1": "88 Century Avenue", "line2": "Floor 9", "postal_code": "200120",
-                             "city": "Shanghai", "country": "CN"},
+        "shipping_address": {
+            "line1": "88 Century Avenue",
+            "line2": "Floor 9",
+            "postal_code": "200120",
+            "city": "Shanghai",
+            "country": "CN",
+        },
         "note": "call lin.mei@example.com, token tok_mastercard_5555",
     },
 }
-SECRETS = ("tok_visa_4242secret", "4242secret", "lin.mei", "Lin Mei", "138 0000", "88 Century", "Floor 9", "200120",
-           "5555")
+SECRETS = (
+    "tok_visa_4242secret",
+    "4242secret",
+    "lin.mei",
+    "Lin Mei",
+    "138 0000",
+    "88 Century",
+    "Floor 9",
+    "200120",
+    "5555",
+)
 
 
 def test_bodies_are_masked_by_key_and_by_pattern():
@@ -145,7 +167,9 @@ async def test_a_parked_letter_is_masked_sealed_and_replayed_as_it_was(rabbit, a
     queue = await channel.declare_queue(name, durable=True, arguments=topology.queue_arguments(name))
     message_id = str(uuid.uuid4())
     original = json.dumps({**PERSONAL, "id": message_id}).encode()
-    await channel.default_exchange.publish(aio_pika.Message(original, message_id=message_id), routing_key=name)
+    await channel.default_exchange.publish(
+        aio_pika.Message(original, message_id=message_id), routing_key=name
+    )
     message = await _until(lambda: queue.get(no_ack=False, fail=False), lambda m: m is not None)
     await message.reject(requeue=False)
 
@@ -161,12 +185,16 @@ async def test_a_parked_letter_is_masked_sealed_and_replayed_as_it_was(rabbit, a
         # in the database too: the clear columns are masked, the sealed one is not readable
         engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/dl.db")
         async with engine.connect() as conn:
-            row = (await conn.execute(text("SELECT * FROM dead_letter WHERE message_id = :m"), {"m": message_id})).one()
+            row = (
+                await conn.execute(text("SELECT * FROM dead_letter WHERE message_id = :m"), {"m": message_id})
+            ).one()
         await engine.dispose()
         assert not [s for s in SECRETS if s in " ".join(str(v) for v in row)], row
         assert row.sealed and Fernet(DEV_DEAD_LETTER_KEY).decrypt(row.sealed.encode()) == original
 
-        assert (await client.post(f"/v1/dead-letters/{letter['id']}/replay", headers=ADMIN)).status_code == 202
+        assert (
+            await client.post(f"/v1/dead-letters/{letter['id']}/replay", headers=ADMIN)
+        ).status_code == 202
         back = await _until(lambda: queue.get(no_ack=True, fail=False), lambda m: m is not None)
         assert back.body == original, "the replay sends the original, not the masked copy"
     await queue.delete(if_unused=False, if_empty=False)
@@ -180,14 +208,26 @@ async def test_dead_letters_past_their_retention_are_purged(tmp_path):
         await conn.run_sync(deadletters.deadletter_metadata.create_all)
     sessions = make_sessionmaker(engine)
     now = datetime.now(UTC)
-    rows = [("old-parked", "parked", 31), ("old-replayed", "replayed", 40), ("new-parked", "parked", 29),
-            ("new-discarded", "discarded", 1)]
+    rows = [
+        ("old-parked", "parked", 31),
+        ("old-replayed", "replayed", 40),
+        ("new-parked", "parked", 29),
+        ("new-discarded", "discarded", 1),
+    ]
     async with sessions.begin() as session:
         for letter_id, status, days in rows:
-            await session.execute(insert(deadletters.dead_letter).values(
-                id=letter_id, queue="q", reason="rejected", deliveries=1, body="{}", body_encoding="utf-8",
-                status=status, dead_at=now - timedelta(days=days),
-            ))
+            await session.execute(
+                insert(deadletters.dead_letter).values(
+                    id=letter_id,
+                    queue="q",
+                    reason="rejected",
+                    deliveries=1,
+                    body="{}",
+                    body_encoding="utf-8",
+                    status=status,
+                    dead_at=now - timedelta(days=days),
+                )
+            )
     try:
         assert await deadletters.purge(sessions, older_than=timedelta(days=30), batch=1) == 2
         async with sessions() as session:

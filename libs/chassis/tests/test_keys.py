@@ -28,13 +28,17 @@ def test_a_configured_key_is_found_by_its_hash_and_named():
 
 def test_a_json_list_is_read_too_and_names_are_unique():
     entry = f"shop:gateway:{keys.digest('k')}"
-    assert ServiceSettings(api_keys=f'["{entry}"]').api_keys == (ApiKey("shop", Role.GATEWAY, keys.digest("k")),)
+    assert ServiceSettings(api_keys=f'["{entry}"]').api_keys == (
+        ApiKey("shop", Role.GATEWAY, keys.digest("k")),
+    )
     with pytest.raises(ValidationError, match="unique"):
         ServiceSettings(api_keys=f"{entry},{entry}")
 
 
-@pytest.mark.parametrize("entry", ["shop:gateway", "shop:root:" + "a" * 64, "Shop Web:gateway:" + "a" * 64,
-                                   "shop:gateway:dev-gateway-key"])
+@pytest.mark.parametrize(
+    "entry",
+    ["shop:gateway", "shop:root:" + "a" * 64, "Shop Web:gateway:" + "a" * 64, "shop:gateway:dev-gateway-key"],
+)
 def test_a_malformed_entry_is_refused(entry):
     with pytest.raises(ValidationError):
         ServiceSettings(api_keys=entry)
@@ -54,14 +58,26 @@ def test_production_refuses_a_dev_key_even_under_another_name():
         ServiceSettings(**prod)
     with pytest.raises(ValidationError, match="dev-"):
         ServiceSettings(**prod, api_keys=f"mine:admin:{keys.digest('dev-admin-key')}")
-    assert ServiceSettings(**prod, api_keys=f"mine:admin:{keys.digest('long-random')}").api_keys[0].name == "mine"
+    assert (
+        ServiceSettings(**prod, api_keys=f"mine:admin:{keys.digest('long-random')}").api_keys[0].name
+        == "mine"
+    )
 
 
 def test_the_hash_command_prints_what_the_configuration_holds():
-    out = subprocess.run([sys.executable, "-m", "chassis.keys", "hash"], input="dev-ops-key\n", capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "chassis.keys", "hash"],
+        input="dev-ops-key\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == keys.digest("dev-ops-key") and f"dev-ops:ops:{out}" in [k.entry for k in keys.DEV_KEYS]
-    made = subprocess.run([sys.executable, "-m", "chassis.keys", "new", "shop", "gateway"], capture_output=True,
-                          text=True, check=True).stdout.splitlines()
+    made = subprocess.run(
+        [sys.executable, "-m", "chassis.keys", "new", "shop", "gateway"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     key, entry = made[0].rsplit(" ", 1)[1], made[1].rsplit(" ", 1)[1]
     assert ApiKey.parse(entry) == ApiKey("shop", Role.GATEWAY, keys.digest(key))

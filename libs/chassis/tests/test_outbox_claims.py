@@ -68,7 +68,8 @@ async def test_two_relays_publish_each_row_once(engines, queue, amqp_url):
     await _stage(make_sessionmaker(engines[0]), range(300))
     relays: list[OutboxRelay] = []
     sessions = [
-        make_sessionmaker(engine, on_outbox_commit=lambda rows, i=i: relays[i].wake(rows)) for i, engine in enumerate(engines)
+        make_sessionmaker(engine, on_outbox_commit=lambda rows, i=i: relays[i].wake(rows))
+        for i, engine in enumerate(engines)
     ]
     relays.extend(OutboxRelay(s, amqp_url, service="test", batch=50, poll_seconds=0.02) for s in sessions)
     for relay in relays:
@@ -77,7 +78,9 @@ async def test_two_relays_publish_each_row_once(engines, queue, amqp_url):
         # And rows committed by each process while the other's relay keeps reading the table.
         for start in range(300, 500, 20):
             await _stage(sessions[start // 20 % 2], range(start, start + 20))
-        await eventually(lambda: _unpublished(sessions[0]), lambda n: n == 0, timeout=60, what="every row published")
+        await eventually(
+            lambda: _unpublished(sessions[0]), lambda n: n == 0, timeout=60, what="every row published"
+        )
     finally:
         for relay in relays:
             await relay.stop()
@@ -92,19 +95,25 @@ async def test_two_relays_publish_each_row_once(engines, queue, amqp_url):
     assert relays[0].published + relays[1].published == 500
 
 
-async def test_rows_leased_to_a_relay_that_died_are_published_by_another(engines, queue, amqp_url, monkeypatch):
+async def test_rows_leased_to_a_relay_that_died_are_published_by_another(
+    engines, queue, amqp_url, monkeypatch
+):
     monkeypatch.setattr(outbox, "LEASE", timedelta(seconds=1))
     # A process committed rows for its relay to publish, and died before it did.
     await _stage(make_sessionmaker(engines[0], on_outbox_commit=lambda rows: None), range(5))
     sessions = make_sessionmaker(engines[1])
     async with sessions() as session:
         leases = (await session.scalars(select(outbox_message.c.next_attempt_at))).all()
-    assert len(leases) == 5 and all(lease is not None for lease in leases), "written leased to the dead process"
+    assert len(leases) == 5 and all(lease is not None for lease in leases), (
+        "written leased to the dead process"
+    )
 
     relay = OutboxRelay(sessions, amqp_url, service="test", poll_seconds=0.05)
     await relay.start()
     try:
-        await eventually(lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published")
+        await eventually(
+            lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published"
+        )
     finally:
         await relay.stop()
     seen: Counter = Counter()
@@ -113,7 +122,9 @@ async def test_rows_leased_to_a_relay_that_died_are_published_by_another(engines
     assert seen == Counter(range(5))
 
 
-async def test_rows_handed_over_past_the_relays_bound_are_given_back_to_the_table(engines, queue, amqp_url, monkeypatch):
+async def test_rows_handed_over_past_the_relays_bound_are_given_back_to_the_table(
+    engines, queue, amqp_url, monkeypatch
+):
     monkeypatch.setattr(outbox, "LEASE", timedelta(hours=1))  # a lease kept would outlast the test
     relays: list[OutboxRelay] = []
     sessions = make_sessionmaker(engines[0], on_outbox_commit=lambda rows: relays[0].wake(rows))
@@ -121,7 +132,9 @@ async def test_rows_handed_over_past_the_relays_bound_are_given_back_to_the_tabl
     await relays[0].start()
     try:
         await _stage(sessions, range(50))  # one commit hands 50 over
-        await eventually(lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published")
+        await eventually(
+            lambda: _unpublished(sessions), lambda n: n == 0, timeout=30, what="the rows published"
+        )
     finally:
         await relays[0].stop()
     seen: Counter = Counter()

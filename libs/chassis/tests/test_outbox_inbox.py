@@ -203,7 +203,9 @@ async def test_an_outside_subscriber_reads_our_messages_with_the_cloudevents_sdk
     finally:
         await relay.stop()
     event = from_rabbitmq(
-        RabbitMQMessage(headers=dict(message.headers or {}), content_type=message.content_type, body=message.body),
+        RabbitMQMessage(
+            headers=dict(message.headers or {}), content_type=message.content_type, body=message.body
+        ),
         JSONFormat(),
     )
     assert event.get_id() == message_id
@@ -235,13 +237,17 @@ async def test_a_commit_hands_its_rows_to_the_relay_which_publishes_them_without
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60)
     await relay.start()
     try:
-        await eventually(lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read")
+        await eventually(
+            lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read"
+        )
         reads[0] = 0
         async with sessions.begin() as session:
             message_id = await outbox.stage(session, Pinged(n=4), service="test", subject="ord-4")
         [message] = await _take(listener, 1)
         assert message.message_id == message_id
-        await eventually(lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published")
+        await eventually(
+            lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published"
+        )
         assert reads[0] == 0  # published from the hand-over, and marked without a read
     finally:
         await relay.stop()
@@ -254,12 +260,21 @@ async def test_a_row_handed_over_after_a_read_published_it_is_not_sent_again(rab
     await relay.start()
     try:
         async with sessions.begin() as session:
-            session.info[HANDED_OVER] = False  # written with no lease for the hand-over (as if it had run out)
+            session.info[HANDED_OVER] = (
+                False  # written with no lease for the hand-over (as if it had run out)
+            )
             await outbox.stage(session, Pinged(n=5), service="test", subject="ord-5")
         [message] = await _take(listener, 1)
-        await eventually(lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published")
+        await eventually(
+            lambda: _pending(sessions), lambda n: n == 0, timeout=10, what="the row marked published"
+        )
         relay.wake(handed[0])  # the hand-over arrives late, after a read published the row
-        await eventually(lambda: _as_coroutine(len(relay._handed)), lambda n: n == 0, timeout=10, what="the hand-over taken")
+        await eventually(
+            lambda: _as_coroutine(len(relay._handed)),
+            lambda n: n == 0,
+            timeout=10,
+            what="the hand-over taken",
+        )
         assert await _take(listener, 1, timeout=0.5) == []
         assert relay.published == 1
     finally:
@@ -284,7 +299,9 @@ async def test_confirmed_rows_are_marked_together_and_marked_before_the_relay_st
     relay = OutboxRelay(sessions, rabbit.url, service="test", poll_seconds=60, mark_seconds=60)
     await relay.start()
     try:
-        await eventually(lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read")
+        await eventually(
+            lambda: _as_coroutine(reads[0]), lambda n: n >= 1, timeout=10, what="the relay's first read"
+        )
         for n in range(5):
             async with sessions.begin() as session:
                 await outbox.stage(session, Pinged(n=n), service="test", subject=f"ord-{n}")

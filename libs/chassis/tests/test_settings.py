@@ -9,7 +9,11 @@ from pydantic import ValidationError
 from chassis import deadletters
 from chassis.settings import DEV_DEAD_LETTER_KEY, ServiceSettings
 
-PRODUCTION = {"environment": "production", "api_keys": "ops-team:admin:" + "ab" * 32, "amqp_url": "amqps://oms:s@broker/oms"}
+PRODUCTION = {
+    "environment": "production",
+    "api_keys": "ops-team:admin:" + "ab" * 32,
+    "amqp_url": "amqps://oms:s@broker/oms",
+}
 
 
 def test_production_needs_a_dead_letter_key_of_its_own_where_dead_letters_are_parked(monkeypatch):

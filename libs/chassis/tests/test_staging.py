@@ -45,7 +45,10 @@ async def test_a_transaction_writes_what_it_staged_as_it_commits_in_order(engine
         assert await _staged(sessions) == []  # nothing visible before the commit
     assert await _staged(sessions) == [1, 2, 3]
     async with sessions() as session:
-        assert list(await session.scalars(select(outbox_message.c.message_id).order_by(outbox_message.c.seq))) == ids
+        assert (
+            list(await session.scalars(select(outbox_message.c.message_id).order_by(outbox_message.c.seq)))
+            == ids
+        )
 
 
 async def test_a_rolled_back_transaction_stages_nothing_not_even_for_the_next_one(engine):
@@ -123,9 +126,10 @@ async def test_the_inbox_forgets_ids_past_their_retention_oldest_first_in_batche
     now = datetime.now(UTC)
     ages = {f"old-{i}": timedelta(days=8, minutes=i) for i in range(5)} | {"recent": timedelta(days=6)}
     async with sessions.begin() as session:
-        await session.execute(insert(processed_message), [
-            {"message_id": mid, "consumer": "c", "processed_at": now - age} for mid, age in ages.items()
-        ])
+        await session.execute(
+            insert(processed_message),
+            [{"message_id": mid, "consumer": "c", "processed_at": now - age} for mid, age in ages.items()],
+        )
     assert await inbox.purge(sessions, older_than=timedelta(days=7), batch=2) == 5  # three batches
     async with sessions() as session:
         assert list(await session.scalars(select(processed_message.c.message_id))) == ["recent"]
@@ -141,12 +145,18 @@ async def test_the_relays_housekeeping_purges_published_rows_and_old_inbox_recor
             await outbox.stage(session, Pinged(n=n), service="test", subject="ord-1", message_id=f"m{n}")
     async with sessions.begin() as session:
         for n, published in ((1, now - timedelta(hours=2)), (2, now - timedelta(minutes=5))):
-            await session.execute(update(outbox_message).where(outbox_message.c.message_id == f"m{n}")
-                                  .values(published_at=published))
-        await session.execute(insert(processed_message), [
-            {"message_id": "old", "consumer": "c", "processed_at": now - timedelta(days=3)},
-            {"message_id": "new", "consumer": "c", "processed_at": now - timedelta(hours=1)},
-        ])
+            await session.execute(
+                update(outbox_message)
+                .where(outbox_message.c.message_id == f"m{n}")
+                .values(published_at=published)
+            )
+        await session.execute(
+            insert(processed_message),
+            [
+                {"message_id": "old", "consumer": "c", "processed_at": now - timedelta(days=3)},
+                {"message_id": "new", "consumer": "c", "processed_at": now - timedelta(hours=1)},
+            ],
+        )
     relay = OutboxRelay(sessions, "amqp://nowhere", service="test", inbox_retention=timedelta(days=2))
     await relay.purge()  # no broker needed
     assert await _staged(sessions) == [2, 3]  # published an hour ago or more: gone; not published: kept

@@ -24,7 +24,9 @@ print("PROBE " + json.dumps(out), flush=True)
 
 def _probe(**env: str) -> dict:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | env
-    done = subprocess.run([sys.executable, "-c", _PROBE], env=environment, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=environment, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
     return json.loads(line.removeprefix("PROBE "))

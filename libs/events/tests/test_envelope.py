@@ -11,8 +11,11 @@ from events.types import Allocation
 
 
 def test_consumers_ignore_fields_added_later_at_any_depth():
-    event = build(StockReserved(order_id="o1", allocations=[Allocation(warehouse="SH", sku="A", quantity=1)]),
-                  service="inventory", subject="o1")
+    event = build(
+        StockReserved(order_id="o1", allocations=[Allocation(warehouse="SH", sku="A", quantity=1)]),
+        service="inventory",
+        subject="o1",
+    )
     event["data"]["added_later"] = "x"
     event["data"]["allocations"][0]["bin"] = "A-12"
     event["brand_new_extension"] = "y"
@@ -34,6 +37,17 @@ def test_producers_cannot_misspell_a_field():
 
 def test_the_wire_form_is_a_cloudevent_with_the_extensions():
     event = build(StockReserved(order_id="o1", allocations=[]), service="inventory", subject="o1")
-    assert {"specversion", "id", "type", "source", "subject", "time", "datacontenttype", "data",
-            "correlationid", "causationid", "traceparent"} <= set(event)
+    assert {
+        "specversion",
+        "id",
+        "type",
+        "source",
+        "subject",
+        "time",
+        "datacontenttype",
+        "data",
+        "correlationid",
+        "causationid",
+        "traceparent",
+    } <= set(event)
     assert event["type"] == "oms.stock.reserved.v1" and event["source"] == "oms/inventory"

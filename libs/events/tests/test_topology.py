@@ -50,7 +50,9 @@ def test_consumers_that_call_out_before_committing_are_not_batched():
     (a charge, a refund, an e-mail handed to the SMTP server) would call out before its record is
     committed, and a crash would make it call out again."""
     calls_out = {"payments.capture_payment", "payments.refund_payment"} | {
-        q.name for q in topology.QUEUES if q.service == "notifications" and q.exchange == topology.EVENTS_EXCHANGE
+        q.name
+        for q in topology.QUEUES
+        if q.service == "notifications" and q.exchange == topology.EVENTS_EXCHANGE
     }
     assert calls_out >= {"notifications.on.order.status_changed", "notifications.on.shipment.updated"}
     assert not any(topology.batched(name) for name in calls_out)

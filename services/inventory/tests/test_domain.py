@@ -62,7 +62,14 @@ def test_equally_near_warehouses_are_chosen_by_code():
 
 def test_the_nearest_warehouse_that_can_serve_the_whole_order():
     items = [line("A", 2), line("B", 1)]
-    available = {("SH", "A"): 5, ("SH", "B"): 0, ("BJ", "A"): 2, ("BJ", "B"): 1, ("FRA", "A"): 9, ("FRA", "B"): 9}
+    available = {
+        ("SH", "A"): 5,
+        ("SH", "B"): 0,
+        ("BJ", "A"): 2,
+        ("BJ", "B"): 1,
+        ("FRA", "A"): 9,
+        ("FRA", "B"): 9,
+    }
     allocations = allocate(items, [FRA, SH, BJ], available, SHANGHAI)
     assert [(a.warehouse, a.sku, a.quantity) for a in allocations] == [("BJ", "A", 2), ("BJ", "B", 1)]
 
@@ -81,8 +88,12 @@ def test_split_nearest_first_when_nobody_has_it_all():
 
 def test_out_of_stock_names_every_shortage():
     with pytest.raises(OutOfStock) as caught:
-        allocate([line("A", 5), line("B", 1), line("C", 2)], [SH, BJ],
-                 {("SH", "A"): 3, ("BJ", "A"): 1, ("SH", "B"): 1}, SHANGHAI)
+        allocate(
+            [line("A", 5), line("B", 1), line("C", 2)],
+            [SH, BJ],
+            {("SH", "A"): 3, ("BJ", "A"): 1, ("SH", "B"): 1},
+            SHANGHAI,
+        )
     assert [(s.sku, s.quantity, s.available) for s in caught.value.shortages] == [("A", 5, 4), ("C", 2, 0)]
 
 
@@ -106,9 +117,14 @@ WAREHOUSES = [SH, BJ, FRA, NYC]
         st.tuples(st.sampled_from([w.code for w in WAREHOUSES]), st.sampled_from(["A", "B", "C"])),
         st.integers(min_value=-2, max_value=8),
     ),
-    items=st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(min_value=1, max_value=12)),
-                   min_size=1, max_size=4),
-    to=st.sampled_from([SHANGHAI, BEIJING, Destination("DE"), Destination("US", 40.0, -75.0), Destination("BR")]),
+    items=st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(min_value=1, max_value=12)),
+        min_size=1,
+        max_size=4,
+    ),
+    to=st.sampled_from(
+        [SHANGHAI, BEIJING, Destination("DE"), Destination("US", 40.0, -75.0), Destination("BR")]
+    ),
 )
 def test_never_more_than_available_and_all_or_nothing(available, items, to):
     lines = [line(sku, q) for sku, q in items]
@@ -134,7 +150,11 @@ def test_never_more_than_available_and_all_or_nothing(available, items, to):
     for (_, sku), q in taken.items():
         got[sku] += q
     assert got == wanted
-    whole = [w for w in nearest_first(WAREHOUSES, to) if all(free.get((w.code, s), 0) >= q for s, q in wanted.items())]
+    whole = [
+        w
+        for w in nearest_first(WAREHOUSES, to)
+        if all(free.get((w.code, s), 0) >= q for s, q in wanted.items())
+    ]
     if whole:
         assert {a.warehouse for a in allocations} == {whole[0].code}
 
@@ -142,7 +162,11 @@ def test_never_more_than_available_and_all_or_nothing(available, items, to):
 def test_returns_go_back_where_they_came_from():
     shipped = [Shipped("SH", "A", 3), Shipped("BJ", "A", 2), Shipped("BJ", "B", 1)]
     placed = place_returns([line("A", 4), line("B", 1)], shipped)
-    assert [(p.warehouse, p.sku, p.quantity) for p in placed] == [("SH", "A", 3), ("BJ", "A", 1), ("BJ", "B", 1)]
+    assert [(p.warehouse, p.sku, p.quantity) for p in placed] == [
+        ("SH", "A", 3),
+        ("BJ", "A", 1),
+        ("BJ", "B", 1),
+    ]
 
 
 def test_units_already_returned_are_not_returned_twice():

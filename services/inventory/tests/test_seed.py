@@ -10,8 +10,9 @@ import sys
 
 def run(command: str, database: str) -> None:
     env = {**os.environ, "INVENTORY_DATABASE_URL": f"sqlite+aiosqlite:///{database}"}
-    result = subprocess.run([sys.executable, "-m", "inventory", command], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "inventory", command], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -33,7 +34,10 @@ def test_seed_loads_the_demo_data_once_and_never_resets_counts(tmp_path):
         assert all(on_hand >= 200 for (_, s), (on_hand, _) in seeded.items() if s == sku)
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT code, country FROM warehouse ORDER BY code").fetchall() == [
-            ("BJ", "CN"), ("FRA", "DE"), ("NYC", "US"), ("SH", "CN"),
+            ("BJ", "CN"),
+            ("FRA", "DE"),
+            ("NYC", "US"),
+            ("SH", "CN"),
         ]
         db.execute("UPDATE stock SET on_hand = 1 WHERE sku = 'SKU-LIMITED'")
 

@@ -43,4 +43,3 @@ class RecordingChannel:
 @pytest.fixture
 def channels() -> dict[str, RecordingChannel]:
     return {name: RecordingChannel(name) for name in ("email", "sms", "push")}
-

@@ -20,8 +20,19 @@ from notifications.domain import (
 
 @pytest.mark.parametrize(
     ("asked", "resolved"),
-    [("zh-CN", "zh-CN"), ("zh-cn", "zh-CN"), ("zh_CN", "zh-CN"), ("zh", "zh-CN"), ("zh-TW", "zh-CN"),
-     ("en", "en"), ("en-GB", "en"), ("fr-FR", "en"), ("", "en"), (None, "en"), ("xx-YY-zz", "en")],
+    [
+        ("zh-CN", "zh-CN"),
+        ("zh-cn", "zh-CN"),
+        ("zh_CN", "zh-CN"),
+        ("zh", "zh-CN"),
+        ("zh-TW", "zh-CN"),
+        ("en", "en"),
+        ("en-GB", "en"),
+        ("fr-FR", "en"),
+        ("", "en"),
+        (None, "en"),
+        ("xx-YY-zz", "en"),
+    ],
 )
 def test_locales_resolve_to_the_nearest_supported_one_else_english(asked, resolved):
     assert resolve_locale(asked) == resolved

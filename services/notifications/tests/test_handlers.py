@@ -31,24 +31,46 @@ from notifications.handlers import (
 HAPPY = ["submitted", "confirmed", "paid", "picking", "shipped", "in_transit", "delivered"]
 
 
-def register(order_id: str = "ord-1", *, locale: str = "zh-CN", phone: str | None = "+8613800000000",
-             email: str = "lin@example.com", customer_id: str = "cust-42",
-             time: datetime | None = None) -> Envelope[RegisterRecipient]:
-    cmd = RegisterRecipient(order_id=order_id, customer_id=customer_id, name="Lin Mei", email=email, phone=phone,
-                            locale=locale)
-    return Envelope[RegisterRecipient].model_validate(build(cmd, service="orders", subject=order_id, time=time))
+def register(
+    order_id: str = "ord-1",
+    *,
+    locale: str = "zh-CN",
+    phone: str | None = "+8613800000000",
+    email: str = "lin@example.com",
+    customer_id: str = "cust-42",
+    time: datetime | None = None,
+) -> Envelope[RegisterRecipient]:
+    cmd = RegisterRecipient(
+        order_id=order_id, customer_id=customer_id, name="Lin Mei", email=email, phone=phone, locale=locale
+    )
+    return Envelope[RegisterRecipient].model_validate(
+        build(cmd, service="orders", subject=order_id, time=time)
+    )
 
 
-def status_changed(to: str, order_id: str = "ord-1", *, from_: str | None = None,
-                   reason: str | None = None) -> Envelope[OrderStatusChanged]:
-    event = OrderStatusChanged(order_id=order_id, customer_id="cust-42", from_status=from_, to_status=to,
-                               reason=reason, at=datetime.now(UTC))
+def status_changed(
+    to: str, order_id: str = "ord-1", *, from_: str | None = None, reason: str | None = None
+) -> Envelope[OrderStatusChanged]:
+    event = OrderStatusChanged(
+        order_id=order_id,
+        customer_id="cust-42",
+        from_status=from_,
+        to_status=to,
+        reason=reason,
+        at=datetime.now(UTC),
+    )
     return Envelope[OrderStatusChanged].model_validate(build(event, service="orders", subject=order_id))
 
 
 def refunded(amount: str = "79.80", order_id: str = "ord-1") -> Envelope[PaymentRefunded]:
-    event = PaymentRefunded(order_id=order_id, payment_id="pay-1", refund_id="ref-1", amount=Decimal(amount),
-                            refunded_total=Decimal(amount), currency="CNY")
+    event = PaymentRefunded(
+        order_id=order_id,
+        payment_id="pay-1",
+        refund_id="ref-1",
+        amount=Decimal(amount),
+        refunded_total=Decimal(amount),
+        currency="CNY",
+    )
     return Envelope[PaymentRefunded].model_validate(build(event, service="payments", subject=order_id))
 
 
@@ -81,8 +103,12 @@ async def test_a_registered_customer_gets_one_email_per_status(sessions, channel
 
     events = await published(sessions)
     assert [e["key"] for e in events] == ["notification.sent"] * len(HAPPY)
-    assert events[0]["data"] == {"order_id": "ord-1", "channel": "email", "template": "order.submitted",
-                                 "locale": "zh-CN"}
+    assert events[0]["data"] == {
+        "order_id": "ord-1",
+        "channel": "email",
+        "template": "order.submitted",
+        "locale": "zh-CN",
+    }
     assert events[0]["causationid"] and events[0]["correlationid"] == "ord-1"
     text = json.dumps(events, ensure_ascii=False)
     assert "lin@example.com" not in text and "Lin Mei" not in text and "13800000000" not in text
@@ -120,9 +146,12 @@ async def test_registering_twice_is_harmless_and_newer_details_win(sessions):
     first = register(email="old@example.com", time=now)
     await handle_register_recipient(first, sessions)
     await handle_register_recipient(first, sessions)
-    await handle_register_recipient(register(email="new@example.com", locale="en", time=now + timedelta(seconds=1)),
-                                    sessions)
-    await handle_register_recipient(register(email="stale@example.com", time=now - timedelta(seconds=1)), sessions)
+    await handle_register_recipient(
+        register(email="new@example.com", locale="en", time=now + timedelta(seconds=1)), sessions
+    )
+    await handle_register_recipient(
+        register(email="stale@example.com", time=now - timedelta(seconds=1)), sessions
+    )
     async with sessions() as session:
         rows = (await session.scalars(select(Recipient))).all()
     assert [(r.order_id, r.email, r.locale) for r in rows] == [("ord-1", "new@example.com", "en")]
@@ -130,7 +159,9 @@ async def test_registering_twice_is_harmless_and_newer_details_win(sessions):
 
 async def test_preferences_choose_the_channels(sessions, channels, settings):
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=False, sms=True, push=True, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(customer_id="cust-42", email=False, sms=True, push=True, updated_at=datetime.now(UTC))
+        )
     await handle_register_recipient(register(), sessions)
     await on_order_status_changed(status_changed("paid"), sessions, channels, settings)
 
@@ -143,7 +174,11 @@ async def test_preferences_choose_the_channels(sessions, channels, settings):
 
 async def test_a_customer_who_turned_everything_off_gets_nothing(sessions, channels, settings):
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=False, sms=False, push=False, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(
+                customer_id="cust-42", email=False, sms=False, push=False, updated_at=datetime.now(UTC)
+            )
+        )
     await handle_register_recipient(register(), sessions)
     await on_order_status_changed(status_changed("paid"), sessions, channels, settings)
     assert not any(c.sent for c in channels.values())
@@ -152,7 +187,9 @@ async def test_a_customer_who_turned_everything_off_gets_nothing(sessions, chann
 
 async def test_sms_without_a_phone_number_fails_visibly(sessions, channels, settings):
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC))
+        )
     await handle_register_recipient(register(phone=None), sessions)
     await on_order_status_changed(status_changed("paid"), sessions, channels, settings)
     assert len(channels["email"].sent) == 1 and channels["sms"].sent == []
@@ -173,9 +210,16 @@ async def test_a_refund_tells_the_amount(sessions, channels, settings):
 
 async def test_please_pay_sends_the_link_once(sessions, channels, settings):
     await handle_register_recipient(register(locale="en"), sessions)
-    event = PaymentActionRequired(order_id="ord-1", payment_id="pay-1", method="alipay", action_type="qr_code",
-                                  url="https://qr.alipay.com/bax01", expires_at=datetime(2026, 12, 2, 10, 15, tzinfo=UTC),
-                                  amount=Decimal("79.80"), currency="CNY")
+    event = PaymentActionRequired(
+        order_id="ord-1",
+        payment_id="pay-1",
+        method="alipay",
+        action_type="qr_code",
+        url="https://qr.alipay.com/bax01",
+        expires_at=datetime(2026, 12, 2, 10, 15, tzinfo=UTC),
+        amount=Decimal("79.80"),
+        currency="CNY",
+    )
     msg = Envelope[PaymentActionRequired].model_validate(build(event, service="payments", subject="ord-1"))
     await on_payment_action_required(msg, sessions, channels, settings)
     await on_payment_action_required(msg, sessions, channels, settings)  # redelivered
@@ -186,16 +230,21 @@ async def test_please_pay_sends_the_link_once(sessions, channels, settings):
 
 async def test_a_cancellation_says_why(sessions, channels, settings):
     await handle_register_recipient(register(locale="en"), sessions)
-    await on_order_status_changed(status_changed("cancelled", from_="paid", reason="shipment_failed"),
-                                  sessions, channels, settings)
+    await on_order_status_changed(
+        status_changed("cancelled", from_="paid", reason="shipment_failed"), sessions, channels, settings
+    )
     [mail] = channels["email"].sent
     assert "no carrier can deliver to the shipping address" in mail.body
 
 
-async def test_a_channel_that_is_down_keeps_the_notification_and_retries_the_event(sessions, channels, settings):
+async def test_a_channel_that_is_down_keeps_the_notification_and_retries_the_event(
+    sessions, channels, settings
+):
     await handle_register_recipient(register(), sessions)
     channels["email"].fail_with = [
-        Transient("smtp_451"), ConnectionRefusedError("down"), Unavailable("smtp", "ConnectionRefusedError"),
+        Transient("smtp_451"),
+        ConnectionRefusedError("down"),
+        Unavailable("smtp", "ConnectionRefusedError"),
     ]
     event = status_changed("shipped")
     with pytest.raises(DeliveryPending, match="smtp_451"):
@@ -226,7 +275,12 @@ async def test_an_address_the_server_refuses_fails_once_and_is_not_retried(sessi
     assert (row.status, row.last_error) == ("failed", "smtp_550")
     [failed] = await published(sessions)
     assert failed["key"] == "notification.failed"
-    assert failed["data"] == {"order_id": "ord-1", "channel": "email", "template": "order.shipped", "reason": "smtp_550"}
+    assert failed["data"] == {
+        "order_id": "ord-1",
+        "channel": "email",
+        "template": "order.shipped",
+        "reason": "smtp_550",
+    }
 
 
 async def test_a_notification_being_sent_elsewhere_is_not_sent_twice(sessions, channels, settings):
@@ -237,13 +291,17 @@ async def test_a_notification_being_sent_elsewhere_is_not_sent_twice(sessions, c
     with pytest.raises(DeliveryPending):
         await on_order_status_changed(event, sessions, channels, settings)
     async with sessions.begin() as session:
-        await session.execute(update(Notification).values(lease_until=datetime.now(UTC) + timedelta(seconds=60)))
+        await session.execute(
+            update(Notification).values(lease_until=datetime.now(UTC) + timedelta(seconds=60))
+        )
     with pytest.raises(DeliveryPending, match="another delivery"):
         await on_order_status_changed(event, sessions, channels, settings)
     assert channels["email"].sent == []
 
 
-async def test_after_a_crash_between_recording_and_marking_the_redelivery_sends_once(sessions, channels, settings):
+async def test_after_a_crash_between_recording_and_marking_the_redelivery_sends_once(
+    sessions, channels, settings
+):
     """The process died while sending: the row is pending with an expired lease. The redelivered event
     (already in the inbox) sends it, with the same Message-ID, and marks it."""
     await handle_register_recipient(register(), sessions)
@@ -252,7 +310,9 @@ async def test_after_a_crash_between_recording_and_marking_the_redelivery_sends_
     with pytest.raises(DeliveryPending):
         await on_order_status_changed(event, sessions, channels, settings)
     async with sessions.begin() as session:
-        await session.execute(update(Notification).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+        await session.execute(
+            update(Notification).values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
     [before] = await notifications(sessions)
 
     await on_order_status_changed(event, sessions, channels, settings)
@@ -262,14 +322,20 @@ async def test_after_a_crash_between_recording_and_marking_the_redelivery_sends_
     assert [e["key"] for e in await published(sessions)] == ["notification.sent"]
 
 
-async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_nobody(sessions, channels, settings):
+async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_nobody(
+    sessions, channels, settings
+):
     for order_id in ("ord-old", "ord-new"):
         await handle_register_recipient(register(order_id), sessions)
         await on_order_status_changed(status_changed("confirmed", order_id), sessions, channels, settings)
     long_ago = datetime.now(UTC) - timedelta(days=200)
     async with sessions.begin() as session:  # as if ord-old had been placed 200 days ago
-        await session.execute(update(Recipient).where(Recipient.order_id == "ord-old").values(updated_at=long_ago))
-        await session.execute(update(Notification).where(Notification.order_id == "ord-old").values(created_at=long_ago))
+        await session.execute(
+            update(Recipient).where(Recipient.order_id == "ord-old").values(updated_at=long_ago)
+        )
+        await session.execute(
+            update(Notification).where(Notification.order_id == "ord-old").values(created_at=long_ago)
+        )
 
     assert await retention.purge(sessions, older_than=timedelta(days=180), batch=1) == (1, 1)
     assert await retention.purge(sessions, older_than=timedelta(days=180)) == (0, 0)  # done once
@@ -280,26 +346,44 @@ async def test_past_the_retention_an_order_is_forgotten_and_a_late_event_tells_n
     assert (new.email, new.forgotten_at) == ("lin@example.com", None)
 
     sent = len(channels["email"].sent)
-    await on_order_status_changed(status_changed("delivered", "ord-old"), sessions, channels, settings)  # acked
-    assert len(channels["email"].sent) == sent and [n.order_id for n in await notifications(sessions)] == ["ord-new"]
+    await on_order_status_changed(
+        status_changed("delivered", "ord-old"), sessions, channels, settings
+    )  # acked
+    assert len(channels["email"].sent) == sent and [n.order_id for n in await notifications(sessions)] == [
+        "ord-new"
+    ]
 
 
-def scanned(status: str, *, undelivered: bool = False, tracking: str = "SF123456789012",
-            replaces: str | None = None) -> Envelope:
+def scanned(
+    status: str, *, undelivered: bool = False, tracking: str = "SF123456789012", replaces: str | None = None
+) -> Envelope:
     from events.shipping import ShipmentUpdated
 
-    event = ShipmentUpdated(order_id="ord-1", shipment_id="shp-1", carrier="sf-express", tracking_number=tracking,
-                            status=status, at=datetime.now(UTC), estimated_delivery=datetime(2026, 11, 30).date(),
-                            tracking_url=f"https://track.example/{tracking}", undelivered=undelivered, replaces=replaces)
+    event = ShipmentUpdated(
+        order_id="ord-1",
+        shipment_id="shp-1",
+        carrier="sf-express",
+        tracking_number=tracking,
+        status=status,
+        at=datetime.now(UTC),
+        estimated_delivery=datetime(2026, 11, 30).date(),
+        tracking_url=f"https://track.example/{tracking}",
+        undelivered=undelivered,
+        replaces=replaces,
+    )
     return Envelope[ShipmentUpdated].model_validate(build(event, service="shipping", subject="ord-1"))
 
 
-async def test_the_shipped_email_and_sms_carry_carrier_tracking_number_link_and_estimate(sessions, channels, settings):
+async def test_the_shipped_email_and_sms_carry_carrier_tracking_number_link_and_estimate(
+    sessions, channels, settings
+):
     from notifications.handlers import on_shipment_updated
 
     await handle_register_recipient(register(locale="en"), sessions)
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC))
+        )
     await on_shipment_updated(scanned("in_transit"), sessions, channels, settings)  # nothing to tell
     await on_shipment_updated(scanned("picked_up"), sessions, channels, settings)
     [mail], [sms] = channels["email"].sent, channels["sms"].sent
@@ -314,22 +398,34 @@ async def test_a_failed_attempt_and_a_parcel_that_will_not_arrive_are_told(sessi
 
     await handle_register_recipient(register(locale="en"), sessions)
     await on_shipment_updated(scanned("exception"), sessions, channels, settings)
-    await on_shipment_updated(scanned("returned"), sessions, channels, settings)  # a customer's return: the order tells
+    await on_shipment_updated(
+        scanned("returned"), sessions, channels, settings
+    )  # a customer's return: the order tells
     await on_shipment_updated(scanned("lost", undelivered=True), sessions, channels, settings)
-    assert [m.subject for m in channels["email"].sent] == ["We could not deliver your parcel SF123456789012 today",
-                                                           "Your parcel SF123456789012 was lost"]
+    assert [m.subject for m in channels["email"].sent] == [
+        "We could not deliver your parcel SF123456789012 today",
+        "Your parcel SF123456789012 was lost",
+    ]
 
 
-async def test_a_lost_parcel_sent_again_is_told_as_sent_again_with_its_new_tracking_number(sessions, channels, settings):
+async def test_a_lost_parcel_sent_again_is_told_as_sent_again_with_its_new_tracking_number(
+    sessions, channels, settings
+):
     from notifications.handlers import on_shipment_updated
 
     await handle_register_recipient(register(locale="en"), sessions)
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(customer_id="cust-42", email=True, sms=True, push=False, updated_at=datetime.now(UTC))
+        )
     await on_shipment_updated(scanned("lost", undelivered=True), sessions, channels, settings)
-    await on_shipment_updated(scanned("picked_up", tracking="SF999", replaces="SF123456789012"), sessions, channels, settings)
+    await on_shipment_updated(
+        scanned("picked_up", tracking="SF999", replaces="SF123456789012"), sessions, channels, settings
+    )
     lost, again = channels["email"].sent
-    assert "send what it held again" in lost.body and "refund" in lost.body, "the customer is told both may come"
+    assert "send what it held again" in lost.body and "refund" in lost.body, (
+        "the customer is told both may come"
+    )
     assert again.subject == "We sent your lost parcel SF123456789012 again: SF999"
     sms = channels["sms"].sent[-1]
     for part in ("SF123456789012", "SF999", "sf-express", "https://track.example/SF999", "2026-11-30"):

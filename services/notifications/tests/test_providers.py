@@ -20,14 +20,27 @@ from notifications.handlers import handle_register_recipient, on_shipment_update
 
 
 def register() -> Envelope[RegisterRecipient]:
-    cmd = RegisterRecipient(order_id="ord-1", customer_id="cust-42", name="Lin Mei", email="lin@example.com",
-                            phone="+8613800000000", locale="en")
+    cmd = RegisterRecipient(
+        order_id="ord-1",
+        customer_id="cust-42",
+        name="Lin Mei",
+        email="lin@example.com",
+        phone="+8613800000000",
+        locale="en",
+    )
     return Envelope[RegisterRecipient].model_validate(build(cmd, service="orders", subject="ord-1"))
 
 
 def picked_up() -> Envelope[ShipmentUpdated]:
-    event = ShipmentUpdated(order_id="ord-1", shipment_id="shp-1", carrier="sf-express", tracking_number="SF123456789012",
-                            status="picked_up", at=datetime.now(UTC), tracking_url="https://track.example/SF123456789012")
+    event = ShipmentUpdated(
+        order_id="ord-1",
+        shipment_id="shp-1",
+        carrier="sf-express",
+        tracking_number="SF123456789012",
+        status="picked_up",
+        at=datetime.now(UTC),
+        tracking_url="https://track.example/SF123456789012",
+    )
     return Envelope[ShipmentUpdated].model_validate(build(event, service="shipping", subject="ord-1"))
 
 
@@ -44,16 +57,26 @@ def transport(standins):
 
 
 def outgoing(address: str, channel: str = "sms") -> Outgoing:
-    return Outgoing(channel=channel, address=address, name="Lin Mei", subject="Hello", body="Your parcel SF1",
-                    locale="en", message_id="<m@x>")
+    return Outgoing(
+        channel=channel,
+        address=address,
+        name="Lin Mei",
+        subject="Hello",
+        body="Your parcel SF1",
+        locale="en",
+        message_id="<m@x>",
+    )
 
 
 async def test_the_shipped_sms_and_push_reach_the_providers_with_the_tracking_number(
-        sessions, channels, settings, standins, transport):
+    sessions, channels, settings, standins, transport
+):
     real = {**channels, **providers.adapters(settings, transport)}
     await handle_register_recipient(register(), sessions)
     async with sessions.begin() as session:
-        session.add(Preference(customer_id="cust-42", email=True, sms=True, push=True, updated_at=datetime.now(UTC)))
+        session.add(
+            Preference(customer_id="cust-42", email=True, sms=True, push=True, updated_at=datetime.now(UTC))
+        )
     await on_shipment_updated(picked_up(), sessions, real, settings)
     [sms], [push] = standins.sms, standins.push
     assert sms["to"] == "+8613800000000" and "SF123456789012" in sms["body"] and "sf-express" in sms["body"]
@@ -61,11 +84,15 @@ async def test_the_shipped_sms_and_push_reach_the_providers_with_the_tracking_nu
     assert push["name"].startswith("projects/oms-dev/messages/")
 
 
-async def test_a_number_the_provider_refuses_is_rejected_and_bad_credentials_are_transient(settings, transport):
+async def test_a_number_the_provider_refuses_is_rejected_and_bad_credentials_are_transient(
+    settings, transport
+):
     sms = providers.adapters(settings, transport)["sms"]
     with pytest.raises(Rejected, match="sms_400"):
         await sms.send(outgoing("not-a-number"))
-    wrong = providers.adapters(settings.model_copy(update={"fcm_access_token": SecretStr("stolen")}), transport)["push"]
+    wrong = providers.adapters(
+        settings.model_copy(update={"fcm_access_token": SecretStr("stolen")}), transport
+    )["push"]
     with pytest.raises(Transient, match="fcm_401"):
         await wrong.send(outgoing("cust-42", "push"))
     unreachable = providers.adapters(settings.model_copy(update={"sms_url": "http://127.0.0.1:9"}))["sms"]
@@ -74,21 +101,36 @@ async def test_a_number_the_provider_refuses_is_rejected_and_bad_credentials_are
 
 
 def test_production_refuses_the_standins():
-    prod = {"environment": "production", "api_keys": "ops-team:admin:" + "ab" * 32, "amqp_url": "amqp://oms:s3cret@broker/"}
+    prod = {
+        "environment": "production",
+        "api_keys": "ops-team:admin:" + "ab" * 32,
+        "amqp_url": "amqp://oms:s3cret@broker/",
+    }
     with pytest.raises(ValueError, match="real SMS and push providers"):
         Settings(**prod)
     with pytest.raises(ValueError, match="dev credentials"):
         Settings(**prod, sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com")
-    Settings(**prod, sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com",
-             sms_auth_token="t", fcm_access_token="a")
+    Settings(
+        **prod,
+        sms_url="https://api.twilio.com",
+        fcm_url="https://fcm.googleapis.com",
+        sms_auth_token="t",
+        fcm_access_token="a",
+    )
 
 
 async def test_production_serves_no_standin_and_a_local_run_does():
     from notifications.app import create_app
 
-    prod = Settings(environment="production", api_keys="ops-team:admin:" + "ab" * 32, amqp_url="amqp://oms:s3cret@broker/",
-                    sms_url="https://api.twilio.com", fcm_url="https://fcm.googleapis.com",
-                    sms_auth_token="t", fcm_access_token="a")
+    prod = Settings(
+        environment="production",
+        api_keys="ops-team:admin:" + "ab" * 32,
+        amqp_url="amqp://oms:s3cret@broker/",
+        sms_url="https://api.twilio.com",
+        fcm_url="https://fcm.googleapis.com",
+        sms_auth_token="t",
+        fcm_access_token="a",
+    )
     path = "/sandbox/sms/2010-04-01/Accounts/AC-dev/Messages.json"
     form = {"To": "+8613800000000", "From": "+10000000000", "Body": "hi"}
     for app, found in ((create_app(prod), False), (create_app(Settings()), True)):

@@ -66,8 +66,15 @@ def smtp() -> Iterator[tuple[Controller, Inbox]]:
 
 
 def outgoing(address: str = "lin@example.com", **overrides: Any) -> Outgoing:
-    fields = {"channel": "email", "address": address, "name": "林美", "subject": "您的订单 ord-1 已发货",
-              "body": "林美，您好：\n\n您的订单已交给承运商。\n", "locale": "zh-CN", "message_id": "<abc123@oms.local>"}
+    fields = {
+        "channel": "email",
+        "address": address,
+        "name": "林美",
+        "subject": "您的订单 ord-1 已发货",
+        "body": "林美，您好：\n\n您的订单已交给承运商。\n",
+        "locale": "zh-CN",
+        "message_id": "<abc123@oms.local>",
+    }
     return Outgoing(**{**fields, **overrides})
 
 

@@ -11,14 +11,29 @@ from notifications.domain import REFUND_TEMPLATE, SUPPORTED_LOCALES, status_temp
 from notifications.templates import REASONS, TEMPLATES, format_money, render
 
 ALL_TEMPLATES = [status_template(s) for s in OrderStatus] + [REFUND_TEMPLATE]
-PARCEL_TEMPLATES = ["parcel.shipped", "parcel.exception", "parcel.not_delivered", "parcel.lost", "parcel.sent_again"]
+PARCEL_TEMPLATES = [
+    "parcel.shipped",
+    "parcel.exception",
+    "parcel.not_delivered",
+    "parcel.lost",
+    "parcel.sent_again",
+]
 
 
 @pytest.mark.parametrize("template", PARCEL_TEMPLATES)
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
 def test_a_parcels_messages_name_it_in_every_locale(template, locale):
-    out = render(template, locale, order_id="ord-123", name="Lin Mei", carrier="sf-express",
-                 tracking_number="SF1", tracking_url="https://track.example/SF1", eta="2026-11-30", replaces="SF0")
+    out = render(
+        template,
+        locale,
+        order_id="ord-123",
+        name="Lin Mei",
+        carrier="sf-express",
+        tracking_number="SF1",
+        tracking_url="https://track.example/SF1",
+        eta="2026-11-30",
+        replaces="SF0",
+    )
     assert "SF1" in out.subject and "sf-express" in out.body and "ord-123" in out.body
     assert "$" not in out.subject + out.body, "no placeholder left unfilled"
     assert out.subject.isascii() or locale != "en"
@@ -27,8 +42,15 @@ def test_a_parcels_messages_name_it_in_every_locale(template, locale):
 @pytest.mark.parametrize("template", ALL_TEMPLATES)
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
 def test_every_template_renders_in_every_locale_with_the_order_id(template, locale):
-    out = render(template, locale, order_id="ord-123", name="Lin Mei", reason="out_of_stock",
-                 amount=Decimal("79.80"), currency="CNY")
+    out = render(
+        template,
+        locale,
+        order_id="ord-123",
+        name="Lin Mei",
+        reason="out_of_stock",
+        amount=Decimal("79.80"),
+        currency="CNY",
+    )
     assert out.locale == locale and out.template == template
     assert "ord-123" in out.subject and "ord-123" in out.body
     assert "Lin Mei" in out.body
@@ -41,8 +63,16 @@ def test_every_template_renders_in_every_locale_with_the_order_id(template, loca
 
 @pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
 def test_please_pay_shows_the_link_the_amount_and_until_when(locale):
-    out = render("payment.action_required", locale, order_id="ord-123", name="Lin Mei", amount=Decimal("79.80"),
-                 currency="CNY", url="https://qr.alipay.com/bax01", expires_at="2026-12-02 10:15:00 UTC")
+    out = render(
+        "payment.action_required",
+        locale,
+        order_id="ord-123",
+        name="Lin Mei",
+        amount=Decimal("79.80"),
+        currency="CNY",
+        url="https://qr.alipay.com/bax01",
+        expires_at="2026-12-02 10:15:00 UTC",
+    )
     assert "ord-123" in out.subject and "https://qr.alipay.com/bax01" in out.body
     assert "2026-12-02 10:15:00 UTC" in out.body and "79.80" in out.body
     assert "$" not in out.subject + out.body, "no placeholder left unfilled"
@@ -71,11 +101,16 @@ def test_an_unsupported_locale_falls_back_to_english():
 
 @pytest.mark.parametrize(
     ("reason", "en", "zh"),
-    [("out_of_stock", "out of stock", "库存不足"), ("payment_declined", "payment was declined", "支付被拒绝"),
-     ("payment_timeout", "not confirmed in time", "支付未能按时确认"),
-     ("shipment_failed", "no carrier can deliver", "无承运商"), ("customer_request", "you asked us", "应您的要求"),
-     ("saga_timeout", "could not be processed in time", "未能按时处理"), (None, "could not complete", "无法完成"),
-     ("something new", "could not complete", "无法完成")],
+    [
+        ("out_of_stock", "out of stock", "库存不足"),
+        ("payment_declined", "payment was declined", "支付被拒绝"),
+        ("payment_timeout", "not confirmed in time", "支付未能按时确认"),
+        ("shipment_failed", "no carrier can deliver", "无承运商"),
+        ("customer_request", "you asked us", "应您的要求"),
+        ("saga_timeout", "could not be processed in time", "未能按时处理"),
+        (None, "could not complete", "无法完成"),
+        ("something new", "could not complete", "无法完成"),
+    ],
 )
 def test_a_cancellation_says_why_in_words(reason, en, zh):
     english = render("order.cancelled", "en", order_id="ord-1", name="Lin", reason=reason)
@@ -97,6 +132,8 @@ def test_money_is_formatted_with_its_currency_never_as_a_float():
 
 def test_a_refund_names_the_amount_in_both_languages():
     en = render(REFUND_TEMPLATE, "en", order_id="ord-9", name="Lin", amount=Decimal("79.80"), currency="CNY")
-    zh = render(REFUND_TEMPLATE, "zh-CN", order_id="ord-9", name="林美", amount=Decimal("79.80"), currency="CNY")
+    zh = render(
+        REFUND_TEMPLATE, "zh-CN", order_id="ord-9", name="林美", amount=Decimal("79.80"), currency="CNY"
+    )
     assert en.subject == "We refunded CNY 79.80 for your order ord-9"
     assert "¥79.80" in zh.subject and "¥79.80" in zh.body

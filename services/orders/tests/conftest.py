@@ -21,8 +21,10 @@ from orders.db import Base
 def settings(tmp_path) -> Settings:
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/orders.db",
-        step_timeout_seconds=30, max_quantity_per_line=100,
-        inventory_url="http://127.0.0.1:9", amqp_url="amqp://guest:guest@127.0.0.1:9/",
+        step_timeout_seconds=30,
+        max_quantity_per_line=100,
+        inventory_url="http://127.0.0.1:9",
+        amqp_url="amqp://guest:guest@127.0.0.1:9/",
     )
 
 
@@ -39,8 +41,12 @@ async def sessions(settings):
 @pytest.fixture
 def admission(settings) -> Admission:
     """The door as the service sets it up, reading the backlog at every request."""
-    return Admission(max_wait_seconds=settings.admission_max_wait_seconds, min_in_flight=settings.admission_min_in_flight,
-                     refresh_seconds=0, registry=CollectorRegistry())
+    return Admission(
+        max_wait_seconds=settings.admission_max_wait_seconds,
+        min_in_flight=settings.admission_min_in_flight,
+        refresh_seconds=0,
+        registry=CollectorRegistry(),
+    )
 
 
 @pytest.fixture

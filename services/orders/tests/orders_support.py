@@ -16,9 +16,24 @@ ADMIN = {"Authorization": "Bearer dev-admin-key"}
 MARKETPLACE = {"Authorization": "Bearer dev-marketplace-key"}  # a second gateway
 
 BODY: dict[str, Any] = {
-    "customer": {"id": "cust-42", "name": "Lin Mei", "email": "lin@example.com", "phone": "+8613800000000", "locale": "zh-CN"},
-    "shipping_address": {"name": "Lin Mei", "line1": "1 Century Ave", "line2": None, "city": "Shanghai", "region": "SH",
-                         "postal_code": "200120", "country": "CN", "latitude": 31.23, "longitude": 121.50},
+    "customer": {
+        "id": "cust-42",
+        "name": "Lin Mei",
+        "email": "lin@example.com",
+        "phone": "+8613800000000",
+        "locale": "zh-CN",
+    },
+    "shipping_address": {
+        "name": "Lin Mei",
+        "line1": "1 Century Ave",
+        "line2": None,
+        "city": "Shanghai",
+        "region": "SH",
+        "postal_code": "200120",
+        "country": "CN",
+        "latitude": 31.23,
+        "longitude": 121.50,
+    },
     "items": [{"sku": "SKU-RED-MUG", "quantity": 2, "unit_price": "39.90"}],
     "currency": "CNY",
     "payment": {"method": "card", "token": "tok_ok"},

@@ -30,16 +30,24 @@ async def post(client, key: str):
 async def in_flight(sessions, settings, n: int) -> list[str]:
     """``n`` orders placed past the door, waiting for their stock answer."""
     request = PlaceOrder.model_validate(BODY)
-    return [(await service.place_order(sessions, request, key=f"setup-{uuid.uuid4()}", actor="dev-gateway",
-                                       settings=settings)).order_id for _ in range(n)]
+    return [
+        (
+            await service.place_order(
+                sessions, request, key=f"setup-{uuid.uuid4()}", actor="dev-gateway", settings=settings
+            )
+        ).order_id
+        for _ in range(n)
+    ]
 
 
 async def paid(sessions, order_ids: list[str], *, seconds_ago: float = 1.0) -> None:
     at = datetime.now(UTC) - timedelta(seconds=seconds_ago)
     async with sessions.begin() as session:
         await session.execute(update(Order).where(Order.id.in_(order_ids)).values(status="paid"))
-        await session.execute(insert(OrderHistory), [{"order_id": i, "status": "paid", "reason": None, "at": at}
-                                                     for i in order_ids])
+        await session.execute(
+            insert(OrderHistory),
+            [{"order_id": i, "status": "paid", "reason": None, "at": at} for i in order_ids],
+        )
 
 
 async def count(sessions, what) -> int:
@@ -47,7 +55,9 @@ async def count(sessions, what) -> int:
         return await session.scalar(select(func.count()).select_from(what))
 
 
-async def test_new_orders_are_refused_while_too_many_are_in_flight_and_nothing_is_stored(client, sessions, settings):
+async def test_new_orders_are_refused_while_too_many_are_in_flight_and_nothing_is_stored(
+    client, sessions, settings
+):
     await paid(sessions, await in_flight(sessions, settings, 1))  # orders move, slowly: the minimum, 2, holds
     assert (await post(client, "a")).status_code == 202
     assert (await post(client, "b")).status_code == 202  # one in flight: fewer than the minimum, 2
@@ -103,8 +113,13 @@ async def test_while_the_broker_is_out_of_reach_the_door_stays_open(sessions, se
     """The outbox holds what is accepted until the broker is back."""
     await in_flight(sessions, settings, 5)
     broker_down = True
-    door = Admission(max_wait_seconds=5.0, min_in_flight=2, refresh_seconds=0, registry=CollectorRegistry(),
-                     outage=lambda: broker_down)
+    door = Admission(
+        max_wait_seconds=5.0,
+        min_in_flight=2,
+        refresh_seconds=0,
+        registry=CollectorRegistry(),
+        outage=lambda: broker_down,
+    )
     async with sessions() as session:
         await door.check(session, datetime.now(UTC))  # does not raise
         broker_down = False
@@ -155,12 +170,26 @@ async def test_the_door_counts_orders_every_replica_let_in(sessions, settings):
     await paid(sessions, await in_flight(sessions, settings, 1))
     now = datetime.now(UTC)
     async with sessions.begin() as session:
-        await session.execute(insert(IdempotencyKey), [
-            {"key": f"other-{n}", "fingerprint": "f", "state": "in_progress", "order_id": None, "created_at": at}
-            for n, at in enumerate([now, now, now - timedelta(seconds=31)])
-        ])
-    door = Admission(max_wait_seconds=5.0, min_in_flight=3, refresh_seconds=0, registry=CollectorRegistry(),
-                     abandoned_seconds=30)
+        await session.execute(
+            insert(IdempotencyKey),
+            [
+                {
+                    "key": f"other-{n}",
+                    "fingerprint": "f",
+                    "state": "in_progress",
+                    "order_id": None,
+                    "created_at": at,
+                }
+                for n, at in enumerate([now, now, now - timedelta(seconds=31)])
+            ],
+        )
+    door = Admission(
+        max_wait_seconds=5.0,
+        min_in_flight=3,
+        refresh_seconds=0,
+        registry=CollectorRegistry(),
+        abandoned_seconds=30,
+    )
     async with sessions() as session:
         await door.check(session, now)  # two in flight (the abandoned one is not): the third is let in
         with pytest.raises(Overloaded):  # three

@@ -24,10 +24,15 @@ async def test_a_valid_order_is_accepted_with_its_location_and_emits_what_it_sho
     assert [h["status"] for h in order["history"]] == ["submitted"]
     sent = await outbox(sessions)
     assert [m["key"] for m in sent] == [
-        "order.placed", "order.status_changed", "notifications.register_recipient", "inventory.reserve_stock",
+        "order.placed",
+        "order.status_changed",
+        "notifications.register_recipient",
+        "inventory.reserve_stock",
     ]
     events = [m for m in sent if not m["type"].startswith("oms.command.")]
-    assert "lin@example.com" not in str(events) and "Lin Mei" not in str(events), "events carry no contact details"
+    assert "lin@example.com" not in str(events) and "Lin Mei" not in str(events), (
+        "events carry no contact details"
+    )
     assert "tok_ok" not in str(sent), "the payment token is not sent before the capture"
     assert all(m["correlationid"] == order["id"] for m in sent)
 
@@ -49,7 +54,9 @@ async def test_a_valid_order_is_accepted_with_its_location_and_emits_what_it_sho
         (lambda b: b.update(channel="fax"), "channel"),
     ],
 )
-async def test_a_bad_body_is_422_naming_the_field_and_nothing_is_stored_or_sent(client, sessions, change, field):
+async def test_a_bad_body_is_422_naming_the_field_and_nothing_is_stored_or_sent(
+    client, sessions, change, field
+):
     payload = copy.deepcopy(BODY)
     change(payload)
     r = await post(client, payload)
@@ -84,8 +91,14 @@ async def test_a_key_still_in_progress_is_409(client, sessions, settings):
     from orders.domain import request_fingerprint
 
     async with sessions.begin() as session:
-        session.add(IdempotencyKey(key="dev-gateway:http:busy", fingerprint=request_fingerprint(PlaceOrder.model_validate(BODY)),
-                                   state="in_progress", created_at=datetime.now(UTC)))
+        session.add(
+            IdempotencyKey(
+                key="dev-gateway:http:busy",
+                fingerprint=request_fingerprint(PlaceOrder.model_validate(BODY)),
+                state="in_progress",
+                created_at=datetime.now(UTC),
+            )
+        )
     r = await post(client, BODY, key="busy")
     assert r.status_code == 409
 
@@ -105,10 +118,15 @@ async def test_unknown_order_is_404(client):
 
 
 async def test_list_newest_first_with_filters_and_a_cursor(client):
-    ids = [(await post(client, body(channel=ch), key=f"k{i}")).json()["id"] for i, ch in enumerate(["web", "app", "web"])]
+    ids = [
+        (await post(client, body(channel=ch), key=f"k{i}")).json()["id"]
+        for i, ch in enumerate(["web", "app", "web"])
+    ]
     page = (await client.get("/v1/orders", params={"limit": 2}, headers=OPS)).json()
     assert [o["id"] for o in page["items"]] == [ids[2], ids[1]]
-    rest = (await client.get("/v1/orders", params={"limit": 2, "cursor": page["next_cursor"]}, headers=OPS)).json()
+    rest = (
+        await client.get("/v1/orders", params={"limit": 2, "cursor": page["next_cursor"]}, headers=OPS)
+    ).json()
     assert [o["id"] for o in rest["items"]] == [ids[0]] and rest["next_cursor"] is None
     web = (await client.get("/v1/orders", params={"channel": "web"}, headers=OPS)).json()
     assert {o["id"] for o in web["items"]} == {ids[0], ids[2]}
@@ -118,7 +136,9 @@ async def test_list_newest_first_with_filters_and_a_cursor(client):
 
 async def test_cancel_before_shipment_then_409(client, sessions):
     created = (await post(client, BODY)).json()
-    r = await client.post(f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY)
+    r = await client.post(
+        f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY
+    )
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
     assert r.json()["status_reason"] == "customer_request"
     assert (await outbox(sessions))[-1]["key"] == "inventory.release_stock"
@@ -127,11 +147,17 @@ async def test_cancel_before_shipment_then_409(client, sessions):
 async def test_returns_only_what_was_bought_and_only_after_delivery(client):
     created = (await post(client, BODY)).json()
     url = f"/v1/orders/{created['id']}/returns"
-    wrong = await client.post(url, json={"items": [{"sku": "SKU-OTHER", "quantity": 1}], "reason": "x"}, headers=GATEWAY)
+    wrong = await client.post(
+        url, json={"items": [{"sku": "SKU-OTHER", "quantity": 1}], "reason": "x"}, headers=GATEWAY
+    )
     assert wrong.status_code == 422
-    too_many = await client.post(url, json={"items": [{"sku": "SKU-RED-MUG", "quantity": 3}], "reason": "x"}, headers=GATEWAY)
+    too_many = await client.post(
+        url, json={"items": [{"sku": "SKU-RED-MUG", "quantity": 3}], "reason": "x"}, headers=GATEWAY
+    )
     assert too_many.status_code == 422
-    early = await client.post(url, json={"items": [{"sku": "SKU-RED-MUG", "quantity": 1}], "reason": "x"}, headers=GATEWAY)
+    early = await client.post(
+        url, json={"items": [{"sku": "SKU-RED-MUG", "quantity": 1}], "reason": "x"}, headers=GATEWAY
+    )
     assert early.status_code == 409
 
 
@@ -140,5 +166,7 @@ async def test_address_change_before_shipment(client):
     new = {**BODY["shipping_address"], "line1": "88 Nanjing Rd"}
     r = await client.patch(f"/v1/orders/{created['id']}/shipping-address", json=new, headers=GATEWAY)
     assert r.status_code == 202 and r.json()["shipping_address"]["line1"] == "88 Nanjing Rd"
-    bad = await client.patch(f"/v1/orders/{created['id']}/shipping-address", json={**new, "country": "?"}, headers=GATEWAY)
+    bad = await client.patch(
+        f"/v1/orders/{created['id']}/shipping-address", json={**new, "country": "?"}, headers=GATEWAY
+    )
     assert bad.status_code == 422

@@ -36,15 +36,25 @@ async def replicas(postgres_database):
 
 
 def settings_for(url: str) -> Settings:
-    return Settings(database_url=url, payment_timeout_seconds=10, step_timeout_seconds=30,
-                    inventory_url="http://127.0.0.1:9", amqp_url="amqp://guest:guest@127.0.0.1:9/")
+    return Settings(
+        database_url=url,
+        payment_timeout_seconds=10,
+        step_timeout_seconds=30,
+        inventory_url="http://127.0.0.1:9",
+        amqp_url="amqp://guest:guest@127.0.0.1:9/",
+    )
 
 
 async def overdue_orders(sessions, settings: Settings, count: int) -> list[str]:
     """``count`` orders waiting for their stock reservation, whose deadline passed."""
-    ids = [(await service.place_order(sessions, PlaceOrder.model_validate(BODY), key=f"k{i}", actor="dev-gateway",
-                                      settings=settings)).order_id
-           for i in range(count)]
+    ids = [
+        (
+            await service.place_order(
+                sessions, PlaceOrder.model_validate(BODY), key=f"k{i}", actor="dev-gateway", settings=settings
+            )
+        ).order_id
+        for i in range(count)
+    ]
     past = datetime.now(UTC) - timedelta(seconds=1)
     async with sessions.begin() as session:
         for order in (await session.scalars(select(Order).where(Order.id.in_(ids)))).all():
@@ -56,7 +66,9 @@ async def overdue_orders(sessions, settings: Settings, count: int) -> list[str]:
 async def reserve_commands(sessions) -> Counter:
     async with sessions() as session:
         rows = await session.scalars(
-            select(outbox_message.c.correlation_id).where(outbox_message.c.routing_key == "inventory.reserve_stock")
+            select(outbox_message.c.correlation_id).where(
+                outbox_message.c.routing_key == "inventory.reserve_stock"
+            )
         )
         return Counter(rows)
 

@@ -28,10 +28,23 @@ from orders import handlers, service
 from orders import saga as flow
 
 EXAMPLES = [
-    RESERVED, OUT_OF_STOCK, RELEASED, CAPTURED, DECLINED, refunded("ord_1:cancel", CAPTURED.amount),
-    SHIP_CREATED, SHIP_FAILED, SHIP_CANCELLED, carrier("picked_up"),
-    ShipmentReturned(order_id="ord_1", shipment_id="shp-1", tracking_number="SF1",
-                     items=[LineItem(sku="SKU-RED-MUG", quantity=1)], at=T0),
+    RESERVED,
+    OUT_OF_STOCK,
+    RELEASED,
+    CAPTURED,
+    DECLINED,
+    refunded("ord_1:cancel", CAPTURED.amount),
+    SHIP_CREATED,
+    SHIP_FAILED,
+    SHIP_CANCELLED,
+    carrier("picked_up"),
+    ShipmentReturned(
+        order_id="ord_1",
+        shipment_id="shp-1",
+        tracking_number="SF1",
+        items=[LineItem(sku="SKU-RED-MUG", quantity=1)],
+        at=T0,
+    ),
 ]
 
 

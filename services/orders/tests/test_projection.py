@@ -37,13 +37,17 @@ async def step(sessions, settings, order_id: str, reply: object) -> dict:
 
 async def place(sessions, settings, key: str) -> str:
     request = PlaceOrder.model_validate(BODY)
-    order_id = (await service.place_order(sessions, request, key=key, actor="dev-gateway", settings=settings)).order_id
+    order_id = (
+        await service.place_order(sessions, request, key=key, actor="dev-gateway", settings=settings)
+    ).order_id
     await row_is_its_projection(sessions, order_id)
     return order_id
 
 
 def reserved(order_id: str) -> StockReserved:
-    return StockReserved(order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
+    return StockReserved(
+        order_id=order_id, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]
+    )
 
 
 def captured(order_id: str) -> PaymentCaptured:
@@ -51,8 +55,15 @@ def captured(order_id: str) -> PaymentCaptured:
 
 
 def refunded(order_id: str, key: str, amount: Decimal, refund_id: str, total: Decimal) -> PaymentRefunded:
-    return PaymentRefunded(order_id=order_id, payment_id="pay-1", refund_id=refund_id, refund_key=f"{order_id}:{key}",
-                           amount=amount, refunded_total=total, currency="CNY")
+    return PaymentRefunded(
+        order_id=order_id,
+        payment_id="pay-1",
+        refund_id=refund_id,
+        refund_key=f"{order_id}:{key}",
+        amount=amount,
+        refunded_total=total,
+        currency="CNY",
+    )
 
 
 async def test_delivered_and_returned_the_row_follows_the_saga_at_every_step(sessions, settings):
@@ -60,33 +71,74 @@ async def test_delivered_and_returned_the_row_follows_the_saga_at_every_step(ses
     await step(sessions, settings, order_id, reserved(order_id))
     row = await step(sessions, settings, order_id, captured(order_id))
     assert (row["status"], row["payment_status"], row["payment_amount"]) == ("paid", "captured", TOTAL)
-    await step(sessions, settings, order_id, ShipmentCreated(
-        order_id=order_id, shipment_id="shp-1", carrier="sf", tracking_number="T1", warehouse="SH", parcel="SH",
-        estimated_delivery=date(2026, 12, 5)))
+    await step(
+        sessions,
+        settings,
+        order_id,
+        ShipmentCreated(
+            order_id=order_id,
+            shipment_id="shp-1",
+            carrier="sf",
+            tracking_number="T1",
+            warehouse="SH",
+            parcel="SH",
+            estimated_delivery=date(2026, 12, 5),
+        ),
+    )
     for status in ("picked_up", "in_transit", "delivered"):
-        row = await step(sessions, settings, order_id, ShipmentUpdated(
-            order_id=order_id, shipment_id="shp-1", carrier="sf", tracking_number="T1", status=status,
-            at=datetime.now(UTC)))
+        row = await step(
+            sessions,
+            settings,
+            order_id,
+            ShipmentUpdated(
+                order_id=order_id,
+                shipment_id="shp-1",
+                carrier="sf",
+                tracking_number="T1",
+                status=status,
+                at=datetime.now(UTC),
+            ),
+        )
     assert row["status"] == "delivered"
     mug = [LineItem(sku="SKU-RED-MUG", quantity=1)]
     await step(sessions, settings, order_id, ReturnRequested(items=mug, amount=Decimal("39.90")))
-    await step(sessions, settings, order_id, ShipmentReturned(
-        order_id=order_id, shipment_id="shp-1", tracking_number="T1", items=mug, at=datetime.now(UTC)))
-    row = await step(sessions, settings, order_id, refunded(order_id, "return", Decimal("39.90"), "ref-1", Decimal("39.90")))
-    assert (row["status"], row["payment_status"], row["refunded_amount"]) == ("returned", "partially_refunded",
-                                                                              Decimal("39.90"))
+    await step(
+        sessions,
+        settings,
+        order_id,
+        ShipmentReturned(
+            order_id=order_id, shipment_id="shp-1", tracking_number="T1", items=mug, at=datetime.now(UTC)
+        ),
+    )
+    row = await step(
+        sessions,
+        settings,
+        order_id,
+        refunded(order_id, "return", Decimal("39.90"), "ref-1", Decimal("39.90")),
+    )
+    assert (row["status"], row["payment_status"], row["refunded_amount"]) == (
+        "returned",
+        "partially_refunded",
+        Decimal("39.90"),
+    )
 
 
 async def test_declined_the_row_says_failed_and_cancelled(sessions, settings):
     order_id = await place(sessions, settings, "declined")
     await step(sessions, settings, order_id, reserved(order_id))
     row = await step(sessions, settings, order_id, PaymentFailed(order_id=order_id, reason="declined"))
-    assert (row["status"], row["status_reason"], row["payment_status"]) == ("cancelled", "payment_declined", "failed")
+    assert (row["status"], row["status_reason"], row["payment_status"]) == (
+        "cancelled",
+        "payment_declined",
+        "failed",
+    )
     row = await step(sessions, settings, order_id, StockReleased(order_id=order_id, allocations=[]))
     assert row["deadline_at"] is None and row["payment_token"] is None
 
 
-async def test_unanswered_compensations_mark_the_row_for_attention_as_the_saga_is(sessions, settings, monkeypatch):
+async def test_unanswered_compensations_mark_the_row_for_attention_as_the_saga_is(
+    sessions, settings, monkeypatch
+):
     order_id = await place(sessions, settings, "stuck")
     await step(sessions, settings, order_id, reserved(order_id))
     await step(sessions, settings, order_id, captured(order_id))

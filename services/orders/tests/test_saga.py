@@ -46,7 +46,9 @@ TIMEOUTS = Timeouts(resend_seconds=30, warn_seconds=60, give_up_seconds=90)
 ORDER = "ord_1"
 TOTAL = Decimal("79.80")
 
-RESERVED = StockReserved(order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)])
+RESERVED = StockReserved(
+    order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=2)]
+)
 OUT_OF_STOCK = StockReservationFailed(
     order_id=ORDER, shortages=[Shortage(sku="SKU-RED-MUG", quantity=2, available=1)]
 )
@@ -54,7 +56,11 @@ RELEASED = StockReleased(order_id=ORDER, allocations=[])
 CAPTURED = PaymentCaptured(order_id=ORDER, payment_id="pay-1", amount=TOTAL, currency="CNY", method="card")
 DECLINED = PaymentFailed(order_id=ORDER, reason="declined")
 SHIP_CREATED = ShipmentCreated(
-    order_id=ORDER, shipment_id="shp-1", carrier="sf-express", tracking_number="SF1", warehouse="SH",
+    order_id=ORDER,
+    shipment_id="shp-1",
+    carrier="sf-express",
+    tracking_number="SF1",
+    warehouse="SH",
     estimated_delivery=date(2026, 11, 27),
 )
 BOOK = CreateShipment(warehouse="SH", parcel="SH", items=(LineItem(sku="SKU-RED-MUG", quantity=2),))
@@ -68,16 +74,25 @@ def carrier(status: str) -> ShipmentUpdated:
     )
 
 
-def refunded(key: str, amount: Decimal, refund_id: str = "ref-1", total: Decimal | None = None) -> PaymentRefunded:
+def refunded(
+    key: str, amount: Decimal, refund_id: str = "ref-1", total: Decimal | None = None
+) -> PaymentRefunded:
     return PaymentRefunded(
-        order_id=ORDER, payment_id="pay-1", refund_id=refund_id, refund_key=key, amount=amount,
-        refunded_total=total if total is not None else amount, currency="CNY",
+        order_id=ORDER,
+        payment_id="pay-1",
+        refund_id=refund_id,
+        refund_key=key,
+        amount=amount,
+        refunded_total=total if total is not None else amount,
+        currency="CNY",
     )
 
 
 def run(*replies, now: datetime = T0, prices: tuple = ()) -> tuple[Saga, list]:
     """Start a saga and feed it the replies; returns the saga and every intent along the way."""
-    saga, intents = start(order_id=ORDER, total=TOTAL, currency="CNY", now=now, timeouts=TIMEOUTS, prices=prices)
+    saga, intents = start(
+        order_id=ORDER, total=TOTAL, currency="CNY", now=now, timeouts=TIMEOUTS, prices=prices
+    )
     seen = list(intents)
     for reply in replies:
         saga, intents = advance(saga, reply, now=now, timeouts=TIMEOUTS)
@@ -90,8 +105,15 @@ def at(seconds: float) -> datetime:
 
 
 def test_happy_path_reaches_delivered_and_commits_stock_once():
-    saga, intents = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"),
-                        carrier("out_for_delivery"), carrier("delivered"))
+    saga, intents = run(
+        RESERVED,
+        CAPTURED,
+        SHIP_CREATED,
+        carrier("picked_up"),
+        carrier("in_transit"),
+        carrier("out_for_delivery"),
+        carrier("delivered"),
+    )
     assert saga.status == "delivered"
     assert intents == [Reserve(), Capture(), BOOK, Commit(warehouse="SH")]
     assert saga.deadline_at is None
@@ -100,7 +122,14 @@ def test_happy_path_reaches_delivered_and_commits_stock_once():
 def test_each_status_in_order():
     saga, _ = start(order_id=ORDER, total=TOTAL, currency="CNY", now=T0, timeouts=TIMEOUTS)
     seen = [saga.status]
-    for reply in (RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("in_transit"), carrier("delivered")):
+    for reply in (
+        RESERVED,
+        CAPTURED,
+        SHIP_CREATED,
+        carrier("picked_up"),
+        carrier("in_transit"),
+        carrier("delivered"),
+    ):
         saga, _ = advance(saga, reply, now=T0, timeouts=TIMEOUTS)
         seen.append(saga.status)
     assert seen == ["submitted", "confirmed", "paid", "picking", "shipped", "in_transit", "delivered"]
@@ -183,8 +212,11 @@ def test_cancel_before_shipment_compensates_exactly_the_steps_done(replies, comp
     assert intents == compensations
 
 
-@pytest.mark.parametrize("answer", [SHIP_CANCELLED, ShipmentFailed(order_id=ORDER, reason="cancelled")],
-                         ids=["cancelled", "booking-refused"])
+@pytest.mark.parametrize(
+    "answer",
+    [SHIP_CANCELLED, ShipmentFailed(order_id=ORDER, reason="cancelled")],
+    ids=["cancelled", "booking-refused"],
+)
 def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_will_leave(answer):
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
     assert (saga.stock, saga.parcel) == ("reserved", "cancelling")
@@ -192,8 +224,15 @@ def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_
     assert intents == [Release()] and (saga.stock, saga.parcel) == ("releasing", "cancelled")
     saga, intents = advance(saga, SHIP_CANCELLED, now=T0, timeouts=TIMEOUTS)  # told again
     assert intents == []
-    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested(), answer, RELEASED,
-                  refunded(f"{ORDER}:cancel", TOTAL))
+    saga, _ = run(
+        RESERVED,
+        CAPTURED,
+        SHIP_CREATED,
+        CancelRequested(),
+        answer,
+        RELEASED,
+        refunded(f"{ORDER}:cancel", TOTAL),
+    )
     assert saga.status == "cancelled" and saga.deadline_at is None and saga.attention is None
 
 
@@ -201,10 +240,14 @@ def test_the_stock_of_a_cancelled_parcel_goes_back_once_shipping_says_no_parcel_
 def test_a_parcel_the_carrier_took_before_the_cancel_is_committed_and_asked_back(scan):
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
     saga, intents = advance(saga, carrier(scan), now=T0, timeouts=TIMEOUTS)
-    assert intents[0] == Commit(warehouse="SH") and isinstance(intents[1], RaiseAttention) and len(intents) == 2
+    assert (
+        intents[0] == Commit(warehouse="SH") and isinstance(intents[1], RaiseAttention) and len(intents) == 2
+    )
     assert "SF1" in intents[1].detail and saga.attention == intents[1].detail
     assert (saga.status, saga.stock, saga.parcel) == ("cancelled", "committed", "left")
-    saga, intents = advance(saga, carrier("delivered"), now=T0, timeouts=TIMEOUTS)  # later scans change nothing
+    saga, intents = advance(
+        saga, carrier("delivered"), now=T0, timeouts=TIMEOUTS
+    )  # later scans change nothing
     assert intents == [] and saga.status == "cancelled"
     saga, _ = advance(saga, refunded(f"{ORDER}:cancel", TOTAL), now=T0, timeouts=TIMEOUTS)
     assert saga.deadline_at is None  # nothing left to wait for: the refund is done, the stock committed
@@ -254,7 +297,9 @@ def test_return_after_delivery_restocks_and_refunds_the_returned_amount():
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("delivered"))
     with pytest.raises(Refused):
         advance(saga, ReturnRequested(items=items, amount=TOTAL + 1), now=T0, timeouts=TIMEOUTS)
-    saga, intents = advance(saga, ReturnRequested(items=items, amount=Decimal("39.90")), now=T0, timeouts=TIMEOUTS)
+    saga, intents = advance(
+        saga, ReturnRequested(items=items, amount=Decimal("39.90")), now=T0, timeouts=TIMEOUTS
+    )
     assert saga.status == "return_requested" and intents == [ExpectReturn(items=items)]
     back = ShipmentReturned(order_id=ORDER, shipment_id="shp-1", tracking_number="SF1", items=items, at=T0)
     saga, intents = advance(saga, back, now=T0, timeouts=TIMEOUTS)
@@ -267,8 +312,12 @@ def test_return_after_delivery_restocks_and_refunds_the_returned_amount():
 def test_return_before_delivery_is_refused():
     saga, _ = run(RESERVED, CAPTURED)
     with pytest.raises(Refused):
-        advance(saga, ReturnRequested(items=[LineItem(sku="SKU-RED-MUG", quantity=1)], amount=Decimal("1")),
-                now=T0, timeouts=TIMEOUTS)
+        advance(
+            saga,
+            ReturnRequested(items=[LineItem(sku="SKU-RED-MUG", quantity=1)], amount=Decimal("1")),
+            now=T0,
+            timeouts=TIMEOUTS,
+        )
 
 
 def test_carrier_news_never_goes_backwards_and_may_overtake_shipment_created():
@@ -307,12 +356,20 @@ def test_compensations_answered_clear_the_deadline():
 
 
 def test_the_same_refund_told_twice_counts_once():
-    saga, _ = run(RESERVED, CAPTURED, SHIP_FAILED, refunded(f"{ORDER}:cancel", TOTAL), refunded(f"{ORDER}:cancel", TOTAL))
+    saga, _ = run(
+        RESERVED,
+        CAPTURED,
+        SHIP_FAILED,
+        refunded(f"{ORDER}:cancel", TOTAL),
+        refunded(f"{ORDER}:cancel", TOTAL),
+    )
     assert saga.refunded == TOTAL
 
 
 def test_late_and_duplicate_replies_are_ignored_not_fatal():
-    saga, intents = run(RESERVED, RESERVED, CAPTURED, RESERVED, DECLINED, SHIP_CREATED, SHIP_CREATED, SHIP_FAILED)
+    saga, intents = run(
+        RESERVED, RESERVED, CAPTURED, RESERVED, DECLINED, SHIP_CREATED, SHIP_CREATED, SHIP_FAILED
+    )
     assert saga.status == "picking"
     assert intents == [Reserve(), Capture(), BOOK]
     assert saga.ignored == 5
@@ -339,8 +396,12 @@ def test_the_table_is_walked_forward_and_undone_in_reverse():
     saga, seen = run()
     for step in (step for step in flow.STEPS if step.command is not None):
         assert saga.waiting_for == step.wait and saga.status == step.waits_in
-        saga, intents = advance(saga, {"reserve": RESERVED, "capture": CAPTURED, "ship": SHIP_CREATED}[step.name],
-                                now=T0, timeouts=TIMEOUTS)
+        saga, intents = advance(
+            saga,
+            {"reserve": RESERVED, "capture": CAPTURED, "ship": SHIP_CREATED}[step.name],
+            now=T0,
+            timeouts=TIMEOUTS,
+        )
         assert saga.status == step.then
     saga, intents = advance(saga, CancelRequested(), now=T0, timeouts=TIMEOUTS)
     undo = [type(i) for i in intents]
@@ -349,18 +410,37 @@ def test_the_table_is_walked_forward_and_undone_in_reverse():
     assert intents == [Release()]
 
 
-SPLIT = StockReserved(order_id=ORDER, allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1),
-                                                   Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
+SPLIT = StockReserved(
+    order_id=ORDER,
+    allocations=[
+        Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1),
+        Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1),
+    ],
+)
 
 
 def booked(warehouse: str) -> ShipmentCreated:
-    return ShipmentCreated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express", tracking_number=f"T{warehouse}",
-                           warehouse=warehouse, parcel=warehouse, estimated_delivery=date(2026, 11, 27))
+    return ShipmentCreated(
+        order_id=ORDER,
+        shipment_id=f"shp-{warehouse}",
+        carrier="sf-express",
+        tracking_number=f"T{warehouse}",
+        warehouse=warehouse,
+        parcel=warehouse,
+        estimated_delivery=date(2026, 11, 27),
+    )
 
 
 def scan(warehouse: str, status: str) -> ShipmentUpdated:
-    return ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{warehouse}", carrier="sf-express",
-                           tracking_number=f"T{warehouse}", status=status, at=T0, parcel=warehouse)
+    return ShipmentUpdated(
+        order_id=ORDER,
+        shipment_id=f"shp-{warehouse}",
+        carrier="sf-express",
+        tracking_number=f"T{warehouse}",
+        status=status,
+        at=T0,
+        parcel=warehouse,
+    )
 
 
 def test_once_a_parcel_of_a_split_order_left_the_order_is_no_longer_cancelled():
@@ -375,8 +455,12 @@ def test_a_parcel_no_carrier_takes_cancels_the_order_and_its_other_parcel():
     saga, intents = run(SPLIT, CAPTURED, booked("SH"), failed)
     assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
     assert CancelShipment() in intents and Release() not in intents, "the stock waits for the parcel's cancel"
-    saga, intents = advance(saga, ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH"], parcels=["SH"]),
-                            now=T0, timeouts=TIMEOUTS)
+    saga, intents = advance(
+        saga,
+        ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH"], parcels=["SH"]),
+        now=T0,
+        timeouts=TIMEOUTS,
+    )
     assert intents == [Release()]
 
 
@@ -397,8 +481,13 @@ def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once(
     saga, _ = advance(saga, ReturnRequested(items=mugs, amount=Decimal("79.80")), now=T0, timeouts=TIMEOUTS)
     seen = []
     for warehouse in ("SH", "BJ", "BJ"):
-        back = ShipmentReturned(order_id=ORDER, shipment_id=f"shp-{warehouse}", tracking_number=f"T{warehouse}",
-                                items=[LineItem(sku="SKU-RED-MUG", quantity=1)], at=T0)
+        back = ShipmentReturned(
+            order_id=ORDER,
+            shipment_id=f"shp-{warehouse}",
+            tracking_number=f"T{warehouse}",
+            items=[LineItem(sku="SKU-RED-MUG", quantity=1)],
+            at=T0,
+        )
         saga, intents = advance(saga, back, now=T0, timeouts=TIMEOUTS)
         seen += intents
     assert saga.status == "returned"
@@ -406,8 +495,15 @@ def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once(
 
 
 def again(warehouse: str, status: str) -> ShipmentUpdated:
-    return ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{warehouse}+1", carrier="sf-express",
-                           tracking_number=f"T{warehouse}+1", status=status, at=T0, parcel=f"{warehouse}+1")
+    return ShipmentUpdated(
+        order_id=ORDER,
+        shipment_id=f"shp-{warehouse}+1",
+        carrier="sf-express",
+        tracking_number=f"T{warehouse}+1",
+        status=status,
+        at=T0,
+        parcel=f"{warehouse}+1",
+    )
 
 
 MUG = (LineItem(sku="SKU-RED-MUG", quantity=1),)
@@ -415,19 +511,30 @@ PRICES = (("SKU-RED-MUG", Decimal("39.90")),)
 
 
 def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_a_refund():
-    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"), scan("BJ", "picked_up"))
+    saga, _ = run(
+        SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"), scan("BJ", "picked_up")
+    )
     saga, intents = advance(saga, scan("SH", "lost"), now=T0, timeouts=TIMEOUTS)
     assert intents == [Reserve(parcel="SH+1", items=MUG)], "reserved again, not refunded"
     assert saga.waiting_for == "resend"
     saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
     assert intents == [Reserve(parcel="SH+1", items=MUG)], "silence: asked again"
-    spare = StockReserved(order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)])
+    spare = StockReserved(
+        order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)]
+    )
     saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
     assert intents == [CreateShipment(warehouse="BJ", parcel="SH+1", items=MUG, replaces="SH")]
     saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
     assert intents == [], "a resent reservation's answer books nothing twice"
-    booked_again = ShipmentCreated(order_id=ORDER, shipment_id="shp-SH+1", carrier="sf-express", tracking_number="TSH+1",
-                                   warehouse="BJ", parcel="SH+1", estimated_delivery=date(2026, 11, 28))
+    booked_again = ShipmentCreated(
+        order_id=ORDER,
+        shipment_id="shp-SH+1",
+        carrier="sf-express",
+        tracking_number="TSH+1",
+        warehouse="BJ",
+        parcel="SH+1",
+        estimated_delivery=date(2026, 11, 28),
+    )
     saga, intents = advance(saga, booked_again, now=at(32), timeouts=TIMEOUTS)
     assert intents == [] and saga.waiting_for is None
     saga, intents = advance(saga, scan("BJ", "delivered"), now=at(33), timeouts=TIMEOUTS)
@@ -439,9 +546,19 @@ def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_
 
 
 def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
-    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), scan("SH", "picked_up"), scan("BJ", "picked_up"),
-                  scan("SH", "lost"), prices=PRICES)
-    none = StockReservationFailed(order_id=ORDER, parcel="SH+1", shortages=[Shortage(sku="SKU-RED-MUG", quantity=1, available=0)])
+    saga, _ = run(
+        SPLIT,
+        CAPTURED,
+        booked("SH"),
+        booked("BJ"),
+        scan("SH", "picked_up"),
+        scan("BJ", "picked_up"),
+        scan("SH", "lost"),
+        prices=PRICES,
+    )
+    none = StockReservationFailed(
+        order_id=ORDER, parcel="SH+1", shortages=[Shortage(sku="SKU-RED-MUG", quantity=1, available=0)]
+    )
     saga, intents = advance(saga, none, now=T0, timeouts=TIMEOUTS)
     assert intents == [Refund(amount=Decimal("39.90"), key=f"{ORDER}:parcel:SH")]
     assert saga.waiting_for is None and saga.status == "shipped"
@@ -450,10 +567,24 @@ def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
 
 
 def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time():
-    saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, carrier("picked_up"), carrier("lost"),
-                  StockReserved(order_id=ORDER, parcel="SH+1", allocations=RESERVED.allocations), prices=PRICES)
-    booked_again = ShipmentCreated(order_id=ORDER, shipment_id="shp-SH+1", carrier="sf-express", tracking_number="TSH+1",
-                                   warehouse="SH", parcel="SH+1", estimated_delivery=date(2026, 11, 28))
+    saga, _ = run(
+        RESERVED,
+        CAPTURED,
+        SHIP_CREATED,
+        carrier("picked_up"),
+        carrier("lost"),
+        StockReserved(order_id=ORDER, parcel="SH+1", allocations=RESERVED.allocations),
+        prices=PRICES,
+    )
+    booked_again = ShipmentCreated(
+        order_id=ORDER,
+        shipment_id="shp-SH+1",
+        carrier="sf-express",
+        tracking_number="TSH+1",
+        warehouse="SH",
+        parcel="SH+1",
+        estimated_delivery=date(2026, 11, 28),
+    )
     saga, _ = advance(saga, booked_again, now=T0, timeouts=TIMEOUTS)
     saga, _ = advance(saga, again("SH", "picked_up"), now=T0, timeouts=TIMEOUTS)
     saga, intents = advance(saga, again("SH", "lost"), now=T0, timeouts=TIMEOUTS)
@@ -465,7 +596,9 @@ def test_a_parcel_delivered_before_its_order_is_cancelled_is_put_to_ops():
     """The carrier delivered SH before BJ's booking failed: the order is cancelled and refunded, and
     someone has to get the mug back."""
     saga, _ = run(SPLIT, CAPTURED, booked("SH"), scan("SH", "picked_up"), scan("SH", "delivered"))
-    saga, intents = advance(saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS)
+    saga, intents = advance(
+        saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS
+    )
     assert (saga.status, saga.reason) == ("cancelled", "shipment_failed")
     assert any(isinstance(i, RaiseAttention) and "SH" in i.detail for i in intents) and saga.attention
 
@@ -473,14 +606,26 @@ def test_a_parcel_delivered_before_its_order_is_cancelled_is_put_to_ops():
 # the customer pays: a wallet without a token (a QR code, a redirect) and its window
 
 WINDOW_END = at(600)
-ACTION = PaymentActionRequired(order_id=ORDER, payment_id="pay-1", method="alipay", action_type="qr_code",
-                               url="https://qr.alipay.com/bax01", expires_at=WINDOW_END, amount=TOTAL, currency="CNY")
+ACTION = PaymentActionRequired(
+    order_id=ORDER,
+    payment_id="pay-1",
+    method="alipay",
+    action_type="qr_code",
+    url="https://qr.alipay.com/bax01",
+    expires_at=WINDOW_END,
+    amount=TOTAL,
+    currency="CNY",
+)
 
 
 def test_the_customer_is_waited_for_until_the_window_ends_without_resending():
     saga, intents = run(RESERVED, ACTION)
     assert saga.status == "confirmed" and saga.waiting_for == "customer"
-    assert saga.action == {"type": "qr_code", "url": "https://qr.alipay.com/bax01", "expires_at": WINDOW_END.isoformat()}
+    assert saga.action == {
+        "type": "qr_code",
+        "url": "https://qr.alipay.com/bax01",
+        "expires_at": WINDOW_END.isoformat(),
+    }
     assert saga.deadline_at == WINDOW_END + timedelta(seconds=TIMEOUTS.resend_seconds)
     assert intents == [Reserve(), Capture()]  # past the usual resend, warning and give-up: nothing resent
     saga, intents = advance(saga, CAPTURED, now=at(120), timeouts=TIMEOUTS)
@@ -494,7 +639,9 @@ def test_the_window_passing_unpaid_cancels_with_payment_timeout_and_releases_sto
     saga, intents = advance(saga, DeadlineReached(), now=saga.deadline_at, timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
     assert intents == [Release()]
-    saga, intents = advance(saga, PaymentFailed(order_id=ORDER, reason="payment_timeout"), now=at(700), timeouts=TIMEOUTS)
+    saga, intents = advance(
+        saga, PaymentFailed(order_id=ORDER, reason="payment_timeout"), now=at(700), timeouts=TIMEOUTS
+    )
     assert intents == [] and saga.reason == "payment_timeout"  # payments' own answer changes nothing more
 
 
@@ -514,4 +661,6 @@ def test_money_that_arrives_after_the_window_is_refunded():
 def test_the_action_told_again_changes_nothing():
     saga, _ = run(RESERVED, ACTION)
     again, intents = advance(saga, ACTION, now=at(30), timeouts=TIMEOUTS)
-    assert intents == [] and again.deadline_at == saga.deadline_at and again.waiting_since == saga.waiting_since
+    assert (
+        intents == [] and again.deadline_at == saga.deadline_at and again.waiting_since == saga.waiting_since
+    )

@@ -45,7 +45,11 @@ PRICES = (("SKU-1", Decimal("20.00")), ("SKU-2", Decimal("10.00")))
 # what each warehouse holds of the order when it is split (one warehouse: all of it at SH)
 SPLIT = {"SH": LineItem(sku="SKU-1", quantity=2), "BJ": LineItem(sku="SKU-2", quantity=1)}
 CARRIER_STEPS = ["picked_up", "in_transit", "out_for_delivery", "delivered"]
-FATES = {"deliver": CARRIER_STEPS, "returned": ["picked_up", "in_transit", "returned"], "lost": ["picked_up", "lost"]}
+FATES = {
+    "deliver": CARRIER_STEPS,
+    "returned": ["picked_up", "in_transit", "returned"],
+    "lost": ["picked_up", "lost"],
+}
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,11 @@ class World:
                         self.charges += 1
                         self.captured = self.total
                         self.payment_reply = PaymentCaptured(
-                            order_id=ORDER, payment_id="pay-1", amount=self.total, currency="CNY", method="card"
+                            order_id=ORDER,
+                            payment_id="pay-1",
+                            amount=self.total,
+                            currency="CNY",
+                            method="card",
                         )
                     else:
                         reason = "declined" if self.payment == "declined" else "provider_timeout"
@@ -125,8 +133,13 @@ class World:
                     self.refunds[key] = amount
                 return [
                     PaymentRefunded(
-                        order_id=ORDER, payment_id="pay-1", refund_id=f"re-{key}", refund_key=key,
-                        amount=self.refunds[key], refunded_total=self.refunded, currency="CNY",
+                        order_id=ORDER,
+                        payment_id="pay-1",
+                        refund_id=f"re-{key}",
+                        refund_key=key,
+                        amount=self.refunds[key],
+                        refunded_total=self.refunded,
+                        currency="CNY",
                     )
                 ]
             case s.CreateShipment(parcel=parcel):
@@ -152,10 +165,18 @@ class World:
                 booked = [n for n, state in self.shipments.items() if state != "failed"]
                 if booked and all(self.carrier_steps.get(n, 0) > 0 for n in booked):
                     return []  # too late for all: the carrier's scans, already sent, are the answer
-                return [ShipmentCancelled(order_id=ORDER, shipment_ids=[f"shp-{n}" for n in cancelled], parcels=cancelled)]
+                return [
+                    ShipmentCancelled(
+                        order_id=ORDER, shipment_ids=[f"shp-{n}" for n in cancelled], parcels=cancelled
+                    )
+                ]
             case s.ExpectReturn():
                 self.return_expected = True
-                return [ShipmentReturned(order_id=ORDER, shipment_id="shp-1", tracking_number="T1", items=ITEMS, at=T0)]
+                return [
+                    ShipmentReturned(
+                        order_id=ORDER, shipment_id="shp-1", tracking_number="T1", items=ITEMS, at=T0
+                    )
+                ]
             case s.Restock(items=items):
                 self.restocked += items
                 return []
@@ -192,27 +213,46 @@ class World:
     def allocations(self) -> list[Allocation]:
         if len(self.warehouses) == 1:
             return [Allocation(warehouse="SH", sku="SKU-1", quantity=2)]
-        return [Allocation(warehouse=w, sku=SPLIT[w].sku, quantity=SPLIT[w].quantity) for w in self.warehouses]
+        return [
+            Allocation(warehouse=w, sku=SPLIT[w].sku, quantity=SPLIT[w].quantity) for w in self.warehouses
+        ]
 
     def items(self, name: str) -> list[LineItem]:
         return ITEMS if len(self.warehouses) == 1 else [SPLIT[name]]
 
     def _created(self, name: str) -> ShipmentCreated:
         return ShipmentCreated(
-            order_id=ORDER, shipment_id=f"shp-{name}", carrier="sf", tracking_number=f"T-{name}", warehouse=name,
-            estimated_delivery=date(2026, 11, 30), parcel=name,
+            order_id=ORDER,
+            shipment_id=f"shp-{name}",
+            carrier="sf",
+            tracking_number=f"T-{name}",
+            warehouse=name,
+            estimated_delivery=date(2026, 11, 30),
+            parcel=name,
         )
 
     def carrier_moves(self, which: int = 0) -> list[object]:
-        moving = [n for n, state in self.shipments.items()
-                  if state == "created" and self.carrier_steps.get(n, 0) < len(FATES[self.fates.get(n, "deliver")])]
+        moving = [
+            n
+            for n, state in self.shipments.items()
+            if state == "created" and self.carrier_steps.get(n, 0) < len(FATES[self.fates.get(n, "deliver")])
+        ]
         if not moving:
             return []
         name = moving[which % len(moving)]
         status = FATES[self.fates.get(name, "deliver")][self.carrier_steps.get(name, 0)]
         self.carrier_steps[name] = self.carrier_steps.get(name, 0) + 1
-        return [ShipmentUpdated(order_id=ORDER, shipment_id=f"shp-{name}", carrier="sf", tracking_number=f"T-{name}",
-                                status=status, at=T0, parcel=name)]
+        return [
+            ShipmentUpdated(
+                order_id=ORDER,
+                shipment_id=f"shp-{name}",
+                carrier="sf",
+                tracking_number=f"T-{name}",
+                status=status,
+                at=T0,
+                parcel=name,
+            )
+        ]
 
     def got(self, warehouse: str) -> bool:
         """The customer got what the warehouse's parcel held: it, or the one sent instead."""
@@ -222,14 +262,18 @@ class World:
         return self.carrier_steps.get(name, 0) > 0
 
     def arrived(self, name: str) -> bool:
-        return self.fates.get(name, "deliver") == "deliver" and self.carrier_steps.get(name, 0) == len(CARRIER_STEPS)
+        return self.fates.get(name, "deliver") == "deliver" and self.carrier_steps.get(name, 0) == len(
+            CARRIER_STEPS
+        )
 
 
 class Run:
     def __init__(self, world: World) -> None:
         self.world = world
         self.now = T0
-        self.saga, intents = s.start(order_id=ORDER, total=world.total, currency="CNY", now=T0, timeouts=TIMEOUTS, prices=PRICES)
+        self.saga, intents = s.start(
+            order_id=ORDER, total=world.total, currency="CNY", now=T0, timeouts=TIMEOUTS, prices=PRICES
+        )
         self.inflight: list[object] = []
         self.late_answers = False  # a deadline fired while an answer was still on its way
         self._act(intents)
@@ -279,13 +323,25 @@ class Run:
     spare=st.booleans(),
     data=st.data(),
 )
-def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment, ship_ok, split, fates, spare, data):
+def test_any_interleaving_ends_final_with_nothing_left_behind(
+    stock_ok, payment, ship_ok, split, fates, spare, data
+):
     warehouses = ("SH", "BJ") if split else ("SH",)
-    world = World(stock_ok=stock_ok, payment=payment, ship_ok=ship_ok, warehouses=warehouses,
-                  fates=dict(zip(warehouses, fates, strict=False)), spare=spare)
+    world = World(
+        stock_ok=stock_ok,
+        payment=payment,
+        ship_ok=ship_ok,
+        warehouses=warehouses,
+        fates=dict(zip(warehouses, fates, strict=False)),
+        spare=spare,
+    )
     run = Run(world)
     for _ in range(data.draw(st.integers(0, 40), label="steps")):
-        action = data.draw(st.sampled_from(["deliver", "deliver", "deliver", "duplicate", "tick", "carrier", "cancel", "return"]))
+        action = data.draw(
+            st.sampled_from(
+                ["deliver", "deliver", "deliver", "duplicate", "tick", "carrier", "cancel", "return"]
+            )
+        )
         if action in ("deliver", "duplicate") and run.inflight:
             i = data.draw(st.integers(0, len(run.inflight) - 1), label="which")
             reply = run.inflight[i] if action == "duplicate" else run.inflight.pop(i)
@@ -310,17 +366,29 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
         assert world.captured == world.refunded, "a cancelled order kept money"
     left = [w for w in warehouses if world.left(w)]
     assert set(left) <= world.committed, "units that left with the carrier were given back"
-    assert len([n for n in world.shipments if "+" not in n]) <= len(warehouses), "more parcels than warehouses"
-    assert all(world.fates[n.split("+")[0]] == "lost" for n in world.shipments if "+" in n), "sent again, not lost"
-    came_back = [i for w in warehouses if world.left(w) and world.fates[w] == "returned"
-                 and world.carrier_steps[w] == len(FATES["returned"]) for i in world.items(w)]
-    not_arrived = sum((dict(PRICES)[i.sku] * i.quantity for w in warehouses if not world.got(w) for i in world.items(w)),
-                      Decimal("0"))
+    assert len([n for n in world.shipments if "+" not in n]) <= len(warehouses), (
+        "more parcels than warehouses"
+    )
+    assert all(world.fates[n.split("+")[0]] == "lost" for n in world.shipments if "+" in n), (
+        "sent again, not lost"
+    )
+    came_back = [
+        i
+        for w in warehouses
+        if world.left(w) and world.fates[w] == "returned" and world.carrier_steps[w] == len(FATES["returned"])
+        for i in world.items(w)
+    ]
+    not_arrived = sum(
+        (dict(PRICES)[i.sku] * i.quantity for w in warehouses if not world.got(w) for i in world.items(w)),
+        Decimal("0"),
+    )
     # a parcel that left for a cancelled order, and is not lost or on its way back, is for ops to get back
     left_after_cancel = saga.status == "cancelled" and saga.reason != "delivery_failed"
     left_after_cancel = left_after_cancel and any(world.fates[w] == "deliver" for w in left)
     if not left_after_cancel:  # (a parcel that left a cancelled order is for ops to get back)
-        assert world.restocked == came_back or saga.status == "returned", "returned parcels restocked, exactly"
+        assert world.restocked == came_back or saga.status == "returned", (
+            "returned parcels restocked, exactly"
+        )
     if left_after_cancel:
         assert world.attention >= 1, "a parcel that left after its order was cancelled was not put to ops"
     if saga.status == "delivered":
@@ -334,10 +402,14 @@ def test_any_interleaving_ends_final_with_nothing_left_behind(stock_ok, payment,
     # Ops are asked to look only when answers came later than the saga's deadlines allow (a
     # compensation retried until it gave up); the order still ended final and consistent above.
     cancelled_with_parcels_out = saga.status == "cancelled" and bool(left)
-    assert world.attention == 0 or run.late_answers or cancelled_with_parcels_out, "every compensation was answered in time: none needs attention"
+    assert world.attention == 0 or run.late_answers or cancelled_with_parcels_out, (
+        "every compensation was answered in time: none needs attention"
+    )
     # Silence cancels nothing before the long deadline, and that deadline is warned of first.
     if saga.reason == "saga_timeout":
-        assert run.late_answers and world.warnings >= 1, "cancelled saga_timeout without a long silence and a warning"
+        assert run.late_answers and world.warnings >= 1, (
+            "cancelled saga_timeout without a long silence and a warning"
+        )
 
 
 def test_a_release_overtaking_the_commit_of_a_parcel_that_left_keeps_its_units_off_the_shelf():

@@ -28,8 +28,12 @@ async def test_another_gateways_order_is_404_everywhere_and_left_out_of_lists(cl
     assert all("Lin Mei" not in r.text for r in refused)
     assert (await client.get("/v1/orders", headers=MARKETPLACE)).json()["items"] == []
     mine = (await client.get(url, headers=GATEWAY)).json()
-    assert mine["status"] == "submitted" and mine["shipping_address"]["line1"] == "1 Century Ave", "nothing changed"
-    assert [o["id"] for o in (await client.get("/v1/orders", headers=GATEWAY)).json()["items"]] == [order["id"]]
+    assert mine["status"] == "submitted" and mine["shipping_address"]["line1"] == "1 Century Ave", (
+        "nothing changed"
+    )
+    assert [o["id"] for o in (await client.get("/v1/orders", headers=GATEWAY)).json()["items"]] == [
+        order["id"]
+    ]
     assert (await client.get(url, headers=OPS)).status_code == 200
     assert [o["id"] for o in (await client.get("/v1/orders", headers=ADMIN)).json()["items"]] == [order["id"]]
 
@@ -39,7 +43,9 @@ async def test_idempotency_keys_are_per_caller(client):
     again = (await post(client, key="same")).json()
     other = await post(client, key="same", headers=MARKETPLACE)
     assert first["id"] == again["id"]
-    assert other.status_code == 202 and other.json()["id"] != first["id"], "another gateway's key is another order"
+    assert other.status_code == 202 and other.json()["id"] != first["id"], (
+        "another gateway's key is another order"
+    )
 
 
 async def test_every_change_records_who_made_it(client, sessions, settings):
@@ -60,8 +66,16 @@ async def test_every_change_records_who_made_it(client, sessions, settings):
 async def test_the_service_functions_take_the_actor_and_scope_to_a_gateway(sessions, settings):
     """What the ops console calls: the same functions, with its signed-in key's name."""
     request = PlaceOrder.model_validate(BODY)
-    placed = await service.place_order(sessions, request, key="amqp:1", actor="gateway/web", settings=settings)
-    assert await service.cancel(sessions, placed.order_id, actor="dev-marketplace", gateway="dev-marketplace",
-                                settings=settings) is None
-    cancelled = await service.cancel(sessions, placed.order_id, actor="dev-admin", note="fraud", settings=settings)
+    placed = await service.place_order(
+        sessions, request, key="amqp:1", actor="gateway/web", settings=settings
+    )
+    assert (
+        await service.cancel(
+            sessions, placed.order_id, actor="dev-marketplace", gateway="dev-marketplace", settings=settings
+        )
+        is None
+    )
+    cancelled = await service.cancel(
+        sessions, placed.order_id, actor="dev-admin", note="fraud", settings=settings
+    )
     assert cancelled.status == "cancelled" and cancelled.gateway == "gateway/web"

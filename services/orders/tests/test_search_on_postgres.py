@@ -40,8 +40,13 @@ SELECT 'ord_' || lpad(g::text, 8, '0'), 0, 'SKU-' || (g % 5000), 1, 10.00 FROM g
 ANALYZE;
 """
 
-INDEXES = {"order_pkey", "ix_order_customer_email", "ix_order_customer_phone", "order_parcel_pkey",
-           "ix_order_line_sku"}
+INDEXES = {
+    "order_pkey",
+    "ix_order_customer_email",
+    "ix_order_customer_phone",
+    "order_parcel_pkey",
+    "ix_order_line_sku",
+}
 
 
 def _nodes(plan: dict) -> list[dict]:
@@ -49,7 +54,9 @@ def _nodes(plan: dict) -> list[dict]:
 
 
 async def _plan(conn: asyncpg.Connection, search: Search) -> list[dict]:
-    sql = str(search_query(search).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    sql = str(
+        search_query(search).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    )
     (raw,) = await conn.fetchrow(f"EXPLAIN (FORMAT JSON) {sql}")
     return _nodes(json.loads(raw)[0]["Plan"])
 
@@ -59,14 +66,25 @@ async def test_each_kind_of_term_is_found_through_its_index(postgres_database):
     conn = await asyncpg.connect(postgres_database.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         await conn.execute(GENERATE)
-        for term, found in [("ord_00123456", "ord_00123456"), ("user77@example.com", "ord_00000077"),
-                            ("+8613800004242", "ord_00004242"), ("SF199998", "ord_00199998"), ("SKU-4999", None)]:
+        for term, found in [
+            ("ord_00123456", "ord_00123456"),
+            ("user77@example.com", "ord_00000077"),
+            ("+8613800004242", "ord_00004242"),
+            ("SF199998", "ord_00199998"),
+            ("SKU-4999", None),
+        ]:
             nodes = await _plan(conn, Search(q=term))
             scans = {n["Node Type"] for n in nodes if "Scan" in n["Node Type"]}
             assert "Seq Scan" not in scans, (term, scans)
-            assert INDEXES <= {n.get("Index Name") for n in nodes}, (term, [n.get("Index Name") for n in nodes])
-            sql = str(search_query(Search(q=term)).compile(dialect=postgresql.dialect(),
-                                                           compile_kwargs={"literal_binds": True}))
+            assert INDEXES <= {n.get("Index Name") for n in nodes}, (
+                term,
+                [n.get("Index Name") for n in nodes],
+            )
+            sql = str(
+                search_query(Search(q=term)).compile(
+                    dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+                )
+            )
             ids = [r["id"] for r in await conn.fetch(sql)]
             assert (found in ids) if found else len(ids) == ORDERS // 5000, (term, ids[:5])
         # No term: the newest first, read backwards along the creation index and stopped at the page.

@@ -84,9 +84,21 @@ def standin(tmp_path_factory) -> Iterator[StandIn]:
     folder, port = tmp_path_factory.mktemp("alipay"), _free_port()
     keys = ensure_keys(folder)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omstools.standins.alipay", "--port", str(port), "--dir", str(folder),
-         "--app-id", APP_ID, "--pay-after", "0.3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "omstools.standins.alipay",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--app-id",
+            APP_ID,
+            "--pay-after",
+            "0.3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -111,7 +123,9 @@ async def payments_http(sessions) -> AsyncIterator[str]:
     app.include_router(api.providers)
     app.dependency_overrides[web.runtime] = lambda: SimpleNamespace(sessions=sessions)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     await until(lambda: asyncio.sleep(0, server.started), what="the notification endpoint is up")
     app.state.url = f"http://127.0.0.1:{port}"
@@ -122,14 +136,20 @@ async def payments_http(sessions) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=5, payment_window_seconds=600,
-                    database_url="sqlite://")
+    return Settings(
+        provider_retry_base_seconds=0.001,
+        provider_timeout_seconds=5,
+        payment_window_seconds=600,
+        database_url="sqlite://",
+    )
 
 
 @pytest.fixture
 async def providers(standin, payments_http) -> AsyncIterator[Providers]:
     adapter = AlipayAdapter(
-        gateway=f"{standin.url}/gateway.do", app_id=APP_ID, private_key=standin.keys["app_private"].read_text(),
+        gateway=f"{standin.url}/gateway.do",
+        app_id=APP_ID,
+        private_key=standin.keys["app_private"].read_text(),
         alipay_public_key=standin.keys["alipay_public"].read_text(),
         notify_url=f"{payments_http.state.url}/v1/providers/alipay/notify",
     )
@@ -140,12 +160,16 @@ async def providers(standin, payments_http) -> AsyncIterator[Providers]:
 
 
 def capture(order_id: str, amount: str = "88.80", token: str | None = None) -> Envelope[CapturePayment]:
-    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="CNY", method="alipay", token=token)
+    cmd = CapturePayment(
+        order_id=order_id, amount=Decimal(amount), currency="CNY", method="alipay", token=token
+    )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
 def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
-    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    cmd = RefundPayment(
+        order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key
+    )
     return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -160,17 +184,36 @@ async def payment(sessions, order_id: str) -> Payment:
         return await session.get(Payment, order_id)
 
 
-def notification(standin: StandIn, out_trade_no: str, amount: str, *, key: rsa.RSAPrivateKey | None = None,
-                 notify_id: str = "n-1", trade_no: str = "2026120200001") -> dict[str, str]:
-    fields = {"notify_time": "2026-12-02 10:00:00", "notify_type": "trade_status_sync", "notify_id": notify_id,
-              "app_id": APP_ID, "charset": "utf-8", "version": "1.0", "sign_type": "RSA2", "trade_no": trade_no,
-              "out_trade_no": out_trade_no, "trade_status": "TRADE_SUCCESS", "total_amount": amount}
+def notification(
+    standin: StandIn,
+    out_trade_no: str,
+    amount: str,
+    *,
+    key: rsa.RSAPrivateKey | None = None,
+    notify_id: str = "n-1",
+    trade_no: str = "2026120200001",
+) -> dict[str, str]:
+    fields = {
+        "notify_time": "2026-12-02 10:00:00",
+        "notify_type": "trade_status_sync",
+        "notify_id": notify_id,
+        "app_id": APP_ID,
+        "charset": "utf-8",
+        "version": "1.0",
+        "sign_type": "RSA2",
+        "trade_no": trade_no,
+        "out_trade_no": out_trade_no,
+        "trade_status": "TRADE_SUCCESS",
+        "total_amount": amount,
+    }
     key = key or load_private_key(standin.keys["alipay_private"].read_text())
     fields["sign"] = sign(content_to_sign(fields, drop=("sign", "sign_type")), key)
     return fields
 
 
-async def test_the_customer_pays_the_qr_code_and_the_notification_captures(oid, sessions, providers, settings, standin):
+async def test_the_customer_pays_the_qr_code_and_the_notification_captures(
+    oid, sessions, providers, settings, standin
+):
     await handle_capture_payment(capture(oid), sessions, providers, settings)
     waiting = await payment(sessions, oid)
     assert waiting.status == "pending" and waiting.provider == "alipay"
@@ -185,6 +228,7 @@ async def test_the_customer_pays_the_qr_code_and_the_notification_captures(oid, 
 
     async def acknowledged() -> bool:  # the stand-in stops resending
         return standin.ledger(oid)["trades"][0]["notified"] == 1
+
     await until(acknowledged, what="the notification is acknowledged")
 
 
@@ -196,7 +240,9 @@ async def _status(sessions, order_id: str, status: str) -> Payment | None:
 async def test_a_redelivered_capture_opens_the_same_payment(oid, sessions, providers, settings, standin):
     msg = capture(oid, token="tok_nopay")
     await handle_capture_payment(msg, sessions, providers, settings)
-    await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, settings)  # the saga's resend
+    await handle_capture_payment(
+        capture(oid, token="tok_nopay"), sessions, providers, settings
+    )  # the saga's resend
     assert len(standin.ledger(oid)["trades"]) == 1
     actions = [e for e in await published(sessions) if e["key"] == "payment.action_required"]
     assert len(actions) == 2 and actions[0]["data"] == actions[1]["data"]
@@ -209,7 +255,9 @@ async def test_the_provider_refuses_the_payment(oid, sessions, providers, settin
     assert [e["key"] for e in await published(sessions)] == ["payment.failed"]
 
 
-async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(oid, sessions, providers, standin):
+async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(
+    oid, sessions, providers, standin
+):
     short = Settings(provider_retry_base_seconds=0.001, payment_window_seconds=0.5, database_url="sqlite://")
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, short)
     assert await settle.expire_windows(sessions, providers, short) == 0  # not yet
@@ -225,10 +273,13 @@ async def _expired(sessions, providers, settings) -> bool:
     return await settle.expire_windows(sessions, providers, settings) == 1
 
 
-async def test_a_notification_with_a_bad_signature_is_refused_and_changes_nothing(oid, sessions, providers, settings,
-                                                                                  standin, payments_http):
+async def test_a_notification_with_a_bad_signature_is_refused_and_changes_nothing(
+    oid, sessions, providers, settings, standin, payments_http
+):
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, settings)
-    forged = notification(standin, oid, "88.80", key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    forged = notification(
+        standin, oid, "88.80", key=rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     tampered = {**notification(standin, oid, "0.01"), "total_amount": "88.80"}
     async with httpx.AsyncClient(base_url=payments_http.state.url) as client:
         for fields in (forged, tampered, {k: v for k, v in forged.items() if k != "sign"}):
@@ -238,19 +289,25 @@ async def test_a_notification_with_a_bad_signature_is_refused_and_changes_nothin
     assert [e["key"] for e in await published(sessions)] == ["payment.action_required"]
 
 
-async def test_the_same_notification_twice_captures_once(oid, sessions, providers, settings, standin, payments_http):
+async def test_the_same_notification_twice_captures_once(
+    oid, sessions, providers, settings, standin, payments_http
+):
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, settings)
     fields = notification(standin, oid, "88.80")
     async with httpx.AsyncClient(base_url=payments_http.state.url) as client:
         answers = [await client.post("/v1/providers/alipay/notify", data=fields) for _ in range(2)]
-        again = notification(standin, oid, "88.80", notify_id="n-2")  # another notification of the same payment
+        again = notification(
+            standin, oid, "88.80", notify_id="n-2"
+        )  # another notification of the same payment
         answers.append(await client.post("/v1/providers/alipay/notify", data=again))
     assert [(a.status_code, a.text) for a in answers] == [(200, "success")] * 3
     assert (await payment(sessions, oid)).status == "captured"
     assert [e["key"] for e in await published(sessions)] == ["payment.action_required", "payment.captured"]
 
 
-async def test_a_notification_of_another_amount_is_not_captured(oid, sessions, providers, settings, standin, payments_http):
+async def test_a_notification_of_another_amount_is_not_captured(
+    oid, sessions, providers, settings, standin, payments_http
+):
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, settings)
     async with httpx.AsyncClient(base_url=payments_http.state.url) as client:
         await client.post("/v1/providers/alipay/notify", data=notification(standin, oid, "0.01"))
@@ -268,7 +325,9 @@ async def test_partial_then_full_refund_at_the_provider(oid, sessions, providers
     assert sorted(r["amount"] for r in standin.ledger(oid)["refunds"]) == ["30.00", "70.00"]
 
 
-async def test_a_refund_failing_at_the_provider_is_retried_and_pays_once(oid, sessions, providers, settings, standin):
+async def test_a_refund_failing_at_the_provider_is_retried_and_pays_once(
+    oid, sessions, providers, settings, standin
+):
     await handle_capture_payment(capture(oid, amount="100.00"), sessions, providers, settings)
     await until(lambda: _status(sessions, oid, "captured"), what="the payment is captured")
     standin.fail_refunds(settings.provider_attempts)
@@ -284,10 +343,16 @@ async def test_a_refund_failing_at_the_provider_is_retried_and_pays_once(oid, se
 
 async def test_an_answer_not_signed_by_alipay_is_not_believed(oid, sessions, standin, settings):
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    pem = stranger.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    adapter = AlipayAdapter(gateway=f"{standin.url}/gateway.do", app_id=APP_ID,
-                            private_key=standin.keys["app_private"].read_text(), alipay_public_key=pem,
-                            notify_url="http://127.0.0.1:9/notify")
+    pem = stranger.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    adapter = AlipayAdapter(
+        gateway=f"{standin.url}/gateway.do",
+        app_id=APP_ID,
+        private_key=standin.keys["app_private"].read_text(),
+        alipay_public_key=pem,
+        notify_url="http://127.0.0.1:9/notify",
+    )
     with pytest.raises(Unresolved):
         await handle_capture_payment(capture(oid), sessions, Providers.of(adapter), settings)
     await adapter.aclose()

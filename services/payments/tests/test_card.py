@@ -52,10 +52,19 @@ def webhook_port() -> int:
 def standin(tmp_path_factory, webhook_port) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omstools.standins.stripe", "--port", str(port), "--dir",
-         str(tmp_path_factory.mktemp("stripe")), "--webhook-url",
-         f"http://127.0.0.1:{webhook_port}/v1/providers/stripe/notify"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "omstools.standins.stripe",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path_factory.mktemp("stripe")),
+            "--webhook-url",
+            f"http://127.0.0.1:{webhook_port}/v1/providers/stripe/notify",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
     while True:
@@ -64,7 +73,9 @@ def standin(tmp_path_factory, webhook_port) -> Iterator[str]:
                 break
         except httpx.HTTPError:
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, "the card processor's stand-in did not start"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "the card processor's stand-in did not start"
+        )
         time.sleep(0.05)
     yield url
     proc.terminate()
@@ -80,7 +91,9 @@ async def providers(standin, sessions, webhook_port) -> AsyncIterator[Providers]
     app.include_router(api.providers)
     app.dependency_overrides[web.runtime] = lambda: SimpleNamespace(sessions=sessions)
     app.state.providers = registry
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=webhook_port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=webhook_port, log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -96,12 +109,16 @@ def oid() -> str:
 
 
 def capture(order_id: str, token: str, amount: str = "25.00") -> Envelope[CapturePayment]:
-    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token)
+    cmd = CapturePayment(
+        order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token
+    )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
 def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
-    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    cmd = RefundPayment(
+        order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key
+    )
     return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -124,11 +141,18 @@ async def books(standin: str, oid: str) -> dict:
     return {"intents": intents, "refunds": [r for r in ledger["refunds"] if r["payment_intent"] in ids]}
 
 
-@pytest.mark.parametrize(("token", "status", "reason"), [
-    ("tok_ok", "captured", None), ("tok_declined", "failed", "declined"), ("tok_flaky", "captured", None),
-    ("tok_slow", "failed", "provider_timeout"),
-])
-async def test_the_sandbox_tokens_keep_their_meaning(sessions, providers, standin, oid, token, status, reason):
+@pytest.mark.parametrize(
+    ("token", "status", "reason"),
+    [
+        ("tok_ok", "captured", None),
+        ("tok_declined", "failed", "declined"),
+        ("tok_flaky", "captured", None),
+        ("tok_slow", "failed", "provider_timeout"),
+    ],
+)
+async def test_the_sandbox_tokens_keep_their_meaning(
+    sessions, providers, standin, oid, token, status, reason
+):
     await handle_capture_payment(capture(oid, token), sessions, providers, SETTINGS)
     p = await payment(sessions, oid)
     assert (p.status, p.failure_reason, p.provider) == (status, reason, "stripe")
@@ -147,29 +171,63 @@ async def test_a_redelivered_capture_charges_once(sessions, providers, standin, 
 
 
 def _event(oid: str, *, amount: int = 2500, event_id: str = "evt_1") -> bytes:
-    intent = {"id": "pi_lost", "object": "payment_intent", "amount": amount, "amount_received": amount,
-              "currency": "cny", "status": "succeeded", "metadata": {"oms_key": f"capture:{oid}"}}
-    return json.dumps({"id": event_id, "object": "event", "type": "payment_intent.succeeded",
-                       "data": {"object": intent}}).encode()
+    intent = {
+        "id": "pi_lost",
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount,
+        "currency": "cny",
+        "status": "succeeded",
+        "metadata": {"oms_key": f"capture:{oid}"},
+    }
+    return json.dumps(
+        {"id": event_id, "object": "event", "type": "payment_intent.succeeded", "data": {"object": intent}}
+    ).encode()
 
 
-async def test_a_signed_webhook_captures_a_payment_whose_answer_was_lost_once(sessions, providers, oid, webhook_port):
+async def test_a_signed_webhook_captures_a_payment_whose_answer_was_lost_once(
+    sessions, providers, oid, webhook_port
+):
     now = datetime.now(UTC)
-    async with sessions.begin() as session:  # the write-ahead record of an attempt whose answer never came back
-        session.add(Payment(order_id=oid, payment_id="pay-1", method="card", token_hint="tok_***", currency="CNY",
-                            amount=Decimal("25.00"), status="capturing", refunded_amount=Decimal("0"),
-                            idempotency_key=f"capture:{oid}", provider="stripe", created_at=now, updated_at=now))
+    async with (
+        sessions.begin() as session
+    ):  # the write-ahead record of an attempt whose answer never came back
+        session.add(
+            Payment(
+                order_id=oid,
+                payment_id="pay-1",
+                method="card",
+                token_hint="tok_***",
+                currency="CNY",
+                amount=Decimal("25.00"),
+                status="capturing",
+                refunded_amount=Decimal("0"),
+                idempotency_key=f"capture:{oid}",
+                provider="stripe",
+                created_at=now,
+                updated_at=now,
+            )
+        )
     body = _event(oid)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{webhook_port}") as client:
-        forged = await client.post("/v1/providers/stripe/notify", content=body,
-                                   headers={"Stripe-Signature": stripe_signature(body, "whsec_someone_else")})
-        stale = await client.post("/v1/providers/stripe/notify", content=body,
-                                  headers={"Stripe-Signature": stripe_signature(body, WEBHOOK_SECRET, t=int(time.time()) - 3600)})
+        forged = await client.post(
+            "/v1/providers/stripe/notify",
+            content=body,
+            headers={"Stripe-Signature": stripe_signature(body, "whsec_someone_else")},
+        )
+        stale = await client.post(
+            "/v1/providers/stripe/notify",
+            content=body,
+            headers={"Stripe-Signature": stripe_signature(body, WEBHOOK_SECRET, t=int(time.time()) - 3600)},
+        )
         assert (forged.status_code, stale.status_code) == (401, 401)
         assert (await payment(sessions, oid)).status == "capturing"
         for _ in range(2):
-            ok = await client.post("/v1/providers/stripe/notify", content=body,
-                                   headers={"Stripe-Signature": stripe_signature(body, WEBHOOK_SECRET)})
+            ok = await client.post(
+                "/v1/providers/stripe/notify",
+                content=body,
+                headers={"Stripe-Signature": stripe_signature(body, WEBHOOK_SECRET)},
+            )
             assert ok.status_code == 200
     p = await payment(sessions, oid)
     assert (p.status, p.provider_ref) == ("captured", "pi_lost")

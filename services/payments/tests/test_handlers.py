@@ -30,13 +30,20 @@ def capture(
     order_id: str, token: str, amount: str = "25.00", not_after: datetime | None = None
 ) -> Envelope[CapturePayment]:
     cmd = CapturePayment(
-        order_id=order_id, amount=Decimal(amount), currency="CNY", method="card", token=token, not_after=not_after
+        order_id=order_id,
+        amount=Decimal(amount),
+        currency="CNY",
+        method="card",
+        token=token,
+        not_after=not_after,
     )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
 def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
-    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    cmd = RefundPayment(
+        order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key
+    )
     return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -48,9 +55,13 @@ async def published(sessions) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("token", "status", "event"),
-    [("tok_ok", "captured", "payment.captured"), ("tok_visa", "captured", "payment.captured"),
-     ("tok_declined", "failed", "payment.failed"), ("tok_flaky", "captured", "payment.captured"),
-     ("tok_slow", "failed", "payment.failed")],
+    [
+        ("tok_ok", "captured", "payment.captured"),
+        ("tok_visa", "captured", "payment.captured"),
+        ("tok_declined", "failed", "payment.failed"),
+        ("tok_flaky", "captured", "payment.captured"),
+        ("tok_slow", "failed", "payment.failed"),
+    ],
 )
 async def test_sandbox_tokens(sessions, token, status, event):
     await handle_capture_payment(capture("o1", token), sessions, Providers.of(SandboxProvider()), SETTINGS)
@@ -72,7 +83,9 @@ async def test_slow_provider_fails_with_provider_timeout_and_the_attempt_is_void
 
 async def test_flaky_exhausting_its_retries_fails_as_provider_unavailable(sessions):
     stingy = SETTINGS.model_copy(update={"provider_attempts": 2})
-    await handle_capture_payment(capture("o1", "tok_flaky"), sessions, Providers.of(SandboxProvider()), stingy)
+    await handle_capture_payment(
+        capture("o1", "tok_flaky"), sessions, Providers.of(SandboxProvider()), stingy
+    )
     assert (await published(sessions))[0]["data"]["reason"] == "provider_unavailable"
 
 
@@ -117,11 +130,15 @@ class DiesAfterCharging(SandboxProvider):
         raise Killed("killed between the provider's charge and the commit")
 
 
-async def test_the_attempt_is_recorded_before_the_provider_is_asked_and_finished_after_a_crash(sessions, tmp_path):
+async def test_the_attempt_is_recorded_before_the_provider_is_asked_and_finished_after_a_crash(
+    sessions, tmp_path
+):
     ledger_file = tmp_path / "provider.db"
     command = capture("o1", "tok_ok")
     with pytest.raises(Killed):
-        await handle_capture_payment(command, sessions, Providers.of(DiesAfterCharging(ledger=Ledger(ledger_file))), SETTINGS)
+        await handle_capture_payment(
+            command, sessions, Providers.of(DiesAfterCharging(ledger=Ledger(ledger_file))), SETTINGS
+        )
     async with sessions() as session:
         attempt = await session.get(Payment, "o1")
     assert (attempt.status, attempt.idempotency_key) == ("capturing", "capture:o1")
@@ -175,7 +192,9 @@ async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
     provider = SandboxProvider()
     await handle_capture_payment(capture("o1", "tok_ok", "25.00"), sessions, Providers.of(provider), SETTINGS)
     await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(provider), SETTINGS)
-    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(provider), SETTINGS)  # another message, same key
+    await handle_refund_payment(
+        refund("o1", "o1:cancel"), sessions, Providers.of(provider), SETTINGS
+    )  # another message, same key
     refunds = [e for e in await published(sessions) if e["key"] == "payment.refunded"]
     assert len(refunds) == 2 and refunds[0]["data"]["refund_id"] == refunds[1]["data"]["refund_id"]
     assert refunds[0]["data"]["refund_key"] == "o1:cancel"
@@ -183,7 +202,9 @@ async def test_refund_is_once_per_key_and_never_above_the_capture(sessions):
         payment = await session.get(Payment, "o1")
     assert (payment.refunded_amount, payment.status) == (Decimal("25.00"), "refunded")
     with pytest.raises(Permanent):
-        await handle_refund_payment(refund("o1", "o1:more", "1.00"), sessions, Providers.of(provider), SETTINGS)
+        await handle_refund_payment(
+            refund("o1", "o1:more", "1.00"), sessions, Providers.of(provider), SETTINGS
+        )
 
 
 async def test_refund_without_a_capture_is_permanent(sessions):
@@ -211,8 +232,12 @@ async def test_payments_are_listed_for_the_consistency_check(sessions):
     rt.settings = SETTINGS
     app.state.runtime = rt
     for i in range(3):
-        await handle_capture_payment(capture(f"o{i}", "tok_ok"), sessions, Providers.of(SandboxProvider()), SETTINGS)
-    await handle_refund_payment(refund("o1", "o1:cancel"), sessions, Providers.of(SandboxProvider()), SETTINGS)
+        await handle_capture_payment(
+            capture(f"o{i}", "tok_ok"), sessions, Providers.of(SandboxProvider()), SETTINGS
+        )
+    await handle_refund_payment(
+        refund("o1", "o1:cancel"), sessions, Providers.of(SandboxProvider()), SETTINGS
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         ops = {"Authorization": "Bearer dev-ops-key"}
         page = (await client.get("/v1/payments", params={"limit": 2}, headers=ops)).json()
@@ -220,7 +245,9 @@ async def test_payments_are_listed_for_the_consistency_check(sessions):
         assert page["items"][1]["refunded_amount"] == "25.00" and len(page["items"][1]["refunds"]) == 1
         rest = (await client.get("/v1/payments", params={"after": "o1"}, headers=ops)).json()
         assert [p["order_id"] for p in rest["items"]] == ["o2"] and rest["next"] is None
-        assert (await client.get("/v1/payments", headers={"Authorization": "Bearer dev-gateway-key"})).status_code == 403
+        assert (
+            await client.get("/v1/payments", headers={"Authorization": "Bearer dev-gateway-key"})
+        ).status_code == 403
         assert (await client.get("/v1/payments")).status_code == 401
 
 
@@ -233,7 +260,10 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
     # Both read the payment before either goes on (unless its lock keeps one from reading it).
     monkeypatch.setattr(handlers, "_locked_payment", Meeting().after(handlers._locked_payment))
     outcomes = await asyncio.gather(
-        *(handle_refund_payment(refund("o1", key, "15.00"), sessions, Providers.of(provider), SETTINGS) for key in ("o1:a", "o1:b")),
+        *(
+            handle_refund_payment(refund("o1", key, "15.00"), sessions, Providers.of(provider), SETTINGS)
+            for key in ("o1:a", "o1:b")
+        ),
         return_exceptions=True,
     )
     assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "Permanent"]

@@ -38,8 +38,12 @@ from payments.config import Settings
 from payments.db import Payment
 from payments.handlers import handle_capture_payment, handle_refund_payment
 
-SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=5, payment_window_seconds=600,
-                    database_url="sqlite://")
+SETTINGS = Settings(
+    provider_retry_base_seconds=0.001,
+    provider_timeout_seconds=5,
+    payment_window_seconds=600,
+    database_url="sqlite://",
+)
 
 
 def _free_port() -> int:
@@ -71,9 +75,22 @@ def folder(tmp_path_factory) -> Path:
 def standin(folder, webhook_port) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omstools.standins.paypal", "--port", str(port), "--dir", str(folder), "--pay-after", "0.3",
-         "--webhook-url", f"http://127.0.0.1:{webhook_port}/v1/providers/paypal/notify"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "omstools.standins.paypal",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--pay-after",
+            "0.3",
+            "--webhook-url",
+            f"http://127.0.0.1:{webhook_port}/v1/providers/paypal/notify",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
     while True:
         try:
@@ -90,15 +107,22 @@ def standin(folder, webhook_port) -> Iterator[str]:
 
 @pytest.fixture
 async def providers(standin, sessions, webhook_port) -> AsyncIterator[Providers]:
-    adapter = PayPalAdapter(base_url=standin, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, webhook_id=WEBHOOK_ID,
-                            return_url="https://shop.example/paid")
+    adapter = PayPalAdapter(
+        base_url=standin,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        webhook_id=WEBHOOK_ID,
+        return_url="https://shop.example/paid",
+    )
     registry = Providers.of(adapter)
     app = FastAPI()
     web.install(app, "payments")
     app.include_router(api.providers)
     app.dependency_overrides[web.runtime] = lambda: SimpleNamespace(sessions=sessions)
     app.state.providers = registry
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=webhook_port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=webhook_port, log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -114,12 +138,16 @@ def oid() -> str:
 
 
 def capture(order_id: str, amount: str = "88.80", token: str | None = None) -> Envelope[CapturePayment]:
-    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="USD", method="paypal", token=token)
+    cmd = CapturePayment(
+        order_id=order_id, amount=Decimal(amount), currency="USD", method="paypal", token=token
+    )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
 def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
-    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    cmd = RefundPayment(
+        order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key
+    )
     return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -153,38 +181,57 @@ async def test_the_customer_approves_and_the_approval_is_captured(sessions, prov
     paid = await until(lambda: _status(sessions, oid, "captured"), what="the approval is captured")
     order = await paypal_order(standin, oid)
     [done] = order["purchase_units"][0]["payments"]["captures"]
-    assert (order["status"], paid.provider_ref, done["amount"]["value"]) == ("COMPLETED", f"{order['id']}/{done['id']}",
-                                                                              "88.80")
+    assert (order["status"], paid.provider_ref, done["amount"]["value"]) == (
+        "COMPLETED",
+        f"{order['id']}/{done['id']}",
+        "88.80",
+    )
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
 
-async def test_a_forged_webhook_is_refused_and_a_repeated_one_captures_once(sessions, providers, standin, oid,
-                                                                             webhook_port, folder):
+async def test_a_forged_webhook_is_refused_and_a_repeated_one_captures_once(
+    sessions, providers, standin, oid, webhook_port, folder
+):
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, SETTINGS)
     p = await payment(sessions, oid)
     approved = {**(await paypal_order(standin, oid)), "status": "APPROVED"}
     approved.pop("notified")
-    body = json.dumps({"id": f"WH-{p.provider_ref}-APPROVED", "event_type": "CHECKOUT.ORDER.APPROVED",
-                       "resource": approved}, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "id": f"WH-{p.provider_ref}-APPROVED",
+            "event_type": "CHECKOUT.ORDER.APPROVED",
+            "resource": approved,
+        },
+        separators=(",", ":"),
+    ).encode()
     at = "2026-12-02T10:00:00Z"
     key = load_private_key((folder / "alipay_private.pem").read_text())  # the stand-in's webhook key
     genuine = sign(f"t-1|{at}|{WEBHOOK_ID}|{zlib.crc32(body)}", key)
-    headers = {"PAYPAL-TRANSMISSION-ID": "t-1", "PAYPAL-TRANSMISSION-TIME": at, "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-               "PAYPAL-CERT-URL": "https://api.paypal.com/cert.pem", "PAYPAL-TRANSMISSION-SIG": genuine}
+    headers = {
+        "PAYPAL-TRANSMISSION-ID": "t-1",
+        "PAYPAL-TRANSMISSION-TIME": at,
+        "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+        "PAYPAL-CERT-URL": "https://api.paypal.com/cert.pem",
+        "PAYPAL-TRANSMISSION-SIG": genuine,
+    }
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{webhook_port}") as client:
-        forged = await client.post("/v1/providers/paypal/notify", content=body,
-                                   headers={**headers, "PAYPAL-TRANSMISSION-ID": "t-2"})
+        forged = await client.post(
+            "/v1/providers/paypal/notify", content=body, headers={**headers, "PAYPAL-TRANSMISSION-ID": "t-2"}
+        )
         unsigned = await client.post("/v1/providers/paypal/notify", content=body)
         assert (forged.status_code, unsigned.status_code) == (401, 401)
         assert (await payment(sessions, oid)).status == "pending"
         async with httpx.AsyncClient(base_url=standin) as paypal:  # the customer approves on PayPal's page
             assert (await paypal.post("/checkoutnow", params={"token": p.provider_ref})).status_code == 200
         for _ in range(2):  # the approval told again (as PayPal resends): captured once
-            assert (await client.post("/v1/providers/paypal/notify", content=body, headers=headers)).status_code == 200
+            assert (
+                await client.post("/v1/providers/paypal/notify", content=body, headers=headers)
+            ).status_code == 200
     captured = await until(lambda: _status(sessions, oid, "captured"), what="the approval is captured")
     order = await paypal_order(standin, oid)
     assert [f"{order['id']}/{c['id']}" for c in order["purchase_units"][0]["payments"]["captures"]] == [
-        captured.provider_ref]
+        captured.provider_ref
+    ]
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
 
@@ -194,6 +241,7 @@ async def test_an_approval_after_the_window_takes_no_money(sessions, providers, 
 
     async def expired() -> bool:
         return await settle.expire_windows(sessions, providers, short) == 1
+
     await until(expired, what="the window passes")
     failed = await payment(sessions, oid)
     assert (failed.status, failed.failure_reason) == ("failed", "payment_timeout")
@@ -203,6 +251,7 @@ async def test_an_approval_after_the_window_takes_no_money(sessions, providers, 
     async def told() -> bool:
         order = await paypal_order(standin, oid)
         return order["status"] == "APPROVED" and order["notified"]
+
     await until(told, what="the late approval is delivered and answered")
     assert (await paypal_order(standin, oid))["status"] == "APPROVED"  # never captured
     assert (await payment(sessions, oid)).status == "failed"

@@ -16,9 +16,21 @@ from payments.provider import SandboxProvider
 
 def _payment(order_id: str, status: str, amount: str = "10.00", ref: str | None = None) -> Payment:
     at = datetime.now(UTC) - timedelta(minutes=5)
-    return Payment(order_id=order_id, payment_id=f"pay-{order_id}", method="card", token_hint="tok_***", currency="CNY",
-                   amount=Decimal(amount), status=status, refunded_amount=Decimal("0"), provider_ref=ref,
-                   idempotency_key=f"capture:{order_id}", provider="sandbox", created_at=at, updated_at=at)
+    return Payment(
+        order_id=order_id,
+        payment_id=f"pay-{order_id}",
+        method="card",
+        token_hint="tok_***",
+        currency="CNY",
+        amount=Decimal(amount),
+        status=status,
+        refunded_amount=Decimal("0"),
+        provider_ref=ref,
+        idempotency_key=f"capture:{order_id}",
+        provider="sandbox",
+        created_at=at,
+        updated_at=at,
+    )
 
 
 async def test_each_disagreement_is_reported_and_nothing_is_changed(sessions):
@@ -27,20 +39,35 @@ async def test_each_disagreement_is_reported_and_nothing_is_changed(sessions):
     gone = sandbox.ledger.record_charge("capture:charged", "captured", Decimal("10.00"), "CNY")
     other = sandbox.ledger.record_charge("capture:amount", "captured", Decimal("9.00"), "CNY")
     async with sessions.begin() as session:
-        session.add_all([
-            _payment("ok", "captured", ref=ok.reference),
-            _payment("charged", "failed"),  # the provider took money we recorded as failed
-            _payment("missing", "captured", ref="pay_nowhere"),  # recorded captured, never charged
-            _payment("amount", "refunded", ref=other.reference),
-        ])
-    before = REGISTRY.get_sample_value("oms_payment_reconciliation_mismatches_total",
-                                       {"provider": "sandbox", "kind": "charged_not_recorded"}) or 0
+        session.add_all(
+            [
+                _payment("ok", "captured", ref=ok.reference),
+                _payment("charged", "failed"),  # the provider took money we recorded as failed
+                _payment("missing", "captured", ref="pay_nowhere"),  # recorded captured, never charged
+                _payment("amount", "refunded", ref=other.reference),
+            ]
+        )
+    before = (
+        REGISTRY.get_sample_value(
+            "oms_payment_reconciliation_mismatches_total",
+            {"provider": "sandbox", "kind": "charged_not_recorded"},
+        )
+        or 0
+    )
     found = await reconcile.reconcile(sessions, Providers.of(sandbox))
     assert found.checked == 4 and found.unreachable == 0
     assert {(m.order_id, m.kind) for m in found.mismatches} == {
-        ("charged", "charged_not_recorded"), ("missing", "recorded_not_charged"), ("amount", "amount")}
-    assert REGISTRY.get_sample_value("oms_payment_reconciliation_mismatches_total",
-                                     {"provider": "sandbox", "kind": "charged_not_recorded"}) == before + 1
+        ("charged", "charged_not_recorded"),
+        ("missing", "recorded_not_charged"),
+        ("amount", "amount"),
+    }
+    assert (
+        REGISTRY.get_sample_value(
+            "oms_payment_reconciliation_mismatches_total",
+            {"provider": "sandbox", "kind": "charged_not_recorded"},
+        )
+        == before + 1
+    )
     assert REGISTRY.get_sample_value("oms_payment_reconciliation_open", {"provider": "sandbox"}) == 3
     async with sessions() as session:  # reported, never corrected
         assert (await session.get(Payment, "charged")).status == "failed"

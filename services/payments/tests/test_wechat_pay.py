@@ -41,8 +41,12 @@ from payments.config import Settings
 from payments.db import Payment
 from payments.handlers import handle_capture_payment, handle_refund_payment
 
-SETTINGS = Settings(provider_retry_base_seconds=0.001, provider_timeout_seconds=5, payment_window_seconds=600,
-                    database_url="sqlite://")
+SETTINGS = Settings(
+    provider_retry_base_seconds=0.001,
+    provider_timeout_seconds=5,
+    payment_window_seconds=600,
+    database_url="sqlite://",
+)
 
 
 def _free_port() -> int:
@@ -79,8 +83,21 @@ class StandIn:
 def standin(tmp_path_factory) -> Iterator[StandIn]:
     folder, port = tmp_path_factory.mktemp("wechat"), _free_port()
     keys = ensure_keys(folder)
-    proc = subprocess.Popen([sys.executable, "-m", "omstools.standins.wechat_pay", "--port", str(port), "--dir",
-                             str(folder), "--pay-after", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omstools.standins.wechat_pay",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--pay-after",
+            "0.3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
     while True:
         try:
@@ -101,7 +118,9 @@ async def endpoint(sessions) -> AsyncIterator[FastAPI]:
     web.install(app, "payments")
     app.include_router(api.providers)
     app.dependency_overrides[web.runtime] = lambda: SimpleNamespace(sessions=sessions)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -114,9 +133,14 @@ async def endpoint(sessions) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def providers(standin, endpoint) -> AsyncIterator[Providers]:
     adapter = WechatPayAdapter(
-        base_url=standin.url, mchid=MCHID, appid="wx0000000000000001", serial_no=MERCHANT_SERIAL,
-        private_key=standin.keys["app_private"].read_text(), platform_public_key=standin.keys["platform_public"].read_text(),
-        platform_serial=PLATFORM_SERIAL, apiv3_key=standin.keys["apiv3_key"].read_text().strip(),
+        base_url=standin.url,
+        mchid=MCHID,
+        appid="wx0000000000000001",
+        serial_no=MERCHANT_SERIAL,
+        private_key=standin.keys["app_private"].read_text(),
+        platform_public_key=standin.keys["platform_public"].read_text(),
+        platform_serial=PLATFORM_SERIAL,
+        apiv3_key=standin.keys["apiv3_key"].read_text().strip(),
         notify_url=f"{endpoint.state.url}/v1/providers/wechat_pay/notify",
     )
     endpoint.state.providers = registry = Providers.of(adapter)
@@ -134,12 +158,16 @@ def trade_no(oid: str) -> str:
 
 
 def capture(order_id: str, amount: str = "88.80", token: str | None = None) -> Envelope[CapturePayment]:
-    cmd = CapturePayment(order_id=order_id, amount=Decimal(amount), currency="CNY", method="wechat_pay", token=token)
+    cmd = CapturePayment(
+        order_id=order_id, amount=Decimal(amount), currency="CNY", method="wechat_pay", token=token
+    )
     return Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
 def refund(order_id: str, key: str, amount: str | None = None) -> Envelope[RefundPayment]:
-    cmd = RefundPayment(order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key)
+    cmd = RefundPayment(
+        order_id=order_id, amount=Decimal(amount) if amount else None, reason="test", refund_key=key
+    )
     return Envelope[RefundPayment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -159,23 +187,46 @@ async def _status(sessions, order_id: str, status: str) -> Payment | None:
     return p if p is not None and p.status == status else None
 
 
-def notification(standin: StandIn, no: str, total: int, *, key: rsa.RSAPrivateKey | None = None,
-                 event_id: str = "EV-1") -> tuple[bytes, dict[str, str]]:
-    transaction = {"mchid": MCHID, "out_trade_no": no, "transaction_id": "4200000001", "trade_state": "SUCCESS",
-                   "amount": {"total": total, "currency": "CNY"}}
+def notification(
+    standin: StandIn, no: str, total: int, *, key: rsa.RSAPrivateKey | None = None, event_id: str = "EV-1"
+) -> tuple[bytes, dict[str, str]]:
+    transaction = {
+        "mchid": MCHID,
+        "out_trade_no": no,
+        "transaction_id": "4200000001",
+        "trade_state": "SUCCESS",
+        "amount": {"total": total, "currency": "CNY"},
+    }
     nonce = secrets.token_hex(6)
     cipher = AESGCM(standin.keys["apiv3_key"].read_text().strip().encode()).encrypt(
-        nonce.encode(), json.dumps(transaction).encode(), b"transaction")
-    body = json.dumps({"id": event_id, "event_type": "TRANSACTION.SUCCESS", "resource": {
-        "algorithm": "AEAD_AES_256_GCM", "ciphertext": base64.b64encode(cipher).decode(),
-        "associated_data": "transaction", "nonce": nonce}})
+        nonce.encode(), json.dumps(transaction).encode(), b"transaction"
+    )
+    body = json.dumps(
+        {
+            "id": event_id,
+            "event_type": "TRANSACTION.SUCCESS",
+            "resource": {
+                "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": base64.b64encode(cipher).decode(),
+                "associated_data": "transaction",
+                "nonce": nonce,
+            },
+        }
+    )
     ts, n = str(int(time.time())), secrets.token_hex(8)
     key = key or load_private_key(standin.keys["platform_private"].read_text())
-    return body.encode(), {"Content-Type": "application/json", "Wechatpay-Timestamp": ts, "Wechatpay-Nonce": n,
-                           "Wechatpay-Serial": PLATFORM_SERIAL, "Wechatpay-Signature": sign(f"{ts}\n{n}\n{body}\n", key)}
+    return body.encode(), {
+        "Content-Type": "application/json",
+        "Wechatpay-Timestamp": ts,
+        "Wechatpay-Nonce": n,
+        "Wechatpay-Serial": PLATFORM_SERIAL,
+        "Wechatpay-Signature": sign(f"{ts}\n{n}\n{body}\n", key),
+    }
 
 
-async def test_the_customer_scans_pays_and_the_encrypted_notification_captures(sessions, providers, standin, oid):
+async def test_the_customer_scans_pays_and_the_encrypted_notification_captures(
+    sessions, providers, standin, oid
+):
     await handle_capture_payment(capture(oid), sessions, providers, SETTINGS)
     waiting = await payment(sessions, oid)
     assert (waiting.status, waiting.provider, waiting.action_type) == ("pending", "wechat_pay", "qr_code")
@@ -186,23 +237,31 @@ async def test_the_customer_scans_pays_and_the_encrypted_notification_captures(s
 
     async def acknowledged() -> bool:  # the stand-in stops resending
         return standin.ledger(trade_no(oid))["trades"][0]["notified"] == 1
+
     await until(acknowledged, what="the notification is acknowledged")
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
 
-async def test_a_forged_notification_is_refused_and_the_same_one_twice_captures_once(sessions, providers, standin,
-                                                                                     endpoint, oid):
+async def test_a_forged_notification_is_refused_and_the_same_one_twice_captures_once(
+    sessions, providers, standin, endpoint, oid
+):
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, SETTINGS)
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     async with httpx.AsyncClient(base_url=endpoint.state.url) as client:
         body, headers = notification(standin, trade_no(oid), 8880, key=stranger)
-        assert (await client.post("/v1/providers/wechat_pay/notify", content=body, headers=headers)).status_code == 401
+        assert (
+            await client.post("/v1/providers/wechat_pay/notify", content=body, headers=headers)
+        ).status_code == 401
         body, headers = notification(standin, trade_no(oid), 8880)
         tampered = body.replace(b'"EV-1"', b'"EV-2"')
-        assert (await client.post("/v1/providers/wechat_pay/notify", content=tampered, headers=headers)).status_code == 401
+        assert (
+            await client.post("/v1/providers/wechat_pay/notify", content=tampered, headers=headers)
+        ).status_code == 401
         assert (await payment(sessions, oid)).status == "pending"
         for _ in range(2):
-            assert (await client.post("/v1/providers/wechat_pay/notify", content=body, headers=headers)).status_code == 200
+            assert (
+                await client.post("/v1/providers/wechat_pay/notify", content=body, headers=headers)
+            ).status_code == 200
     assert (await payment(sessions, oid)).status == "captured"
     assert await published(sessions) == ["payment.action_required", "payment.captured"]
 
@@ -213,6 +272,7 @@ async def test_unpaid_when_the_window_passes_closed_at_the_provider(sessions, pr
 
     async def expired() -> bool:
         return await settle.expire_windows(sessions, providers, short) == 1
+
     await until(expired, what="the window passes")
     failed = await payment(sessions, oid)
     assert (failed.status, failed.failure_reason) == ("failed", "payment_timeout")

@@ -42,8 +42,11 @@ async def any_sessions(any_database_url):
 
 @pytest.fixture
 def adapters(settings, sessions):
-    made = carriers.adapters(settings.carrier_secrets, default_secret=settings.carrier_secret,
-                             window=settings.signature_window_seconds)
+    made = carriers.adapters(
+        settings.carrier_secrets,
+        default_secret=settings.carrier_secret,
+        window=settings.signature_window_seconds,
+    )
     for adapter in made.values():
         adapter.attach(sessions)
     return made

@@ -19,7 +19,9 @@ ADDRESS = Address(name="Lin Mei", line1="1 Century Ave", city="Shanghai", postal
 
 
 def create(order_id: str) -> Envelope[CreateShipment]:
-    cmd = CreateShipment(order_id=order_id, warehouse="SH", address=ADDRESS, items=[LineItem(sku="A", quantity=1)])
+    cmd = CreateShipment(
+        order_id=order_id, warehouse="SH", address=ADDRESS, items=[LineItem(sku="A", quantity=1)]
+    )
     return Envelope[CreateShipment].model_validate(build(cmd, service="orders", subject=order_id))
 
 
@@ -28,8 +30,12 @@ async def test_a_closed_parcel_past_retention_is_forgotten_and_nothing_else(sess
         await handle_create_shipment(create(order_id), sessions, settings, adapters)
     long_ago = datetime.now(UTC) - timedelta(days=200)
     async with sessions.begin() as session:
-        await session.execute(update(Shipment).where(Shipment.order_id != "old-open").values(status="delivered"))
-        await session.execute(update(Shipment).where(Shipment.order_id != "new-delivered").values(updated_at=long_ago))
+        await session.execute(
+            update(Shipment).where(Shipment.order_id != "old-open").values(status="delivered")
+        )
+        await session.execute(
+            update(Shipment).where(Shipment.order_id != "new-delivered").values(updated_at=long_ago)
+        )
 
     assert await retention.purge(sessions, older_than=timedelta(days=180)) == 1
 

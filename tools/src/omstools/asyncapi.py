@@ -29,7 +29,11 @@ def messages() -> list[type[Message]]:
     found: list[type[Message]] = []
     for module in (orders, inventory, payments, shipping, notifications):
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, (Event, Command)) and cls not in (Event, Command) and cls.__module__ == module.__name__:
+            if (
+                issubclass(cls, (Event, Command))
+                and cls not in (Event, Command)
+                and cls.__module__ == module.__name__
+            ):
                 found.append(cls)
     return sorted(found, key=lambda c: c.routing_key)
 

@@ -89,10 +89,21 @@ def say(text: str) -> None:
 def order_body(n: int) -> dict[str, Any]:
     """A small order near Shanghai, paid with the sandbox token that always succeeds."""
     return {
-        "customer": {"id": f"bench-{n % 1000}", "name": "Bench Customer", "email": f"bench{n % 1000}@example.com",
-                     "locale": "en"},
-        "shipping_address": {"name": "Bench Customer", "line1": "1 Century Ave", "city": "Shanghai",
-                             "postal_code": "200120", "country": "CN", "latitude": 31.23, "longitude": 121.50},
+        "customer": {
+            "id": f"bench-{n % 1000}",
+            "name": "Bench Customer",
+            "email": f"bench{n % 1000}@example.com",
+            "locale": "en",
+        },
+        "shipping_address": {
+            "name": "Bench Customer",
+            "line1": "1 Century Ave",
+            "city": "Shanghai",
+            "postal_code": "200120",
+            "country": "CN",
+            "latitude": 31.23,
+            "longitude": 121.50,
+        },
         "items": [{"sku": SKU, "quantity": 1, "unit_price": "19.90"}],
         "currency": "CNY",
         "payment": {"method": "card", "token": "tok_ok"},
@@ -155,7 +166,9 @@ class Tracker:
         return [p for p in self.orders.values() if p.phase == phase]
 
 
-async def watch_status(connection: aio_pika.abc.AbstractConnection, tracker: Tracker) -> aio_pika.abc.AbstractQueue:
+async def watch_status(
+    connection: aio_pika.abc.AbstractConnection, tracker: Tracker
+) -> aio_pika.abc.AbstractQueue:
     """A queue of our own (exclusive, gone with the connection) on every order status change."""
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
@@ -201,7 +214,8 @@ async def ceiling(amqp_url: str, seconds: float, size: int = 300, in_flight: int
         async def publish_one() -> None:
             try:
                 await pub.default_exchange.publish(
-                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=name,
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=name,
                     mandatory=True,
                 )
             finally:
@@ -217,25 +231,37 @@ async def ceiling(amqp_url: str, seconds: float, size: int = 300, in_flight: int
         await asyncio.gather(*pending, return_exceptions=True)
         await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
-        return {"broker_msgs_per_s": round(through / elapsed, 1), "seconds": round(elapsed, 1),
-                "message_bytes": size, "in_flight": in_flight, "queue": "quorum, durable",
-                "delivery": "persistent, publisher confirms, manual ack"}
+        return {
+            "broker_msgs_per_s": round(through / elapsed, 1),
+            "seconds": round(elapsed, 1),
+            "message_bytes": size,
+            "in_flight": in_flight,
+            "queue": "quorum, durable",
+            "delivery": "persistent, publisher confirms, manual ack",
+        }
     finally:
         await pub_conn.close()
         await sub_conn.close()
 
 
 # ---- messages one order costs up to `paid` -------------------------------------------------------
-async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client: httpx.AsyncClient,
-                             tracker: Tracker, orders: int, timeout: float = 60.0) -> dict[str, Any]:
+async def messages_per_order(
+    connection: aio_pika.abc.AbstractConnection,
+    client: httpx.AsyncClient,
+    tracker: Tracker,
+    orders: int,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Places ``orders`` orders one at a time with a tap on both exchanges, and counts for each the
     messages with its id as ``subject`` that were published before its ``paid`` reached us."""
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
     seen: list[tuple[float, str | None, str]] = []
     # events: a topic exchange, every key; commands: a direct one, each key a service consumes
-    taps = {EVENTS_EXCHANGE: ["#"],
-            COMMANDS_EXCHANGE: sorted(q.routing_key for q in QUEUES if q.exchange == COMMANDS_EXCHANGE)}
+    taps = {
+        EVENTS_EXCHANGE: ["#"],
+        COMMANDS_EXCHANGE: sorted(q.routing_key for q in QUEUES if q.exchange == COMMANDS_EXCHANGE),
+    }
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         at = time.perf_counter()
@@ -257,31 +283,46 @@ async def messages_per_order(connection: aio_pika.abc.AbstractConnection, client
         placed = tracker.orders[order_id]
         await placed.wait_settled(timeout)
         if placed.paid_at is None:
-            raise RuntimeError(f"calibration order {order_id} was not paid: {placed.cancelled or 'timed out'}")
+            raise RuntimeError(
+                f"calibration order {order_id} was not paid: {placed.cancelled or 'timed out'}"
+            )
         paid_at = placed.paid_at
         await asyncio.sleep(0.05)  # messages are consumed from two queues: let the slower one catch up
         mine = [t for at, subject, t in seen if subject == order_id and at <= paid_at + 0.05]
         counts.append(len(mine))
         kinds.update(t.removeprefix("oms.").removesuffix(".v1") for t in mine)
     await channel.close()
-    return {"messages_per_order": round(sum(counts) / len(counts), 2), "orders": len(counts),
-            "by_type": {k: round(v / len(counts), 2) for k, v in sorted(kinds.items())}}
+    return {
+        "messages_per_order": round(sum(counts) / len(counts), 2),
+        "orders": len(counts),
+        "by_type": {k: round(v / len(counts), 2) for k, v in sorted(kinds.items())},
+    }
 
 
 # ---- placing orders ------------------------------------------------------------------------------
 _numbers = itertools.count()
 
 
-async def place(client: httpx.AsyncClient, tracker: Tracker, phase: str, n: int | None = None,
-                errors: Counter[str] | None = None, *, wait_when_refused: bool = False) -> str | None:
+async def place(
+    client: httpx.AsyncClient,
+    tracker: Tracker,
+    phase: str,
+    n: int | None = None,
+    errors: Counter[str] | None = None,
+    *,
+    wait_when_refused: bool = False,
+) -> str | None:
     """POST one order; its id, or None (counted in ``errors``) when it was not accepted. A ``503``
     (admission control) is waited out for its ``Retry-After`` when ``wait_when_refused``, as a
     gateway would."""
     n = next(_numbers) if n is None else n
     sent = time.perf_counter()
     try:
-        r = await client.post("/v1/orders", json=order_body(n),
-                              headers={**GATEWAY, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"})
+        r = await client.post(
+            "/v1/orders",
+            json=order_body(n),
+            headers={**GATEWAY, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
+        )
     except httpx.HTTPError as exc:
         if errors is None:
             raise
@@ -309,8 +350,9 @@ class PhaseRun:
     cpu: dict[str, float]
 
 
-async def fixed_phase(client: httpx.AsyncClient, tracker: Tracker, rate: float, seconds: float,
-                      progress: Progress) -> PhaseRun:
+async def fixed_phase(
+    client: httpx.AsyncClient, tracker: Tracker, rate: float, seconds: float, progress: Progress
+) -> PhaseRun:
     errors: Counter[str] = Counter()
     total = int(rate * seconds)
     task = progress.add_task(f"fixed {rate:g}/s", total=total)
@@ -330,8 +372,9 @@ async def fixed_phase(client: httpx.AsyncClient, tracker: Tracker, rate: float, 
     return PhaseRun("fixed", start, ended, rate, errors, {})
 
 
-async def saturation_phase(client: httpx.AsyncClient, tracker: Tracker, seconds: float, window: int,
-                           progress: Progress) -> PhaseRun:
+async def saturation_phase(
+    client: httpx.AsyncClient, tracker: Tracker, seconds: float, window: int, progress: Progress
+) -> PhaseRun:
     errors: Counter[str] = Counter()
     task = progress.add_task(f"saturation ({window} in flight)", total=seconds)
     start = time.perf_counter()
@@ -361,16 +404,23 @@ async def drain(tracker: Tracker, phase: str, until: str, timeout: float) -> Non
     phase's CPU is its own orders' whole life."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        waiting = [oid for oid, p in tracker.orders.items()
-                   if p.phase == phase and not p.cancelled and getattr(p, f"{until}_at") is None]
+        waiting = [
+            oid
+            for oid, p in tracker.orders.items()
+            if p.phase == phase and not p.cancelled and getattr(p, f"{until}_at") is None
+        ]
         if not waiting:
             return
         await asyncio.sleep(0.1)
     say(f"{len(waiting)} {phase} orders not {until} after {timeout:g} s, e.g. {', '.join(waiting[:3])}")
 
 
-async def quiet(connection: aio_pika.abc.AbstractConnection, procs: dict[str, psutil.Process], timeout: float,
-                calm_seconds: float = 3.0) -> None:
+async def quiet(
+    connection: aio_pika.abc.AbstractConnection,
+    procs: dict[str, psutil.Process],
+    timeout: float,
+    calm_seconds: float = 3.0,
+) -> None:
     """Wait (at most ``timeout``) until the system has nothing left to do: every queue empty and the
     processes idle for ``calm_seconds``. A drained phase can still leave work behind (the refund of
     a capture that came after the saga gave up, its e-mail): it belongs to that phase, not the next."""
@@ -400,7 +450,9 @@ async def quiet(connection: aio_pika.abc.AbstractConnection, procs: dict[str, ps
             elif now - calm_since >= calm_seconds:
                 return
         cpu_text = ", ".join(f"{name} {value:.2f}" for name, value in sorted(busy.items()))
-        say(f"the system was still busy after {timeout:g} s: messages waiting {ready or 'none'}; CPU-s/s {cpu_text}")
+        say(
+            f"the system was still busy after {timeout:g} s: messages waiting {ready or 'none'}; CPU-s/s {cpu_text}"
+        )
     finally:
         await channel.close()
 
@@ -425,8 +477,12 @@ def latency_ms(values_s: list[float]) -> dict[str, float]:
 def phase_figures(run: PhaseRun, tracker: Tracker) -> dict[str, Any]:
     orders = tracker.of(run.name)
     length = run.ended - run.started
-    paid_in = sum(1 for at, phase in tracker.paid_events if phase == run.name and run.started <= at <= run.ended)
-    shipped_in = sum(1 for at, phase in tracker.shipped_events if phase == run.name and run.started <= at <= run.ended)
+    paid_in = sum(
+        1 for at, phase in tracker.paid_events if phase == run.name and run.started <= at <= run.ended
+    )
+    shipped_in = sum(
+        1 for at, phase in tracker.shipped_events if phase == run.name and run.started <= at <= run.ended
+    )
     paid = [p.paid_at - p.sent_at for p in orders if p.paid_at is not None]
     shipped = [p.shipped_at - p.sent_at for p in orders if p.shipped_at is not None]
     errors = Counter(run.errors)
@@ -497,8 +553,12 @@ def running_system() -> Target | None:
     amqp_port = httpx.URL(amqp_url.replace("amqp://", "http://", 1)).port or 5672
     if (broker := listening_process(amqp_port)) is not None:
         procs["rabbitmq"] = broker
-    return Target({svc: f"http://127.0.0.1:{port}" for svc, port in ports.items()}, amqp_url,
-                  "the system already running (make run)", procs)
+    return Target(
+        {svc: f"http://127.0.0.1:{port}" for svc, port in ports.items()},
+        amqp_url,
+        "the system already running (make run)",
+        procs,
+    )
 
 
 def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
@@ -508,16 +568,23 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
     try:
         if amqp_url is None:
             if not rabbitmq_installed():
-                raise SystemExit("no rabbitmq-server: install it (apt-get install rabbitmq-server) or pass --amqp-url")
+                raise SystemExit(
+                    "no rabbitmq-server: install it (apt-get install rabbitmq-server) or pass --amqp-url"
+                )
             say("starting a RabbitMQ node of its own")
             node = RabbitNode(folder / "rabbitmq", management=False)
             stops.append(node.stop)
             node.start()
             amqp_url = node.url
         system = System.on_free_ports(
-            folder / "oms", amqp_url,
-            env={"OMS_ENV": "local", "LOG_JSON": "true", "SHIPPING_CARRIER_SIMULATION": "true",
-                 "SHIPPING_SIMULATION_STEP_SECONDS": step_seconds},
+            folder / "oms",
+            amqp_url,
+            env={
+                "OMS_ENV": "local",
+                "LOG_JSON": "true",
+                "SHIPPING_CARRIER_SIMULATION": "true",
+                "SHIPPING_SIMULATION_STEP_SECONDS": step_seconds,
+            },
             report=lambda line: say(line),
         )
         stops.append(system.stop)
@@ -531,17 +598,23 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
     procs = {svc: psutil.Process(pid) for svc in SERVICES if (pid := system.pid(svc))}
     if node is not None and (beam := node.beam_pid()):
         procs["rabbitmq"] = psutil.Process(beam)
-    elif (broker := listening_process(httpx.URL(amqp_url.replace("amqp://", "http://", 1)).port or 5672)) is not None:
+    elif (
+        broker := listening_process(httpx.URL(amqp_url.replace("amqp://", "http://", 1)).port or 5672)
+    ) is not None:
         procs["rabbitmq"] = broker  # a broker given by --amqp-url, when it runs on this machine
-    return Target({svc: system.url(svc) for svc in SERVICES}, amqp_url, "a system started by the bench",
-                  procs, stops)
+    return Target(
+        {svc: system.url(svc) for svc in SERVICES}, amqp_url, "a system started by the bench", procs, stops
+    )
 
 
 async def load_stock(inventory_url: str, units: int) -> None:
     async with httpx.AsyncClient(base_url=inventory_url, timeout=30) as client:
         for warehouse in WAREHOUSES:
-            r = await client.post("/v1/stock/receipts", headers=ADMIN,
-                                  json={"warehouse": warehouse, "sku": SKU, "quantity": units})
+            r = await client.post(
+                "/v1/stock/receipts",
+                headers=ADMIN,
+                json={"warehouse": warehouse, "sku": SKU, "quantity": units},
+            )
             r.raise_for_status()
 
 
@@ -549,26 +622,48 @@ async def broker_version(connection: aio_pika.abc.AbstractConnection) -> str:
     with contextlib.suppress(Exception):
         props = connection.transport.connection.server_properties  # type: ignore[union-attr]
         product, version = props.get("product", "RabbitMQ"), props.get("version", "?")
-        return f"{product.decode() if isinstance(product, bytes) else product} " \
-               f"{version.decode() if isinstance(version, bytes) else version}"
+        return (
+            f"{product.decode() if isinstance(product, bytes) else product} "
+            f"{version.decode() if isinstance(version, bytes) else version}"
+        )
     return "RabbitMQ (version unknown)"
 
 
 # ---- output --------------------------------------------------------------------------------------
 def table(result: dict[str, Any]) -> Table:
-    t = Table(title=f"OMS benchmark {result['started_at']} — {result['machine']['cpus']} CPUs, "
-                    f"{result['machine']['broker']}, everything on one machine")
+    t = Table(
+        title=f"OMS benchmark {result['started_at']} — {result['machine']['cpus']} CPUs, "
+        f"{result['machine']['broker']}, everything on one machine"
+    )
     t.add_column("phase")
-    for col in ("placed", "paid/s", "shipped/s", "paid p50", "p95", "p99", "max", "shipped p50", "p99",
-                "CPU ms/order", "errors"):
+    for col in (
+        "placed",
+        "paid/s",
+        "shipped/s",
+        "paid p50",
+        "p95",
+        "p99",
+        "max",
+        "shipped p50",
+        "p99",
+        "CPU ms/order",
+        "errors",
+    ):
         t.add_column(col, justify="right")
     for name, ph in result["phases"].items():
         lp, ls = ph["latency_ms"]["paid"], ph["latency_ms"]["shipped"]
         label = f"{name} ({ph['offered_per_s']:g}/s offered)" if ph["offered_per_s"] else name
-        t.add_row(label, str(ph["placed"]), f"{ph['paid_per_s']:.1f}", f"{ph['shipped_per_s']:.1f}",
-                  *(_ms(lp[k]) for k in ("p50", "p95", "p99", "max")), _ms(ls["p50"]), _ms(ls["p99"]),
-                  f"{ph['cpu_s_per_order_total'] * 1000:.1f}",
-                  ", ".join(f"{k}: {v}" for k, v in ph["errors"].items()) or "0")
+        t.add_row(
+            label,
+            str(ph["placed"]),
+            f"{ph['paid_per_s']:.1f}",
+            f"{ph['shipped_per_s']:.1f}",
+            *(_ms(lp[k]) for k in ("p50", "p95", "p99", "max")),
+            _ms(ls["p50"]),
+            _ms(ls["p99"]),
+            f"{ph['cpu_s_per_order_total'] * 1000:.1f}",
+            ", ".join(f"{k}: {v}" for k, v in ph["errors"].items()) or "0",
+        )
     return t
 
 
@@ -579,12 +674,16 @@ def _ms(v: float | None) -> str:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     sat = result["phases"]["saturation"]
     return [
-        f"broker ceiling (raw aio-pika, quorum, persistent, confirms): {result['ceiling']['broker_msgs_per_s']:.0f} msgs/s",
+        "broker ceiling (raw aio-pika, quorum, persistent, confirms):"
+        f" {result['ceiling']['broker_msgs_per_s']:.0f} msgs/s",
         f"messages per order up to paid: {result['messages_per_order']:g}",
         f"efficiency: {sat['paid_per_s']:.1f} orders/s × {result['messages_per_order']:g} ÷ "
         f"{result['ceiling']['broker_msgs_per_s']:.0f} = {result['efficiency'] * 100:.1f} %",
-        f"CPU ms per order at saturation: {result['cpu_ms_per_order']['total']:.1f}: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in sorted(result["cpu_ms_per_order"]["by_process"].items(), key=lambda kv: -kv[1])),
+        f"CPU ms per order at saturation: {result['cpu_ms_per_order']['total']:.1f}: "
+        + ", ".join(
+            f"{k} {v:.1f}"
+            for k, v in sorted(result["cpu_ms_per_order"]["by_process"].items(), key=lambda kv: -kv[1])
+        ),
     ]
 
 
@@ -599,14 +698,24 @@ def plot(path: Path, tracker: Tracker, result: dict[str, Any]) -> None:
     colors = {"fixed": "tab:blue", "saturation": "tab:orange"}
     for phase, color in colors.items():
         orders = [p for p in tracker.of(phase) if p.paid_at is not None]
-        left.scatter([p.sent_at - t0 for p in orders], [(p.paid_at - p.sent_at) * 1000 for p in orders],
-                     s=3, color=color, label=phase)
+        left.scatter(
+            [p.sent_at - t0 for p in orders],
+            [(p.paid_at - p.sent_at) * 1000 for p in orders],
+            s=3,
+            color=color,
+            label=phase,
+        )
         values = sorted((p.paid_at - p.sent_at) * 1000 for p in orders)
         if values:
             h = histogram([v / 1000 for v in values])
             ps = [50, 75, 90, 95, 99, 99.9, 100]
-            right.plot([str(p) for p in ps], [h.get_value_at_percentile(p) / 1000 for p in ps], marker="o",
-                       color=color, label=phase)
+            right.plot(
+                [str(p) for p in ps],
+                [h.get_value_at_percentile(p) / 1000 for p in ps],
+                marker="o",
+                color=color,
+                label=phase,
+            )
     left.set(title="POST → paid, per order", xlabel="seconds into the run", ylabel="ms", yscale="log")
     right.set(title="POST → paid, percentiles", xlabel="percentile", ylabel="ms", yscale="log")
     for ax in (left, right):
@@ -640,11 +749,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=target.urls["orders"], timeout=30, limits=limits) as client:
             calibration = await messages_per_order(connection, client, tracker, args.calibration_orders)
             say(f"messages per order up to paid: {calibration['messages_per_order']:g}")
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                          TimeRemainingColumn(), console=console, transient=False) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
                 cpu0 = cpu_times(target.procs)
-                saturation = await saturation_phase(client, tracker, args.saturation_seconds, args.window,
-                                                     progress)
+                saturation = await saturation_phase(
+                    client, tracker, args.saturation_seconds, args.window, progress
+                )
                 await drain(tracker, "saturation", "delivered", args.drain_seconds)
                 await quiet(connection, target.procs, args.drain_seconds)
                 saturation.cpu = cpu_delta(target.procs, cpu0)
@@ -666,8 +782,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     efficiency = phases["saturation"]["paid_per_s"] * calibration["messages_per_order"] / ceiling_rate
     result = {
         "started_at": started_at.isoformat(),
-        "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version(), "broker": broker,
-                    "platform": platform.platform(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "python": platform.python_version(),
+            "broker": broker,
+            "platform": platform.platform(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        },
         "system": target.what,
         "ceiling": ceiling_result,
         "messages_per_order": calibration["messages_per_order"],
@@ -676,7 +797,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "efficiency": round(efficiency, 3),
         "cpu_ms_per_order": {
             "total": round(phases["saturation"]["cpu_s_per_order_total"] * 1000, 1),
-            "by_process": {name: round(v * 1000, 1) for name, v in phases["saturation"]["cpu_s_per_order"].items()},
+            "by_process": {
+                name: round(v * 1000, 1) for name, v in phases["saturation"]["cpu_s_per_order"].items()
+            },
         },
         "method": {
             "latency": "order.status_changed events on oms.events, arrival at the bench minus POST sent (HdrHistogram)",
@@ -684,7 +807,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fixed": "open loop at offered_per_s",
             "saturation": f"closed loop, {args.window} orders in flight between POST and paid",
             "cpu": "psutil CPU time (user+system) of each process from the phase's start until its orders "
-                   "were delivered and the system was quiet again (queues empty, processes idle) ÷ its orders paid",
+            "were delivered and the system was quiet again (queues empty, processes idle) ÷ its orders paid",
             "carrier_step_s": float(args.carrier_step) if target.stop else None,
         },
         "args": {k: v for k, v in vars(args).items() if k not in ("out",)},
@@ -700,20 +823,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make bench BENCH_ARGS=...", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=float, default=None,
-                   help="offered orders/s in the fixed phase (half the saturation's paid rate)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered orders/s in the fixed phase (half the saturation's paid rate)",
+    )
     p.add_argument("--fixed-seconds", type=float, default=30.0)
     p.add_argument("--saturation-seconds", type=float, default=30.0)
     p.add_argument("--ceiling-seconds", type=float, default=10.0)
     p.add_argument("--window", type=int, default=64, help="orders in flight at saturation (64)")
     p.add_argument("--calibration-orders", type=int, default=10)
-    p.add_argument("--drain-seconds", type=float, default=600.0, help="wait at most this for a phase's orders to be delivered")
-    p.add_argument("--carrier-step", default="1.0", help="simulated carrier step, s (a system the bench starts)")
-    p.add_argument("--start", action="store_true", help="start a system even if one runs at the standard ports")
-    p.add_argument("--amqp-url", default=None, help="with --start or no running system: this broker, not a node of its own")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=600.0,
+        help="wait at most this for a phase's orders to be delivered",
+    )
+    p.add_argument(
+        "--carrier-step", default="1.0", help="simulated carrier step, s (a system the bench starts)"
+    )
+    p.add_argument(
+        "--start", action="store_true", help="start a system even if one runs at the standard ports"
+    )
+    p.add_argument(
+        "--amqp-url",
+        default=None,
+        help="with --start or no running system: this broker, not a node of its own",
+    )
     p.add_argument("--keep", action="store_true", help="keep the started system's folder (databases, logs)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
-    p.add_argument("--quick", action="store_true", help="a few seconds of each (make test checks the bench runs)")
+    p.add_argument(
+        "--quick", action="store_true", help="a few seconds of each (make test checks the bench runs)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.fixed_seconds, args.saturation_seconds = 2.0, 2.0

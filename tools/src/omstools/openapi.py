@@ -27,7 +27,9 @@ def text(service: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omstools.openapi")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a document under docs/openapi/ is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if a document under docs/openapi/ is out of date"
+    )
     args = parser.parse_args(argv)
     stale = []
     for service in SERVICES:

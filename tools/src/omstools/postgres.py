@@ -54,7 +54,9 @@ def run_as() -> str | None:
             return name
         except KeyError:
             continue
-    raise PostgresUnavailable("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
+    raise PostgresUnavailable(
+        "running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as"
+    )
 
 
 def reachable(path: Path, user: str | None) -> bool:
@@ -111,13 +113,46 @@ class PostgresServer:
         if self.user:
             shutil.chown(self.home, self.user)
         if not (self.data / "PG_VERSION").exists():  # kept between runs
-            subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust", "--no-sync",
-                            "-E", "UTF8", "--locale=C"], user=self.user, check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    USER,
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                user=self.user,
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         with open(self.log_file, "ab") as log:
             self._server = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.home),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", f"max_connections={self.max_connections}"],
-                user=self.user, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                [
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.home),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    f"max_connections={self.max_connections}",
+                ],
+                user=self.user,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self.accepting():
@@ -129,12 +164,34 @@ class PostgresServer:
         return self
 
     def accepting(self) -> bool:
-        return subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+            ).returncode
+            == 0
+        )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        done = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", database,
-                               "-v", "ON_ERROR_STOP=1", "-tAc", sql], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                USER,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
             raise PostgresUnavailable(f"psql failed: {done.stderr.strip()}")
         return done.stdout

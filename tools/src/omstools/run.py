@@ -133,16 +133,23 @@ def _container(cleanups: list[Callable[[], None]]) -> Broker:
     params = container.get_connection_params()
     host = container.get_container_host_ip()
     management = f"http://{host}:{container.get_exposed_port(15672)}"
-    return Broker(f"amqp://guest:guest@{params.host}:{params.port}/", management, "RabbitMQ in Docker",
-                  stop=container.stop)
+    return Broker(
+        f"amqp://guest:guest@{params.host}:{params.port}/",
+        management,
+        "RabbitMQ in Docker",
+        stop=container.stop,
+    )
 
 
 def get_broker(var_dir: Path, cleanups: list[Callable[[], None]]) -> Broker:
     if os.environ.get("AMQP_URL"):
         return Broker(os.environ["AMQP_URL"], None, "AMQP_URL")
     if answers_amqp(AMQP_PORT):
-        return Broker(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/", f"http://127.0.0.1:{MANAGEMENT_PORT}",
-                      f"the broker already running on 127.0.0.1:{AMQP_PORT}")
+        return Broker(
+            f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/",
+            f"http://127.0.0.1:{MANAGEMENT_PORT}",
+            f"the broker already running on 127.0.0.1:{AMQP_PORT}",
+        )
     if port_open(AMQP_PORT):
         raise BrokerUnavailable(
             f"127.0.0.1:{AMQP_PORT} is taken by something that does not speak AMQP: free the port, "
@@ -199,12 +206,16 @@ def start_postgres(var_dir: Path, cleanups: list[Callable[[], None]]) -> Postgre
     """PostgreSQL of this run's own, with a database per service."""
     if bindir() is None:
         if os.geteuid() != 0:
-            raise PostgresUnavailable("PostgreSQL is not installed: run 'sudo apt-get install -y postgresql', "
-                                      "or leave OMS_DATABASE unset (SQLite)")
+            raise PostgresUnavailable(
+                "PostgreSQL is not installed: run 'sudo apt-get install -y postgresql', "
+                "or leave OMS_DATABASE unset (SQLite)"
+            )
         say("postgresql is missing: installing it with apt-get")
         install_postgresql()
-    server = PostgresServer(postgres_home(var_dir), port=int(os.environ.get("OMS_POSTGRES_PORT", "0"))
-                            or _port_or_free(POSTGRES_PORT))
+    server = PostgresServer(
+        postgres_home(var_dir),
+        port=int(os.environ.get("OMS_POSTGRES_PORT", "0")) or _port_or_free(POSTGRES_PORT),
+    )
     cleanups.append(server.stop)
     say(f"starting PostgreSQL (data in {_shown(server.home)}, log {server.log_file})")
     server.start()
@@ -214,8 +225,11 @@ def start_postgres(var_dir: Path, cleanups: list[Callable[[], None]]) -> Postgre
 
 def check_ports_free(ports: dict[str, int]) -> None:
     """``ports``: process name (``orders``, ``orders-1``, ...) → port."""
-    taken = [f"{port} ({name}; set {split_name(name)[0].upper()}_HTTP_PORT)" for name, port in ports.items()
-             if port_open(port)]
+    taken = [
+        f"{port} ({name}; set {split_name(name)[0].upper()}_HTTP_PORT)"
+        for name, port in ports.items()
+        if port_open(port)
+    ]
     if taken:
         raise StartupError(f"ports already in use: {', '.join(taken)}. Is another `make run` running?")
 
@@ -234,9 +248,21 @@ def banner(system: System, broker: Broker, postgres: PostgresServer | None = Non
         ("orders API", urls("orders", "/v1/orders")),
         ("ops console", f"{system.url('orders')}/ops"),
         *((svc, urls(svc)) for svc in system.services if svc != "orders"),
-        *([("PostgreSQL", f"{postgres.url.replace('+asyncpg', '').rsplit('/', 1)[0]}/<service>  "
-                          f"(data {_shown(postgres.home)})")] if postgres else []),
-        ("RabbitMQ", broker.url + (f"  (management {broker.management_url})" if broker.management_url else "")),
+        *(
+            [
+                (
+                    "PostgreSQL",
+                    f"{postgres.url.replace('+asyncpg', '').rsplit('/', 1)[0]}/<service>  "
+                    f"(data {_shown(postgres.home)})",
+                )
+            ]
+            if postgres
+            else []
+        ),
+        (
+            "RabbitMQ",
+            broker.url + (f"  (management {broker.management_url})" if broker.management_url else ""),
+        ),
         ("e-mails", f"{_shown(system.mail_dir)}  (SMTP sink on 127.0.0.1:{system.smtp_port})"),
         *((f"{provider} stand-in", system.standin_url(provider)) for provider in system.standins),
         ("logs", _shown(system.logs_dir)),
@@ -263,15 +289,25 @@ def main() -> int:
         broker = get_broker(var_dir, cleanups)
         say(f"broker: {broker.what}")
         ports = service_ports()
-        check_ports_free({replica_name(svc, r): port + 100 * r for svc, port in ports.items() for r in range(n)})
+        check_ports_free(
+            {replica_name(svc, r): port + 100 * r for svc, port in ports.items() for r in range(n)}
+        )
         postgres = start_postgres(var_dir, cleanups) if db == "postgres" else None
         defaults = dict(DEFAULTS)
         if postgres is not None:  # soft: a service's own <SERVICE>_DATABASE_URL wins
             defaults.update({f"{svc.upper()}_DATABASE_URL": postgres.database_url(svc) for svc in SERVICES})
         smtp_port = int(os.environ.get("OMS_SMTP_PORT", "0")) or _port_or_free(SMTP_PORT)
         standin_ports = {name: _port_or_free(port) for name, port in STANDINS.items()}
-        system = System(var_dir, broker.url, ports=ports, smtp_port=smtp_port, standin_ports=standin_ports,
-                        card_processor=os.environ.get("OMS_CARD_PROCESSOR", "sandbox"), defaults=defaults, replicas=n)
+        system = System(
+            var_dir,
+            broker.url,
+            ports=ports,
+            smtp_port=smtp_port,
+            standin_ports=standin_ports,
+            card_processor=os.environ.get("OMS_CARD_PROCESSOR", "sandbox"),
+            defaults=defaults,
+            replicas=n,
+        )
         cleanups.append(system.stop)
         say("migrating the databases")
         system.migrate()

@@ -94,7 +94,9 @@ class System:
     defaults: dict[str, str] = field(default_factory=dict)
     # Always applied, over the caller's environment: for all services, and per service.
     env: dict[str, str] = field(default_factory=dict)
-    service_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by service, or by one replica's name
+    service_env: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # by service, or by one replica's name
     # argv for ``(service, command)``; ``python -m <service> <command>`` with this interpreter.
     command: Callable[[str, str], list[str]] = _python_module
     # Supervision (make run): restart a service that dies after a back-off growing 1 s → 30 s.
@@ -122,8 +124,14 @@ class System:
         """A system for tests: every process's HTTP port and the SMTP port picked free."""
         services, replicas = kwargs.get("services", SERVICES), kwargs.get("replicas", 1)
         ports = {replica_name(s, r): free_port() for s in services for r in range(replicas)}
-        return cls(var_dir, amqp_url, ports=ports, smtp_port=free_port(),
-                   standin_ports={name: free_port() for name in STANDINS}, **kwargs)
+        return cls(
+            var_dir,
+            amqp_url,
+            ports=ports,
+            smtp_port=free_port(),
+            standin_ports={name: free_port() for name in STANDINS},
+            **kwargs,
+        )
 
     # ---- where things are ---------------------------------------------------------------
     @property
@@ -176,31 +184,45 @@ class System:
         if "alipay" in self.standins:
             keys = self.standin_dir("alipay")
             ensure_keys(keys)
-            env.update({
-                "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
-                "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
-                "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
-                "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
-            })
+            env.update(
+                {
+                    "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
+                    "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
+                    "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
+                    "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
+                }
+            )
         if "wechat_pay" in self.standins:
             keys = wechat_standin.ensure_keys(self.standin_dir("wechat_pay"))
-            env.update({
-                "PAYMENTS_WECHAT_PAY_BASE_URL": self.standin_url("wechat_pay"),
-                "PAYMENTS_WECHAT_PAY_MCHID": wechat_standin.MCHID, "PAYMENTS_WECHAT_PAY_APPID": wechat_standin.APPID,
-                "PAYMENTS_WECHAT_PAY_SERIAL_NO": wechat_standin.MERCHANT_SERIAL,
-                "PAYMENTS_WECHAT_PAY_PRIVATE_KEY_FILE": str(keys["app_private"]),
-                "PAYMENTS_WECHAT_PAY_PLATFORM_PUBLIC_KEY_FILE": str(keys["platform_public"]),
-                "PAYMENTS_WECHAT_PAY_PLATFORM_SERIAL": wechat_standin.PLATFORM_SERIAL,
-                "PAYMENTS_WECHAT_PAY_APIV3_KEY_FILE": str(keys["apiv3_key"]),
-            })
+            env.update(
+                {
+                    "PAYMENTS_WECHAT_PAY_BASE_URL": self.standin_url("wechat_pay"),
+                    "PAYMENTS_WECHAT_PAY_MCHID": wechat_standin.MCHID,
+                    "PAYMENTS_WECHAT_PAY_APPID": wechat_standin.APPID,
+                    "PAYMENTS_WECHAT_PAY_SERIAL_NO": wechat_standin.MERCHANT_SERIAL,
+                    "PAYMENTS_WECHAT_PAY_PRIVATE_KEY_FILE": str(keys["app_private"]),
+                    "PAYMENTS_WECHAT_PAY_PLATFORM_PUBLIC_KEY_FILE": str(keys["platform_public"]),
+                    "PAYMENTS_WECHAT_PAY_PLATFORM_SERIAL": wechat_standin.PLATFORM_SERIAL,
+                    "PAYMENTS_WECHAT_PAY_APIV3_KEY_FILE": str(keys["apiv3_key"]),
+                }
+            )
         if "paypal" in self.standins:
-            env.update({"PAYMENTS_PAYPAL_BASE_URL": self.standin_url("paypal"),
-                        "PAYMENTS_PAYPAL_CLIENT_ID": paypal_standin.CLIENT_ID,
-                        "PAYMENTS_PAYPAL_CLIENT_SECRET": paypal_standin.CLIENT_SECRET,
-                        "PAYMENTS_PAYPAL_WEBHOOK_ID": paypal_standin.WEBHOOK_ID})
+            env.update(
+                {
+                    "PAYMENTS_PAYPAL_BASE_URL": self.standin_url("paypal"),
+                    "PAYMENTS_PAYPAL_CLIENT_ID": paypal_standin.CLIENT_ID,
+                    "PAYMENTS_PAYPAL_CLIENT_SECRET": paypal_standin.CLIENT_SECRET,
+                    "PAYMENTS_PAYPAL_WEBHOOK_ID": paypal_standin.WEBHOOK_ID,
+                }
+            )
         if "stripe" in self.standins:
-            env.update({"PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY, "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
-                        "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET})
+            env.update(
+                {
+                    "PAYMENTS_STRIPE_API_KEY": stripe_standin.API_KEY,
+                    "PAYMENTS_STRIPE_API_BASE": self.standin_url("stripe"),
+                    "PAYMENTS_STRIPE_WEBHOOK_SECRET": stripe_standin.WEBHOOK_SECRET,
+                }
+            )
         return env
 
     @property
@@ -224,7 +246,11 @@ class System:
             "NOTIFICATIONS_SMTP_HOST": self.host,
             "NOTIFICATIONS_SMTP_PORT": str(self.smtp_port),
             # where the orders console reads low stock and payments, and sends an admin's changes
-            **{f"ORDERS_{peer.upper()}_URL": self.url(peer) for peer in ("inventory", "payments") if peer in self.ports},
+            **{
+                f"ORDERS_{peer.upper()}_URL": self.url(peer)
+                for peer in ("inventory", "payments")
+                if peer in self.ports
+            },
         }
         env.update(self.env)
         env.update(self.service_env.get(svc, {}))  # every replica of the service
@@ -260,8 +286,10 @@ class System:
                 _terminate(popen, grace=5)
                 code = None
             if code != 0:
-                failed.append(f"{svc} {command} {'timed out' if code is None else f'exited {code}'}; "
-                              f"see {self.log_path(svc)}:\n{log_tail(self.log_path(svc))}")
+                failed.append(
+                    f"{svc} {command} {'timed out' if code is None else f'exited {code}'}; "
+                    f"see {self.log_path(svc)}:\n{log_tail(self.log_path(svc))}"
+                )
         if failed:
             raise StartupError("\n".join(failed))
 
@@ -273,23 +301,42 @@ class System:
             self._run_all("seed", ["inventory"], timeout)
 
     def start_smtp(self, timeout: float = 30.0) -> None:
-        argv = [sys.executable, "-m", "omstools.smtp_sink", "--port", str(self.smtp_port), "--dir", str(self.mail_dir)]
+        argv = [
+            sys.executable,
+            "-m",
+            "omstools.smtp_sink",
+            "--port",
+            str(self.smtp_port),
+            "--dir",
+            str(self.mail_dir),
+        ]
         with self._lock:
             self._procs[SMTP] = _Proc(self._spawn(SMTP, argv, os.environ), time.monotonic())
         deadline = time.monotonic() + timeout
         while not port_open(self.smtp_port, self.host):
             popen = self._procs[SMTP].popen
             if popen.poll() is not None or time.monotonic() > deadline:
-                raise StartupError(f"the SMTP sink did not start; see {self.log_path(SMTP)}:\n"
-                                   f"{log_tail(self.log_path(SMTP))}")
+                raise StartupError(
+                    f"the SMTP sink did not start; see {self.log_path(SMTP)}:\n"
+                    f"{log_tail(self.log_path(SMTP))}"
+                )
             time.sleep(0.05)
 
     def start_standins(self, timeout: float = 30.0) -> None:
         """The payment providers' stand-ins (their keys generated on first use), each until it listens."""
         for provider in self.standins:
             port, folder = self.standin_ports[provider], self.standin_dir(provider)
-            argv = [sys.executable, "-m", f"omstools.standins.{provider}", "--host", self.host, "--port", str(port),
-                    "--dir", str(folder)]
+            argv = [
+                sys.executable,
+                "-m",
+                f"omstools.standins.{provider}",
+                "--host",
+                self.host,
+                "--port",
+                str(port),
+                "--dir",
+                str(folder),
+            ]
             if provider == "alipay":
                 ensure_keys(folder)
                 argv += ["--app-id", STANDIN_APP_ID]
@@ -298,16 +345,25 @@ class System:
             elif provider == "paypal":
                 argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/paypal/notify"]
             else:  # the card processor: its webhooks go to payments, its tok_late as late as the sandbox's
-                late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get("PAYMENTS_LATE_CAPTURE_SECONDS", "15")
-                argv += ["--webhook-url", f"{self.url('payments')}/v1/providers/stripe/notify", "--late-seconds", late]
+                late = self.env.get("PAYMENTS_LATE_CAPTURE_SECONDS") or os.environ.get(
+                    "PAYMENTS_LATE_CAPTURE_SECONDS", "15"
+                )
+                argv += [
+                    "--webhook-url",
+                    f"{self.url('payments')}/v1/providers/stripe/notify",
+                    "--late-seconds",
+                    late,
+                ]
             name = f"standin-{provider}"
             with self._lock:
                 self._procs[name] = _Proc(self._spawn(name, argv, os.environ), time.monotonic())
             deadline = time.monotonic() + timeout
             while not port_open(port, self.host):
                 if self._procs[name].popen.poll() is not None or time.monotonic() > deadline:
-                    raise StartupError(f"the {provider} stand-in did not start; see {self.log_path(name)}:\n"
-                                       f"{log_tail(self.log_path(name))}")
+                    raise StartupError(
+                        f"the {provider} stand-in did not start; see {self.log_path(name)}:\n"
+                        f"{log_tail(self.log_path(name))}"
+                    )
                 time.sleep(0.05)
 
     # ---- the service processes ----------------------------------------------------------
@@ -318,7 +374,9 @@ class System:
             self._wanted.add(svc)
             if self.running(svc):
                 return self._procs[svc].popen.pid
-            popen = self._spawn(svc, self.command(split_name(svc, self.services)[0], "serve"), self.env_for(svc))
+            popen = self._spawn(
+                svc, self.command(split_name(svc, self.services)[0], "serve"), self.env_for(svc)
+            )
             self._procs[svc] = _Proc(popen, time.monotonic())
             return popen.pid
 
@@ -345,12 +403,16 @@ class System:
                     raise StartupError(f"{svc} was never started")
                 code = proc.popen.poll()
                 if code is not None and not self.supervising:
-                    raise StartupError(f"{svc} exited with code {code} before it was ready; "
-                                       f"see {self.log_path(svc)}:\n{log_tail(self.log_path(svc))}")
+                    raise StartupError(
+                        f"{svc} exited with code {code} before it was ready; "
+                        f"see {self.log_path(svc)}:\n{log_tail(self.log_path(svc))}"
+                    )
                 if code is None and self.ready(svc):
                     pending.remove(svc)
             if pending and time.monotonic() > deadline:
-                details = "\n".join(f"--- {s} ({self.log_path(s)}):\n{log_tail(self.log_path(s), 15)}" for s in pending)
+                details = "\n".join(
+                    f"--- {s} ({self.log_path(s)}):\n{log_tail(self.log_path(s), 15)}" for s in pending
+                )
                 raise StartupError(f"not ready after {timeout:.0f}s: {', '.join(pending)}\n{details}")
             if pending:
                 time.sleep(0.1)
@@ -369,8 +431,9 @@ class System:
         if proc is not None:
             _terminate(proc.popen, grace)
 
-    def restart(self, svc: str, env: Mapping[str, str] | None = None, *, wait: bool = True,
-                timeout: float = 120.0) -> None:
+    def restart(
+        self, svc: str, env: Mapping[str, str] | None = None, *, wait: bool = True, timeout: float = 120.0
+    ) -> None:
         """Stop (SIGTERM) and start one service, with extra environment if given; wait until it is ready."""
         if env is not None:
             self.service_env.setdefault(svc, {}).update(env)
@@ -448,8 +511,10 @@ class System:
                         lived = now - proc.started_at
                         delay = self._next_backoff(svc, lived)
                         due[svc] = now + delay
-                        self.report(f"{svc} exited with code {proc.popen.returncode} after {lived:.1f}s; "
-                                    f"restarting in {delay:g}s (log: {self.log_path(svc)})")
+                        self.report(
+                            f"{svc} exited with code {proc.popen.returncode} after {lived:.1f}s; "
+                            f"restarting in {delay:g}s (log: {self.log_path(svc)})"
+                        )
                     elif now >= due[svc]:
                         del due[svc]
                         self._procs.pop(svc, None)

@@ -60,7 +60,9 @@ class Report:
         self.breaches.append(text)
 
     def render(self) -> str:
-        lines = [f"orders: {self.orders}  " + "  ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()))]
+        lines = [
+            f"orders: {self.orders}  " + "  ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()))
+        ]
         if self.ok:
             lines.append("consistency: OK (no breach)")
         else:
@@ -69,7 +71,9 @@ class Report:
         return "\n".join(lines)
 
 
-async def _pages(client: httpx.AsyncClient, path: str, cursor_param: str, next_key: str, **params: Any) -> list[dict]:
+async def _pages(
+    client: httpx.AsyncClient, path: str, cursor_param: str, next_key: str, **params: Any
+) -> list[dict]:
     items: list[dict] = []
     cursor = None
     while True:
@@ -87,20 +91,29 @@ async def collect(urls: dict[str, str]) -> dict[str, list[dict]]:
     async with httpx.AsyncClient(timeout=30) as client:
         orders, reservations, payments, shipments, ledger, providers = await asyncio.gather(
             _pages(client, urls["orders"] + "/v1/orders", "cursor", "next_cursor", limit=200),
-            _pages(client, urls["inventory"] + "/v1/reservations", "after", "next", status="reserved", limit=1000),
+            _pages(
+                client, urls["inventory"] + "/v1/reservations", "after", "next", status="reserved", limit=1000
+            ),
             _pages(client, urls["payments"] + "/v1/payments", "after", "next", limit=1000),
             _pages(client, urls["shipping"] + "/v1/shipments", "after", "next", limit=1000),
             _ledger(client, urls["payments"]),
             _providers(client, urls["payments"]),
         )
-    return {"orders": orders, "reservations": reservations, "payments": payments, "shipments": shipments,
-            "ledger": ledger, "providers": providers}
+    return {
+        "orders": orders,
+        "reservations": reservations,
+        "payments": payments,
+        "shipments": shipments,
+        "ledger": ledger,
+        "providers": providers,
+    }
 
 
 async def _providers(client: httpx.AsyncClient, payments_url: str) -> dict | None:
     """Each payment's provider asked about it now (payments' reconciliation round): its mismatches."""
-    r = await client.get(payments_url + "/v1/providers/reconciliation", params={"run": "true"}, headers=OPS,
-                         timeout=300)
+    r = await client.get(
+        payments_url + "/v1/providers/reconciliation", params={"run": "true"}, headers=OPS, timeout=300
+    )
     if r.status_code == 404:
         return None
     r.raise_for_status()
@@ -124,21 +137,33 @@ def reconcile(report: Report, payments: list[dict], ledger: dict[str, list[dict]
     for r in ledger["refunds"]:
         refunded_at_provider[r["charge_reference"]] += Decimal(r["amount"])
     refund_keys = {r["key"] for r in ledger["refunds"]}
-    payments = [p for p in payments if p.get("provider", "sandbox") == "sandbox"]  # the others: reconcile_providers
+    payments = [
+        p for p in payments if p.get("provider", "sandbox") == "sandbox"
+    ]  # the others: reconcile_providers
     ours = {p["provider_ref"]: p for p in payments if p.get("provider_ref")}
     charged = {c["reference"]: c for c in ledger["charges"] if c["status"] == "captured"}
     for ref, charge in charged.items():
         p = ours.get(ref)
-        on_capture = p is not None and p["status"] in ("captured", "partially_refunded", "refunded") and (
-            Decimal(p["amount"]) == Decimal(charge["amount"]))
+        on_capture = (
+            p is not None
+            and p["status"] in ("captured", "partially_refunded", "refunded")
+            and (Decimal(p["amount"]) == Decimal(charge["amount"]))
+        )
         if not on_capture and refunded_at_provider[ref] != Decimal(charge["amount"]):
-            report.breach(f"provider charge {charge['key']} ({charge['amount']}) is on no captured payment and not refunded")
+            report.breach(
+                f"provider charge {charge['key']} ({charge['amount']}) is on no captured payment and not refunded"
+            )
     for p in payments:
-        if p["status"] in ("captured", "partially_refunded", "refunded") and p.get("provider_ref") not in charged:
+        if (
+            p["status"] in ("captured", "partially_refunded", "refunded")
+            and p.get("provider_ref") not in charged
+        ):
             report.breach(f"{p['order_id']}: payment {p['status']} but the provider made no such charge")
         for r in p.get("refunds", []):
             if r["status"] == "refunded" and r.get("refund_key") not in refund_keys:
-                report.breach(f"{p['order_id']}: refund {r['refund_key']} recorded but the provider paid no such refund")
+                report.breach(
+                    f"{p['order_id']}: refund {r['refund_key']} recorded but the provider paid no such refund"
+                )
 
 
 UNDELIVERED = {"returned", "lost"}
@@ -160,7 +185,11 @@ def _check_parcels(report: Report, order: dict, parcels: list[dict]) -> None:
         report.breach(f"{order_id}: more than one shipment for one parcel")
     live = [p for p in parcels if not p.get("cancelled") and p.get("status")]
     states = [p["status"] for p in live]
-    if status in ("shipped", "in_transit") and any(s in AT_WAREHOUSE for s in states) and not _sent_again(parcels):
+    if (
+        status in ("shipped", "in_transit")
+        and any(s in AT_WAREHOUSE for s in states)
+        and not _sent_again(parcels)
+    ):
         report.breach(f"{order_id}: {status} but a parcel waits at the warehouse")
     if status == "delivered" and live and (not all(s in ENDED for s in states) or "delivered" not in states):
         report.breach(f"{order_id}: delivered but its parcels are {states}")
@@ -203,7 +232,11 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         lost_some = any(p.get("status") in UNDELIVERED and not p.get("cancelled") for p in parcels)
         if status in HOLDS_STOCK and holds != lines:
             report.breach(f"{order_id}: {status} but holds {dict(holds)} reserved for lines {dict(lines)}")
-        elif status not in HOLDS_STOCK | {"submitted"} and holds and not (status in CARRIER_MOVES and _sent_again(parcels)):
+        elif (
+            status not in HOLDS_STOCK | {"submitted"}
+            and holds
+            and not (status in CARRIER_MOVES and _sent_again(parcels))
+        ):
             report.breach(f"{order_id}: {status} still holds {dict(holds)} reserved")
 
         p = payments.pop(order_id, None)
@@ -214,17 +247,28 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         total = Decimal(order["total"])
         kept = captured - refunded
         # a refund by hand (a goodwill gesture, ops' console) is money the shop chose to give back
-        by_hand = sum((Decimal(r["amount"]) for r in (p or {}).get("refunds", [])
-                       if str(r.get("refund_key") or "").startswith("manual-") and r["status"] == "refunded"),
-                      Decimal("0"))
-        if (status in PAID and status != "return_requested" and kept != total - by_hand
-                and not (lost_some and 0 < kept < total)):
+        by_hand = sum(
+            (
+                Decimal(r["amount"])
+                for r in (p or {}).get("refunds", [])
+                if str(r.get("refund_key") or "").startswith("manual-") and r["status"] == "refunded"
+            ),
+            Decimal("0"),
+        )
+        if (
+            status in PAID
+            and status != "return_requested"
+            and kept != total - by_hand
+            and not (lost_some and 0 < kept < total)
+        ):
             report.breach(f"{order_id}: {status} but kept {kept} of a {total} order")
         elif status == "cancelled" and kept != 0:
             report.breach(f"{order_id}: cancelled but kept {kept} (captured {captured}, refunded {refunded})")
         elif status == "returned" and not (0 <= kept < total):
             report.breach(f"{order_id}: returned but kept {kept} of {total}")
-        elif status in ("submitted", "confirmed") and captured and not refunded and now - updated > stuck_after:
+        elif (
+            status in ("submitted", "confirmed") and captured and not refunded and now - updated > stuck_after
+        ):
             report.breach(f"{order_id}: {status} with a capture of {captured} for long")
 
         _check_parcels(report, order, parcels)
@@ -232,7 +276,9 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
     if data.get("ledger") is not None:
         reconcile(report, data["payments"], data["ledger"])
     for m in (data.get("providers") or {}).get("mismatches", []):
-        report.breach(f"{m['order_id']}: {m['provider']} disagrees ({m['kind']}): ours {m['ours']}, theirs {m['theirs']}")
+        report.breach(
+            f"{m['order_id']}: {m['provider']} disagrees ({m['kind']}): ours {m['ours']}, theirs {m['theirs']}"
+        )
     for order_id in held:
         report.breach(f"stock reserved for unknown order {order_id}")
     for order_id in payments:
@@ -242,7 +288,9 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
     return report
 
 
-async def verify(urls: dict[str, str], *, stuck_after: timedelta = timedelta(minutes=2), settle: float = 0.0) -> Report:
+async def verify(
+    urls: dict[str, str], *, stuck_after: timedelta = timedelta(minutes=2), settle: float = 0.0
+) -> Report:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settle
     data = await collect(urls)
@@ -261,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     for service, port in (("orders", 8000), ("inventory", 8001), ("payments", 8002), ("shipping", 8003)):
         parser.add_argument(f"--{service}-url", default=f"http://127.0.0.1:{port}")
     parser.add_argument("--stuck-after", type=float, default=120.0, help="seconds a saga step may take")
-    parser.add_argument("--settle", type=float, default=0.0, help="wait up to this many seconds for quiet first")
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="wait up to this many seconds for quiet first"
+    )
     args = parser.parse_args(argv)
     urls = {s: getattr(args, f"{s}_url").rstrip("/") for s in ("orders", "inventory", "payments", "shipping")}
     try:
-        report = asyncio.run(verify(urls, stuck_after=timedelta(seconds=args.stuck_after), settle=args.settle))
+        report = asyncio.run(
+            verify(urls, stuck_after=timedelta(seconds=args.stuck_after), settle=args.settle)
+        )
     except httpx.HTTPError as exc:
         print(f"verify: cannot read the system: {exc!r}", file=sys.stderr)
         return 2

@@ -89,8 +89,12 @@ class Batcher:
         self.batches = 0
         self.messages = 0
         # Measured per batch, not per message (the handled counter is chassis.broker's).
-        self._sizes = Histogram("oms_batch_messages", "Messages handled in one batch transaction",
-                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+        self._sizes = Histogram(
+            "oms_batch_messages",
+            "Messages handled in one batch transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
         self._handled = handled
 
     async def run(self, handler: Callable[[], Awaitable[T]]) -> T:

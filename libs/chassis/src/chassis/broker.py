@@ -17,7 +17,8 @@ JSON, and a failed message is never dropped:
 
 The ack comes after the handler returned, so after its transaction committed (in a batch: after
 the batch's transaction committed, chassis.batch); a handler that ran in a failed transaction
-rolled it back, and handlers are idempotent (the inbox), so running one again is safe. Errors are logged by kind and place, never with the values of the message.
+rolled it back, and handlers are idempotent (the inbox), so running one again is safe. Errors are
+logged by kind and place, never with the values of the message.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ class Outages:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self._waiting: collections.Counter[str] = collections.Counter()
         self._gauge = Gauge(
-            "oms_messages_waiting", "Messages whose handler waits for an unreachable dependency", ["dependency"],
+            "oms_messages_waiting",
+            "Messages whose handler waits for an unreachable dependency",
+            ["dependency"],
             registry=registry,
         )
 
@@ -199,7 +202,13 @@ class ConsumePolicy(BaseMiddleware):
         return await batcher.run(lambda: call_next(msg))
 
     async def _wait_out(
-        self, call_next: Any, msg: Any, dependency: str, first: Exception, queue: str | None, delivery_count: int
+        self,
+        call_next: Any,
+        msg: Any,
+        dependency: str,
+        first: Exception,
+        queue: str | None,
+        delivery_count: int,
     ) -> Any:
         """Run the handler again, with back-off, until the outage is over; the message stays with
         this consumer meanwhile, and its delivery count does not grow."""
@@ -212,8 +221,12 @@ class ConsumePolicy(BaseMiddleware):
                 delay = wait_delay(attempt)
                 if attempt % 6 == 0:
                     log.warning(
-                        "message.waiting_for_dependency", dependency=dependency, routing_key=queue, attempt=attempt + 1,
-                        delay_s=delay, **describe(exc),
+                        "message.waiting_for_dependency",
+                        dependency=dependency,
+                        routing_key=queue,
+                        attempt=attempt + 1,
+                        delay_s=delay,
+                        **describe(exc),
                     )
                 _counter(self.context).labels("waited").inc()
                 if not await self._pause(delay):
@@ -239,7 +252,9 @@ class ConsumePolicy(BaseMiddleware):
                         dependency, attempt = now_down, 0
                         outages.begin(dependency)
                     continue
-                log.info("message.dependency_back", dependency=dependency, routing_key=queue, attempts=attempt + 1)
+                log.info(
+                    "message.dependency_back", dependency=dependency, routing_key=queue, attempts=attempt + 1
+                )
                 return result
         finally:
             outages.end(dependency)
@@ -338,7 +353,8 @@ def make_broker(
     broker.context.set_global("oms_outages", Outages(registry))
     broker.context.set_global("oms_carry_trace", not trace_messages)
     broker.context.set_global(
-        "oms_messages_handled", Counter("oms_messages_handled", "Messages handled and acked", registry=registry)
+        "oms_messages_handled",
+        Counter("oms_messages_handled", "Messages handled and acked", registry=registry),
     )
     return broker
 

@@ -113,6 +113,7 @@ class ServiceSessions(async_sessionmaker):
             return _savepoint(session)
         return super().begin()
 
+
 outbox_message = Table(
     "outbox_message",
     messaging_metadata,
@@ -202,7 +203,12 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if not is_sqlite(url):
         url, connect_args = postgres_connect(url)  # sslmode, sslrootcert, … (chassis.tls)
         return create_async_engine(
-            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True,
+            url,
+            echo=echo,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            hide_parameters=True,
             connect_args=connect_args,
         )
 
@@ -214,7 +220,12 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     # the event loop and starts the moment the other ends, where one waiting for SQLite's file lock
     # sleeps in its busy handler (up to 100 ms a try) long after the lock is free.
     engine = create_async_engine(
-        url, echo=echo, hide_parameters=True, pool_size=1, max_overflow=0, pool_timeout=120,
+        url,
+        echo=echo,
+        hide_parameters=True,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
         async_creator=partial(_connect_inline, database or ":memory:"),
     )
 
@@ -285,5 +296,9 @@ def make_sessionmaker(
         if transaction.parent is None:  # the whole transaction, not a savepoint inside it
             session.info.pop("outbox_staged", None)
 
-    return ServiceSessions(engine, expire_on_commit=False, sync_session_class=ServiceSession,
-                           info={HANDED_OVER: on_outbox_commit is not None})
+    return ServiceSessions(
+        engine,
+        expire_on_commit=False,
+        sync_session_class=ServiceSession,
+        info={HANDED_OVER: on_outbox_commit is not None},
+    )

@@ -71,17 +71,34 @@ dead_letter = Table(
     Column("status", String(20), nullable=False, index=True),  # parked | replayed | discarded
     Column("dead_at", UtcDateTime(), nullable=False),
     Column("resolved_at", UtcDateTime(), nullable=True),
-    Column("sealed", Text, nullable=True),  # the original body, encrypted (Fernet); None in rows parked before
+    Column(
+        "sealed", Text, nullable=True
+    ),  # the original body, encrypted (Fernet); None in rows parked before
     Index("ix_dead_letter_dead_at", "dead_at"),  # the purge
 )
 
 # ---- masking ---------------------------------------------------------------------------------
 MASK = "***"
-_PERSONAL_KEYS = frozenset({
-    "email", "phone", "mobile", "name", "first_name", "last_name", "full_name",
-    "line1", "line2", "street", "postal_code", "postcode", "zip",
-})
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*)")  # cut short too
+_PERSONAL_KEYS = frozenset(
+    {
+        "email",
+        "phone",
+        "mobile",
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "line1",
+        "line2",
+        "street",
+        "postal_code",
+        "postcode",
+        "zip",
+    }
+)
+_EMAIL = re.compile(
+    r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*)"
+)  # cut short too
 _TOKEN = re.compile(r"\b(tok)_[A-Za-z0-9_-]+")
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d")
 # A personal field in a body that is not JSON (often a malformed message): "email": "…" → "***"
@@ -155,6 +172,7 @@ def seal(settings: ServiceSettings, body: bytes) -> str:
 def unseal(settings: ServiceSettings, sealed: str) -> bytes:
     return sealer(settings).decrypt(sealed.encode("ascii"))
 
+
 QUEUE = RabbitQueue(DEAD_LETTER_QUEUE, durable=True, declare=False, arguments=topology.DEAD_LETTER_ARGUMENTS)
 
 
@@ -163,7 +181,9 @@ def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
     first = deaths[0] if deaths else {}
     queue = str(headers.get("x-first-death-queue") or first.get("queue") or "unknown")
     reason = str(headers.get("x-first-death-reason") or first.get("reason") or "unknown")
-    reason = {"rejected": "rejected", "delivery_limit": "delivery_limit", "expired": "expired"}.get(reason, reason)
+    reason = {"rejected": "rejected", "delivery_limit": "delivery_limit", "expired": "expired"}.get(
+        reason, reason
+    )
     return queue, reason, int(headers.get("x-delivery-count") or first.get("count") or 1)
 
 
@@ -196,9 +216,18 @@ def build_router() -> RabbitRouter:
         async with sessions.begin() as session:
             await session.execute(
                 insert(dead_letter).values(
-                    id=f"dl_{uuid.uuid4().hex}", message_id=message_id, message_type=message_type, queue=queue,
-                    reason=reason, deliveries=deliveries, body=body, body_encoding=encoding, sealed=sealed,
-                    content_type=raw.content_type, status="parked", dead_at=datetime.now(UTC),
+                    id=f"dl_{uuid.uuid4().hex}",
+                    message_id=message_id,
+                    message_type=message_type,
+                    queue=queue,
+                    reason=reason,
+                    deliveries=deliveries,
+                    body=body,
+                    body_encoding=encoding,
+                    sealed=sealed,
+                    content_type=raw.content_type,
+                    status="parked",
+                    dead_at=datetime.now(UTC),
                 )
             )
         log.error("dead_letter.parked", queue=queue, reason=reason, dead_message_id=message_id)
@@ -208,10 +237,17 @@ def build_router() -> RabbitRouter:
 
 def _view(row: Any) -> dict[str, Any]:
     return {
-        "id": row["id"], "message_id": row["message_id"], "type": row["message_type"], "queue": row["queue"],
-        "reason": row["reason"], "deliveries": row["deliveries"], "status": row["status"],
-        "dead_at": row["dead_at"].isoformat(), "resolved_at": row["resolved_at"].isoformat() if row["resolved_at"] else None,
-        "body": row["body"], "body_encoding": row["body_encoding"],
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "type": row["message_type"],
+        "queue": row["queue"],
+        "reason": row["reason"],
+        "deliveries": row["deliveries"],
+        "status": row["status"],
+        "dead_at": row["dead_at"].isoformat(),
+        "resolved_at": row["resolved_at"].isoformat() if row["resolved_at"] else None,
+        "body": row["body"],
+        "body_encoding": row["body_encoding"],
     }
 
 
@@ -220,7 +256,8 @@ def build_api() -> APIRouter:
 
     @api.get("", dependencies=[require(Role.OPS)])
     async def list_dead_letters(
-        rt: Runtime, status: Annotated[str, Query(pattern="^(parked|replayed|discarded|all)$")] = "parked",
+        rt: Runtime,
+        status: Annotated[str, Query(pattern="^(parked|replayed|discarded|all)$")] = "parked",
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         query = select(dead_letter).order_by(dead_letter.c.dead_at.desc()).limit(limit)
@@ -228,28 +265,43 @@ def build_api() -> APIRouter:
             query = query.where(dead_letter.c.status == status)
         async with rt.sessions() as session:
             rows = (await session.execute(query)).mappings().all()
-            parked = await session.scalar(select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "parked"))
+            parked = await session.scalar(
+                select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "parked")
+            )
         return {"items": [_view(r) for r in rows], "parked": parked}
 
     async def _resolve(rt: Any, letter_id: str, status: str) -> Any:
         async with rt.sessions.begin() as session:
-            row = (await session.execute(select(dead_letter).where(dead_letter.c.id == letter_id))).mappings().first()
+            row = (
+                (await session.execute(select(dead_letter).where(dead_letter.c.id == letter_id)))
+                .mappings()
+                .first()
+            )
             if row is None:
                 raise Problem(404, "not-found", "Not found", f"no dead letter {letter_id}")
             if row["status"] != "parked":
-                raise Problem(409, "already-resolved", "Already resolved", f"dead letter {letter_id} is {row['status']}")
+                raise Problem(
+                    409, "already-resolved", "Already resolved", f"dead letter {letter_id} is {row['status']}"
+                )
             if status == "replayed":
                 # Back to the queue it died in, as it was, through the default exchange, via the outbox.
                 await session.execute(
                     insert(outbox_message).values(
-                        message_id=f"replay-{uuid.uuid4()}", exchange="", routing_key=row["queue"],
-                        message_type=row["message_type"] or "unknown", correlation_id=None,
-                        body=_original(rt.settings, row), created_at=datetime.now(UTC), attempts=0,
+                        message_id=f"replay-{uuid.uuid4()}",
+                        exchange="",
+                        routing_key=row["queue"],
+                        message_type=row["message_type"] or "unknown",
+                        correlation_id=None,
+                        body=_original(rt.settings, row),
+                        created_at=datetime.now(UTC),
+                        attempts=0,
                     )
                 )
                 session.info["outbox_staged"] = True
             await session.execute(
-                update(dead_letter).where(dead_letter.c.id == letter_id).values(status=status, resolved_at=datetime.now(UTC))
+                update(dead_letter)
+                .where(dead_letter.c.id == letter_id)
+                .values(status=status, resolved_at=datetime.now(UTC))
             )
         log.info("dead_letter.resolved", dead_letter=letter_id, status=status, queue=row["queue"])
         return {"id": letter_id, "status": status, "queue": row["queue"]}
@@ -274,7 +326,10 @@ def _original(settings: ServiceSettings, row: Any) -> str:
             raw = unseal(settings, row["sealed"])
         except InvalidToken:
             raise Problem(
-                409, "cannot-unseal", "Cannot unseal", "the original was sealed with a key not in DEAD_LETTER_KEY"
+                409,
+                "cannot-unseal",
+                "Cannot unseal",
+                "the original was sealed with a key not in DEAD_LETTER_KEY",
             ) from None
     try:
         return raw.decode()
@@ -285,9 +340,11 @@ def _original(settings: ServiceSettings, row: Any) -> str:
 async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: int = 1000) -> int:
     """Delete the dead letters (parked or resolved) that arrived more than ``older_than`` ago."""
     before = datetime.now(UTC) - older_than
-    statement = delete(dead_letter).where(dead_letter.c.id.in_(
-        select(dead_letter.c.id).where(dead_letter.c.dead_at < before).limit(batch).scalar_subquery()
-    ))
+    statement = delete(dead_letter).where(
+        dead_letter.c.id.in_(
+            select(dead_letter.c.id).where(dead_letter.c.dead_at < before).limit(batch).scalar_subquery()
+        )
+    )
     total = 0
     while True:
         async with sessions.begin() as session:
@@ -313,4 +370,9 @@ def housekeeping(
 
 async def parked_count(sessions: async_sessionmaker) -> int:
     async with sessions() as session:
-        return await session.scalar(select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "parked")) or 0
+        return (
+            await session.scalar(
+                select(func.count()).select_from(dead_letter).where(dead_letter.c.status == "parked")
+            )
+            or 0
+        )

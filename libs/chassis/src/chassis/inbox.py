@@ -28,7 +28,9 @@ async def claim(session: AsyncSession, message_id: str, consumer: str) -> bool:
     NOTHING``: on PostgreSQL a concurrent duplicate waits for the first transaction's outcome, and
     then inserts (the first rolled back) or finds the row (it committed).
     """
-    return await _claim(session, {"message_id": message_id, "consumer": consumer, "processed_at": datetime.now(UTC)})
+    return await _claim(
+        session, {"message_id": message_id, "consumer": consumer, "processed_at": datetime.now(UTC)}
+    )
 
 
 # Oldest first, a batch a transaction: a first purge of a large table never holds the (SQLite:

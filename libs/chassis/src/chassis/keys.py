@@ -53,7 +53,9 @@ class ApiKey:
             raise ValueError("an API_KEYS entry is name:role:sha256 (python -m chassis.keys hash)")
         name, role, sha = (p.strip() for p in parts)
         if not NAME.match(name):
-            raise ValueError(f"API key name {name!r}: lower-case letters, digits, '.', '_', '-', '/', up to 100")
+            raise ValueError(
+                f"API key name {name!r}: lower-case letters, digits, '.', '_', '-', '/', up to 100"
+            )
         if role not in Role.__members__.values():
             raise ValueError(f"API key {name}: role must be one of {', '.join(Role)}")
         if not _HEX.match(sha.lower()):
@@ -101,8 +103,10 @@ DEV_HASHES = frozenset(k.sha256 for k in DEV_KEYS)
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: python -m chassis.keys hash [KEY]   (KEY read from stdin when not given)\n" \
-            "       python -m chassis.keys new NAME ROLE"
+    usage = (
+        "usage: python -m chassis.keys hash [KEY]   (KEY read from stdin when not given)\n"
+        "       python -m chassis.keys new NAME ROLE"
+    )
     if argv[:1] == ["hash"] and len(argv) <= 2:
         key = argv[1] if len(argv) == 2 else sys.stdin.readline()
         if not key.strip():

@@ -32,7 +32,9 @@ _STREET = re.compile(
     r"\b[0-9]{1,6}[A-Za-z]?,?\s+(?:[A-Z][A-Za-z'.-]*\s+){1,4}"
     r"(?:Ave|Avenue|St|Street|Rd|Road|Blvd|Boulevard|Lane|Ln|Way|Dr|Drive|Ct|Court|Pl|Place|Sq|Square|Hwy|Highway)\b"
 )
-_PERSONAL_KEYS = frozenset({"name", "line1", "line2", "address", "shipping_address", "customer", "token", "phone"})
+_PERSONAL_KEYS = frozenset(
+    {"name", "line1", "line2", "address", "shipping_address", "customer", "token", "phone"}
+)
 
 
 def mask(text: str) -> str:
@@ -62,8 +64,10 @@ def _masked(value: Any) -> Any:
 def mask_personal_data(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: every value of the line masked (``mask``); values under keys that
     name contact details are left out."""
-    return {k: "[personal]" if k in _PERSONAL_KEYS and v and not isinstance(v, bool) else _masked(v)
-            for k, v in event_dict.items()}
+    return {
+        k: "[personal]" if k in _PERSONAL_KEYS and v and not isinstance(v, bool) else _masked(v)
+        for k, v in event_dict.items()
+    }
 
 
 class MaskPersonalData(logging.Filter):

@@ -134,8 +134,11 @@ _MARK_PUBLISHED = (
 
 _RELEASE = (
     update(outbox_message)
-    .where(outbox_message.c.message_id == bindparam("id"), outbox_message.c.next_attempt_at == bindparam("until"),
-           outbox_message.c.published_at.is_(None))
+    .where(
+        outbox_message.c.message_id == bindparam("id"),
+        outbox_message.c.next_attempt_at == bindparam("until"),
+        outbox_message.c.published_at.is_(None),
+    )
     .values(next_attempt_at=None)
 )
 
@@ -198,7 +201,10 @@ class OutboxRelay:
         due = (
             select(outbox_message.c.message_id)
             .where(outbox_message.c.published_at.is_(None))
-            .where(outbox_message.c.next_attempt_at.is_(None) | (outbox_message.c.next_attempt_at <= bindparam("now")))
+            .where(
+                outbox_message.c.next_attempt_at.is_(None)
+                | (outbox_message.c.next_attempt_at <= bindparam("now"))
+            )
             .order_by(outbox_message.c.seq)
             .limit(batch)
             .with_for_update(skip_locked=True)
@@ -262,7 +268,9 @@ class OutboxRelay:
         if name not in self._exchanges:
             # "" is the default exchange: straight to the queue named by the routing key (replays).
             self._exchanges[name] = (
-                self._channel.default_exchange if name == "" else await self._channel.get_exchange(name, ensure=False)
+                self._channel.default_exchange
+                if name == ""
+                else await self._channel.get_exchange(name, ensure=False)
             )
         return self._exchanges[name]
 
@@ -347,7 +355,11 @@ class OutboxRelay:
                 await session.execute(
                     update(outbox_message)
                     .where(outbox_message.c.message_id == row["message_id"])
-                    .values(attempts=attempts, next_attempt_at=now + _retry_delay(attempts), last_error=repr(error)[:1000])
+                    .values(
+                        attempts=attempts,
+                        next_attempt_at=now + _retry_delay(attempts),
+                        last_error=repr(error)[:1000],
+                    )
                 )
         if isinstance(failed[0][1], (ConnectionError, aio_pika.exceptions.AMQPConnectionError)):
             raise failed[0][1]
@@ -390,8 +402,11 @@ class OutboxRelay:
         """Give back the leases of handed-over rows this relay will not publish from the hand-over
         (past its bound, or as it stops), while they hold: the next read, this process's or
         another's, takes the rows at once (else they wait for their lease to run out)."""
-        leases = [{"id": row["message_id"], "until": row["next_attempt_at"]} for row in rows
-                  if row.get("next_attempt_at") is not None]
+        leases = [
+            {"id": row["message_id"], "until": row["next_attempt_at"]}
+            for row in rows
+            if row.get("next_attempt_at") is not None
+        ]
         if leases:
             async with self._sessions.begin() as session:
                 await session.execute(_RELEASE, leases)
@@ -409,7 +424,9 @@ class OutboxRelay:
     async def _due(self, session: AsyncSession, now: datetime) -> list[Any]:
         """Claim the due rows, oldest first, for ``LEASE``."""
         rows = []
-        claimed = (await session.execute(self._claim_query, {"now": now, "until": now + LEASE})).mappings().all()
+        claimed = (
+            (await session.execute(self._claim_query, {"now": now, "until": now + LEASE})).mappings().all()
+        )
         for row in sorted(claimed, key=lambda r: r["seq"]):
             self._handed.pop(row["message_id"], None)  # read back: published from this batch
             if row["message_id"] not in self._recent:
@@ -453,15 +470,22 @@ class OutboxRelay:
         cutoff = datetime.now(UTC) - self._retention
         async with self._sessions.begin() as session:
             await session.execute(
-                outbox_message.delete().where(outbox_message.c.published_at.is_not(None), outbox_message.c.published_at < cutoff)
+                outbox_message.delete().where(
+                    outbox_message.c.published_at.is_not(None), outbox_message.c.published_at < cutoff
+                )
             )
         await inbox.purge(self._sessions, older_than=self._inbox_retention)
 
     async def backlog(self) -> int:
         async with self._sessions() as session:
-            return await session.scalar(
-                select(func.count()).select_from(outbox_message).where(outbox_message.c.published_at.is_(None))
-            ) or 0
+            return (
+                await session.scalar(
+                    select(func.count())
+                    .select_from(outbox_message)
+                    .where(outbox_message.c.published_at.is_(None))
+                )
+                or 0
+            )
 
 
 Stage = Callable[[AsyncSession, Message, str | None, Cause], Awaitable[str]]
@@ -473,7 +497,13 @@ def stager(service: str, *, correlate_by_subject: bool = False) -> Stage:
     whatever the cause carried: the service that owns the order names it."""
 
     async def _stage(session: AsyncSession, payload: Message, subject: str | None, cause: Cause) -> str:
-        return await stage(session, payload, service=service, subject=subject, causation=cause,
-                           correlationid=subject if correlate_by_subject else None)
+        return await stage(
+            session,
+            payload,
+            service=service,
+            subject=subject,
+            causation=cause,
+            correlationid=subject if correlate_by_subject else None,
+        )
 
     return _stage

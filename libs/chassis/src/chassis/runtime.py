@@ -66,21 +66,41 @@ class ServiceRuntime:
         self.registry = CollectorRegistry()
         self.engine = make_engine(s.database_url)
         self.sessions = make_sessionmaker(
-            self.engine, on_outbox_commit=lambda rows: self.relay.wake(rows), fail_commit_rate=s.fault_fail_commit_rate
+            self.engine,
+            on_outbox_commit=lambda rows: self.relay.wake(rows),
+            fail_commit_rate=s.fault_fail_commit_rate,
         )
         self.relay = OutboxRelay(
-            self.sessions, s.amqp_url, service=s.service, batch=s.outbox_batch, poll_seconds=s.outbox_poll_seconds,
+            self.sessions,
+            s.amqp_url,
+            service=s.service,
+            batch=s.outbox_batch,
+            poll_seconds=s.outbox_poll_seconds,
             inbox_retention=timedelta(days=s.inbox_retention_days),
             # batches carry the marks; the relay marks on its own only when none came for a while
             mark_seconds=0.5 if s.batch_size > 1 else 0.05,
         )
-        self.broker = make_broker(s.amqp_url, service=s.service, prefetch=s.prefetch, registry=self.registry,
-                                  trace_messages=spans_recorded())
-        self.batcher = Batcher(
-            self.sessions, size=s.batch_size, linger_seconds=s.batch_linger_ms / 1000,
-            publish=self.relay.publish, mark_in=self.relay.mark_in, marked=self.relay.marked,
-            handled=self.broker.context.get("oms_messages_handled"), registry=self.registry,
-        ) if s.batch_size > 1 else None
+        self.broker = make_broker(
+            s.amqp_url,
+            service=s.service,
+            prefetch=s.prefetch,
+            registry=self.registry,
+            trace_messages=spans_recorded(),
+        )
+        self.batcher = (
+            Batcher(
+                self.sessions,
+                size=s.batch_size,
+                linger_seconds=s.batch_linger_ms / 1000,
+                publish=self.relay.publish,
+                mark_in=self.relay.mark_in,
+                marked=self.relay.marked,
+                handled=self.broker.context.get("oms_messages_handled"),
+                registry=self.registry,
+            )
+            if s.batch_size > 1
+            else None
+        )
         for router in self.routers:
             self.broker.include_router(router)
         self.broker.context.set_global("sessions", self.sessions)
@@ -89,7 +109,9 @@ class ServiceRuntime:
         self.broker.context.set_global("oms_batcher", self.batcher)
         for key, value in self.context.items():
             self.broker.context.set_global(key, value)
-        backlog = Gauge("oms_outbox_backlog", "Outbox messages not yet confirmed by the broker", registry=self.registry)
+        backlog = Gauge(
+            "oms_outbox_backlog", "Outbox messages not yet confirmed by the broker", registry=self.registry
+        )
         backlog.set_function(lambda: self._backlog)
         self._backlog = 0
 

@@ -49,7 +49,9 @@ class ServiceSettings(BaseSettings):
     environment: Literal["local", "test", "production"] = "local"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     database_url: str = ""
-    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
     database_ssl_ca: str | None = None
     database_ssl_cert: str | None = None
     database_ssl_key: str | None = None
@@ -109,9 +111,16 @@ class ServiceSettings(BaseSettings):
         if not self.database_url:
             var = os.environ.get("OMS_VAR_DIR", ".var")
             self.database_url = f"sqlite+aiosqlite:///{var}/{self.service}.db"
-        self.database_url = with_database_tls(self.database_url, sslmode=self.database_sslmode, ca=self.database_ssl_ca,
-                                              cert=self.database_ssl_cert, key=self.database_ssl_key)
-        self.amqp_url = with_amqp_tls(self.amqp_url, ca=self.amqp_ssl_ca, cert=self.amqp_ssl_cert, key=self.amqp_ssl_key)
+        self.database_url = with_database_tls(
+            self.database_url,
+            sslmode=self.database_sslmode,
+            ca=self.database_ssl_ca,
+            cert=self.database_ssl_cert,
+            key=self.database_ssl_key,
+        )
+        self.amqp_url = with_amqp_tls(
+            self.amqp_url, ca=self.amqp_ssl_ca, cert=self.amqp_ssl_cert, key=self.amqp_ssl_key
+        )
         if self.environment == "production":
             if any(k.sha256 in DEV_HASHES for k in self.api_keys):
                 raise ValueError("the dev-* API keys must not be used in production: set API_KEYS")
@@ -120,14 +129,18 @@ class ServiceSettings(BaseSettings):
             if "guest:guest@" in self.amqp_url:
                 raise ValueError("the guest broker account must not be used in production: set AMQP_URL")
             if self.dead_letter_key is not None and DEV_DEAD_LETTER_KEY in self.dead_letter_keys():
-                raise ValueError("the dev dead-letter key must not be used in production: set DEAD_LETTER_KEY")
+                raise ValueError(
+                    "the dev dead-letter key must not be used in production: set DEAD_LETTER_KEY"
+                )
         from cryptography.fernet import Fernet
 
         try:
             for key in self.dead_letter_keys():
                 Fernet(key)
         except ValueError:
-            raise ValueError("DEAD_LETTER_KEY: each key must be 32 bytes in URL-safe base64 (a Fernet key)") from None
+            raise ValueError(
+                "DEAD_LETTER_KEY: each key must be 32 bytes in URL-safe base64 (a Fernet key)"
+            ) from None
         return self
 
     def dead_letter_keys(self) -> list[str]:

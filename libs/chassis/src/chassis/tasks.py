@@ -25,7 +25,9 @@ async def background(work: Coroutine[Any, Any, Any], *, name: str) -> AsyncItera
             await task
 
 
-def every(seconds: float, job: Callable[[], Awaitable[Any]], *, name: str) -> contextlib.AbstractAsyncContextManager:
+def every(
+    seconds: float, job: Callable[[], Awaitable[Any]], *, name: str
+) -> contextlib.AbstractAsyncContextManager:
     """Run ``job`` at once and then every ``seconds`` while the block lasts (retention purges); a
     round that fails is logged and the next one tries again."""
 

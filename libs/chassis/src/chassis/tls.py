@@ -29,7 +29,9 @@ def _with_query(url: str, extra: dict[str, str | None]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def with_database_tls(url: str, *, sslmode: str | None, ca: str | None, cert: str | None, key: str | None) -> str:
+def with_database_tls(
+    url: str, *, sslmode: str | None, ca: str | None, cert: str | None, key: str | None
+) -> str:
     if not url.startswith("postgresql") or not any((sslmode, ca, cert, key)):
         return url
     return _with_query(url, {"sslmode": sslmode, "sslrootcert": ca, "sslcert": cert, "sslkey": key})
@@ -43,7 +45,9 @@ def with_amqp_tls(url: str, *, ca: str | None, cert: str | None, key: str | None
     return _with_query(url, {"cafile": ca, "certfile": cert, "keyfile": key})
 
 
-def postgres_context(sslmode: str, *, ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | bool | str:
+def postgres_context(
+    sslmode: str, *, ca: str | None, cert: str | None, key: str | None
+) -> ssl.SSLContext | bool | str:
     """asyncpg's ``ssl`` argument for libpq's ``sslmode`` and files."""
     if sslmode not in SSLMODES:
         raise ValueError(f"sslmode must be one of {', '.join(SSLMODES)}")
@@ -70,5 +74,7 @@ def postgres_connect(url: str) -> tuple[str, dict[str, Any]]:
         return url, {}
     stripped = parsed.difference_update_query(PG_PARAMS)
     sslmode = params.get("sslmode") or ("verify-full" if "sslrootcert" in params else "prefer")
-    tls = postgres_context(sslmode, ca=params.get("sslrootcert"), cert=params.get("sslcert"), key=params.get("sslkey"))
+    tls = postgres_context(
+        sslmode, ca=params.get("sslrootcert"), cert=params.get("sslcert"), key=params.get("sslkey")
+    )
     return stripped.render_as_string(hide_password=False), {"ssl": tls}

@@ -33,7 +33,14 @@ class Problem(Exception):
     """An error answered as ``application/problem+json``."""
 
     def __init__(
-        self, status: int, type_: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        status: int,
+        type_: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.status, self.type, self.title, self.detail, self.extra = status, type_, title, detail, extra
@@ -52,7 +59,13 @@ def validation_errors(errors: Any) -> list[dict[str, str]]:
     out = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        out.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid"), "type": e.get("type", "value_error")})
+        out.append(
+            {
+                "field": ".".join(loc) or "body",
+                "message": e.get("msg", "invalid"),
+                "type": e.get("type", "value_error"),
+            }
+        )
     return out
 
 
@@ -132,10 +145,14 @@ class LimitBody:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             status = 413 if declared.isdigit() else 400
-            await problem_response(status, "body-too-large" if status == 413 else "bad-request",
-                                   "Request body too large" if status == 413 else "Bad request",
-                                   f"the request body is larger than {limit} bytes" if status == 413
-                                   else "Content-Length is not a number")(scope, receive, send)
+            await problem_response(
+                status,
+                "body-too-large" if status == 413 else "bad-request",
+                "Request body too large" if status == 413 else "Bad request",
+                f"the request body is larger than {limit} bytes"
+                if status == 413
+                else "Content-Length is not a number",
+            )(scope, receive, send)
             return
         seen = 0
 
@@ -169,15 +186,24 @@ PROBLEM_SCHEMA = {
             "items": {
                 "type": "object",
                 "required": ["field", "message", "type"],
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "type": {"type": "string"}},
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
             },
         },
     },
 }
 ERRORS = {
-    "400": "Bad request", "401": "No API key, or an unknown one", "403": "The key's role may not do this",
-    "404": "Not found (or not the caller's)", "409": "Not allowed in the current state", "413": "Body too large",
-    "422": "Invalid input, each wrong field named in errors", "503": "Not now: retry after Retry-After",
+    "400": "Bad request",
+    "401": "No API key, or an unknown one",
+    "403": "The key's role may not do this",
+    "404": "Not found (or not the caller's)",
+    "409": "Not allowed in the current state",
+    "413": "Body too large",
+    "422": "Invalid input, each wrong field named in errors",
+    "503": "Not now: retry after Retry-After",
 }
 
 
@@ -204,8 +230,12 @@ _HTTP_METRICS: dict[str, Any] = {}
 
 def _http_metrics() -> tuple[Counter, Histogram]:
     if not _HTTP_METRICS:  # once per process: the default registry refuses a second registration
-        _HTTP_METRICS["requests"] = Counter("oms_http_requests", "HTTP requests", ["method", "route", "status"])
-        _HTTP_METRICS["latency"] = Histogram("oms_http_request_seconds", "HTTP request latency", ["method", "route"])
+        _HTTP_METRICS["requests"] = Counter(
+            "oms_http_requests", "HTTP requests", ["method", "route", "status"]
+        )
+        _HTTP_METRICS["latency"] = Histogram(
+            "oms_http_request_seconds", "HTTP request latency", ["method", "route"]
+        )
     return _HTTP_METRICS["requests"], _HTTP_METRICS["latency"]
 
 
@@ -243,7 +273,9 @@ class ObserveRequests:
                 log.exception("http.unhandled")
                 if started:
                     raise
-                response = problem_response(500, "internal", "Internal error", "the request could not be handled")
+                response = problem_response(
+                    500, "internal", "Internal error", "the request could not be handled"
+                )
                 await response(scope, receive, observed_send)
             finally:
                 structlog.contextvars.reset_contextvars(**bound)
@@ -264,7 +296,9 @@ def install(app: FastAPI, service: str) -> None:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc.errors())
         fields = ", ".join(e["field"] for e in errors)
-        return problem_response(422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors)
+        return problem_response(
+            422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -274,7 +308,9 @@ def install(app: FastAPI, service: str) -> None:
     async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
         return problem_response(413, "body-too-large", "Request body too large", str(exc.detail))
 
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in API_DOCUMENT_ROUTES]
+    app.router.routes[:] = [
+        r for r in app.router.routes if getattr(r, "path", None) not in API_DOCUMENT_ROUTES
+    ]
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -284,7 +320,9 @@ def install(app: FastAPI, service: str) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(LimitBody)
-    app.add_middleware(ObserveRequests, requests=requests, latency=latency)  # the outer one: sees every answer
+    app.add_middleware(
+        ObserveRequests, requests=requests, latency=latency
+    )  # the outer one: sees every answer
 
     app.include_router(health_router())
 

@@ -65,7 +65,9 @@ class PaymentActionRequired(Event):
 class PaymentFailed(Event):
     routing_key = "payment.failed"
     order_id: str
-    reason: str  # "declined", "provider_unavailable", "provider_timeout", "payment_timeout", "method_unavailable"
+    reason: (
+        str  # "declined", "provider_unavailable", "provider_timeout", "payment_timeout", "method_unavailable"
+    )
 
 
 class PaymentRefunded(Event):

@@ -128,8 +128,10 @@ def spec(name: str) -> QueueSpec:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise UnknownQueue(f"no queue {name!r} in events.topology.QUEUES: add it there (a saga step's"
-                           f" reply queue is _event('orders', '<routing key>'))") from None
+        raise UnknownQueue(
+            f"no queue {name!r} in events.topology.QUEUES: add it there (a saga step's"
+            f" reply queue is _event('orders', '<routing key>'))"
+        ) from None
 
 
 def batched(name: str) -> bool:
@@ -177,8 +179,12 @@ async def declare(channel: AbstractChannel, *, unrouted_tap: bool = False) -> No
         # Declared before with other arguments (an older release): queue arguments cannot be
         # changed in place, and a service that refused to start over it would help nobody.
         reason = str(exc.args[0])[:300] if exc.args else "PRECONDITION_FAILED"
-        log.warning("topology.dead_letter_queue_differs queue=%s wanted=%s error=%s",
-                    DEAD_LETTER_QUEUE, DEAD_LETTER_ARGUMENTS, reason)
+        log.warning(
+            "topology.dead_letter_queue_differs queue=%s wanted=%s error=%s",
+            DEAD_LETTER_QUEUE,
+            DEAD_LETTER_ARGUMENTS,
+            reason,
+        )
         await channel.reopen()  # the broker closed the channel over the refused declaration
         dlq = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=True)
     await dlq.bind(dead)

@@ -43,7 +43,9 @@ MoneyText = Annotated[
 CURRENCY_EXPONENT: dict[str, int] = {
     **dict.fromkeys(
         "AED AUD BRL CAD CHF CNY CZK DKK EGP EUR GBP HKD ILS INR MAD MXN MYR NOK NZD PHP PLN QAR RON SAR SEK "
-        "SGD THB TRY TWD USD ZAR".split(), 2),
+        "SGD THB TRY TWD USD ZAR".split(),
+        2,
+    ),
     **dict.fromkeys("CLP ISK JPY KRW UGX VND XAF XOF".split(), 0),
     **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
 }

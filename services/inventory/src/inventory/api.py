@@ -54,16 +54,28 @@ class Threshold(BaseModel):
 
 
 def _level(row: Stock) -> dict[str, Any]:
-    return {"warehouse": row.warehouse, "on_hand": row.on_hand, "reserved": row.reserved, "available": row.on_hand - row.reserved}
+    return {
+        "warehouse": row.warehouse,
+        "on_hand": row.on_hand,
+        "reserved": row.reserved,
+        "available": row.on_hand - row.reserved,
+    }
 
 
 def _unknown_warehouse(code: str) -> Problem:
-    return Problem(422, "validation-error", "Invalid request", "invalid fields: warehouse",
-                   errors=[{"field": "warehouse", "message": f"no warehouse {code}", "type": "value_error"}])
+    return Problem(
+        422,
+        "validation-error",
+        "Invalid request",
+        "invalid fields: warehouse",
+        errors=[{"field": "warehouse", "message": f"no warehouse {code}", "type": "value_error"}],
+    )
 
 
 @router.put("/v1/warehouses/{code}", dependencies=[require(Role.ADMIN)])
-async def put_warehouse(code: WarehouseCode, rt: Runtime, body: Annotated[WarehouseBody, Body()]) -> dict[str, Any]:
+async def put_warehouse(
+    code: WarehouseCode, rt: Runtime, body: Annotated[WarehouseBody, Body()]
+) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         w = await session.get(Warehouse, code)
         if w is None:
@@ -78,30 +90,58 @@ async def put_warehouse(code: WarehouseCode, rt: Runtime, body: Annotated[Wareho
 async def list_warehouses(rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
         rows = await session.scalars(select(Warehouse).order_by(Warehouse.code))
-        return {"items": [{"code": w.code, "name": w.name, "country": w.country, "latitude": w.latitude,
-                           "longitude": w.longitude} for w in rows]}
+        return {
+            "items": [
+                {
+                    "code": w.code,
+                    "name": w.name,
+                    "country": w.country,
+                    "latitude": w.latitude,
+                    "longitude": w.longitude,
+                }
+                for w in rows
+            ]
+        }
 
 
 @router.post("/v1/stock/receipts", status_code=201)
-async def receive(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Receipt, Body()]) -> dict[str, Any]:
+async def receive(
+    caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Receipt, Body()]
+) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
-        row = await service.receive(session, body.warehouse, body.sku, body.quantity, actor=caller.name,
-                                  threshold=rt.settings.default_low_stock_threshold, reorder=rt.settings.default_reorder_quantity)
+        row = await service.receive(
+            session,
+            body.warehouse,
+            body.sku,
+            body.quantity,
+            actor=caller.name,
+            threshold=rt.settings.default_low_stock_threshold,
+            reorder=rt.settings.default_reorder_quantity,
+        )
         return {"sku": body.sku, **_level(row)}
 
 
 @router.post("/v1/stock/adjustments")
-async def adjust(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Adjustment, Body()]) -> dict[str, Any]:
+async def adjust(
+    caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Adjustment, Body()]
+) -> dict[str, Any]:
     """A count: ``on_hand`` is what is on the shelf now (never below what is reserved: 409)."""
     async with rt.sessions.begin() as session:
         if await session.get(Warehouse, body.warehouse) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
-            row = await service.adjust(session, body.warehouse, body.sku, body.on_hand, body.reason, actor=caller.name,
-                                     threshold=rt.settings.default_low_stock_threshold,
-                                     reorder=rt.settings.default_reorder_quantity)
+            row = await service.adjust(
+                session,
+                body.warehouse,
+                body.sku,
+                body.on_hand,
+                body.reason,
+                actor=caller.name,
+                threshold=rt.settings.default_low_stock_threshold,
+                reorder=rt.settings.default_reorder_quantity,
+            )
         except service.Conflict as exc:
             raise Problem(409, "below-reserved", "Below what is reserved", str(exc)) from exc
         return {"sku": body.sku, **_level(row)}
@@ -111,23 +151,39 @@ async def adjust(caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, bo
 async def low_stock(rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
         rows = await session.scalars(
-            select(Stock).where(Stock.on_hand - Stock.reserved <= Stock.low_stock_threshold).order_by(Stock.sku, Stock.warehouse)
+            select(Stock)
+            .where(Stock.on_hand - Stock.reserved <= Stock.low_stock_threshold)
+            .order_by(Stock.sku, Stock.warehouse)
         )
-        return {"items": [
-            {"sku": r.sku, **_level(r), "threshold": r.low_stock_threshold,
-             "reorder_quantity": domain.reorder_suggestion(r.on_hand - r.reserved, r.low_stock_threshold, r.reorder_quantity)}
-            for r in rows
-        ]}
+        return {
+            "items": [
+                {
+                    "sku": r.sku,
+                    **_level(r),
+                    "threshold": r.low_stock_threshold,
+                    "reorder_quantity": domain.reorder_suggestion(
+                        r.on_hand - r.reserved, r.low_stock_threshold, r.reorder_quantity
+                    ),
+                }
+                for r in rows
+            ]
+        }
 
 
 @router.put("/v1/stock/{sku}/threshold", dependencies=[require(Role.ADMIN)])
-async def set_threshold(sku: Annotated[str, Path(max_length=64)], rt: Runtime, body: Annotated[Threshold, Body()]) -> dict[str, Any]:
+async def set_threshold(
+    sku: Annotated[str, Path(max_length=64)], rt: Runtime, body: Annotated[Threshold, Body()]
+) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
         row = await service.set_threshold(session, body.warehouse, sku, body.threshold, body.reorder_quantity)
         if row is None:
             raise Problem(404, "not-found", "Not found", f"no {sku} at {body.warehouse}")
-        return {"sku": sku, **_level(row), "threshold": row.low_stock_threshold,
-                "reorder_quantity": row.reorder_quantity}
+        return {
+            "sku": sku,
+            **_level(row),
+            "threshold": row.low_stock_threshold,
+            "reorder_quantity": row.reorder_quantity,
+        }
 
 
 @router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])
@@ -137,8 +193,13 @@ async def get_stock(sku: Annotated[str, Path(max_length=64)], rt: Runtime) -> di
     if not rows:
         raise Problem(404, "not-found", "Not found", f"unknown SKU {sku}")
     on_hand, reserved = sum(r.on_hand for r in rows), sum(r.reserved for r in rows)
-    return {"sku": sku, "on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved,
-            "warehouses": [_level(r) for r in rows]}
+    return {
+        "sku": sku,
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": on_hand - reserved,
+        "warehouses": [_level(r) for r in rows],
+    }
 
 
 @router.get("/v1/reservations", dependencies=[require(Role.OPS)])
@@ -161,8 +222,16 @@ async def list_reservations(
         rows = list(await session.scalars(query))
         total = await session.scalar(select(func.count()).select_from(Reservation))
     return {
-        "items": [{"order_id": r.order_id, "warehouse": r.warehouse, "sku": r.sku, "quantity": r.quantity, "status": r.status}
-                  for r in rows],
+        "items": [
+            {
+                "order_id": r.order_id,
+                "warehouse": r.warehouse,
+                "sku": r.sku,
+                "quantity": r.quantity,
+                "status": r.status,
+            }
+            for r in rows
+        ],
         "next": rows[-1].id if len(rows) == limit else None,
         "total": total,
     }
@@ -186,9 +255,19 @@ async def stock_report(
     to = to or datetime.now(UTC)
     from_ = from_ or to - timedelta(days=30)
     if from_.tzinfo is None or to.tzinfo is None or from_ >= to:
-        raise Problem(422, "validation-error", "Invalid request", "invalid fields: from, to",
-                      errors=[{"field": "from", "message": "from and to need a time zone, and from must come before to",
-                               "type": "value_error"}])
+        raise Problem(
+            422,
+            "validation-error",
+            "Invalid request",
+            "invalid fields: from, to",
+            errors=[
+                {
+                    "field": "from",
+                    "message": "from and to need a time zone, and from must come before to",
+                    "type": "value_error",
+                }
+            ],
+        )
     m = StockMovement
     on_shelf, in_period = m.kind.in_(ON_SHELF), (m.at >= from_) & (m.at < to)
 
@@ -196,30 +275,54 @@ async def stock_report(
         return func.coalesce(func.sum(case((condition, sign * m.quantity), else_=0)), 0)
 
     async with rt.sessions() as session:
-        moved = {row.sku: row for row in await session.execute(
-            select(
-                m.sku,
-                total(on_shelf & (m.at >= to)).label("after"),
-                total(on_shelf & in_period).label("net"),
-                total((m.kind == "commit") & in_period, -1).label("shipped"),
-                total((m.kind == "receipt") & in_period).label("received"),
-                total((m.kind == "restock") & in_period).label("returned"),
-                total((m.kind == "adjustment") & in_period).label("counted"),
-            ).where(m.at >= from_).group_by(m.sku)
-        )}
-        levels = (await session.execute(
-            select(Stock.sku, func.sum(Stock.on_hand), func.sum(Stock.on_hand - Stock.reserved)).group_by(Stock.sku)
-        )).all()
+        moved = {
+            row.sku: row
+            for row in await session.execute(
+                select(
+                    m.sku,
+                    total(on_shelf & (m.at >= to)).label("after"),
+                    total(on_shelf & in_period).label("net"),
+                    total((m.kind == "commit") & in_period, -1).label("shipped"),
+                    total((m.kind == "receipt") & in_period).label("received"),
+                    total((m.kind == "restock") & in_period).label("returned"),
+                    total((m.kind == "adjustment") & in_period).label("counted"),
+                )
+                .where(m.at >= from_)
+                .group_by(m.sku)
+            )
+        }
+        levels = (
+            await session.execute(
+                select(Stock.sku, func.sum(Stock.on_hand), func.sum(Stock.on_hand - Stock.reserved)).group_by(
+                    Stock.sku
+                )
+            )
+        ).all()
     days = (to - from_).total_seconds() / 86400
     items = []
     for sku, on_hand, available in levels:
         row = moved.get(sku, _NOT_MOVED)
-        t = domain.turnover(closing=on_hand - row.after, net_change=row.net, shipped=row.shipped, available=available,
-                            days=days)
-        items.append({
-            "sku": sku, "on_hand": on_hand, "available": available, "opening": t.opening, "closing": t.closing,
-            "shipped": row.shipped, "received": row.received, "returned": row.returned, "counted": row.counted,
-            "turnover": t.turnover, "days_of_cover": t.days_of_cover,
-        })
+        t = domain.turnover(
+            closing=on_hand - row.after,
+            net_change=row.net,
+            shipped=row.shipped,
+            available=available,
+            days=days,
+        )
+        items.append(
+            {
+                "sku": sku,
+                "on_hand": on_hand,
+                "available": available,
+                "opening": t.opening,
+                "closing": t.closing,
+                "shipped": row.shipped,
+                "received": row.received,
+                "returned": row.returned,
+                "counted": row.counted,
+                "turnover": t.turnover,
+                "days_of_cover": t.days_of_cover,
+            }
+        )
     items.sort(key=lambda i: (-(i["turnover"] or 0), i["sku"]))
     return {"from": from_.isoformat(), "to": to.isoformat(), "items": items}

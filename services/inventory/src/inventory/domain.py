@@ -53,7 +53,12 @@ def nearest_first(warehouses: Sequence[Warehouse], to: Destination) -> list[Ware
     stable."""
 
     def key(w: Warehouse) -> tuple[int, float, str]:
-        if to.latitude is not None and to.longitude is not None and w.latitude is not None and w.longitude is not None:
+        if (
+            to.latitude is not None
+            and to.longitude is not None
+            and w.latitude is not None
+            and w.longitude is not None
+        ):
             return (0, distance_km(to.latitude, to.longitude, w.latitude, w.longitude), w.code)
         return (1 if w.country == to.country else 2, 0.0, w.code)
 
@@ -142,7 +147,9 @@ def place_returns(items: Sequence[LineItem], shipped: Sequence[Shipped]) -> list
                 needed -= take
         if needed:
             open_ = sum(s.quantity - s.returned for s in shipped if s.sku == i.sku)
-            raise ReturnRefused(f"{i.quantity} of {i.sku} returned, but only {open_} shipped and not yet returned")
+            raise ReturnRefused(
+                f"{i.quantity} of {i.sku} returned, but only {open_} shipped and not yet returned"
+            )
     return allocations
 
 

@@ -45,8 +45,11 @@ async def handle_reserve_stock(msg: Envelope[ReserveStock], sessions: Sessions) 
     if isinstance(outcome, StockReserved):
         log.info("stock.reserved", allocations=_units(outcome.allocations))
     else:
-        log.info("stock.reservation_failed", reason=outcome.reason,
-                 shortages=[f"{s.sku}: {s.available} of {s.quantity}" for s in outcome.shortages])
+        log.info(
+            "stock.reservation_failed",
+            reason=outcome.reason,
+            shortages=[f"{s.sku}: {s.available} of {s.quantity}" for s in outcome.shortages],
+        )
 
 
 @router.subscriber(queue(RELEASE))
@@ -54,7 +57,9 @@ async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) 
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, RELEASE):
             return
-        released = await service.release(session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses)
+        released = await service.release(
+            session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses
+        )
     log.info("stock.released", allocations=_units(released.allocations))
 
 

@@ -17,8 +17,10 @@ WAREHOUSES = [
     ("NYC", "New York", "US", 40.71, -74.00),
 ]
 STOCK = {
-    **{sku: {"SH": 500, "BJ": 500, "FRA": 200, "NYC": 200}
-       for sku in ("SKU-RED-MUG", "SKU-BLUE-MUG", "SKU-TEA-POT", "SKU-GREEN-TEA", "SKU-CHOPSTICKS")},
+    **{
+        sku: {"SH": 500, "BJ": 500, "FRA": 200, "NYC": 200}
+        for sku in ("SKU-RED-MUG", "SKU-BLUE-MUG", "SKU-TEA-POT", "SKU-GREEN-TEA", "SKU-CHOPSTICKS")
+    },
     "SKU-LIMITED": {"SH": 3},
 }
 
@@ -35,11 +37,21 @@ async def load_demo_data(settings: Settings) -> None:
             await session.flush()
             for sku, levels in STOCK.items():
                 for warehouse, quantity in levels.items():
-                    exists = await session.scalar(select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse))
+                    exists = await session.scalar(
+                        select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse)
+                    )
                     if exists is None:
-                        session.add(Stock(warehouse=warehouse, sku=sku, on_hand=quantity, reserved=0,
-                                          low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
-                                          reorder_quantity=settings.default_reorder_quantity, low_alerted=False))
+                        session.add(
+                            Stock(
+                                warehouse=warehouse,
+                                sku=sku,
+                                on_hand=quantity,
+                                reserved=0,
+                                low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
+                                reorder_quantity=settings.default_reorder_quantity,
+                                low_alerted=False,
+                            )
+                        )
     finally:
         await engine.dispose()
 

@@ -6,7 +6,8 @@ Concurrency: every operation first locks the stock rows it will change (``SELECT
 in id order, so two transactions never wait on each other in a circle; SQLite instead takes its
 one write lock when the transaction begins). Release, commit and restock lock the order's hold
 before they read its reservations, so two of them for one order run one after the other and the
-second reads what the first left (on PostgreSQL both could otherwise take the same units off). A reservation then takes units with a guarded
+second reads what the first left (on PostgreSQL both could otherwise take the same units off).
+A reservation then takes units with a guarded
 ``UPDATE … WHERE on_hand - reserved >= :q`` and checks the row count, and the table's CHECK
 constraints refuse negative or over-reserved rows, so no interleaving can oversell.
 """
@@ -67,7 +68,8 @@ class Level:
     low_alerted: bool
 
 
-# Prebuilt Core statements on the message paths (see docs/operations.md, "Prebuilt statements on the message paths"); the admin paths stay ORM.
+# Prebuilt Core statements on the message paths (docs/operations.md, "Prebuilt statements on the
+# message paths"); the admin paths stay ORM.
 _stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
 _movement, _warehouse = StockMovement.__table__, Warehouse.__table__
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
@@ -75,7 +77,9 @@ _LOCK_SKUS = _LEVEL.where(_stock.c.sku.in_(bindparam("skus", expanding=True)))
 _LOCK_KEYS = _LEVEL.where(tuple_(_stock.c.warehouse, _stock.c.sku).in_(bindparam("keys", expanding=True)))
 _TAKE = (
     update(_stock)
-    .where(_stock.c.id == bindparam("stock_id"), _stock.c.on_hand - _stock.c.reserved >= bindparam("quantity"))
+    .where(
+        _stock.c.id == bindparam("stock_id"), _stock.c.on_hand - _stock.c.reserved >= bindparam("quantity")
+    )
     .values(reserved=_stock.c.reserved + bindparam("quantity"))
 )
 # No values: the SET clause is the columns the parameters name.
@@ -85,11 +89,18 @@ _UPDATE_HOLD = update(_hold).where(_hold.c.order_id == bindparam("key_order_id")
 _INSERT_RESERVATION = insert(_reservation)
 _INSERT_HOLD = insert(_hold)
 _INSERT_MOVEMENT = insert(_movement)
-_HOLD = select(_hold.c.state, _hold.c.shortages, _hold.c.allocations).where(_hold.c.order_id == bindparam("order_id"))
+_HOLD = select(_hold.c.state, _hold.c.shortages, _hold.c.allocations).where(
+    _hold.c.order_id == bindparam("order_id")
+)
 _LOCK_HOLD = _HOLD.with_for_update()
 _RESERVATIONS = (
-    select(_reservation.c.id, _reservation.c.warehouse, _reservation.c.sku, _reservation.c.quantity,
-           _reservation.c.returned)
+    select(
+        _reservation.c.id,
+        _reservation.c.warehouse,
+        _reservation.c.sku,
+        _reservation.c.quantity,
+        _reservation.c.returned,
+    )
     .where(_reservation.c.order_id == bindparam("order_id"), _reservation.c.status == bindparam("status"))
     .order_by(_reservation.c.id)
 )
@@ -104,12 +115,27 @@ _now = utcnow
 _stage = outbox.stager(SERVICE)
 
 
-def _move(row: Stock | Level, kind: str, quantity: int, order_id: str | None = None,
-          reason: str | None = None, *, actor: str | None) -> dict[str, Any]:
+def _move(
+    row: Stock | Level,
+    kind: str,
+    quantity: int,
+    order_id: str | None = None,
+    reason: str | None = None,
+    *,
+    actor: str | None,
+) -> dict[str, Any]:
     """A stock_movement row, for ``_INSERT_MOVEMENT``; ``actor``: an API key's name, or the source
     of the command that moved it (``oms/orders``)."""
-    return {"warehouse": row.warehouse, "sku": row.sku, "kind": kind, "quantity": quantity, "order_id": order_id,
-            "reason": reason, "actor": actor, "at": _now()}
+    return {
+        "warehouse": row.warehouse,
+        "sku": row.sku,
+        "kind": kind,
+        "quantity": quantity,
+        "order_id": order_id,
+        "reason": reason,
+        "actor": actor,
+        "at": _now(),
+    }
 
 
 async def _lock(session: AsyncSession, statement: Any, params: dict[str, Any]) -> dict[Key, Level]:
@@ -128,20 +154,31 @@ async def _lock_keys(session: AsyncSession, keys: Iterable[Key]) -> dict[Key, Le
 async def _lock_entity(session: AsyncSession, warehouse: str, sku: str) -> Stock | None:
     """The ORM row of ``sku`` at ``warehouse``, locked and read afresh (admin paths)."""
     return await session.scalar(
-        select(Stock).where(Stock.warehouse == warehouse, Stock.sku == sku)
-        .with_for_update().execution_options(populate_existing=True)
+        select(Stock)
+        .where(Stock.warehouse == warehouse, Stock.sku == sku)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
 
 
-async def _lock_or_create(session: AsyncSession, warehouse: str, sku: str, *, threshold: int, reorder: int) -> Stock:
+async def _lock_or_create(
+    session: AsyncSession, warehouse: str, sku: str, *, threshold: int, reorder: int
+) -> Stock:
     """The row of ``sku`` at ``warehouse``, locked; created empty when there is none yet."""
     row = await _lock_entity(session, warehouse, sku)
     if row is not None:
         return row
     try:
         async with session.begin_nested():
-            row = Stock(warehouse=warehouse, sku=sku, on_hand=0, reserved=0, low_stock_threshold=threshold,
-                        reorder_quantity=reorder, low_alerted=False)
+            row = Stock(
+                warehouse=warehouse,
+                sku=sku,
+                on_hand=0,
+                reserved=0,
+                low_stock_threshold=threshold,
+                reorder_quantity=reorder,
+                low_alerted=False,
+            )
             session.add(row)
     except IntegrityError:  # created meanwhile by a concurrent transaction (PostgreSQL)
         row = await _lock_entity(session, warehouse, sku)
@@ -156,16 +193,27 @@ async def check_low(session: AsyncSession, row: Stock | Level, cause: Cause) -> 
         if not row.low_alerted:
             row.low_alerted = True
             suggestion = domain.reorder_suggestion(available, row.low_stock_threshold, row.reorder_quantity)
-            low = StockLow(warehouse=row.warehouse, sku=row.sku, available=available,
-                           threshold=row.low_stock_threshold, reorder_quantity=suggestion)
+            low = StockLow(
+                warehouse=row.warehouse,
+                sku=row.sku,
+                available=available,
+                threshold=row.low_stock_threshold,
+                reorder_quantity=suggestion,
+            )
             await _stage(session, low, None, cause)
     else:
         row.low_alerted = False
 
 
-async def _set_hold(session: AsyncSession, order_id: str, state: str,
-                    shortages: list[dict[str, Any]] | None = None, *, new: bool = False,
-                    allocations: list[dict[str, Any]] | None = None) -> None:
+async def _set_hold(
+    session: AsyncSession,
+    order_id: str,
+    state: str,
+    shortages: list[dict[str, Any]] | None = None,
+    *,
+    new: bool = False,
+    allocations: list[dict[str, Any]] | None = None,
+) -> None:
     """The order's hold in ``state``: updated, or inserted when it has none (``new``: known to have
     none in this transaction, so a concurrent first answer fails the insert and is retried)."""
     values = {"state": state, "shortages": shortages, "updated_at": _now()}
@@ -189,8 +237,9 @@ def _allocations(rows: list[Any]) -> list[Allocation]:
     return [Allocation(warehouse=r.warehouse, sku=r.sku, quantity=r.quantity) for r in rows]
 
 
-async def _answer_again(session: AsyncSession, order_id: str, hold: Any,
-                        parcel: str | None = None) -> StockReserved | StockReservationFailed:
+async def _answer_again(
+    session: AsyncSession, order_id: str, hold: Any, parcel: str | None = None
+) -> StockReserved | StockReservationFailed:
     """The order (or its replacement ``parcel``) was answered before: the same answer, whatever
     was asked this time."""
     if parcel is not None:
@@ -210,8 +259,14 @@ async def _answer_again(session: AsyncSession, order_id: str, hold: Any,
             return StockReserved(order_id=order_id, allocations=_allocations(held))
 
 
-async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], to: domain.Destination,
-                  cause: Cause, parcel: str | None = None) -> StockReserved | StockReservationFailed:
+async def reserve(
+    session: AsyncSession,
+    order_id: str,
+    items: list[LineItem],
+    to: domain.Destination,
+    cause: Cause,
+    parcel: str | None = None,
+) -> StockReserved | StockReservationFailed:
     """Reserve every line, all or nothing, once per order; ``parcel``: once more for that parcel of
     the order (one sent again after the carrier lost the first). A replacement's units are the
     order's reservations, so the order's commit, release and restock treat them as the rest; its
@@ -244,8 +299,18 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
         if taken.rowcount != 1:
             raise StockChanged(f"stock of {a.sku} at {a.warehouse} changed while reserving")
         row.reserved += a.quantity  # the row is locked: this is what the update left
-        reservations.append({"order_id": order_id, "warehouse": a.warehouse, "sku": a.sku, "quantity": a.quantity,
-                             "status": "reserved", "returned": 0, "created_at": now, "updated_at": now})
+        reservations.append(
+            {
+                "order_id": order_id,
+                "warehouse": a.warehouse,
+                "sku": a.sku,
+                "quantity": a.quantity,
+                "status": "reserved",
+                "returned": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         moves.append(_move(row, "reservation", a.quantity, order_id, actor=_source(cause)))
         alerted = row.low_alerted
         await check_low(session, row, cause)
@@ -254,20 +319,28 @@ async def reserve(session: AsyncSession, order_id: str, items: list[LineItem], t
     if allocations:
         await session.execute(_INSERT_RESERVATION, reservations)
         await session.execute(_INSERT_MOVEMENT, moves)
-    await _set_hold(session, key, "reserved", new=True,
-                    allocations=[a.model_dump(mode="json") for a in allocations] if parcel else None)
+    await _set_hold(
+        session,
+        key,
+        "reserved",
+        new=True,
+        allocations=[a.model_dump(mode="json") for a in allocations] if parcel else None,
+    )
     reserved = StockReserved(order_id=order_id, allocations=allocations, parcel=parcel)
     await _stage(session, reserved, order_id, cause)
     return reserved
 
 
-async def release(session: AsyncSession, order_id: str, reason: str, cause: Cause,
-                  warehouses: list[str] | None = None) -> StockReleased:
+async def release(
+    session: AsyncSession, order_id: str, reason: str, cause: Cause, warehouses: list[str] | None = None
+) -> StockReleased:
     """Give back what the order still holds (``warehouses``: only what those hold, so the units of
     a parcel that left stay reserved for its commit, whichever comes first); remember the release
     so the order is never reserved later."""
     hold = await _hold_of(session, order_id, lock=True)
-    held = [r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses]
+    held = [
+        r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses
+    ]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
     for r in held:
@@ -276,11 +349,17 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
         moves.append(_move(row, "release", r.quantity, order_id, reason[:200], actor=_source(cause)))
         await check_low(session, row, cause)
     if held:
-        await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved,
-                                               "low_alerted": row.low_alerted} for row in rows.values()])
+        await session.execute(
+            _UPDATE_STOCK,
+            [
+                {"stock_id": row.id, "reserved": row.reserved, "low_alerted": row.low_alerted}
+                for row in rows.values()
+            ],
+        )
         now = _now()
-        await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "released", "updated_at": now}
-                                                     for r in held])
+        await session.execute(
+            _UPDATE_RESERVATION, [{"key_id": r.id, "status": "released", "updated_at": now} for r in held]
+        )
         await session.execute(_INSERT_MOVEMENT, moves)
     if hold is None or hold.state == "reserved":
         await _set_hold(session, order_id, "released", new=hold is None)
@@ -289,7 +368,9 @@ async def release(session: AsyncSession, order_id: str, reason: str, cause: Caus
     return released
 
 
-async def commit(session: AsyncSession, order_id: str, cause: Cause, warehouse: str | None = None) -> StockCommitted:
+async def commit(
+    session: AsyncSession, order_id: str, cause: Cause, warehouse: str | None = None
+) -> StockCommitted:
     """The parcel left: the reserved units leave the shelf (on hand and reserved both go down).
     ``warehouse``: only that warehouse's parcel left (an order split over warehouses ships one
     parcel from each); the order's hold is committed once nothing of it is reserved any more."""
@@ -297,7 +378,9 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause, warehouse: 
     reserved = await _reservations(session, order_id)
     held = [r for r in reserved if warehouse in (None, r.warehouse)]
     if not held:
-        done = [r for r in await _reservations(session, order_id, "committed") if warehouse in (None, r.warehouse)]
+        done = [
+            r for r in await _reservations(session, order_id, "committed") if warehouse in (None, r.warehouse)
+        ]
         if not done:
             raise Refused(f"order {order_id} holds no reserved stock to commit")
         committed = StockCommitted(order_id=order_id, allocations=_allocations(done))  # told again
@@ -310,11 +393,14 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause, warehouse: 
         row.reserved -= r.quantity
         row.on_hand -= r.quantity
         moves.append(_move(row, "commit", -r.quantity, order_id, actor=_source(cause)))
-    await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "reserved": row.reserved, "on_hand": row.on_hand}
-                                          for row in rows.values()])
+    await session.execute(
+        _UPDATE_STOCK,
+        [{"stock_id": row.id, "reserved": row.reserved, "on_hand": row.on_hand} for row in rows.values()],
+    )
     now = _now()
-    await session.execute(_UPDATE_RESERVATION, [{"key_id": r.id, "status": "committed", "updated_at": now}
-                                                 for r in held])
+    await session.execute(
+        _UPDATE_RESERVATION, [{"key_id": r.id, "status": "committed", "updated_at": now} for r in held]
+    )
     await session.execute(_INSERT_MOVEMENT, moves)
     if len(held) == len(reserved):
         await _set_hold(session, order_id, "committed")
@@ -323,7 +409,9 @@ async def commit(session: AsyncSession, order_id: str, cause: Cause, warehouse: 
     return committed
 
 
-async def restock(session: AsyncSession, order_id: str, items: list[LineItem], cause: Cause) -> list[StockRestocked]:
+async def restock(
+    session: AsyncSession, order_id: str, items: list[LineItem], cause: Cause
+) -> list[StockRestocked]:
     """Returned units go back on the shelf of the warehouse they left from; one event per line
     and warehouse. Never more than the order shipped and has not returned already."""
     await _hold_of(session, order_id, lock=True)
@@ -336,7 +424,9 @@ async def restock(session: AsyncSession, order_id: str, items: list[LineItem], c
         raise Refused(f"order {order_id}: {exc}") from exc
     rows = await _lock_keys(session, ((p.warehouse, p.sku) for p in placed))
     now = _now()
-    by_key = {(r.warehouse, r.sku): {"key_id": r.id, "returned": r.returned, "updated_at": now} for r in shipped}
+    by_key = {
+        (r.warehouse, r.sku): {"key_id": r.id, "returned": r.returned, "updated_at": now} for r in shipped
+    }
     returned, moves, events = {}, [], []
     for p in placed:
         key = (p.warehouse, p.sku)
@@ -350,15 +440,28 @@ async def restock(session: AsyncSession, order_id: str, items: list[LineItem], c
         await _stage(session, event, order_id, cause)
         events.append(event)
     if placed:
-        await session.execute(_UPDATE_STOCK, [{"stock_id": row.id, "on_hand": row.on_hand,
-                                               "low_alerted": row.low_alerted} for row in rows.values()])
+        await session.execute(
+            _UPDATE_STOCK,
+            [
+                {"stock_id": row.id, "on_hand": row.on_hand, "low_alerted": row.low_alerted}
+                for row in rows.values()
+            ],
+        )
         await session.execute(_UPDATE_RESERVATION, list(returned.values()))
         await session.execute(_INSERT_MOVEMENT, moves)
     return events
 
 
-async def receive(session: AsyncSession, warehouse: str, sku: str, quantity: int, *, actor: str, threshold: int,
-                  reorder: int) -> Stock:
+async def receive(
+    session: AsyncSession,
+    warehouse: str,
+    sku: str,
+    quantity: int,
+    *,
+    actor: str,
+    threshold: int,
+    reorder: int,
+) -> Stock:
     """A delivery from a supplier: units onto the shelf (``stock.restocked`` without an order)."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     row.on_hand += quantity
@@ -368,20 +471,34 @@ async def receive(session: AsyncSession, warehouse: str, sku: str, quantity: int
     return row
 
 
-async def adjust(session: AsyncSession, warehouse: str, sku: str, on_hand: int, reason: str, *, actor: str,
-                 threshold: int, reorder: int) -> Stock:
+async def adjust(
+    session: AsyncSession,
+    warehouse: str,
+    sku: str,
+    on_hand: int,
+    reason: str,
+    *,
+    actor: str,
+    threshold: int,
+    reorder: int,
+) -> Stock:
     """A count: ``on_hand`` is what is on the shelf now. Never below what orders hold reserved."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     if on_hand < row.reserved:
-        raise Conflict(f"{row.reserved} units of {sku} at {warehouse} are reserved: the count cannot be below that")
-    await session.execute(_INSERT_MOVEMENT, _move(row, "adjustment", on_hand - row.on_hand, reason=reason, actor=actor))
+        raise Conflict(
+            f"{row.reserved} units of {sku} at {warehouse} are reserved: the count cannot be below that"
+        )
+    await session.execute(
+        _INSERT_MOVEMENT, _move(row, "adjustment", on_hand - row.on_hand, reason=reason, actor=actor)
+    )
     row.on_hand = on_hand
     await check_low(session, row, None)
     return row
 
 
-async def set_threshold(session: AsyncSession, warehouse: str, sku: str, threshold: int,
-                        reorder: int | None) -> Stock | None:
+async def set_threshold(
+    session: AsyncSession, warehouse: str, sku: str, threshold: int, reorder: int | None
+) -> Stock | None:
     row = await _lock_entity(session, warehouse, sku)
     if row is None:
         return None

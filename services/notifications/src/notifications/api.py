@@ -52,7 +52,9 @@ async def get_preferences(customer_id: CustomerId, rt: Runtime) -> dict:
 
 
 @router.put("/preferences/{customer_id}", dependencies=[require(Role.GATEWAY)])
-async def put_preferences(customer_id: CustomerId, rt: Runtime, body: Annotated[PreferencesIn, Body()]) -> dict:
+async def put_preferences(
+    customer_id: CustomerId, rt: Runtime, body: Annotated[PreferencesIn, Body()]
+) -> dict:
     """Replace the customer's choice of channels (all three are required; all off means none)."""
     now = datetime.now(UTC)
     async with rt.sessions.begin() as session:

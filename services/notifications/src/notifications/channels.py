@@ -108,7 +108,9 @@ class SmtpEmail:
         email = MIMEText(message.body, "plain", "utf-8")
         email["From"] = formataddr(parseaddr(self.mail_from), charset="utf-8")
         email["To"] = formataddr((display, message.address), charset="utf-8")
-        email["Subject"] = Header(message.subject, "utf-8") if not message.subject.isascii() else message.subject
+        email["Subject"] = (
+            Header(message.subject, "utf-8") if not message.subject.isascii() else message.subject
+        )
         self._common_headers(email, message)
         return email
 
@@ -141,8 +143,13 @@ class SmtpEmail:
 
     async def _connection(self) -> aiosmtplib.SMTP:
         if self._smtp is None or not self._smtp.is_connected:
-            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout,
-                                   start_tls=self.starttls, use_tls=False)
+            smtp = aiosmtplib.SMTP(
+                hostname=self.host,
+                port=self.port,
+                timeout=self.timeout,
+                start_tls=self.starttls,
+                use_tls=False,
+            )
             await smtp.connect()
             try:
                 if self.username:
@@ -170,7 +177,9 @@ class SmtpEmail:
                         raise
                     self._drop()  # closed by the server while idle: once more, on a new connection
                     await (await self._connection()).sendmail(self._sender, [to], data, mail_options=options)
-            except aiosmtplib.SMTPRecipientsRefused as exc:  # the connection stays usable (the client sent RSET)
+            except (
+                aiosmtplib.SMTPRecipientsRefused
+            ) as exc:  # the connection stays usable (the client sent RSET)
                 codes = [refused.code for refused in exc.recipients]
                 if codes and all(400 <= code < 500 for code in codes):
                     raise Transient(f"smtp_{codes[0]}") from None
@@ -187,7 +196,10 @@ class SmtpEmail:
                 if isinstance(exc, aiosmtplib.SMTPConnectError) or exc.code == 421:  # "service not available"
                     raise Unavailable("smtp", f"smtp_{exc.code}") from None
                 raise Transient(f"smtp_{exc.code}") from None
-            except (OSError, aiosmtplib.SMTPException) as exc:  # refused, unreachable, timed out, disconnected
+            except (
+                OSError,
+                aiosmtplib.SMTPException,
+            ) as exc:  # refused, unreachable, timed out, disconnected
                 self._drop()
                 raise Unavailable("smtp", _reason(exc)) from None
 

@@ -44,8 +44,13 @@ class Settings(ServiceSettings):
     def _real_providers_in_production(self) -> Settings:
         if self.environment == "production":
             if not self.sms_url or not self.fcm_url:
-                raise ValueError("production needs real SMS and push providers: set NOTIFICATIONS_SMS_URL and NOTIFICATIONS_FCM_URL")
-            if self.sms_auth_token.get_secret_value() == "dev-sms-token" or self.fcm_access_token.get_secret_value() == "dev-fcm-token":
+                raise ValueError(
+                    "production needs real SMS and push providers: set NOTIFICATIONS_SMS_URL and NOTIFICATIONS_FCM_URL"
+                )
+            if (
+                self.sms_auth_token.get_secret_value() == "dev-sms-token"
+                or self.fcm_access_token.get_secret_value() == "dev-fcm-token"
+            ):
                 raise ValueError("the stand-ins' dev credentials must not be used in production")
         return self
 

@@ -52,7 +52,9 @@ class Notification(Base):
     """
 
     __tablename__ = "notification"
-    __table_args__ = (UniqueConstraint("source_event_id", "channel", name="uq_notification_source_event_channel"),)
+    __table_args__ = (
+        UniqueConstraint("source_event_id", "channel", name="uq_notification_source_event_channel"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     source_event_id: Mapped[str] = mapped_column(String(128))

@@ -58,7 +58,9 @@ def enabled_channels(*, email: bool, sms: bool, push: bool) -> list[Channel]:
     return [channel for channel, on in wanted.items() if on]
 
 
-def address_for(channel: Channel | str, *, email: str | None, phone: str | None, customer_id: str) -> str | None:
+def address_for(
+    channel: Channel | str, *, email: str | None, phone: str | None, customer_id: str
+) -> str | None:
     """Where ``channel`` delivers to; None when the customer gave no such address.
 
     Push has no device registry here: the sandbox adapter addresses the customer's account.

@@ -63,8 +63,12 @@ SCANNED = topology.event_queue(SERVICE, "shipment.updated")
 PLEASE_PAY = topology.event_queue(SERVICE, "payment.action_required")
 # A carrier's scan the customer hears of: their parcel left, an attempt failed, it will not arrive
 # (came back: refunded; lost: sent again or refunded, told by the parcel sent instead or the refund).
-PARCEL_TEMPLATES = {"picked_up": "parcel.shipped", "exception": "parcel.exception",
-                    "returned": "parcel.not_delivered", "lost": "parcel.lost"}
+PARCEL_TEMPLATES = {
+    "picked_up": "parcel.shipped",
+    "exception": "parcel.exception",
+    "returned": "parcel.not_delivered",
+    "lost": "parcel.lost",
+}
 SENT_AGAIN_TEMPLATE = "parcel.sent_again"  # picked up, sent instead of a lost parcel
 
 log = get_logger(__name__)
@@ -122,8 +126,15 @@ async def on_order_status_changed(
     msg: Envelope[OrderStatusChanged], sessions: Sessions, channels: Channels, settings: Config
 ) -> None:
     event = msg.data
-    leased = await _record(sessions, msg, STATUS_CHANGED, event.order_id, status_template(event.to_status), settings,
-                           reason=event.reason)
+    leased = await _record(
+        sessions,
+        msg,
+        STATUS_CHANGED,
+        event.order_id,
+        status_template(event.to_status),
+        settings,
+        reason=event.reason,
+    )
     await _deliver(sessions, channels, settings, msg, leased)
 
 
@@ -132,8 +143,16 @@ async def on_payment_refunded(
     msg: Envelope[PaymentRefunded], sessions: Sessions, channels: Channels, settings: Config
 ) -> None:
     event = msg.data
-    leased = await _record(sessions, msg, REFUNDED, event.order_id, REFUND_TEMPLATE, settings,
-                           amount=event.amount, currency=event.currency)
+    leased = await _record(
+        sessions,
+        msg,
+        REFUNDED,
+        event.order_id,
+        REFUND_TEMPLATE,
+        settings,
+        amount=event.amount,
+        currency=event.currency,
+    )
     await _deliver(sessions, channels, settings, msg, leased)
 
 
@@ -144,8 +163,18 @@ async def on_payment_action_required(
     """Please pay: the QR code's or the payment page's link, the amount, and until when."""
     event = msg.data
     expires = event.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    leased = await _record(sessions, msg, PLEASE_PAY, event.order_id, PAY_TEMPLATE, settings, amount=event.amount,
-                           currency=event.currency, url=event.url, expires_at=expires)
+    leased = await _record(
+        sessions,
+        msg,
+        PLEASE_PAY,
+        event.order_id,
+        PAY_TEMPLATE,
+        settings,
+        amount=event.amount,
+        currency=event.currency,
+        url=event.url,
+        expires_at=expires,
+    )
     await _deliver(sessions, channels, settings, msg, leased)
 
 
@@ -162,9 +191,19 @@ async def on_shipment_updated(
     if event.status == "picked_up" and event.replaces:
         template = SENT_AGAIN_TEMPLATE
     eta = event.estimated_delivery.isoformat() if event.estimated_delivery else "-"
-    leased = await _record(sessions, msg, SCANNED, event.order_id, template, settings, carrier=event.carrier,
-                           tracking_number=event.tracking_number, tracking_url=event.tracking_url or "-", eta=eta,
-                           replaces=event.replaces or "-")
+    leased = await _record(
+        sessions,
+        msg,
+        SCANNED,
+        event.order_id,
+        template,
+        settings,
+        carrier=event.carrier,
+        tracking_number=event.tracking_number,
+        tracking_url=event.tracking_url or "-",
+        eta=eta,
+        replaces=event.replaces or "-",
+    )
     await _deliver(sessions, channels, settings, msg, leased)
 
 
@@ -200,30 +239,33 @@ async def _record(
         lease_until = now + timedelta(seconds=settings.send_lease_seconds)
         rows: list[dict[str, Any]] = []
         for channel in wanted:
-            address = address_for(channel, email=recipient.email, phone=recipient.phone,
-                                  customer_id=recipient.customer_id)
-            rows.append({
-                "id": str(uuid4()),
-                "source_event_id": msg.id,
-                "source_type": msg.type,
-                "order_id": order_id,
-                "customer_id": recipient.customer_id,
-                "channel": channel.value,
-                "template": template,
-                "locale": rendered.locale,
-                "address": address,
-                "subject": rendered.subject,
-                "body": rendered.body,
-                "message_id": message_id(msg.id, channel, domain),
-                "status": NotificationStatus.PENDING if address else NotificationStatus.FAILED,
-                "attempts": 1 if address else 0,
-                "lease_until": lease_until if address else None,
-                "last_error": None if address else "no_address",
-                "provider_ref": None,
-                "created_at": now,
-                "updated_at": now,
-                "sent_at": None,
-            })
+            address = address_for(
+                channel, email=recipient.email, phone=recipient.phone, customer_id=recipient.customer_id
+            )
+            rows.append(
+                {
+                    "id": str(uuid4()),
+                    "source_event_id": msg.id,
+                    "source_type": msg.type,
+                    "order_id": order_id,
+                    "customer_id": recipient.customer_id,
+                    "channel": channel.value,
+                    "template": template,
+                    "locale": rendered.locale,
+                    "address": address,
+                    "subject": rendered.subject,
+                    "body": rendered.body,
+                    "message_id": message_id(msg.id, channel, domain),
+                    "status": NotificationStatus.PENDING if address else NotificationStatus.FAILED,
+                    "attempts": 1 if address else 0,
+                    "lease_until": lease_until if address else None,
+                    "last_error": None if address else "no_address",
+                    "provider_ref": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "sent_at": None,
+                }
+            )
         if rows:
             # The rows of an event are written in the transaction that claims it, where none exist
             # yet; the unique key (event, channel) refuses a second row all the same.
@@ -242,9 +284,15 @@ async def _record(
 _recipient, _preference, _notification = Recipient.__table__, Preference.__table__, Notification.__table__
 _RECIPIENT = (
     select(
-        _recipient.c.customer_id, _recipient.c.name, _recipient.c.email, _recipient.c.phone, _recipient.c.locale,
+        _recipient.c.customer_id,
+        _recipient.c.name,
+        _recipient.c.email,
+        _recipient.c.phone,
+        _recipient.c.locale,
         _preference.c.customer_id.is_not(None).label("has_preference"),
-        _preference.c.email.label("by_email"), _preference.c.sms.label("by_sms"), _preference.c.push.label("by_push"),
+        _preference.c.email.label("by_email"),
+        _preference.c.sms.label("by_sms"),
+        _preference.c.push.label("by_push"),
         _recipient.c.forgotten_at,
     )
     .select_from(_recipient.outerjoin(_preference, _preference.c.customer_id == _recipient.c.customer_id))
@@ -255,8 +303,12 @@ _MARK = (
     update(_notification)
     .where(_notification.c.id == bindparam("row_id"), _notification.c.status == NotificationStatus.PENDING)
     .values(
-        status=bindparam("new_status"), provider_ref=bindparam("ref"), last_error=bindparam("error"), lease_until=None,
-        updated_at=bindparam("now"), sent_at=bindparam("sent"),
+        status=bindparam("new_status"),
+        provider_ref=bindparam("ref"),
+        last_error=bindparam("error"),
+        lease_until=None,
+        updated_at=bindparam("now"),
+        sent_at=bindparam("sent"),
     )
 )
 
@@ -287,7 +339,9 @@ async def _lease_pending(
         rows = (
             await session.scalars(
                 select(Notification)
-                .where(Notification.source_event_id == msg.id, Notification.status == NotificationStatus.PENDING)
+                .where(
+                    Notification.source_event_id == msg.id, Notification.status == NotificationStatus.PENDING
+                )
                 .order_by(Notification.channel)
             )
         ).all()
@@ -322,8 +376,13 @@ async def _send(
     for row, name in leased:
         adapter = channels.get(row.channel)
         outgoing = Outgoing(
-            channel=row.channel, address=row.address or "", name=name, subject=row.subject, body=row.body,
-            locale=row.locale, message_id=row.message_id,
+            channel=row.channel,
+            address=row.address or "",
+            name=name,
+            subject=row.subject,
+            body=row.body,
+            locale=row.locale,
+            message_id=row.message_id,
         )
         try:
             if adapter is None:
@@ -338,8 +397,13 @@ async def _send(
                 reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
             await _release(sessions, row, reason)
             not_sent.append(f"{row.channel}: {reason}")
-            log.warning("notification.not_sent", channel=row.channel, template=row.template,
-                        recipient=mask_address(row.channel, row.address), error=reason)
+            log.warning(
+                "notification.not_sent",
+                channel=row.channel,
+                template=row.template,
+                recipient=mask_address(row.channel, row.address),
+                error=reason,
+            )
         else:
             await _finish(sessions, msg, row, NotificationStatus.SENT, ref=ref)
 
@@ -362,10 +426,17 @@ async def _finish(
 ) -> None:
     now = datetime.now(UTC)
     async with sessions.begin() as session:
-        marked = await session.execute(_MARK, {
-            "row_id": row.id, "new_status": status, "ref": ref, "error": error, "now": now,
-            "sent": now if status == NotificationStatus.SENT else None,
-        })
+        marked = await session.execute(
+            _MARK,
+            {
+                "row_id": row.id,
+                "new_status": status,
+                "ref": ref,
+                "error": error,
+                "now": now,
+                "sent": now if status == NotificationStatus.SENT else None,
+            },
+        )
         if marked.rowcount != 1:
             return  # marked meanwhile by a delivery that took over an expired lease
         row.status, row.last_error = status, error
@@ -398,6 +469,9 @@ async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Notific
         )
     else:
         event = NotificationFailed(
-            order_id=row.order_id, channel=row.channel, template=row.template, reason=row.last_error or "failed"
+            order_id=row.order_id,
+            channel=row.channel,
+            template=row.template,
+            reason=row.last_error or "failed",
         )
     await outbox.stage(session, event, service=SERVICE, subject=row.order_id, causation=msg)

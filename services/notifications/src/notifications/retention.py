@@ -24,15 +24,24 @@ from notifications.db import Notification, Recipient
 log = get_logger(__name__)
 
 _n, _r = Notification.__table__, Recipient.__table__
-_OLD_NOTIFICATIONS = delete(_n).where(_n.c.id.in_(
-    select(_n.c.id).where(_n.c.created_at < bindparam("before")).limit(bindparam("batch")).scalar_subquery()
-))
+_OLD_NOTIFICATIONS = delete(_n).where(
+    _n.c.id.in_(
+        select(_n.c.id)
+        .where(_n.c.created_at < bindparam("before"))
+        .limit(bindparam("batch"))
+        .scalar_subquery()
+    )
+)
 _FORGET_RECIPIENTS = (
     update(_r)
-    .where(_r.c.order_id.in_(
-        select(_r.c.order_id).where(_r.c.updated_at < bindparam("before"), _r.c.forgotten_at.is_(None))
-        .limit(bindparam("batch")).scalar_subquery()
-    ))
+    .where(
+        _r.c.order_id.in_(
+            select(_r.c.order_id)
+            .where(_r.c.updated_at < bindparam("before"), _r.c.forgotten_at.is_(None))
+            .limit(bindparam("batch"))
+            .scalar_subquery()
+        )
+    )
     .values(name="", email="", phone=None, forgotten_at=bindparam("now"))
 )
 
@@ -57,6 +66,8 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return counts[0], counts[1]
 
 
-def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
+def housekeeping(
+    sessions: async_sessionmaker, older_than: timedelta
+) -> contextlib.AbstractAsyncContextManager:
     """The purge, at start and then every hour, while the block lasts."""
     return every(3600.0, lambda: purge(sessions, older_than=older_than), name="notifications-retention")

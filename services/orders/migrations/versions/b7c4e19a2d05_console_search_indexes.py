@@ -4,11 +4,12 @@ Revision ID: b7c4e19a2d05
 Revises: 52d23487a33a
 Create Date: 2026-12-02 11:35:00.000000
 """
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = 'b7c4e19a2d05'
-down_revision = '52d23487a33a'
+revision = "b7c4e19a2d05"
+down_revision = "52d23487a33a"
 branch_labels = None
 depends_on = None
 

@@ -46,11 +46,15 @@ NOT_PAID_YET = (OrderStatus.SUBMITTED, OrderStatus.CONFIRMED)
 LEFT = (OrderStatus.PAID, OrderStatus.CANCELLED)
 
 _IN_FLIGHT = select(func.count()).select_from(Order).where(Order.status.in_(NOT_PAID_YET))
-_KEYS_IN_PROGRESS = select(func.count()).select_from(IdempotencyKey).where(
-    IdempotencyKey.state == "in_progress", IdempotencyKey.created_at >= bindparam("since")
+_KEYS_IN_PROGRESS = (
+    select(func.count())
+    .select_from(IdempotencyKey)
+    .where(IdempotencyKey.state == "in_progress", IdempotencyKey.created_at >= bindparam("since"))
 )
-_LEFT_SINCE = select(func.count()).select_from(OrderHistory).where(
-    OrderHistory.status.in_(LEFT), OrderHistory.at >= bindparam("since")
+_LEFT_SINCE = (
+    select(func.count())
+    .select_from(OrderHistory)
+    .where(OrderHistory.status.in_(LEFT), OrderHistory.at >= bindparam("since"))
 )
 
 
@@ -89,7 +93,9 @@ class Admission:
         self.refused = 0
         self.retry_after = max(1, math.ceil(max_wait_seconds / 2))
         self._refused = Counter(
-            "oms_orders_refused", "New orders refused at the door while the saga lagged behind", registry=registry
+            "oms_orders_refused",
+            "New orders refused at the door while the saga lagged behind",
+            registry=registry,
         )
 
     @property
@@ -118,14 +124,19 @@ class Admission:
             in_flight = await session.scalar(_IN_FLIGHT) + await session.scalar(
                 _KEYS_IN_PROGRESS, {"since": now - self._abandoned}
             )
-            pace = await session.scalar(_LEFT_SINCE, {"since": now - self._window}) / self._window.total_seconds()
+            pace = (
+                await session.scalar(_LEFT_SINCE, {"since": now - self._window})
+                / self._window.total_seconds()
+            )
             self._limit, self._checked_at = self.limit(pace), now
             self._counted, self._let_in = in_flight + self._pending, 0
         estimate = self._counted + self._let_in
         was_open = self.open
         self.open = self._limit is None or estimate < self._limit
         if was_open != self.open:
-            log.info("admission.closed" if was_open else "admission.open", in_flight=estimate, limit=self._limit)
+            log.info(
+                "admission.closed" if was_open else "admission.open", in_flight=estimate, limit=self._limit
+            )
         if not self.open:
             self.refused += 1
             self._refused.inc()

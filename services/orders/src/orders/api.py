@@ -38,7 +38,11 @@ def _money(value: Any, currency: str) -> str:
 def _payment_action(order: Order) -> dict[str, Any]:
     """What the customer is to do to pay (a QR code or a redirect), while the order waits for it."""
     action = (order.saga or {}).get("action")
-    return {"action": action} if action and order.payment_status == "pending" and order.status == "confirmed" else {}
+    return (
+        {"action": action}
+        if action and order.payment_status == "pending" and order.status == "confirmed"
+        else {}
+    )
 
 
 def view(order: Order) -> dict[str, Any]:
@@ -50,7 +54,10 @@ def view(order: Order) -> dict[str, Any]:
         "status_reason": order.status_reason,
         "customer": order.customer,
         "shipping_address": order.shipping_address,
-        "items": [{"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price, cur)} for li in order.lines],
+        "items": [
+            {"sku": li.sku, "quantity": li.quantity, "unit_price": _money(li.unit_price, cur)}
+            for li in order.lines
+        ],
         "total": _money(order.total, cur),
         "currency": order.currency,
         "channel": order.channel,
@@ -73,7 +80,16 @@ def view(order: Order) -> dict[str, Any]:
     }
 
 
-_ADVANCE = ("created", "exception", "picked_up", "in_transit", "out_for_delivery", "delivered", "returned", "lost")
+_ADVANCE = (
+    "created",
+    "exception",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+    "returned",
+    "lost",
+)
 
 
 def shipments_view(shipment: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -82,8 +98,17 @@ def shipments_view(shipment: dict[str, Any] | None) -> list[dict[str, Any]]:
         return []
     if "parcels" not in shipment:  # recorded before orders had parcels: its one parcel
         return [{**shipment, "warehouse": None, "items": [], "events": []}]
-    keys = ("shipment_id", "warehouse", "carrier", "tracking_number", "tracking_url", "status", "estimated_delivery",
-            "items", "events")
+    keys = (
+        "shipment_id",
+        "warehouse",
+        "carrier",
+        "tracking_number",
+        "tracking_url",
+        "status",
+        "estimated_delivery",
+        "items",
+        "events",
+    )
     return [{k: p.get(k) for k in keys} for p in shipment["parcels"]]
 
 
@@ -93,7 +118,10 @@ def shipment_summary(shipment: dict[str, Any] | None) -> dict[str, Any] | None:
     if not parcels:
         return None
     least = min(parcels, key=lambda p: _ADVANCE.index(p["status"]) if p["status"] in _ADVANCE else 0)
-    return {k: least.get(k) for k in ("carrier", "tracking_number", "status", "estimated_delivery", "tracking_url")}
+    return {
+        k: least.get(k)
+        for k in ("carrier", "tracking_number", "status", "estimated_delivery", "tracking_url")
+    }
 
 
 def _invalid(errors: list[dict[str, str]]) -> Problem:
@@ -130,29 +158,58 @@ async def place_order(
     """Place an order (CONTRACT §4): 202 with the order; the same Idempotency-Key and body again
     is the same order, another body 422, one still being handled 409."""
     if not idempotency_key:
-        raise _invalid([{"field": "Idempotency-Key", "message": "the Idempotency-Key header is required", "type": "missing"}])
+        raise _invalid(
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "message": "the Idempotency-Key header is required",
+                    "type": "missing",
+                }
+            ]
+        )
     errors = business_errors(request, max_quantity_per_line=rt.settings.max_quantity_per_line)
     if errors:
         raise _invalid([e.model_dump() for e in errors])
     try:
-        placed = await service.place_order(rt.sessions, request, key=f"http:{idempotency_key}", actor=caller.name,
-                                           settings=rt.settings, admission=http.app.state.admission)
+        placed = await service.place_order(
+            rt.sessions,
+            request,
+            key=f"http:{idempotency_key}",
+            actor=caller.name,
+            settings=rt.settings,
+            admission=http.app.state.admission,
+        )
     except Overloaded as exc:  # nothing stored: the same key again later places the order
-        raise Problem(503, "overloaded", "Too many orders in flight",
-                      f"orders are arriving faster than they can be handled: retry after {exc.retry_after} s "
-                      "with the same Idempotency-Key", headers={"Retry-After": str(exc.retry_after)}) from exc
+        raise Problem(
+            503,
+            "overloaded",
+            "Too many orders in flight",
+            f"orders are arriving faster than they can be handled: retry after {exc.retry_after} s "
+            "with the same Idempotency-Key",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
     except service.KeyReused as exc:
-        raise Problem(422, "idempotency-key-reused", "Idempotency-Key reused",
-                      "this Idempotency-Key was used for a different request") from exc
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "this Idempotency-Key was used for a different request",
+        ) from exc
     except service.KeyInProgress as exc:
-        raise Problem(409, "idempotency-key-in-progress", "Request in progress",
-                      "a request with this Idempotency-Key is still being handled: retry later") from exc
+        raise Problem(
+            409,
+            "idempotency-key-in-progress",
+            "Request in progress",
+            "a request with this Idempotency-Key is still being handled: retry later",
+        ) from exc
     response.headers["Location"] = f"/v1/orders/{placed.order_id}"
     return view(await _load(rt, placed.order_id))
 
 
 @router.get("/{order_id}")
-async def get_order(order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)], rt: Runtime) -> dict[str, Any]:
+async def get_order(
+    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY, Role.OPS)], rt: Runtime
+) -> dict[str, Any]:
     return view(await _load(rt, order_id, _gateway(caller)))
 
 
@@ -165,7 +222,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         at, order_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(at), order_id
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid([{"field": "cursor", "message": "not a cursor this API gave out", "type": "value_error"}]) from exc
+        raise _invalid(
+            [{"field": "cursor", "message": "not a cursor this API gave out", "type": "value_error"}]
+        ) from exc
 
 
 @router.get("")
@@ -200,7 +259,10 @@ async def list_orders(
     async with rt.sessions() as session:
         orders = list(await session.scalars(query))
     page = orders[:limit]
-    return {"items": [view(o) for o in page], "next_cursor": _cursor(page[-1]) if len(orders) > limit else None}
+    return {
+        "items": [view(o) for o in page],
+        "next_cursor": _cursor(page[-1]) if len(orders) > limit else None,
+    }
 
 
 class CancelBody(BaseModel):
@@ -221,35 +283,55 @@ async def _answer(rt: Any, order_id: str, change: Any, gateway: str | None) -> d
 
 @router.post("/{order_id}/cancel", status_code=202)
 async def cancel_order(
-    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime,
+    order_id: OrderId,
+    caller: Annotated[Caller, require(Role.GATEWAY)],
+    rt: Runtime,
     body: Annotated[CancelBody, Body()] = CancelBody(),
 ) -> dict[str, Any]:
     """Until the order is shipped: cancelled, stock released, payment refunded. From then on: 409."""
     gateway = _gateway(caller)
-    return await _answer(rt, order_id, service.cancel(rt.sessions, order_id, actor=caller.name, gateway=gateway,
-                                                      note=body.reason or None, settings=rt.settings), gateway)
+    return await _answer(
+        rt,
+        order_id,
+        service.cancel(
+            rt.sessions,
+            order_id,
+            actor=caller.name,
+            gateway=gateway,
+            note=body.reason or None,
+            settings=rt.settings,
+        ),
+        gateway,
+    )
 
 
 @router.patch("/{order_id}/shipping-address", status_code=202)
 async def change_address(
-    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, address: Annotated[Address, Body()],
+    order_id: OrderId,
+    caller: Annotated[Caller, require(Role.GATEWAY)],
+    rt: Runtime,
+    address: Annotated[Address, Body()],
 ) -> dict[str, Any]:
     gateway = _gateway(caller)
-    change = service.change_address(rt.sessions, order_id, address, actor=caller.name, gateway=gateway,
-                                    settings=rt.settings)
+    change = service.change_address(
+        rt.sessions, order_id, address, actor=caller.name, gateway=gateway, settings=rt.settings
+    )
     return await _answer(rt, order_id, change, gateway)
 
 
 @router.post("/{order_id}/attention/resolve")
 async def resolve_attention(
-    order_id: OrderId, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime,
+    order_id: OrderId,
+    caller: Annotated[Caller, require(Role.ADMIN)],
+    rt: Runtime,
     body: Annotated[CancelBody, Body()] = CancelBody(),
 ) -> dict[str, Any]:
     """Ops say they handled by hand what the saga marked for attention (a refund that got no
     answer, a parcel the carrier took after the order was cancelled): the mark is cleared and the
     order leaves the dashboard's "Needs attention". 409 when nothing about it waits for a person."""
-    change = service.resolve_attention(rt.sessions, order_id, actor=caller.name, note=body.reason or None,
-                                       settings=rt.settings)
+    change = service.resolve_attention(
+        rt.sessions, order_id, actor=caller.name, note=body.reason or None, settings=rt.settings
+    )
     return await _answer(rt, order_id, change, None)
 
 
@@ -261,14 +343,24 @@ class ReturnBody(BaseModel):
 
 @router.post("/{order_id}/returns", status_code=202)
 async def request_return(
-    order_id: OrderId, caller: Annotated[Caller, require(Role.GATEWAY)], rt: Runtime, body: Annotated[ReturnBody, Body()],
+    order_id: OrderId,
+    caller: Annotated[Caller, require(Role.GATEWAY)],
+    rt: Runtime,
+    body: Annotated[ReturnBody, Body()],
 ) -> dict[str, Any]:
     """After delivery: the parcel is expected back; when it arrives, the stock is put back and the
     returned items refunded."""
     gateway = _gateway(caller)
     try:
-        order = await service.request_return(rt.sessions, order_id, list(body.items), actor=caller.name,
-                                             gateway=gateway, note=body.reason, settings=rt.settings)
+        order = await service.request_return(
+            rt.sessions,
+            order_id,
+            list(body.items),
+            actor=caller.name,
+            gateway=gateway,
+            note=body.reason,
+            settings=rt.settings,
+        )
     except ReturnRefused as exc:
         raise _invalid([{"field": "items", "message": str(exc), "type": "value_error"}]) from exc
     except Refused as exc:

@@ -30,8 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ):
             app.state.runtime = runtime
             app.state.admission = Admission(
-                max_wait_seconds=s.admission_max_wait_seconds, min_in_flight=s.admission_min_in_flight,
-                registry=runtime.registry, outage=lambda: not runtime.relay.connected,
+                max_wait_seconds=s.admission_max_wait_seconds,
+                min_in_flight=s.admission_min_in_flight,
+                registry=runtime.registry,
+                outage=lambda: not runtime.relay.connected,
                 abandoned_seconds=s.idempotency_abandoned_seconds,
             )
             yield

@@ -61,8 +61,12 @@ class Order(Base):
     updated_at: Mapped[datetime]
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
-    lines: Mapped[list[OrderLine]] = relationship(lazy="selectin", order_by="OrderLine.position", cascade="all")
-    history: Mapped[list[OrderHistory]] = relationship(lazy="selectin", order_by="OrderHistory.id", cascade="all")
+    lines: Mapped[list[OrderLine]] = relationship(
+        lazy="selectin", order_by="OrderLine.position", cascade="all"
+    )
+    history: Mapped[list[OrderHistory]] = relationship(
+        lazy="selectin", order_by="OrderHistory.id", cascade="all"
+    )
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (

@@ -33,12 +33,18 @@ def business_errors(order: PlaceOrder, *, max_quantity_per_line: int) -> list[Er
     ]
     allowed = money_places(order.currency)
     if allowed is None:
-        errors.append(ErrorItem(field="currency", message=f"{order.currency} is not a currency accepted here",
-                                type="currency"))
+        errors.append(
+            ErrorItem(
+                field="currency", message=f"{order.currency} is not a currency accepted here", type="currency"
+            )
+        )
         return errors
     errors += [
-        ErrorItem(field=f"items.{i}.unit_price", message=f"{order.currency} amounts have at most {allowed} decimals",
-                  type="decimal_places")
+        ErrorItem(
+            field=f"items.{i}.unit_price",
+            message=f"{order.currency} amounts have at most {allowed} decimals",
+            type="decimal_places",
+        )
         for i, line in enumerate(order.items)
         if places(line.unit_price) > allowed
     ]

@@ -54,25 +54,42 @@ async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config
         request, errors = None, [ErrorItem(**e) for e in validation_errors(exc.errors())]
     if len(msg.id) > inbox.MAX_MESSAGE_ID:  # it cannot be stored as a key: refused, told by its digest
         inbox_id = "sha256:" + hashlib.sha256(msg.id.encode()).hexdigest()[: inbox.MAX_MESSAGE_ID - 7]
-        errors = [ErrorItem(field="id", message=f"a command id has at most {inbox.MAX_MESSAGE_ID} characters",
-                            type="string_too_long"), *errors]
+        errors = [
+            ErrorItem(
+                field="id",
+                message=f"a command id has at most {inbox.MAX_MESSAGE_ID} characters",
+                type="string_too_long",
+            ),
+            *errors,
+        ]
     if errors:
         async with sessions.begin() as session:
             if await inbox.claim(session, inbox_id, PLACE):
                 await outbox.stage(
-                    session, OrderRejected(command_id=msg.id, errors=errors), service="orders", subject=None, causation=msg
+                    session,
+                    OrderRejected(command_id=msg.id, errors=errors),
+                    service="orders",
+                    subject=None,
+                    causation=msg,
                 )
         log.info("order.rejected", command_id=msg.id, fields=[e.field for e in errors])
         return
     try:
-        await service.place_order(sessions, request, key=f"amqp:{msg.id}", actor=msg.source, settings=settings,
-                                    cause=msg)
+        await service.place_order(
+            sessions, request, key=f"amqp:{msg.id}", actor=msg.source, settings=settings, cause=msg
+        )
     except service.KeyReused:
         async with sessions.begin() as session:
             if await inbox.claim(session, msg.id, PLACE):
                 rejected = OrderRejected(
                     command_id=msg.id,
-                    errors=[ErrorItem(field="id", message="this command id was used for another order", type="idempotency")],
+                    errors=[
+                        ErrorItem(
+                            field="id",
+                            message="this command id was used for another order",
+                            type="idempotency",
+                        )
+                    ],
                 )
                 await outbox.stage(session, rejected, service="orders", subject=None, causation=msg)
 
@@ -83,8 +100,15 @@ def _subscribe(reply: type[Event]) -> Callable[..., Awaitable[None]]:
     consumer = topology.event_queue(SERVICE, reply.routing_key)
 
     async def on_reply(msg: Envelope[Any], sessions: Sessions, settings: Config) -> None:
-        await service.apply(sessions, msg.data.order_id, msg.data, actor=msg.source, settings=settings, cause=msg,
-                            consumer=consumer)
+        await service.apply(
+            sessions,
+            msg.data.order_id,
+            msg.data,
+            actor=msg.source,
+            settings=settings,
+            cause=msg,
+            consumer=consumer,
+        )
 
     on_reply.__annotations__["msg"] = Envelope[reply]  # what FastStream decodes the message into
     on_reply.__name__ = on_reply.__qualname__ = "on_" + reply.routing_key.replace(".", "_")

@@ -113,6 +113,16 @@ class Warn:
 
 
 Intent = (
-    Reserve | Release | Commit | Capture | Refund | CreateShipment | CancelShipment | ChangeShipmentAddress
-    | ExpectReturn | Restock | RaiseAttention | Warn
+    Reserve
+    | Release
+    | Commit
+    | Capture
+    | Refund
+    | CreateShipment
+    | CancelShipment
+    | ChangeShipmentAddress
+    | ExpectReturn
+    | Restock
+    | RaiseAttention
+    | Warn
 )

@@ -62,7 +62,9 @@ async def _payment_mismatches(url: str, key: str) -> list[dict[str, Any]] | None
     """What payments' last reconciliation found: payments a provider's books disagree with."""
     try:
         async with httpx.AsyncClient(timeout=2) as client:
-            r = await client.get(f"{url}/v1/providers/reconciliation", headers={"Authorization": f"Bearer {key}"})
+            r = await client.get(
+                f"{url}/v1/providers/reconciliation", headers={"Authorization": f"Bearer {key}"}
+            )
             r.raise_for_status()
             return r.json()["mismatches"]
     except Exception:
@@ -74,7 +76,9 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
     recent = now - timedelta(minutes=5)
     stuck_before = now - timedelta(seconds=rt.settings.stuck_after_seconds)
     async with rt.sessions() as session:
-        by_status = dict((await session.execute(select(Order.status, func.count()).group_by(Order.status))).all())
+        by_status = dict(
+            (await session.execute(select(Order.status, func.count()).group_by(Order.status))).all()
+        )
         stuck = (
             await session.execute(
                 select(Order.id, Order.status, Order.updated_at, Order.attention)
@@ -84,14 +88,20 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
             )
         ).all()
         attention = (
-            await session.execute(select(Order.id, Order.status, Order.attention).where(Order.attention.is_not(None)).limit(50))
+            await session.execute(
+                select(Order.id, Order.status, Order.attention).where(Order.attention.is_not(None)).limit(50)
+            )
         ).all()
-        placed = await session.scalar(select(func.count()).select_from(Order).where(Order.created_at >= recent))
+        placed = await session.scalar(
+            select(func.count()).select_from(Order).where(Order.created_at >= recent)
+        )
         reached = dict(
             (
                 await session.execute(
                     select(OrderHistory.status, func.count())
-                    .where(OrderHistory.at >= recent, OrderHistory.status.in_(("paid", "delivered", "cancelled")))
+                    .where(
+                        OrderHistory.at >= recent, OrderHistory.status.in_(("paid", "delivered", "cancelled"))
+                    )
                     .group_by(OrderHistory.status)
                 )
             ).all()
@@ -103,16 +113,26 @@ async def summary(rt: Any, admission: Admission) -> dict[str, Any]:
         "at": now.isoformat(),
         "orders_by_status": by_status,
         "stuck": [{"id": i, "status": s, "since": u.isoformat(), "attention": a} for i, s, u, a in stuck]
-        + await service.stuck_parcels(rt.sessions, settings=rt.settings),  # a parcel in one carrier status too long
+        + await service.stuck_parcels(
+            rt.sessions, settings=rt.settings
+        ),  # a parcel in one carrier status too long
         "needs_attention": [{"id": i, "status": s, "attention": a} for i, s, a in attention],
-        "delivery_exceptions": await service.delivery_exceptions(rt.sessions),  # failed attempts, awaiting the next
+        "delivery_exceptions": await service.delivery_exceptions(
+            rt.sessions
+        ),  # failed attempts, awaiting the next
         "saga_deadline_near": [
-            {"id": i, "status": s, "waiting_since": w.isoformat(),
-             "gives_up_at": (w + timedelta(seconds=rt.settings.saga_timeout_seconds)).isoformat()}
+            {
+                "id": i,
+                "status": s,
+                "waiting_since": w.isoformat(),
+                "gives_up_at": (w + timedelta(seconds=rt.settings.saga_timeout_seconds)).isoformat(),
+            }
             for i, s, w in waiting
         ],
         "throughput_last_5_min": {
-            "placed": placed or 0, "paid": reached.get("paid", 0), "delivered": reached.get("delivered", 0),
+            "placed": placed or 0,
+            "paid": reached.get("paid", 0),
+            "delivered": reached.get("delivered", 0),
             "cancelled": reached.get("cancelled", 0),
         },
         "dead_letters": {"parked": parked, "waiting_in_queue": depths[DEAD_LETTER_QUEUE]},
@@ -150,25 +170,42 @@ async def sales_report(
     )
     steps = (
         select(OrderHistory.status, OrderHistory.at, left_at.label("left_at"))
-        .join(Order, Order.id == OrderHistory.order_id).where(*period).subquery()
+        .join(Order, Order.id == OrderHistory.order_id)
+        .where(*period)
+        .subquery()
     )
     async with rt.sessions() as session:
-        by_status = dict((await session.execute(
-            select(Order.status, func.count()).where(*period).group_by(Order.status).order_by(Order.status)
-        )).all())
-        money = (await session.execute(
-            select(Order.currency, func.sum(Order.payment_amount), func.sum(Order.refunded_amount))
-            .where(*period).group_by(Order.currency).order_by(Order.currency)
-        )).all()
-        sold = (await session.execute(
-            select(OrderLine.sku, func.sum(OrderLine.quantity))
-            .join(Order, Order.id == OrderLine.order_id)
-            .where(*period, Order.status != "cancelled")
-            .group_by(OrderLine.sku)
-        )).all()
-        spans = (await session.execute(
-            select(steps.c.status, steps.c.at, steps.c.left_at).where(steps.c.left_at.is_not(None))
-        )).all()
+        by_status = dict(
+            (
+                await session.execute(
+                    select(Order.status, func.count())
+                    .where(*period)
+                    .group_by(Order.status)
+                    .order_by(Order.status)
+                )
+            ).all()
+        )
+        money = (
+            await session.execute(
+                select(Order.currency, func.sum(Order.payment_amount), func.sum(Order.refunded_amount))
+                .where(*period)
+                .group_by(Order.currency)
+                .order_by(Order.currency)
+            )
+        ).all()
+        sold = (
+            await session.execute(
+                select(OrderLine.sku, func.sum(OrderLine.quantity))
+                .join(Order, Order.id == OrderLine.order_id)
+                .where(*period, Order.status != "cancelled")
+                .group_by(OrderLine.sku)
+            )
+        ).all()
+        spans = (
+            await session.execute(
+                select(steps.c.status, steps.c.at, steps.c.left_at).where(steps.c.left_at.is_not(None))
+            )
+        ).all()
     spent: dict[str, list[float]] = defaultdict(list)
     for status, at, left in spans:  # the difference is taken here: SQLite and PostgreSQL differ on it
         spent[status].append((left - at).total_seconds())

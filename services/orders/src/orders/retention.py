@@ -31,12 +31,20 @@ _DUE = (
 )
 _FORGET = update(_o).where(_o.c.id == bindparam("key_id"))
 _NOTES = update(_h).where(_h.c.order_id.in_(bindparam("ids", expanding=True))).values(note=None)
+
+
 def forgotten(customer: dict[str, Any], address: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The customer and address with nothing left that names or reaches a person."""
     return (
         {**customer, "name": "", "email": "", "phone": None},
-        {**dict.fromkeys(address, None), "name": "", "line1": "", "city": "", "postal_code": "",
-         "country": address.get("country")},
+        {
+            **dict.fromkeys(address, None),
+            "name": "",
+            "line1": "",
+            "city": "",
+            "postal_code": "",
+            "country": address.get("country"),
+        },
     )
 
 
@@ -50,8 +58,16 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
             due = (await session.execute(_DUE, params)).all()
             for order_id, customer, address in due:
                 customer, address = forgotten(customer, address)
-                await session.execute(_FORGET, {"key_id": order_id, "customer": customer, "shipping_address": address,
-                                                "payment_token": None, "forgotten_at": now})
+                await session.execute(
+                    _FORGET,
+                    {
+                        "key_id": order_id,
+                        "customer": customer,
+                        "shipping_address": address,
+                        "payment_token": None,
+                        "forgotten_at": now,
+                    },
+                )
             if due:
                 await session.execute(_NOTES, {"ids": [row.id for row in due]})
         orders += len(due)
@@ -62,6 +78,8 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return orders
 
 
-def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
+def housekeeping(
+    sessions: async_sessionmaker, older_than: timedelta
+) -> contextlib.AbstractAsyncContextManager:
     """The purge, at start and then every hour, while the block lasts."""
     return every(3600.0, lambda: purge(sessions, older_than=older_than), name="orders-retention")

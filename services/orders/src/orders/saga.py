@@ -131,14 +131,20 @@ def _reserved(saga: Saga, reply: StockReserved) -> Saga:
     for a in reply.allocations:
         by_warehouse.setdefault(a.warehouse, []).append(LineItem(sku=a.sku, quantity=a.quantity))
     parcels = tuple(ParcelLeg(name=w, warehouse=w, items=tuple(items)) for w, items in by_warehouse.items())
-    return replace(saga, warehouse=reply.allocations[0].warehouse if reply.allocations else None, parcels=parcels)
+    return replace(
+        saga, warehouse=reply.allocations[0].warehouse if reply.allocations else None, parcels=parcels
+    )
 
 
 def _book(saga: Saga) -> list[Intent]:
     """A booking for every parcel not booked yet (the order's whole lines when it has none listed)."""
     if not saga.parcels:
         return [CreateShipment(warehouse=saga.warehouse or "")]
-    return [CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items) for p in saga.parcels if p.leg is Leg.PLANNED]
+    return [
+        CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items)
+        for p in saga.parcels
+        if p.leg is Leg.PLANNED
+    ]
 
 
 def _leg_of(saga: Saga, reply: Any) -> int | None:
@@ -178,7 +184,9 @@ def _release(saga: Saga) -> tuple[Saga, list[Intent]]:
     # While reserving, the release overtakes the reservation: inventory never reserves for an order
     # it has released, and answers it with stock.reservation_failed. Reserved units wait for the
     # parcel's cancel to be answered: they may have left with the carrier.
-    if saga.stock is Stock.RESERVING or (saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING):
+    if saga.stock is Stock.RESERVING or (
+        saga.stock is Stock.RESERVED and saga.parcel is not Parcel.CANCELLING
+    ):
         return replace(saga, stock=Stock.RELEASING), [_release_intent(saga)]
     return saga, []
 
@@ -203,11 +211,16 @@ def _cancel_parcel(saga: Saga) -> tuple[Saga, list[Intent]]:
     intents: list[Intent] = []
     on_the_way = [p.name for p in saga.parcels if p.leg in (Leg.LEFT, Leg.DELIVERED)]  # or with the customer
     if on_the_way and saga.attention is None:  # the order is cancelled with parcels on their way
-        detail = f"parcel(s) {', '.join(on_the_way)} left with the carrier before the order was cancelled: ask for them back"
+        detail = (
+            f"parcel(s) {', '.join(on_the_way)} left with the carrier before the order was cancelled:"
+            " ask for them back"
+        )
         saga, intents = replace(saga, attention=detail), [RaiseAttention(step="ship", detail=detail)]
     if saga.parcels and all(_left(p) or p.leg is Leg.CANCELLED for p in saga.parcels):
         return saga, intents  # every parcel is with the carrier or ended: nothing to stop
-    if saga.parcel in (Parcel.CREATING, Parcel.CREATED) or (saga.parcel is Parcel.FAILED and len(saga.parcels) > 1):
+    if saga.parcel in (Parcel.CREATING, Parcel.CREATED) or (
+        saga.parcel is Parcel.FAILED and len(saga.parcels) > 1
+    ):
         return replace(saga, parcel=Parcel.CANCELLING), [*intents, CancelShipment()]
     return saga, intents
 
@@ -238,64 +251,118 @@ class Step:
     complete: Callable[[Saga], bool] = lambda saga: True  # the step is done (every parcel booked)
     reason: Callable[[Any], str] = lambda reply: CancelReason.SAGA_TIMEOUT  # why a failure cancels
     customer: tuple[type, ...] = ()  # replies that say the step now waits for the customer (to pay)
-    customer_late: str = CancelReason.SAGA_TIMEOUT  # why the order is cancelled when the customer's time is up
+    customer_late: str = (
+        CancelReason.SAGA_TIMEOUT
+    )  # why the order is cancelled when the customer's time is up
 
 
 STEPS: tuple[Step, ...] = (
     Step(
-        "reserve", command=lambda saga: [Reserve()], success=StockReserved, failures=(StockReservationFailed,),
-        undo=_release, undone_by=StockReleased,
+        "reserve",
+        command=lambda saga: [Reserve()],
+        success=StockReserved,
+        failures=(StockReservationFailed,),
+        undo=_release,
+        undone_by=StockReleased,
         pending_undo=lambda saga: [_release_intent(saga)] if saga.stock is Stock.RELEASING else [],
-        wait=Wait.RESERVE, waits_in=S.SUBMITTED, then=S.CONFIRMED,
+        wait=Wait.RESERVE,
+        waits_in=S.SUBMITTED,
+        then=S.CONFIRMED,
         # all or nothing: a failed reservation holds nothing
-        progress="stock", asked=Stock.RESERVING, done=Stock.RESERVED, failed=Stock.NONE,
+        progress="stock",
+        asked=Stock.RESERVING,
+        done=Stock.RESERVED,
+        failed=Stock.NONE,
         taken_in=frozenset({Stock.RESERVING}),
-        record=_reserved, reason=lambda reply: CancelReason.OUT_OF_STOCK,
+        record=_reserved,
+        reason=lambda reply: CancelReason.OUT_OF_STOCK,
     ),
     Step(
-        "capture", command=lambda saga: [Capture()], success=PaymentCaptured, failures=(PaymentFailed,),
-        undo=_refund_the_rest, undone_by=PaymentRefunded,
-        pending_undo=lambda saga: [Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done],
-        wait=Wait.CAPTURE, waits_in=S.CONFIRMED, then=S.PAID,
-        progress="payment", asked=Pay.CAPTURING, done=Pay.CAPTURED, failed=Pay.FAILED,
+        "capture",
+        command=lambda saga: [Capture()],
+        success=PaymentCaptured,
+        failures=(PaymentFailed,),
+        undo=_refund_the_rest,
+        undone_by=PaymentRefunded,
+        pending_undo=lambda saga: [
+            Refund(amount=a, key=k) for k, a in saga.refunds if k not in saga.refunds_done
+        ],
+        wait=Wait.CAPTURE,
+        waits_in=S.CONFIRMED,
+        then=S.PAID,
+        progress="payment",
+        asked=Pay.CAPTURING,
+        done=Pay.CAPTURED,
+        failed=Pay.FAILED,
         taken_in=frozenset({Pay.NONE, Pay.CAPTURING, Pay.FAILED}),  # money is never ignored: kept or refunded
-        record=_captured, reason=lambda reply: PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED),
+        record=_captured,
+        reason=lambda reply: PAYMENT_FAILURES.get(reply.reason, CancelReason.PAYMENT_DECLINED),
         # a wallet without a token: the customer pays a QR code or a redirect before its expires_at
-        customer=(PaymentActionRequired,), customer_late=CancelReason.PAYMENT_TIMEOUT,
+        customer=(PaymentActionRequired,),
+        customer_late=CancelReason.PAYMENT_TIMEOUT,
     ),
     Step(
-        "ship", command=_book, success=ShipmentCreated,
-        failures=(ShipmentFailed,), undo=_cancel_parcel, undone_by=ShipmentCancelled,
+        "ship",
+        command=_book,
+        success=ShipmentCreated,
+        failures=(ShipmentFailed,),
+        undo=_cancel_parcel,
+        undone_by=ShipmentCancelled,
         pending_undo=lambda saga: [CancelShipment()] if saga.parcel is Parcel.CANCELLING else [],
-        wait=Wait.SHIP, waits_in=S.PAID, then=S.PICKING,
-        progress="parcel", asked=Parcel.CREATING, done=Parcel.CREATED, failed=Parcel.FAILED,
-        taken_in=frozenset({Parcel.CREATING}), record=_booked, complete=_all_booked,
+        wait=Wait.SHIP,
+        waits_in=S.PAID,
+        then=S.PICKING,
+        progress="parcel",
+        asked=Parcel.CREATING,
+        done=Parcel.CREATED,
+        failed=Parcel.FAILED,
+        taken_in=frozenset({Parcel.CREATING}),
+        record=_booked,
+        complete=_all_booked,
         reason=lambda reply: CancelReason.SHIPMENT_FAILED,
     ),
     Step(  # the carrier reports by itself: see _shipment_updated
-        "follow", success=ShipmentUpdated, waits_in=S.PICKING, then=S.DELIVERED, progress="parcel",
+        "follow",
+        success=ShipmentUpdated,
+        waits_in=S.PICKING,
+        then=S.DELIVERED,
+        progress="parcel",
     ),
 )
 
 RETURN = Step(
-    "return", command=lambda saga: [ExpectReturn(items=list(saga.return_items))], success=ShipmentReturned,
-    waits_in=S.RETURN_REQUESTED, then=S.RETURNED, progress="parcel",
+    "return",
+    command=lambda saga: [ExpectReturn(items=list(saga.return_items))],
+    success=ShipmentReturned,
+    waits_in=S.RETURN_REQUESTED,
+    then=S.RETURNED,
+    progress="parcel",
 )
 """Not part of the forward flow: the customer asks for it after delivery (see _shipment_returned)."""
-
 
 
 def _resend(saga: Saga) -> list[Intent]:
     """For each parcel sent instead of a lost one: its stock reserved again, then its booking."""
     again = [p for p in saga.parcels if p.replaces is not None]
-    return [*(Reserve(parcel=p.name, items=p.items) for p in again if p.leg is Leg.RESERVING),
-            *(CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items, replaces=p.replaces)
-              for p in again if p.leg is Leg.PLANNED)]
+    return [
+        *(Reserve(parcel=p.name, items=p.items) for p in again if p.leg is Leg.RESERVING),
+        *(
+            CreateShipment(warehouse=p.warehouse, parcel=p.name, items=p.items, replaces=p.replaces)
+            for p in again
+            if p.leg is Leg.PLANNED
+        ),
+    ]
 
 
 RESEND = Step(
-    "resend", command=_resend, success=StockReserved, failures=(StockReservationFailed,), wait=Wait.RESEND,
-    waits_in=S.SHIPPED, then=S.DELIVERED, progress="parcels",  # (the order may be further on: in transit)
+    "resend",
+    command=_resend,
+    success=StockReserved,
+    failures=(StockReservationFailed,),
+    wait=Wait.RESEND,
+    waits_in=S.SHIPPED,
+    then=S.DELIVERED,
+    progress="parcels",  # (the order may be further on: in transit)
 )
 """Not part of the forward flow: a parcel the carrier lost is sent again (see _send_again). Its
 replies carry the parcel's name (``parcel``), which tells them from the reserve step's."""
@@ -315,10 +382,19 @@ def _after(step: Step) -> Step:
 # --- the flow -------------------------------------------------------------------------------
 
 
-def start(*, order_id: str, total: Any, currency: str, now: datetime, timeouts: Timeouts,
-          prices: tuple[tuple[str, Any], ...] = ()) -> tuple[Saga, list[Intent]]:
+def start(
+    *,
+    order_id: str,
+    total: Any,
+    currency: str,
+    now: datetime,
+    timeouts: Timeouts,
+    prices: tuple[tuple[str, Any], ...] = (),
+) -> tuple[Saga, list[Intent]]:
     """``prices``: the unit price of each SKU, for what a parcel that did not arrive is worth."""
-    return _begin(STEPS[0], Saga(order_id=order_id, total=total, currency=currency, prices=prices), now, timeouts)
+    return _begin(
+        STEPS[0], Saga(order_id=order_id, total=total, currency=currency, prices=prices), now, timeouts
+    )
 
 
 def advance(saga: Saga, reply: object, *, now: datetime, timeouts: Timeouts) -> tuple[Saga, list[Intent]]:
@@ -349,11 +425,17 @@ def _succeeded(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -
     return _begin(_after(step), replace(saga, status=step.then), now, t)
 
 
-def _customer_asked(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
+def _customer_asked(
+    step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts
+) -> tuple[Saga, list[Intent]]:
     """The step waits for the customer now, until what they were asked to do expires (its own
     deadline: then the order is cancelled, ``customer_late``, and what was done is undone). The
     other side answers by itself when the customer acts, so nothing is resent meanwhile."""
-    if getattr(saga, step.progress) is not step.asked or saga.status is not step.waits_in or saga.action is not None:
+    if (
+        getattr(saga, step.progress) is not step.asked
+        or saga.status is not step.waits_in
+        or saga.action is not None
+    ):
         return _ignore(saga)  # told again, or too late
     action = {"type": reply.action_type, "url": reply.url, "expires_at": reply.expires_at.isoformat()}
     saga = replace(saga, action=action, waiting_for=Wait.CUSTOMER, waiting_since=now, resends=0, warned=False)
@@ -458,19 +540,37 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     i = _leg_of(saga, reply)
     if saga.parcel is Parcel.CANCELLING and leg is not None:
         return _parcel_left(saga, reply, now, t)
-    if saga.status is S.CANCELLED and leg is Leg.RETURNED and i is not None and saga.parcels[i].leg is Leg.LEFT \
-            and saga.parcels[i].items:
+    if (
+        saga.status is S.CANCELLED
+        and leg is Leg.RETURNED
+        and i is not None
+        and saga.parcels[i].leg is Leg.LEFT
+        and saga.parcels[i].items
+    ):
         # a parcel that left for a cancelled order came back by itself: its units go back on the shelf
-        return _with_leg(saga, i, leg=leg, carrier_status=reply.status), [Restock(items=list(saga.parcels[i].items))]
-    if leg is None or i is None or saga.status not in _PROGRESS or saga.parcel not in (Parcel.CREATING, Parcel.CREATED):
+        return _with_leg(saga, i, leg=leg, carrier_status=reply.status), [
+            Restock(items=list(saga.parcels[i].items))
+        ]
+    if (
+        leg is None
+        or i is None
+        or saga.status not in _PROGRESS
+        or saga.parcel not in (Parcel.CREATING, Parcel.CREATED)
+    ):
         return _ignore(saga)  # late news after cancel, or of a parcel the order does not know
     p = saga.parcels[i]
-    if p.leg in ENDED or (p.leg is Leg.LEFT and leg is Leg.LEFT and _rank(reply.status) <= _rank(p.carrier_status)):
+    if p.leg in ENDED or (
+        p.leg is Leg.LEFT and leg is Leg.LEFT and _rank(reply.status) <= _rank(p.carrier_status)
+    ):
         return _ignore(saga)  # a parcel that arrived or came back moves no more; carriers resend and reorder
     intents: list[Intent] = []
-    if not _left(p) and saga.stock is Stock.RESERVED:  # the parcel left the warehouse: its units are gone for good
+    if (
+        not _left(p) and saga.stock is Stock.RESERVED
+    ):  # the parcel left the warehouse: its units are gone for good
         intents.append(Commit(warehouse=p.warehouse))
-    saga = _with_leg(saga, i, leg=leg, carrier_status=reply.status, shipment_id=p.shipment_id or reply.shipment_id)
+    saga = _with_leg(
+        saga, i, leg=leg, carrier_status=reply.status, shipment_id=p.shipment_id or reply.shipment_id
+    )
     if saga.parcel is Parcel.CREATING and _all_booked(saga):  # the carrier's news overtook shipment.created
         saga = _wait(replace(saga, parcel=Parcel.CREATED), None, now, t)
         saga = replace(saga, status=max(saga.status, S.PICKING, key=_PROGRESS.index))
@@ -491,7 +591,12 @@ def _delivery_failed(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tu
     """A parcel came back undelivered or was lost: what it held is refunded, returned units go back
     on the shelf, and the order ends once no parcel is on its way. A lost parcel is sent again
     first (once), and refunded only if that cannot be."""
-    if p.leg is Leg.LOST and p.items and p.replaces is None and not any(q.replaces == p.name for q in saga.parcels):
+    if (
+        p.leg is Leg.LOST
+        and p.items
+        and p.replaces is None
+        and not any(q.replaces == p.name for q in saga.parcels)
+    ):
         return _send_again(saga, p, now, t)
     intents: list[Intent] = []
     if p.leg is Leg.RETURNED and p.items:
@@ -510,7 +615,9 @@ def _delivery_failed(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tu
 def _send_again(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
     """The resend step begins: the lost parcel's units are reserved once more (inventory picks the
     warehouse); its refund waits for the answer."""
-    again = ParcelLeg(name=f"{p.name}+1", warehouse=p.warehouse, items=p.items, leg=Leg.RESERVING, replaces=p.name)
+    again = ParcelLeg(
+        name=f"{p.name}+1", warehouse=p.warehouse, items=p.items, leg=Leg.RESERVING, replaces=p.name
+    )
     saga = replace(saga, parcels=(*saga.parcels, again))
     return _resend_waits(saga, now, t), _resend(replace(saga, parcels=(again,)))
 
@@ -526,11 +633,19 @@ def _resend_waits(saga: Saga, now: datetime, t: Timeouts) -> Saga:
 def _again(saga: Saga, reply: Any, legs: tuple[Leg, ...]) -> int | None:
     """The parcel sent again that ``reply`` is about, while it is in one of ``legs``."""
     name = getattr(reply, "parcel", None)
-    return next((i for i, p in enumerate(saga.parcels)
-                 if p.replaces is not None and p.name == name and p.leg in legs), None)
+    return next(
+        (
+            i
+            for i, p in enumerate(saga.parcels)
+            if p.replaces is not None and p.name == name and p.leg in legs
+        ),
+        None,
+    )
 
 
-def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, now: datetime, t: Timeouts) -> Outcome:
+def _resend_answered(
+    saga: Saga, reply: StockReserved | StockReservationFailed, now: datetime, t: Timeouts
+) -> Outcome:
     """Inventory's answer for a parcel sent again: booked from where its units were reserved (one
     parcel per warehouse, as for the order), or, without stock, the lost parcel is refunded."""
     i = _again(saga, reply, (Leg.RESERVING,))
@@ -542,9 +657,13 @@ def _resend_answered(saga: Saga, reply: StockReserved | StockReservationFailed, 
     by_warehouse: dict[str, list[LineItem]] = {}
     for a in reply.allocations:
         by_warehouse.setdefault(a.warehouse, []).append(LineItem(sku=a.sku, quantity=a.quantity))
-    legs = tuple(replace(p, name=p.name if k == 0 else f"{p.name}-{w}", warehouse=w, items=tuple(items), leg=Leg.PLANNED)
-                 for k, (w, items) in enumerate(by_warehouse.items()))
-    saga = replace(saga, parcels=(*saga.parcels[:i], *legs, *saga.parcels[i + 1:]), stock=Stock.RESERVED)
+    legs = tuple(
+        replace(
+            p, name=p.name if k == 0 else f"{p.name}-{w}", warehouse=w, items=tuple(items), leg=Leg.PLANNED
+        )
+        for k, (w, items) in enumerate(by_warehouse.items())
+    )
+    saga = replace(saga, parcels=(*saga.parcels[:i], *legs, *saga.parcels[i + 1 :]), stock=Stock.RESERVED)
     return _resend_waits(saga, now, t), _resend(replace(saga, parcels=legs))
 
 
@@ -574,10 +693,14 @@ def _replacement_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Tim
     if i is None:
         return _ignore(saga)
     p = saga.parcels[i]
-    return _not_sent_again(_with_leg(saga, i, leg=Leg.CANCELLED), p, [Release(warehouses=(p.warehouse,))], now, t)
+    return _not_sent_again(
+        _with_leg(saga, i, leg=Leg.CANCELLED), p, [Release(warehouses=(p.warehouse,))], now, t
+    )
 
 
-def _delivery_over(saga: Saga, now: datetime, t: Timeouts, intents: list[Intent]) -> tuple[Saga, list[Intent]]:
+def _delivery_over(
+    saga: Saga, now: datetime, t: Timeouts, intents: list[Intent]
+) -> tuple[Saga, list[Intent]]:
     """Every parcel arrived or ended: delivered if anything arrived, else cancelled ``delivery_failed``."""
     if any(p.leg is Leg.DELIVERED for p in saga.parcels):
         return replace(saga, status=S.DELIVERED), intents
@@ -591,7 +714,10 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
     i = _leg_of(saga, reply)
     if i is not None and _left(saga.parcels[i]):
         return _ignore(saga)  # told already
-    detail = f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping: ask for it back"
+    detail = (
+        f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping:"
+        " ask for it back"
+    )
     saga = replace(saga, attention=detail)
     warehouse = saga.parcels[i].warehouse if i is not None else None
     if i is not None:
@@ -612,7 +738,9 @@ def _parcels_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: T
     ids = set(reply.shipment_ids) | ({reply.shipment_id} if reply.shipment_id else set())
     names = set(reply.parcels)
     parcels = tuple(
-        _cancelled(p) if (not ids and not names) or len(saga.parcels) == 1 or p.shipment_id in ids or p.name in names else p
+        _cancelled(p)
+        if (not ids and not names) or len(saga.parcels) == 1 or p.shipment_id in ids or p.name in names
+        else p
         for p in saga.parcels
     )
     return _cancel_answered(replace(saga, parcels=parcels), now, t)
@@ -656,9 +784,14 @@ def _cancel_requested(saga: Saga, req: CancelRequested, now: datetime, t: Timeou
     if saga.status is S.CANCELLED:
         return _ignore(saga)  # asked twice: already done
     if saga.status not in BEFORE_SHIPMENT:
-        raise Refused(f"the order is {saga.status}: it can no longer be cancelled; request a return after delivery")
+        raise Refused(
+            f"the order is {saga.status}: it can no longer be cancelled; request a return after delivery"
+        )
     if any(_left(p) for p in saga.parcels):
-        raise Refused("a parcel of the order has left with the carrier: it can no longer be cancelled; request a return after delivery")
+        raise Refused(
+            "a parcel of the order has left with the carrier: it can no longer be cancelled;"
+            " request a return after delivery"
+        )
     return _cancel(saga, CancelReason(req.reason), now, t)
 
 
@@ -698,7 +831,9 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Out
     if now >= since + timedelta(seconds=t.give_up_seconds):
         if saga.waiting_for is Wait.RESEND:  # the order is with the carrier: not cancelled, put to ops
             detail = f"no answer to sending a lost parcel again since {since.isoformat()}"
-            return _wait(replace(saga, attention=detail), None, now, t), [RaiseAttention(step="resend", detail=detail)]
+            return _wait(replace(saga, attention=detail), None, now, t), [
+                RaiseAttention(step="resend", detail=detail)
+            ]
         if saga.waiting_for is not Wait.COMPENSATE:
             return _cancel(saga, CancelReason.SAGA_TIMEOUT, now, t)
         pending = ", ".join(type(i).__name__ for i in _pending_compensations(saga)) or "compensation"
@@ -708,8 +843,9 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Out
     intents: list[Intent] = []
     if not saga.warned and now >= since + timedelta(seconds=t.warn_seconds):
         saga = replace(saga, warned=True)
-        intents.append(Warn(step=waiting, waiting_since=since,
-                            give_up_at=since + timedelta(seconds=t.give_up_seconds)))
+        intents.append(
+            Warn(step=waiting, waiting_since=since, give_up_at=since + timedelta(seconds=t.give_up_seconds))
+        )
     step = _step(saga.waiting_for)
     intents += step.command(saga) if step and step.command else _pending_compensations(saga)
     saga = replace(saga, resends=saga.resends + 1)
@@ -788,7 +924,9 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
         for failure in step.failures:
             handlers[failure] = lambda saga, reply, now, t, step=step: _failed(step, saga, reply, now, t)
         for asked in step.customer:
-            handlers[asked] = lambda saga, reply, now, t, step=step: _customer_asked(step, saga, reply, now, t)
+            handlers[asked] = lambda saga, reply, now, t, step=step: _customer_asked(
+                step, saga, reply, now, t
+            )
     handlers[StockReleased] = _stock_released
     handlers[ShipmentCancelled] = _parcels_cancelled
     handlers[PaymentRefunded] = _payment_refunded
@@ -797,8 +935,10 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
     handlers[ShipmentReturned] = _shipment_returned  # the return step
     # the resend step's replies name the parcel sent again; the others are the forward flow's
     again: list[tuple[type, Callable[..., Outcome]]] = [
-        (RESEND.success, _resend_answered), *((f, _resend_answered) for f in RESEND.failures),
-        (ShipmentCreated, _replacement_booked), (ShipmentFailed, _replacement_failed),
+        (RESEND.success, _resend_answered),
+        *((f, _resend_answered) for f in RESEND.failures),
+        (ShipmentCreated, _replacement_booked),
+        (ShipmentFailed, _replacement_failed),
     ]
     for reply_type, handle in again:
         handlers[reply_type] = _by_parcel(handle, handlers[reply_type])
@@ -807,11 +947,13 @@ def _from_table() -> dict[type, Callable[..., tuple[Saga, list[Intent]]]]:
 
 def _by_parcel(again: Callable[..., Outcome], first: Callable[..., Outcome]) -> Callable[..., Outcome]:
     """``again`` for a reply about a parcel sent instead of a lost one, else ``first``."""
+
     def handle(saga: Saga, reply: Any, now: datetime, t: Timeouts) -> Outcome:
         name = getattr(reply, "parcel", None)
         if name is not None and any(p.replaces is not None and p.name == name for p in saga.parcels):
             return again(saga, reply, now, t)
         return first(saga, reply, now, t)
+
     return handle
 
 
@@ -825,6 +967,9 @@ _HANDLERS: dict[type, Callable[..., tuple[Saga, list[Intent]]]] = {
 }
 
 REPLIES: frozenset[type] = frozenset(
-    t for step in TABLE for t in (step.success, *step.failures, *step.customer, step.undone_by) if t is not None
+    t
+    for step in TABLE
+    for t in (step.success, *step.failures, *step.customer, step.undone_by)
+    if t is not None
 )
 """Every message from another service that the saga follows: its subscribers are made from this."""

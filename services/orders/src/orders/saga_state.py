@@ -70,15 +70,27 @@ class ParcelLeg:
     replaces: str | None = None  # the lost parcel it is sent instead of
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "warehouse": self.warehouse, "items": [i.model_dump(mode="json") for i in self.items],
-                "leg": self.leg, "shipment_id": self.shipment_id, "carrier_status": self.carrier_status,
-                "replaces": self.replaces}
+        return {
+            "name": self.name,
+            "warehouse": self.warehouse,
+            "items": [i.model_dump(mode="json") for i in self.items],
+            "leg": self.leg,
+            "shipment_id": self.shipment_id,
+            "carrier_status": self.carrier_status,
+            "replaces": self.replaces,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ParcelLeg:
-        return cls(name=d["name"], warehouse=d["warehouse"], items=tuple(LineItem.model_validate(i) for i in d["items"]),
-                   leg=Leg(d["leg"]), shipment_id=d.get("shipment_id"), carrier_status=d.get("carrier_status"),
-                   replaces=d.get("replaces"))
+        return cls(
+            name=d["name"],
+            warehouse=d["warehouse"],
+            items=tuple(LineItem.model_validate(i) for i in d["items"]),
+            leg=Leg(d["leg"]),
+            shipment_id=d.get("shipment_id"),
+            carrier_status=d.get("carrier_status"),
+            replaces=d.get("replaces"),
+        )
 
 
 class Wait(StrEnum):
@@ -96,10 +108,20 @@ def _one_parcel(d: dict[str, Any]) -> tuple[ParcelLeg, ...]:
     """A saga saved before orders had parcels: its one parcel, where its order says it is."""
     if "parcels" in d or not d.get("warehouse") or d["parcel"] in (Parcel.NONE, Parcel.FAILED):
         return ()
-    leg = {S.SHIPPED: Leg.LEFT, S.IN_TRANSIT: Leg.LEFT, S.DELIVERED: Leg.DELIVERED, S.RETURN_REQUESTED: Leg.DELIVERED,
-           S.RETURNED: Leg.DELIVERED}.get(d["status"], Leg.PLANNED if d["parcel"] is Parcel.CREATING else Leg.BOOKED)
-    status = {Leg.LEFT: "in_transit" if d["status"] is S.IN_TRANSIT else "picked_up", Leg.DELIVERED: "delivered"}.get(leg)
-    return (ParcelLeg(name=d["warehouse"], warehouse=d["warehouse"], items=(), leg=leg, carrier_status=status),)
+    leg = {
+        S.SHIPPED: Leg.LEFT,
+        S.IN_TRANSIT: Leg.LEFT,
+        S.DELIVERED: Leg.DELIVERED,
+        S.RETURN_REQUESTED: Leg.DELIVERED,
+        S.RETURNED: Leg.DELIVERED,
+    }.get(d["status"], Leg.PLANNED if d["parcel"] is Parcel.CREATING else Leg.BOOKED)
+    status = {
+        Leg.LEFT: "in_transit" if d["status"] is S.IN_TRANSIT else "picked_up",
+        Leg.DELIVERED: "delivered",
+    }.get(leg)
+    return (
+        ParcelLeg(name=d["warehouse"], warehouse=d["warehouse"], items=(), leg=leg, carrier_status=status),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +142,9 @@ class Saga:
     parcel: Parcel = Parcel.NONE  # the booking of the order's parcels, as one step
     warehouse: str | None = None
     parcels: tuple[ParcelLeg, ...] = ()  # one per warehouse the stock was reserved at
-    prices: tuple[tuple[str, Decimal], ...] = ()  # unit price per SKU: what a parcel that did not arrive is worth
+    prices: tuple[
+        tuple[str, Decimal], ...
+    ] = ()  # unit price per SKU: what a parcel that did not arrive is worth
     return_items: tuple[LineItem, ...] = ()
     return_amount: Decimal = Decimal("0")
     waiting_for: Wait | None = None
@@ -202,7 +226,8 @@ def projection(saga: Saga) -> dict[str, Any]:
         "payment_amount": saga.captured,
         "refunded_amount": saga.refunded,
         "payment_failed": saga.payment is Pay.FAILED,
-        "payment_status": payment_status(captured=saga.captured, refunded=saga.refunded,
-                                         failed=saga.payment is Pay.FAILED),
+        "payment_status": payment_status(
+            captured=saga.captured, refunded=saga.refunded, failed=saga.payment is Pay.FAILED
+        ),
         "saga": saga.to_dict(),
     }

@@ -60,7 +60,6 @@ def _saga_warnings() -> Counter:
     return _METRICS["warnings"]
 
 
-
 class KeyReused(Exception):
     """The Idempotency-Key was used before with another body (422)."""
 
@@ -133,8 +132,16 @@ async def place_order(
                     if taken.rowcount != 1:
                         raise KeyInProgress(key)
                 else:
-                    await session.execute(_INSERT_KEY, {"key": key, "fingerprint": fingerprint, "state": "in_progress",
-                                                        "order_id": None, "created_at": now})
+                    await session.execute(
+                        _INSERT_KEY,
+                        {
+                            "key": key,
+                            "fingerprint": fingerprint,
+                            "state": "in_progress",
+                            "order_id": None,
+                            "created_at": now,
+                        },
+                    )
         except IntegrityError as exc:  # a concurrent request claimed the key first
             raise KeyInProgress(key) from exc
         if admitted:  # its key is stored in progress: every replica's door counts it from now on
@@ -147,7 +154,9 @@ async def place_order(
                 claim = (await session.execute(_KEY, {"key": key})).first()
                 return Placed(claim.order_id or "", created=False)
             # Only the request holding the claim makes the order: one taken over meanwhile does not.
-            mine = await session.execute(_FINISH_KEY, {"key_key": key, "claimed_at": now, "order_id": order_id})
+            mine = await session.execute(
+                _FINISH_KEY, {"key_key": key, "claimed_at": now, "order_id": order_id}
+            )
             if mine.rowcount != 1:
                 raise KeyInProgress(key)
             await _create(session, order_id, request, actor=actor, settings=settings, cause=cause, now=now)
@@ -158,16 +167,28 @@ async def place_order(
             admission.settled()
 
 
-# Prebuilt Core statements, executed with parameters: see docs/operations.md, "Prebuilt statements on the message paths".
-_orders, _lines, _history, _keys = Order.__table__, OrderLine.__table__, OrderHistory.__table__, IdempotencyKey.__table__
+# Prebuilt Core statements, executed with parameters: see docs/operations.md, "Prebuilt statements
+# on the message paths".
+_orders, _lines, _history, _keys = (
+    Order.__table__,
+    OrderLine.__table__,
+    OrderHistory.__table__,
+    IdempotencyKey.__table__,
+)
 _KEY = select(_keys).where(_keys.c.key == bindparam("key"))
 _INSERT_KEY = insert(_keys)
 _TAKE_OVER = update(_keys).where(
-    _keys.c.key == bindparam("key_key"), _keys.c.state == "in_progress", _keys.c.created_at == bindparam("seen")
+    _keys.c.key == bindparam("key_key"),
+    _keys.c.state == "in_progress",
+    _keys.c.created_at == bindparam("seen"),
 )  # SET: the columns the parameters name
 _FINISH_KEY = (
     update(_keys)
-    .where(_keys.c.key == bindparam("key_key"), _keys.c.state == "in_progress", _keys.c.created_at == bindparam("claimed_at"))
+    .where(
+        _keys.c.key == bindparam("key_key"),
+        _keys.c.state == "in_progress",
+        _keys.c.created_at == bindparam("claimed_at"),
+    )
     .values(state="done", order_id=bindparam("order_id"))
 )
 _INSERT_ORDER = insert(_orders)
@@ -175,13 +196,25 @@ _INSERT_LINES = insert(_lines)
 
 
 async def _create(
-    session: AsyncSession, order_id: str, request: PlaceOrder, *, actor: str, settings: Settings, cause: Cause,
+    session: AsyncSession,
+    order_id: str,
+    request: PlaceOrder,
+    *,
+    actor: str,
+    settings: Settings,
+    cause: Cause,
     now: datetime,
 ) -> None:
     total = order_total(request)
     prices = tuple({line.sku: line.unit_price for line in reversed(request.items)}.items())
-    saga, intents = flow.start(order_id=order_id, total=total, currency=request.currency, now=now,
-                               timeouts=settings.timeouts, prices=prices)
+    saga, intents = flow.start(
+        order_id=order_id,
+        total=total,
+        currency=request.currency,
+        now=now,
+        timeouts=settings.timeouts,
+        prices=prices,
+    )
     row = {
         "id": order_id,
         "customer_id": request.customer.id,
@@ -200,14 +233,29 @@ async def _create(
         "version": 1,
     }
     lines = [
-        {"order_id": order_id, "position": i, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
+        {
+            "order_id": order_id,
+            "position": i,
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+        }
         for i, line in enumerate(request.items)
     ]
     # The order, its lines and its first history row, a statement each.
     await session.execute(_INSERT_ORDER, row)
     await session.execute(_INSERT_LINES, lines)
-    await session.execute(_INSERT_HISTORY, {"order_id": order_id, "status": saga.status, "reason": None, "at": now,
-                                            "actor": actor, "note": None})
+    await session.execute(
+        _INSERT_HISTORY,
+        {
+            "order_id": order_id,
+            "status": saga.status,
+            "reason": None,
+            "at": now,
+            "actor": actor,
+            "note": None,
+        },
+    )
     order = SimpleNamespace(**row, lines=[SimpleNamespace(**line) for line in lines])
     customer = request.customer
     await _stage(
@@ -218,7 +266,9 @@ async def _create(
             channel=request.channel,
             currency=request.currency,
             total=total,
-            items=[PricedLine(sku=i.sku, quantity=i.quantity, unit_price=i.unit_price) for i in request.items],
+            items=[
+                PricedLine(sku=i.sku, quantity=i.quantity, unit_price=i.unit_price) for i in request.items
+            ],
             country=request.shipping_address.country,
             placed_at=now,
         ),
@@ -227,15 +277,21 @@ async def _create(
     )
     await _stage(
         session,
-        OrderStatusChanged(order_id=order_id, customer_id=customer.id, from_status=None, to_status=saga.status, at=now),
+        OrderStatusChanged(
+            order_id=order_id, customer_id=customer.id, from_status=None, to_status=saga.status, at=now
+        ),
         order_id,
         cause,
     )
     await _stage(
         session,
         notifications.RegisterRecipient(
-            order_id=order_id, customer_id=customer.id, name=customer.name, email=customer.email,
-            phone=customer.phone, locale=customer.locale,
+            order_id=order_id,
+            customer_id=customer.id,
+            name=customer.name,
+            email=customer.email,
+            phone=customer.phone,
+            locale=customer.locale,
         ),
         order_id,
         cause,
@@ -313,10 +369,20 @@ async def apply(
         for intent in intents:
             if isinstance(intent, flow.Warn):
                 _saga_warnings().labels(intent.step).inc()
-                log.warning("saga.deadline_near", order_id=order_id, step=intent.step,
-                            waiting_since=intent.waiting_since.isoformat(), gives_up_at=intent.give_up_at.isoformat())
+                log.warning(
+                    "saga.deadline_near",
+                    order_id=order_id,
+                    step=intent.step,
+                    waiting_since=intent.waiting_since.isoformat(),
+                    gives_up_at=intent.give_up_at.isoformat(),
+                )
             elif isinstance(intent, flow.RaiseAttention):
-                await _stage(session, OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail), order_id, cause)
+                await _stage(
+                    session,
+                    OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail),
+                    order_id,
+                    cause,
+                )
                 log.error("saga.needs_attention", order_id=order_id, detail=intent.detail)
             else:
                 await _stage(session, _command(order, new, intent), order_id, cause)
@@ -327,9 +393,15 @@ async def apply(
 
 
 _LOAD = select(_orders).where(_orders.c.id == bindparam("order_id"))
-_LINES = select(_lines.c.sku, _lines.c.quantity).where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+_LINES = (
+    select(_lines.c.sku, _lines.c.quantity)
+    .where(_lines.c.order_id == bindparam("order_id"))
+    .order_by(_lines.c.position)
+)
 # No values: the SET clause is the columns the parameters name, those that changed.
-_UPDATE = update(_orders).where(_orders.c.id == bindparam("key_id"), _orders.c.version == bindparam("key_version"))
+_UPDATE = update(_orders).where(
+    _orders.c.id == bindparam("key_id"), _orders.c.version == bindparam("key_version")
+)
 _INSERT_HISTORY = insert(_history)
 
 
@@ -338,14 +410,22 @@ async def _save(session: AsyncSession, loaded: Any, order: SimpleNamespace) -> N
     same optimistic concurrency as the ORM's ``version_id_col``, and the same StaleDataError."""
     changed = {k: v for k, v in vars(order).items() if k in loaded and loaded[k] != v}
     version = loaded["version"]
-    result = await session.execute(_UPDATE, {**changed, "version": version + 1, "key_id": order.id, "key_version": version})
+    result = await session.execute(
+        _UPDATE, {**changed, "version": version + 1, "key_id": order.id, "key_version": version}
+    )
     if result.rowcount != 1:
         raise StaleDataError(f"order {order.id} was saved by someone else since version {version} was loaded")
 
 
 async def _status_changed(
-    session: AsyncSession, order: Any, history: list[dict[str, Any]], from_status: Any, to_status: Any,
-    new: flow.Saga, now: datetime, cause: Cause,
+    session: AsyncSession,
+    order: Any,
+    history: list[dict[str, Any]],
+    from_status: Any,
+    to_status: Any,
+    new: flow.Saga,
+    now: datetime,
+    cause: Cause,
 ) -> None:
     reason = new.reason if to_status == new.status else None
     history.append({"order_id": order.id, "status": to_status, "reason": reason, "at": now})
@@ -353,8 +433,12 @@ async def _status_changed(
     await _stage(
         session,
         OrderStatusChanged(
-            order_id=oid, customer_id=order.customer_id, from_status=from_status, to_status=to_status,
-            reason=reason, at=now,
+            order_id=oid,
+            customer_id=order.customer_id,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            at=now,
         ),
         oid,
         cause,
@@ -367,7 +451,9 @@ async def _status_changed(
     }.get(to_status)
     if specific is not None:
         await _stage(session, specific(), oid, cause)
-    log.info("order.status_changed", order_id=oid, from_status=from_status, to_status=to_status, reason=reason)
+    log.info(
+        "order.status_changed", order_id=oid, from_status=from_status, to_status=to_status, reason=reason
+    )
 
 
 def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) -> dict[str, Any]:
@@ -378,16 +464,30 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
     parcels = [dict(p) for p in (shipment or {}).get("parcels", [])]
     mine = next((p for p in parcels if p["shipment_id"] == reply.shipment_id), None)
     if mine is None:
-        mine = {"shipment_id": reply.shipment_id, "parcel": getattr(reply, "parcel", None),
-                "warehouse": getattr(reply, "warehouse", None), "carrier": getattr(reply, "carrier", None),
-                "tracking_number": reply.tracking_number, "tracking_url": None, "status": "created",
-                "status_since": now.isoformat(), "estimated_delivery": None, "items": [], "events": []}
+        mine = {
+            "shipment_id": reply.shipment_id,
+            "parcel": getattr(reply, "parcel", None),
+            "warehouse": getattr(reply, "warehouse", None),
+            "carrier": getattr(reply, "carrier", None),
+            "tracking_number": reply.tracking_number,
+            "tracking_url": None,
+            "status": "created",
+            "status_since": now.isoformat(),
+            "estimated_delivery": None,
+            "items": [],
+            "events": [],
+        }
         parcels.append(mine)
     match reply:
         case shipping.ShipmentCreated():
-            mine.update(parcel=reply.parcel, warehouse=reply.warehouse, carrier=reply.carrier,
-                        tracking_url=reply.tracking_url, estimated_delivery=reply.estimated_delivery.isoformat(),
-                        items=[i.model_dump(mode="json") for i in reply.items])
+            mine.update(
+                parcel=reply.parcel,
+                warehouse=reply.warehouse,
+                carrier=reply.carrier,
+                tracking_url=reply.tracking_url,
+                estimated_delivery=reply.estimated_delivery.isoformat(),
+                items=[i.model_dump(mode="json") for i in reply.items],
+            )
             if not mine["events"]:
                 mine["events"] = [{"at": now.isoformat(), "status": "created", "location": reply.warehouse}]
         case shipping.ShipmentUpdated():
@@ -442,12 +542,19 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
     match intent:
         case flow.Reserve(parcel=parcel, items=held):
             return inventory.ReserveStock(
-                order_id=oid, items=list(held) if held else items(), country=address["country"],
-                latitude=address.get("latitude"), longitude=address.get("longitude"), parcel=parcel,
+                order_id=oid,
+                items=list(held) if held else items(),
+                country=address["country"],
+                latitude=address.get("latitude"),
+                longitude=address.get("longitude"),
+                parcel=parcel,
             )
         case flow.Release(warehouses=warehouses):
-            return inventory.ReleaseStock(order_id=oid, reason=saga.reason or "released",
-                                          warehouses=list(warehouses) if warehouses is not None else None)
+            return inventory.ReleaseStock(
+                order_id=oid,
+                reason=saga.reason or "released",
+                warehouses=list(warehouses) if warehouses is not None else None,
+            )
         case flow.Commit(warehouse=warehouse):
             return inventory.CommitStock(order_id=oid, warehouse=warehouse)
         case flow.Restock(items=returned):
@@ -456,14 +563,25 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
             if not order.payment_token and order.payment_method == "card":
                 raise RuntimeError(f"order {oid} has no payment token left to capture with")
             return payments.CapturePayment(
-                order_id=oid, amount=order.total, currency=order.currency, method=order.payment_method,
+                order_id=oid,
+                amount=order.total,
+                currency=order.currency,
+                method=order.payment_method,
                 token=order.payment_token,
             )
         case flow.Refund(amount=amount, key=key):
-            return payments.RefundPayment(order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key)
+            return payments.RefundPayment(
+                order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key
+            )
         case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held, replaces=replaces):
-            return shipping.CreateShipment(order_id=oid, warehouse=warehouse, parcel=parcel, address=Address(**address),
-                                           items=list(held) if held else items(), replaces=replaces)
+            return shipping.CreateShipment(
+                order_id=oid,
+                warehouse=warehouse,
+                parcel=parcel,
+                address=Address(**address),
+                items=list(held) if held else items(),
+                replaces=replaces,
+            )
         case flow.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.ChangeShipmentAddress():
@@ -480,7 +598,8 @@ async def waiting_long(sessions: async_sessionmaker, *, settings: Settings, limi
         rows = await session.execute(
             select(Order.id, Order.status, Order.waiting_since)
             .where(Order.waiting_since.is_not(None), Order.waiting_since <= since)
-            .order_by(Order.waiting_since).limit(limit)
+            .order_by(Order.waiting_since)
+            .limit(limit)
         )
         return list(rows)
 
@@ -494,7 +613,9 @@ _DUE_DEADLINE = (
 )
 
 
-async def fire_deadline(sessions: async_sessionmaker, *, settings: Settings, skip: frozenset[str] = frozenset()) -> str | None:
+async def fire_deadline(
+    sessions: async_sessionmaker, *, settings: Settings, skip: frozenset[str] = frozenset()
+) -> str | None:
     """Claim one order whose saga deadline has passed and feed its saga ``DeadlineReached``, in one
     transaction; returns its id, or None when no deadline is due (``skip``: ids not to claim).
 
@@ -507,38 +628,70 @@ async def fire_deadline(sessions: async_sessionmaker, *, settings: Settings, ski
         if due is None:
             return None
         try:
-            await apply(sessions, due.id, flow.DeadlineReached(), actor=SELF, settings=settings, session=session)
+            await apply(
+                sessions, due.id, flow.DeadlineReached(), actor=SELF, settings=settings, session=session
+            )
         except Exception as exc:
             raise DeadlineFailed(due.id) from exc
     log.info("saga.deadline_fired", order_id=due.id, deadline_at=due.deadline_at.isoformat())
     return due.id
+
+
 # --- a person's requests (the API and the ops console) ------------------------------------------
 
 
 async def cancel(
-    sessions: async_sessionmaker, order_id: str, *, actor: str, settings: Settings, gateway: str | None = None,
+    sessions: async_sessionmaker,
+    order_id: str,
+    *,
+    actor: str,
+    settings: Settings,
+    gateway: str | None = None,
     note: str | None = None,
 ) -> SimpleNamespace | None:
     """Until shipped: cancelled, stock released, payment refunded (``saga.Refused`` from then on)."""
-    return await apply(sessions, order_id, flow.CancelRequested(), actor=actor, gateway=gateway, note=note, settings=settings)
+    return await apply(
+        sessions, order_id, flow.CancelRequested(), actor=actor, gateway=gateway, note=note, settings=settings
+    )
 
 
 async def change_address(
-    sessions: async_sessionmaker, order_id: str, address: Address, *, actor: str, settings: Settings,
-    gateway: str | None = None, note: str | None = None,
+    sessions: async_sessionmaker,
+    order_id: str,
+    address: Address,
+    *,
+    actor: str,
+    settings: Settings,
+    gateway: str | None = None,
+    note: str | None = None,
 ) -> SimpleNamespace | None:
     """A new shipping address until shipped (``saga.Refused`` from then on)."""
 
     def set_address(order: Any) -> None:
         order.shipping_address = address.model_dump(mode="json")
 
-    return await apply(sessions, order_id, flow.AddressChangeRequested(), actor=actor, gateway=gateway, note=note,
-                       recorded_as="address_changed", settings=settings, before=set_address)
+    return await apply(
+        sessions,
+        order_id,
+        flow.AddressChangeRequested(),
+        actor=actor,
+        gateway=gateway,
+        note=note,
+        recorded_as="address_changed",
+        settings=settings,
+        before=set_address,
+    )
 
 
 async def request_return(
-    sessions: async_sessionmaker, order_id: str, items: list[LineItem], *, actor: str, settings: Settings,
-    gateway: str | None = None, note: str | None = None,
+    sessions: async_sessionmaker,
+    order_id: str,
+    items: list[LineItem],
+    *,
+    actor: str,
+    settings: Settings,
+    gateway: str | None = None,
+    note: str | None = None,
 ) -> SimpleNamespace | None:
     """After delivery: the parcel is expected back; ``domain.ReturnRefused`` for items the order
     does not have (or more of them than it has)."""
@@ -548,29 +701,50 @@ async def request_return(
             return None
         lines = (await session.execute(_PRICED_LINES, {"order_id": order_id})).mappings().all()
     amount = return_value([dict(line) for line in lines], items)
-    return await apply(sessions, order_id, flow.ReturnRequested(items=list(items), amount=amount), actor=actor,
-                       gateway=gateway, note=note, settings=settings)
+    return await apply(
+        sessions,
+        order_id,
+        flow.ReturnRequested(items=list(items), amount=amount),
+        actor=actor,
+        gateway=gateway,
+        note=note,
+        settings=settings,
+    )
 
 
 _PRICED_LINES = (
     select(_lines.c.sku, _lines.c.quantity, _lines.c.unit_price)
-    .where(_lines.c.order_id == bindparam("order_id")).order_by(_lines.c.position)
+    .where(_lines.c.order_id == bindparam("order_id"))
+    .order_by(_lines.c.position)
 )
 
 
 async def resolve_attention(
-    sessions: async_sessionmaker, order_id: str, *, actor: str, settings: Settings, note: str | None = None,
+    sessions: async_sessionmaker,
+    order_id: str,
+    *,
+    actor: str,
+    settings: Settings,
+    note: str | None = None,
 ) -> SimpleNamespace | None:
     """A person handled what the saga marked for attention (``saga.Refused`` when nothing waits)."""
-    return await apply(sessions, order_id, flow.AttentionResolved(), actor=actor, note=note,
-                       recorded_as="attention_resolved", settings=settings)
+    return await apply(
+        sessions,
+        order_id,
+        flow.AttentionResolved(),
+        actor=actor,
+        note=note,
+        recorded_as="attention_resolved",
+        settings=settings,
+    )
 
 
 WITH_CARRIER = (OrderStatus.PICKING, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT)
 
 
-async def stuck_parcels(sessions: async_sessionmaker, *, settings: Settings, limit: int = 50,
-                        now: datetime | None = None) -> list[dict[str, Any]]:
+async def stuck_parcels(
+    sessions: async_sessionmaker, *, settings: Settings, limit: int = 50, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """Orders with a parcel that has stayed in one carrier status past ``parcel_stuck_after_seconds``
     (a failed attempt nobody retried, a parcel the carrier never collected or stopped scanning)."""
     before = (now or _now()) - timedelta(seconds=settings.parcel_stuck_after_seconds)
@@ -587,13 +761,23 @@ async def _parcels_where(sessions: async_sessionmaker, wanted: Any, limit: int) 
     async with sessions() as session:
         rows = await session.execute(
             select(Order.id, Order.status, Order.shipment)
-            .where(Order.status.in_(WITH_CARRIER)).order_by(Order.updated_at).limit(limit * 20)
+            .where(Order.status.in_(WITH_CARRIER))
+            .order_by(Order.updated_at)
+            .limit(limit * 20)
         )
         found = []
         for order_id, status, shipment in rows:
             for p in (shipment or {}).get("parcels", []):
                 if p["status"] not in ("delivered", "returned", "lost") and wanted(p):
-                    found.append({"id": order_id, "status": status, "since": p["status_since"], "attention": None,
-                                  "parcel": p["tracking_number"], "parcel_status": p["status"]})
+                    found.append(
+                        {
+                            "id": order_id,
+                            "status": status,
+                            "since": p["status_since"],
+                            "attention": None,
+                            "parcel": p["tracking_number"],
+                            "parcel_status": p["status"],
+                        }
+                    )
                     break
         return found[:limit]

@@ -43,16 +43,23 @@ def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = N
         "provider": p.provider,
         "provider_ref": p.provider_ref,
         "action": {"type": p.action_type, "url": p.action_url, "expires_at": p.expires_at.isoformat()}
-        if p.action_url and p.expires_at else None,
+        if p.action_url and p.expires_at
+        else None,
         "amount": format(p.amount, "f"),
         "refunded_amount": format(p.refunded_amount, "f"),
         "currency": p.currency,
         "created_at": p.created_at.isoformat(),
         "updated_at": p.updated_at.isoformat(),
         "refunds": [
-            {"refund_id": r.refund_id, "refund_key": r.refund_key, "amount": format(r.amount, "f"), "reason": r.reason,
-             "status": r.status, "created_at": r.created_at.isoformat(),
-             "requested_by": (asked_by or {}).get(r.refund_key)}
+            {
+                "refund_id": r.refund_id,
+                "refund_key": r.refund_key,
+                "amount": format(r.amount, "f"),
+                "reason": r.reason,
+                "status": r.status,
+                "created_at": r.created_at.isoformat(),
+                "requested_by": (asked_by or {}).get(r.refund_key),
+            }
             for r in refunds
         ],
     }
@@ -61,8 +68,12 @@ def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = N
 @router.get("", dependencies=[require(Role.OPS)])
 async def list_payments(
     rt: Runtime,
-    status: Annotated[str | None, Query(pattern="^(capturing|pending|captured|failed|partially_refunded|refunded)$")] = None,
-    after: Annotated[str | None, Query(description="order id to continue after (the previous page's next)")] = None,
+    status: Annotated[
+        str | None, Query(pattern="^(capturing|pending|captured|failed|partially_refunded|refunded)$")
+    ] = None,
+    after: Annotated[
+        str | None, Query(description="order id to continue after (the previous page's next)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
     """Every payment, by order id: what the consistency check (`make verify`) reads."""
@@ -91,27 +102,43 @@ async def get_payment(order_id: str, rt: Runtime) -> dict:
         payment = await session.get(Payment, order_id)
         if payment is None:
             raise Problem(404, "not-found", "Not found", f"no payment for order {order_id}")
-        refunds = (await session.scalars(select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at))).all()
-        asked = await session.execute(select(RefundRequest.refund_key, RefundRequest.actor)
-                                      .where(RefundRequest.order_id == order_id))
+        refunds = (
+            await session.scalars(
+                select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at)
+            )
+        ).all()
+        asked = await session.execute(
+            select(RefundRequest.refund_key, RefundRequest.actor).where(RefundRequest.order_id == order_id)
+        )
         return _view(payment, list(refunds), dict(asked.tuples().all()))
 
 
 @router.post("/{order_id}/refunds", status_code=202)
 async def refund_by_hand(
-    order_id: str, caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[RefundBody, Body()],
+    order_id: str,
+    caller: Annotated[Caller, require(Role.ADMIN)],
+    rt: Runtime,
+    body: Annotated[RefundBody, Body()],
 ) -> dict:
     """A refund by hand, recorded with the admin key's name (``refunds[].requested_by``)."""
     async with rt.sessions.begin() as session:
         payment = await session.get(Payment, order_id)
         if payment is None or payment.status in ("failed", CAPTURING):
-            raise Problem(409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment")
+            raise Problem(
+                409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment"
+            )
         held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": order_id}) or 0
         remaining = payment.amount - payment.refunded_amount - held
         if (body.amount or remaining) > remaining or remaining <= 0:
-            raise Problem(409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded")
+            raise Problem(
+                409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded"
+            )
         key = f"manual-{uuid4()}"
-        session.add(RefundRequest(refund_key=key, order_id=order_id, actor=caller.name, requested_at=datetime.now(UTC)))
+        session.add(
+            RefundRequest(
+                refund_key=key, order_id=order_id, actor=caller.name, requested_at=datetime.now(UTC)
+            )
+        )
         await outbox.stage(
             session,
             RefundPayment(order_id=order_id, amount=body.amount, reason=body.reason, refund_key=key),
@@ -137,23 +164,28 @@ async def provider_notification(provider: str, request: Request, rt: Runtime) ->
         note = await adapter.verify_notification(request.headers, body)
     except BadSignature:
         log.warning("payment.notification_refused", provider=provider)
-        raise Problem(401, "bad-signature", "Signature does not verify", "the notification's signature does not verify") from None
+        raise Problem(
+            401, "bad-signature", "Signature does not verify", "the notification's signature does not verify"
+        ) from None
     await settle.apply_notification(rt.sessions, adapter, note)
     return PlainTextResponse(adapter.acknowledgement)
 
 
 @providers.get("/reconciliation", dependencies=[require(Role.OPS)])
 async def reconciliation(
-    request: Request, rt: Runtime, run: bool = False,
+    request: Request,
+    rt: Runtime,
+    run: bool = False,
     settled_for: Annotated[float, Query(ge=0, le=3600)] = 30.0,
 ) -> dict:
     """Each provider's books against ours: the last round of the reconciliation job (``at`` null:
-    none finished yet), or, with ``run=true``, a round over every decided payment now (``make verify``). Mismatches are for ops
-    to resolve; nothing here changes a payment."""
+    none finished yet), or, with ``run=true``, a round over every decided payment now
+    (``make verify``). Mismatches are for ops to resolve; nothing here changes a payment."""
     latest = getattr(request.app.state, "reconciliation", None)
     if run:
-        latest = await reconcile.reconcile(rt.sessions, request.app.state.providers,
-                                           settled_for=timedelta(seconds=settled_for))
+        latest = await reconcile.reconcile(
+            rt.sessions, request.app.state.providers, settled_for=timedelta(seconds=settled_for)
+        )
     if latest is None:  # the job's first round has not finished yet
         return {"at": None, "checked": 0, "unreachable": 0, "mismatches": []}
     return latest.view()
@@ -166,13 +198,22 @@ async def sandbox_ledger(request: Request) -> dict:
     ledger = request.app.state.provider.ledger
     return {
         "charges": [
-            {"key": c.key, "status": c.status, "reference": c.reference, "amount": format(c.amount, "f"),
-             "currency": c.currency}
+            {
+                "key": c.key,
+                "status": c.status,
+                "reference": c.reference,
+                "amount": format(c.amount, "f"),
+                "currency": c.currency,
+            }
             for c in ledger.charges()
         ],
         "refunds": [
-            {"key": r.key, "reference": r.reference, "charge_reference": r.charge_reference,
-             "amount": format(r.amount, "f")}
+            {
+                "key": r.key,
+                "reference": r.reference,
+                "charge_reference": r.charge_reference,
+                "amount": format(r.amount, "f"),
+            }
             for r in ledger.refunds()
         ],
     }

@@ -25,35 +25,60 @@ def configured(s: Settings) -> list[Adapter]:
     """The real providers' adapters that configuration names (a gateway URL and keys each)."""
     adapters: list[Adapter] = []
     if s.alipay_gateway:
-        adapters.append(AlipayAdapter(
-            gateway=s.alipay_gateway, app_id=s.alipay_app_id, private_key=s.alipay_private_key,
-            alipay_public_key=s.alipay_public_key, notify_url=f"{s.public_url}/v1/providers/alipay/notify",
-            timeout=s.provider_timeout_seconds,
-        ))
+        adapters.append(
+            AlipayAdapter(
+                gateway=s.alipay_gateway,
+                app_id=s.alipay_app_id,
+                private_key=s.alipay_private_key,
+                alipay_public_key=s.alipay_public_key,
+                notify_url=f"{s.public_url}/v1/providers/alipay/notify",
+                timeout=s.provider_timeout_seconds,
+            )
+        )
     if s.wechat_pay_base_url:
-        adapters.append(WechatPayAdapter(
-            base_url=s.wechat_pay_base_url, mchid=s.wechat_pay_mchid, appid=s.wechat_pay_appid,
-            serial_no=s.wechat_pay_serial_no, private_key=s.wechat_pay_private_key,
-            platform_public_key=s.wechat_pay_platform_public_key, platform_serial=s.wechat_pay_platform_serial,
-            apiv3_key=s.wechat_pay_apiv3_key, notify_url=f"{s.public_url}/v1/providers/wechat_pay/notify",
-            timeout=s.provider_timeout_seconds,
-        ))
+        adapters.append(
+            WechatPayAdapter(
+                base_url=s.wechat_pay_base_url,
+                mchid=s.wechat_pay_mchid,
+                appid=s.wechat_pay_appid,
+                serial_no=s.wechat_pay_serial_no,
+                private_key=s.wechat_pay_private_key,
+                platform_public_key=s.wechat_pay_platform_public_key,
+                platform_serial=s.wechat_pay_platform_serial,
+                apiv3_key=s.wechat_pay_apiv3_key,
+                notify_url=f"{s.public_url}/v1/providers/wechat_pay/notify",
+                timeout=s.provider_timeout_seconds,
+            )
+        )
     if s.paypal_base_url:
-        adapters.append(PayPalAdapter(
-            base_url=s.paypal_base_url, client_id=s.paypal_client_id, client_secret=s.paypal_client_secret,
-            webhook_id=s.paypal_webhook_id, return_url=s.paypal_return_url, timeout=s.provider_timeout_seconds,
-        ))
+        adapters.append(
+            PayPalAdapter(
+                base_url=s.paypal_base_url,
+                client_id=s.paypal_client_id,
+                client_secret=s.paypal_client_secret,
+                webhook_id=s.paypal_webhook_id,
+                return_url=s.paypal_return_url,
+                timeout=s.provider_timeout_seconds,
+            )
+        )
     if s.stripe_api_key:
-        adapters.append(StripeCardAdapter(api_key=s.stripe_api_key, webhook_secret=s.stripe_webhook_secret,
-                                          api_base=s.stripe_api_base or None, timeout=s.provider_timeout_seconds))
+        adapters.append(
+            StripeCardAdapter(
+                api_key=s.stripe_api_key,
+                webhook_secret=s.stripe_webhook_secret,
+                api_base=s.stripe_api_base or None,
+                timeout=s.provider_timeout_seconds,
+            )
+        )
     return adapters
 
 
 async def _reconcile(app: FastAPI, sessions, providers: Providers, s: Settings) -> None:
     """One round over the payments decided lately; its result is what ops read."""
     since = datetime.now(UTC) - timedelta(seconds=s.reconcile_lookback_seconds)
-    app.state.reconciliation = await reconcile.reconcile(sessions, providers, since=since,
-                                                         timeout=s.provider_timeout_seconds)
+    app.state.reconciliation = await reconcile.reconcile(
+        sessions, providers, since=since, timeout=s.provider_timeout_seconds
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,10 +91,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             async with (
                 ServiceRuntime(s, routers=[handlers.router], context={"providers": providers}) as runtime,
-                every(s.window_poll_seconds, lambda: settle.expire_windows(runtime.sessions, providers, s),
-                      name="payments-windows"),
-                every(s.reconcile_interval_seconds, lambda: _reconcile(app, runtime.sessions, providers, s),
-                      name="payments-reconciliation"),
+                every(
+                    s.window_poll_seconds,
+                    lambda: settle.expire_windows(runtime.sessions, providers, s),
+                    name="payments-windows",
+                ),
+                every(
+                    s.reconcile_interval_seconds,
+                    lambda: _reconcile(app, runtime.sessions, providers, s),
+                    name="payments-reconciliation",
+                ),
             ):
                 app.state.runtime = runtime
                 app.state.provider = provider

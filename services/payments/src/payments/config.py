@@ -105,11 +105,17 @@ class Settings(ServiceSettings):
     def production_problems(self) -> list[str]:
         """Why this configuration would take no money, or take it from a stand-in: production
         refuses to start with any of them (a sandbox ships goods without charging anyone)."""
-        problems = [f"PAYMENTS_ENABLED_METHODS: unknown method {m!r}" for m in self.enabled_methods if m not in METHODS]
+        problems = [
+            f"PAYMENTS_ENABLED_METHODS: unknown method {m!r}"
+            for m in self.enabled_methods
+            if m not in METHODS
+        ]
         if "card" in self.enabled_methods:
             if not self.stripe_api_key:
-                problems.append("card is enabled but no card processor is configured (PAYMENTS_STRIPE_API_KEY): "
-                                "the in-process sandbox is a stand-in")
+                problems.append(
+                    "card is enabled but no card processor is configured (PAYMENTS_STRIPE_API_KEY): "
+                    "the in-process sandbox is a stand-in"
+                )
             elif self.stripe_api_key.startswith(("sk_test_", "rk_test_")):
                 problems.append("PAYMENTS_STRIPE_API_KEY is a test-mode key")
             if not self.stripe_webhook_secret:
@@ -117,31 +123,61 @@ class Settings(ServiceSettings):
             if self.stripe_api_base and _stand_in(self.stripe_api_base):
                 problems.append(f"PAYMENTS_STRIPE_API_BASE {self.stripe_api_base} is a stand-in")
         if "alipay" in self.enabled_methods:
-            missing = [name for name in ("alipay_gateway", "alipay_app_id", "alipay_private_key", "alipay_public_key")
-                       if not getattr(self, name)]
+            missing = [
+                name
+                for name in ("alipay_gateway", "alipay_app_id", "alipay_private_key", "alipay_public_key")
+                if not getattr(self, name)
+            ]
             if missing:
-                problems.append("alipay is enabled but not configured: " + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+                problems.append(
+                    "alipay is enabled but not configured: "
+                    + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing)
+                )
             elif _stand_in(self.alipay_gateway):
                 problems.append(f"PAYMENTS_ALIPAY_GATEWAY {self.alipay_gateway} is a stand-in")
         if "wechat_pay" in self.enabled_methods:
-            names = ("wechat_pay_base_url", "wechat_pay_mchid", "wechat_pay_appid", "wechat_pay_serial_no",
-                     "wechat_pay_private_key", "wechat_pay_platform_public_key", "wechat_pay_platform_serial",
-                     "wechat_pay_apiv3_key")
+            names = (
+                "wechat_pay_base_url",
+                "wechat_pay_mchid",
+                "wechat_pay_appid",
+                "wechat_pay_serial_no",
+                "wechat_pay_private_key",
+                "wechat_pay_platform_public_key",
+                "wechat_pay_platform_serial",
+                "wechat_pay_apiv3_key",
+            )
             missing = [name for name in names if not getattr(self, name)]
             if missing:
-                problems.append("wechat_pay is enabled but not configured: "
-                                + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+                problems.append(
+                    "wechat_pay is enabled but not configured: "
+                    + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing)
+                )
             elif _stand_in(self.wechat_pay_base_url):
                 problems.append(f"PAYMENTS_WECHAT_PAY_BASE_URL {self.wechat_pay_base_url} is a stand-in")
         if "paypal" in self.enabled_methods:
-            missing = [name for name in ("paypal_base_url", "paypal_client_id", "paypal_client_secret", "paypal_webhook_id")
-                       if not getattr(self, name)]
+            missing = [
+                name
+                for name in (
+                    "paypal_base_url",
+                    "paypal_client_id",
+                    "paypal_client_secret",
+                    "paypal_webhook_id",
+                )
+                if not getattr(self, name)
+            ]
             if missing:
-                problems.append("paypal is enabled but not configured: " + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing))
+                problems.append(
+                    "paypal is enabled but not configured: "
+                    + ", ".join(f"PAYMENTS_{m.upper()}" for m in missing)
+                )
             elif _stand_in(self.paypal_base_url) or "sandbox.paypal.com" in self.paypal_base_url:
-                problems.append(f"PAYMENTS_PAYPAL_BASE_URL {self.paypal_base_url} is a stand-in or PayPal's sandbox")
+                problems.append(
+                    f"PAYMENTS_PAYPAL_BASE_URL {self.paypal_base_url} is a stand-in or PayPal's sandbox"
+                )
         if not self.public_url.startswith("https://"):
-            problems.append(f"PAYMENTS_PUBLIC_URL {self.public_url} is not an https address providers can notify")
+            problems.append(
+                f"PAYMENTS_PUBLIC_URL {self.public_url} is not an https address providers can notify"
+            )
         return problems
 
     @model_validator(mode="after")
@@ -152,8 +188,13 @@ class Settings(ServiceSettings):
             self.payment_window_seconds = 900.0 if self.environment == "production" else 10.0
         if not self.public_url:
             self.public_url = f"http://{self.http_host}:{self.http_port}"
-        for name in ("alipay_private_key", "alipay_public_key", "wechat_pay_private_key",
-                     "wechat_pay_platform_public_key", "wechat_pay_apiv3_key"):
+        for name in (
+            "alipay_private_key",
+            "alipay_public_key",
+            "wechat_pay_private_key",
+            "wechat_pay_platform_public_key",
+            "wechat_pay_apiv3_key",
+        ):
             path = getattr(self, f"{name}_file")
             if path and not getattr(self, name):
                 setattr(self, name, Path(path).read_text().strip())

@@ -54,7 +54,9 @@ class Refund(Base):
     order_id: Mapped[str] = mapped_column(ForeignKey("payment.order_id"), index=True)
     amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     reason: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="refunded", server_default="refunded")  # or pending
+    status: Mapped[str] = mapped_column(
+        String(20), default="refunded", server_default="refunded"
+    )  # or pending
     provider_ref: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

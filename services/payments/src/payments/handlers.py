@@ -81,16 +81,29 @@ async def _with_retries(call, settings: Settings):
 
 _payment = Payment.__table__
 _READ = select(
-    _payment.c.order_id, _payment.c.payment_id, _payment.c.amount, _payment.c.currency, _payment.c.method,
-    _payment.c.status, _payment.c.failure_reason, _payment.c.idempotency_key, _payment.c.provider,
-    _payment.c.action_type, _payment.c.action_url, _payment.c.expires_at,
+    _payment.c.order_id,
+    _payment.c.payment_id,
+    _payment.c.amount,
+    _payment.c.currency,
+    _payment.c.method,
+    _payment.c.status,
+    _payment.c.failure_reason,
+    _payment.c.idempotency_key,
+    _payment.c.provider,
+    _payment.c.action_type,
+    _payment.c.action_url,
+    _payment.c.expires_at,
 ).where(_payment.c.order_id == bindparam("order_id"))
 _INSERT_PAYMENT = insert(_payment)
 _FINISH = (
     update(_payment)
     .where(_payment.c.order_id == bindparam("key_order_id"), _payment.c.status == CAPTURING)
-    .values(status=bindparam("status"), failure_reason=bindparam("failure_reason"),
-            provider_ref=bindparam("provider_ref"), updated_at=bindparam("updated_at"))
+    .values(
+        status=bindparam("status"),
+        failure_reason=bindparam("failure_reason"),
+        provider_ref=bindparam("provider_ref"),
+        updated_at=bindparam("updated_at"),
+    )
 )
 
 
@@ -104,8 +117,14 @@ async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope | None) 
     waits for the customer, what the customer is to do."""
     if p.status == PENDING:
         event: Any = PaymentActionRequired(
-            order_id=p.order_id, payment_id=p.payment_id, method=p.method, action_type=p.action_type, url=p.action_url,
-            expires_at=p.expires_at, amount=p.amount, currency=p.currency,
+            order_id=p.order_id,
+            payment_id=p.payment_id,
+            method=p.method,
+            action_type=p.action_type,
+            url=p.action_url,
+            expires_at=p.expires_at,
+            amount=p.amount,
+            currency=p.currency,
         )
     elif p.status == PaymentStatus.FAILED:
         event = PaymentFailed(order_id=p.order_id, reason=p.failure_reason or "declined")
@@ -133,12 +152,23 @@ async def handle_capture_payment(
             return
         if attempt is None:  # write-ahead: the attempt exists before the provider hears of it
             attempt = SimpleNamespace(
-                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method,
-                token_hint=mask_token(cmd.token or ""), provider=provider.name, action_type=None, action_url=None,
+                order_id=cmd.order_id,
+                payment_id=f"pay-{uuid4()}",
+                method=cmd.method,
+                token_hint=mask_token(cmd.token or ""),
+                provider=provider.name,
+                action_type=None,
+                action_url=None,
                 expires_at=None,
-                currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
-                refunded_amount=Decimal("0"), provider_ref=None, idempotency_key=capture_key(cmd.order_id),
-                created_at=now, updated_at=now,
+                currency=cmd.currency,
+                amount=cmd.amount,
+                status=CAPTURING,
+                failure_reason=None,
+                refunded_amount=Decimal("0"),
+                provider_ref=None,
+                idempotency_key=capture_key(cmd.order_id),
+                created_at=now,
+                updated_at=now,
             )
             await session.execute(_INSERT_PAYMENT, vars(attempt))
         else:
@@ -151,8 +181,16 @@ async def handle_capture_payment(
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, CAPTURE):
             return
-        await session.execute(_FINISH, {"key_order_id": cmd.order_id, "status": status, "failure_reason": reason,
-                                        "provider_ref": provider_ref, "updated_at": datetime.now(UTC)})
+        await session.execute(
+            _FINISH,
+            {
+                "key_order_id": cmd.order_id,
+                "status": status,
+                "failure_reason": reason,
+                "provider_ref": provider_ref,
+                "updated_at": datetime.now(UTC),
+            },
+        )
         # Finished here or by a concurrent delivery: tell what is recorded.
         decided = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
         await _restage_outcome(session, decided, msg)
@@ -163,7 +201,8 @@ async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, k
     """(status, failure reason, provider reference) of the attempt ``key``, from the provider."""
     try:
         ref = await _with_retries(
-            lambda: provider.charge(key=key, token=cmd.token or "", amount=cmd.amount, currency=cmd.currency), settings
+            lambda: provider.charge(key=key, token=cmd.token or "", amount=cmd.amount, currency=cmd.currency),
+            settings,
         )
         return PaymentStatus.CAPTURED, None, ref
     except Declined:
@@ -177,7 +216,8 @@ async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, k
         charge = await asyncio.wait_for(provider.query(key), timeout=settings.provider_timeout_seconds)
         if charge is None or charge.status == "voided":
             charge = await asyncio.wait_for(
-                provider.close(key, amount=cmd.amount, currency=cmd.currency), timeout=settings.provider_timeout_seconds
+                provider.close(key, amount=cmd.amount, currency=cmd.currency),
+                timeout=settings.provider_timeout_seconds,
             )
     except (TimeoutError, Transient, OSError) as exc:
         raise Unresolved(f"the provider could not say what became of {key}") from exc
@@ -215,7 +255,13 @@ async def handle_refund_payment(
         refund = await session.scalar(select(Refund).where(Refund.refund_key == cmd.refund_key))
         if refund is not None and refund.status == REFUNDED:  # done before: told again
             if await inbox.claim(session, msg.id, REFUND):
-                await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
+                await outbox.stage(
+                    session,
+                    _refunded_event(payment, refund),
+                    service=SERVICE,
+                    subject=cmd.order_id,
+                    causation=msg,
+                )
             return
         if refund is None:  # else: held by an earlier delivery that did not finish; the same refund
             if payment is not None and payment.status == CAPTURING:
@@ -224,23 +270,39 @@ async def handle_refund_payment(
                 raise Permanent(f"no captured payment for order {cmd.order_id}")
             held = await session.scalar(HELD_BY_PENDING_REFUNDS, {"order_id": cmd.order_id})
             try:
-                decision = decide_refund(captured=payment.amount, refunded=payment.refunded_amount + (held or 0),
-                                         requested=cmd.amount)
+                decision = decide_refund(
+                    captured=payment.amount,
+                    refunded=payment.refunded_amount + (held or 0),
+                    requested=cmd.amount,
+                )
             except RefundRefused as exc:
                 raise Permanent(str(exc)) from exc
             refund = Refund(
-                refund_id=f"ref-{uuid4()}", refund_key=cmd.refund_key, order_id=cmd.order_id, amount=decision.amount,
-                reason=cmd.reason[:200], status=REFUND_PENDING, provider_ref=None, created_at=datetime.now(UTC),
+                refund_id=f"ref-{uuid4()}",
+                refund_key=cmd.refund_key,
+                order_id=cmd.order_id,
+                amount=decision.amount,
+                reason=cmd.reason[:200],
+                status=REFUND_PENDING,
+                provider_ref=None,
+                created_at=datetime.now(UTC),
             )
             session.add(refund)
-        refund_id, amount, payment_ref, currency = refund.refund_id, refund.amount, payment.provider_ref, payment.currency
+        refund_id, amount, payment_ref, currency = (
+            refund.refund_id,
+            refund.amount,
+            payment.provider_ref,
+            payment.currency,
+        )
         provider = providers.get(payment.provider)
     if provider is None:
         raise Unresolved(f"the provider {payment.provider!r} of order {cmd.order_id} is not configured")
 
     refund_ref = await _with_retries(
-        lambda: provider.refund(payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key,
-                                currency=currency), settings
+        lambda: provider.refund(
+            payment_ref=payment_ref, amount=amount, idempotency_key=cmd.refund_key, currency=currency
+        ),
+        settings,
     )
 
     async with sessions.begin() as session:
@@ -254,14 +316,19 @@ async def handle_refund_payment(
             payment.status = status_after_refunds(payment.amount, payment.refunded_amount)
             payment.updated_at = datetime.now(UTC)
             await session.flush()
-        await outbox.stage(session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg)
+        await outbox.stage(
+            session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg
+        )
     log.info("payment.refunded", amount=str(amount), refunded_total=str(payment.refunded_amount))
 
 
 async def _locked_payment(session: AsyncSession, order_id: str) -> Payment | None:
     """The order's payment, read afresh and locked for this transaction (refunds change it)."""
     return await session.scalar(
-        select(Payment).where(Payment.order_id == order_id).with_for_update().execution_options(populate_existing=True)
+        select(Payment)
+        .where(Payment.order_id == order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
 
 
@@ -279,8 +346,10 @@ def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
 
 # --- the customer pays: a QR code or a redirect, a notification, a window ------------------------
 
-async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers,
-                         settings: Settings) -> None:
+
+async def _customer_pays(
+    msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers, settings: Settings
+) -> None:
     """Open the payment at the method's provider and tell the order what the customer is to do.
 
     Write-ahead as a capture: the attempt is recorded ``capturing`` with its key and the end of its
@@ -299,12 +368,23 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
             return
         if attempt is None:
             attempt = SimpleNamespace(
-                order_id=cmd.order_id, payment_id=f"pay-{uuid4()}", method=cmd.method, token_hint=mask_token(cmd.token or ""),
-                currency=cmd.currency, amount=cmd.amount, status=CAPTURING, failure_reason=None,
-                refunded_amount=Decimal("0"), provider_ref=None, provider=name,
+                order_id=cmd.order_id,
+                payment_id=f"pay-{uuid4()}",
+                method=cmd.method,
+                token_hint=mask_token(cmd.token or ""),
+                currency=cmd.currency,
+                amount=cmd.amount,
+                status=CAPTURING,
+                failure_reason=None,
+                refunded_amount=Decimal("0"),
+                provider_ref=None,
+                provider=name,
                 idempotency_key=provider.trade_key(cmd.order_id) if provider is not None else cmd.order_id,
-                action_type=None, action_url=None, expires_at=now + timedelta(seconds=settings.payment_window_seconds),
-                created_at=now, updated_at=now,
+                action_type=None,
+                action_url=None,
+                expires_at=now + timedelta(seconds=settings.payment_window_seconds),
+                created_at=now,
+                updated_at=now,
             )
             if provider is None:  # the method is not configured: nothing to open anywhere
                 attempt.status, attempt.failure_reason = PaymentStatus.FAILED, "method_unavailable"
@@ -318,24 +398,43 @@ async def _customer_pays(msg: Envelope[CapturePayment], sessions: async_sessionm
     # The sandbox's customer who never pays is told to the stand-in by the order's subject.
     subject = f"Order {cmd.order_id}" + (f" {NOPAY}" if cmd.token == NOPAY else "")
     try:
-        action = await _with_retries(lambda: provider.start(
-            key=attempt.idempotency_key, amount=cmd.amount, currency=cmd.currency, subject=subject,
-            expires_at=attempt.expires_at), settings)
-        values = {"status": PENDING, "action_type": action.type, "action_url": action.url, "failure_reason": None,
-                  "provider_ref": action.reference}
+        action = await _with_retries(
+            lambda: provider.start(
+                key=attempt.idempotency_key,
+                amount=cmd.amount,
+                currency=cmd.currency,
+                subject=subject,
+                expires_at=attempt.expires_at,
+            ),
+            settings,
+        )
+        values = {
+            "status": PENDING,
+            "action_type": action.type,
+            "action_url": action.url,
+            "failure_reason": None,
+            "provider_ref": action.reference,
+        }
     except (Declined, Unsupported) as exc:
-        values = {"status": PaymentStatus.FAILED, "failure_reason": "declined" if isinstance(exc, Declined)
-                  else "method_unavailable"}
+        values = {
+            "status": PaymentStatus.FAILED,
+            "failure_reason": "declined" if isinstance(exc, Declined) else "method_unavailable",
+        }
     except (TimeoutError, Transient, OSError) as exc:
         raise Unresolved(f"{name} did not open the payment of order {cmd.order_id}") from exc
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, CAPTURE):
             return
         await session.execute(
-            update(_payment).where(_payment.c.order_id == cmd.order_id, _payment.c.status == CAPTURING)
+            update(_payment)
+            .where(_payment.c.order_id == cmd.order_id, _payment.c.status == CAPTURING)
             .values(**values, updated_at=datetime.now(UTC))
         )
         decided = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
         await _restage_outcome(session, decided, msg)
-    log.info("payment.waiting_for_customer", provider=name, status=decided.status,
-             expires_at=decided.expires_at.isoformat() if decided.expires_at else None)
+    log.info(
+        "payment.waiting_for_customer",
+        provider=name,
+        status=decided.status,
+        expires_at=decided.expires_at.isoformat() if decided.expires_at else None,
+    )

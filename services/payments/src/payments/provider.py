@@ -69,7 +69,9 @@ class Ledger:
         self._db.close()
 
     def charge(self, key: str) -> Charge | None:
-        row = self._db.execute("SELECT key, status, reference, amount, currency FROM charge WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT key, status, reference, amount, currency FROM charge WHERE key = ?", (key,)
+        ).fetchone()
         return None if row is None else Charge(row[0], row[1], row[2], Decimal(row[3]), row[4])
 
     def record_charge(self, key: str, status: str, amount: Decimal, currency: str) -> Charge:
@@ -84,24 +86,36 @@ class Ledger:
         return charge
 
     def refund(self, key: str) -> LedgerRefund | None:
-        row = self._db.execute("SELECT key, reference, charge_reference, amount FROM refund WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT key, reference, charge_reference, amount FROM refund WHERE key = ?", (key,)
+        ).fetchone()
         return None if row is None else LedgerRefund(row[0], row[1], row[2], Decimal(row[3]))
 
     def record_refund(self, key: str, charge_reference: str, amount: Decimal) -> LedgerRefund:
         self._db.execute(
             "INSERT OR IGNORE INTO refund (key, reference, charge_reference, amount, at) VALUES (?, ?, ?, ?, ?)",
-            (key, f"re_{uuid.uuid4().hex[:16]}", charge_reference, format(amount, "f"), datetime.now(UTC).isoformat()),
+            (
+                key,
+                f"re_{uuid.uuid4().hex[:16]}",
+                charge_reference,
+                format(amount, "f"),
+                datetime.now(UTC).isoformat(),
+            ),
         )
         refund = self.refund(key)
         assert refund is not None
         return refund
 
     def charges(self) -> list[Charge]:
-        rows = self._db.execute("SELECT key, status, reference, amount, currency FROM charge ORDER BY key").fetchall()
+        rows = self._db.execute(
+            "SELECT key, status, reference, amount, currency FROM charge ORDER BY key"
+        ).fetchall()
         return [Charge(r[0], r[1], r[2], Decimal(r[3]), r[4]) for r in rows]
 
     def refunds(self) -> list[LedgerRefund]:
-        rows = self._db.execute("SELECT key, reference, charge_reference, amount FROM refund ORDER BY key").fetchall()
+        rows = self._db.execute(
+            "SELECT key, reference, charge_reference, amount FROM refund ORDER BY key"
+        ).fetchall()
         return [LedgerRefund(r[0], r[1], r[2], Decimal(r[3])) for r in rows]
 
 
@@ -145,7 +159,9 @@ class SandboxProvider:
     async def complete(self, key: str, *, reference: str) -> Charge:
         raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
         return self.ledger.record_refund(idempotency_key, payment_ref, amount).reference
@@ -158,13 +174,17 @@ class SandboxProvider:
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         return await self.capture(key=key, token=token, amount=amount, currency=currency)
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
         raise Unsupported("the sandbox captures with tokens only")
 
     async def query(self, key: str, reference: str | None = None) -> Charge | None:
         return await self.lookup(key)
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         return await self.void(key, amount=amount, currency=currency)
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:

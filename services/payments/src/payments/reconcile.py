@@ -32,10 +32,16 @@ _METRICS: dict[str, Any] = {}
 
 def _metrics() -> tuple[Counter, Gauge]:
     if not _METRICS:  # once per process: the default registry refuses a second registration
-        _METRICS["found"] = Counter("oms_payment_reconciliation_mismatches",
-                                    "Payments whose provider's books disagree with ours", ["provider", "kind"])
-        _METRICS["open"] = Gauge("oms_payment_reconciliation_open",
-                                 "Mismatches found by the last reconciliation round", ["provider"])
+        _METRICS["found"] = Counter(
+            "oms_payment_reconciliation_mismatches",
+            "Payments whose provider's books disagree with ours",
+            ["provider", "kind"],
+        )
+        _METRICS["open"] = Gauge(
+            "oms_payment_reconciliation_open",
+            "Mismatches found by the last reconciliation round",
+            ["provider"],
+        )
     return _METRICS["found"], _METRICS["open"]
 
 
@@ -56,8 +62,12 @@ class Round:
     mismatches: list[Mismatch]
 
     def view(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "checked": self.checked, "unreachable": self.unreachable,
-                "mismatches": [asdict(m) for m in self.mismatches]}
+        return {
+            "at": self.at.isoformat(),
+            "checked": self.checked,
+            "unreachable": self.unreachable,
+            "mismatches": [asdict(m) for m in self.mismatches],
+        }
 
 
 def compare(p: Payment, charge: Any) -> Mismatch | None:
@@ -74,13 +84,22 @@ def compare(p: Payment, charge: Any) -> Mismatch | None:
     return None
 
 
-async def reconcile(sessions: async_sessionmaker, providers: Providers, *, since: datetime | None = None,
-                    settled_for: timedelta = timedelta(seconds=30), timeout: float = 10.0) -> Round:
+async def reconcile(
+    sessions: async_sessionmaker,
+    providers: Providers,
+    *,
+    since: datetime | None = None,
+    settled_for: timedelta = timedelta(seconds=30),
+    timeout: float = 10.0,
+) -> Round:
     """Ask each payment's provider about every payment decided (updated since ``since``, and at
     least ``settled_for`` ago, so an answer on its way is not a mismatch); report, change nothing."""
     now = datetime.now(UTC)
-    query = select(Payment).where(Payment.status.not_in((PENDING, CAPTURING)),
-                                  Payment.updated_at <= now - settled_for).order_by(Payment.order_id)
+    query = (
+        select(Payment)
+        .where(Payment.status.not_in((PENDING, CAPTURING)), Payment.updated_at <= now - settled_for)
+        .order_by(Payment.order_id)
+    )
     if since is not None:
         query = query.where(Payment.updated_at >= since)
     async with sessions() as session:
@@ -94,8 +113,12 @@ async def reconcile(sessions: async_sessionmaker, providers: Providers, *, since
         try:
             charge = await asyncio.wait_for(adapter.query(p.idempotency_key, p.provider_ref), timeout=timeout)
         except (TimeoutError, Transient, OSError) as exc:
-            log.warning("payment.reconciliation_unreachable", order_id=p.order_id, provider=p.provider,
-                        error=type(exc).__name__)
+            log.warning(
+                "payment.reconciliation_unreachable",
+                order_id=p.order_id,
+                provider=p.provider,
+                error=type(exc).__name__,
+            )
             unreachable += 1
             continue
         mismatch = compare(p, charge)
@@ -106,6 +129,12 @@ async def reconcile(sessions: async_sessionmaker, providers: Providers, *, since
         gauge.labels(name).set(sum(1 for m in found if m.provider == name))
     for m in found:
         counter.labels(m.provider, m.kind).inc()
-        log.error("payment.reconciliation_mismatch", order_id=m.order_id, provider=m.provider, kind=m.kind,
-                  ours=m.ours, theirs=m.theirs)
+        log.error(
+            "payment.reconciliation_mismatch",
+            order_id=m.order_id,
+            provider=m.provider,
+            kind=m.kind,
+            ours=m.ours,
+            theirs=m.theirs,
+        )
     return Round(at=now, checked=len(payments), unreachable=unreachable, mismatches=found)

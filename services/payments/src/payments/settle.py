@@ -44,20 +44,24 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
     if note.status == "approved":
         async with sessions() as session:
             waiting = await session.scalar(
-                select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key))
+                select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
+            )
         if waiting is None or waiting.status not in (PENDING, CAPTURING) or note.reference is None:
             return "ignored"
         charge = await provider.complete(note.key, reference=note.reference)
         if charge.status != "captured":
             return "ignored"
-        note = Notification(id=note.id, key=note.key, status="captured", reference=charge.reference,
-                            amount=charge.amount)
+        note = Notification(
+            id=note.id, key=note.key, status="captured", reference=charge.reference, amount=charge.amount
+        )
     async with sessions.begin() as session:
         if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
             return "duplicate"
         payment = await session.scalar(
-            select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
-            .with_for_update().execution_options(populate_existing=True)
+            select(Payment)
+            .where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
         if payment is None:
             log.warning("payment.notification_unknown", provider=provider.name)
@@ -66,8 +70,13 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
             return "ignored"
         if note.amount is not None and note.amount != payment.amount:
             _mismatches().labels(provider.name).inc()
-            log.error("payment.amount_mismatch", order_id=payment.order_id, provider=provider.name,
-                      notified=str(note.amount), expected=str(payment.amount))
+            log.error(
+                "payment.amount_mismatch",
+                order_id=payment.order_id,
+                provider=provider.name,
+                notified=str(note.amount),
+                expected=str(payment.amount),
+            )
             return "mismatch"
         await _record_captured(session, payment, note.reference)
     log.info("payment.captured_by_notification", order_id=payment.order_id, provider=provider.name)
@@ -87,9 +96,17 @@ async def expire_windows(sessions: async_sessionmaker, providers: Providers, set
     payment the provider says was paid meanwhile (its notification lost or late) is captured."""
     now = datetime.now(UTC)
     async with sessions() as session:
-        due = (await session.execute(
-            select(Payment.order_id).where(Payment.status == PENDING, Payment.expires_at <= now).limit(50)
-        )).scalars().all()
+        due = (
+            (
+                await session.execute(
+                    select(Payment.order_id)
+                    .where(Payment.status == PENDING, Payment.expires_at <= now)
+                    .limit(50)
+                )
+            )
+            .scalars()
+            .all()
+        )
     for order_id in due:
         async with sessions() as session:
             p = await session.get(Payment, order_id)
@@ -97,15 +114,20 @@ async def expire_windows(sessions: async_sessionmaker, providers: Providers, set
         if p is None or provider is None or p.idempotency_key is None:
             continue
         try:
-            charge = await asyncio.wait_for(provider.close(p.idempotency_key, amount=p.amount, currency=p.currency,
-                                                           reference=p.provider_ref),
-                                            timeout=settings.provider_timeout_seconds)
+            charge = await asyncio.wait_for(
+                provider.close(
+                    p.idempotency_key, amount=p.amount, currency=p.currency, reference=p.provider_ref
+                ),
+                timeout=settings.provider_timeout_seconds,
+            )
         except (TimeoutError, Transient, OSError) as exc:
             log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
             continue  # the next round asks again
         async with sessions.begin() as session:
             payment = await session.scalar(
-                select(Payment).where(Payment.order_id == order_id).with_for_update()
+                select(Payment)
+                .where(Payment.order_id == order_id)
+                .with_for_update()
                 .execution_options(populate_existing=True)
             )
             if payment.status != PENDING:
@@ -116,8 +138,12 @@ async def expire_windows(sessions: async_sessionmaker, providers: Providers, set
                 continue
             payment.status, payment.failure_reason = PaymentStatus.FAILED, "payment_timeout"
             payment.updated_at = datetime.now(UTC)
-            await outbox.stage(session, PaymentFailed(order_id=order_id, reason="payment_timeout"), service=SERVICE,
-                               subject=order_id)
+            await outbox.stage(
+                session,
+                PaymentFailed(order_id=order_id, reason="payment_timeout"),
+                service=SERVICE,
+                subject=order_id,
+            )
         log.info("payment.window_passed", order_id=order_id)
     return len(due)
 
@@ -128,6 +154,7 @@ _METRICS: dict[str, Any] = {}
 def _mismatches() -> Any:
     """Notifications whose amount is not the payment's: raised for ops, never captured."""
     if not _METRICS:  # once per process: the default registry refuses a second registration
-        _METRICS["mismatch"] = Counter("oms_payment_amount_mismatches", "Provider notifications with another amount",
-                                       ["provider"])
+        _METRICS["mismatch"] = Counter(
+            "oms_payment_amount_mismatches", "Provider notifications with another amount", ["provider"]
+        )
     return _METRICS["mismatch"]

@@ -4,11 +4,12 @@ Revision ID: b7c1e2d3f405
 Revises: a2b79d434136
 Create Date: 2026-12-02 12:00:00.000000
 """
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = 'b7c1e2d3f405'
-down_revision = 'a2b79d434136'
+revision = "b7c1e2d3f405"
+down_revision = "a2b79d434136"
 branch_labels = None
 depends_on = None
 
@@ -22,23 +23,23 @@ def _order_id_unique() -> str:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('shipment', schema=None, naming_convention=_CONVENTION) as batch_op:
-        batch_op.add_column(sa.Column('parcel', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('items', sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column('status_since', sa.DateTime(timezone=True), nullable=True))
-        batch_op.drop_constraint(_order_id_unique(), type_='unique')
+    with op.batch_alter_table("shipment", schema=None, naming_convention=_CONVENTION) as batch_op:
+        batch_op.add_column(sa.Column("parcel", sa.String(length=40), nullable=True))
+        batch_op.add_column(sa.Column("items", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("status_since", sa.DateTime(timezone=True), nullable=True))
+        batch_op.drop_constraint(_order_id_unique(), type_="unique")
     op.execute("UPDATE shipment SET parcel = warehouse, status_since = updated_at")
-    with op.batch_alter_table('shipment', schema=None) as batch_op:
-        batch_op.alter_column('parcel', existing_type=sa.String(length=40), nullable=False)
-        batch_op.create_index(batch_op.f('ix_shipment_order_id'), ['order_id'], unique=False)
-        batch_op.create_unique_constraint('uq_shipment_order_id_parcel', ['order_id', 'parcel'])
+    with op.batch_alter_table("shipment", schema=None) as batch_op:
+        batch_op.alter_column("parcel", existing_type=sa.String(length=40), nullable=False)
+        batch_op.create_index(batch_op.f("ix_shipment_order_id"), ["order_id"], unique=False)
+        batch_op.create_unique_constraint("uq_shipment_order_id_parcel", ["order_id", "parcel"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('shipment', schema=None) as batch_op:
-        batch_op.drop_constraint('uq_shipment_order_id_parcel', type_='unique')
-        batch_op.drop_index(batch_op.f('ix_shipment_order_id'))
-        batch_op.create_unique_constraint('shipment_order_id_key', ['order_id'])
-        batch_op.drop_column('status_since')
-        batch_op.drop_column('items')
-        batch_op.drop_column('parcel')
+    with op.batch_alter_table("shipment", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_shipment_order_id_parcel", type_="unique")
+        batch_op.drop_index(batch_op.f("ix_shipment_order_id"))
+        batch_op.create_unique_constraint("shipment_order_id_key", ["order_id"])
+        batch_op.drop_column("status_since")
+        batch_op.drop_column("items")
+        batch_op.drop_column("parcel")

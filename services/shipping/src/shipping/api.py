@@ -21,14 +21,24 @@ log = get_logger(__name__)
 
 def _view(s: Any) -> dict[str, Any]:
     """``s``: a Shipment, or a parcel as :func:`parcels.by_tracking` read it."""
-    return {"order_id": s.order_id, "shipment_id": s.shipment_id, "parcel": s.parcel, "carrier": s.carrier,
-            "tracking_number": s.tracking_number,
-            "status": s.status, "warehouse": s.warehouse, "estimated_delivery": s.estimated_delivery.isoformat(),
-            "cancelled": s.cancelled, "return_expected": s.return_expected}
+    return {
+        "order_id": s.order_id,
+        "shipment_id": s.shipment_id,
+        "parcel": s.parcel,
+        "carrier": s.carrier,
+        "tracking_number": s.tracking_number,
+        "status": s.status,
+        "warehouse": s.warehouse,
+        "estimated_delivery": s.estimated_delivery.isoformat(),
+        "cancelled": s.cancelled,
+        "return_expected": s.return_expected,
+    }
 
 
 @router.post("/v1/carriers/{carrier}/events", status_code=202)
-async def carrier_event(carrier: Annotated[str, Path(max_length=40)], request: Request, rt: Runtime) -> dict[str, Any]:
+async def carrier_event(
+    carrier: Annotated[str, Path(max_length=40)], request: Request, rt: Runtime
+) -> dict[str, Any]:
     """A carrier's scan. Its signature is checked on the raw body before anything in it is read:
     unsigned, wrongly signed or stale, it is 401 and nothing is recorded."""
     adapter: carriers.CarrierAdapter | None = request.app.state.carriers.get(carrier)
@@ -39,18 +49,28 @@ async def carrier_event(carrier: Annotated[str, Path(max_length=40)], request: R
         scan = adapter.callback(dict(request.headers), body)
     except carriers.BadSignature as exc:
         log.warning("carrier_event.refused", carrier=carrier, why=str(exc))
-        raise Problem(401, "bad-signature", "Unauthorized", f"the {carriers.SIGNATURE_HEADER} signature does not verify") from exc
+        raise Problem(
+            401, "bad-signature", "Unauthorized", f"the {carriers.SIGNATURE_HEADER} signature does not verify"
+        ) from exc
     except ValidationError as exc:
         errors = validation_errors(exc.errors())
         fields = ", ".join(e["field"] for e in errors)
-        raise Problem(422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors) from exc
+        raise Problem(
+            422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors
+        ) from exc
     async with rt.sessions.begin() as session:
         shipment = await parcels.by_tracking(session, scan.tracking_number)
         if shipment is None or shipment.carrier != carrier:
             raise Problem(404, "not-found", "Not found", f"{carrier} has no parcel {scan.tracking_number}")
         try:
-            moved = await parcels.report(session, shipment, scan.status, scan.at, scan.location,
-                                         estimated_delivery=scan.estimated_delivery)
+            moved = await parcels.report(
+                session,
+                shipment,
+                scan.status,
+                scan.at,
+                scan.location,
+                estimated_delivery=scan.estimated_delivery,
+            )
         except parcels.Refused as exc:
             raise Problem(409, "cancelled", "Shipment cancelled", str(exc)) from exc
         return {**_view(shipment), "accepted": moved}

@@ -18,7 +18,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         s = settings or Settings()
-        adapters = carriers.adapters(s.carrier_secrets, default_secret=s.carrier_secret, window=s.signature_window_seconds)
+        adapters = carriers.adapters(
+            s.carrier_secrets, default_secret=s.carrier_secret, window=s.signature_window_seconds
+        )
         async with (
             ServiceRuntime(s, routers=[handlers.router], context={"carriers": adapters}) as runtime,
             carrier.simulation(runtime.sessions, s.simulation_step_seconds, s.carrier_simulation),

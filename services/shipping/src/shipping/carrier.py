@@ -29,7 +29,9 @@ async def tick(sessions: async_sessionmaker, step_seconds: float, batch: int = 2
             if status is None:
                 await parcels.unschedule(session, shipment)
                 continue
-            if await parcels.report(session, shipment, status, datetime.now(UTC), "simulated", step_seconds=step_seconds):
+            if await parcels.report(
+                session, shipment, status, datetime.now(UTC), "simulated", step_seconds=step_seconds
+            ):
                 moved += 1
     return moved
 
@@ -43,7 +45,9 @@ async def run(sessions: async_sessionmaker, step_seconds: float) -> None:
         await asyncio.sleep(min(step_seconds, 1.0) / 2)
 
 
-def simulation(sessions: async_sessionmaker, step_seconds: float, enabled: bool) -> contextlib.AbstractAsyncContextManager:
+def simulation(
+    sessions: async_sessionmaker, step_seconds: float, enabled: bool
+) -> contextlib.AbstractAsyncContextManager:
     if not enabled:
         return contextlib.nullcontext()
     return background(run(sessions, step_seconds), name="carrier-simulation")

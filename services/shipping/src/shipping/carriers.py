@@ -43,7 +43,9 @@ class CarrierEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tracking_number: Annotated[str, Field(min_length=1, max_length=40)]
-    status: Literal["picked_up", "in_transit", "out_for_delivery", "delivered", "exception", "returned", "lost"]
+    status: Literal[
+        "picked_up", "in_transit", "out_for_delivery", "delivered", "exception", "returned", "lost"
+    ]
     at: AwareDatetime
     location: Annotated[str, Field(max_length=200)] | None = None
     estimated_delivery: date | None = None
@@ -97,7 +99,9 @@ class CarrierAdapter(Protocol):
     code: str
     carrier: domain.Carrier
 
-    async def book(self, *, order_id: str, from_country: str, address: dict[str, Any], today: date) -> Booking: ...
+    async def book(
+        self, *, order_id: str, from_country: str, address: dict[str, Any], today: date
+    ) -> Booking: ...
 
     async def cancel(self, tracking_number: str) -> bool:
         """Ask the carrier not to collect the parcel; False when it has it already."""
@@ -123,9 +127,13 @@ class SimulatedCarrier:
         """Its trail is what it reported: shipping's record of the parcel (once the database is up)."""
         self._sessions = sessions
 
-    async def book(self, *, order_id: str, from_country: str, address: dict[str, Any], today: date) -> Booking:
+    async def book(
+        self, *, order_id: str, from_country: str, address: dict[str, Any], today: date
+    ) -> Booking:
         number = domain.tracking_number(self.carrier)
-        return Booking(number, domain.estimated_delivery(self.carrier, today), self.carrier.track_url.format(number))
+        return Booking(
+            number, domain.estimated_delivery(self.carrier, today), self.carrier.track_url.format(number)
+        )
 
     async def cancel(self, tracking_number: str) -> bool:
         return True  # it collects only what shipping's schedule tells it to: a cancelled parcel never moves
@@ -137,18 +145,28 @@ class SimulatedCarrier:
             rows = await session.execute(
                 select(ShipmentEvent.status, ShipmentEvent.at, ShipmentEvent.location)
                 .join(Shipment, Shipment.shipment_id == ShipmentEvent.shipment_id)
-                .where(Shipment.tracking_number == tracking_number).order_by(ShipmentEvent.at, ShipmentEvent.id)
+                .where(Shipment.tracking_number == tracking_number)
+                .order_by(ShipmentEvent.at, ShipmentEvent.id)
             )
             return [Scan(tracking_number, St(r.status), r.at, r.location) for r in rows]
 
     def callback(self, headers: dict[str, str], body: bytes) -> Scan:
-        verify(self._secret, headers.get(SIGNATURE_HEADER.lower()) or headers.get(SIGNATURE_HEADER), body,
-               now=time.time(), window=self._window)
+        verify(
+            self._secret,
+            headers.get(SIGNATURE_HEADER.lower()) or headers.get(SIGNATURE_HEADER),
+            body,
+            now=time.time(),
+            window=self._window,
+        )
         event = CarrierEvent.model_validate_json(body)
-        return Scan(event.tracking_number, St(event.status), event.at, event.location, event.estimated_delivery)
+        return Scan(
+            event.tracking_number, St(event.status), event.at, event.location, event.estimated_delivery
+        )
 
 
 def adapters(secrets: dict[str, str], *, default_secret: str, window: float) -> dict[str, SimulatedCarrier]:
     """One adapter per carrier the project books, each with its own secret."""
-    return {c.code: SimulatedCarrier(c, secret=secrets.get(c.code, default_secret), window=window) for c in domain.CARRIERS}
-
+    return {
+        c.code: SimulatedCarrier(c, secret=secrets.get(c.code, default_secret), window=window)
+        for c in domain.CARRIERS
+    }

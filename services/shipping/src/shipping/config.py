@@ -29,7 +29,11 @@ class Settings(ServiceSettings):
     def _safe_secrets(self) -> Settings:
         if self.environment == "production":
             if self.carrier_simulation:
-                raise ValueError("the simulated carrier must not run in production: SHIPPING_CARRIER_SIMULATION=false")
+                raise ValueError(
+                    "the simulated carrier must not run in production: SHIPPING_CARRIER_SIMULATION=false"
+                )
             if DEV_CARRIER_SECRET in (self.carrier_secret, *self.carrier_secrets.values()):
-                raise ValueError("the dev carrier secret must not be used in production: set SHIPPING_CARRIER_SECRET(S)")
+                raise ValueError(
+                    "the dev carrier secret must not be used in production: set SHIPPING_CARRIER_SECRET(S)"
+                )
         return self

@@ -40,7 +40,9 @@ class Shipment(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     status_since: Mapped[datetime | None]  # when it took its status (a parcel stuck in one shows)
-    replaces: Mapped[str | None] = mapped_column(String(40))  # the tracking number of the lost parcel it is sent instead of
+    replaces: Mapped[str | None] = mapped_column(
+        String(40)
+    )  # the tracking number of the lost parcel it is sent instead of
 
     __table_args__ = (UniqueConstraint("order_id", "parcel", name="uq_shipment_order_id_parcel"),)
 

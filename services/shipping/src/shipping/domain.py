@@ -20,13 +20,35 @@ class Carrier:
 
 
 CARRIERS = (
-    Carrier("sf-express", "SF", frozenset({"CN"}), domestic_only="CN", transit_days=2,
-            track_url="https://www.sf-express.com/chn/en/waybill/waybill-detail/{}"),
-    Carrier("ups", "1Z", frozenset({"US", "CA", "DE", "GB", "FR"}), transit_days=4,
-            track_url="https://www.ups.com/track?tracknum={}"),
-    Carrier("dhl", "JD", frozenset({"*"}), transit_days=5,
-            track_url="https://www.dhl.com/global-en/home/tracking.html?tracking-id={}"),
-    Carrier("ems", "EE", frozenset({"*"}), transit_days=7, track_url="https://www.ems.com.cn/english/track?mailNo={}"),
+    Carrier(
+        "sf-express",
+        "SF",
+        frozenset({"CN"}),
+        domestic_only="CN",
+        transit_days=2,
+        track_url="https://www.sf-express.com/chn/en/waybill/waybill-detail/{}",
+    ),
+    Carrier(
+        "ups",
+        "1Z",
+        frozenset({"US", "CA", "DE", "GB", "FR"}),
+        transit_days=4,
+        track_url="https://www.ups.com/track?tracknum={}",
+    ),
+    Carrier(
+        "dhl",
+        "JD",
+        frozenset({"*"}),
+        transit_days=5,
+        track_url="https://www.dhl.com/global-en/home/tracking.html?tracking-id={}",
+    ),
+    Carrier(
+        "ems",
+        "EE",
+        frozenset({"*"}),
+        transit_days=7,
+        track_url="https://www.ems.com.cn/english/track?mailNo={}",
+    ),
 )
 BY_CODE = {c.code: c for c in CARRIERS}
 UNSERVED = frozenset({"AQ"})  # no carrier goes there

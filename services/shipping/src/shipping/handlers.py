@@ -22,13 +22,19 @@ Carriers = Annotated[dict[str, carriers.CarrierAdapter], Resource("carriers")]
 
 CREATE, ADDRESS, CANCEL, RETURN = (
     topology.command_queue(k)
-    for k in ("shipping.create_shipment", "shipping.change_address", "shipping.cancel_shipment", "shipping.expect_return")
+    for k in (
+        "shipping.create_shipment",
+        "shipping.change_address",
+        "shipping.cancel_shipment",
+        "shipping.expect_return",
+    )
 )
 
 
 @router.subscriber(queue(CREATE))
-async def handle_create_shipment(msg: Envelope[CreateShipment], sessions: Sessions, settings: Config,
-                                 adapters: Carriers) -> None:
+async def handle_create_shipment(
+    msg: Envelope[CreateShipment], sessions: Sessions, settings: Config, adapters: Carriers
+) -> None:
     step = settings.simulation_step_seconds if settings.carrier_simulation else None
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CREATE):
@@ -43,7 +49,9 @@ async def handle_change_address(msg: Envelope[ChangeShipmentAddress], sessions: 
 
 
 @router.subscriber(queue(CANCEL))
-async def handle_cancel_shipment(msg: Envelope[CancelShipment], sessions: Sessions, adapters: Carriers) -> None:
+async def handle_cancel_shipment(
+    msg: Envelope[CancelShipment], sessions: Sessions, adapters: Carriers
+) -> None:
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CANCEL):
             await parcels.cancel(session, msg.data.order_id, msg, adapters)
@@ -54,6 +62,8 @@ async def handle_expect_return(msg: Envelope[ExpectReturn], sessions: Sessions) 
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, RETURN):
             try:
-                await parcels.expect_return(session, msg.data.order_id, list(msg.data.items), msg.data.shipment_id)
+                await parcels.expect_return(
+                    session, msg.data.order_id, list(msg.data.items), msg.data.shipment_id
+                )
             except LookupError as exc:
                 raise Permanent(str(exc)) from exc

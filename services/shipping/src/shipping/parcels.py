@@ -53,26 +53,48 @@ def _tracking_url(carrier_code: str, tracking_number: str) -> str | None:
 
 
 def _created(s: Any) -> ShipmentCreated:
-    return ShipmentCreated(order_id=s.order_id, shipment_id=s.shipment_id, carrier=s.carrier, parcel=s.parcel,
-                           tracking_number=s.tracking_number, warehouse=s.warehouse, estimated_delivery=s.estimated_delivery,
-                           items=[LineItem(**i) for i in s.items or []], tracking_url=_tracking_url(s.carrier, s.tracking_number),
-                           replaces=s.replaces)
+    return ShipmentCreated(
+        order_id=s.order_id,
+        shipment_id=s.shipment_id,
+        carrier=s.carrier,
+        parcel=s.parcel,
+        tracking_number=s.tracking_number,
+        warehouse=s.warehouse,
+        estimated_delivery=s.estimated_delivery,
+        items=[LineItem(**i) for i in s.items or []],
+        tracking_url=_tracking_url(s.carrier, s.tracking_number),
+        replaces=s.replaces,
+    )
 
 
-# Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md, "Prebuilt statements on the message paths".
+# Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md,
+# "Prebuilt statements on the message paths".
 _shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
 # A parcel as a report reads it and the carrier endpoint answers with it (not its address).
 _PARCEL = select(
-    _shipment.c.shipment_id, _shipment.c.order_id, _shipment.c.parcel, _shipment.c.warehouse, _shipment.c.carrier,
-    _shipment.c.tracking_number, _shipment.c.status, _shipment.c.estimated_delivery, _shipment.c.cancelled,
-    _shipment.c.return_expected, _shipment.c.return_items, _shipment.c["items"], _shipment.c.replaces,
+    _shipment.c.shipment_id,
+    _shipment.c.order_id,
+    _shipment.c.parcel,
+    _shipment.c.warehouse,
+    _shipment.c.carrier,
+    _shipment.c.tracking_number,
+    _shipment.c.status,
+    _shipment.c.estimated_delivery,
+    _shipment.c.cancelled,
+    _shipment.c.return_expected,
+    _shipment.c.return_items,
+    _shipment.c["items"],
+    _shipment.c.replaces,
 )
-_BY_PARCEL = _PARCEL.where(_shipment.c.order_id == bindparam("order_id"), _shipment.c.parcel == bindparam("parcel"))
+_BY_PARCEL = _PARCEL.where(
+    _shipment.c.order_id == bindparam("order_id"), _shipment.c.parcel == bindparam("parcel")
+)
 # Locked: a report changes the parcel (see the module's docstring).
 _BY_TRACKING = _PARCEL.where(_shipment.c.tracking_number == bindparam("tracking_number")).with_for_update()
 _DUE = (
     _PARCEL.where(
-        _shipment.c.next_step_at.is_not(None), _shipment.c.next_step_at <= bindparam("now"),
+        _shipment.c.next_step_at.is_not(None),
+        _shipment.c.next_step_at <= bindparam("now"),
         _shipment.c.cancelled.is_(False),
     )
     .limit(bindparam("batch"))
@@ -89,7 +111,11 @@ _UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id")
 
 async def of_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> list[Shipment]:
     """The order's parcels, first booked first; ``lock``: locked for this transaction (to change them)."""
-    query = select(Shipment).where(Shipment.order_id == order_id).order_by(Shipment.created_at, Shipment.shipment_id)
+    query = (
+        select(Shipment)
+        .where(Shipment.order_id == order_id)
+        .order_by(Shipment.created_at, Shipment.shipment_id)
+    )
     return list(await session.scalars(query.with_for_update() if lock else query))
 
 
@@ -107,7 +133,8 @@ async def trail(session: AsyncSession, shipment_id: str) -> list[dict[str, Any]]
     """The parcel's tracking trail, oldest first: ``at``, ``status``, ``location``."""
     rows = await session.execute(
         select(ShipmentEvent.at, ShipmentEvent.status, ShipmentEvent.location)
-        .where(ShipmentEvent.shipment_id == shipment_id).order_by(ShipmentEvent.at, ShipmentEvent.id)
+        .where(ShipmentEvent.shipment_id == shipment_id)
+        .order_by(ShipmentEvent.at, ShipmentEvent.id)
     )
     return [{"at": r.at.isoformat(), "status": r.status, "location": r.location} for r in rows]
 
@@ -129,8 +156,14 @@ async def unschedule(session: AsyncSession, shipment: SimpleNamespace) -> None:
     await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "next_step_at": None})
 
 
-async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *,
-                 adapters: dict[str, carriers.CarrierAdapter], step_seconds: float | None) -> None:
+async def create(
+    session: AsyncSession,
+    cmd: CreateShipment,
+    cause: Cause,
+    *,
+    adapters: dict[str, carriers.CarrierAdapter],
+    step_seconds: float | None,
+) -> None:
     """Book the parcel with a carrier that serves its route (warehouse → address)."""
     name = cmd.parcel or cmd.warehouse
     existing = (await session.execute(_BY_PARCEL, {"order_id": cmd.order_id, "parcel": name})).first()
@@ -138,31 +171,57 @@ async def create(session: AsyncSession, cmd: CreateShipment, cause: Cause, *,
         await _stage(session, _created(existing), cmd.order_id, cause)
         return
     if (await session.execute(_IS_CANCELLED, {"order_id": cmd.order_id})).first() is not None:
-        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="cancelled", parcel=name), cmd.order_id, cause)
+        await _stage(
+            session,
+            ShipmentFailed(order_id=cmd.order_id, reason="cancelled", parcel=name),
+            cmd.order_id,
+            cause,
+        )
         return
     origin = cmd.warehouse_country or domain.WAREHOUSE_COUNTRY.get(cmd.warehouse, "CN")
     try:
         carrier = domain.choose_carrier(origin, cmd.address.country)
     except domain.NoCarrier:
-        await _stage(session, ShipmentFailed(order_id=cmd.order_id, reason="no_carrier", parcel=name), cmd.order_id, cause)
+        await _stage(
+            session,
+            ShipmentFailed(order_id=cmd.order_id, reason="no_carrier", parcel=name),
+            cmd.order_id,
+            cause,
+        )
         return
     lost = None
     if cmd.replaces:  # the customer is told which parcel this one is sent instead of
         lost = (await session.execute(_BY_PARCEL, {"order_id": cmd.order_id, "parcel": cmd.replaces})).first()
     now = _now()
     address = cmd.address.model_dump(mode="json")
-    booking = await adapters[carrier.code].book(order_id=cmd.order_id, from_country=origin, address=address, today=now.date())
+    booking = await adapters[carrier.code].book(
+        order_id=cmd.order_id, from_country=origin, address=address, today=now.date()
+    )
     shipment = SimpleNamespace(
-        shipment_id=f"shp_{uuid.uuid4().hex}", order_id=cmd.order_id, parcel=name, warehouse=cmd.warehouse,
-        carrier=carrier.code, tracking_number=booking.tracking_number, status=St.CREATED,
-        estimated_delivery=booking.estimated_delivery, address=address,
-        cancelled=False, return_expected=False, return_items=None, items=[i.model_dump() for i in cmd.items],
-        next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None, created_at=now, updated_at=now,
-        status_since=now, replaces=lost.tracking_number if lost is not None else None,
+        shipment_id=f"shp_{uuid.uuid4().hex}",
+        order_id=cmd.order_id,
+        parcel=name,
+        warehouse=cmd.warehouse,
+        carrier=carrier.code,
+        tracking_number=booking.tracking_number,
+        status=St.CREATED,
+        estimated_delivery=booking.estimated_delivery,
+        address=address,
+        cancelled=False,
+        return_expected=False,
+        return_items=None,
+        items=[i.model_dump() for i in cmd.items],
+        next_step_at=now + timedelta(seconds=step_seconds) if step_seconds else None,
+        created_at=now,
+        updated_at=now,
+        status_since=now,
+        replaces=lost.tracking_number if lost is not None else None,
     )
     await session.execute(_INSERT_SHIPMENT, vars(shipment))  # the unique order id: never a second parcel
-    await session.execute(_INSERT_EVENT, {"shipment_id": shipment.shipment_id, "status": St.CREATED, "at": now,
-                                          "location": cmd.warehouse})
+    await session.execute(
+        _INSERT_EVENT,
+        {"shipment_id": shipment.shipment_id, "status": St.CREATED, "at": now, "location": cmd.warehouse},
+    )
     await _stage(session, _created(shipment), cmd.order_id, cause)
     log.info("shipment.created", order_id=cmd.order_id, parcel=name, carrier=carrier.code)
 
@@ -172,13 +231,20 @@ async def change_address(session: AsyncSession, order_id: str, address: dict[str
     changed = False
     for shipment in await of_order(session, order_id, lock=True):
         if shipment.status != St.CREATED or shipment.cancelled:
-            log.info("shipment.address_not_changed", order_id=order_id, parcel=shipment.parcel, status=shipment.status)
+            log.info(
+                "shipment.address_not_changed",
+                order_id=order_id,
+                parcel=shipment.parcel,
+                status=shipment.status,
+            )
             continue
         shipment.address, shipment.updated_at, changed = address, _now(), True
     return changed
 
 
-async def cancel(session: AsyncSession, order_id: str, cause: Cause, adapters: dict[str, carriers.CarrierAdapter]) -> None:
+async def cancel(
+    session: AsyncSession, order_id: str, cause: Cause, adapters: dict[str, carriers.CarrierAdapter]
+) -> None:
     """Stop every parcel of the order the carrier has not taken, and answer ``shipment.cancelled``
     naming them; no answer when every parcel has left (too late: their scans answer)."""
     shipments = await of_order(session, order_id, lock=True)
@@ -194,15 +260,23 @@ async def cancel(session: AsyncSession, order_id: str, cause: Cause, adapters: d
         if len(left) == len(shipments):
             return
     ids = [s.shipment_id for s in shipments if s.cancelled]
-    answer = ShipmentCancelled(order_id=order_id, shipment_id=ids[0] if ids else None, shipment_ids=ids,
-                               parcels=[s.parcel for s in shipments if s.cancelled])
+    answer = ShipmentCancelled(
+        order_id=order_id,
+        shipment_id=ids[0] if ids else None,
+        shipment_ids=ids,
+        parcels=[s.parcel for s in shipments if s.cancelled],
+    )
     await _stage(session, answer, order_id, cause)
 
 
-async def expect_return(session: AsyncSession, order_id: str, items: list[LineItem], shipment_id: str | None = None) -> None:
+async def expect_return(
+    session: AsyncSession, order_id: str, items: list[LineItem], shipment_id: str | None = None
+) -> None:
     """Expect the returned items back: in the parcel named, else in the order's delivered parcels
     that hold them (each parcel expects what it held)."""
-    shipments = [s for s in await of_order(session, order_id, lock=True) if shipment_id in (None, s.shipment_id)]
+    shipments = [
+        s for s in await of_order(session, order_id, lock=True) if shipment_id in (None, s.shipment_id)
+    ]
     if not shipments:
         raise LookupError(f"no shipment {shipment_id or ''} for order {order_id}")
     wanted = {i.sku: i.quantity for i in items}
@@ -227,8 +301,16 @@ class Refused(Exception):
     pass
 
 
-async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, at: datetime, location: str | None,
-                 *, estimated_delivery: date | None = None, step_seconds: float | None = None) -> bool:
+async def report(
+    session: AsyncSession,
+    shipment: SimpleNamespace,
+    status: St,
+    at: datetime,
+    location: str | None,
+    *,
+    estimated_delivery: date | None = None,
+    step_seconds: float | None = None,
+) -> bool:
     """A carrier's report (or the simulated carrier's): record it, bring the delivery estimate up
     to date, and tell the others. Returns False when it changes nothing (a repeat, or news the
     parcel is already past).
@@ -237,32 +319,70 @@ async def report(session: AsyncSession, shipment: SimpleNamespace, status: St, a
     its status and estimate are brought up to date with the row's."""
     if shipment.cancelled:
         raise Refused("the shipment was cancelled")
-    if not await _record_event(session, {"shipment_id": shipment.shipment_id, "status": status, "at": at,
-                                         "location": location}):
+    if not await _record_event(
+        session, {"shipment_id": shipment.shipment_id, "status": status, "at": at, "location": location}
+    ):
         return False  # seen before
     if not domain.accepts(St(shipment.status), status, return_expected=shipment.return_expected):
-        log.info("shipment.report_ignored", order_id=shipment.order_id, current=shipment.status, reported=status)
+        log.info(
+            "shipment.report_ignored", order_id=shipment.order_id, current=shipment.status, reported=status
+        )
         return False
     now = _now()
     more = domain.next_step(status) is not None
     next_step_at = now + timedelta(seconds=step_seconds) if step_seconds and more else None
-    eta = domain.eta(shipment.estimated_delivery, domain.BY_CODE.get(shipment.carrier), status, at, estimated_delivery)
-    await session.execute(_UPDATE, {"key_id": shipment.shipment_id, "status": status, "updated_at": now,
-                                    "status_since": now, "next_step_at": next_step_at, "estimated_delivery": eta})
+    eta = domain.eta(
+        shipment.estimated_delivery, domain.BY_CODE.get(shipment.carrier), status, at, estimated_delivery
+    )
+    await session.execute(
+        _UPDATE,
+        {
+            "key_id": shipment.shipment_id,
+            "status": status,
+            "updated_at": now,
+            "status_since": now,
+            "next_step_at": next_step_at,
+            "estimated_delivery": eta,
+        },
+    )
     was_delivered = shipment.status == St.DELIVERED
     undelivered = status == St.LOST or (status == St.RETURNED and not was_delivered)
     shipment.status, shipment.estimated_delivery = status, eta
-    await _stage(session, ShipmentUpdated(order_id=shipment.order_id, shipment_id=shipment.shipment_id, carrier=shipment.carrier,
-                                          tracking_number=shipment.tracking_number, status=status, at=at, location=location,
-                                          parcel=shipment.parcel, estimated_delivery=eta,
-                                          tracking_url=_tracking_url(shipment.carrier, shipment.tracking_number),
-                                          undelivered=undelivered, replaces=shipment.replaces),
-                 shipment.order_id, None)
+    await _stage(
+        session,
+        ShipmentUpdated(
+            order_id=shipment.order_id,
+            shipment_id=shipment.shipment_id,
+            carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
+            status=status,
+            at=at,
+            location=location,
+            parcel=shipment.parcel,
+            estimated_delivery=eta,
+            tracking_url=_tracking_url(shipment.carrier, shipment.tracking_number),
+            undelivered=undelivered,
+            replaces=shipment.replaces,
+        ),
+        shipment.order_id,
+        None,
+    )
     if status == St.EXCEPTION or undelivered:
-        log.warning("shipment.delivery_trouble", order_id=shipment.order_id, parcel=shipment.parcel, status=status)
+        log.warning(
+            "shipment.delivery_trouble", order_id=shipment.order_id, parcel=shipment.parcel, status=status
+        )
     if status == St.RETURNED and was_delivered:
         items = [LineItem(**i) for i in shipment.return_items or []]
-        await _stage(session, ShipmentReturned(order_id=shipment.order_id, shipment_id=shipment.shipment_id,
-                                               tracking_number=shipment.tracking_number, items=items, at=at),
-                     shipment.order_id, None)
+        await _stage(
+            session,
+            ShipmentReturned(
+                order_id=shipment.order_id,
+                shipment_id=shipment.shipment_id,
+                tracking_number=shipment.tracking_number,
+                items=items,
+                at=at,
+            ),
+            shipment.order_id,
+            None,
+        )
     return True

@@ -22,8 +22,11 @@ CLOSED = ("delivered", "returned", "failed")
 _s = Shipment.__table__
 _DUE = (
     select(_s.c.shipment_id, _s.c.address)
-    .where(or_(_s.c.status.in_(CLOSED), _s.c.cancelled), _s.c.updated_at < bindparam("before"),
-           _s.c.forgotten_at.is_(None))
+    .where(
+        or_(_s.c.status.in_(CLOSED), _s.c.cancelled),
+        _s.c.updated_at < bindparam("before"),
+        _s.c.forgotten_at.is_(None),
+    )
     .limit(bindparam("batch"))
 )
 _FORGET = update(_s).where(_s.c.shipment_id == bindparam("key_id"))
@@ -37,8 +40,14 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
         async with sessions.begin() as session:
             due = (await session.execute(_DUE, {"before": now - older_than, "batch": batch})).all()
             for shipment_id, address in due:
-                await session.execute(_FORGET, {"key_id": shipment_id, "forgotten_at": now,
-                                                "address": {"country": (address or {}).get("country")}})
+                await session.execute(
+                    _FORGET,
+                    {
+                        "key_id": shipment_id,
+                        "forgotten_at": now,
+                        "address": {"country": (address or {}).get("country")},
+                    },
+                )
         total += len(due)
         if len(due) < batch:
             break
@@ -47,6 +56,8 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     return total
 
 
-def housekeeping(sessions: async_sessionmaker, older_than: timedelta) -> contextlib.AbstractAsyncContextManager:
+def housekeeping(
+    sessions: async_sessionmaker, older_than: timedelta
+) -> contextlib.AbstractAsyncContextManager:
     """The purge, at start and then every hour, while the block lasts."""
     return every(3600.0, lambda: purge(sessions, older_than=older_than), name="shipping-retention")

@@ -47,15 +47,26 @@ def ensure_keys(folder: str | Path) -> dict[str, Path]:
     """The merchant app's and the stand-in's key pairs (PEM), generated on first use."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {f"{who}_{kind}": folder / f"{who}_{kind}.pem" for who in ("app", "alipay") for kind in ("private", "public")}
+    paths = {
+        f"{who}_{kind}": folder / f"{who}_{kind}.pem"
+        for who in ("app", "alipay")
+        for kind in ("private", "public")
+    }
     for who in ("app", "alipay"):
         if not paths[f"{who}_private"].exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            public = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             paths[f"{who}_public"].write_bytes(public)
             private = paths[f"{who}_private"]
-            private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+            private.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
             private.chmod(0o600)
     return paths
 
@@ -98,9 +109,15 @@ class Ledger:
             row = self.db.execute("SELECT * FROM trade WHERE out_trade_no = ?", (out_trade_no,)).fetchone()
         else:
             row = self.db.execute("SELECT * FROM trade WHERE trade_no = ?", (trade_no,)).fetchone()
-        if row is not None and row["status"] == "WAIT_BUYER_PAY" and datetime.fromisoformat(row["time_expire"]) <= datetime.now(UTC):
-            self.db.execute("UPDATE trade SET status = 'TRADE_CLOSED' WHERE out_trade_no = ? AND status = 'WAIT_BUYER_PAY'",
-                            (row["out_trade_no"],))
+        if (
+            row is not None
+            and row["status"] == "WAIT_BUYER_PAY"
+            and datetime.fromisoformat(row["time_expire"]) <= datetime.now(UTC)
+        ):
+            self.db.execute(
+                "UPDATE trade SET status = 'TRADE_CLOSED' WHERE out_trade_no = ? AND status = 'WAIT_BUYER_PAY'",
+                (row["out_trade_no"],),
+            )
             return self.trade(out_trade_no=row["out_trade_no"])
         return row
 
@@ -134,14 +151,29 @@ class AlipayStandIn:
     async def gateway(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
         method = form.get("method", "")
-        if form.get("app_id") != self.app_id or not _verifies(_signed_text(form, ("sign",)), form.get("sign", ""), self.app_key):
-            return self.answer(method, {"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature",
-                                        "sub_msg": "验签出错"})
+        if form.get("app_id") != self.app_id or not _verifies(
+            _signed_text(form, ("sign",)), form.get("sign", ""), self.app_key
+        ):
+            return self.answer(
+                method,
+                {
+                    "code": "40002",
+                    "msg": "Invalid Arguments",
+                    "sub_code": "isv.invalid-signature",
+                    "sub_msg": "验签出错",
+                },
+            )
         biz = json.loads(form.get("biz_content") or "{}")
-        handler = {"alipay.trade.precreate": self.precreate, "alipay.trade.query": self.query,
-                   "alipay.trade.close": self.close, "alipay.trade.refund": self.refund}.get(method)
+        handler = {
+            "alipay.trade.precreate": self.precreate,
+            "alipay.trade.query": self.query,
+            "alipay.trade.close": self.close,
+            "alipay.trade.refund": self.refund,
+        }.get(method)
         if handler is None:
-            return self.answer(method, {"code": "40004", "msg": "Business Failed", "sub_code": "isv.invalid-method"})
+            return self.answer(
+                method, {"code": "40004", "msg": "Business Failed", "sub_code": "isv.invalid-method"}
+            )
         return self.answer(method, handler(biz, form))
 
     @staticmethod
@@ -159,23 +191,45 @@ class AlipayStandIn:
             self.ledger.db.execute(
                 "INSERT INTO trade (out_trade_no, trade_no, status, total_amount, currency, subject, notify_url, "
                 "time_expire, created_at) VALUES (?, ?, 'WAIT_BUYER_PAY', ?, ?, ?, ?, ?, ?)",
-                (out, trade_no, biz["total_amount"], biz.get("trans_currency", "CNY"), biz["subject"],
-                 form.get("notify_url"), expire.astimezone(UTC).isoformat(), datetime.now(UTC).isoformat()),
+                (
+                    out,
+                    trade_no,
+                    biz["total_amount"],
+                    biz.get("trans_currency", "CNY"),
+                    biz["subject"],
+                    form.get("notify_url"),
+                    expire.astimezone(UTC).isoformat(),
+                    datetime.now(UTC).isoformat(),
+                ),
             )
             if NOPAY not in biz["subject"]:
                 self._spawn(self._customer_pays(trade_no))
             known = self.ledger.trade(out_trade_no=out)
         elif known["total_amount"] != biz["total_amount"]:
             return self._fail("ACQ.CONTEXT_INCONSISTENT")
-        return {"code": "10000", "msg": "Success", "out_trade_no": out, "qr_code": f"{self.public_url}/qr/{known['trade_no']}"}
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": out,
+            "qr_code": f"{self.public_url}/qr/{known['trade_no']}",
+        }
 
     def _view(self, t: sqlite3.Row) -> dict[str, Any]:
-        return {"code": "10000", "msg": "Success", "out_trade_no": t["out_trade_no"], "trade_no": t["trade_no"],
-                "trade_status": t["status"], "total_amount": t["total_amount"]}
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": t["out_trade_no"],
+            "trade_no": t["trade_no"],
+            "trade_status": t["status"],
+            "total_amount": t["total_amount"],
+        }
 
     def query(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
-        t = self.ledger.trade(out_trade_no=biz.get("out_trade_no")) if biz.get("out_trade_no") else \
-            self.ledger.trade(trade_no=biz.get("trade_no"))
+        t = (
+            self.ledger.trade(out_trade_no=biz.get("out_trade_no"))
+            if biz.get("out_trade_no")
+            else self.ledger.trade(trade_no=biz.get("trade_no"))
+        )
         return self._fail("ACQ.TRADE_NOT_EXIST") if t is None else self._view(t)
 
     def close(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
@@ -184,29 +238,49 @@ class AlipayStandIn:
             return self._fail("ACQ.TRADE_NOT_EXIST")
         if t["status"] in ("TRADE_SUCCESS", "TRADE_FINISHED"):
             return self._fail("ACQ.TRADE_STATUS_ERROR")
-        self.ledger.db.execute("UPDATE trade SET status = 'TRADE_CLOSED' WHERE out_trade_no = ?", (t["out_trade_no"],))
-        return {"code": "10000", "msg": "Success", "out_trade_no": t["out_trade_no"], "trade_no": t["trade_no"]}
+        self.ledger.db.execute(
+            "UPDATE trade SET status = 'TRADE_CLOSED' WHERE out_trade_no = ?", (t["out_trade_no"],)
+        )
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": t["out_trade_no"],
+            "trade_no": t["trade_no"],
+        }
 
     def refund(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
         if self.fail_refunds > 0:
             self.fail_refunds -= 1
             return self._fail("ACQ.SYSTEM_ERROR")
-        t = self.ledger.trade(trade_no=biz.get("trade_no")) if biz.get("trade_no") else \
-            self.ledger.trade(out_trade_no=biz.get("out_trade_no"))
+        t = (
+            self.ledger.trade(trade_no=biz.get("trade_no"))
+            if biz.get("trade_no")
+            else self.ledger.trade(out_trade_no=biz.get("out_trade_no"))
+        )
         if t is None:
             return self._fail("ACQ.TRADE_NOT_EXIST")
         if t["status"] != "TRADE_SUCCESS":
             return self._fail("ACQ.TRADE_STATUS_ERROR")
         request_no = biz.get("out_request_no") or t["out_trade_no"]
-        known = self.ledger.db.execute("SELECT amount FROM refund WHERE out_request_no = ?", (request_no,)).fetchone()
+        known = self.ledger.db.execute(
+            "SELECT amount FROM refund WHERE out_request_no = ?", (request_no,)
+        ).fetchone()
         amount = Decimal(biz["refund_amount"])
         if known is None:
             if self.ledger.refunded(t["trade_no"]) + amount > Decimal(t["total_amount"]):
                 return self._fail("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL")
-            self.ledger.db.execute("INSERT INTO refund (out_request_no, trade_no, amount, at) VALUES (?, ?, ?, ?)",
-                                   (request_no, t["trade_no"], format(amount, ".2f"), datetime.now(UTC).isoformat()))
-        return {"code": "10000", "msg": "Success", "trade_no": t["trade_no"], "out_trade_no": t["out_trade_no"],
-                "fund_change": "N" if known else "Y", "refund_fee": format(self.ledger.refunded(t["trade_no"]), ".2f")}
+            self.ledger.db.execute(
+                "INSERT INTO refund (out_request_no, trade_no, amount, at) VALUES (?, ?, ?, ?)",
+                (request_no, t["trade_no"], format(amount, ".2f"), datetime.now(UTC).isoformat()),
+            )
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": t["trade_no"],
+            "out_trade_no": t["out_trade_no"],
+            "fund_change": "N" if known else "Y",
+            "refund_fee": format(self.ledger.refunded(t["trade_no"]), ".2f"),
+        }
 
     # -- the customer, and the notifications ------------------------------------------------------
 
@@ -218,19 +292,30 @@ class AlipayStandIn:
         t = self.ledger.trade(trade_no=trade_no)
         if t is None or t["status"] != "WAIT_BUYER_PAY":
             return False
-        self.ledger.db.execute("UPDATE trade SET status = 'TRADE_SUCCESS', paid_at = ? WHERE trade_no = ?",
-                               (datetime.now(UTC).isoformat(), trade_no))
+        self.ledger.db.execute(
+            "UPDATE trade SET status = 'TRADE_SUCCESS', paid_at = ? WHERE trade_no = ?",
+            (datetime.now(UTC).isoformat(), trade_no),
+        )
         self._spawn(self.notify(trade_no))
         return True
 
     def notification(self, t: sqlite3.Row) -> dict[str, str]:
         paid = datetime.fromisoformat(t["paid_at"]).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
         fields = {
-            "notify_time": datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
-            "notify_id": f"{t['trade_no']}-paid", "app_id": self.app_id, "charset": "utf-8", "version": "1.0",
-            "sign_type": "RSA2", "trade_no": t["trade_no"], "out_trade_no": t["out_trade_no"],
-            "trade_status": "TRADE_SUCCESS", "total_amount": t["total_amount"], "receipt_amount": t["total_amount"],
-            "subject": t["subject"], "gmt_payment": paid,
+            "notify_time": datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
+            "notify_type": "trade_status_sync",
+            "notify_id": f"{t['trade_no']}-paid",
+            "app_id": self.app_id,
+            "charset": "utf-8",
+            "version": "1.0",
+            "sign_type": "RSA2",
+            "trade_no": t["trade_no"],
+            "out_trade_no": t["out_trade_no"],
+            "trade_status": "TRADE_SUCCESS",
+            "total_amount": t["total_amount"],
+            "receipt_amount": t["total_amount"],
+            "subject": t["subject"],
+            "gmt_payment": paid,
         }
         fields["sign"] = _sign(_signed_text(fields, ("sign", "sign_type")), self.key)
         return fields
@@ -261,8 +346,12 @@ class AlipayStandIn:
                     self._spawn(self._customer_pays(row["trade_no"]))
 
     def books(self) -> dict[str, Any]:
-        trades = [dict(r) for r in self.ledger.db.execute("SELECT * FROM trade ORDER BY out_trade_no").fetchall()]
-        refunds = [dict(r) for r in self.ledger.db.execute("SELECT * FROM refund ORDER BY out_request_no").fetchall()]
+        trades = [
+            dict(r) for r in self.ledger.db.execute("SELECT * FROM trade ORDER BY out_trade_no").fetchall()
+        ]
+        refunds = [
+            dict(r) for r in self.ledger.db.execute("SELECT * FROM refund ORDER BY out_request_no").fetchall()
+        ]
         return {"trades": trades, "refunds": refunds}
 
 
@@ -287,8 +376,10 @@ def create_app(standin: AlipayStandIn) -> FastAPI:
         t = standin.ledger.trade(trade_no=trade_no)
         if t is None:
             return "<p>unknown QR code</p>"
-        return (f"<h1>支付宝 stand-in</h1><p>{t['subject']}: {t['total_amount']} {t['currency']} ({t['status']})</p>"
-                f"<form method=post action='/qr/{trade_no}/pay'><button>Pay</button></form>")
+        return (
+            f"<h1>支付宝 stand-in</h1><p>{t['subject']}: {t['total_amount']} {t['currency']} ({t['status']})</p>"
+            f"<form method=post action='/qr/{trade_no}/pay'><button>Pay</button></form>"
+        )
 
     @app.post("/qr/{trade_no}/pay")
     async def pay(trade_no: str) -> JSONResponse:
@@ -315,9 +406,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--app-id", default="2021000000000000")
     parser.add_argument("--pay-after", type=float, default=1.5)
     args = parser.parse_args(argv)
-    standin = AlipayStandIn(Path(args.dir), app_id=args.app_id, public_url=f"http://{args.host}:{args.port}",
-                            pay_after=args.pay_after)
-    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
+    standin = AlipayStandIn(
+        Path(args.dir),
+        app_id=args.app_id,
+        public_url=f"http://{args.host}:{args.port}",
+        pay_after=args.pay_after,
+    )
+    uvicorn.run(
+        create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":

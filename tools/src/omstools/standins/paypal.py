@@ -48,14 +48,18 @@ CREATE TABLE IF NOT EXISTS refund (request_id TEXT PRIMARY KEY, id TEXT NOT NULL
 
 
 class PayPalStandIn:
-    def __init__(self, folder: Path, *, public_url: str, webhook_url: str | None, pay_after: float = 1.5) -> None:
+    def __init__(
+        self, folder: Path, *, public_url: str, webhook_url: str | None, pay_after: float = 1.5
+    ) -> None:
         keys = _rsa_pairs(folder)
         self.key = serialization.load_pem_private_key(keys["alipay_private"].read_bytes(), password=None)
         self.public = self.key.public_key()
         self.public_url, self.webhook_url, self.pay_after = public_url.rstrip("/"), webhook_url, pay_after
         self.tokens: set[str] = set()
         self.fail_refunds = 0
-        self.db = sqlite3.connect(str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db = sqlite3.connect(
+            str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30
+        )
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
@@ -76,20 +80,39 @@ class PayPalStandIn:
 
     def create(self, body: dict[str, Any], request_id: str | None) -> JSONResponse:
         if request_id:
-            known = self.db.execute("SELECT body FROM paypal_order WHERE request_id = ?", (request_id,)).fetchone()
+            known = self.db.execute(
+                "SELECT body FROM paypal_order WHERE request_id = ?", (request_id,)
+            ).fetchone()
             if known is not None:
                 return JSONResponse(json.loads(known["body"]), status_code=200)
         order_id = uuid.uuid4().hex[:17].upper()
         unit = body["purchase_units"][0]
-        order = {"id": order_id, "intent": "CAPTURE", "status": "PAYER_ACTION_REQUIRED",
-                 "purchase_units": [{"reference_id": unit.get("reference_id"), "custom_id": unit.get("custom_id"),
-                                     "description": unit.get("description", ""), "amount": unit["amount"]}],
-                 "create_time": datetime.now(UTC).isoformat(),
-                 "links": [{"rel": "self", "href": f"{self.public_url}/v2/checkout/orders/{order_id}", "method": "GET"},
-                           {"rel": "payer-action", "href": f"{self.public_url}/checkoutnow?token={order_id}",
-                            "method": "GET"}]}
-        self.db.execute("INSERT INTO paypal_order (id, request_id, body) VALUES (?, ?, ?)",
-                        (order_id, request_id, json.dumps(order)))
+        order = {
+            "id": order_id,
+            "intent": "CAPTURE",
+            "status": "PAYER_ACTION_REQUIRED",
+            "purchase_units": [
+                {
+                    "reference_id": unit.get("reference_id"),
+                    "custom_id": unit.get("custom_id"),
+                    "description": unit.get("description", ""),
+                    "amount": unit["amount"],
+                }
+            ],
+            "create_time": datetime.now(UTC).isoformat(),
+            "links": [
+                {"rel": "self", "href": f"{self.public_url}/v2/checkout/orders/{order_id}", "method": "GET"},
+                {
+                    "rel": "payer-action",
+                    "href": f"{self.public_url}/checkoutnow?token={order_id}",
+                    "method": "GET",
+                },
+            ],
+        }
+        self.db.execute(
+            "INSERT INTO paypal_order (id, request_id, body) VALUES (?, ?, ?)",
+            (order_id, request_id, json.dumps(order)),
+        )
         if NOPAY not in unit.get("description", ""):
             self._spawn(self._customer_approves(order_id))
         return JSONResponse(order, status_code=201)
@@ -99,14 +122,26 @@ class PayPalStandIn:
         if order is None:
             return JSONResponse({"name": "RESOURCE_NOT_FOUND"}, status_code=404)
         if order["status"] == "COMPLETED":
-            return JSONResponse({"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_ALREADY_CAPTURED"}]},
-                                status_code=422)
+            return JSONResponse(
+                {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_ALREADY_CAPTURED"}]},
+                status_code=422,
+            )
         if order["status"] != "APPROVED":
-            return JSONResponse({"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_NOT_APPROVED"}]},
-                                status_code=422)
+            return JSONResponse(
+                {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_NOT_APPROVED"}]},
+                status_code=422,
+            )
         unit = order["purchase_units"][0]
-        unit["payments"] = {"captures": [{"id": uuid.uuid4().hex[:17].upper(), "status": "COMPLETED",
-                                          "amount": unit["amount"], "create_time": datetime.now(UTC).isoformat()}]}
+        unit["payments"] = {
+            "captures": [
+                {
+                    "id": uuid.uuid4().hex[:17].upper(),
+                    "status": "COMPLETED",
+                    "amount": unit["amount"],
+                    "create_time": datetime.now(UTC).isoformat(),
+                }
+            ]
+        }
         order["status"] = "COMPLETED"
         self.save(order)
         return JSONResponse(order, status_code=201)
@@ -117,21 +152,35 @@ class PayPalStandIn:
             return JSONResponse({"name": "INTERNAL_SERVER_ERROR"}, status_code=500)
         known = self.db.execute("SELECT * FROM refund WHERE request_id = ?", (request_id,)).fetchone()
         if known is None:
-            captured = [c for r in self.db.execute("SELECT body FROM paypal_order").fetchall()
-                        for u in json.loads(r["body"])["purchase_units"] for c in (u.get("payments") or {}).get("captures", [])
-                        if c["id"] == capture_id]
+            captured = [
+                c
+                for r in self.db.execute("SELECT body FROM paypal_order").fetchall()
+                for u in json.loads(r["body"])["purchase_units"]
+                for c in (u.get("payments") or {}).get("captures", [])
+                if c["id"] == capture_id
+            ]
             if not captured:
                 return JSONResponse({"name": "RESOURCE_NOT_FOUND"}, status_code=404)
-            done = sum(float(r["value"]) for r in self.db.execute("SELECT value FROM refund WHERE capture_id = ?",
-                                                                   (capture_id,)).fetchall())
+            done = sum(
+                float(r["value"])
+                for r in self.db.execute(
+                    "SELECT value FROM refund WHERE capture_id = ?", (capture_id,)
+                ).fetchall()
+            )
             value = body.get("amount", {}).get("value") or captured[0]["amount"]["value"]
             if done + float(value) > float(captured[0]["amount"]["value"]) + 1e-9:
-                return JSONResponse({"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "REFUND_AMOUNT_EXCEEDED"}]},
-                                    status_code=422)
-            self.db.execute("INSERT INTO refund (request_id, id, capture_id, value) VALUES (?, ?, ?, ?)",
-                            (request_id or uuid.uuid4().hex, uuid.uuid4().hex[:17].upper(), capture_id, value))
+                return JSONResponse(
+                    {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "REFUND_AMOUNT_EXCEEDED"}]},
+                    status_code=422,
+                )
+            self.db.execute(
+                "INSERT INTO refund (request_id, id, capture_id, value) VALUES (?, ?, ?, ?)",
+                (request_id or uuid.uuid4().hex, uuid.uuid4().hex[:17].upper(), capture_id, value),
+            )
             known = self.db.execute("SELECT * FROM refund WHERE request_id = ?", (request_id,)).fetchone()
-        return JSONResponse({"id": known["id"], "status": "COMPLETED", "amount": {"value": known["value"]}}, status_code=201)
+        return JSONResponse(
+            {"id": known["id"], "status": "COMPLETED", "amount": {"value": known["value"]}}, status_code=201
+        )
 
     async def _customer_approves(self, order_id: str) -> None:
         await asyncio.sleep(self.pay_after)
@@ -149,15 +198,22 @@ class PayPalStandIn:
     def transmission(self, body: bytes) -> dict[str, str]:
         tid, at = str(uuid.uuid4()), datetime.now(UTC).isoformat()
         message = f"{tid}|{at}|{WEBHOOK_ID}|{zlib.crc32(body)}".encode()
-        return {"PAYPAL-TRANSMISSION-ID": tid, "PAYPAL-TRANSMISSION-TIME": at, "PAYPAL-AUTH-ALGO": "SHA256withRSA",
-                "PAYPAL-CERT-URL": f"{self.public_url}/certs/standin.pem",
-                "PAYPAL-TRANSMISSION-SIG": _sign(message, self.key), "Content-Type": "application/json"}
+        return {
+            "PAYPAL-TRANSMISSION-ID": tid,
+            "PAYPAL-TRANSMISSION-TIME": at,
+            "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+            "PAYPAL-CERT-URL": f"{self.public_url}/certs/standin.pem",
+            "PAYPAL-TRANSMISSION-SIG": _sign(message, self.key),
+            "Content-Type": "application/json",
+        }
 
     def verify(self, claim: dict[str, Any]) -> JSONResponse:
         body = json.dumps(claim.get("webhook_event"), separators=(",", ":")).encode()
-        message = f"{claim.get('transmission_id')}|{claim.get('transmission_time')}|{claim.get('webhook_id')}|{zlib.crc32(body)}"
-        ok = claim.get("webhook_id") == WEBHOOK_ID and _verifies(message.encode(), claim.get("transmission_sig", ""),
-                                                                   self.public)
+        fields = (claim.get("transmission_id"), claim.get("transmission_time"), claim.get("webhook_id"))
+        message = "|".join(str(f) for f in fields) + f"|{zlib.crc32(body)}"
+        ok = claim.get("webhook_id") == WEBHOOK_ID and _verifies(
+            message.encode(), claim.get("transmission_sig", ""), self.public
+        )
         return JSONResponse({"verification_status": "SUCCESS" if ok else "FAILURE"})
 
     async def notify(self, order_id: str) -> None:
@@ -169,11 +225,18 @@ class PayPalStandIn:
             row = self.db.execute("SELECT notified FROM paypal_order WHERE id = ?", (order_id,)).fetchone()
             if order is None or row["notified"]:
                 return
-            event = {"id": f"WH-{order_id}-APPROVED", "event_type": "CHECKOUT.ORDER.APPROVED",
-                     "resource_type": "checkout-order", "create_time": datetime.now(UTC).isoformat(), "resource": order}
+            event = {
+                "id": f"WH-{order_id}-APPROVED",
+                "event_type": "CHECKOUT.ORDER.APPROVED",
+                "resource_type": "checkout-order",
+                "create_time": datetime.now(UTC).isoformat(),
+                "resource": order,
+            }
             body = json.dumps(event, separators=(",", ":")).encode()
             with contextlib.suppress(httpx.HTTPError):
-                if (await self.client.post(self.webhook_url, content=body, headers=self.transmission(body))).is_success:
+                if (
+                    await self.client.post(self.webhook_url, content=body, headers=self.transmission(body))
+                ).is_success:
                     self.db.execute("UPDATE paypal_order SET notified = 1 WHERE id = ?", (order_id,))
                     return
             await asyncio.sleep(delay)
@@ -184,7 +247,10 @@ class PayPalStandIn:
             order = json.loads(row["body"])
             if order["status"] == "APPROVED":
                 self._spawn(self.notify(row["id"]))
-            elif order["status"] == "PAYER_ACTION_REQUIRED" and NOPAY not in order["purchase_units"][0]["description"]:
+            elif (
+                order["status"] == "PAYER_ACTION_REQUIRED"
+                and NOPAY not in order["purchase_units"][0]["description"]
+            ):
                 self._spawn(self._customer_approves(row["id"]))
 
 
@@ -246,8 +312,10 @@ def create_app(standin: PayPalStandIn) -> FastAPI:
         if order is None:
             return "<p>unknown order</p>"
         amount = order["purchase_units"][0]["amount"]
-        return (f"<h1>PayPal stand-in</h1><p>{amount['value']} {amount['currency_code']} ({order['status']})</p>"
-                f"<form method=post action='/checkoutnow?token={token}'><button>Pay Now</button></form>")
+        return (
+            f"<h1>PayPal stand-in</h1><p>{amount['value']} {amount['currency_code']} ({order['status']})</p>"
+            f"<form method=post action='/checkoutnow?token={token}'><button>Pay Now</button></form>"
+        )
 
     @app.post("/checkoutnow")
     async def approve(token: str) -> JSONResponse:
@@ -261,8 +329,10 @@ def create_app(standin: PayPalStandIn) -> FastAPI:
     @app.get("/_standin/ledger")
     async def ledger() -> dict[str, Any]:
         rows = standin.db.execute("SELECT body, notified FROM paypal_order").fetchall()
-        return {"orders": [{**json.loads(r["body"]), "notified": bool(r["notified"])} for r in rows],
-                "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()]}
+        return {
+            "orders": [{**json.loads(r["body"]), "notified": bool(r["notified"])} for r in rows],
+            "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()],
+        }
 
     @app.post("/_standin/fail-refunds")
     async def fail_refunds(count: int = 1) -> dict[str, int]:
@@ -280,9 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook-url", default=None)
     parser.add_argument("--pay-after", type=float, default=1.5)
     args = parser.parse_args(argv)
-    standin = PayPalStandIn(Path(args.dir), public_url=f"http://{args.host}:{args.port}", webhook_url=args.webhook_url,
-                            pay_after=args.pay_after)
-    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
+    standin = PayPalStandIn(
+        Path(args.dir),
+        public_url=f"http://{args.host}:{args.port}",
+        webhook_url=args.webhook_url,
+        pay_after=args.pay_after,
+    )
+    uvicorn.run(
+        create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,19 @@ def stripe_signature(body: bytes, secret: str, t: int | None = None) -> str:
 
 
 class StripeStandIn:
-    def __init__(self, folder: Path, *, webhook_url: str | None, api_key: str = API_KEY,
-                 webhook_secret: str = WEBHOOK_SECRET, late_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        webhook_url: str | None,
+        api_key: str = API_KEY,
+        webhook_secret: str = WEBHOOK_SECRET,
+        late_seconds: float = 15.0,
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db = sqlite3.connect(
+            str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30
+        )
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
@@ -86,12 +95,17 @@ class StripeStandIn:
         if key and request.method == "POST":
             known = self.db.execute("SELECT status, body FROM idempotency WHERE key = ?", (key,)).fetchone()
             if known is not None:
-                return JSONResponse(json.loads(known["body"]), status_code=known["status"],
-                                    headers={"Idempotent-Replayed": "true"})
+                return JSONResponse(
+                    json.loads(known["body"]),
+                    status_code=known["status"],
+                    headers={"Idempotent-Replayed": "true"},
+                )
         answer = await call()
         if key and request.method == "POST" and answer.status_code < 500:  # Stripe does not save 5xx answers
-            self.db.execute("INSERT OR IGNORE INTO idempotency (key, status, body) VALUES (?, ?, ?)",
-                            (key, answer.status_code, answer.body.decode()))
+            self.db.execute(
+                "INSERT OR IGNORE INTO idempotency (key, status, body) VALUES (?, ?, ?)",
+                (key, answer.status_code, answer.body.decode()),
+            )
         return answer
 
     async def create_intent(self, form: dict[str, str]) -> JSONResponse:
@@ -106,37 +120,77 @@ class StripeStandIn:
             await asyncio.sleep(self.late_seconds)
         declined = not token.startswith("tok_") or token == "tok_declined"
         intent = {
-            "id": f"pi_{uuid.uuid4().hex[:24]}", "object": "payment_intent", "amount": int(form["amount"]),
-            "amount_received": 0 if declined else int(form["amount"]), "currency": form["currency"],
-            "status": "requires_payment_method" if declined else "succeeded", "metadata": {"oms_key": oms_key},
-            "created": int(time.time()), "livemode": False,
-            "last_payment_error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline"}
-            if declined else None,
+            "id": f"pi_{uuid.uuid4().hex[:24]}",
+            "object": "payment_intent",
+            "amount": int(form["amount"]),
+            "amount_received": 0 if declined else int(form["amount"]),
+            "currency": form["currency"],
+            "status": "requires_payment_method" if declined else "succeeded",
+            "metadata": {"oms_key": oms_key},
+            "created": int(time.time()),
+            "livemode": False,
+            "last_payment_error": {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "generic_decline",
+            }
+            if declined
+            else None,
         }
-        self.db.execute("INSERT INTO intent (id, oms_key, status, amount, currency, body, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (intent["id"], oms_key, intent["status"], intent["amount"], intent["currency"],
-                         json.dumps(intent), intent["created"]))
+        self.db.execute(
+            "INSERT INTO intent (id, oms_key, status, amount, currency, body, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                intent["id"],
+                oms_key,
+                intent["status"],
+                intent["amount"],
+                intent["currency"],
+                json.dumps(intent),
+                intent["created"],
+            ),
+        )
         if declined:
-            return self._error(402, "card_error", "Your card was declined.", code="card_declined",
-                               decline_code="generic_decline", payment_intent=intent)
+            return self._error(
+                402,
+                "card_error",
+                "Your card was declined.",
+                code="card_declined",
+                decline_code="generic_decline",
+                payment_intent=intent,
+            )
         self._spawn(self.notify(intent["id"]))
         return JSONResponse(intent)
 
     def search(self, query: str) -> JSONResponse:
         key = query.split(":", 1)[1].strip().strip("'\"") if ":" in query else ""
-        rows = self.db.execute("SELECT * FROM intent WHERE oms_key = ? ORDER BY created DESC", (key,)).fetchall()
-        return JSONResponse({"object": "search_result", "url": "/v1/payment_intents/search", "has_more": False,
-                             "next_page": None, "data": [self._intent(r) for r in rows]})
+        rows = self.db.execute(
+            "SELECT * FROM intent WHERE oms_key = ? ORDER BY created DESC", (key,)
+        ).fetchall()
+        return JSONResponse(
+            {
+                "object": "search_result",
+                "url": "/v1/payment_intents/search",
+                "has_more": False,
+                "next_page": None,
+                "data": [self._intent(r) for r in rows],
+            }
+        )
 
     def cancel(self, intent_id: str) -> JSONResponse:
         row = self.db.execute("SELECT * FROM intent WHERE id = ?", (intent_id,)).fetchone()
         if row is None:
             return self._error(404, "invalid_request_error", f"No such payment_intent: '{intent_id}'")
         if row["status"] == "succeeded":
-            return self._error(400, "invalid_request_error", "This PaymentIntent's status is succeeded.",
-                               code="payment_intent_unexpected_state")
+            return self._error(
+                400,
+                "invalid_request_error",
+                "This PaymentIntent's status is succeeded.",
+                code="payment_intent_unexpected_state",
+            )
         intent = {**self._intent(row), "status": "canceled"}
-        self.db.execute("UPDATE intent SET status = 'canceled', body = ? WHERE id = ?", (json.dumps(intent), intent_id))
+        self.db.execute(
+            "UPDATE intent SET status = 'canceled', body = ? WHERE id = ?", (json.dumps(intent), intent_id)
+        )
         return JSONResponse(intent)
 
     def refund(self, form: dict[str, str]) -> JSONResponse:
@@ -145,18 +199,36 @@ class StripeStandIn:
             return self._error(500, "api_error", "An unexpected error occurred.")
         row = self.db.execute("SELECT * FROM intent WHERE id = ?", (form.get("payment_intent"),)).fetchone()
         if row is None or row["status"] != "succeeded":
-            return self._error(400, "invalid_request_error", "This PaymentIntent does not have a successful charge.",
-                               code="charge_not_refundable")
-        refunded = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM refund WHERE payment_intent = ?",
-                                   (row["id"],)).fetchone()[0]
+            return self._error(
+                400,
+                "invalid_request_error",
+                "This PaymentIntent does not have a successful charge.",
+                code="charge_not_refundable",
+            )
+        refunded = self.db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM refund WHERE payment_intent = ?", (row["id"],)
+        ).fetchone()[0]
         amount = int(form.get("amount") or row["amount"] - refunded)
         if refunded + amount > row["amount"]:
-            return self._error(400, "invalid_request_error", "Refund amount is greater than unrefunded amount.",
-                               code="charge_already_refunded")
-        refund = {"id": f"re_{uuid.uuid4().hex[:24]}", "object": "refund", "amount": amount, "currency": row["currency"],
-                  "payment_intent": row["id"], "status": "succeeded", "created": int(time.time())}
-        self.db.execute("INSERT INTO refund (id, payment_intent, amount, created) VALUES (?, ?, ?, ?)",
-                        (refund["id"], row["id"], amount, refund["created"]))
+            return self._error(
+                400,
+                "invalid_request_error",
+                "Refund amount is greater than unrefunded amount.",
+                code="charge_already_refunded",
+            )
+        refund = {
+            "id": f"re_{uuid.uuid4().hex[:24]}",
+            "object": "refund",
+            "amount": amount,
+            "currency": row["currency"],
+            "payment_intent": row["id"],
+            "status": "succeeded",
+            "created": int(time.time()),
+        }
+        self.db.execute(
+            "INSERT INTO refund (id, payment_intent, amount, created) VALUES (?, ?, ?, ?)",
+            (refund["id"], row["id"], amount, refund["created"]),
+        )
         return JSONResponse(refund)
 
     # -- webhooks --------------------------------------------------------------------------------
@@ -170,15 +242,27 @@ class StripeStandIn:
         if not self.webhook_url:
             return
         row = self.db.execute("SELECT * FROM intent WHERE id = ?", (intent_id,)).fetchone()
-        event = {"id": f"evt_{intent_id[3:]}", "object": "event", "type": "payment_intent.succeeded",
-                 "api_version": "2025-01-27", "created": int(time.time()), "livemode": False,
-                 "data": {"object": self._intent(row)}}
+        event = {
+            "id": f"evt_{intent_id[3:]}",
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "api_version": "2025-01-27",
+            "created": int(time.time()),
+            "livemode": False,
+            "data": {"object": self._intent(row)},
+        }
         body = json.dumps(event).encode()
         delay, deadline = 0.5, time.monotonic() + 600
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                answer = await self.client.post(self.webhook_url, content=body, headers={
-                    "Content-Type": "application/json", "Stripe-Signature": stripe_signature(body, self.webhook_secret)})
+                answer = await self.client.post(
+                    self.webhook_url,
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Stripe-Signature": stripe_signature(body, self.webhook_secret),
+                    },
+                )
                 if answer.is_success:
                     self.db.execute("UPDATE intent SET notified = 1 WHERE id = ?", (intent_id,))
                     return
@@ -186,12 +270,16 @@ class StripeStandIn:
             delay = min(delay * 2, 5)
 
     def resume(self) -> None:
-        for row in self.db.execute("SELECT id FROM intent WHERE status = 'succeeded' AND notified = 0").fetchall():
+        for row in self.db.execute(
+            "SELECT id FROM intent WHERE status = 'succeeded' AND notified = 0"
+        ).fetchall():
             self._spawn(self.notify(row["id"]))
 
     def books(self) -> dict[str, Any]:
-        intents = [{k: r[k] for k in ("id", "oms_key", "status", "amount", "currency")}
-                   for r in self.db.execute("SELECT * FROM intent ORDER BY created").fetchall()]
+        intents = [
+            {k: r[k] for k in ("id", "oms_key", "status", "amount", "currency")}
+            for r in self.db.execute("SELECT * FROM intent ORDER BY created").fetchall()
+        ]
         refunds = [dict(r) for r in self.db.execute("SELECT * FROM refund ORDER BY created").fetchall()]
         return {"payment_intents": intents, "refunds": refunds}
 
@@ -219,12 +307,14 @@ def create_app(standin: StripeStandIn) -> FastAPI:
     async def search(request: Request, query: str = "") -> JSONResponse:
         async def answer() -> JSONResponse:
             return standin.search(query)
+
         return await standin.handle(request, answer)
 
     @app.post("/v1/payment_intents/{intent_id}/cancel")
     async def cancel(request: Request, intent_id: str) -> JSONResponse:
         async def answer() -> JSONResponse:
             return standin.cancel(intent_id)
+
         return await standin.handle(request, answer)
 
     @app.post("/v1/refunds")
@@ -233,6 +323,7 @@ def create_app(standin: StripeStandIn) -> FastAPI:
 
         async def answer() -> JSONResponse:
             return standin.refund(fields)
+
         return await standin.handle(request, answer)
 
     @app.get("/healthz")
@@ -260,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--late-seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
     standin = StripeStandIn(Path(args.dir), webhook_url=args.webhook_url, late_seconds=args.late_seconds)
-    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
+    uvicorn.run(
+        create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,13 @@ def ensure_keys(folder: str | Path) -> dict[str, Path]:
     and the APIv3 key, made on first use."""
     folder = Path(folder)
     pairs = _rsa_pairs(folder)
-    paths = {"app_private": pairs["app_private"], "app_public": pairs["app_public"],
-             "platform_private": pairs["alipay_private"], "platform_public": pairs["alipay_public"],
-             "apiv3_key": folder / "apiv3.key"}
+    paths = {
+        "app_private": pairs["app_private"],
+        "app_public": pairs["app_public"],
+        "platform_private": pairs["alipay_private"],
+        "platform_public": pairs["alipay_public"],
+        "apiv3_key": folder / "apiv3.key",
+    }
     if not paths["apiv3_key"].exists():
         paths["apiv3_key"].write_text(secrets.token_hex(16))  # 32 characters
         paths["apiv3_key"].chmod(0o600)
@@ -74,7 +78,9 @@ class WechatPayStandIn:
         self.key = serialization.load_pem_private_key(keys["platform_private"].read_bytes(), password=None)
         self.apiv3 = keys["apiv3_key"].read_text().strip().encode()
         self.pay_after, self.fail_refunds = pay_after, 0
-        self.db = sqlite3.connect(str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db = sqlite3.connect(
+            str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30
+        )
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
@@ -89,28 +95,55 @@ class WechatPayStandIn:
     def signed(self, status: int, payload: dict[str, Any] | None = None) -> Response:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) if payload is not None else ""
         ts, nonce = str(int(time.time())), secrets.token_hex(16)
-        return Response(body, status_code=status, media_type="application/json", headers={
-            "Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce, "Wechatpay-Serial": PLATFORM_SERIAL,
-            "Wechatpay-Signature": _sign(f"{ts}\n{nonce}\n{body}\n".encode(), self.key)})
+        return Response(
+            body,
+            status_code=status,
+            media_type="application/json",
+            headers={
+                "Wechatpay-Timestamp": ts,
+                "Wechatpay-Nonce": nonce,
+                "Wechatpay-Serial": PLATFORM_SERIAL,
+                "Wechatpay-Signature": _sign(f"{ts}\n{nonce}\n{body}\n".encode(), self.key),
+            },
+        )
 
     def authentic(self, request: Request, body: bytes) -> bool:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', request.headers.get("authorization", "")))
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         message = f"{request.method}\n{path}\n{fields.get('timestamp')}\n{fields.get('nonce_str')}\n{body.decode()}\n"
-        return fields.get("mchid") == MCHID and _verifies(message.encode(), fields.get("signature", ""), self.merchant)
+        return fields.get("mchid") == MCHID and _verifies(
+            message.encode(), fields.get("signature", ""), self.merchant
+        )
 
-    def trade(self, *, out_trade_no: str | None = None, transaction_id: str | None = None) -> sqlite3.Row | None:
-        column, value = ("out_trade_no", out_trade_no) if out_trade_no is not None else ("transaction_id", transaction_id)
+    def trade(
+        self, *, out_trade_no: str | None = None, transaction_id: str | None = None
+    ) -> sqlite3.Row | None:
+        column, value = (
+            ("out_trade_no", out_trade_no) if out_trade_no is not None else ("transaction_id", transaction_id)
+        )
         row = self.db.execute(f"SELECT * FROM trade WHERE {column} = ?", (value,)).fetchone()  # noqa: S608
-        if row is not None and row["state"] == "NOTPAY" and datetime.fromisoformat(row["time_expire"]) <= datetime.now(UTC):
-            self.db.execute("UPDATE trade SET state = 'CLOSED' WHERE out_trade_no = ?", (row["out_trade_no"],))
+        if (
+            row is not None
+            and row["state"] == "NOTPAY"
+            and datetime.fromisoformat(row["time_expire"]) <= datetime.now(UTC)
+        ):
+            self.db.execute(
+                "UPDATE trade SET state = 'CLOSED' WHERE out_trade_no = ?", (row["out_trade_no"],)
+            )
             return self.trade(out_trade_no=row["out_trade_no"])
         return row
 
     def view(self, t: sqlite3.Row) -> dict[str, Any]:
-        return {"appid": APPID, "mchid": MCHID, "out_trade_no": t["out_trade_no"], "transaction_id": t["transaction_id"],
-                "trade_type": "NATIVE", "trade_state": t["state"], "success_time": t["paid_at"],
-                "amount": {"total": t["total"], "payer_total": t["total"], "currency": t["currency"]}}
+        return {
+            "appid": APPID,
+            "mchid": MCHID,
+            "out_trade_no": t["out_trade_no"],
+            "transaction_id": t["transaction_id"],
+            "trade_type": "NATIVE",
+            "trade_state": t["state"],
+            "success_time": t["paid_at"],
+            "amount": {"total": t["total"], "payer_total": t["total"], "currency": t["currency"]},
+        }
 
     def native(self, biz: dict[str, Any]) -> Response:
         known = self.trade(out_trade_no=biz["out_trade_no"])
@@ -119,8 +152,16 @@ class WechatPayStandIn:
             self.db.execute(
                 "INSERT INTO trade (out_trade_no, transaction_id, state, total, currency, description, notify_url, "
                 "time_expire) VALUES (?, ?, 'NOTPAY', ?, ?, ?, ?, ?)",
-                (biz["out_trade_no"], "42000" + uuid.uuid4().hex[:23], biz["amount"]["total"],
-                 biz["amount"].get("currency", "CNY"), biz["description"], biz.get("notify_url"), expire.isoformat()))
+                (
+                    biz["out_trade_no"],
+                    "42000" + uuid.uuid4().hex[:23],
+                    biz["amount"]["total"],
+                    biz["amount"].get("currency", "CNY"),
+                    biz["description"],
+                    biz.get("notify_url"),
+                    expire.isoformat(),
+                ),
+            )
             known = self.trade(out_trade_no=biz["out_trade_no"])
             if NOPAY not in biz["description"]:
                 self._spawn(self._customer_pays(known["transaction_id"]))
@@ -142,20 +183,40 @@ class WechatPayStandIn:
         t = self.trade(transaction_id=biz.get("transaction_id"))
         if t is None or t["state"] not in ("SUCCESS", "REFUND"):
             return self.signed(400, {"code": "INVALID_REQUEST", "message": "订单状态不正确"})
-        known = self.db.execute("SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)).fetchone()
+        known = self.db.execute(
+            "SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)
+        ).fetchone()
         if known is None:
-            done = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM refund WHERE transaction_id = ?",
-                                   (t["transaction_id"],)).fetchone()[0]
+            done = self.db.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM refund WHERE transaction_id = ?", (t["transaction_id"],)
+            ).fetchone()[0]
             if done + biz["amount"]["refund"] > t["total"]:
                 return self.signed(400, {"code": "NOT_ENOUGH", "message": "退款金额超过可退金额"})
-            self.db.execute("INSERT INTO refund (out_refund_no, refund_id, transaction_id, amount) VALUES (?, ?, ?, ?)",
-                            (biz["out_refund_no"], "50000" + uuid.uuid4().hex[:24], t["transaction_id"],
-                             biz["amount"]["refund"]))
-            self.db.execute("UPDATE trade SET state = 'REFUND' WHERE transaction_id = ?", (t["transaction_id"],))
-            known = self.db.execute("SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)).fetchone()
-        return self.signed(200, {"refund_id": known["refund_id"], "out_refund_no": known["out_refund_no"],
-                                 "transaction_id": known["transaction_id"], "status": "SUCCESS",
-                                 "amount": {"refund": known["amount"], "total": t["total"], "currency": t["currency"]}})
+            self.db.execute(
+                "INSERT INTO refund (out_refund_no, refund_id, transaction_id, amount) VALUES (?, ?, ?, ?)",
+                (
+                    biz["out_refund_no"],
+                    "50000" + uuid.uuid4().hex[:24],
+                    t["transaction_id"],
+                    biz["amount"]["refund"],
+                ),
+            )
+            self.db.execute(
+                "UPDATE trade SET state = 'REFUND' WHERE transaction_id = ?", (t["transaction_id"],)
+            )
+            known = self.db.execute(
+                "SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)
+            ).fetchone()
+        return self.signed(
+            200,
+            {
+                "refund_id": known["refund_id"],
+                "out_refund_no": known["out_refund_no"],
+                "transaction_id": known["transaction_id"],
+                "status": "SUCCESS",
+                "amount": {"refund": known["amount"], "total": t["total"], "currency": t["currency"]},
+            },
+        )
 
     async def _customer_pays(self, transaction_id: str) -> None:
         await asyncio.sleep(self.pay_after)
@@ -165,8 +226,10 @@ class WechatPayStandIn:
         t = self.trade(transaction_id=transaction_id)
         if t is None or t["state"] != "NOTPAY":
             return False
-        self.db.execute("UPDATE trade SET state = 'SUCCESS', paid_at = ? WHERE transaction_id = ?",
-                        (datetime.now(UTC).isoformat(), transaction_id))
+        self.db.execute(
+            "UPDATE trade SET state = 'SUCCESS', paid_at = ? WHERE transaction_id = ?",
+            (datetime.now(UTC).isoformat(), transaction_id),
+        )
         self._spawn(self.notify(transaction_id))
         return True
 
@@ -174,15 +237,30 @@ class WechatPayStandIn:
         nonce = secrets.token_hex(6)
         plain = json.dumps({**self.view(t), "trade_state": "SUCCESS"}).encode()
         cipher = AESGCM(self.apiv3).encrypt(nonce.encode(), plain, b"transaction")
-        body = json.dumps({"id": f"EV-{t['transaction_id']}", "create_time": datetime.now(UTC).isoformat(),
-                           "event_type": "TRANSACTION.SUCCESS", "resource_type": "encrypt-resource",
-                           "summary": "支付成功", "resource": {"algorithm": "AEAD_AES_256_GCM", "original_type": "transaction",
-                                                          "ciphertext": base64.b64encode(cipher).decode(),
-                                                          "associated_data": "transaction", "nonce": nonce}})
+        body = json.dumps(
+            {
+                "id": f"EV-{t['transaction_id']}",
+                "create_time": datetime.now(UTC).isoformat(),
+                "event_type": "TRANSACTION.SUCCESS",
+                "resource_type": "encrypt-resource",
+                "summary": "支付成功",
+                "resource": {
+                    "algorithm": "AEAD_AES_256_GCM",
+                    "original_type": "transaction",
+                    "ciphertext": base64.b64encode(cipher).decode(),
+                    "associated_data": "transaction",
+                    "nonce": nonce,
+                },
+            }
+        )
         ts, n = str(int(time.time())), secrets.token_hex(16)
-        return body.encode(), {"Content-Type": "application/json", "Wechatpay-Timestamp": ts, "Wechatpay-Nonce": n,
-                               "Wechatpay-Serial": PLATFORM_SERIAL,
-                               "Wechatpay-Signature": _sign(f"{ts}\n{n}\n{body}\n".encode(), self.key)}
+        return body.encode(), {
+            "Content-Type": "application/json",
+            "Wechatpay-Timestamp": ts,
+            "Wechatpay-Nonce": n,
+            "Wechatpay-Serial": PLATFORM_SERIAL,
+            "Wechatpay-Signature": _sign(f"{ts}\n{n}\n{body}\n".encode(), self.key),
+        }
 
     async def notify(self, transaction_id: str) -> None:
         delay, deadline = 0.5, time.monotonic() + 600
@@ -193,13 +271,17 @@ class WechatPayStandIn:
             body, headers = self.notification(t)
             with contextlib.suppress(httpx.HTTPError):
                 if (await self.client.post(t["notify_url"], content=body, headers=headers)).is_success:
-                    self.db.execute("UPDATE trade SET notified = 1 WHERE transaction_id = ?", (transaction_id,))
+                    self.db.execute(
+                        "UPDATE trade SET notified = 1 WHERE transaction_id = ?", (transaction_id,)
+                    )
                     return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
 
     def resume(self) -> None:
-        for row in self.db.execute("SELECT transaction_id, state, description FROM trade WHERE notified = 0").fetchall():
+        for row in self.db.execute(
+            "SELECT transaction_id, state, description FROM trade WHERE notified = 0"
+        ).fetchall():
             if row["state"] == "SUCCESS":
                 self._spawn(self.notify(row["transaction_id"]))
             elif row["state"] == "NOTPAY" and NOPAY not in row["description"]:
@@ -233,15 +315,25 @@ def create_app(standin: WechatPayStandIn) -> FastAPI:
     async def by_out_trade_no(request: Request, no: str) -> Response:
         ok, _ = await authentic(request)
         t = standin.trade(out_trade_no=no) if ok else None
-        return refused() if not ok else standin.signed(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"}) \
-            if t is None else standin.signed(200, standin.view(t))
+        return (
+            refused()
+            if not ok
+            else standin.signed(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"})
+            if t is None
+            else standin.signed(200, standin.view(t))
+        )
 
     @app.get("/v3/pay/transactions/id/{transaction_id}")
     async def by_id(request: Request, transaction_id: str) -> Response:
         ok, _ = await authentic(request)
         t = standin.trade(transaction_id=transaction_id) if ok else None
-        return refused() if not ok else standin.signed(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"}) \
-            if t is None else standin.signed(200, standin.view(t))
+        return (
+            refused()
+            if not ok
+            else standin.signed(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"})
+            if t is None
+            else standin.signed(200, standin.view(t))
+        )
 
     @app.post("/v3/pay/transactions/out-trade-no/{no}/close")
     async def close(request: Request, no: str) -> Response:
@@ -259,8 +351,10 @@ def create_app(standin: WechatPayStandIn) -> FastAPI:
 
     @app.get("/_standin/ledger")
     async def ledger() -> dict[str, Any]:
-        return {"trades": [dict(r) for r in standin.db.execute("SELECT * FROM trade").fetchall()],
-                "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()]}
+        return {
+            "trades": [dict(r) for r in standin.db.execute("SELECT * FROM trade").fetchall()],
+            "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()],
+        }
 
     @app.post("/_standin/fail-refunds")
     async def fail_refunds(count: int = 1) -> dict[str, int]:
@@ -278,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pay-after", type=float, default=1.5)
     args = parser.parse_args(argv)
     standin = WechatPayStandIn(Path(args.dir), pay_after=args.pay_after)
-    uvicorn.run(create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
+    uvicorn.run(
+        create_app(standin), host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1
+    )
 
 
 if __name__ == "__main__":

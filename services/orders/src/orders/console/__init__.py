@@ -21,7 +21,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(auth.SignedOut)
     async def _signed_out(request: Request, _exc: auth.SignedOut) -> Response:
-        if request.method == "GET" and "hx-request" not in request.headers and not request.url.path.endswith(".json"):
+        if (
+            request.method == "GET"
+            and "hx-request" not in request.headers
+            and not request.url.path.endswith(".json")
+        ):
             return routes.sign_in_page(request, status=200 if request.url.path == "/ops" else 401)
         response = HTMLResponse("signed out", status_code=401, headers={"HX-Redirect": "/ops"})
         auth.clear_cookie(request, response)

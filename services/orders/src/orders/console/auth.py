@@ -77,7 +77,10 @@ def current(request: Request) -> Session:
     except BadSignature as exc:  # SignatureExpired is one
         raise SignedOut from exc
     for entry in settings.api_keys:
-        if hmac.compare_digest(_fingerprint(settings, entry), str(data.get("k", ""))) and entry.role in CONSOLE_ROLES:
+        if (
+            hmac.compare_digest(_fingerprint(settings, entry), str(data.get("k", "")))
+            and entry.role in CONSOLE_ROLES
+        ):
             return Session(Caller(name=entry.name, role=entry.role), str(data.get("c", "")))
     raise SignedOut
 
@@ -85,13 +88,20 @@ def current(request: Request) -> Session:
 def set_cookie(request: Request, response: Response, value: str) -> None:
     settings = request.app.state.runtime.settings
     response.set_cookie(
-        COOKIE, value, max_age=int(settings.console_session_minutes * 60), path=PATH, httponly=True,
-        samesite="strict", secure=request.url.scheme == "https",
+        COOKIE,
+        value,
+        max_age=int(settings.console_session_minutes * 60),
+        path=PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
     )
 
 
 def clear_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.delete_cookie(
+        COOKIE, path=PATH, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
 
 
 def same_origin(request: Request) -> bool:

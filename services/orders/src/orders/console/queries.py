@@ -82,17 +82,26 @@ async def charts(session: AsyncSession, *, now: datetime | None = None) -> dict[
     dialect = session.get_bind().dialect.name
     by_status = dict((await session.execute(select(Order.status, func.count()).group_by(Order.status))).all())
     placed_minute = _minute(Order.created_at, dialect).label("minute")
-    placed = dict((await session.execute(
-        select(placed_minute, func.count()).where(Order.created_at >= since).group_by(placed_minute)
-    )).all())
+    placed = dict(
+        (
+            await session.execute(
+                select(placed_minute, func.count()).where(Order.created_at >= since).group_by(placed_minute)
+            )
+        ).all()
+    )
     paid_minute = _minute(OrderHistory.at, dialect).label("minute")
     latency = _seconds_between(OrderHistory.at, Order.created_at, dialect)
-    paid = {int(m): (n, avg, worst) for m, n, avg, worst in (await session.execute(
-        select(paid_minute, func.count(), func.avg(latency), func.max(latency))
-        .join(Order, Order.id == OrderHistory.order_id)
-        .where(OrderHistory.status == "paid", OrderHistory.at >= since)
-        .group_by(paid_minute)
-    )).all()}
+    paid = {
+        int(m): (n, avg, worst)
+        for m, n, avg, worst in (
+            await session.execute(
+                select(paid_minute, func.count(), func.avg(latency), func.max(latency))
+                .join(Order, Order.id == OrderHistory.order_id)
+                .where(OrderHistory.status == "paid", OrderHistory.at >= since)
+                .group_by(paid_minute)
+            )
+        ).all()
+    }
     placed = {int(m): n for m, n in placed.items()}
     first = int(since.timestamp()) // 60 + 1
     minutes = list(range(first, first + 60))
@@ -111,9 +120,16 @@ async def saga_messages(session: AsyncSession, order_id: str, *, limit: int = 10
     """The commands and events the order's saga sent that the outbox still keeps (published ones
     for an hour), oldest first."""
     o = outbox_message.c
-    rows = (await session.execute(
-        select(o.routing_key, o.message_type, o.created_at, o.published_at, o.attempts, o.last_error)
-        .where(o.correlation_id == order_id).order_by(o.seq).limit(limit)
-    )).mappings().all()
+    rows = (
+        (
+            await session.execute(
+                select(o.routing_key, o.message_type, o.created_at, o.published_at, o.attempts, o.last_error)
+                .where(o.correlation_id == order_id)
+                .order_by(o.seq)
+                .limit(limit)
+            )
+        )
+        .mappings()
+        .all()
+    )
     return [dict(r) for r in rows]
-

@@ -26,7 +26,9 @@ ZH: dict[str, str] = {
     "Your session has ended: sign in again.": "会话已结束，请重新登录。",
     "Orders by status": "各状态订单数",
     "Orders placed and paid per minute, last hour": "最近一小时每分钟下单与支付数",
-    "POST to paid, seconds (mean and worst per minute), last hour": "下单到支付耗时（秒，每分钟平均与最大），最近一小时",
+    "POST to paid, seconds (mean and worst per minute), last hour": (
+        "下单到支付耗时（秒，每分钟平均与最大），最近一小时"
+    ),
     "placed": "下单",
     "paid": "已支付",
     "mean": "平均",

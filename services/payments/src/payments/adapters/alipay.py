@@ -42,14 +42,22 @@ PAID = {"TRADE_SUCCESS", "TRADE_FINISHED"}
 
 def load_private_key(text: str) -> rsa.RSAPrivateKey:
     """A PEM key, or the bare base64 (PKCS#8) that Alipay's key tool writes."""
-    pem = text if "-----BEGIN" in text else f"-----BEGIN PRIVATE KEY-----\n{text.strip()}\n-----END PRIVATE KEY-----\n"
+    pem = (
+        text
+        if "-----BEGIN" in text
+        else f"-----BEGIN PRIVATE KEY-----\n{text.strip()}\n-----END PRIVATE KEY-----\n"
+    )
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return key
 
 
 def load_public_key(text: str) -> rsa.RSAPublicKey:
-    pem = text if "-----BEGIN" in text else f"-----BEGIN PUBLIC KEY-----\n{text.strip()}\n-----END PUBLIC KEY-----\n"
+    pem = (
+        text
+        if "-----BEGIN" in text
+        else f"-----BEGIN PUBLIC KEY-----\n{text.strip()}\n-----END PUBLIC KEY-----\n"
+    )
     key = serialization.load_pem_public_key(pem.encode())
     assert isinstance(key, rsa.RSAPublicKey)
     return key
@@ -57,7 +65,9 @@ def load_public_key(text: str) -> rsa.RSAPublicKey:
 
 def content_to_sign(params: Mapping[str, str], *, drop: tuple[str, ...] = ("sign",)) -> str:
     """Alipay's string to sign: every non-empty parameter but ``drop``, sorted, ``k=v`` joined by ``&``."""
-    return "&".join(f"{k}={params[k]}" for k in sorted(params) if k not in drop and params[k] not in ("", None))
+    return "&".join(
+        f"{k}={params[k]}" for k in sorted(params) if k not in drop and params[k] not in ("", None)
+    )
 
 
 def sign(text: str, key: rsa.RSAPrivateKey) -> str:
@@ -81,8 +91,17 @@ class AlipayAdapter:
     name = "alipay"
     acknowledgement = "success"
 
-    def __init__(self, *, gateway: str, app_id: str, private_key: str, alipay_public_key: str, notify_url: str,
-                 timeout: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        app_id: str,
+        private_key: str,
+        alipay_public_key: str,
+        notify_url: str,
+        timeout: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self.gateway, self.app_id, self.notify_url = gateway, app_id, notify_url
         self._key = load_private_key(private_key)
         self._alipay_key = load_public_key(alipay_public_key)
@@ -93,9 +112,15 @@ class AlipayAdapter:
 
     async def _call(self, method: str, biz: dict[str, Any], **extra: str) -> dict[str, Any]:
         params = {
-            "app_id": self.app_id, "method": method, "format": "JSON", "charset": "utf-8", "sign_type": "RSA2",
-            "timestamp": datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"), "version": "1.0",
-            "biz_content": json.dumps(biz, separators=(",", ":"), ensure_ascii=False), **extra,
+            "app_id": self.app_id,
+            "method": method,
+            "format": "JSON",
+            "charset": "utf-8",
+            "sign_type": "RSA2",
+            "timestamp": datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
+            "version": "1.0",
+            "biz_content": json.dumps(biz, separators=(",", ":"), ensure_ascii=False),
+            **extra,
         }
         params["sign"] = sign(content_to_sign(params), self._key)
         try:
@@ -132,9 +157,13 @@ class AlipayAdapter:
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         raise Unsupported("saved Alipay agreements are not wired to this adapter")
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
         biz: dict[str, Any] = {
-            "out_trade_no": trade_no_for(key), "total_amount": format(amount, ".2f"), "subject": subject[:256],
+            "out_trade_no": trade_no_for(key),
+            "total_amount": format(amount, ".2f"),
+            "subject": subject[:256],
             "time_expire": expires_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
         }
         if currency != "CNY":
@@ -152,7 +181,9 @@ class AlipayAdapter:
             raise Transient(f"alipay query: {answer.get('sub_code') or answer.get('code')}")
         return self._charge(key, answer)
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         answer = await self._call("alipay.trade.close", {"out_trade_no": trade_no_for(key)})
         if answer.get("code") == "10000" or answer.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
             # not scanned before time_expire: Alipay no longer takes it
@@ -165,11 +196,17 @@ class AlipayAdapter:
     async def complete(self, key: str, *, reference: str) -> Charge:
         raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
-        answer = await self._call("alipay.trade.refund", {
-            "trade_no": payment_ref, "refund_amount": format(amount, ".2f"),
-            "out_request_no": trade_no_for(idempotency_key),
-        })
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
+        answer = await self._call(
+            "alipay.trade.refund",
+            {
+                "trade_no": payment_ref,
+                "refund_amount": format(amount, ".2f"),
+                "out_request_no": trade_no_for(idempotency_key),
+            },
+        )
         if answer.get("code") != "10000":
             raise Transient(f"alipay refund: {answer.get('sub_code') or answer.get('code')}")
         return f"{answer.get('trade_no', payment_ref)}:{trade_no_for(idempotency_key)}"
@@ -178,14 +215,20 @@ class AlipayAdapter:
         """An asynchronous notification: form fields, signed over all of them but ``sign`` and
         ``sign_type``; it must be for this merchant's app."""
         fields = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
-        if not fields.get("sign") or not verify(content_to_sign(fields, drop=("sign", "sign_type")),
-                                                fields["sign"], self._alipay_key):
+        if not fields.get("sign") or not verify(
+            content_to_sign(fields, drop=("sign", "sign_type")), fields["sign"], self._alipay_key
+        ):
             raise BadSignature("alipay notification: the signature does not verify")
-        if fields.get("app_id") != self.app_id or not fields.get("out_trade_no") or not fields.get("notify_id"):
+        if (
+            fields.get("app_id") != self.app_id
+            or not fields.get("out_trade_no")
+            or not fields.get("notify_id")
+        ):
             raise BadSignature("alipay notification: not for this app")
         status = fields.get("trade_status", "")
         return Notification(
-            id=fields["notify_id"], key=fields["out_trade_no"],
+            id=fields["notify_id"],
+            key=fields["out_trade_no"],
             status="captured" if status in PAID else "voided" if status == "TRADE_CLOSED" else "pending",
             reference=fields.get("trade_no"),
             amount=Decimal(fields["total_amount"]) if fields.get("total_amount") else None,
@@ -195,7 +238,9 @@ class AlipayAdapter:
     def _charge(key: str, answer: dict[str, Any]) -> Charge:
         status = answer.get("trade_status", "")
         return Charge(
-            key=key, status="captured" if status in PAID else "voided" if status == "TRADE_CLOSED" else "pending",
-            reference=answer.get("trade_no"), amount=Decimal(answer.get("total_amount") or "0"), currency="CNY",
+            key=key,
+            status="captured" if status in PAID else "voided" if status == "TRADE_CLOSED" else "pending",
+            reference=answer.get("trade_no"),
+            amount=Decimal(answer.get("total_amount") or "0"),
+            currency="CNY",
         )
-

@@ -77,13 +77,17 @@ class Adapter(Protocol):
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         """Capture with ``token``; the provider's reference. Raises Declined or Transient."""
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
         """Open a payment the customer makes; the same key again is the same payment."""
 
     async def query(self, key: str, reference: str | None = None) -> Charge | None:
         """What became of the attempt ``key``; None when the provider never heard of it."""
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         """Make sure an attempt that was not paid never can be; returns it as it stands (a paid one
         stays paid, and the caller must honour it)."""
 
@@ -91,7 +95,9 @@ class Adapter(Protocol):
         """Capture a payment the customer approved (PayPal's capture after approval); the same key
         again is the same capture. Providers whose notification says "paid" never get here."""
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
         """Pay back ``amount`` of the charge; the same idempotency key again is the same refund."""
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:

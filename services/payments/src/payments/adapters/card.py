@@ -43,10 +43,14 @@ class StripeCardAdapter:
     name = "stripe"
     acknowledgement = ""
 
-    def __init__(self, *, api_key: str, webhook_secret: str, api_base: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, api_key: str, webhook_secret: str, api_base: str | None = None, timeout: float = 10.0
+    ) -> None:
         self.webhook_secret = webhook_secret
         self._client = stripe.StripeClient(
-            api_key, base_addresses={"api": api_base} if api_base else None, max_network_retries=0,
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=0,
             http_client=stripe.HTTPXClient(timeout=timeout),
         )
 
@@ -59,9 +63,14 @@ class StripeCardAdapter:
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         try:
             intent = await self._client.v1.payment_intents.create_async(
-                params={"amount": minor_units(amount, currency), "currency": currency.lower(), "payment_method": token,
-                        "confirm": True, "metadata": {"oms_key": key},
-                        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}},
+                params={
+                    "amount": minor_units(amount, currency),
+                    "currency": currency.lower(),
+                    "payment_method": token,
+                    "confirm": True,
+                    "metadata": {"oms_key": key},
+                    "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                },
                 options={"idempotency_key": key},
             )
         except stripe.CardError as exc:
@@ -74,36 +83,52 @@ class StripeCardAdapter:
             raise Declined(intent.status)
         return intent.id
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
         raise Unsupported("a card is charged with its token")
 
     async def query(self, key: str, reference: str | None = None) -> Charge | None:
         try:
-            found = await self._client.v1.payment_intents.search_async(params={"query": f"metadata['oms_key']:'{key}'"})
+            found = await self._client.v1.payment_intents.search_async(
+                params={"query": f"metadata['oms_key']:'{key}'"}
+            )
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             raise Transient(f"card processor: {type(exc).__name__}") from exc
         if not found.data:
             return None
         intent = next((i for i in found.data if i.status == "succeeded"), found.data[0])
-        return Charge(key=key, status=_STATUS.get(intent.status, "pending"),
-                      reference=intent.id if intent.status == "succeeded" else None,
-                      amount=major_units(intent.amount, intent.currency), currency=intent.currency.upper())
+        return Charge(
+            key=key,
+            status=_STATUS.get(intent.status, "pending"),
+            reference=intent.id if intent.status == "succeeded" else None,
+            amount=major_units(intent.amount, intent.currency),
+            currency=intent.currency.upper(),
+        )
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         known = await self.query(key)
         if known is None or known.status in ("captured", "voided", "declined"):
             return known or Charge(key=key, status="voided", reference=None, amount=amount, currency=currency)
-        found = await self._client.v1.payment_intents.search_async(params={"query": f"metadata['oms_key']:'{key}'"})
+        found = await self._client.v1.payment_intents.search_async(
+            params={"query": f"metadata['oms_key']:'{key}'"}
+        )
         try:
             await self._client.v1.payment_intents.cancel_async(found.data[0].id)
         except stripe.InvalidRequestError:  # succeeded meanwhile
             pass
-        return await self.query(key) or Charge(key=key, status="voided", reference=None, amount=amount, currency=currency)
+        return await self.query(key) or Charge(
+            key=key, status="voided", reference=None, amount=amount, currency=currency
+        )
 
     async def complete(self, key: str, *, reference: str) -> Charge:
         raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
         try:
             refund = await self._client.v1.refunds.create_async(
                 params={"payment_intent": payment_ref, "amount": minor_units(amount, currency)},
@@ -121,5 +146,10 @@ class StripeCardAdapter:
         intent = event.data.object.to_dict()
         if event.type != "payment_intent.succeeded" or not (intent.get("metadata") or {}).get("oms_key"):
             return Notification(id=event.id, key="", status="pending", reference=None, amount=None)
-        return Notification(id=event.id, key=intent["metadata"]["oms_key"], status="captured", reference=intent["id"],
-                            amount=major_units(intent["amount_received"] or intent["amount"], intent["currency"]))
+        return Notification(
+            id=event.id,
+            key=intent["metadata"]["oms_key"],
+            status="captured",
+            reference=intent["id"],
+            amount=major_units(intent["amount_received"] or intent["amount"], intent["currency"]),
+        )

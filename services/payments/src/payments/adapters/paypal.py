@@ -35,16 +35,29 @@ def _order_id(reference: str) -> str:
     return reference.split("/", 1)[0]
 
 
-_HEADERS = ("paypal-transmission-id", "paypal-transmission-time", "paypal-transmission-sig", "paypal-cert-url",
-            "paypal-auth-algo")
+_HEADERS = (
+    "paypal-transmission-id",
+    "paypal-transmission-time",
+    "paypal-transmission-sig",
+    "paypal-cert-url",
+    "paypal-auth-algo",
+)
 
 
 class PayPalAdapter:
     name = "paypal"
     acknowledgement = ""
 
-    def __init__(self, *, base_url: str, client_id: str, client_secret: str, webhook_id: str, return_url: str,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        webhook_id: str,
+        return_url: str,
+        timeout: float = 10.0,
+    ) -> None:
         self.base_url, self.client_id, self.client_secret = base_url.rstrip("/"), client_id, client_secret
         self.webhook_id, self.return_url = webhook_id, return_url
         self._client = httpx.AsyncClient(timeout=timeout)
@@ -55,8 +68,12 @@ class PayPalAdapter:
 
     async def _bearer(self) -> str:
         if self._token is None or self._token[1] < time.monotonic() + 60:
-            r = await self._send("POST", "/v1/oauth2/token", data={"grant_type": "client_credentials"},
-                                 auth=(self.client_id, self.client_secret))
+            r = await self._send(
+                "POST",
+                "/v1/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(self.client_id, self.client_secret),
+            )
             if r.status_code != 200:
                 raise Transient(f"paypal oauth: HTTP {r.status_code}")
             body = r.json()
@@ -74,10 +91,15 @@ class PayPalAdapter:
             raise Transient(f"paypal {path}: HTTP {r.status_code}")
         return r
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-                    request_id: str | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {await self._bearer()}", "Content-Type": "application/json",
-                   "Prefer": "return=representation", **({"PayPal-Request-Id": request_id} if request_id else {})}
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, request_id: str | None = None
+    ) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {await self._bearer()}",
+            "Content-Type": "application/json",
+            "Prefer": "return=representation",
+            **({"PayPal-Request-Id": request_id} if request_id else {}),
+        }
         return await self._send(method, path, json=body, headers=headers)
 
     def trade_key(self, order_id: str) -> str:
@@ -86,14 +108,34 @@ class PayPalAdapter:
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         raise Unsupported("saved PayPal agreements are not wired to this adapter")
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
-        r = await self._call("POST", "/v2/checkout/orders", {
-            "intent": "CAPTURE",
-            "purchase_units": [{"reference_id": key, "custom_id": key, "description": subject[:127],
-                                "amount": {"currency_code": currency, "value": format(amount, ".2f")}}],
-            "payment_source": {"paypal": {"experience_context": {
-                "user_action": "PAY_NOW", "return_url": self.return_url, "cancel_url": self.return_url}}},
-        }, request_id=f"create-{key}")
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
+        r = await self._call(
+            "POST",
+            "/v2/checkout/orders",
+            {
+                "intent": "CAPTURE",
+                "purchase_units": [
+                    {
+                        "reference_id": key,
+                        "custom_id": key,
+                        "description": subject[:127],
+                        "amount": {"currency_code": currency, "value": format(amount, ".2f")},
+                    }
+                ],
+                "payment_source": {
+                    "paypal": {
+                        "experience_context": {
+                            "user_action": "PAY_NOW",
+                            "return_url": self.return_url,
+                            "cancel_url": self.return_url,
+                        }
+                    }
+                },
+            },
+            request_id=f"create-{key}",
+        )
         if r.status_code not in (200, 201):
             raise Declined(f"paypal create order: {r.json().get('name', r.status_code)}")
         order = r.json()
@@ -108,7 +150,9 @@ class PayPalAdapter:
             return None
         return self._charge(key, r.json())
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         """PayPal has no cancel for an order: one not approved in the window is left to expire, and
         an approval that comes later is never captured. One approved in time is captured."""
         known = await self.query(key, reference)
@@ -120,17 +164,24 @@ class PayPalAdapter:
 
     async def complete(self, key: str, *, reference: str) -> Charge:
         order_id = _order_id(reference)
-        r = await self._call("POST", f"/v2/checkout/orders/{order_id}/capture", {}, request_id=f"capture-{key}")
+        r = await self._call(
+            "POST", f"/v2/checkout/orders/{order_id}/capture", {}, request_id=f"capture-{key}"
+        )
         if r.status_code == 422 and r.json().get("details", [{}])[0].get("issue") == "ORDER_ALREADY_CAPTURED":
             r = await self._call("GET", f"/v2/checkout/orders/{order_id}")
         if r.status_code not in (200, 201):
             raise Transient(f"paypal capture: {r.json().get('name', r.status_code)}")
         return self._charge(key, r.json())
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
-        r = await self._call("POST", f"/v2/payments/captures/{payment_ref.rsplit('/', 1)[-1]}/refund",
-                             {"amount": {"value": format(amount, ".2f"), "currency_code": currency}},
-                             request_id=f"refund-{idempotency_key}")
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
+        r = await self._call(
+            "POST",
+            f"/v2/payments/captures/{payment_ref.rsplit('/', 1)[-1]}/refund",
+            {"amount": {"value": format(amount, ".2f"), "currency_code": currency}},
+            request_id=f"refund-{idempotency_key}",
+        )
         if r.status_code not in (200, 201) or r.json().get("status") not in ("COMPLETED", "PENDING"):
             raise Transient(f"paypal refund: {r.json().get('name', r.status_code)}")
         return r.json()["id"]
@@ -143,12 +194,19 @@ class PayPalAdapter:
             event = json.loads(body)
         except ValueError as exc:
             raise BadSignature("paypal webhook: not JSON") from exc
-        r = await self._call("POST", "/v1/notifications/verify-webhook-signature", {
-            "auth_algo": lowered["paypal-auth-algo"], "cert_url": lowered["paypal-cert-url"],
-            "transmission_id": lowered["paypal-transmission-id"], "transmission_sig": lowered["paypal-transmission-sig"],
-            "transmission_time": lowered["paypal-transmission-time"], "webhook_id": self.webhook_id,
-            "webhook_event": event,
-        })
+        r = await self._call(
+            "POST",
+            "/v1/notifications/verify-webhook-signature",
+            {
+                "auth_algo": lowered["paypal-auth-algo"],
+                "cert_url": lowered["paypal-cert-url"],
+                "transmission_id": lowered["paypal-transmission-id"],
+                "transmission_sig": lowered["paypal-transmission-sig"],
+                "transmission_time": lowered["paypal-transmission-time"],
+                "webhook_id": self.webhook_id,
+                "webhook_event": event,
+            },
+        )
         if r.status_code != 200 or r.json().get("verification_status") != "SUCCESS":
             raise BadSignature("paypal webhook: PayPal did not verify the signature")
         resource = event.get("resource") or {}
@@ -156,16 +214,27 @@ class PayPalAdapter:
         kind = event.get("event_type")
         # completed or only approved: the capture (idempotent) gives the capture id refunds need
         status = "approved" if kind in ("CHECKOUT.ORDER.APPROVED", "CHECKOUT.ORDER.COMPLETED") else "pending"
-        return Notification(id=event.get("id", ""), key=units[0].get("custom_id") or units[0].get("reference_id", ""),
-                            status=status, reference=resource.get("id"), amount=None)
+        return Notification(
+            id=event.get("id", ""),
+            key=units[0].get("custom_id") or units[0].get("reference_id", ""),
+            status=status,
+            reference=resource.get("id"),
+            amount=None,
+        )
 
     @staticmethod
     def _charge(key: str, order: dict[str, Any]) -> Charge:
         unit = (order.get("purchase_units") or [{}])[0]
         captures = (unit.get("payments") or {}).get("captures") or []
         done = next((c for c in captures if c.get("status") == "COMPLETED"), None)
-        status = {"COMPLETED": "captured", "APPROVED": "approved", "VOIDED": "voided"}.get(order.get("status"), "pending")
+        status = {"COMPLETED": "captured", "APPROVED": "approved", "VOIDED": "voided"}.get(
+            order.get("status"), "pending"
+        )
         amount = (done or unit).get("amount") or {}
-        return Charge(key=key, status="captured" if done else ("pending" if status == "captured" else status),
-                      reference=f"{order['id']}/{done['id']}" if done else None, amount=Decimal(amount.get("value", "0")),
-                      currency=amount.get("currency_code", ""))
+        return Charge(
+            key=key,
+            status="captured" if done else ("pending" if status == "captured" else status),
+            reference=f"{order['id']}/{done['id']}" if done else None,
+            amount=Decimal(amount.get("value", "0")),
+            currency=amount.get("currency_code", ""),
+        )

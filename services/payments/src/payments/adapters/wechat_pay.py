@@ -39,7 +39,13 @@ from payments.adapters.base import (
 )
 
 BEIJING = timezone(timedelta(hours=8))
-_STATE = {"SUCCESS": "captured", "REFUND": "captured", "CLOSED": "voided", "REVOKED": "voided", "PAYERROR": "declined"}
+_STATE = {
+    "SUCCESS": "captured",
+    "REFUND": "captured",
+    "CLOSED": "voided",
+    "REVOKED": "voided",
+    "PAYERROR": "declined",
+}
 
 
 def out_trade_no(key: str) -> str:
@@ -51,9 +57,20 @@ class WechatPayAdapter:
     name = "wechat_pay"
     acknowledgement = ""
 
-    def __init__(self, *, base_url: str, mchid: str, appid: str, serial_no: str, private_key: str,
-                 platform_public_key: str, platform_serial: str, apiv3_key: str, notify_url: str,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        mchid: str,
+        appid: str,
+        serial_no: str,
+        private_key: str,
+        platform_public_key: str,
+        platform_serial: str,
+        apiv3_key: str,
+        notify_url: str,
+        timeout: float = 10.0,
+    ) -> None:
         self.base_url, self.mchid, self.appid, self.serial_no = base_url.rstrip("/"), mchid, appid, serial_no
         self.platform_serial, self.notify_url = platform_serial, notify_url
         self._key = load_private_key(private_key)
@@ -67,21 +84,34 @@ class WechatPayAdapter:
     def _authorization(self, method: str, path: str, body: str) -> str:
         ts, nonce = str(int(time.time())), secrets.token_hex(16)
         signature = sign(f"{method}\n{path}\n{ts}\n{nonce}\n{body}\n", self._key)
-        return (f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",nonce_str="{nonce}",signature="{signature}",'
-                f'timestamp="{ts}",serial_no="{self.serial_no}"')
+        return (
+            f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",nonce_str="{nonce}",signature="{signature}",'
+            f'timestamp="{ts}",serial_no="{self.serial_no}"'
+        )
 
     def _verified(self, headers: Mapping[str, str], body: str) -> bool:
         ts, nonce = headers.get("wechatpay-timestamp", ""), headers.get("wechatpay-nonce", "")
-        if headers.get("wechatpay-serial") != self.platform_serial or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+        if (
+            headers.get("wechatpay-serial") != self.platform_serial
+            or not ts.isdigit()
+            or abs(time.time() - int(ts)) > 300
+        ):
             return False
         return verify(f"{ts}\n{nonce}\n{body}\n", headers.get("wechatpay-signature", ""), self._platform)
 
-    async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    async def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False) if payload is not None else ""
-        headers = {"Authorization": self._authorization(method, path, body), "Accept": "application/json",
-                   "Content-Type": "application/json"}
+        headers = {
+            "Authorization": self._authorization(method, path, body),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
         try:
-            response = await self._client.request(method, self.base_url + path, content=body.encode(), headers=headers)
+            response = await self._client.request(
+                method, self.base_url + path, content=body.encode(), headers=headers
+            )
         except httpx.TimeoutException as exc:
             raise TimeoutError(f"wechat pay {path}") from exc
         except httpx.TransportError as exc:
@@ -98,31 +128,50 @@ class WechatPayAdapter:
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         raise Unsupported("saved WeChat Pay agreements are not wired to this adapter")
 
-    async def start(self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime) -> Action:
-        status, answer = await self._call("POST", "/v3/pay/transactions/native", {
-            "appid": self.appid, "mchid": self.mchid, "description": subject[:127], "out_trade_no": out_trade_no(key),
-            "time_expire": expires_at.astimezone(BEIJING).isoformat(timespec="seconds"), "notify_url": self.notify_url,
-            "amount": {"total": int(amount * 100), "currency": currency},
-        })
+    async def start(
+        self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime
+    ) -> Action:
+        status, answer = await self._call(
+            "POST",
+            "/v3/pay/transactions/native",
+            {
+                "appid": self.appid,
+                "mchid": self.mchid,
+                "description": subject[:127],
+                "out_trade_no": out_trade_no(key),
+                "time_expire": expires_at.astimezone(BEIJING).isoformat(timespec="seconds"),
+                "notify_url": self.notify_url,
+                "amount": {"total": int(amount * 100), "currency": currency},
+            },
+        )
         if status != 200 or "code_url" not in answer:
             raise Declined(f"wechat pay native: {answer.get('code')}")
         return Action(type="qr_code", url=answer["code_url"], expires_at=expires_at)
 
     async def query(self, key: str, reference: str | None = None) -> Charge | None:
         status, answer = await self._call(
-            "GET", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}?mchid={self.mchid}")
+            "GET", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}?mchid={self.mchid}"
+        )
         if status == 404:
             return None
         if status != 200:
             raise Transient(f"wechat pay query: {answer.get('code')}")
-        return Charge(key=key, status=_STATE.get(answer.get("trade_state", ""), "pending"),
-                      reference=answer.get("transaction_id"),
-                      amount=Decimal(answer.get("amount", {}).get("total", 0)).scaleb(-2),
-                      currency=answer.get("amount", {}).get("currency", "CNY"))
+        return Charge(
+            key=key,
+            status=_STATE.get(answer.get("trade_state", ""), "pending"),
+            reference=answer.get("transaction_id"),
+            amount=Decimal(answer.get("amount", {}).get("total", 0)).scaleb(-2),
+            currency=answer.get("amount", {}).get("currency", "CNY"),
+        )
 
-    async def close(self, key: str, *, amount: Decimal, currency: str, reference: str | None = None) -> Charge:
+    async def close(
+        self, key: str, *, amount: Decimal, currency: str, reference: str | None = None
+    ) -> Charge:
         status, answer = await self._call(
-            "POST", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}/close", {"mchid": self.mchid})
+            "POST",
+            f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no(key))}/close",
+            {"mchid": self.mchid},
+        )
         if status == 204:
             return Charge(key, "voided", None, amount, currency)
         known = await self.query(key)  # ORDERPAID (or never made)
@@ -135,14 +184,27 @@ class WechatPayAdapter:
     async def complete(self, key: str, *, reference: str) -> Charge:
         raise Unsupported("its notifications say paid: there is nothing to capture after approval")
 
-    async def refund(self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY") -> str:
-        status, paid = await self._call("GET", f"/v3/pay/transactions/id/{quote(payment_ref)}?mchid={self.mchid}")
+    async def refund(
+        self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
+    ) -> str:
+        status, paid = await self._call(
+            "GET", f"/v3/pay/transactions/id/{quote(payment_ref)}?mchid={self.mchid}"
+        )
         if status != 200:
             raise Transient(f"wechat pay refund: the payment {payment_ref} is not found ({paid.get('code')})")
-        status, answer = await self._call("POST", "/v3/refund/domestic/refunds", {
-            "transaction_id": payment_ref, "out_refund_no": out_trade_no(idempotency_key),
-            "amount": {"refund": int(amount * 100), "total": paid["amount"]["total"], "currency": currency},
-        })
+        status, answer = await self._call(
+            "POST",
+            "/v3/refund/domestic/refunds",
+            {
+                "transaction_id": payment_ref,
+                "out_refund_no": out_trade_no(idempotency_key),
+                "amount": {
+                    "refund": int(amount * 100),
+                    "total": paid["amount"]["total"],
+                    "currency": currency,
+                },
+            },
+        )
         if status != 200 or answer.get("status") not in ("SUCCESS", "PROCESSING"):
             raise Transient(f"wechat pay refund: {answer.get('code') or answer.get('status')}")
         return answer["refund_id"]
@@ -154,15 +216,19 @@ class WechatPayAdapter:
         try:
             note = json.loads(text)
             resource = note["resource"]
-            plain = AESGCM(self._apiv3).decrypt(resource["nonce"].encode(), base64.b64decode(resource["ciphertext"]),
-                                                (resource.get("associated_data") or "").encode())
+            plain = AESGCM(self._apiv3).decrypt(
+                resource["nonce"].encode(),
+                base64.b64decode(resource["ciphertext"]),
+                (resource.get("associated_data") or "").encode(),
+            )
             transaction = json.loads(plain)
         except (KeyError, ValueError, InvalidTag) as exc:
             raise BadSignature("wechat pay notification: the resource does not decrypt") from exc
         if transaction.get("mchid") != self.mchid:
             raise BadSignature("wechat pay notification: not for this merchant")
         return Notification(
-            id=note.get("id", ""), key=transaction["out_trade_no"],
+            id=note.get("id", ""),
+            key=transaction["out_trade_no"],
             status=_STATE.get(transaction.get("trade_state", ""), "pending"),
             reference=transaction.get("transaction_id"),
             amount=Decimal(transaction.get("amount", {}).get("total", 0)).scaleb(-2),

@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from omstools.standins import add_control_routes
+
 BEIJING = timezone(timedelta(hours=8))
 NOPAY = "tok_nopay"
 
@@ -386,15 +388,7 @@ def create_app(standin: AlipayStandIn) -> FastAPI:
         paid = standin.pay(trade_no)
         return JSONResponse({"paid": paid}, status_code=200 if paid else 409)
 
-    @app.get("/_standin/ledger")
-    async def ledger() -> dict[str, Any]:
-        return standin.books()
-
-    @app.post("/_standin/fail-refunds")
-    async def fail_refunds(count: int = 1) -> dict[str, int]:
-        standin.fail_refunds = count
-        return {"fail_refunds": count}
-
+    add_control_routes(app, standin, standin.books)
     return app
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from omstools.standins import add_control_routes
 from omstools.standins.alipay import _sign, _verifies
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
@@ -326,19 +327,14 @@ def create_app(standin: PayPalStandIn) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/_standin/ledger")
-    async def ledger() -> dict[str, Any]:
+    def books() -> dict[str, Any]:
         rows = standin.db.execute("SELECT body, notified FROM paypal_order").fetchall()
         return {
             "orders": [{**json.loads(r["body"]), "notified": bool(r["notified"])} for r in rows],
             "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()],
         }
 
-    @app.post("/_standin/fail-refunds")
-    async def fail_refunds(count: int = 1) -> dict[str, int]:
-        standin.fail_refunds = count
-        return {"fail_refunds": count}
-
+    add_control_routes(app, standin, books)
     return app
 
 

@@ -36,6 +36,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from omstools.standins import add_control_routes
+
 API_KEY = "sk_test_oms_standin"
 WEBHOOK_SECRET = "whsec_oms_standin"
 
@@ -330,15 +332,7 @@ def create_app(standin: StripeStandIn) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "at": datetime.now(UTC).isoformat()}
 
-    @app.get("/_standin/ledger")
-    async def ledger() -> dict[str, Any]:
-        return standin.books()
-
-    @app.post("/_standin/fail-refunds")
-    async def fail_refunds(count: int = 1) -> dict[str, int]:
-        standin.fail_refunds = count
-        return {"fail_refunds": count}
-
+    add_control_routes(app, standin, standin.books)
     return app
 
 

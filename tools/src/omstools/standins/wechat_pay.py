@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from omstools.standins import add_control_routes
 from omstools.standins.alipay import _sign, _verifies
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
@@ -349,18 +350,13 @@ def create_app(standin: WechatPayStandIn) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/_standin/ledger")
-    async def ledger() -> dict[str, Any]:
+    def books() -> dict[str, Any]:
         return {
             "trades": [dict(r) for r in standin.db.execute("SELECT * FROM trade").fetchall()],
             "refunds": [dict(r) for r in standin.db.execute("SELECT * FROM refund").fetchall()],
         }
 
-    @app.post("/_standin/fail-refunds")
-    async def fail_refunds(count: int = 1) -> dict[str, int]:
-        standin.fail_refunds = count
-        return {"fail_refunds": count}
-
+    add_control_routes(app, standin, books)
     return app
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from omstools.rabbit import RabbitNode, port_open, rabbitmq_installed
+from omstools.rabbit import BrokerUnavailable, RabbitNode, port_open, rabbitmq_installed
 
 pytestmark = [
     pytest.mark.integration,
@@ -102,3 +102,28 @@ async def test_a_killed_node_started_again_keeps_persistent_messages_in_durable_
 
     assert await drain(node.url) == {name: bodies for name in QUEUES}
     assert await drain(node.url) == {name: [] for name in QUEUES}, "each message once"
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_node_that_does_not_come_up_in_time_leaves_no_process_behind(tmp_path: Path):
+    node = RabbitNode(tmp_path / "rabbit", management=False)
+    with pytest.raises(BrokerUnavailable):
+        node.start(timeout=0.5)  # a node takes seconds to boot: the caller gives up first
+    epmd_port = f"-port {node.epmd_port}".split()
+    assert _processes_naming(node.name) == [], "the Erlang VM and its wrapper are stopped"
+    assert not [
+        pid
+        for pid in _processes_naming("epmd")
+        if all(part.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() for part in epmd_port)
+    ], "the node's own epmd is stopped"

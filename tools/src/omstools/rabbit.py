@@ -158,7 +158,11 @@ class RabbitNode:
             start_new_session=True,
         )
         log.close()
-        self.await_startup(timeout)
+        try:
+            self.await_startup(timeout)
+        except BaseException:
+            self.stop()  # a node that did not come up must not outlive the caller that gave up on it
+            raise
         return self
 
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
@@ -217,9 +221,21 @@ class RabbitNode:
                         os.kill(pid, signal.SIGKILL)
                 server.kill()
                 server.wait(timeout=10)
+        self._kill_orphaned_vm()
         self._stop_epmd()
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
+
+    def _kill_orphaned_vm(self) -> None:
+        """The Erlang VM named in this node's pid file, if it outlived its wrapper (a wrapper killed
+        before it could pass the stop on), is killed: nothing this node started may keep running."""
+        pid = self.beam_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if self.name.encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
 
     def _stop_epmd(self) -> None:
         epmd, self._epmd = self._epmd, None

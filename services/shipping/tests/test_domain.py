@@ -12,10 +12,11 @@ def test_carrier_choice():
         choose_carrier("CN", "AQ")
 
 
-def test_tracking_numbers_are_unique_and_prefixed():
+def test_tracking_numbers_are_unique_per_booking_and_prefixed():
     carrier = choose_carrier("CN", "CN")
-    numbers = {tracking_number(carrier) for _ in range(1000)}
+    numbers = {tracking_number(carrier, f"ord_{n}:WH-SH") for n in range(1000)}
     assert len(numbers) == 1000 and all(n.startswith("SF") for n in numbers)
+    assert tracking_number(carrier, "ord_1:WH-SH") == tracking_number(carrier, "ord_1:WH-SH")
 
 
 def test_progress_never_goes_backwards_and_returns_need_to_be_expected():

@@ -8,6 +8,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from concurrency import Meeting
 from sqlalchemy import select, update
 
@@ -72,6 +73,38 @@ async def test_one_parcel_per_order_whatever_is_resent(sessions, settings, adapt
     assert created[0]["data"]["tracking_number"] == created[1]["data"]["tracking_number"]
     assert created[0]["data"]["carrier"] == "sf-express"
     assert "Century" not in json.dumps(created), "the address never leaves the service"
+
+
+async def test_a_booking_whose_commit_failed_is_asked_again_by_the_same_reference(
+    sessions, settings, adapters, monkeypatch
+):
+    """The carrier is booked before the commit; a redelivery after a failed commit must not book a
+    second parcel: it asks again with the same reference and records the parcel first booked."""
+    sf = adapters["sf-express"]
+    asked: list[tuple[str, str]] = []
+    book = sf.book
+
+    async def recording_book(**kwargs):
+        booking = await book(**kwargs)
+        asked.append((kwargs["reference"], booking.tracking_number))
+        return booking
+
+    monkeypatch.setattr(sf, "book", recording_book)
+    stage = parcels._stage
+
+    async def commit_fails_once(*args, **kwargs):
+        monkeypatch.setattr(parcels, "_stage", stage)
+        raise ConnectionResetError("the database went away before the commit")
+
+    monkeypatch.setattr(parcels, "_stage", commit_fails_once)
+    delivery = create("o1")
+    with pytest.raises(ConnectionResetError):
+        await handle_create_shipment(delivery, sessions, settings, adapters)
+    assert await events(sessions) == [], "nothing was committed"
+    await handle_create_shipment(delivery, sessions, settings, adapters)  # redelivered
+    [created] = await events(sessions)
+    assert [reference for reference, _ in asked] == ["o1:SH", "o1:SH"], "one booking, asked for twice"
+    assert {number for _, number in asked} == {created["data"]["tracking_number"]}
 
 
 async def test_no_carrier_for_antarctica(sessions, settings, adapters):

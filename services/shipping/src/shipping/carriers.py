@@ -100,8 +100,11 @@ class CarrierAdapter(Protocol):
     carrier: domain.Carrier
 
     async def book(
-        self, *, order_id: str, from_country: str, address: dict[str, Any], today: date
-    ) -> Booking: ...
+        self, *, reference: str, order_id: str, from_country: str, address: dict[str, Any], today: date
+    ) -> Booking:
+        """Book a parcel. ``reference`` is the carrier's customer reference (``domain.booking_reference``):
+        a carrier that is asked again with it books nothing new and answers with the first booking."""
+        ...
 
     async def cancel(self, tracking_number: str) -> bool:
         """Ask the carrier not to collect the parcel; False when it has it already."""
@@ -128,9 +131,9 @@ class SimulatedCarrier:
         self._sessions = sessions
 
     async def book(
-        self, *, order_id: str, from_country: str, address: dict[str, Any], today: date
+        self, *, reference: str, order_id: str, from_country: str, address: dict[str, Any], today: date
     ) -> Booking:
-        number = domain.tracking_number(self.carrier)
+        number = domain.tracking_number(self.carrier, reference)
         return Booking(
             number, domain.estimated_delivery(self.carrier, today), self.carrier.track_url.format(number)
         )

@@ -72,8 +72,18 @@ def choose_carrier(from_country: str, to_country: str) -> Carrier:
     raise NoCarrier(f"no carrier delivers from {from_country} to {to_country}")
 
 
-def tracking_number(carrier: Carrier) -> str:
-    return f"{carrier.prefix}{uuid.uuid4().int % 10**12:012d}"
+_BOOKINGS = uuid.UUID("6f6d732d-7368-6970-7069-6e672d626b67")
+
+
+def tracking_number(carrier: Carrier, reference: str) -> str:
+    """The simulated carrier's number for a booking: the same reference, the same parcel."""
+    return f"{carrier.prefix}{uuid.uuid5(_BOOKINGS, f'{carrier.code}:{reference}').int % 10**12:012d}"
+
+
+def booking_reference(order_id: str, parcel: str) -> str:
+    """The key a carrier de-duplicates bookings on: asked again for a parcel (a redelivered command
+    whose first commit failed after the booking), it answers with the parcel it booked."""
+    return f"{order_id}:{parcel}"
 
 
 def estimated_delivery(carrier: Carrier, today: date) -> date:

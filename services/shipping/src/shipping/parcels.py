@@ -194,8 +194,12 @@ async def create(
         lost = (await session.execute(_BY_PARCEL, {"order_id": cmd.order_id, "parcel": cmd.replaces})).first()
     now = _now()
     address = cmd.address.model_dump(mode="json")
-    booking = await adapters[carrier.code].book(
-        order_id=cmd.order_id, from_country=origin, address=address, today=now.date()
+    booking = await adapters[carrier.code].book(  # before the commit: a retry books by the same reference
+        reference=domain.booking_reference(cmd.order_id, name),
+        order_id=cmd.order_id,
+        from_country=origin,
+        address=address,
+        today=now.date(),
     )
     shipment = SimpleNamespace(
         shipment_id=f"shp_{uuid.uuid4().hex}",

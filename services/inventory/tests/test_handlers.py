@@ -180,7 +180,11 @@ async def test_a_release_that_overtakes_its_reservation_wins(sessions):
     await handle_release_stock(release("o1"), sessions)
     await handle_reserve_stock(reserve("o1"), sessions)
     released, failed = await events(sessions)
-    assert released["key"] == "stock.released" and released["data"] == {"order_id": "o1", "allocations": []}
+    assert released["key"] == "stock.released" and released["data"] == {
+        "order_id": "o1",
+        "allocations": [],
+        "parcel": None,
+    }
     assert failed["key"] == "stock.reservation_failed" and failed["data"]["reason"] == "released"
     assert await level(sessions, "SKU-RED-MUG", "BJ") == (500, 0)
 
@@ -242,6 +246,23 @@ async def test_a_release_of_the_parcels_that_stayed_leaves_the_one_that_left_to_
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(3, 3), (3, 0)]
     await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
+
+
+async def test_the_units_of_a_parcel_sent_again_that_no_carrier_took_come_back_under_its_name(sessions):
+    await stocked(sessions, "SKU-SPLIT", SH=3)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 2, latitude=31.2, longitude=121.5), sessions)
+    await handle_commit_stock(commit("o1"), sessions)  # the parcel left, then was lost
+    again = ReserveStock(
+        order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+1"
+    )
+    await handle_reserve_stock(msg(ReserveStock, again), sessions)
+    give_back = ReleaseStock(order_id="o1", reason="no_carrier", warehouses=["SH"], parcel="SH+1")
+    await handle_release_stock(msg(ReleaseStock, give_back), sessions)
+    await handle_release_stock(msg(ReleaseStock, give_back), sessions)  # asked again: answered again
+    answers = [e["data"] for e in await events(sessions, "stock.released")]
+    assert [a["parcel"] for a in answers] == ["SH+1", "SH+1"]
+    assert answers[0]["allocations"] == [{"warehouse": "SH", "sku": "SKU-SPLIT", "quantity": 1}]
+    assert await level(sessions, "SKU-SPLIT", "SH") == (1, 0)
 
 
 async def test_a_lost_parcel_is_reserved_again_once_and_committed_when_it_leaves(sessions):

@@ -566,6 +566,38 @@ def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
     assert saga.status == "delivered" and intents == []
 
 
+def test_a_parcel_sent_again_that_no_carrier_takes_gives_its_units_back_until_inventory_answers():
+    saga, _ = run(
+        SPLIT,
+        CAPTURED,
+        booked("SH"),
+        booked("BJ"),
+        scan("SH", "picked_up"),
+        scan("BJ", "picked_up"),
+        scan("SH", "lost"),
+        StockReserved(
+            order_id=ORDER,
+            parcel="SH+1",
+            allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)],
+        ),
+        scan("BJ", "delivered"),
+        prices=PRICES,
+    )
+    no_carrier = ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="SH+1")
+    saga, intents = advance(saga, no_carrier, now=T0, timeouts=TIMEOUTS)
+    release = Release(warehouses=("BJ",), parcel="SH+1")
+    assert intents == [release, Refund(amount=Decimal("39.90"), key=f"{ORDER}:parcel:SH")]
+    assert saga.status == "shipped" and saga.waiting_for == "resend", "not over while the units are held"
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert intents == [release], "silence: the release is asked again"
+    saga, intents = advance(saga, no_carrier, now=at(31), timeouts=TIMEOUTS)
+    assert intents == [], "the failure told twice releases and refunds nothing twice"
+    released = StockReleased(order_id=ORDER, allocations=[], parcel="SH+1")
+    saga, intents = advance(saga, released, now=at(32), timeouts=TIMEOUTS)
+    assert (saga.status, saga.waiting_for, intents) == ("delivered", None, [])
+    assert advance(saga, released, now=at(33), timeouts=TIMEOUTS)[1] == []
+
+
 def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time():
     saga, _ = run(
         RESERVED,

@@ -197,7 +197,7 @@ class World:
                 warehouses = getattr(intent, "warehouses", None)
                 self.reserved -= set(self.reserved if warehouses is None else warehouses)
                 self.released_once = True
-                return [StockReleased(order_id=ORDER, allocations=[])]
+                return [StockReleased(order_id=ORDER, allocations=[], parcel=getattr(intent, "parcel", None))]
             case s.Commit(warehouse=warehouse):
                 for w in [warehouse] if warehouse else list(self.reserved):
                     if w in self.reserved:

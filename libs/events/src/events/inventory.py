@@ -33,6 +33,9 @@ class ReleaseStock(Command):
     warehouses: list[str] | None = None
     """Only what these warehouses hold (their parcels did not leave); None: everything. A parcel
     that left is committed by its own ``CommitStock``, which may arrive after this release."""
+    parcel: str | None = None
+    """The parcel sent again whose booking failed, when this gives back its units: echoed in
+    ``stock.released`` so the saga knows which release was answered."""
 
 
 class CommitStock(Command):
@@ -77,6 +80,7 @@ class StockReleased(Event):
     routing_key = "stock.released"
     order_id: str
     allocations: list[Allocation]
+    parcel: str | None = None  # the release's ``parcel``, when it named one
 
 
 class StockCommitted(Event):

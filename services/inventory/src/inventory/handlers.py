@@ -58,7 +58,7 @@ async def handle_release_stock(msg: Envelope[ReleaseStock], sessions: Sessions) 
         if not await inbox.claim(session, msg.id, RELEASE):
             return
         released = await service.release(
-            session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses
+            session, msg.data.order_id, msg.data.reason, msg, msg.data.warehouses, msg.data.parcel
         )
     log.info("stock.released", allocations=_units(released.allocations))
 

@@ -332,7 +332,12 @@ async def reserve(
 
 
 async def release(
-    session: AsyncSession, order_id: str, reason: str, cause: Cause, warehouses: list[str] | None = None
+    session: AsyncSession,
+    order_id: str,
+    reason: str,
+    cause: Cause,
+    warehouses: list[str] | None = None,
+    parcel: str | None = None,
 ) -> StockReleased:
     """Give back what the order still holds (``warehouses``: only what those hold, so the units of
     a parcel that left stay reserved for its commit, whichever comes first); remember the release
@@ -363,7 +368,7 @@ async def release(
         await session.execute(_INSERT_MOVEMENT, moves)
     if hold is None or hold.state == "reserved":
         await _set_hold(session, order_id, "released", new=hold is None)
-    released = StockReleased(order_id=order_id, allocations=_allocations(held))
+    released = StockReleased(order_id=order_id, allocations=_allocations(held), parcel=parcel)
     await _stage(session, released, order_id, cause)
     return released
 

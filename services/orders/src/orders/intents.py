@@ -51,6 +51,7 @@ class Reserve:
 @dataclass(frozen=True)
 class Release:
     warehouses: tuple[str, ...] | None = None  # only these (their parcels did not leave); None: all
+    parcel: str | None = None  # a parcel sent again that no carrier took: its answer names it
 
 
 @dataclass(frozen=True)

@@ -342,7 +342,8 @@ RETURN = Step(
 
 
 def _resend(saga: Saga) -> list[Intent]:
-    """For each parcel sent instead of a lost one: its stock reserved again, then its booking."""
+    """For each parcel sent instead of a lost one: its stock reserved again, then its booking, or,
+    when no carrier took it, its units given back."""
     again = [p for p in saga.parcels if p.replaces is not None]
     return [
         *(Reserve(parcel=p.name, items=p.items) for p in again if p.leg is Leg.RESERVING),
@@ -351,7 +352,12 @@ def _resend(saga: Saga) -> list[Intent]:
             for p in again
             if p.leg is Leg.PLANNED
         ),
+        *(_release_again(p) for p in again if p.releasing),
     ]
+
+
+def _release_again(p: ParcelLeg) -> Release:
+    return Release(warehouses=(p.warehouse,), parcel=p.name)
 
 
 RESEND = Step(
@@ -624,7 +630,10 @@ def _send_again(saga: Saga, p: ParcelLeg, now: datetime, t: Timeouts) -> tuple[S
 
 def _resend_waits(saga: Saga, now: datetime, t: Timeouts) -> Saga:
     """The resend step waits while a parcel sent again is not reserved or not booked yet."""
-    pending = any(p.replaces is not None and p.leg in (Leg.RESERVING, Leg.PLANNED) for p in saga.parcels)
+    pending = any(
+        p.replaces is not None and (p.leg in (Leg.RESERVING, Leg.PLANNED) or p.releasing)
+        for p in saga.parcels
+    )
     if pending:
         return saga if saga.waiting_for is Wait.RESEND else _wait(saga, Wait.RESEND, now, t)
     return _wait(saga, None, now, t) if saga.waiting_for is Wait.RESEND else saga
@@ -674,7 +683,7 @@ def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: dateti
     if refund:
         saga, intents = _with_refund(saga, refund), [*intents, refund]
     saga = _resend_waits(saga, now, t)
-    if all(q.leg in ENDED for q in saga.parcels):
+    if all(q.leg in ENDED and not q.releasing for q in saga.parcels):
         return _delivery_over(saga, now, t, intents)
     return saga, intents
 
@@ -688,14 +697,14 @@ def _replacement_booked(saga: Saga, reply: ShipmentCreated, now: datetime, t: Ti
 
 
 def _replacement_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeouts) -> Outcome:
-    """No carrier takes the parcel sent again: its units go back, and the lost parcel is refunded."""
+    """No carrier takes the parcel sent again: its units go back (the release asked again until
+    inventory answers), and the lost parcel is refunded."""
     i = _again(saga, reply, (Leg.PLANNED,))
     if i is None:
         return _ignore(saga)
     p = saga.parcels[i]
-    return _not_sent_again(
-        _with_leg(saga, i, leg=Leg.CANCELLED), p, [Release(warehouses=(p.warehouse,))], now, t
-    )
+    saga = _with_leg(saga, i, leg=Leg.CANCELLED, releasing=True)
+    return _not_sent_again(saga, p, [_release_again(p)], now, t)
 
 
 def _delivery_over(
@@ -856,7 +865,16 @@ def _deadline(saga: Saga, _: DeadlineReached, now: datetime, t: Timeouts) -> Out
 
 
 def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts) -> Outcome:
-    """The release's answer: the stock is back, and the saga stops waiting once every compensation is."""
+    """The release's answer: the stock is back, and the saga stops waiting once every compensation is.
+    A release that names a parcel gave back the units of a parcel sent again that no carrier took."""
+    if reply.parcel is not None:
+        i = next((k for k, p in enumerate(saga.parcels) if p.name == reply.parcel and p.releasing), None)
+        if i is None:
+            return _ignore(saga)  # told again
+        saga = _resend_waits(_with_leg(saga, i, releasing=False), now, t)
+        if all(q.leg in ENDED and not q.releasing for q in saga.parcels):
+            return _delivery_over(saga, now, t, [])
+        return saga, []
     if saga.stock is not Stock.RELEASING:
         return _ignore(saga)  # told again (a resent release)
     return _settle(replace(saga, stock=Stock.RELEASED), now, t), []

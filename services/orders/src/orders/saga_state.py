@@ -68,6 +68,7 @@ class ParcelLeg:
     shipment_id: str | None = None
     carrier_status: str | None = None  # the carrier's last word on it (created, in_transit, exception, ...)
     replaces: str | None = None  # the lost parcel it is sent instead of
+    releasing: bool = False  # sent again, no carrier took it: its units' release not answered yet
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class ParcelLeg:
             "shipment_id": self.shipment_id,
             "carrier_status": self.carrier_status,
             "replaces": self.replaces,
+            "releasing": self.releasing,
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class ParcelLeg:
             shipment_id=d.get("shipment_id"),
             carrier_status=d.get("carrier_status"),
             replaces=d.get("replaces"),
+            releasing=d.get("releasing", False),
         )
 
 

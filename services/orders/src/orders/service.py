@@ -549,11 +549,12 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 longitude=address.get("longitude"),
                 parcel=parcel,
             )
-        case flow.Release(warehouses=warehouses):
+        case flow.Release(warehouses=warehouses, parcel=parcel):
             return inventory.ReleaseStock(
                 order_id=oid,
                 reason=saga.reason or "released",
                 warehouses=list(warehouses) if warehouses is not None else None,
+                parcel=parcel,
             )
         case flow.Commit(warehouse=warehouse):
             return inventory.CommitStock(order_id=oid, warehouse=warehouse)

@@ -47,6 +47,7 @@ def test_quick_bench_writes_the_contract_json_and_a_plot(rabbit, amqp_url, tmp_p
     assert {"cpus", "python", "broker"} <= data["machine"].keys()
     assert data["machine"]["broker"].startswith("RabbitMQ")
     assert data["ceiling"]["broker_msgs_per_s"] > 0
+    assert data["ceiling"]["cpu_ms_per_msg"]["rabbitmq"] > 0, "what a message costs the broker alone"
     # reserve, reserved, capture, captured and the status events at least
     assert data["messages_per_order"] >= 5
     assert set(data["phases"]) == {"fixed", "saturation"}

@@ -9,7 +9,8 @@ What it does, in this order:
    warehouse).
 3. **The ceiling**: a raw aio-pika publisher and consumer on the same broker, durable quorum
    queue, persistent messages, publisher confirms (many in flight), as fast as they go →
-   broker messages/s.
+   broker messages/s, and the CPU one message costs the broker and the client there (the floor
+   under what an order's messages cost the system).
 4. **Messages per order**: a few orders with a tap on both exchanges; for each order, the
    messages (events and commands, by CloudEvents ``subject``) published up to its ``paid``.
 5. **Phase saturation**: as fast as the system takes them (closed loop: a window of orders in
@@ -234,6 +235,7 @@ async def ceiling(amqp_url: str, seconds: float, size: int = 300, in_flight: int
         return {
             "broker_msgs_per_s": round(through / elapsed, 1),
             "seconds": round(elapsed, 1),
+            "messages": through,
             "message_bytes": size,
             "in_flight": in_flight,
             "queue": "quorum, durable",
@@ -742,8 +744,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connection = await aio_pika.connect_robust(target.amqp_url)
         broker = await broker_version(connection)
         say(f"ceiling: raw aio-pika through a quorum queue for {args.ceiling_seconds:g} s")
+        ceiling_procs = {"client": psutil.Process()}
+        if "rabbitmq" in target.procs:
+            ceiling_procs["rabbitmq"] = target.procs["rabbitmq"]
+        cpu0 = cpu_times(ceiling_procs)
         ceiling_result = await ceiling(target.amqp_url, args.ceiling_seconds)
-        say(f"ceiling: {ceiling_result['broker_msgs_per_s']:.0f} msgs/s")
+        moved = ceiling_result["messages"]
+        ceiling_result["cpu_ms_per_msg"] = {
+            name: round(seconds * 1000 / max(moved, 1), 3)
+            for name, seconds in cpu_delta(ceiling_procs, cpu0).items()
+        }
+        say(
+            f"ceiling: {ceiling_result['broker_msgs_per_s']:.0f} msgs/s, CPU ms per message: "
+            + ", ".join(f"{k} {v:g}" for k, v in ceiling_result["cpu_ms_per_msg"].items())
+        )
         await watch_status(connection, tracker)
         limits = httpx.Limits(max_connections=args.window + 50, max_keepalive_connections=args.window + 50)
         async with httpx.AsyncClient(base_url=target.urls["orders"], timeout=30, limits=limits) as client:

@@ -253,6 +253,26 @@ def test_a_parcel_the_carrier_took_before_the_cancel_is_committed_and_asked_back
     assert saga.deadline_at is None  # nothing left to wait for: the refund is done, the stock committed
 
 
+def test_a_parcel_that_left_then_came_back_while_the_cancel_was_pending_is_restocked():
+    """Scans that arrive before shipping answered the cancel of the other parcel: SH picked up,
+    then returned."""
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), CancelRequested(), scan("SH", "picked_up"))
+    assert saga.parcel == "cancelling", "BJ's cancel is not answered yet"
+    saga, intents = advance(saga, scan("SH", "returned"), now=T0, timeouts=TIMEOUTS)
+    assert intents == [Restock(items=[MUG[0]])], "its units are on the shelf again"
+    saga, intents = advance(saga, scan("SH", "returned"), now=T0, timeouts=TIMEOUTS)
+    assert intents == [], "told twice, restocked once"
+
+
+def test_a_split_parcel_whose_first_news_after_the_cancel_is_its_return_is_committed_and_restocked():
+    saga, _ = run(SPLIT, CAPTURED, booked("SH"), booked("BJ"), CancelRequested())
+    saga, intents = advance(saga, scan("SH", "returned"), now=T0, timeouts=TIMEOUTS)
+    assert Commit(warehouse="SH") in intents and Restock(items=[MUG[0]]) in intents
+    assert not any(isinstance(i, RaiseAttention) for i in intents), "it came back: nothing for ops"
+    saga, intents = advance(saga, scan("SH", "picked_up"), now=T0, timeouts=TIMEOUTS)
+    assert intents == [], "an older scan moves it no more"
+
+
 def test_an_unanswered_parcel_cancel_is_resent_with_the_other_compensations():
     saga, _ = run(RESERVED, CAPTURED, SHIP_CREATED, CancelRequested())
     saga, intents = advance(saga, DeadlineReached(), now=at(31), timeouts=TIMEOUTS)

@@ -544,10 +544,8 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     """The follow step: each parcel's scans move it, and the order with the least advanced, never back."""
     leg = _LEG.get(reply.status)
     i = _leg_of(saga, reply)
-    if saga.parcel is Parcel.CANCELLING and leg is not None:
-        return _parcel_left(saga, reply, now, t)
     if (
-        saga.status is S.CANCELLED
+        (saga.status is S.CANCELLED or saga.parcel is Parcel.CANCELLING)
         and leg is Leg.RETURNED
         and i is not None
         and saga.parcels[i].leg is Leg.LEFT
@@ -557,6 +555,8 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
         return _with_leg(saga, i, leg=leg, carrier_status=reply.status), [
             Restock(items=list(saga.parcels[i].items))
         ]
+    if saga.parcel is Parcel.CANCELLING and leg is not None:
+        return _parcel_left(saga, reply, now, t)
     if (
         leg is None
         or i is None
@@ -723,6 +723,13 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
     i = _leg_of(saga, reply)
     if i is not None and _left(saga.parcels[i]):
         return _ignore(saga)  # told already
+    if i is not None and _LEG.get(reply.status) is Leg.RETURNED and saga.parcels[i].items:
+        # its first news is that it came back (scans reorder): it left, and is on the shelf again
+        p = saga.parcels[i]
+        commit: list[Intent] = [Commit(warehouse=p.warehouse)] if saga.stock is Stock.RESERVED else []
+        saga = _with_leg(saga, i, leg=Leg.RETURNED, carrier_status=reply.status)
+        saga, more = _cancel_answered(saga, now, t)
+        return saga, [*commit, Restock(items=list(p.items)), *more]
     detail = (
         f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping:"
         " ask for it back"

@@ -58,6 +58,16 @@ async def test_sign_in_takes_ops_and_admin_keys_only(client):
     assert r.status_code == 303 and 'oms_console=""' in r.headers["set-cookie"]
 
 
+async def test_an_address_that_keeps_failing_to_sign_in_is_told_to_wait(client, settings):
+    for _ in range(5):  # console_sign_in_failures: 5 in 15 minutes
+        assert (await client.post("/ops/sign-in", data={"api_key": "guess"})).status_code == 401
+    refused = await client.post("/ops/sign-in", data={"api_key": "dev-admin-key"})
+    assert refused.status_code == 429 and "oms_console" not in refused.headers.get("set-cookie", "")
+    assert 0 < int(refused.headers["retry-after"]) <= 900
+    assert "Too many failed sign-ins" in refused.text
+    assert (await client.get("/ops/orders")).status_code == 401, "no session was started"
+
+
 async def test_a_forged_or_expired_cookie_is_no_session(client, settings):
     client.cookies.set("oms_console", "forged.value.here", path="/ops")
     assert (await client.get("/ops/orders")).status_code == 401

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import limits
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from chassis.settings import ServiceSettings
@@ -47,6 +48,15 @@ class Settings(ServiceSettings):
     runs and tests use a fixed development secret, so every replica reads every session."""
     console_session_minutes: float = Field(default=480, gt=0)
     """A console session ends this long after sign-in."""
+    console_sign_in_failures: str = "5/15 minutes"
+    """Failed console sign-ins a client address may make in that window (moving); then ``429``
+    until the oldest failure leaves it. Counted by each replica for itself."""
+
+    @field_validator("console_sign_in_failures")
+    @classmethod
+    def _failures_rule(cls, value: str) -> str:
+        limits.parse(value)  # "N/period": a ValueError names a rule it cannot read
+        return value
 
     @model_validator(mode="after")
     def _console_secret(self) -> Settings:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Any
 
+import limits
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -120,3 +122,22 @@ def check_csrf(request: Request, session: Session, token: str | None) -> None:
     sent = token or request.headers.get("x-csrf-token") or ""
     if not same_origin(request) or not session.csrf or not hmac.compare_digest(sent, session.csrf):
         raise Forbidden
+
+
+class SignInGuard:
+    """Failed sign-ins per client address, in a moving window (``console_sign_in_failures``): an
+    address that used its share is answered ``429`` before its key is even looked at."""
+
+    def __init__(self, rule: str) -> None:
+        self._rule = limits.parse(rule)
+        self._failures = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until the address may try again; None while it may."""
+        if self._failures.test(self._rule, "console-sign-in", address):
+            return None
+        reset = self._failures.get_window_stats(self._rule, "console-sign-in", address).reset_time
+        return max(1, int(reset - time.time()) + 1)
+
+    def failed(self, address: str) -> None:
+        self._failures.hit(self._rule, "console-sign-in", address)

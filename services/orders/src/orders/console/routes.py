@@ -107,6 +107,15 @@ def sign_in_page(request: Request, *, error: str | None = None, status: int = 20
     )
 
 
+def _sign_in_guard(request: Request) -> auth.SignInGuard:
+    """The app's one guard, made on the first sign-in from its settings."""
+    state = request.app.state
+    if not hasattr(state, "sign_in_guard"):
+        state.sign_in_guard = auth.SignInGuard(_rt(request).settings.console_sign_in_failures)
+    guard: auth.SignInGuard = state.sign_in_guard
+    return guard
+
+
 @router.post("/sign-in")
 async def sign_in(
     request: Request,
@@ -115,11 +124,20 @@ async def sign_in(
 ) -> Response:
     if not auth.same_origin(request):
         raise auth.Forbidden
+    guard = _sign_in_guard(request)
+    address = request.client.host if request.client else "unknown"
+    if (wait := guard.retry_after(address)) is not None:
+        log.warning("console.sign_in_refused", reason="too_many_failures", retry_after=wait)
+        page = sign_in_page(request, error="Too many failed sign-ins. Try again later.", status=429)
+        page.headers["Retry-After"] = str(wait)
+        return page
     try:
         caller, value = auth.sign_in(_rt(request).settings, api_key)
     except auth.SignedOut:
+        guard.failed(address)
         return sign_in_page(request, error="Unknown API key.", status=401)
     except auth.Forbidden:
+        guard.failed(address)
         return sign_in_page(request, error="This key may not use the console.", status=403)
     log.info("console.signed_in", actor=caller.name, role=str(caller.role))
     response = RedirectResponse(_safe_next(next), status_code=303)

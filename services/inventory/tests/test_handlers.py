@@ -248,21 +248,26 @@ async def test_a_release_of_the_parcels_that_stayed_leaves_the_one_that_left_to_
     assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(0, 0), (3, 0)]
 
 
-async def test_the_units_of_a_parcel_sent_again_that_no_carrier_took_come_back_under_its_name(sessions):
+async def test_the_units_of_a_parcel_sent_again_that_no_carrier_took_come_back_alone(sessions):
+    """The first parcel's commit may still be on its way (another queue): the release of the parcel
+    sent again gives back its own units only, never the ones the carrier took."""
     await stocked(sessions, "SKU-SPLIT", SH=3)
     await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 2, latitude=31.2, longitude=121.5), sessions)
-    await handle_commit_stock(commit("o1"), sessions)  # the parcel left, then was lost
     again = ReserveStock(
         order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+1"
     )
     await handle_reserve_stock(msg(ReserveStock, again), sessions)
+    assert await level(sessions, "SKU-SPLIT", "SH") == (3, 3)
     give_back = ReleaseStock(order_id="o1", reason="no_carrier", warehouses=["SH"], parcel="SH+1")
     await handle_release_stock(msg(ReleaseStock, give_back), sessions)
     await handle_release_stock(msg(ReleaseStock, give_back), sessions)  # asked again: answered again
     answers = [e["data"] for e in await events(sessions, "stock.released")]
     assert [a["parcel"] for a in answers] == ["SH+1", "SH+1"]
     assert answers[0]["allocations"] == [{"warehouse": "SH", "sku": "SKU-SPLIT", "quantity": 1}]
-    assert await level(sessions, "SKU-SPLIT", "SH") == (1, 0)
+    assert answers[1]["allocations"] == [], "released once"
+    assert await level(sessions, "SKU-SPLIT", "SH") == (3, 2), "the first parcel's units stay reserved"
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    assert await level(sessions, "SKU-SPLIT", "SH") == (1, 0), "and leave with its commit"
 
 
 async def test_a_lost_parcel_is_reserved_again_once_and_committed_when_it_leaves(sessions):

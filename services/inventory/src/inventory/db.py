@@ -60,6 +60,9 @@ class Reservation(Base):
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int]
     status: Mapped[str] = mapped_column(String(20))  # reserved | released | committed
+    parcel: Mapped[str | None] = mapped_column(String(64))
+    """A replacement parcel's reservation: that parcel (released on its own when no carrier takes
+    it); None: the order's first reservation."""
     returned: Mapped[int] = mapped_column(default=0, server_default="0")
     """Of a committed reservation: the units that came back in a return and were restocked."""
     created_at: Mapped[datetime]

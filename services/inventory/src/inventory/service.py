@@ -100,6 +100,7 @@ _RESERVATIONS = (
         _reservation.c.sku,
         _reservation.c.quantity,
         _reservation.c.returned,
+        _reservation.c.parcel,
     )
     .where(_reservation.c.order_id == bindparam("order_id"), _reservation.c.status == bindparam("status"))
     .order_by(_reservation.c.id)
@@ -306,6 +307,7 @@ async def reserve(
                 "sku": a.sku,
                 "quantity": a.quantity,
                 "status": "reserved",
+                "parcel": parcel,
                 "returned": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -341,10 +343,14 @@ async def release(
 ) -> StockReleased:
     """Give back what the order still holds (``warehouses``: only what those hold, so the units of
     a parcel that left stay reserved for its commit, whichever comes first); remember the release
-    so the order is never reserved later."""
-    hold = await _hold_of(session, order_id, lock=True)
+    so the order is never reserved later. ``parcel``: only what was reserved for that replacement
+    parcel (its own hold is released; the order's stays as it is)."""
+    key = order_id if parcel is None else f"{order_id}/{parcel}"
+    hold = await _hold_of(session, key, lock=True)
     held = [
-        r for r in await _reservations(session, order_id) if warehouses is None or r.warehouse in warehouses
+        r
+        for r in await _reservations(session, order_id)
+        if (warehouses is None or r.warehouse in warehouses) and (parcel is None or r.parcel == parcel)
     ]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
@@ -366,7 +372,10 @@ async def release(
             _UPDATE_RESERVATION, [{"key_id": r.id, "status": "released", "updated_at": now} for r in held]
         )
         await session.execute(_INSERT_MOVEMENT, moves)
-    if hold is None or hold.state == "reserved":
+    if parcel is not None:
+        if hold is not None and hold.state == "reserved":
+            await _set_hold(session, key, "released")
+    elif hold is None or hold.state == "reserved":
         await _set_hold(session, order_id, "released", new=hold is None)
     released = StockReleased(order_id=order_id, allocations=_allocations(held), parcel=parcel)
     await _stage(session, released, order_id, cause)

@@ -618,6 +618,41 @@ def test_a_parcel_sent_again_that_no_carrier_takes_gives_its_units_back_until_in
     assert advance(saga, released, now=at(33), timeouts=TIMEOUTS)[1] == []
 
 
+def test_a_parcel_sent_again_that_is_cancelled_with_its_order_gives_its_own_units_back():
+    """SH was lost and sent again from SH; then BJ's booking failed and the order is cancelled. The
+    order's release names BJ only (SH's units left with the carrier), so the parcel sent again
+    gives back what was reserved for it by its own release."""
+    spare = StockReserved(
+        order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1)]
+    )
+    booked_again = ShipmentCreated(
+        order_id=ORDER,
+        shipment_id="shp-SH+1",
+        carrier="sf-express",
+        tracking_number="TSH+1",
+        warehouse="SH",
+        parcel="SH+1",
+        estimated_delivery=date(2026, 11, 28),
+    )
+    saga, _ = run(
+        SPLIT, CAPTURED, booked("SH"), scan("SH", "picked_up"), scan("SH", "lost"), spare, booked_again
+    )
+    saga, intents = advance(
+        saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=T0, timeouts=TIMEOUTS
+    )
+    assert (saga.status, saga.reason) == ("cancelled", "shipment_failed") and CancelShipment() in intents
+    cancelled = ShipmentCancelled(order_id=ORDER, shipment_ids=["shp-SH+1"], parcels=["SH+1"])
+    saga, intents = advance(saga, cancelled, now=T0, timeouts=TIMEOUTS)
+    assert Release(warehouses=("SH",), parcel="SH+1") in intents
+    assert Release(warehouses=("BJ",)) in intents, "the order's own release leaves SH to its commit"
+    saga, intents = advance(saga, DeadlineReached(), now=at(30), timeouts=TIMEOUTS)
+    assert Release(warehouses=("SH",), parcel="SH+1") in intents, "asked again until answered"
+    released = StockReleased(order_id=ORDER, allocations=[], parcel="SH+1")
+    saga, _ = advance(saga, released, now=at(31), timeouts=TIMEOUTS)
+    saga, intents = advance(saga, DeadlineReached(), now=at(61), timeouts=TIMEOUTS)
+    assert Release(warehouses=("SH",), parcel="SH+1") not in intents
+
+
 def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time():
     saga, _ = run(
         RESERVED,

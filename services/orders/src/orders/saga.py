@@ -264,7 +264,10 @@ STEPS: tuple[Step, ...] = (
         failures=(StockReservationFailed,),
         undo=_release,
         undone_by=StockReleased,
-        pending_undo=lambda saga: [_release_intent(saga)] if saga.stock is Stock.RELEASING else [],
+        pending_undo=lambda saga: [
+            *([_release_intent(saga)] if saga.stock is Stock.RELEASING else []),
+            *(_release_again(p) for p in saga.parcels if p.releasing),
+        ],
         wait=Wait.RESERVE,
         waits_in=S.SUBMITTED,
         then=S.CONFIRMED,
@@ -426,8 +429,10 @@ def _succeeded(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -
     if not step.complete(saga):
         return saga, []  # one parcel booked, others to come
     saga = replace(saga, **{step.progress: step.done})
-    if saga.status is not step.waits_in:  # cancelled meanwhile: what was just done is undone
+    if saga.final:  # cancelled meanwhile: what was just done is undone
         return _compensate(saga, now, t)
+    if saga.status is not step.waits_in:  # a carrier's scan overtook the answer: the order is further on
+        return _begin(_after(step), saga, now, t)
     return _begin(_after(step), replace(saga, status=step.then), now, t)
 
 
@@ -453,7 +458,7 @@ def _failed(step: Step, saga: Saga, reply: Any, now: datetime, t: Timeouts) -> t
     if getattr(saga, step.progress) is not step.asked:
         return _ignore(saga)
     saga = replace(saga, **{step.progress: step.failed})
-    if saga.status is step.waits_in:
+    if not saga.final:  # (a carrier's scan may have moved the order past the step's own status)
         return _cancel(saga, CancelReason(step.reason(reply)), now, t)
     return _compensate(saga, now, t)
 
@@ -485,7 +490,9 @@ def _shipment_failed(saga: Saga, reply: ShipmentFailed, now: datetime, t: Timeou
     i = _leg_of(saga, reply)
     if saga.parcel is Parcel.CANCELLING:  # the booking came after the cancel: that parcel will not leave
         if i is None or len(saga.parcels) <= 1:
-            return _cancel_answered(replace(saga, parcels=tuple(_cancelled(p) for p in saga.parcels)), now, t)
+            saga, releases = _cancel_legs(saga, lambda p: True)
+            saga, intents = _cancel_answered(saga, now, t)
+            return _settle(saga, now, t), [*releases, *intents]
         return _cancel_answered(_with_leg(saga, i, leg=Leg.CANCELLED), now, t)
     if i is not None and saga.parcel is Parcel.CREATING:  # never booked: nothing of it to cancel
         saga = _with_leg(saga, i, leg=Leg.CANCELLED)
@@ -522,7 +529,22 @@ def passed_through(old: S, new: S) -> list[S]:
 
 
 def _cancelled(p: ParcelLeg) -> ParcelLeg:
-    return replace(p, leg=Leg.CANCELLED) if p.leg in (Leg.PLANNED, Leg.BOOKED) else p
+    """A parcel that will not leave; one sent again gives back the units reserved for it on its own
+    (the order's release names warehouses, and its lost parcel's warehouse is not among them)."""
+    if p.leg not in (Leg.PLANNED, Leg.BOOKED):
+        return p
+    return replace(p, leg=Leg.CANCELLED, releasing=p.replaces is not None)
+
+
+def _cancel_legs(saga: Saga, which: Callable[[ParcelLeg], bool]) -> tuple[Saga, list[Intent]]:
+    """:func:`_cancelled` for the parcels ``which`` picks, and the releases that asks for."""
+    parcels = tuple(_cancelled(p) if which(p) else p for p in saga.parcels)
+    releases: list[Intent] = [
+        _release_again(q)
+        for p, q in zip(saga.parcels, parcels, strict=True)
+        if q.releasing and not p.releasing
+    ]
+    return replace(saga, parcels=parcels), releases
 
 
 def _left(p: ParcelLeg) -> bool:
@@ -577,6 +599,8 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     saga = _with_leg(
         saga, i, leg=leg, carrier_status=reply.status, shipment_id=p.shipment_id or reply.shipment_id
     )
+    if p.replaces is not None:  # a scan can overtake its booking's answer: the resend waits no more
+        saga = _resend_waits(saga, now, t)
     if saga.parcel is Parcel.CREATING and _all_booked(saga):  # the carrier's news overtook shipment.created
         saga = _wait(replace(saga, parcel=Parcel.CREATED), None, now, t)
         saga = replace(saga, status=max(saga.status, S.PICKING, key=_PROGRESS.index))
@@ -672,6 +696,10 @@ def _resend_answered(
         )
         for k, (w, items) in enumerate(by_warehouse.items())
     )
+    if saga.final:  # the order was cancelled meanwhile: nothing is sent, the units just reserved go back
+        legs = tuple(replace(leg, leg=Leg.CANCELLED, releasing=True) for leg in legs)
+        saga = replace(saga, parcels=(*saga.parcels[:i], *legs, *saga.parcels[i + 1 :]))
+        return _settle(saga, now, t), [_release_again(leg) for leg in legs]
     saga = replace(saga, parcels=(*saga.parcels[:i], *legs, *saga.parcels[i + 1 :]), stock=Stock.RESERVED)
     return _resend_waits(saga, now, t), _resend(replace(saga, parcels=legs))
 
@@ -682,6 +710,9 @@ def _not_sent_again(saga: Saga, p: ParcelLeg, intents: list[Intent], now: dateti
     refund = _refund(saga, min(saga.worth(lost.items), saga.unrefunded), f"parcel:{lost.name}")
     if refund:
         saga, intents = _with_refund(saga, refund), [*intents, refund]
+    if saga.final:  # the order was cancelled meanwhile: this may be the last parcel its cancel waited for
+        saga, more = _cancel_answered(saga, now, t)
+        return _settle(saga, now, t), [*intents, *more]
     saga = _resend_waits(saga, now, t)
     if all(q.leg in ENDED and not q.releasing for q in saga.parcels):
         return _delivery_over(saga, now, t, intents)
@@ -726,10 +757,10 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
     if i is not None and _LEG.get(reply.status) is Leg.RETURNED and saga.parcels[i].items:
         # its first news is that it came back (scans reorder): it left, and is on the shelf again
         p = saga.parcels[i]
-        commit: list[Intent] = [Commit(warehouse=p.warehouse)] if saga.stock is Stock.RESERVED else []
+        left: list[Intent] = [Commit(warehouse=p.warehouse)] if saga.stock is Stock.RESERVED else []
         saga = _with_leg(saga, i, leg=Leg.RETURNED, carrier_status=reply.status)
         saga, more = _cancel_answered(saga, now, t)
-        return saga, [*commit, Restock(items=list(p.items)), *more]
+        return saga, [*left, Restock(items=list(p.items)), *more]
     detail = (
         f"the carrier took parcel {reply.tracking_number} before its cancellation reached shipping:"
         " ask for it back"
@@ -753,13 +784,14 @@ def _parcels_cancelled(saga: Saga, reply: ShipmentCancelled, now: datetime, t: T
         return _ignore(saga)  # told again (a resent cancel)
     ids = set(reply.shipment_ids) | ({reply.shipment_id} if reply.shipment_id else set())
     names = set(reply.parcels)
-    parcels = tuple(
-        _cancelled(p)
-        if (not ids and not names) or len(saga.parcels) == 1 or p.shipment_id in ids or p.name in names
-        else p
-        for p in saga.parcels
+    saga, releases = _cancel_legs(
+        saga,
+        lambda p: (
+            (not ids and not names) or len(saga.parcels) == 1 or p.shipment_id in ids or p.name in names
+        ),
     )
-    return _cancel_answered(replace(saga, parcels=parcels), now, t)
+    saga, intents = _cancel_answered(saga, now, t)
+    return _settle(saga, now, t), [*releases, *intents]
 
 
 def _cancel_answered(saga: Saga, now: datetime, t: Timeouts) -> tuple[Saga, list[Intent]]:
@@ -878,7 +910,10 @@ def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts
         i = next((k for k, p in enumerate(saga.parcels) if p.name == reply.parcel and p.releasing), None)
         if i is None:
             return _ignore(saga)  # told again
-        saga = _resend_waits(_with_leg(saga, i, releasing=False), now, t)
+        saga = _with_leg(saga, i, releasing=False)
+        if saga.final:
+            return _settle(saga, now, t), []
+        saga = _resend_waits(saga, now, t)
         if all(q.leg in ENDED and not q.releasing for q in saga.parcels):
             return _delivery_over(saga, now, t, [])
         return saga, []

@@ -514,6 +514,19 @@ def test_a_return_of_items_from_two_parcels_restocks_each_once_and_refunds_once(
     assert [type(i).__name__ for i in seen] == ["Restock", "Refund", "Restock"]
 
 
+def replacement_booked(from_warehouse: str) -> ShipmentCreated:
+    """SH+1, the parcel sent instead of the lost SH, booked from ``from_warehouse``."""
+    return ShipmentCreated(
+        order_id=ORDER,
+        shipment_id="shp-SH+1",
+        carrier="sf-express",
+        tracking_number="TSH+1",
+        warehouse=from_warehouse,
+        parcel="SH+1",
+        estimated_delivery=date(2026, 11, 28),
+    )
+
+
 def again(warehouse: str, status: str) -> ShipmentUpdated:
     return ShipmentUpdated(
         order_id=ORDER,
@@ -527,6 +540,16 @@ def again(warehouse: str, status: str) -> ShipmentUpdated:
 
 
 MUG = (LineItem(sku="SKU-RED-MUG", quantity=1),)
+SH_LOST = (
+    SPLIT,
+    CAPTURED,
+    booked("SH"),
+    booked("BJ"),
+    scan("SH", "picked_up"),
+    scan("BJ", "picked_up"),
+    scan("SH", "lost"),
+)
+"""A split order whose SH parcel the carrier lost, BJ's on its way."""
 PRICES = (("SKU-RED-MUG", Decimal("39.90")),)
 
 
@@ -546,15 +569,7 @@ def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_
     assert intents == [CreateShipment(warehouse="BJ", parcel="SH+1", items=MUG, replaces="SH")]
     saga, intents = advance(saga, spare, now=at(31), timeouts=TIMEOUTS)
     assert intents == [], "a resent reservation's answer books nothing twice"
-    booked_again = ShipmentCreated(
-        order_id=ORDER,
-        shipment_id="shp-SH+1",
-        carrier="sf-express",
-        tracking_number="TSH+1",
-        warehouse="BJ",
-        parcel="SH+1",
-        estimated_delivery=date(2026, 11, 28),
-    )
+    booked_again = replacement_booked(from_warehouse="BJ")
     saga, intents = advance(saga, booked_again, now=at(32), timeouts=TIMEOUTS)
     assert intents == [] and saga.waiting_for is None
     saga, intents = advance(saga, scan("BJ", "delivered"), now=at(33), timeouts=TIMEOUTS)
@@ -567,13 +582,7 @@ def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_
 
 def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
     saga, _ = run(
-        SPLIT,
-        CAPTURED,
-        booked("SH"),
-        booked("BJ"),
-        scan("SH", "picked_up"),
-        scan("BJ", "picked_up"),
-        scan("SH", "lost"),
+        *SH_LOST,
         prices=PRICES,
     )
     none = StockReservationFailed(
@@ -588,13 +597,7 @@ def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
 
 def test_a_parcel_sent_again_that_no_carrier_takes_gives_its_units_back_until_inventory_answers():
     saga, _ = run(
-        SPLIT,
-        CAPTURED,
-        booked("SH"),
-        booked("BJ"),
-        scan("SH", "picked_up"),
-        scan("BJ", "picked_up"),
-        scan("SH", "lost"),
+        *SH_LOST,
         StockReserved(
             order_id=ORDER,
             parcel="SH+1",
@@ -625,15 +628,7 @@ def test_a_parcel_sent_again_that_is_cancelled_with_its_order_gives_its_own_unit
     spare = StockReserved(
         order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="SH", sku="SKU-RED-MUG", quantity=1)]
     )
-    booked_again = ShipmentCreated(
-        order_id=ORDER,
-        shipment_id="shp-SH+1",
-        carrier="sf-express",
-        tracking_number="TSH+1",
-        warehouse="SH",
-        parcel="SH+1",
-        estimated_delivery=date(2026, 11, 28),
-    )
+    booked_again = replacement_booked(from_warehouse="SH")
     saga, _ = run(
         SPLIT, CAPTURED, booked("SH"), scan("SH", "picked_up"), scan("SH", "lost"), spare, booked_again
     )
@@ -663,15 +658,7 @@ def test_a_parcel_sent_again_and_lost_too_is_refunded_and_not_sent_a_third_time(
         StockReserved(order_id=ORDER, parcel="SH+1", allocations=RESERVED.allocations),
         prices=PRICES,
     )
-    booked_again = ShipmentCreated(
-        order_id=ORDER,
-        shipment_id="shp-SH+1",
-        carrier="sf-express",
-        tracking_number="TSH+1",
-        warehouse="SH",
-        parcel="SH+1",
-        estimated_delivery=date(2026, 11, 28),
-    )
+    booked_again = replacement_booked(from_warehouse="SH")
     saga, _ = advance(saga, booked_again, now=T0, timeouts=TIMEOUTS)
     saga, _ = advance(saga, again("SH", "picked_up"), now=T0, timeouts=TIMEOUTS)
     saga, intents = advance(saga, again("SH", "lost"), now=T0, timeouts=TIMEOUTS)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from chassis import inbox, outbox
-from chassis.batch import Batcher
+from chassis.batch import Batcher, after_commit
 from chassis.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message, processed_message
 from events.inventory import StockReleased
 
@@ -176,3 +176,62 @@ async def test_a_message_whose_savepoint_fails_to_release_leaves_nothing_to_publ
     expected = {f"o-{n}" for n in range(5) if n != 4}
     assert claimed == {f"msg-{n}" for n in range(5) if n != 4}
     assert staged == expected and {r["correlation_id"] for r in published} == expected
+
+
+async def test_a_step_after_commit_sees_its_message_committed_and_comes_before_the_ack(engine):
+    """What a handler must do only once its record is committed (hand an e-mail to its server)."""
+    sessions = make_sessionmaker(engine.engine)
+    batcher = Batcher(sessions, size=32, linger_seconds=0.01)
+    seen: list[tuple[int, int]] = []
+
+    def handler(n: int):
+        async def handle() -> str:
+            await _handler(sessions, n)()
+
+            async def call_out() -> None:  # what a fresh connection sees: committed or not
+                seen.append((n, await _count(sessions, processed_message)))
+
+            await after_commit(call_out)
+            assert not seen, "no step runs before the batch's commit"
+            return f"done-{n}"
+
+        return handle
+
+    assert await asyncio.gather(*(batcher.run(handler(n)) for n in range(5))) == [
+        f"done-{n}" for n in range(5)
+    ]
+    assert batcher.batches == 1
+    assert sorted(seen) == [(n, 5) for n in range(5)], "every step saw the whole batch committed"
+
+
+async def test_a_failing_step_after_commit_fails_its_message_only(engine):
+    sessions = make_sessionmaker(engine.engine)
+    batcher = Batcher(sessions, size=32, linger_seconds=0.01)
+
+    def handler(n: int):
+        async def handle() -> str:
+            await _handler(sessions, n)()
+
+            async def call_out() -> None:
+                if n == 1:
+                    raise ConnectionRefusedError("the server is down")
+
+            await after_commit(call_out)
+            return f"done-{n}"
+
+        return handle
+
+    results = await asyncio.gather(*(batcher.run(handler(n)) for n in range(3)), return_exceptions=True)
+    assert results[0] == "done-0" and results[2] == "done-2"
+    assert isinstance(results[1], ConnectionRefusedError)
+    assert await _count(sessions, processed_message) == 3, "its record stays: a redelivery finishes it"
+
+
+async def test_outside_a_batch_a_step_after_commit_runs_at_once():
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("now")
+
+    await after_commit(step)
+    assert ran == ["now"]

@@ -3,22 +3,24 @@ retention of personal data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, func, select, update
 
+from chassis.batch import Batcher
 from chassis.broker import Permanent, Unavailable
-from chassis.db import outbox_message
+from chassis.db import make_engine, make_sessionmaker, messaging_metadata, outbox_message
 from events.envelope import Envelope, build
 from events.notifications import RegisterRecipient
 from events.orders import OrderStatusChanged
 from events.payments import PaymentActionRequired, PaymentRefunded
 from notifications import retention
 from notifications.channels import Rejected, Transient
-from notifications.db import Notification, Preference, Recipient
+from notifications.db import Base, Notification, Preference, Recipient
 from notifications.handlers import (
     DeliveryPending,
     RecipientNotRegistered,
@@ -430,3 +432,52 @@ async def test_a_lost_parcel_sent_again_is_told_as_sent_again_with_its_new_track
     sms = channels["sms"].sent[-1]
     for part in ("SF123456789012", "SF999", "sf-express", "https://track.example/SF999", "2026-11-30"):
         assert part in again.body and part in sms.body, part
+
+
+async def test_a_batch_of_events_is_recorded_in_one_commit_sent_after_it_and_marked_in_one_more(
+    tmp_path, settings, channels
+):
+    """The batched path: every e-mail reaches its server only once its record is committed (a crash
+    before the commit sends nothing; after it, the redelivered event finds the pending row), and
+    the marks of all the batch's e-mails commit together."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/batched.db")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(messaging_metadata.create_all)
+    sessions = make_sessionmaker(engine)
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda conn: commits.append(1))
+    orders = [f"ord-{n}" for n in range(8)]
+    for order_id in orders:
+        await handle_register_recipient(register(order_id, phone=None), sessions)
+
+    committed_at_send: list[int] = []
+    email = channels["email"]
+    send = email.send
+
+    async def send_after_commit(message):
+        async with sessions() as session:  # a connection of its own: what is committed
+            committed_at_send.append(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(Notification)
+                    .where(Notification.message_id == message.message_id)
+                )
+            )
+        return await send(message)
+
+    email.send = send_after_commit
+    batcher = Batcher(sessions, size=32, linger_seconds=0.01)
+    before = len(commits)
+    events = [status_changed("paid", order_id) for order_id in orders]
+    await asyncio.gather(
+        *(batcher.run(lambda e=e: on_order_status_changed(e, sessions, channels, settings)) for e in events)
+    )
+    assert batcher.batches == 1 and len(email.sent) == 8
+    assert committed_at_send == [1] * 8, "each e-mail's record was committed before it was sent"
+    assert len(commits) - before == 2, "one commit records the batch, one marks what was sent"
+    async with sessions() as session:
+        statuses = (await session.scalars(select(Notification.status))).all()
+    assert statuses == ["sent"] * 8
+    assert [e["key"] for e in await published(sessions)].count("notification.sent") == 8
+    await engine.dispose()

@@ -18,8 +18,11 @@ after the other in ONE transaction:
 - the batch's task then publishes the outbox rows the commit wrote, with publisher confirms
   (:meth:`chassis.outbox.OutboxRelay.publish`); the relay's table poll stays for what a crash left.
 
-A consumer that must commit before it calls out (payments' write-ahead capture) is not batched
-(``batched=False`` in events.topology) and runs per message as before.
+A handler that must call out only once its record is committed (an e-mail handed to the SMTP
+server) passes that step to :func:`after_commit`: it runs in the message's task after the batch's
+commit and before the ack, and fails the message as the handler would. A consumer whose call out
+must be committed before it is made, and whose answer decides what it writes (payments'
+write-ahead capture), is not batched (``batched=False`` in events.topology) and runs alone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -39,6 +43,21 @@ from chassis.logs import get_logger
 log = get_logger("chassis.batch")
 
 T = TypeVar("T")
+
+Step = Callable[[], Awaitable[None]]
+_after_commit: ContextVar[list[Step] | None] = ContextVar("oms_after_commit", default=None)
+
+
+async def after_commit(step: Step) -> None:
+    """Run ``step`` once what the running handler wrote is committed, before its message is acked:
+    after its batch's commit when it runs in a batch, else at once (its transactions are committed
+    when it calls this). A step that raises fails the message as the handler would; what the
+    handler wrote stays committed, so a redelivery must find it and finish the step."""
+    steps = _after_commit.get()
+    if steps is None:
+        await step()
+    else:
+        steps.append(step)
 
 
 class _Member:
@@ -113,14 +132,20 @@ class Batcher:
                 self._waiting.remove(member)
             member.finish(False)
             raise
+        steps: list[Step] = []
+        token = _after_commit.set(steps)
         try:
             with in_batch(session):
                 result = await handler()
         except BaseException:
             member.finish(False)
             raise
+        finally:
+            _after_commit.reset(token)
         member.finish(True)
         await member.committed
+        for step in steps:
+            await step()
         return result
 
     async def _drive(self) -> None:

@@ -101,10 +101,10 @@ QUEUES: tuple[QueueSpec, ...] = (
     _command("shipping.expect_return"),
     # notifications
     _command("notifications.register_recipient"),
-    _event("notifications", "order.status_changed", batched=False),
-    _event("notifications", "payment.refunded", batched=False),
-    _event("notifications", "payment.action_required", batched=False),
-    _event("notifications", "shipment.updated", batched=False),
+    _event("notifications", "order.status_changed"),
+    _event("notifications", "payment.refunded"),
+    _event("notifications", "payment.action_required"),
+    _event("notifications", "shipment.updated"),
 )
 
 _BY_NAME = {q.name: q for q in QUEUES}

@@ -1,10 +1,13 @@
 """Subscribers: who to tell (``register_recipient``) and what to tell them (``order.status_changed``,
 ``payment.refunded``, ``payment.action_required``, a parcel's ``shipment.updated``).
 
-A notification is sent only after its intent is recorded. One transaction claims the event in the
-inbox and writes a ``pending`` row per channel the customer wants (unique per event and channel).
-Then each row is leased, sent outside any transaction, and a second transaction marks it ``sent``
-(or ``failed``) and stages ``notification.sent`` / ``notification.failed`` in the outbox.
+A notification is sent only after its intent is recorded. The events that arrive together are
+handled in one batch transaction (chassis.batch) that claims each in the inbox and writes a
+``pending`` row per channel the customer wants (unique per event and channel), leased for sending.
+Only after that commit (``after_commit``) does the :class:`Dispatcher` send the rows of every event
+that is ready, and ONE transaction then marks them ``sent`` (or ``failed``, or pending again) and
+stages ``notification.sent`` / ``notification.failed`` in the outbox; each event is acked after
+its rows are marked.
 
 The honest guarantee is at least once: a crash after the SMTP server took an e-mail and before its
 row is marked sends it again when the event is redelivered (once: then the row is marked). Every
@@ -19,6 +22,10 @@ event is retried with back-off; a redelivered event finishes whatever of it is s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Annotated, Any
@@ -29,6 +36,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import inbox, outbox
+from chassis.batch import after_commit
 from chassis.broker import Resource, Unavailable, queue
 from chassis.logs import get_logger
 from events import topology
@@ -135,7 +143,7 @@ async def on_order_status_changed(
         settings,
         reason=event.reason,
     )
-    await _deliver(sessions, channels, settings, msg, leased)
+    await after_commit(lambda: _deliver(sessions, channels, settings, msg, leased))
 
 
 @router.subscriber(queue(REFUNDED))
@@ -153,7 +161,7 @@ async def on_payment_refunded(
         amount=event.amount,
         currency=event.currency,
     )
-    await _deliver(sessions, channels, settings, msg, leased)
+    await after_commit(lambda: _deliver(sessions, channels, settings, msg, leased))
 
 
 @router.subscriber(queue(PLEASE_PAY))
@@ -175,7 +183,7 @@ async def on_payment_action_required(
         url=event.url,
         expires_at=expires,
     )
-    await _deliver(sessions, channels, settings, msg, leased)
+    await after_commit(lambda: _deliver(sessions, channels, settings, msg, leased))
 
 
 @router.subscriber(queue(SCANNED))
@@ -204,7 +212,7 @@ async def on_shipment_updated(
         eta=eta,
         replaces=event.replaces or "-",
     )
-    await _deliver(sessions, channels, settings, msg, leased)
+    await after_commit(lambda: _deliver(sessions, channels, settings, msg, leased))
 
 
 async def _record(
@@ -325,7 +333,8 @@ async def _deliver(
     busy = 0
     if leased is None:
         leased, busy = await _lease_pending(sessions, settings, msg)
-    await _send(sessions, channels, msg, leased, busy)
+    if leased or busy:
+        await dispatcher(sessions, channels).deliver(msg, leased, busy)
 
 
 async def _lease_pending(
@@ -364,101 +373,161 @@ async def _lease_pending(
     return leased, busy
 
 
-async def _send(
-    sessions: async_sessionmaker,
-    channels: dict[str, ChannelAdapter],
-    msg: Envelope[Any],
-    leased: list[tuple[Notification, str | None]],
-    busy: int,
-) -> None:
-    not_sent: list[str] = []
-    unreachable: Unavailable | None = None
-    for row, name in leased:
-        adapter = channels.get(row.channel)
-        outgoing = Outgoing(
-            channel=row.channel,
-            address=row.address or "",
-            name=name,
-            subject=row.subject,
-            body=row.body,
-            locale=row.locale,
-            message_id=row.message_id,
-        )
-        try:
-            if adapter is None:
-                raise Rejected("channel_unavailable")
-            ref = await adapter.send(outgoing)
-        except Rejected as exc:
-            await _finish(sessions, msg, row, NotificationStatus.FAILED, error=str(exc))
-        except Exception as exc:  # unreachable, Transient, or unexpected: keep it pending, retry the event
-            if isinstance(exc, Unavailable):
-                unreachable, reason = exc, f"unavailable: {exc.reason}"
-            else:
-                reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
-            await _release(sessions, row, reason)
-            not_sent.append(f"{row.channel}: {reason}")
-            log.warning(
-                "notification.not_sent",
+class _Job:
+    """One event's rows to send, and what its delivery ends with."""
+
+    __slots__ = ("busy", "done", "leased", "msg", "not_sent", "unreachable")
+
+    def __init__(self, msg: Envelope[Any], leased: list[tuple[Notification, str | None]], busy: int) -> None:
+        self.msg, self.leased, self.busy = msg, leased, busy
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.not_sent: list[str] = []
+        self.unreachable: Unavailable | None = None
+
+    def outcome(self) -> Exception | None:
+        if self.unreachable is not None:  # the event waits for the channel's server, not counted against it
+            return self.unreachable
+        if self.not_sent:
+            return DeliveryPending(f"not sent yet ({'; '.join(self.not_sent)})")
+        if self.busy:
+            return DeliveryPending(
+                f"{self.busy} notification(s) of this event are being sent by another delivery"
+            )
+        return None
+
+
+class Dispatcher:
+    """Sends the rows of the events that are ready together: each on its channel (e-mails one after
+    the other on the kept SMTP connection), then ONE transaction marks them all (sent, failed, or
+    pending again) and stages their outcomes. An event's :meth:`deliver` returns, or raises what
+    its delivery ends with, once its rows are marked: its message is acked after that."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        channels: dict[str, ChannelAdapter],
+        *,
+        size: int = 64,
+        linger_seconds: float = 0.002,
+    ) -> None:
+        self._sessions, self._channels = sessions, channels
+        self._size, self._linger = size, linger_seconds
+        self._waiting: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    async def deliver(
+        self, msg: Envelope[Any], leased: list[tuple[Notification, str | None]], busy: int = 0
+    ) -> None:
+        job = _Job(msg, leased, busy)
+        self._waiting.append(job)
+        if len(self._waiting) >= self._size:
+            self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drive(), name="notifications.dispatch")
+        await job.done
+
+    async def _drive(self) -> None:
+        while self._waiting:
+            if len(self._waiting) < self._size:  # let what is arriving join, a few ms at most
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self._linger)
+            jobs = [self._waiting.popleft() for _ in range(min(self._size, len(self._waiting)))]
+            try:
+                await self._round(jobs)
+            except Exception as exc:  # the marks did not commit: every event of the round is retried
+                for job in jobs:
+                    if not job.done.done():
+                        job.done.set_exception(exc)
+
+    async def _round(self, jobs: list[_Job]) -> None:
+        finished: list[tuple[_Job, Notification, NotificationStatus, str | None, str | None]] = []
+        released: list[dict[str, Any]] = []
+        for job in jobs:
+            for row, name in job.leased:
+                adapter = self._channels.get(row.channel)
+                outgoing = Outgoing(
+                    channel=row.channel,
+                    address=row.address or "",
+                    name=name,
+                    subject=row.subject,
+                    body=row.body,
+                    locale=row.locale,
+                    message_id=row.message_id,
+                )
+                try:
+                    if adapter is None:
+                        raise Rejected("channel_unavailable")
+                    ref = await adapter.send(outgoing)
+                except Rejected as exc:
+                    finished.append((job, row, NotificationStatus.FAILED, None, str(exc)))
+                except Exception as exc:  # unreachable, Transient, or unexpected: pending, the event retried
+                    if isinstance(exc, Unavailable):
+                        job.unreachable, reason = exc, f"unavailable: {exc.reason}"
+                    else:
+                        reason = str(exc) if isinstance(exc, Transient) else type(exc).__name__
+                    released.append({"row_id": row.id, "error": reason[:200]})
+                    job.not_sent.append(f"{row.channel}: {reason}")
+                    log.warning(
+                        "notification.not_sent",
+                        channel=row.channel,
+                        template=row.template,
+                        recipient=mask_address(row.channel, row.address),
+                        error=reason,
+                    )
+                else:
+                    finished.append((job, row, NotificationStatus.SENT, ref, None))
+        marked: list[tuple[Notification, str | None]] = []
+        if finished or released:
+            now = datetime.now(UTC)
+            async with self._sessions.begin() as session:
+                for job, row, status, ref, error in finished:
+                    sent = now if status == NotificationStatus.SENT else None
+                    values = {"row_id": row.id, "new_status": status, "ref": ref, "error": error}
+                    if (await session.execute(_MARK, {**values, "now": now, "sent": sent})).rowcount != 1:
+                        continue  # marked meanwhile by a delivery that took over an expired lease
+                    row.status, row.last_error = status, error
+                    await _stage_outcome(session, job.msg, row)
+                    marked.append((row, error))
+                if released:
+                    await session.execute(_RELEASE, [{**r, "now": now} for r in released])
+        self.rounds += 1
+        for row, error in marked:
+            log.info(
+                f"notification.{row.status}",
                 channel=row.channel,
                 template=row.template,
+                locale=row.locale,
                 recipient=mask_address(row.channel, row.address),
-                error=reason,
+                **({"error": error} if error else {}),
             )
-        else:
-            await _finish(sessions, msg, row, NotificationStatus.SENT, ref=ref)
-
-    if unreachable is not None:  # the event waits for the channel's server, not counted against it
-        raise unreachable
-    if not_sent:
-        raise DeliveryPending(f"not sent yet ({'; '.join(not_sent)})")
-    if busy:
-        raise DeliveryPending(f"{busy} notification(s) of this event are being sent by another delivery")
+        for job in jobs:
+            if not job.done.done():
+                failure = job.outcome()
+                if failure is None:
+                    job.done.set_result(None)
+                else:
+                    job.done.set_exception(failure)
 
 
-async def _finish(
-    sessions: async_sessionmaker,
-    msg: Envelope[Any],
-    row: Notification,
-    status: NotificationStatus,
-    *,
-    ref: str | None = None,
-    error: str | None = None,
-) -> None:
-    now = datetime.now(UTC)
-    async with sessions.begin() as session:
-        marked = await session.execute(
-            _MARK,
-            {
-                "row_id": row.id,
-                "new_status": status,
-                "ref": ref,
-                "error": error,
-                "now": now,
-                "sent": now if status == NotificationStatus.SENT else None,
-            },
-        )
-        if marked.rowcount != 1:
-            return  # marked meanwhile by a delivery that took over an expired lease
-        row.status, row.last_error = status, error
-        await _stage_outcome(session, msg, row)
-    log.info(
-        f"notification.{status}",
-        channel=row.channel,
-        template=row.template,
-        locale=row.locale,
-        recipient=mask_address(row.channel, row.address),
-        **({"error": error} if error else {}),
-    )
+_dispatchers: weakref.WeakKeyDictionary[async_sessionmaker, Dispatcher] = weakref.WeakKeyDictionary()
 
 
-async def _release(sessions: async_sessionmaker, row: Notification, reason: str) -> None:
-    async with sessions.begin() as session:
-        await session.execute(
-            update(Notification)
-            .where(Notification.id == row.id, Notification.status == NotificationStatus.PENDING)
-            .values(lease_until=None, last_error=reason[:200], updated_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        )
+def dispatcher(sessions: async_sessionmaker, channels: dict[str, ChannelAdapter]) -> Dispatcher:
+    """The dispatcher of these sessions (one per service, made on first use)."""
+    made = _dispatchers.get(sessions)
+    if made is None or made._channels is not channels:
+        made = _dispatchers[sessions] = Dispatcher(sessions, channels)
+    return made
+
+
+_RELEASE = (
+    update(_notification)
+    .where(_notification.c.id == bindparam("row_id"), _notification.c.status == NotificationStatus.PENDING)
+    .values(lease_until=None, last_error=bindparam("error"), updated_at=bindparam("now"))
+)
 
 
 async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Notification) -> None:

@@ -31,7 +31,7 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys
-from payments import api, settle
+from payments import api, reconcile, settle
 from payments.adapters.alipay import AlipayAdapter, content_to_sign, load_private_key, sign
 from payments.adapters.base import Transient
 from payments.adapters.registry import Providers
@@ -323,6 +323,15 @@ async def test_partial_then_full_refund_at_the_provider(oid, sessions, providers
     done = await payment(sessions, oid)
     assert (done.status, done.refunded_amount) == ("refunded", Decimal("100.00"))
     assert sorted(r["amount"] for r in standin.ledger(oid)["refunds"]) == ["30.00", "70.00"]
+    found = await reconcile.reconcile(sessions, providers, settled_for=timedelta(0))  # the provider's books
+    assert (found.refunds_checked, found.unreachable, found.mismatches) == (2, 0, [])
+    paid = await payment(sessions, oid)
+    assert (
+        await providers.get("alipay").refund_status(
+            payment_ref=paid.provider_ref, idempotency_key=f"{oid}:never", reference=None
+        )
+        is None
+    ), "a refund the provider never made is not found"
 
 
 async def test_a_refund_failing_at_the_provider_is_retried_and_pays_once(

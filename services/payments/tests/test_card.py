@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
@@ -26,7 +26,7 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.stripe import API_KEY, WEBHOOK_SECRET, stripe_signature
-from payments import api
+from payments import api, reconcile
 from payments.adapters.base import Transient
 from payments.adapters.card import StripeCardAdapter
 from payments.adapters.registry import Providers
@@ -241,6 +241,15 @@ async def test_partial_then_full_refund(sessions, providers, standin, oid):
     p = await payment(sessions, oid)
     assert (p.status, p.refunded_amount) == ("refunded", Decimal("100.00"))
     assert sorted(r["amount"] for r in (await books(standin, oid))["refunds"]) == [3000, 7000]
+    found = await reconcile.reconcile(sessions, providers, settled_for=timedelta(0))  # the provider's books
+    assert (found.refunds_checked, found.unreachable, found.mismatches) == (2, 0, [])
+    paid = await payment(sessions, oid)
+    assert (
+        await providers.get("stripe").refund_status(
+            payment_ref=paid.provider_ref, idempotency_key=f"{oid}:never", reference="re_nope"
+        )
+        is None
+    ), "a refund the provider never made is not found"
 
 
 async def test_a_refund_failing_at_the_processor_is_retried_and_pays_once(sessions, providers, standin, oid):

@@ -14,6 +14,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.paypal import CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID
-from payments import api, settle
+from payments import api, reconcile, settle
 from payments.adapters.alipay import load_private_key, sign
 from payments.adapters.base import Transient
 from payments.adapters.paypal import PayPalAdapter
@@ -274,3 +275,12 @@ async def test_partial_full_and_failing_refunds_of_the_capture(sessions, provide
         refunds = (await client.get("/_standin/ledger")).json()["refunds"]
     capture_id = done.provider_ref.split("/")[1]
     assert sorted(r["value"] for r in refunds if r["capture_id"] == capture_id) == ["30.00", "70.00"]
+    found = await reconcile.reconcile(sessions, providers, settled_for=timedelta(0))  # the provider's books
+    assert (found.refunds_checked, found.unreachable, found.mismatches) == (2, 0, [])
+    paid = await payment(sessions, oid)
+    assert (
+        await providers.get("paypal").refund_status(
+            payment_ref=paid.provider_ref, idempotency_key=f"{oid}:never", reference="NOPE"
+        )
+        is None
+    ), "a refund the provider never made is not found"

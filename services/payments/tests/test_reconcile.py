@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from payments import reconcile
 from payments.adapters.registry import Providers
-from payments.db import Payment
+from payments.db import REFUNDED, Payment, Refund
 from payments.provider import SandboxProvider
 
 
@@ -82,3 +82,43 @@ async def test_a_payment_decided_a_moment_ago_waits_for_the_next_round(sessions)
         session.add(p)
     found = await reconcile.reconcile(sessions, Providers.of(SandboxProvider()))
     assert found.checked == 0 and found.mismatches == []
+
+
+def _refund(order_id: str, key: str, amount: str, ref: str | None) -> Refund:
+    return Refund(
+        refund_id=f"ref-{key}",
+        refund_key=key,
+        order_id=order_id,
+        amount=Decimal(amount),
+        reason="customer_request",
+        status=REFUNDED,
+        provider_ref=ref,
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+
+
+async def test_every_refund_we_recorded_is_looked_up_at_its_provider(sessions):
+    sandbox = SandboxProvider()
+    charge = sandbox.ledger.record_charge("capture:r", "captured", Decimal("10.00"), "CNY")
+    paid_back = sandbox.ledger.record_refund("r:cancel", charge.reference, Decimal("4.00"))
+    sandbox.ledger.record_refund("r:parcel", charge.reference, Decimal("2.00"))
+    async with sessions.begin() as session:
+        p = _payment("r", "partially_refunded", ref=charge.reference)
+        session.add(p)
+        await session.flush()
+        session.add_all(
+            [
+                _refund("r", "r:cancel", "4.00", paid_back.reference),  # as the provider has it
+                _refund("r", "r:parcel", "3.00", None),  # the provider paid back 2.00
+                _refund("r", "r:lost", "1.00", None),  # the provider never paid it
+            ]
+        )
+    found = await reconcile.reconcile(sessions, Providers.of(sandbox))
+    assert found.refunds_checked == 3 and found.unreachable == 0
+    assert {(m.order_id, m.kind, m.ours.split()[1]) for m in found.mismatches} == {
+        ("r", "refund_amount", "r:parcel"),
+        ("r", "refund_not_seen", "r:lost"),
+    }
+    assert found.view()["refunds_checked"] == 3
+    async with sessions() as session:  # reported, never corrected
+        assert (await session.get(Refund, "ref-r:lost")).status == REFUNDED

@@ -18,8 +18,8 @@ Checks, for every order:
 - the payment provider's own ledger agrees (reconciliation): every charge it made is on a captured
   payment of ours or refunded in full, every captured payment of ours is a charge there, and every
   refund we recorded is in its ledger (the sandbox's books); and each other provider (Alipay,
-  WeChat Pay, PayPal, the card processor), asked about every payment by payments'
-  reconciliation, agrees on what was charged.
+  WeChat Pay, PayPal, the card processor), asked about every payment and every refund by
+  payments' reconciliation, agrees on what was charged and paid back.
 
 Prints what it found and exits 1 on any breach. ``--settle N`` first waits up to N seconds for the
 system to go quiet (no order changing between two looks), so it can follow a load test.

@@ -29,6 +29,7 @@ from payments.adapters.base import (
     Charge,
     Declined,
     Notification,
+    RefundSeen,
     Transient,
     Unsupported,
 )
@@ -165,6 +166,14 @@ class SandboxProvider:
         """Pay ``amount`` back; the same ``idempotency_key`` again is the same refund (as with real
         providers' idempotency keys), so a call retried after a lost answer refunds once."""
         return self.ledger.record_refund(idempotency_key, payment_ref, amount).reference
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        refund = self.ledger.refund(idempotency_key)
+        if refund is None or refund.charge_reference != payment_ref:
+            return None
+        return RefundSeen(refund.reference, "succeeded", refund.amount, None)  # its ledger keeps no currency
 
     # -- the Adapter interface ---------------------------------------------------------------
 

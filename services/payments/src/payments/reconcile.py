@@ -6,7 +6,9 @@ A mismatch is never corrected here: it is logged (``payment.reconciliation_misma
 ``GET /v1/providers/reconciliation`` for ops, who decide (the provider's books may be the wrong
 ones). Kinds: ``charged_not_recorded`` (the provider took money on a payment recorded failed),
 ``recorded_not_charged`` (recorded captured, the provider has no such charge), ``amount`` (both
-charged, not the same amount).
+charged, not the same amount); and of each refund we recorded as paid back:
+``refund_not_seen`` (the provider has no such refund, or it failed there), ``refund_amount``
+(the provider paid back another amount).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from chassis.logs import get_logger
-from payments.adapters.base import Transient
+from payments.adapters.base import RefundSeen, Transient
 from payments.adapters.registry import Providers
-from payments.db import CAPTURING, PENDING, Payment
+from payments.db import CAPTURING, PENDING, REFUNDED, Payment, Refund
 
 log = get_logger(__name__)
 CHARGED = ("captured", "partially_refunded", "refunded")
@@ -60,11 +62,13 @@ class Round:
     checked: int
     unreachable: int
     mismatches: list[Mismatch]
+    refunds_checked: int = 0
 
     def view(self) -> dict[str, Any]:
         return {
             "at": self.at.isoformat(),
             "checked": self.checked,
+            "refunds_checked": self.refunds_checked,
             "unreachable": self.unreachable,
             "mismatches": [asdict(m) for m in self.mismatches],
         }
@@ -81,6 +85,17 @@ def compare(p: Payment, charge: Any) -> Mismatch | None:
         return Mismatch(p.order_id, p.provider, "charged_not_recorded", ours, theirs)
     if taken and charge.amount != p.amount:
         return Mismatch(p.order_id, p.provider, "amount", ours, theirs)
+    return None
+
+
+def compare_refund(r: Refund, provider: str, seen: RefundSeen | None) -> Mismatch | None:
+    """Our record of a refund paid back against what the provider says of it."""
+    ours = f"refund {r.refund_key} {r.amount}"
+    if seen is None or seen.status == "failed":
+        theirs = "no such refund" if seen is None else f"refund {seen.reference} failed"
+        return Mismatch(r.order_id, provider, "refund_not_seen", ours, theirs)
+    if seen.amount != r.amount:
+        return Mismatch(r.order_id, provider, "refund_amount", ours, f"refund {seen.reference} {seen.amount}")
     return None
 
 
@@ -102,8 +117,17 @@ async def reconcile(
     )
     if since is not None:
         query = query.where(Payment.updated_at >= since)
+    refunds_query = (
+        select(Refund, Payment.provider, Payment.provider_ref)
+        .join(Payment, Payment.order_id == Refund.order_id)
+        .where(Refund.status == REFUNDED, Refund.created_at <= now - settled_for)
+        .order_by(Refund.order_id, Refund.refund_key)
+    )
+    if since is not None:
+        refunds_query = refunds_query.where(Refund.created_at >= since)
     async with sessions() as session:
         payments = (await session.scalars(query)).all()
+        refunds = (await session.execute(refunds_query)).all()
     found, unreachable = [], 0
     for p in payments:
         adapter = providers.get(p.provider)
@@ -124,8 +148,33 @@ async def reconcile(
         mismatch = compare(p, charge)
         if mismatch is not None:
             found.append(mismatch)
+    for refund, provider, payment_ref in refunds:
+        adapter = providers.get(provider)
+        if adapter is None or payment_ref is None:
+            unreachable += 1
+            continue
+        try:
+            seen = await asyncio.wait_for(
+                adapter.refund_status(
+                    payment_ref=payment_ref, idempotency_key=refund.refund_key, reference=refund.provider_ref
+                ),
+                timeout=timeout,
+            )
+        except (TimeoutError, Transient, OSError) as exc:
+            log.warning(
+                "payment.reconciliation_unreachable",
+                order_id=refund.order_id,
+                provider=provider,
+                error=type(exc).__name__,
+            )
+            unreachable += 1
+            continue
+        mismatch = compare_refund(refund, provider, seen)
+        if mismatch is not None:
+            found.append(mismatch)
     counter, gauge = _metrics()
-    for name in {p.provider for p in payments} | {m.provider for m in found}:
+    providers_seen = {p.provider for p in payments} | {provider for _, provider, _ in refunds}
+    for name in providers_seen | {m.provider for m in found}:
         gauge.labels(name).set(sum(1 for m in found if m.provider == name))
     for m in found:
         counter.labels(m.provider, m.kind).inc()
@@ -137,4 +186,6 @@ async def reconcile(
             ours=m.ours,
             theirs=m.theirs,
         )
-    return Round(at=now, checked=len(payments), unreachable=unreachable, mismatches=found)
+    return Round(
+        at=now, checked=len(payments), unreachable=unreachable, mismatches=found, refunds_checked=len(refunds)
+    )

@@ -2,7 +2,8 @@
 
 ``python -m omstools.standins.alipay --port 8011 --dir .var/standins/alipay`` serves:
 
-- ``POST /gateway.do``: ``alipay.trade.precreate`` / ``query`` / ``close`` / ``refund``, the
+- ``POST /gateway.do``: ``alipay.trade.precreate`` / ``query`` / ``close`` / ``refund`` /
+  ``fastpay.refund.query``, the
   merchant's RSA2 signature checked with the app's public key, every answer signed with the
   stand-in's Alipay key (``{"<method>_response": {...}, "sign": "..."}``);
 - ``GET /qr/{trade_no}``: the QR code's page; ``POST /qr/{trade_no}/pay`` pays it by hand;
@@ -171,6 +172,7 @@ class AlipayStandIn:
             "alipay.trade.query": self.query,
             "alipay.trade.close": self.close,
             "alipay.trade.refund": self.refund,
+            "alipay.trade.fastpay.refund.query": self.refund_query,
         }.get(method)
         if handler is None:
             return self.answer(
@@ -282,6 +284,36 @@ class AlipayStandIn:
             "out_trade_no": t["out_trade_no"],
             "fund_change": "N" if known else "Y",
             "refund_fee": format(self.ledger.refunded(t["trade_no"]), ".2f"),
+        }
+
+    def refund_query(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+        """As Alipay documents it: a refund that was made is answered with its amount and
+        ``REFUND_SUCCESS``; one that was not, with ``10000`` and no refund fields."""
+        t = (
+            self.ledger.trade(trade_no=biz.get("trade_no"))
+            if biz.get("trade_no")
+            else self.ledger.trade(out_trade_no=biz.get("out_trade_no"))
+        )
+        request_no = biz.get("out_request_no")
+        row = (
+            self.ledger.db.execute(
+                "SELECT amount FROM refund WHERE out_request_no = ? AND trade_no = ?",
+                (request_no, t["trade_no"]),
+            ).fetchone()
+            if t is not None and request_no
+            else None
+        )
+        if t is None or row is None:
+            return {"code": "10000", "msg": "Success"}
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": t["trade_no"],
+            "out_trade_no": t["out_trade_no"],
+            "out_request_no": request_no,
+            "total_amount": t["total_amount"],
+            "refund_amount": row["amount"],
+            "refund_status": "REFUND_SUCCESS",
         }
 
     # -- the customer, and the notifications ------------------------------------------------------

@@ -3,10 +3,11 @@
 ``python -m omstools.standins.paypal --port 8014 --dir .var/standins/paypal --webhook-url URL``
 serves what the payments adapter uses: ``POST /v1/oauth2/token`` (client credentials),
 ``POST /v2/checkout/orders`` (``PayPal-Request-Id`` replays), ``GET /v2/checkout/orders/{id}``,
-``POST /v2/checkout/orders/{id}/capture``, ``POST /v2/payments/captures/{id}/refund`` and
-``POST /v1/notifications/verify-webhook-signature``. The approval page is ``GET /checkoutnow?token=ID``
-(``POST`` approves by hand). The simulated customer approves an order after ``--pay-after`` seconds
-unless its description names ``tok_nopay``; each approval is sent to ``--webhook-url`` as
+``POST /v2/checkout/orders/{id}/capture``, ``POST /v2/payments/captures/{id}/refund``,
+``GET /v2/payments/refunds/{id}`` and ``POST /v1/notifications/verify-webhook-signature``. The
+approval page is ``GET /checkoutnow?token=ID`` (``POST`` approves by hand). The simulated
+customer approves an order after ``--pay-after`` seconds unless its description names
+``tok_nopay``; each approval is sent to ``--webhook-url`` as
 ``CHECKOUT.ORDER.APPROVED`` with PayPal's transmission headers, the signature SHA256withRSA over
 ``<transmission id>|<time>|<webhook id>|<crc32 of the body>`` as PayPal computes it, checked by the
 verify API; resent until answered 2xx. Ledger: SQLite in ``--dir``.
@@ -183,6 +184,32 @@ class PayPalStandIn:
             {"id": known["id"], "status": "COMPLETED", "amount": {"value": known["value"]}}, status_code=201
         )
 
+    def refund_of(self, refund_id: str) -> JSONResponse:
+        """``GET /v2/payments/refunds/{id}``: the refund, with a link up to its capture."""
+        known = self.db.execute("SELECT * FROM refund WHERE id = ?", (refund_id,)).fetchone()
+        if known is None:
+            return JSONResponse({"name": "RESOURCE_NOT_FOUND"}, status_code=404)
+        currency = next(
+            (
+                c["amount"]["currency_code"]
+                for r in self.db.execute("SELECT body FROM paypal_order").fetchall()
+                for u in json.loads(r["body"])["purchase_units"]
+                for c in (u.get("payments") or {}).get("captures", [])
+                if c["id"] == known["capture_id"]
+            ),
+            None,
+        )
+        return JSONResponse(
+            {
+                "id": known["id"],
+                "status": "COMPLETED",
+                "amount": {"value": known["value"], "currency_code": currency},
+                "links": [
+                    {"rel": "up", "href": f"/v2/payments/captures/{known['capture_id']}", "method": "GET"}
+                ],
+            }
+        )
+
     async def _customer_approves(self, order_id: str) -> None:
         await asyncio.sleep(self.pay_after)
         self.approve(order_id)
@@ -302,6 +329,10 @@ def create_app(standin: PayPalStandIn) -> FastAPI:
         if not authorised(request):
             return denied
         return standin.refund(capture_id, await request.json(), request.headers.get("paypal-request-id"))
+
+    @app.get("/v2/payments/refunds/{refund_id}")
+    async def refund_of(request: Request, refund_id: str) -> JSONResponse:
+        return standin.refund_of(refund_id) if authorised(request) else denied
 
     @app.post("/v1/notifications/verify-webhook-signature")
     async def verify(request: Request) -> JSONResponse:

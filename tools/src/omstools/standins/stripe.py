@@ -233,6 +233,28 @@ class StripeStandIn:
         )
         return JSONResponse(refund)
 
+    def refund_of(self, refund_id: str) -> JSONResponse:
+        row = self.db.execute(
+            "SELECT refund.*, intent.currency FROM refund JOIN intent ON intent.id = refund.payment_intent"
+            " WHERE refund.id = ?",
+            (refund_id,),
+        ).fetchone()
+        if row is None:
+            return self._error(
+                404, "invalid_request_error", f"No such refund: '{refund_id}'", code="resource_missing"
+            )
+        return JSONResponse(
+            {
+                "id": row["id"],
+                "object": "refund",
+                "amount": row["amount"],
+                "currency": row["currency"],
+                "payment_intent": row["payment_intent"],
+                "status": "succeeded",
+                "created": row["created"],
+            }
+        )
+
     # -- webhooks --------------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> None:
@@ -325,6 +347,13 @@ def create_app(standin: StripeStandIn) -> FastAPI:
 
         async def answer() -> JSONResponse:
             return standin.refund(fields)
+
+        return await standin.handle(request, answer)
+
+    @app.get("/v1/refunds/{refund_id}")
+    async def refund_of(request: Request, refund_id: str) -> JSONResponse:
+        async def answer() -> JSONResponse:
+            return standin.refund_of(refund_id)
 
         return await standin.handle(request, answer)
 

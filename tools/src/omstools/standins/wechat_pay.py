@@ -3,7 +3,8 @@
 ``python -m omstools.standins.wechat_pay --port 8013 --dir .var/standins/wechat_pay`` serves the
 endpoints the payments adapter uses: ``POST /v3/pay/transactions/native`` (a ``code_url``),
 ``GET /v3/pay/transactions/out-trade-no/{no}`` and ``/id/{transaction_id}``, ``POST
-.../out-trade-no/{no}/close`` and ``POST /v3/refund/domestic/refunds``. The merchant's
+.../out-trade-no/{no}/close``, ``POST /v3/refund/domestic/refunds`` and ``GET
+/v3/refund/domestic/refunds/{out_refund_no}``. The merchant's
 ``WECHATPAY2-SHA256-RSA2048`` signature is checked with the merchant's public key; every answer is
 signed with the stand-in's platform key (``Wechatpay-*`` headers). The simulated customer pays a
 code after ``--pay-after`` seconds unless the description names ``tok_nopay``; the payment is
@@ -184,9 +185,7 @@ class WechatPayStandIn:
         t = self.trade(transaction_id=biz.get("transaction_id"))
         if t is None or t["state"] not in ("SUCCESS", "REFUND"):
             return self.signed(400, {"code": "INVALID_REQUEST", "message": "订单状态不正确"})
-        known = self.db.execute(
-            "SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)
-        ).fetchone()
+        known = self.refund_of(biz["out_refund_no"])
         if known is None:
             done = self.db.execute(
                 "SELECT COALESCE(SUM(amount), 0) FROM refund WHERE transaction_id = ?", (t["transaction_id"],)
@@ -205,19 +204,28 @@ class WechatPayStandIn:
             self.db.execute(
                 "UPDATE trade SET state = 'REFUND' WHERE transaction_id = ?", (t["transaction_id"],)
             )
-            known = self.db.execute(
-                "SELECT * FROM refund WHERE out_refund_no = ?", (biz["out_refund_no"],)
-            ).fetchone()
-        return self.signed(
-            200,
-            {
-                "refund_id": known["refund_id"],
-                "out_refund_no": known["out_refund_no"],
-                "transaction_id": known["transaction_id"],
-                "status": "SUCCESS",
-                "amount": {"refund": known["amount"], "total": t["total"], "currency": t["currency"]},
-            },
-        )
+            known = self.refund_of(biz["out_refund_no"])
+        return self.signed(200, self.refund_view(known, t))
+
+    def refund_of(self, out_refund_no: str) -> Any:
+        return self.db.execute("SELECT * FROM refund WHERE out_refund_no = ?", (out_refund_no,)).fetchone()
+
+    @staticmethod
+    def refund_view(refund: Any, t: Any) -> dict[str, Any]:
+        return {
+            "refund_id": refund["refund_id"],
+            "out_refund_no": refund["out_refund_no"],
+            "transaction_id": refund["transaction_id"],
+            "status": "SUCCESS",
+            "amount": {"refund": refund["amount"], "total": t["total"], "currency": t["currency"]},
+        }
+
+    def refund_lookup(self, out_refund_no: str) -> Response:
+        """``GET /v3/refund/domestic/refunds/{out_refund_no}``: the refund, or 404 ``RESOURCE_NOT_EXISTS``."""
+        known = self.refund_of(out_refund_no)
+        if known is None:
+            return self.signed(404, {"code": "RESOURCE_NOT_EXISTS", "message": "退款单不存在"})
+        return self.signed(200, self.refund_view(known, self.trade(transaction_id=known["transaction_id"])))
 
     async def _customer_pays(self, transaction_id: str) -> None:
         await asyncio.sleep(self.pay_after)
@@ -345,6 +353,11 @@ def create_app(standin: WechatPayStandIn) -> FastAPI:
     async def refund(request: Request) -> Response:
         ok, biz = await authentic(request)
         return standin.refund(biz) if ok else refused()
+
+    @app.get("/v3/refund/domestic/refunds/{out_refund_no}")
+    async def refund_lookup(request: Request, out_refund_no: str) -> Response:
+        ok, _ = await authentic(request)
+        return standin.refund_lookup(out_refund_no) if ok else refused()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

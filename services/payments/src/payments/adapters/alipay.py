@@ -32,6 +32,7 @@ from payments.adapters.base import (
     Charge,
     Declined,
     Notification,
+    RefundSeen,
     Transient,
     Unsupported,
 )
@@ -210,6 +211,29 @@ class AlipayAdapter:
         if answer.get("code") != "10000":
             raise Transient(f"alipay refund: {answer.get('sub_code') or answer.get('code')}")
         return f"{answer.get('trade_no', payment_ref)}:{trade_no_for(idempotency_key)}"
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        """``alipay.trade.fastpay.refund.query``: with ``refund_amount`` and an empty or
+        ``REFUND_SUCCESS`` status it was made; answered without refund fields, it was not."""
+        answer = await self._call(
+            "alipay.trade.fastpay.refund.query",
+            {"trade_no": payment_ref, "out_request_no": trade_no_for(idempotency_key)},
+        )
+        if answer.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
+            return None
+        if answer.get("code") != "10000":
+            raise Transient(f"alipay refund query: {answer.get('sub_code') or answer.get('code')}")
+        if not answer.get("refund_amount"):
+            return None
+        status = "succeeded" if answer.get("refund_status") in (None, "", "REFUND_SUCCESS") else "pending"
+        return RefundSeen(
+            f"{answer.get('trade_no', payment_ref)}:{trade_no_for(idempotency_key)}",
+            status,
+            Decimal(answer["refund_amount"]),
+            None,  # Alipay answers in the trade's currency
+        )
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """An asynchronous notification: form fields, signed over all of them but ``sign`` and

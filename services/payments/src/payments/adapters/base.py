@@ -6,7 +6,8 @@ code, a PayPal approval page) and answers with the ``Action`` the gateway shows:
 arrives by the provider's signed notification (``verify_notification``), or is found by ``query``
 (the same idempotency key), or never, and ``close`` makes sure it never can once the payment
 window has passed; a provider where the customer only approves (PayPal) is then captured by
-``complete``. ``refund`` pays back all or part of a charge, once per idempotency key.
+``complete``. ``refund`` pays back all or part of a charge, once per idempotency key, and
+``refund_status`` asks the provider what became of one (reconciliation).
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ class Charge:
     status: str  # captured | declined | voided | pending (the customer has not paid yet)
     reference: str | None
     amount: Decimal
-    currency: str
+    currency: str | None
+
+
+@dataclass(frozen=True)
+class RefundSeen:
+    """What the provider knows of one refund."""
+
+    reference: str | None
+    status: str  # succeeded | pending | failed
+    amount: Decimal
+    currency: str | None
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,13 @@ class Adapter(Protocol):
         self, *, payment_ref: str, amount: Decimal, idempotency_key: str, currency: str = "CNY"
     ) -> str:
         """Pay back ``amount`` of the charge; the same idempotency key again is the same refund."""
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        """What became of the refund ``idempotency_key`` of the charge ``payment_ref`` (``reference``:
+        the provider's id of it, as ``refund`` answered); None when the provider has no such refund.
+        Raises Transient when it cannot say now."""
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """Verify the provider's signature exactly as it documents it, then parse. Raises BadSignature."""

@@ -24,6 +24,7 @@ from payments.adapters.base import (
     Charge,
     Declined,
     Notification,
+    RefundSeen,
     Transient,
     Unsupported,
 )
@@ -137,6 +138,25 @@ class StripeCardAdapter:
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             raise Transient(f"card processor refund: {type(exc).__name__}") from exc
         return refund.id
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        """The refund by its id (``GET /v1/refunds/{id}``); Stripe keeps no idempotency key on it."""
+        if reference is None:
+            return None
+        try:
+            refund = await self._client.v1.refunds.retrieve_async(reference)
+        except stripe.InvalidRequestError:  # resource_missing
+            return None
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise Transient(f"card processor refund lookup: {type(exc).__name__}") from exc
+        if refund.payment_intent != payment_ref:
+            return None
+        status = {"succeeded": "succeeded", "pending": "pending"}.get(refund.status or "", "failed")
+        return RefundSeen(
+            refund.id, status, major_units(refund.amount, refund.currency), refund.currency.upper()
+        )
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         try:

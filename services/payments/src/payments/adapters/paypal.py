@@ -25,6 +25,7 @@ from payments.adapters.base import (
     Charge,
     Declined,
     Notification,
+    RefundSeen,
     Transient,
     Unsupported,
 )
@@ -185,6 +186,26 @@ class PayPalAdapter:
         if r.status_code not in (200, 201) or r.json().get("status") not in ("COMPLETED", "PENDING"):
             raise Transient(f"paypal refund: {r.json().get('name', r.status_code)}")
         return r.json()["id"]
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        """``GET /v2/payments/refunds/{id}`` (the id ``refund`` answered); it links up to its capture."""
+        if reference is None:
+            return None
+        r = await self._call("GET", f"/v2/payments/refunds/{reference}")
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise Transient(f"paypal refund lookup: {r.json().get('name', r.status_code)}")
+        refund = r.json()
+        capture = payment_ref.rsplit("/", 1)[-1]
+        ups = [link["href"] for link in refund.get("links", []) if link.get("rel") == "up"]
+        if ups and not any(href.rstrip("/").endswith(f"/captures/{capture}") for href in ups):
+            return None
+        state = {"COMPLETED": "succeeded", "PENDING": "pending"}.get(refund.get("status", ""), "failed")
+        amount = refund.get("amount") or {}
+        return RefundSeen(refund["id"], state, Decimal(amount.get("value", "0")), amount.get("currency_code"))
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         lowered = {k.lower(): v for k, v in headers.items()}

@@ -34,6 +34,7 @@ from payments.adapters.base import (
     Charge,
     Declined,
     Notification,
+    RefundSeen,
     Transient,
     Unsupported,
 )
@@ -208,6 +209,28 @@ class WechatPayAdapter:
         if status != 200 or answer.get("status") not in ("SUCCESS", "PROCESSING"):
             raise Transient(f"wechat pay refund: {answer.get('code') or answer.get('status')}")
         return answer["refund_id"]
+
+    async def refund_status(
+        self, *, payment_ref: str, idempotency_key: str, reference: str | None
+    ) -> RefundSeen | None:
+        """``GET /v3/refund/domestic/refunds/{out_refund_no}``."""
+        status, answer = await self._call(
+            "GET", f"/v3/refund/domestic/refunds/{quote(out_trade_no(idempotency_key))}"
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise Transient(f"wechat pay refund query: {answer.get('code') or status}")
+        if answer.get("transaction_id") not in (None, payment_ref):
+            return None
+        state = {"SUCCESS": "succeeded", "PROCESSING": "pending"}.get(answer.get("status", ""), "failed")
+        amount = answer.get("amount") or {}
+        return RefundSeen(
+            answer.get("refund_id"),
+            state,
+            Decimal(int(amount.get("refund", 0))) / 100,
+            amount.get("currency", "CNY"),
+        )
 
     async def verify_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         text = body.decode("utf-8", errors="replace")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from integration.helpers import (
+    GATEWAY,
     OPS,
     eventually,
     get_order,
@@ -103,6 +104,36 @@ async def test_an_alipay_customer_who_never_pays_is_cancelled_payment_timeout(
         books = (await standin.get("/_standin/ledger")).json()
     [trade] = [t for t in books["trades"] if t["out_trade_no"] == created["id"]]
     assert trade["status"] == "TRADE_CLOSED"  # it can no longer be paid
+
+
+async def test_an_alipay_order_cancelled_while_the_customer_pays_closes_the_trade_at_once(
+    oms, orders, inventory, payments
+):
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 5)
+    created = await place(orders, alipay_body(sku=sku, email="changed.mind@example.com", token="tok_nopay"))
+    await wait_status(orders, created["id"], "confirmed")
+    r = await orders.post(
+        f"/v1/orders/{created['id']}/cancel", json={"reason": "changed my mind"}, headers=GATEWAY
+    )
+    assert r.status_code == 202, r.text
+    closed = await eventually(
+        lambda: payment(payments, created["id"]),
+        lambda p: p["status"] == "failed",
+        what="the payment closed",
+    )
+    assert closed["failure_reason"] == "cancelled", "closed by the cancel, not by the window's end"
+    async with httpx.AsyncClient(base_url=oms.standin_url("alipay")) as standin:
+        books = (await standin.get("/_standin/ledger")).json()
+    [trade] = [t for t in books["trades"] if t["out_trade_no"] == created["id"]]
+    assert trade["status"] == "TRADE_CLOSED"  # it can no longer be paid
+    order = await wait_settled(orders, created["id"], timeout=60)
+    assert (order["status"], order["status_reason"]) == ("cancelled", "customer_request")
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda s: (s["on_hand"], s["reserved"], s["available"]) == (5, 0, 5),
+        what="the stock released",
+    )
 
 
 async def test_a_wechat_pay_order_shows_its_native_code_is_paid_and_delivered(

@@ -19,6 +19,7 @@ from events.shipping import (
 from events.types import Allocation, LineItem
 from orders.saga import (
     AddressChangeRequested,
+    CancelPayment,
     CancelRequested,
     CancelShipment,
     Capture,
@@ -712,7 +713,7 @@ def test_the_window_passing_unpaid_cancels_with_payment_timeout_and_releases_sto
     assert early.status == "confirmed" and intents == []
     saga, intents = advance(saga, DeadlineReached(), now=saga.deadline_at, timeouts=TIMEOUTS)
     assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
-    assert intents == [Release()]
+    assert intents == [CancelPayment(), Release()], "the payment closed at its provider if payments has not"
     saga, intents = advance(
         saga, PaymentFailed(order_id=ORDER, reason="payment_timeout"), now=at(700), timeouts=TIMEOUTS
     )
@@ -723,6 +724,19 @@ def test_payments_telling_the_window_passed_cancels_with_payment_timeout():
     saga, intents = run(RESERVED, ACTION, PaymentFailed(order_id=ORDER, reason="payment_timeout"))
     assert (saga.status, saga.reason) == ("cancelled", "payment_timeout")
     assert intents[-1] == Release()
+
+
+def test_a_cancel_while_the_customer_pays_closes_the_payment_at_its_provider():
+    saga, _ = run(RESERVED, ACTION)
+    saga, intents = advance(saga, CancelRequested(), now=at(60), timeouts=TIMEOUTS)
+    assert (saga.status, saga.reason) == ("cancelled", "customer_request")
+    assert intents == [CancelPayment(), Release()]
+    closed, intents = advance(
+        saga, PaymentFailed(order_id=ORDER, reason="cancelled"), now=at(61), timeouts=TIMEOUTS
+    )
+    assert intents == [] and closed.reason == "customer_request"
+    paid_first, intents = advance(saga, CAPTURED, now=at(61), timeouts=TIMEOUTS)  # the customer was faster
+    assert intents == [Refund(amount=TOTAL, key=f"{ORDER}:cancel")]
 
 
 def test_money_that_arrives_after_the_window_is_refunded():

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from chassis import web
 from chassis.db import outbox_message
 from events.envelope import Envelope, build
-from events.payments import CapturePayment, RefundPayment
+from events.payments import CancelPayment, CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys
 from payments import api, reconcile, settle
 from payments.adapters.alipay import AlipayAdapter, content_to_sign, load_private_key, sign
@@ -37,7 +37,7 @@ from payments.adapters.base import Transient
 from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.db import Payment
-from payments.handlers import Unresolved, handle_capture_payment, handle_refund_payment
+from payments.handlers import Unresolved, handle_cancel_payment, handle_capture_payment, handle_refund_payment
 
 APP_ID = "2021000000000042"
 
@@ -267,6 +267,23 @@ async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(
     assert standin.ledger(oid)["trades"][0]["status"] == "TRADE_CLOSED"  # it can never be paid now
     events = await published(sessions)
     assert events[-1]["key"] == "payment.failed" and events[-1]["data"]["reason"] == "payment_timeout"
+
+
+async def test_a_cancel_while_the_customer_pays_closes_the_trade_at_once(
+    oid, sessions, providers, settings, standin
+):
+    await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, settings)
+    assert standin.ledger(oid)["trades"][0]["status"] == "WAIT_BUYER_PAY"
+    cancel = Envelope[CancelPayment].model_validate(
+        build(CancelPayment(order_id=oid, reason="customer_request"), service="orders", subject=oid)
+    )
+    await handle_cancel_payment(cancel, sessions, providers, settings)
+    await handle_cancel_payment(cancel, sessions, providers, settings)  # redelivered: closed once
+    closed = await payment(sessions, oid)
+    assert (closed.status, closed.failure_reason) == ("failed", "cancelled")
+    assert standin.ledger(oid)["trades"][0]["status"] == "TRADE_CLOSED", "it can no longer be paid"
+    failed = [e for e in await published(sessions) if e["key"] == "payment.failed"]
+    assert [e["data"]["reason"] for e in failed] == ["cancelled"]
 
 
 async def _expired(sessions, providers, settings) -> bool:

@@ -37,6 +37,16 @@ class RefundPayment(Command):
     refund_key: str  # the same key twice is one refund
 
 
+class CancelPayment(Command):
+    """The order was cancelled while its customer was paying (a QR code, a redirect): close the
+    payment at its provider now, so it can no longer be paid. Money that arrived first is captured
+    (and the saga refunds it); otherwise the payment fails ``cancelled``."""
+
+    routing_key = "payments.cancel_payment"
+    order_id: str
+    reason: str
+
+
 class PaymentCaptured(Event):
     routing_key = "payment.captured"
     order_id: str
@@ -66,7 +76,8 @@ class PaymentFailed(Event):
     routing_key = "payment.failed"
     order_id: str
     reason: (
-        str  # "declined", "provider_unavailable", "provider_timeout", "payment_timeout", "method_unavailable"
+        str  # "declined", "provider_unavailable", "provider_timeout", "payment_timeout", "method_unavailable",
+        # "cancelled"
     )
 
 

@@ -94,6 +94,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     # payments
     _command("payments.capture_payment", batched=False),
     _command("payments.refund_payment", batched=False),
+    _command("payments.cancel_payment", batched=False),
     # shipping
     _command("shipping.create_shipment"),
     _command("shipping.change_address"),

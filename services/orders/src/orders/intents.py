@@ -65,6 +65,11 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class CancelPayment:
+    """The customer was still paying (a QR code, a redirect): close that payment at its provider."""
+
+
+@dataclass(frozen=True)
 class Refund:
     amount: Decimal
     key: str
@@ -118,6 +123,7 @@ Intent = (
     | Release
     | Commit
     | Capture
+    | CancelPayment
     | Refund
     | CreateShipment
     | CancelShipment

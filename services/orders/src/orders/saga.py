@@ -73,6 +73,7 @@ from events.types import CancelReason, LineItem, OrderStatus, ShipmentStatus
 from orders.intents import (
     AddressChangeRequested,
     AttentionResolved,
+    CancelPayment,
     CancelRequested,
     CancelShipment,
     Capture,
@@ -202,6 +203,10 @@ def _release_intent(saga: Saga) -> Release:
 
 
 def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
+    if saga.payment is Pay.CAPTURING and saga.action is not None:
+        # the customer may still pay: the payment is closed at its provider now (money that came
+        # first is captured, and refunded once its capture reaches this cancelled order)
+        return saga, [CancelPayment()]
     refund = _refund(saga, saga.unrefunded, "cancel")
     return (_with_refund(saga, refund), [refund]) if refund else (saga, [])
 

@@ -570,6 +570,8 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 method=order.payment_method,
                 token=order.payment_token,
             )
+        case flow.CancelPayment():
+            return payments.CancelPayment(order_id=oid, reason=saga.reason or "cancelled")
         case flow.Refund(amount=amount, key=key):
             return payments.RefundPayment(
                 order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key

@@ -31,6 +31,7 @@ from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
 from events.payments import (
+    CancelPayment,
     CapturePayment,
     PaymentActionRequired,
     PaymentFailed,
@@ -38,6 +39,7 @@ from events.payments import (
     RefundPayment,
 )
 from events.types import PaymentStatus
+from payments import settle
 from payments.adapters.base import Adapter, Declined, Transient, Unsupported
 from payments.adapters.registry import NOPAY, Providers
 from payments.config import Settings
@@ -48,6 +50,7 @@ from payments.settle import captured_event as _captured_event
 SERVICE = "payments"
 CAPTURE = topology.command_queue("payments.capture_payment")
 REFUND = topology.command_queue("payments.refund_payment")
+CANCEL = topology.command_queue("payments.cancel_payment")
 
 log = get_logger(__name__)
 router = RabbitRouter()
@@ -438,3 +441,19 @@ async def _customer_pays(
         status=decided.status,
         expires_at=decided.expires_at.isoformat() if decided.expires_at else None,
     )
+
+
+@router.subscriber(queue(CANCEL))
+async def handle_cancel_payment(
+    msg: Envelope[CancelPayment], sessions: Sessions, providers: ProvidersDep, settings: Config
+) -> None:
+    """The order was cancelled while its customer was paying: the payment is closed at its provider
+    now rather than when its window ends (settle.close_pending). A payment decided already needs
+    nothing here: a capture is the saga's to refund. The same command twice closes once."""
+    closed = await settle.close_pending(
+        sessions, providers, msg.data.order_id, "cancelled", settings.provider_timeout_seconds, cause=msg
+    )
+    if not closed:
+        raise Unresolved(f"the payment of order {msg.data.order_id} could not be closed at its provider yet")
+    async with sessions.begin() as session:
+        await inbox.claim(session, msg.id, CANCEL)

@@ -1,6 +1,7 @@
 """What settles a customer-paid payment besides the capture command: the provider's verified
-notification (``apply_notification``, from ``POST /v1/providers/{provider}/notify``) and the end of
-its payment window (``expire_windows``, a background job). Each in its own transaction."""
+notification (``apply_notification``, from ``POST /v1/providers/{provider}/notify``), the end of
+its payment window (``expire_windows``, a background job), and its order's cancellation
+(``close_pending``, for ``payments.cancel_payment``). Each in its own transaction."""
 
 from __future__ import annotations
 
@@ -108,44 +109,64 @@ async def expire_windows(sessions: async_sessionmaker, providers: Providers, set
             .all()
         )
     for order_id in due:
-        async with sessions() as session:
-            p = await session.get(Payment, order_id)
-        provider = providers.get(p.provider) if p is not None else None
-        if p is None or provider is None or p.idempotency_key is None:
-            continue
-        try:
-            charge = await asyncio.wait_for(
-                provider.close(
-                    p.idempotency_key, amount=p.amount, currency=p.currency, reference=p.provider_ref
-                ),
-                timeout=settings.provider_timeout_seconds,
-            )
-        except (TimeoutError, Transient, OSError) as exc:
-            log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
-            continue  # the next round asks again
-        async with sessions.begin() as session:
-            payment = await session.scalar(
-                select(Payment)
-                .where(Payment.order_id == order_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-            if payment.status != PENDING:
-                continue  # decided meanwhile (its notification)
-            if charge.status == "captured" and charge.amount == payment.amount:
-                await _record_captured(session, payment, charge.reference)
-                log.info("payment.captured_at_window_end", order_id=order_id)
-                continue
-            payment.status, payment.failure_reason = PaymentStatus.FAILED, "payment_timeout"
-            payment.updated_at = datetime.now(UTC)
-            await outbox.stage(
-                session,
-                PaymentFailed(order_id=order_id, reason="payment_timeout"),
-                service=SERVICE,
-                subject=order_id,
-            )
-        log.info("payment.window_passed", order_id=order_id)
+        await close_pending(
+            sessions, providers, order_id, "payment_timeout", settings.provider_timeout_seconds
+        )
     return len(due)
+
+
+async def close_pending(
+    sessions: async_sessionmaker,
+    providers: Providers,
+    order_id: str,
+    reason: str,
+    timeout: float,
+    *,
+    cause: Any = None,
+) -> bool:
+    """Close a payment still waiting for its customer at its provider first (so that it can never
+    be paid later), then record it failed with ``reason`` and stage ``payment.failed``. A payment the
+    provider says was paid meanwhile (its notification lost or late) is captured. False when the
+    provider could not be asked (the caller tries again); True when decided, here or before."""
+    async with sessions() as session:
+        p = await session.get(Payment, order_id)
+    provider = providers.get(p.provider) if p is not None else None
+    if p is None or p.status != PENDING:
+        return True  # decided meanwhile, or never waited for a customer
+    if provider is None or p.idempotency_key is None:
+        return False
+    try:
+        charge = await asyncio.wait_for(
+            provider.close(p.idempotency_key, amount=p.amount, currency=p.currency, reference=p.provider_ref),
+            timeout=timeout,
+        )
+    except (TimeoutError, Transient, OSError) as exc:
+        log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
+        return False
+    async with sessions.begin() as session:
+        payment = await session.scalar(
+            select(Payment)
+            .where(Payment.order_id == order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if payment.status != PENDING:
+            return True  # decided meanwhile (its notification)
+        if charge.status == "captured" and charge.amount == payment.amount:
+            await _record_captured(session, payment, charge.reference)
+            log.info("payment.captured_when_closed", order_id=order_id, reason=reason)
+            return True
+        payment.status, payment.failure_reason = PaymentStatus.FAILED, reason
+        payment.updated_at = datetime.now(UTC)
+        await outbox.stage(
+            session,
+            PaymentFailed(order_id=order_id, reason=reason),
+            service=SERVICE,
+            subject=order_id,
+            causation=cause,
+        )
+    log.info("payment.closed", order_id=order_id, reason=reason)
+    return True
 
 
 _METRICS: dict[str, Any] = {}

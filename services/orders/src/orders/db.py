@@ -25,8 +25,8 @@ class Order(Base):
     (``saga_state.projection``), written with it by every saga step, for queries and the API.
 
     ``version`` makes every save conditional on nobody else having saved since the load
-    (optimistic concurrency): two replies for one order handled at once never lose an update;
-    the loser raises StaleDataError and its message is retried.
+    (optimistic concurrency, ``service._save``): two replies for one order handled at once never
+    lose an update; the loser raises StaleDataError and its message is retried.
     """
 
     __tablename__ = "order"
@@ -68,7 +68,6 @@ class Order(Base):
         lazy="selectin", order_by="OrderHistory.id", cascade="all"
     )
 
-    __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
         Index("ix_order_created_id", "created_at", "id"),
         # What the console's search looks orders up by (orders.console.queries): the same

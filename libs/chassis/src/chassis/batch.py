@@ -86,7 +86,7 @@ class Batcher:
 
     def __init__(
         self,
-        sessions: async_sessionmaker,
+        sessions: async_sessionmaker[AsyncSession],
         *,
         size: int = 32,
         linger_seconds: float = 0.002,
@@ -104,7 +104,7 @@ class Batcher:
         self._marked = marked
         self._waiting: deque[_Member] = deque()
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.messages = 0
         # Measured per batch, not per message (the handled counter is chassis.broker's).

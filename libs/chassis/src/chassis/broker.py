@@ -77,12 +77,12 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def retry_delay(delivery_count: int) -> float:
-    return min(RETRY_BASE_SECONDS * 2**delivery_count, RETRY_MAX_SECONDS)
+    return float(min(RETRY_BASE_SECONDS * 2**delivery_count, RETRY_MAX_SECONDS))
 
 
 def wait_delay(attempt: int) -> float:
     """The pause before the ``attempt``-th run again (from 0) of a handler waiting out an outage."""
-    return min(WAIT_BASE_SECONDS * 2 ** min(attempt, 16), WAIT_MAX_SECONDS)
+    return float(min(WAIT_BASE_SECONDS * 2 ** min(attempt, 16), WAIT_MAX_SECONDS))
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
@@ -118,7 +118,7 @@ class Resource(ContextField):
     resolved in the event loop: fast_depends runs ``Context``'s synchronous ``use`` in a worker
     thread, one thread hop per parameter per message for a dictionary look-up."""
 
-    async def use(self, /, **kwargs: Any) -> dict[str, Any]:
+    async def use(self, /, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]  # awaited by fast_depends
         return super().use(**kwargs)
 
 
@@ -315,7 +315,8 @@ class ConsumePolicy(BaseMiddleware):
 
 
 def _counter(context: Any) -> Counter:
-    return context.get("oms_message_outcomes")
+    outcomes: Counter = context.get("oms_message_outcomes")
+    return outcomes
 
 
 def make_broker(
@@ -362,4 +363,7 @@ def make_broker(
 def queue(name: str) -> RabbitQueue:
     """The subscriber side of a queue from :mod:`events.topology` (declared there, not here)."""
     spec = topology.spec(name)
-    return RabbitQueue(spec.name, durable=True, declare=False, arguments=topology.queue_arguments(spec.name))
+    made: RabbitQueue = RabbitQueue(  # type: ignore[call-overload]  # arguments typed per queue type; ours: the topology's
+        spec.name, durable=True, declare=False, arguments=topology.queue_arguments(spec.name)
+    )
+    return made

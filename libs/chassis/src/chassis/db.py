@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy import (
@@ -32,6 +32,7 @@ from sqlalchemy import (
     make_url,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
@@ -39,18 +40,18 @@ from sqlalchemy.types import TypeDecorator
 from chassis.tls import postgres_connect
 
 
-class UtcDateTime(TypeDecorator):
+class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC and always read back time-zone aware (SQLite forgets the zone)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime: pass an aware UTC datetime")
         return value.astimezone(UTC) if value is not None else None
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
@@ -76,7 +77,7 @@ _batch_session: ContextVar[AsyncSession | None] = ContextVar("oms_batch_session"
 
 
 @contextlib.contextmanager
-def in_batch(session: AsyncSession):
+def in_batch(session: AsyncSession) -> Iterator[None]:
     """Within this block (one message's handler in a batch), ``sessions.begin()`` is a savepoint
     of ``session``'s transaction."""
     token = _batch_session.set(session)
@@ -96,13 +97,14 @@ async def _savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
             session.info[BATCH_SAVEPOINT] = nested.sync_transaction
             yield session
     except BaseException:
-        del session.info.get(OUTBOX_PENDING, pending)[staged:]
+        still: list[Any] = session.info.get(OUTBOX_PENDING) or pending
+        del still[staged:]
         raise
     finally:
         session.info[BATCH_SAVEPOINT] = outer
 
 
-class ServiceSessions(async_sessionmaker):
+class ServiceSessions(async_sessionmaker[AsyncSession]):
     """The service's session factory. ``begin()`` opens a transaction, as usual, except inside a
     batch (chassis.batch), where it is a savepoint of the batch's transaction: the handlers' code
     is the same either way."""
@@ -160,7 +162,7 @@ class InsertIfAbsent:
 
     async def __call__(self, session: AsyncSession, values: dict[str, Any]) -> bool:
         result = await session.execute(self._statements[session.get_bind().dialect.name], values)
-        return result.rowcount == 1
+        return bool(cast(CursorResult[Any], result).rowcount == 1)
 
 
 class InlineSqlite(aiosqlite.Connection):
@@ -192,7 +194,8 @@ async def _connect_inline(database: str) -> InlineSqlite:
         partial(sqlite3.connect, database, timeout=30, check_same_thread=False), iter_chunk_size=64
     )
     connection._thread.daemon = True
-    return await connection
+    await connection
+    return connection
 
 
 def is_sqlite(url: str) -> bool:
@@ -230,7 +233,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     )
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # pragma: no cover - driver hook
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover - driver hook
         dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below decide
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -240,7 +243,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn) -> None:  # pragma: no cover - driver hook
+    def _on_begin(conn: Any) -> None:  # pragma: no cover - driver hook
         # Straight on the sqlite3 connection: through SQLAlchemy's execution path (exec_driver_sql)
         # this one statement cost about a twentieth of every transaction's CPU.
         conn.connection.driver_connection.sqlite.execute("BEGIN IMMEDIATE")
@@ -257,7 +260,7 @@ def make_sessionmaker(
     *,
     on_outbox_commit: Callable[[list[dict[str, Any]] | None], None] | None = None,
     fail_commit_rate: float = 0.0,
-) -> async_sessionmaker:
+) -> async_sessionmaker[AsyncSession]:
     """Sessions that call ``on_outbox_commit(rows)`` after a commit that staged outbox messages,
     with the outbox rows the commit wrote (None when they were all written inside savepoints).
 

@@ -16,13 +16,14 @@ service.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from fastapi import APIRouter, Query
@@ -41,7 +42,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis.broker import Resource
 from chassis.db import UtcDateTime, outbox_message
@@ -173,7 +175,9 @@ def unseal(settings: ServiceSettings, sealed: str) -> bytes:
     return sealer(settings).decrypt(sealed.encode("ascii"))
 
 
-QUEUE = RabbitQueue(DEAD_LETTER_QUEUE, durable=True, declare=False, arguments=topology.DEAD_LETTER_ARGUMENTS)
+QUEUE = RabbitQueue(  # type: ignore[call-overload]  # arguments typed per queue type; ours: the topology's
+    DEAD_LETTER_QUEUE, durable=True, declare=False, arguments=topology.DEAD_LETTER_ARGUMENTS
+)
 
 
 def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
@@ -188,7 +192,8 @@ def _death(headers: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def _raw(message: Any) -> bytes:
-    return message.body
+    body: bytes = message.body
+    return body
 
 
 def build_router() -> RabbitRouter:
@@ -199,7 +204,7 @@ def build_router() -> RabbitRouter:
     @router.subscriber(QUEUE, title="oms.dead-letter:park", decoder=_raw)
     async def on_dead_letter(
         message: RabbitMessage,
-        sessions: Annotated[async_sessionmaker, Resource("sessions")],
+        sessions: Annotated[async_sessionmaker[AsyncSession], Resource("sessions")],
         settings: Annotated[ServiceSettings, Resource("settings")],
     ) -> None:
         raw = message.raw_message
@@ -270,7 +275,7 @@ def build_api() -> APIRouter:
             )
         return {"items": [_view(r) for r in rows], "parked": parked}
 
-    async def _resolve(rt: Any, letter_id: str, status: str) -> Any:
+    async def _resolve(rt: Any, letter_id: str, status: str) -> dict[str, Any]:
         async with rt.sessions.begin() as session:
             row = (
                 (await session.execute(select(dead_letter).where(dead_letter.c.id == letter_id)))
@@ -337,7 +342,9 @@ def _original(settings: ServiceSettings, row: Any) -> str:
         return raw.decode("latin-1")
 
 
-async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: int = 1000) -> int:
+async def purge(
+    sessions: async_sessionmaker[AsyncSession], *, older_than: timedelta, batch: int = 1000
+) -> int:
     """Delete the dead letters (parked or resolved) that arrived more than ``older_than`` ago."""
     before = datetime.now(UTC) - older_than
     statement = delete(dead_letter).where(
@@ -348,7 +355,7 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
     total = 0
     while True:
         async with sessions.begin() as session:
-            done = (await session.execute(statement)).rowcount
+            done = int(cast(CursorResult[Any], await session.execute(statement)).rowcount)
         total += done
         if done < batch:
             break
@@ -358,8 +365,8 @@ async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: i
 
 
 def housekeeping(
-    sessions: async_sessionmaker, settings: ServiceSettings, every_seconds: float = 3600.0
-) -> contextlib.AbstractAsyncContextManager:
+    sessions: async_sessionmaker[AsyncSession], settings: ServiceSettings, every_seconds: float = 3600.0
+) -> contextlib.AbstractAsyncContextManager[asyncio.Task[Any]]:
     """The purge, at start and then every hour, while the block lasts (the service that parks).
 
     Refuses to start without a key to seal dead letters with (production without DEAD_LETTER_KEY)."""
@@ -368,7 +375,7 @@ def housekeeping(
     return every(every_seconds, lambda: purge(sessions, older_than=older_than), name="dead-letter-retention")
 
 
-async def parked_count(sessions: async_sessionmaker) -> int:
+async def parked_count(sessions: async_sessionmaker[AsyncSession]) -> int:
     async with sessions() as session:
         return (
             await session.scalar(

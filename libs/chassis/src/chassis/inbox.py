@@ -9,13 +9,15 @@ a gateway resending a command, a dead letter replayed by hand."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, tuple_
+from sqlalchemy import String, bindparam, select, tuple_
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis.db import InsertIfAbsent, processed_message
 
-MAX_MESSAGE_ID = processed_message.c.message_id.type.length
+MAX_MESSAGE_ID: int = cast(int, cast(String, processed_message.c.message_id.type).length)
 """The longest message id the inbox can store (a longer one must be refused, not retried)."""
 
 _claim = InsertIfAbsent(processed_message)
@@ -46,12 +48,15 @@ _FORGET = processed_message.delete().where(
 )
 
 
-async def purge(sessions: async_sessionmaker, *, older_than: timedelta, batch: int = 5000) -> int:
+async def purge(
+    sessions: async_sessionmaker[AsyncSession], *, older_than: timedelta, batch: int = 5000
+) -> int:
     """Forget the ids handled longer ago than ``older_than``; returns how many were forgotten."""
     before, forgotten = datetime.now(UTC) - older_than, 0
     while True:
         async with sessions.begin() as session:
-            deleted = (await session.execute(_FORGET, {"before": before, "batch": batch})).rowcount
+            result = await session.execute(_FORGET, {"before": before, "batch": batch})
+            deleted = int(cast(CursorResult[Any], result).rowcount)
         forgotten += deleted
         if deleted < batch:
             return forgotten

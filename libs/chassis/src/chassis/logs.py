@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ import structlog
 from chassis.telemetry import current_trace_id
 
 
-def _add_trace_id(_logger, _name, event_dict):
+def _add_trace_id(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if "trace_id" not in event_dict:
         trace_id = current_trace_id()
         if trace_id:
@@ -61,7 +62,7 @@ def _masked(value: Any) -> Any:
     return value
 
 
-def mask_personal_data(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def mask_personal_data(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor: every value of the line masked (``mask``); values under keys that
     name contact details are left out."""
     return {
@@ -80,7 +81,7 @@ class MaskPersonalData(logging.Filter):
 
 def setup_logging(service: str, *, json: bool, level: str = "INFO") -> None:
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -102,4 +103,5 @@ def setup_logging(service: str, *, json: bool, level: str = "INFO") -> None:
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

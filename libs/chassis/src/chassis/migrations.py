@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any, Literal
 
 from alembic import command, context
 from alembic.config import Config
@@ -16,7 +17,7 @@ from chassis.db import UtcDateTime, make_engine, messaging_metadata
 from chassis.tls import postgres_connect
 
 
-def _render_item(type_: str, obj, autogen_context):
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     """Migrations hold plain column types, not the project's Python classes."""
     if type_ == "type" and isinstance(obj, UtcDateTime):
         return "sa.DateTime(timezone=True)"
@@ -53,6 +54,8 @@ def run_env(metadata: MetaData, *more: MetaData) -> None:
             context.run_migrations()
 
     async def online() -> None:
+        if url is None:
+            raise RuntimeError("alembic's config has no sqlalchemy.url")
         plain_url, connect_args = postgres_connect(url)  # TLS parameters (chassis.tls)
         engine = create_async_engine(plain_url, poolclass=pool.NullPool, connect_args=connect_args)
         async with engine.connect() as connection:

@@ -91,7 +91,7 @@ async def stage(
     else:
         session.info.setdefault(_PENDING, []).append(row)
     session.info["outbox_staged"] = True
-    return envelope["id"]
+    return str(envelope["id"])
 
 
 class OutboxSession(Session):
@@ -161,7 +161,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        sessions: async_sessionmaker,
+        sessions: async_sessionmaker[AsyncSession],
         amqp_url: str,
         *,
         service: str,
@@ -180,7 +180,7 @@ class OutboxRelay:
         self._retention = retention
         self._inbox_retention = inbox_retention
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
@@ -266,11 +266,12 @@ class OutboxRelay:
 
     async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
         if name not in self._exchanges:
+            channel = self._channel
+            if channel is None:
+                raise RuntimeError("the relay has no channel: connect first")
             # "" is the default exchange: straight to the queue named by the routing key (replays).
             self._exchanges[name] = (
-                self._channel.default_exchange
-                if name == ""
-                else await self._channel.get_exchange(name, ensure=False)
+                channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
             )
         return self._exchanges[name]
 
@@ -436,7 +437,7 @@ class OutboxRelay:
     def _take_handed(self) -> list[dict[str, Any]]:
         """The next handed-over rows whose lease holds (past it, a read, maybe another relay's,
         takes the row from the table)."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         now = datetime.now(UTC)
         while self._handed and len(rows) < self._batch:
             message_id, row = self._handed.popitem(last=False)

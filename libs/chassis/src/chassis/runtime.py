@@ -17,7 +17,7 @@ import aio_pika
 from faststream.rabbit import RabbitBroker, RabbitRouter
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chassis.batch import Batcher
 from chassis.broker import make_broker
@@ -47,7 +47,7 @@ class ServiceRuntime:
 
     registry: CollectorRegistry = field(init=False)
     engine: AsyncEngine = field(init=False)
-    sessions: async_sessionmaker = field(init=False)
+    sessions: async_sessionmaker[AsyncSession] = field(init=False)
     broker: RabbitBroker = field(init=False)
     relay: OutboxRelay = field(init=False)
     batcher: Batcher | None = field(init=False, default=None)

@@ -14,7 +14,7 @@ log = get_logger("chassis.tasks")
 
 
 @contextlib.asynccontextmanager
-async def background(work: Coroutine[Any, Any, Any], *, name: str) -> AsyncIterator[asyncio.Task]:
+async def background(work: Coroutine[Any, Any, Any], *, name: str) -> AsyncIterator[asyncio.Task[Any]]:
     """Run ``work`` as a task while the block lasts; at its end the task is cancelled and awaited."""
     task = asyncio.create_task(work, name=name)
     try:
@@ -27,7 +27,7 @@ async def background(work: Coroutine[Any, Any, Any], *, name: str) -> AsyncItera
 
 def every(
     seconds: float, job: Callable[[], Awaitable[Any]], *, name: str
-) -> contextlib.AbstractAsyncContextManager:
+) -> contextlib.AbstractAsyncContextManager[asyncio.Task[Any]]:
     """Run ``job`` at once and then every ``seconds`` while the block lasts (retention purges); a
     round that fails is logged and the next one tries again."""
 

@@ -69,7 +69,7 @@ def postgres_context(
 def postgres_connect(url: str) -> tuple[str, dict[str, Any]]:
     """The URL without libpq's TLS parameters, and the connect arguments that carry them."""
     parsed = make_url(url)
-    params = {k: parsed.query[k] for k in PG_PARAMS if k in parsed.query}
+    params = {k: str(parsed.query[k]) for k in PG_PARAMS if k in parsed.query}
     if not params:
         return url, {}
     stripped = parsed.difference_update_query(PG_PARAMS)

@@ -71,7 +71,8 @@ def validation_errors(errors: Any) -> list[dict[str, str]]:
 
 async def runtime(request: Request) -> ServiceRuntime:
     # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hop on every request
-    return request.app.state.runtime
+    rt: ServiceRuntime = request.app.state.runtime
+    return rt
 
 
 Runtime = Annotated[ServiceRuntime, Depends(runtime)]
@@ -97,7 +98,7 @@ def authenticate(settings: ServiceSettings, key: str) -> Caller | None:
     return Caller(name=entry.name, role=entry.role)
 
 
-def require(*roles: Role):
+def require(*roles: Role) -> Any:
     """A dependency that lets through only callers whose API key holds one of ``roles`` (admin: all),
     and gives the handler the ``Caller``."""
 

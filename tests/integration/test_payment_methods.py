@@ -2,7 +2,8 @@
 stand-ins (CONTRACT §4, §7): an Alipay order without a token shows a QR code, is paid by the
 stand-in's customer and notified with Alipay's signature, and reaches ``delivered``; one whose
 customer never pays (``tok_nopay``) is cancelled ``payment_timeout`` when the window passes, its
-stock released and the trade closed at the provider."""
+stock released and the trade closed at the provider. A token with a wallet method is the
+customer's saved agreement, charged at once at that wallet's provider."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from integration.helpers import (
 )
 
 from omstools.verify import verify
+from payments.adapters.wechat_pay import out_trade_no
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("simulated_carrier")]
 
@@ -170,6 +172,52 @@ async def test_a_paypal_order_is_approved_captured_and_delivered(oms, orders, in
     assert order["payment"]["status"] == "captured"
     paid = await payment(payments, created["id"])
     assert (paid["provider"], paid["status"]) == ("paypal", "captured")
+
+
+async def test_saved_wallet_agreements_are_charged_at_their_own_providers(oms, orders, inventory, payments):
+    """A token with alipay, wechat_pay or paypal is the customer's saved agreement: each is charged
+    at once at that wallet's provider (no QR code, no redirect), never by the card processor, and a
+    declined agreement cancels its order ``payment_declined`` with its stock released."""
+    sku = new_sku()
+    await receive(inventory, "SH", sku, 10)
+    placed = {
+        method: await place(
+            orders, alipay_body(sku=sku, email=f"{method}.saved@example.com", token="tok_ok", method=method)
+        )
+        for method in ("alipay", "wechat_pay", "paypal")
+    }
+    declined = await place(
+        orders, alipay_body(sku=sku, email="saved.declined@example.com", token="tok_declined")
+    )
+    for method, created in placed.items():
+        order = await wait_status(orders, created["id"], "delivered", timeout=60)
+        assert order["payment"]["status"] == "captured" and "action" not in order["payment"]
+        paid = await payment(payments, created["id"])
+        assert (paid["provider"], paid["status"]) == (method, "captured")
+    async with httpx.AsyncClient() as client:
+        alipay = (await client.get(oms.standin_url("alipay") + "/_standin/ledger")).json()
+        wechat = (await client.get(oms.standin_url("wechat_pay") + "/_standin/ledger")).json()
+        paypal = (await client.get(oms.standin_url("paypal") + "/_standin/ledger")).json()
+    assert [
+        t["status"] for t in alipay["trades"] if t["out_trade_no"] == f"capture_{placed['alipay']['id']}"
+    ] == ["TRADE_SUCCESS"]
+    wechat_no = out_trade_no(f"capture:{placed['wechat_pay']['id']}")
+    assert [t["state"] for t in wechat["trades"] if t["out_trade_no"] == wechat_no] == ["SUCCESS"]
+    [vaulted] = [
+        o
+        for o in paypal["orders"]
+        if o["purchase_units"][0]["custom_id"] == f"capture:{placed['paypal']['id']}"
+    ]
+    assert vaulted["status"] == "COMPLETED"
+
+    order = await wait_settled(orders, declined["id"], timeout=60)
+    assert (order["status"], order["status_reason"]) == ("cancelled", "payment_declined")
+    assert (await payment(payments, declined["id"]))["provider"] == "alipay"
+    await eventually(
+        lambda: stock(inventory, sku),
+        lambda s: (s["on_hand"], s["reserved"]) == (4, 0),
+        what="the delivered units shipped and the declined order's released",
+    )
 
 
 async def test_every_provider_agrees_with_payments(oms, payments):

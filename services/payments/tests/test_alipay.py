@@ -33,7 +33,7 @@ from events.payments import CancelPayment, CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys
 from payments import api, settle
 from payments.adapters.alipay import AlipayAdapter, content_to_sign, load_private_key, sign
-from payments.adapters.base import Transient
+from payments.adapters.base import Notification, Transient
 from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.db import Payment
@@ -377,3 +377,48 @@ async def test_an_answer_not_signed_by_alipay_is_not_believed(oid, sessions, sta
         await handle_capture_payment(capture(oid), sessions, Providers.of(adapter), settings)
     await adapter.aclose()
     assert (await payment(sessions, oid)).status == "capturing"  # resumed by the next delivery
+
+
+async def test_a_saved_agreement_is_deducted_at_alipay_at_once(oid, sessions, providers, settings, standin):
+    """A token with method alipay is the customer's agreement: Alipay charges it (the card
+    processor is not even configured here), and a redelivered capture charges nothing more."""
+    await handle_capture_payment(capture(oid, token="tok_agreement_ok"), sessions, providers, settings)
+    paid = await payment(sessions, oid)
+    [trade] = standin.ledger(f"capture_{oid}")["trades"]
+    assert (paid.status, paid.provider, paid.provider_ref) == ("captured", "alipay", trade["trade_no"])
+    assert (trade["status"], trade["total_amount"]) == ("TRADE_SUCCESS", "88.80")
+    await handle_capture_payment(capture(oid, token="tok_agreement_ok"), sessions, providers, settings)
+    assert len(standin.ledger(f"capture_{oid}")["trades"]) == 1
+    assert [e["key"] for e in await published(sessions)] == ["payment.captured", "payment.captured"]
+    # Alipay's notification of the deduction names the payment as recorded: known, nothing to change
+    note = Notification(
+        id="n-agreement",
+        key=trade["out_trade_no"],
+        status="captured",
+        reference=trade["trade_no"],
+        amount=Decimal("88.80"),
+    )
+    assert await settle.apply_notification(sessions, providers.get("alipay"), note) == "ignored"
+
+
+async def test_a_declined_agreement_fails_and_a_flaky_one_is_retried_and_charged_once(
+    sessions, providers, settings, standin
+):
+    declined, flaky = f"ord_{uuid.uuid4().hex}", f"ord_{uuid.uuid4().hex}"
+    await handle_capture_payment(capture(declined, token="tok_declined"), sessions, providers, settings)
+    refused = await payment(sessions, declined)
+    assert (refused.status, refused.failure_reason) == ("failed", "declined")
+    assert standin.ledger(f"capture_{declined}")["trades"] == []
+
+    await handle_capture_payment(capture(flaky, token="tok_flaky"), sessions, providers, settings)
+    paid = await payment(sessions, flaky)
+    assert (paid.status, paid.provider) == ("captured", "alipay")
+    assert len(standin.ledger(f"capture_{flaky}")["trades"]) == 1
+
+
+async def test_an_agreement_deduction_is_refunded_at_alipay(oid, sessions, providers, settings, standin):
+    await handle_capture_payment(capture(oid, "50.00", token="tok_ok"), sessions, providers, settings)
+    await handle_refund_payment(refund(oid, f"{oid}:cancel"), sessions, providers, settings)
+    done = await payment(sessions, oid)
+    assert (done.status, done.refunded_amount) == ("refunded", Decimal("50.00"))
+    assert [r["amount"] for r in standin.ledger(f"capture_{oid}")["refunds"]] == ["50.00"]

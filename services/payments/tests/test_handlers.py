@@ -74,6 +74,28 @@ async def test_sandbox_tokens(sessions, token, status, event):
     assert "tok_" not in json.dumps(events), "a token must never reach an event"
 
 
+async def test_a_saved_wallet_agreement_is_never_charged_by_the_card_processor(sessions):
+    """A token with a wallet method belongs to that wallet's provider: with Alipay not configured
+    the payment fails ``method_unavailable``, and the card processor never hears of it."""
+    card = SandboxProvider()
+    cmd = CapturePayment(
+        order_id="o1", amount=Decimal("25.00"), currency="CNY", method="alipay", token="tok_ok"
+    )
+    msg = Envelope[CapturePayment].model_validate(build(cmd, service="orders", subject="o1"))
+    await handle_capture_payment(msg, sessions, Providers.of(card), SETTINGS)
+    async with sessions() as session:
+        payment = await session.get(Payment, "o1")
+    assert (payment.status, payment.failure_reason, payment.provider) == (
+        "failed",
+        "method_unavailable",
+        "alipay",
+    )
+    assert [(e["key"], e["data"]["reason"]) for e in await published(sessions)] == [
+        ("payment.failed", "method_unavailable")
+    ]
+    assert card.ledger.charges() == []
+
+
 async def test_slow_provider_fails_with_provider_timeout_and_the_attempt_is_voided(sessions):
     provider = SandboxProvider()
     await handle_capture_payment(capture("o1", "tok_slow"), sessions, Providers.of(provider), SETTINGS)

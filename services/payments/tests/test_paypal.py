@@ -277,3 +277,25 @@ async def test_partial_full_and_failing_refunds_of_the_capture(
     capture_id = done.provider_ref.split("/")[1]
     assert sorted(r["value"] for r in refunds if r["capture_id"] == capture_id) == ["30.00", "70.00"]
     await refunds_agree("paypal", oid, 2, never="NOPE")  # the provider's books
+
+
+async def test_a_saved_paypal_is_charged_at_once_and_a_declined_one_fails(sessions, providers, standin, oid):
+    """A token with method paypal is the customer's vault id: PayPal completes the order at once
+    (no approval page); a flaky call is sent again under the same PayPal-Request-Id, paying once."""
+    await handle_capture_payment(capture(oid, token="tok_flaky"), sessions, providers, SETTINGS)
+    paid = await payment(sessions, oid)
+    order = await paypal_order(standin, f"capture:{oid}")
+    [done] = order["purchase_units"][0]["payments"]["captures"]
+    assert (paid.status, paid.provider, paid.provider_ref) == (
+        "captured",
+        "paypal",
+        f"{order['id']}/{done['id']}",
+    )
+    assert await published(sessions) == ["payment.captured"]
+    await handle_refund_payment(refund(oid, f"{oid}:cancel", "10.00"), sessions, providers, SETTINGS)
+    assert (await payment(sessions, oid)).refunded_amount == Decimal("10.00")
+
+    declined = f"ord_{uuid.uuid4().hex}"
+    await handle_capture_payment(capture(declined, token="tok_declined"), sessions, providers, SETTINGS)
+    refused = await payment(sessions, declined)
+    assert (refused.status, refused.failure_reason) == ("failed", "declined")

@@ -293,3 +293,25 @@ async def test_partial_full_and_failing_refunds(sessions, providers, standin, oi
     assert (done.status, done.refunded_amount) == ("refunded", Decimal("100.00"))
     assert sorted(r["amount"] for r in standin.ledger(trade_no(oid))["refunds"]) == [3000, 7000]
     await refunds_agree("wechat_pay", oid, 2)  # the provider's books
+
+
+async def test_a_saved_agreement_is_deducted_at_wechat_pay_and_a_declined_one_fails(
+    sessions, providers, standin, oid
+):
+    """A token with method wechat_pay is the customer's contract: WeChat Pay's deduction charges
+    it, a flaky one is retried under the same out_trade_no and charged once, a declined one fails."""
+    await handle_capture_payment(capture(oid, token="tok_flaky"), sessions, providers, SETTINGS)
+    paid = await payment(sessions, oid)
+    [trade] = standin.ledger(trade_no(f"capture:{oid}"))["trades"]
+    assert (paid.status, paid.provider, paid.provider_ref) == (
+        "captured",
+        "wechat_pay",
+        trade["transaction_id"],
+    )
+    assert (trade["state"], trade["total"]) == ("SUCCESS", 8880)
+
+    declined = f"ord_{uuid.uuid4().hex}"
+    await handle_capture_payment(capture(declined, token="tok_declined"), sessions, providers, SETTINGS)
+    refused = await payment(sessions, declined)
+    assert (refused.status, refused.failure_reason) == ("failed", "declined")
+    assert standin.ledger(trade_no(f"capture:{declined}"))["trades"] == []

@@ -47,6 +47,7 @@ def configured(s: Settings) -> list[Adapter]:
                 platform_serial=s.wechat_pay_platform_serial,
                 apiv3_key=s.wechat_pay_apiv3_key,
                 notify_url=f"{s.public_url}/v1/providers/wechat_pay/notify",
+                merchant_category_code=s.wechat_pay_merchant_category_code,
                 timeout=s.provider_timeout_seconds,
             )
         )

@@ -78,6 +78,8 @@ class Settings(ServiceSettings):
     wechat_pay_apiv3_key: str = ""
     """The 32-character APIv3 key that decrypts notifications, or ``wechat_pay_apiv3_key_file``."""
     wechat_pay_apiv3_key_file: str = ""
+    wechat_pay_merchant_category_code: str = "5311"
+    """The shop's merchant category code (MCC), which a deduction on a saved agreement names."""
     paypal_base_url: str = ""
     """PayPal's REST API (``https://api-m.paypal.com``); unset: no PayPal."""
     paypal_client_id: str = ""

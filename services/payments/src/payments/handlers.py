@@ -144,8 +144,8 @@ async def handle_capture_payment(
     now = datetime.now(UTC)
     if providers.customer_pays(cmd.method, cmd.token):
         return await _customer_pays(msg, sessions, providers, settings)
-    provider = providers.get(providers.name_for(cmd.method, cmd.token))
-    assert provider is not None, "the card processor is always configured"
+    name = providers.name_for(cmd.method, cmd.token)
+    provider = providers.get(name)
     async with sessions.begin() as session:
         attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
         if attempt is not None and attempt.status != CAPTURING:
@@ -159,24 +159,33 @@ async def handle_capture_payment(
                 payment_id=f"pay-{uuid4()}",
                 method=cmd.method,
                 token_hint=mask_token(cmd.token or ""),
-                provider=provider.name,
+                provider=name,
                 action_type=None,
                 action_url=None,
                 expires_at=None,
                 currency=cmd.currency,
                 amount=cmd.amount,
-                status=CAPTURING,
-                failure_reason=None,
+                status=CAPTURING if provider is not None else PaymentStatus.FAILED,
+                failure_reason=None if provider is not None else "method_unavailable",
                 refunded_amount=Decimal("0"),
                 provider_ref=None,
-                idempotency_key=capture_key(cmd.order_id),
+                # in the provider's own form (its merchant order number), as its notifications name it
+                idempotency_key=provider.trade_key(capture_key(cmd.order_id))
+                if provider is not None
+                else capture_key(cmd.order_id),
                 created_at=now,
                 updated_at=now,
             )
             await session.execute(_INSERT_PAYMENT, vars(attempt))
+            if provider is None:  # a saved agreement of a method whose provider is not configured
+                await inbox.claim(session, msg.id, CAPTURE)
+                await _restage_outcome(session, attempt, msg)
+                log.error("payment.method_unavailable", method=cmd.method, provider=name)
+                return
         else:
             log.info("payment.resuming_attempt", order_id=cmd.order_id)
 
+    assert provider is not None
     key = attempt.idempotency_key or capture_key(cmd.order_id)
     status, reason, provider_ref = await _outcome(provider, settings, cmd, key)
     _maybe_crash(settings)

@@ -177,8 +177,8 @@ class SandboxProvider:
 
     # -- the Adapter interface ---------------------------------------------------------------
 
-    def trade_key(self, order_id: str) -> str:
-        return order_id
+    def trade_key(self, key: str) -> str:
+        return key
 
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         return await self.capture(key=key, token=token, amount=amount, currency=currency)

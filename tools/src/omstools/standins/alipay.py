@@ -2,7 +2,8 @@
 
 ``python -m omstools.standins.alipay --port 8011 --dir .var/standins/alipay`` serves:
 
-- ``POST /gateway.do``: ``alipay.trade.precreate`` / ``query`` / ``close`` / ``refund`` /
+- ``POST /gateway.do``: ``alipay.trade.precreate`` / ``pay`` (a deduction on a saved agreement,
+  whose ``agreement_no`` plays the sandbox tokens: ``SavedAgreements``) / ``query`` / ``close`` / ``refund`` /
   ``fastpay.refund.query``, the
   merchant's RSA2 signature checked with the app's public key, every answer signed with the
   stand-in's Alipay key (``{"<method>_response": {...}, "sign": "..."}``);
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from omstools.standins import add_control_routes
+from omstools.standins import SavedAgreements, add_control_routes
 
 BEIJING = timezone(timedelta(hours=8))
 NOPAY = "tok_nopay"
@@ -137,6 +138,7 @@ class AlipayStandIn:
         self.key = serialization.load_pem_private_key(keys["alipay_private"].read_bytes(), password=None)
         self.ledger = Ledger(folder / "ledger.db")
         self.fail_refunds = 0
+        self.agreements = SavedAgreements()
         self.tasks: set[asyncio.Task] = set()
         self.client = httpx.AsyncClient(timeout=10)
 
@@ -174,6 +176,8 @@ class AlipayStandIn:
             "alipay.trade.refund": self.refund,
             "alipay.trade.fastpay.refund.query": self.refund_query,
         }.get(method)
+        if method == "alipay.trade.pay":
+            return self.answer(method, await self.deduct(biz, form))
         if handler is None:
             return self.answer(
                 method, {"code": "40004", "msg": "Business Failed", "sub_code": "isv.invalid-method"}
@@ -217,6 +221,44 @@ class AlipayStandIn:
             "out_trade_no": out,
             "qr_code": f"{self.public_url}/qr/{known['trade_no']}",
         }
+
+    async def deduct(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+        """``alipay.trade.pay`` on a saved agreement (``GENERAL_WITHHOLDING``): paid, or refused, at
+        once; the same ``out_trade_no`` again is refused ``ACQ.TRADE_HAS_SUCCESS`` once paid."""
+        agreement = (biz.get("agreement_params") or {}).get("agreement_no", "")
+        if biz.get("product_code") != "GENERAL_WITHHOLDING" or not agreement:
+            return self._fail("ACQ.ACCESS_FORBIDDEN")
+        out = biz["out_trade_no"]
+        known = self.ledger.trade(out_trade_no=out)
+        if known is not None:
+            return self._fail(
+                "ACQ.TRADE_HAS_SUCCESS" if known["status"] == "TRADE_SUCCESS" else "ACQ.TRADE_HAS_CLOSE"
+            )
+        outcome = await self.agreements.outcome(out, agreement)
+        if outcome == "busy":
+            return {"code": "20000", "msg": "Service Currently Unavailable", "sub_code": "ACQ.SYSTEM_ERROR"}
+        if outcome == "declined":
+            return self._fail("ACQ.BUYER_BALANCE_NOT_ENOUGH")
+        now = datetime.now(UTC)
+        trade_no = datetime.now(BEIJING).strftime("%Y%m%d") + uuid.uuid4().hex[:20]
+        self.ledger.db.execute(
+            "INSERT OR IGNORE INTO trade (out_trade_no, trade_no, status, total_amount, currency, subject, "
+            "notify_url, time_expire, paid_at, notified, created_at) "
+            "VALUES (?, ?, 'TRADE_SUCCESS', ?, ?, ?, NULL, ?, ?, 1, ?)",
+            (
+                out,
+                trade_no,
+                biz["total_amount"],
+                biz.get("trans_currency", "CNY"),
+                biz.get("subject", ""),
+                now.isoformat(),
+                now.isoformat(),
+                now.isoformat(),
+            ),
+        )
+        t = self.ledger.trade(out_trade_no=out)
+        assert t is not None
+        return {**self._view(t), "buyer_pay_amount": t["total_amount"]}
 
     def _view(self, t: sqlite3.Row) -> dict[str, Any]:
         return {

@@ -2,7 +2,8 @@
 
 ``python -m omstools.standins.paypal --port 8014 --dir .var/standins/paypal --webhook-url URL``
 serves what the payments adapter uses: ``POST /v1/oauth2/token`` (client credentials),
-``POST /v2/checkout/orders`` (``PayPal-Request-Id`` replays), ``GET /v2/checkout/orders/{id}``,
+``POST /v2/checkout/orders`` (``PayPal-Request-Id`` replays; with ``payment_source.paypal.vault_id``,
+a saved PayPal that plays the sandbox tokens and is captured at once), ``GET /v2/checkout/orders/{id}``,
 ``POST /v2/checkout/orders/{id}/capture``, ``POST /v2/payments/captures/{id}/refund``,
 ``GET /v2/payments/refunds/{id}`` and ``POST /v1/notifications/verify-webhook-signature``. The
 approval page is ``GET /checkoutnow?token=ID`` (``POST`` approves by hand). The simulated
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from omstools.standins import add_control_routes
+from omstools.standins import SavedAgreements, add_control_routes
 from omstools.standins.alipay import _sign, _verifies
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
@@ -59,6 +60,7 @@ class PayPalStandIn:
         self.public_url, self.webhook_url, self.pay_after = public_url.rstrip("/"), webhook_url, pay_after
         self.tokens: set[str] = set()
         self.fail_refunds = 0
+        self.agreements = SavedAgreements()
         self.db = sqlite3.connect(
             str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -80,7 +82,7 @@ class PayPalStandIn:
     def save(self, order: dict[str, Any]) -> None:
         self.db.execute("UPDATE paypal_order SET body = ? WHERE id = ?", (json.dumps(order), order["id"]))
 
-    def create(self, body: dict[str, Any], request_id: str | None) -> JSONResponse:
+    async def create(self, body: dict[str, Any], request_id: str | None) -> JSONResponse:
         if request_id:
             known = self.db.execute(
                 "SELECT body FROM paypal_order WHERE request_id = ?", (request_id,)
@@ -89,6 +91,9 @@ class PayPalStandIn:
                 return JSONResponse(json.loads(known["body"]), status_code=200)
         order_id = uuid.uuid4().hex[:17].upper()
         unit = body["purchase_units"][0]
+        vault_id = ((body.get("payment_source") or {}).get("paypal") or {}).get("vault_id")
+        if vault_id:
+            return await self.pay_with_vault(order_id, unit, vault_id, request_id)
         order = {
             "id": order_id,
             "intent": "CAPTURE",
@@ -117,6 +122,54 @@ class PayPalStandIn:
         )
         if NOPAY not in unit.get("description", ""):
             self._spawn(self._customer_approves(order_id))
+        return JSONResponse(order, status_code=201)
+
+    async def pay_with_vault(
+        self, order_id: str, unit: dict[str, Any], vault_id: str, request_id: str | None
+    ) -> JSONResponse:
+        """An order paid with a saved PayPal (its vault id plays the sandbox tokens:
+        ``SavedAgreements``): completed and captured at once, or refused ``INSTRUMENT_DECLINED``."""
+        outcome = await self.agreements.outcome(request_id or order_id, vault_id)
+        if outcome == "busy":
+            return JSONResponse({"name": "INTERNAL_SERVER_ERROR"}, status_code=500)
+        if outcome == "declined":
+            return JSONResponse(
+                {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "INSTRUMENT_DECLINED"}]},
+                status_code=422,
+            )
+        now = datetime.now(UTC).isoformat()
+        order = {
+            "id": order_id,
+            "intent": "CAPTURE",
+            "status": "COMPLETED",
+            "payment_source": {"paypal": {"attributes": {"vault": {"id": vault_id, "status": "VAULTED"}}}},
+            "purchase_units": [
+                {
+                    "reference_id": unit.get("reference_id"),
+                    "custom_id": unit.get("custom_id"),
+                    "description": unit.get("description", ""),
+                    "amount": unit["amount"],
+                    "payments": {
+                        "captures": [
+                            {
+                                "id": uuid.uuid4().hex[:17].upper(),
+                                "status": "COMPLETED",
+                                "amount": unit["amount"],
+                                "create_time": now,
+                            }
+                        ]
+                    },
+                }
+            ],
+            "create_time": now,
+            "links": [
+                {"rel": "self", "href": f"{self.public_url}/v2/checkout/orders/{order_id}", "method": "GET"}
+            ],
+        }
+        self.db.execute(
+            "INSERT INTO paypal_order (id, request_id, body, notified) VALUES (?, ?, ?, 1)",
+            (order_id, request_id, json.dumps(order)),
+        )
         return JSONResponse(order, status_code=201)
 
     def capture(self, order_id: str) -> JSONResponse:
@@ -311,7 +364,7 @@ def create_app(standin: PayPalStandIn) -> FastAPI:
     async def create(request: Request) -> JSONResponse:
         if not authorised(request):
             return denied
-        return standin.create(await request.json(), request.headers.get("paypal-request-id"))
+        return await standin.create(await request.json(), request.headers.get("paypal-request-id"))
 
     @app.get("/v2/checkout/orders/{order_id}")
     async def get(request: Request, order_id: str) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 ``python -m omstools.standins.wechat_pay --port 8013 --dir .var/standins/wechat_pay`` serves the
 endpoints the payments adapter uses: ``POST /v3/pay/transactions/native`` (a ``code_url``),
+``POST /v3/global/papay/transactions`` (a deduction on a saved agreement, whose ``contract_id``
+plays the sandbox tokens: ``SavedAgreements``),
 ``GET /v3/pay/transactions/out-trade-no/{no}`` and ``/id/{transaction_id}``, ``POST
 .../out-trade-no/{no}/close``, ``POST /v3/refund/domestic/refunds`` and ``GET
 /v3/refund/domestic/refunds/{out_refund_no}``. The merchant's
@@ -36,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from omstools.standins import add_control_routes
+from omstools.standins import SavedAgreements, add_control_routes
 from omstools.standins.alipay import _sign, _verifies
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
@@ -80,6 +82,7 @@ class WechatPayStandIn:
         self.key = serialization.load_pem_private_key(keys["platform_private"].read_bytes(), password=None)
         self.apiv3 = keys["apiv3_key"].read_text().strip().encode()
         self.pay_after, self.fail_refunds = pay_after, 0
+        self.agreements = SavedAgreements()
         self.db = sqlite3.connect(
             str(folder / "ledger.db"), isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -168,6 +171,40 @@ class WechatPayStandIn:
             if NOPAY not in biz["description"]:
                 self._spawn(self._customer_pays(known["transaction_id"]))
         return self.signed(200, {"code_url": f"weixin://wxpay/bizpayurl?pr={known['transaction_id'][-12:]}"})
+
+    async def deduct(self, biz: dict[str, Any]) -> Response:
+        """``POST /v3/global/papay/transactions``: a deduction on a saved agreement, whose
+        ``contract_id`` plays the sandbox tokens (``SavedAgreements``), answered with the result."""
+        known = self.trade(out_trade_no=biz["out_trade_no"])
+        if known is not None:
+            return self.signed(
+                400,
+                {
+                    "code": "ORDERPAID" if known["state"] == "SUCCESS" else "OUT_TRADE_NO_USED",
+                    "message": "商户订单号重复",
+                },
+            )
+        outcome = await self.agreements.outcome(biz["out_trade_no"], biz.get("contract_id", ""))
+        if outcome == "busy":
+            return self.signed(500, {"code": "SYSTEM_ERROR", "message": "系统繁忙"})
+        if outcome == "declined":
+            return self.signed(403, {"code": "NOT_ENOUGH", "message": "用户账户余额不足"})
+        now = datetime.now(UTC).isoformat()
+        self.db.execute(
+            "INSERT OR IGNORE INTO trade (out_trade_no, transaction_id, state, total, currency, description, "
+            "notify_url, time_expire, paid_at, notified) VALUES (?, ?, 'SUCCESS', ?, ?, ?, NULL, ?, ?, 1)",
+            (
+                biz["out_trade_no"],
+                "42000" + uuid.uuid4().hex[:23],
+                biz["amount"]["total"],
+                biz["amount"].get("currency", "CNY"),
+                biz.get("description", ""),
+                now,
+                now,
+            ),
+        )
+        t = self.trade(out_trade_no=biz["out_trade_no"])
+        return self.signed(200, {**self.view(t), "trade_type": "AUTH"})
 
     def close(self, no: str) -> Response:
         t = self.trade(out_trade_no=no)
@@ -319,6 +356,11 @@ def create_app(standin: WechatPayStandIn) -> FastAPI:
     async def native(request: Request) -> Response:
         ok, biz = await authentic(request)
         return standin.native(biz) if ok else refused()
+
+    @app.post("/v3/global/papay/transactions")
+    async def deduct(request: Request) -> Response:
+        ok, biz = await authentic(request)
+        return await standin.deduct(biz) if ok else refused()
 
     @app.get("/v3/pay/transactions/out-trade-no/{no}")
     async def by_out_trade_no(request: Request, no: str) -> Response:

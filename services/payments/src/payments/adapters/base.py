@@ -81,9 +81,9 @@ class Adapter(Protocol):
     name: str
     acknowledgement: str  # the body the provider expects in answer to a notification it may stop resending
 
-    def trade_key(self, order_id: str) -> str:
-        """The idempotency key of an order's customer-paid payment, in the form the provider takes
-        (its merchant order number): what its notifications name."""
+    def trade_key(self, key: str) -> str:
+        """``key`` (an order's id for the payment its customer makes, its capture key for a token)
+        in the form the provider takes as its merchant order number: what its notifications name."""
 
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         """Capture with ``token``; the provider's reference. Raises Declined or Transient."""

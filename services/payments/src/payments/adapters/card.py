@@ -58,8 +58,8 @@ class StripeCardAdapter:
     async def aclose(self) -> None:
         await self._client._requestor._client.close_async()
 
-    def trade_key(self, order_id: str) -> str:
-        return order_id
+    def trade_key(self, key: str) -> str:
+        return key
 
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
         try:

@@ -1,10 +1,11 @@
 """Which adapter takes which payment: the configured providers by name, and the rule that picks one.
 
-A token (a card, a saved wallet agreement) is captured by the card processor: ``stripe`` when it is
-configured, else the in-process ``sandbox``;
-a wallet method without a token (or with the sandbox's ``tok_nopay``: the customer who never pays)
-is paid by the customer at that method's provider. A method whose provider is not configured has
-no adapter: such a payment fails ``method_unavailable``.
+A card's token is captured by the card processor: ``stripe`` when it is configured, else the
+in-process ``sandbox``. A wallet method (Alipay, WeChat Pay, PayPal) always goes to its own
+provider: with a token (the customer's saved agreement) it is captured there at once; without one
+(or with the sandbox's ``tok_nopay``: the customer who never pays) the customer pays it there. A
+method whose provider is not configured has no adapter: such a payment fails
+``method_unavailable``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Providers:
         return method in CUSTOMER_PAYS and (not token or token == NOPAY)
 
     def name_for(self, method: str, token: str | None) -> str:
-        return CUSTOMER_PAYS[method] if self.customer_pays(method, token) else self.card_processor
+        return CUSTOMER_PAYS.get(method) or self.card_processor
 
     async def aclose(self) -> None:
         for adapter in self.adapters.values():

@@ -86,8 +86,8 @@ def test_wechat_pay_enabled_without_its_keys_is_refused():
 
 
 def test_payments_with_the_stand_ins_of_local_runs_refuses_to_start_in_production(tmp_path):
-    """The environment make run and the tests give payments (the Alipay stand-in, the sandbox for
-    cards), with OMS_ENV=production: the process exits at once, saying why."""
+    """The environment make run and the tests give payments (every provider a stand-in), with
+    OMS_ENV=production: the process exits at once, saying why."""
     system = System(tmp_path, "amqps://oms:s@broker/oms")
     env = {
         **system.env_for("payments"),

@@ -304,7 +304,7 @@ def main() -> int:
             ports=ports,
             smtp_port=smtp_port,
             standin_ports=standin_ports,
-            card_processor=os.environ.get("OMS_CARD_PROCESSOR", "sandbox"),
+            card_processor=os.environ.get("OMS_CARD_PROCESSOR", "stripe"),
             defaults=defaults,
             replicas=n,
         )

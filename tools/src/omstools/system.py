@@ -86,7 +86,7 @@ class System:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     smtp_port: int = 8025
     standin_ports: dict[str, int] = field(default_factory=lambda: dict(STANDINS))
-    card_processor: str = "sandbox"  # or "stripe": cards through the stripe SDK, against its stand-in
+    card_processor: str = "stripe"  # cards through the stripe SDK to its stand-in; "sandbox": in-process
     host: str = "127.0.0.1"
     services: tuple[str, ...] = SERVICES
     replicas: int = 1  # processes per service

@@ -202,7 +202,6 @@ class Settings(ServiceSettings):
                 setattr(self, name, Path(path).read_text().strip())
         if self.environment == "production" and self.fault_crash_after_charge_file:
             raise ValueError("fault injection must not be switched on in production")
-        if self.environment == "production":
-            for problem in self.production_problems():
-                raise ValueError(problem)
+        if self.environment == "production" and (problems := self.production_problems()):
+            raise ValueError("; ".join(problems))  # every one, so that one restart fixes them all
         return self

@@ -18,7 +18,7 @@ from events.orders import Address
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
 from events.types import LineItem
 from events.types import ShipmentStatus as St
-from shipping import carrier, carriers, parcels
+from shipping import carriers, service
 from shipping.db import Shipment
 from shipping.handlers import (
     handle_cancel_shipment,
@@ -90,13 +90,13 @@ async def test_a_booking_whose_commit_failed_is_asked_again_by_the_same_referenc
         return booking
 
     monkeypatch.setattr(sf, "book", recording_book)
-    stage = parcels._stage
+    stage = service._stage
 
     async def commit_fails_once(*args, **kwargs):
-        monkeypatch.setattr(parcels, "_stage", stage)
+        monkeypatch.setattr(service, "_stage", stage)
         raise ConnectionResetError("the database went away before the commit")
 
-    monkeypatch.setattr(parcels, "_stage", commit_fails_once)
+    monkeypatch.setattr(service, "_stage", commit_fails_once)
     delivery = create("o1")
     with pytest.raises(ConnectionResetError):
         await handle_create_shipment(delivery, sessions, settings, adapters)
@@ -304,7 +304,7 @@ async def test_the_simulated_carrier_walks_a_parcel_to_delivered(sessions, setti
                 .where(Shipment.next_step_at.is_not(None))
                 .values(next_step_at=datetime.now(UTC) - timedelta(seconds=1))
             )
-        if not await carrier.tick(sessions, 0.01):
+        if not await service.simulate_step(sessions, 0.01):
             break
         async with sessions() as session:
             seen.append((await session.scalar(select(Shipment))).status)
@@ -352,7 +352,7 @@ async def test_the_simulated_carrier_drops_a_parcel_with_no_next_step(sessions, 
         await session.execute(
             update(Shipment).values(status="delivered", next_step_at=datetime.now(UTC) - timedelta(seconds=1))
         )
-    assert await carrier.tick(sessions, 0.01) == 0
+    assert await service.simulate_step(sessions, 0.01) == 0
     async with sessions() as session:
         shipment = await session.scalar(select(Shipment))
     assert (shipment.status, shipment.next_step_at) == ("delivered", None)
@@ -366,19 +366,19 @@ async def test_a_cancel_and_a_scan_racing_for_one_parcel_are_never_both_taken(
     sessions = any_sessions
     await handle_create_shipment(create("o1"), sessions, settings, adapters)
     async with sessions() as session:
-        tracking = (await parcels.by_order(session, "o1")).tracking_number
+        tracking = (await service.by_order(session, "o1")).tracking_number
 
     # Both read the parcel before either goes on (unless a lock keeps one from reading).
     meeting = Meeting()
-    monkeypatch.setattr(parcels, "by_order", meeting.after(parcels.by_order))
-    monkeypatch.setattr(parcels, "by_tracking", meeting.after(parcels.by_tracking))
+    monkeypatch.setattr(service, "by_order", meeting.after(service.by_order))
+    monkeypatch.setattr(service, "by_tracking", meeting.after(service.by_tracking))
 
     async def scan() -> bool | str:
         async with sessions.begin() as session:
-            shipment = await parcels.by_tracking(session, tracking)
+            shipment = await service.by_tracking(session, tracking)
             try:
-                return await parcels.report(session, shipment, St.PICKED_UP, datetime.now(UTC), "Shanghai")
-            except parcels.Refused:
+                return await service.report(session, shipment, St.PICKED_UP, datetime.now(UTC), "Shanghai")
+            except service.Refused:
                 return "refused"
 
     _, scanned = await asyncio.gather(handle_cancel_shipment(cancel(), sessions, adapters), scan())
@@ -430,7 +430,7 @@ async def test_an_address_change_goes_to_every_parcel_the_carrier_has_not_collec
         msg(ChangeShipmentAddress, ChangeShipmentAddress(order_id="o1", address=moved)), sessions
     )
     async with sessions() as session:
-        lines = [(s.parcel, s.address["line1"]) for s in await parcels.of_order(session, "o1")]
+        lines = [(s.parcel, s.address["line1"]) for s in await service.of_order(session, "o1")]
     assert lines == [("SH", "1 Century Ave"), ("BJ", "99 Nanjing Rd"), ("FRA", "99 Nanjing Rd")]
 
 
@@ -451,7 +451,7 @@ async def test_a_return_names_the_parcels_the_items_came_in(client, sessions, se
     )
     async with sessions() as session:
         expected = [
-            (s.parcel, s.return_expected, s.return_items) for s in await parcels.of_order(session, "o1")
+            (s.parcel, s.return_expected, s.return_items) for s in await service.of_order(session, "o1")
         ]
     assert expected == [
         ("SH", True, [{"sku": "A", "quantity": 1}]),

@@ -12,7 +12,7 @@ from chassis.logs import get_logger
 from chassis.settings import Role
 from chassis.web import Problem, Runtime, require, validation_errors
 from events.types import ShipmentStatus
-from shipping import carriers, parcels
+from shipping import carriers, service
 from shipping.db import Shipment
 
 router = APIRouter(tags=["shipping"])
@@ -20,7 +20,7 @@ log = get_logger(__name__)
 
 
 def _view(s: Any) -> dict[str, Any]:
-    """``s``: a Shipment, or a parcel as :func:`parcels.by_tracking` read it."""
+    """``s``: a Shipment, or a parcel as :func:`service.by_tracking` read it."""
     return {
         "order_id": s.order_id,
         "shipment_id": s.shipment_id,
@@ -59,11 +59,11 @@ async def carrier_event(
             422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors
         ) from exc
     async with rt.sessions.begin() as session:
-        shipment = await parcels.by_tracking(session, scan.tracking_number)
+        shipment = await service.by_tracking(session, scan.tracking_number)
         if shipment is None or shipment.carrier != carrier:
             raise Problem(404, "not-found", "Not found", f"{carrier} has no parcel {scan.tracking_number}")
         try:
-            moved = await parcels.report(
+            moved = await service.report(
                 session,
                 shipment,
                 scan.status,
@@ -71,7 +71,7 @@ async def carrier_event(
                 scan.location,
                 estimated_delivery=scan.estimated_delivery,
             )
-        except parcels.Refused as exc:
+        except service.Refused as exc:
             raise Problem(409, "cancelled", "Shipment cancelled", str(exc)) from exc
         return {**_view(shipment), "accepted": moved}
 
@@ -83,10 +83,10 @@ async def get_shipment(shipment_id: Annotated[str, Path(max_length=64)], rt: Run
     which gateway placed an order, so a gateway reads its parcels through its own order
     (``GET /v1/orders/{id}``, ``shipments[].events``), which is scoped to it."""
     async with rt.sessions() as session:
-        shipment = await parcels.by_id(session, shipment_id) or await parcels.by_order(session, shipment_id)
+        shipment = await service.by_id(session, shipment_id) or await service.by_order(session, shipment_id)
         if shipment is None:
             raise Problem(404, "not-found", "Not found", f"no shipment {shipment_id}")
-        trail = await parcels.trail(session, shipment.shipment_id)
+        trail = await service.trail(session, shipment.shipment_id)
     return {**_view(shipment), "items": shipment.items or [], "events": trail}
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from chassis.runtime import ServiceRuntime
 from chassis.web import install
-from shipping import api, carrier, carriers, handlers, retention
+from shipping import api, carriers, handlers, retention, service
 from shipping.config import Settings
 
 
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         async with (
             ServiceRuntime(s, routers=[handlers.router], context={"carriers": adapters}) as runtime,
-            carrier.simulation(runtime.sessions, s.simulation_step_seconds, s.carrier_simulation),
+            service.simulation(runtime.sessions, s.simulation_step_seconds, s.carrier_simulation),
             retention.housekeeping(runtime.sessions, timedelta(days=s.retention_days)),
         ):
             for adapter in adapters.values():

@@ -5,10 +5,10 @@ Every carrier posts its scans to ``POST /v1/carriers/{carrier}/events`` signed a
 ``X-OMS-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`` with that carrier's
 secret. A callback is verified on its raw bytes before anything in it is believed; a missing or
 wrong signature, or a ``t`` more than ``window`` seconds from now, is :class:`BadSignature` (401,
-nothing recorded). The same scan sent twice is recorded once (``parcels.report``).
+nothing recorded). The same scan sent twice is recorded once (``service.report``).
 
 The simulated carrier of local runs is one adapter: it books locally (a tracking number of the
-carrier's form), its scans come from ``shipping.carrier`` through the same ``parcels.report``,
+carrier's form), its scans come from ``shipping.service.simulation`` through the same ``service.report``,
 and its trail is what it reported.
 """
 

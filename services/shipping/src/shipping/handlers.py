@@ -12,7 +12,7 @@ from chassis.broker import Permanent, Resource, queue
 from events import topology
 from events.envelope import Envelope
 from events.shipping import CancelShipment, ChangeShipmentAddress, CreateShipment, ExpectReturn
-from shipping import carriers, parcels
+from shipping import carriers, service
 from shipping.config import Settings
 
 router = RabbitRouter()
@@ -38,14 +38,14 @@ async def handle_create_shipment(
     step = settings.simulation_step_seconds if settings.carrier_simulation else None
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CREATE):
-            await parcels.create(session, msg.data, msg, adapters=adapters, step_seconds=step)
+            await service.create(session, msg.data, msg, adapters=adapters, step_seconds=step)
 
 
 @router.subscriber(queue(ADDRESS))
 async def handle_change_address(msg: Envelope[ChangeShipmentAddress], sessions: Sessions) -> None:
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, ADDRESS):
-            await parcels.change_address(session, msg.data.order_id, msg.data.address.model_dump(mode="json"))
+            await service.change_address(session, msg.data.order_id, msg.data.address.model_dump(mode="json"))
 
 
 @router.subscriber(queue(CANCEL))
@@ -54,7 +54,7 @@ async def handle_cancel_shipment(
 ) -> None:
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, CANCEL):
-            await parcels.cancel(session, msg.data.order_id, msg, adapters)
+            await service.cancel(session, msg.data.order_id, msg, adapters)
 
 
 @router.subscriber(queue(RETURN))
@@ -62,7 +62,7 @@ async def handle_expect_return(msg: Envelope[ExpectReturn], sessions: Sessions) 
     async with sessions.begin() as session:
         if await inbox.claim(session, msg.id, RETURN):
             try:
-                await parcels.expect_return(
+                await service.expect_return(
                     session, msg.data.order_id, list(msg.data.items), msg.data.shipment_id
                 )
             except LookupError as exc:

@@ -1,4 +1,5 @@
-"""Shipment operations, in the caller's transaction, with the events they emit.
+"""Shipment operations, in the caller's transaction, with the events they emit; and the simulated
+carrier of local runs (``simulation``), which reports its scans through the same ``report``.
 
 An order has one parcel per warehouse its stock came from (``parcel``: the order's name for it),
 and one more for each parcel sent again. A cancel marks every parcel of the order cancelled that
@@ -16,17 +17,20 @@ succeed).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import outbox
 from chassis.db import InsertIfAbsent
 from chassis.logs import get_logger
+from chassis.tasks import background
 from events.envelope import Cause, utcnow
 from events.shipping import (
     CreateShipment,
@@ -390,3 +394,44 @@ async def report(
             None,
         )
     return True
+
+
+# -- the simulated carrier of local runs ---------------------------------------------------
+
+
+async def simulate_step(sessions: async_sessionmaker, step_seconds: float, batch: int = 200) -> int:
+    moved = 0
+    async with sessions.begin() as session:
+        for shipment in await due(session, datetime.now(UTC), batch):
+            status = domain.next_step(St(shipment.status))
+            if status is None:
+                await unschedule(session, shipment)
+                continue
+            if await report(
+                session, shipment, status, datetime.now(UTC), "simulated", step_seconds=step_seconds
+            ):
+                moved += 1
+    return moved
+
+
+async def _simulate(sessions: async_sessionmaker, step_seconds: float) -> None:
+    while True:
+        try:
+            await simulate_step(sessions, step_seconds)
+        except Exception as exc:
+            log.warning("carrier_simulation.failed", error=repr(exc))
+        await asyncio.sleep(min(step_seconds, 1.0) / 2)
+
+
+def simulation(
+    sessions: async_sessionmaker, step_seconds: float, enabled: bool
+) -> contextlib.AbstractAsyncContextManager:
+    """The simulated carrier of local runs: every ``step_seconds`` it moves each due, not cancelled
+    parcel one step on (created → picked_up → in_transit → out_for_delivery → delivered), through
+    ``report`` as a real carrier's scan. Its schedule is in the database (``next_step_at``), so it
+    carries on after a restart and never moves a parcel twice per step. Every replica runs it: a
+    step locks the parcels it moves (``due``, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so two
+    replicas never move the same one."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return background(_simulate(sessions, step_seconds), name="carrier-simulation")

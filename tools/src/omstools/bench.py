@@ -563,7 +563,9 @@ def running_system() -> Target | None:
     )
 
 
-def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
+def start_system(
+    amqp_url: str | None, step_seconds: str, keep: bool, card_processor: str = "stripe"
+) -> Target:
     folder = Path(tempfile.mkdtemp(prefix="oms-bench-"))
     stops: list[Any] = [lambda: say(f"kept {folder}") if keep else shutil.rmtree(folder, ignore_errors=True)]
     node = None
@@ -588,6 +590,7 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
                 "SHIPPING_SIMULATION_STEP_SECONDS": step_seconds,
             },
             report=lambda line: say(line),
+            card_processor=card_processor,
         )
         stops.append(system.stop)
         say("starting the five services (migrate, seed, start)")
@@ -605,7 +608,11 @@ def start_system(amqp_url: str | None, step_seconds: str, keep: bool) -> Target:
     ) is not None:
         procs["rabbitmq"] = broker  # a broker given by --amqp-url, when it runs on this machine
     return Target(
-        {svc: system.url(svc) for svc in SERVICES}, amqp_url, "a system started by the bench", procs, stops
+        {svc: system.url(svc) for svc in SERVICES},
+        amqp_url,
+        f"a system started by the bench (cards: {card_processor})",
+        procs,
+        stops,
     )
 
 
@@ -734,7 +741,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started_at = datetime.now(UTC).replace(microsecond=0)
     target = None if args.start else running_system()
     if target is None:
-        target = start_system(args.amqp_url, args.carrier_step, args.keep)
+        target = start_system(args.amqp_url, args.carrier_step, args.keep, args.card_processor)
     say(f"system: {target.what}; orders at {target.urls['orders']}")
     tracker = Tracker()
     try:
@@ -864,6 +871,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--amqp-url",
         default=None,
         help="with --start or no running system: this broker, not a node of its own",
+    )
+    p.add_argument(
+        "--card-processor",
+        choices=("stripe", "sandbox"),
+        default=os.environ.get("OMS_CARD_PROCESSOR", "stripe"),
+        help="a system the bench starts: cards through the stripe SDK to its stand-in (as make run), "
+        "or to the in-process sandbox (no provider process beside the system)",
     )
     p.add_argument("--keep", action="store_true", help="keep the started system's folder (databases, logs)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))

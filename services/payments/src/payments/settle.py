@@ -55,6 +55,16 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
         note = Notification(
             id=note.id, key=note.key, status="captured", reference=charge.reference, amount=charge.amount
         )
+    if note.status != "captured":
+        return "ignored"  # only money that arrived changes a payment
+    async with sessions() as session:  # most tell what is recorded already (a card's webhook): no write
+        known = await session.scalar(
+            select(Payment.status).where(
+                Payment.provider == provider.name, Payment.idempotency_key == note.key
+            )
+        )
+    if known is not None and known not in (PENDING, CAPTURING, PaymentStatus.FAILED):
+        return "ignored"
     async with sessions.begin() as session:
         if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
             return "duplicate"
@@ -67,7 +77,7 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
         if payment is None:
             log.warning("payment.notification_unknown", provider=provider.name)
             return "unknown"
-        if note.status != "captured" or payment.status not in (PENDING, CAPTURING, PaymentStatus.FAILED):
+        if payment.status not in (PENDING, CAPTURING, PaymentStatus.FAILED):
             return "ignored"
         if note.amount is not None and note.amount != payment.amount:
             _mismatches().labels(provider.name).inc()

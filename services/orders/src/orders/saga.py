@@ -70,7 +70,9 @@ from events.shipping import (
     ShipmentUpdated,
 )
 from events.types import CancelReason, LineItem, OrderStatus, ShipmentStatus
-from orders.intents import (
+from orders.saga_state import (
+    ENDED,
+    FINAL,
     AddressChangeRequested,
     AttentionResolved,
     CancelPayment,
@@ -83,15 +85,21 @@ from orders.intents import (
     DeadlineReached,
     ExpectReturn,
     Intent,
+    Leg,
+    Parcel,
+    ParcelLeg,
+    Pay,
     RaiseAttention,
     Refund,
     Release,
     Reserve,
     Restock,
     ReturnRequested,
+    Saga,
+    Stock,
+    Wait,
     Warn,
 )
-from orders.saga_state import ENDED, FINAL, Leg, Parcel, ParcelLeg, Pay, Saga, Stock, Wait
 
 S = OrderStatus
 BEFORE_SHIPMENT = frozenset({S.SUBMITTED, S.CONFIRMED, S.PAID, S.PICKING})

@@ -31,13 +31,14 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CancelPayment, CapturePayment, RefundPayment
 from omstools.standins.alipay import ensure_keys
-from payments import api, settle
+from payments import api, service
 from payments.adapters.alipay import AlipayAdapter, content_to_sign, load_private_key, sign
 from payments.adapters.base import Notification, Transient
 from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.db import Payment
-from payments.handlers import Unresolved, handle_cancel_payment, handle_capture_payment, handle_refund_payment
+from payments.handlers import handle_cancel_payment, handle_capture_payment, handle_refund_payment
+from payments.service import Unresolved
 
 APP_ID = "2021000000000042"
 
@@ -260,7 +261,7 @@ async def test_unpaid_when_the_window_passes_closed_at_the_provider_and_failed(
 ):
     short = Settings(provider_retry_base_seconds=0.001, payment_window_seconds=0.5, database_url="sqlite://")
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, short)
-    assert await settle.expire_windows(sessions, providers, short) == 0  # not yet
+    assert await service.expire_windows(sessions, providers, short) == 0  # not yet
     await until(lambda: _expired(sessions, providers, short), what="the window passes")
     failed = await payment(sessions, oid)
     assert (failed.status, failed.failure_reason) == ("failed", "payment_timeout")
@@ -287,7 +288,7 @@ async def test_a_cancel_while_the_customer_pays_closes_the_trade_at_once(
 
 
 async def _expired(sessions, providers, settings) -> bool:
-    return await settle.expire_windows(sessions, providers, settings) == 1
+    return await service.expire_windows(sessions, providers, settings) == 1
 
 
 async def test_a_notification_with_a_bad_signature_is_refused_and_changes_nothing(
@@ -398,7 +399,7 @@ async def test_a_saved_agreement_is_deducted_at_alipay_at_once(oid, sessions, pr
         reference=trade["trade_no"],
         amount=Decimal("88.80"),
     )
-    assert await settle.apply_notification(sessions, providers.get("alipay"), note) == "ignored"
+    assert await service.apply_notification(sessions, providers.get("alipay"), note) == "ignored"
 
 
 async def test_a_declined_agreement_fails_and_a_flaky_one_is_retried_and_charged_once(

@@ -16,7 +16,7 @@ from chassis.broker import Permanent
 from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
-from payments import handlers
+from payments import service
 from payments.adapters.registry import Providers
 from payments.config import Settings
 from payments.db import Payment, Refund
@@ -198,7 +198,7 @@ class Unreachable(ChargesThenHangs):
 
 async def test_an_attempt_the_provider_cannot_account_for_stays_capturing_and_is_retried(sessions):
     command = capture("o1", "tok_ok")
-    with pytest.raises(handlers.Unresolved):
+    with pytest.raises(service.Unresolved):
         await handle_capture_payment(command, sessions, Providers.of(Unreachable()), SETTINGS)
     async with sessions() as session:
         assert (await session.get(Payment, "o1")).status == "capturing"
@@ -280,7 +280,7 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
     await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
 
     # Both read the payment before either goes on (unless its lock keeps one from reading it).
-    monkeypatch.setattr(handlers, "_locked_payment", Meeting().after(handlers._locked_payment))
+    monkeypatch.setattr(service, "_locked_payment", Meeting().after(service._locked_payment))
     outcomes = await asyncio.gather(
         *(
             handle_refund_payment(refund("o1", key, "15.00"), sessions, Providers.of(provider), SETTINGS)

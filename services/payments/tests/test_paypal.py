@@ -29,7 +29,7 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.paypal import CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID
-from payments import api, settle
+from payments import api, service
 from payments.adapters.alipay import load_private_key, sign
 from payments.adapters.base import Transient
 from payments.adapters.paypal import PayPalAdapter
@@ -240,7 +240,7 @@ async def test_an_approval_after_the_window_takes_no_money(sessions, providers, 
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, short)
 
     async def expired() -> bool:
-        return await settle.expire_windows(sessions, providers, short) == 1
+        return await service.expire_windows(sessions, providers, short) == 1
 
     await until(expired, what="the window passes")
     failed = await payment(sessions, oid)

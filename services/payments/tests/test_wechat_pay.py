@@ -32,7 +32,7 @@ from chassis.db import outbox_message
 from events.envelope import Envelope, build
 from events.payments import CapturePayment, RefundPayment
 from omstools.standins.wechat_pay import MCHID, MERCHANT_SERIAL, PLATFORM_SERIAL, ensure_keys
-from payments import api, settle
+from payments import api, service
 from payments.adapters.alipay import load_private_key, sign
 from payments.adapters.base import Transient
 from payments.adapters.registry import Providers
@@ -271,7 +271,7 @@ async def test_unpaid_when_the_window_passes_closed_at_the_provider(sessions, pr
     await handle_capture_payment(capture(oid, token="tok_nopay"), sessions, providers, short)
 
     async def expired() -> bool:
-        return await settle.expire_windows(sessions, providers, short) == 1
+        return await service.expire_windows(sessions, providers, short) == 1
 
     await until(expired, what="the window passes")
     failed = await payment(sessions, oid)

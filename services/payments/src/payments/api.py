@@ -19,7 +19,7 @@ from chassis.settings import Role
 from chassis.web import Caller, Problem, Runtime, require
 from events.payments import RefundPayment
 from events.types import MoneyText
-from payments import reconcile, settle
+from payments import reconcile, service
 from payments.adapters.base import BadSignature
 from payments.db import CAPTURING, HELD_BY_PENDING_REFUNDS, Payment, Refund, RefundRequest
 
@@ -167,7 +167,7 @@ async def provider_notification(provider: str, request: Request, rt: Runtime) ->
         raise Problem(
             401, "bad-signature", "Signature does not verify", "the notification's signature does not verify"
         ) from None
-    await settle.apply_notification(rt.sessions, adapter, note)
+    await service.apply_notification(rt.sessions, adapter, note)
     return PlainTextResponse(adapter.acknowledgement)
 
 

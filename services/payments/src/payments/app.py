@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from chassis.runtime import ServiceRuntime
 from chassis.tasks import every
 from chassis.web import install
-from payments import api, handlers, reconcile, settle
+from payments import api, handlers, reconcile, service
 from payments.adapters.alipay import AlipayAdapter
 from payments.adapters.base import Adapter
 from payments.adapters.card import StripeCardAdapter
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ServiceRuntime(s, routers=[handlers.router], context={"providers": providers}) as runtime,
                 every(
                     s.window_poll_seconds,
-                    lambda: settle.expire_windows(runtime.sessions, providers, s),
+                    lambda: service.expire_windows(runtime.sessions, providers, s),
                     name="payments-windows",
                 ),
                 every(

@@ -22,13 +22,12 @@ from notifications import retention
 from notifications.channels import Rejected, Transient
 from notifications.db import Base, Notification, Preference, Recipient
 from notifications.handlers import (
-    DeliveryPending,
-    RecipientNotRegistered,
     handle_register_recipient,
     on_order_status_changed,
     on_payment_action_required,
     on_payment_refunded,
 )
+from notifications.service import DeliveryPending, RecipientNotRegistered
 
 HAPPY = ["submitted", "confirmed", "paid", "picking", "shipped", "in_transit", "delivered"]
 

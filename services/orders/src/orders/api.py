@@ -45,7 +45,7 @@ def _payment_action(order: Order) -> dict[str, Any]:
     )
 
 
-def view(order: Order) -> dict[str, Any]:
+def view(order: Any) -> dict[str, Any]:
     """The order as CONTRACT §4 shows it."""
     cur = order.currency
     return {
@@ -138,9 +138,9 @@ def _not_found(order_id: str) -> Problem:
     return Problem(404, "not-found", "Not found", f"no order {order_id}")
 
 
-async def _load(rt: Any, order_id: str, gateway: str | None = None) -> Order:
+async def _load(rt: Any, order_id: str, gateway: str | None = None) -> Any:
     async with rt.sessions() as session:
-        order = await session.get(Order, order_id)
+        order = await service.read_one(session, order_id)
     if order is None or (gateway is not None and order.gateway != gateway):
         raise _not_found(order_id)
     return order
@@ -257,7 +257,7 @@ async def list_orders(
         at, last_id = _decode_cursor(cursor)
         query = query.where(or_(Order.created_at < at, and_(Order.created_at == at, Order.id < last_id)))
     async with rt.sessions() as session:
-        orders = list(await session.scalars(query))
+        orders = await service.read(session, query)
     page = orders[:limit]
     return {
         "items": [view(o) for o in page],

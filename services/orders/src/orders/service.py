@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -784,3 +785,37 @@ async def _parcels_where(sessions: async_sessionmaker, wanted: Any, limit: int) 
                     )
                     break
         return found[:limit]
+
+
+# -- reading orders as the API and the console show them ----------------------------------------
+
+_ORDER_LINES = (
+    select(_lines)
+    .where(_lines.c.order_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_lines.c.order_id, _lines.c.position)
+)
+_ORDER_HISTORY = (
+    select(_history).where(_history.c.order_id.in_(bindparam("ids", expanding=True))).order_by(_history.c.id)
+)
+
+
+async def read(session: AsyncSession, query: Select[Any]) -> list[SimpleNamespace]:
+    """The orders ``query`` selects (a ``select(Order)`` with its filters, order and limit), held as
+    every operation here holds an order: its columns as attributes, with its ``lines`` and
+    ``history``. Three statements, whatever the number of orders."""
+    rows = (await session.execute(query.with_only_columns(*_orders.c))).mappings().all()
+    if not rows:
+        return []
+    ids = [row["id"] for row in rows]
+    lines: defaultdict[str, list[SimpleNamespace]] = defaultdict(list)
+    history: defaultdict[str, list[SimpleNamespace]] = defaultdict(list)
+    for line in (await session.execute(_ORDER_LINES, {"ids": ids})).mappings():
+        lines[line["order_id"]].append(SimpleNamespace(**line))
+    for entry in (await session.execute(_ORDER_HISTORY, {"ids": ids})).mappings():
+        history[entry["order_id"]].append(SimpleNamespace(**entry))
+    return [SimpleNamespace(**row, lines=lines[row["id"]], history=history[row["id"]]) for row in rows]
+
+
+async def read_one(session: AsyncSession, order_id: str) -> SimpleNamespace | None:
+    found = await read(session, select(_orders).where(_orders.c.id == order_id))
+    return found[0] if found else None

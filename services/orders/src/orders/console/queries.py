@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Integer, Select, cast, func, literal_column, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.db import outbox_message
+from orders import service
 from orders.db import Order, OrderHistory, OrderLine, OrderParcel
 
 EMAIL = literal_column("lower(customer ->> 'email')")
@@ -57,8 +59,8 @@ def search_query(s: Search, *, limit: int = 50) -> Select:
     return query
 
 
-async def search(session: AsyncSession, s: Search, *, limit: int = 50) -> list[Order]:
-    return list(await session.scalars(search_query(s, limit=limit)))
+async def search(session: AsyncSession, s: Search, *, limit: int = 50) -> list[SimpleNamespace]:
+    return await service.read(session, search_query(s, limit=limit))
 
 
 def _minute(column: Any, dialect: str) -> Any:

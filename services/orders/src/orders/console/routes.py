@@ -35,7 +35,6 @@ from orders import ops, service
 from orders.console import auth, queries
 from orders.console.mask import mask_body
 from orders.console.text import language, translator
-from orders.db import Order
 from orders.saga import Refused
 
 log = get_logger("orders.console")
@@ -240,7 +239,7 @@ async def _order_page(
 ) -> HTMLResponse:
     rt = _rt(request)
     async with rt.sessions() as db:
-        order = await db.get(Order, order_id)
+        order = await service.read_one(db, order_id)
         messages = await queries.saga_messages(db, order_id) if order is not None else []
     if order is None:
         return render(request, "not_found.html", session, 404, page="orders")

@@ -98,11 +98,12 @@ async def list_shipments(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """By order id; ``next`` is passed back as ``after`` (make verify reads this)."""
-    query = select(Shipment).order_by(Shipment.order_id).limit(limit)
+    shipments = Shipment.__table__
+    query = select(shipments).order_by(shipments.c.order_id).limit(limit)
     if status:
-        query = query.where(Shipment.status == status)
+        query = query.where(shipments.c.status == status)
     if after:
-        query = query.where(Shipment.order_id > after)
+        query = query.where(shipments.c.order_id > after)
     async with rt.sessions() as session:
-        rows = list(await session.scalars(query))
+        rows = list((await session.execute(query)).all())
     return {"items": [_view(s) for s in rows], "next": rows[-1].order_id if len(rows) == limit else None}

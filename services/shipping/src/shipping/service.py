@@ -113,24 +113,38 @@ _record_event = InsertIfAbsent(_event)
 _UPDATE = update(_shipment).where(_shipment.c.shipment_id == bindparam("key_id"))
 
 
-async def of_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> list[Shipment]:
+_OF_ORDER = (
+    select(_shipment)
+    .where(_shipment.c.order_id == bindparam("order_id"))
+    .order_by(_shipment.c.created_at, _shipment.c.shipment_id)
+)
+_OF_ORDER_LOCKED = _OF_ORDER.with_for_update()
+_BY_ID = select(_shipment).where(_shipment.c.shipment_id == bindparam("shipment_id"))
+_remember_cancelled = InsertIfAbsent(_cancelled)
+
+
+async def of_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> list[SimpleNamespace]:
     """The order's parcels, first booked first; ``lock``: locked for this transaction (to change them)."""
-    query = (
-        select(Shipment)
-        .where(Shipment.order_id == order_id)
-        .order_by(Shipment.created_at, Shipment.shipment_id)
-    )
-    return list(await session.scalars(query.with_for_update() if lock else query))
+    found = await session.execute(_OF_ORDER_LOCKED if lock else _OF_ORDER, {"order_id": order_id})
+    return [SimpleNamespace(**row) for row in found.mappings()]
 
 
-async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> Shipment | None:
+async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> SimpleNamespace | None:
     """The order's first parcel."""
     found = await of_order(session, order_id, lock=lock)
     return found[0] if found else None
 
 
-async def by_id(session: AsyncSession, shipment_id: str) -> Shipment | None:
-    return await session.get(Shipment, shipment_id)
+async def by_id(session: AsyncSession, shipment_id: str) -> SimpleNamespace | None:
+    row = (await session.execute(_BY_ID, {"shipment_id": shipment_id})).mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
+
+
+async def _change(session: AsyncSession, shipment: SimpleNamespace, **values: Any) -> None:
+    """Write ``values`` to the parcel's row, and to the row as held here."""
+    for name, value in values.items():
+        setattr(shipment, name, value)
+    await session.execute(_UPDATE, {"key_id": shipment.shipment_id, **values})
 
 
 async def trail(session: AsyncSession, shipment_id: str) -> list[dict[str, Any]]:
@@ -246,7 +260,8 @@ async def change_address(session: AsyncSession, order_id: str, address: dict[str
                 status=shipment.status,
             )
             continue
-        shipment.address, shipment.updated_at, changed = address, _now(), True
+        await _change(session, shipment, address=address, updated_at=_now())
+        changed = True
     return changed
 
 
@@ -256,13 +271,13 @@ async def cancel(
     """Stop every parcel of the order the carrier has not taken, and answer ``shipment.cancelled``
     naming them; no answer when every parcel has left (too late: their scans answer)."""
     shipments = await of_order(session, order_id, lock=True)
-    if not shipments and await session.get(CancelledOrder, order_id) is None:
-        session.add(CancelledOrder(order_id=order_id, at=_now()))
+    if not shipments:  # remembered, so that a create arriving after it books nothing
+        await _remember_cancelled(session, {"order_id": order_id, "at": _now()})
     left = [s for s in shipments if s.status != St.CREATED]
     for shipment in shipments:
         if shipment.status == St.CREATED and not shipment.cancelled:  # or cancelled before: told again
             await adapters[shipment.carrier].cancel(shipment.tracking_number)
-            shipment.cancelled, shipment.next_step_at, shipment.updated_at = True, None, _now()
+            await _change(session, shipment, cancelled=True, next_step_at=None, updated_at=_now())
     if left:
         log.warning("shipment.cancel_too_late", order_id=order_id, parcels=[s.parcel for s in left])
         if len(left) == len(shipments):
@@ -289,8 +304,9 @@ async def expect_return(
         raise LookupError(f"no shipment {shipment_id or ''} for order {order_id}")
     wanted = {i.sku: i.quantity for i in items}
     if len(shipments) == 1:
-        shipments[0].return_expected = True
-        shipments[0].return_items = [i.model_dump() for i in items]
+        await _change(
+            session, shipments[0], return_expected=True, return_items=[i.model_dump() for i in items]
+        )
         return
     for shipment in shipments:
         if shipment.status != St.DELIVERED:
@@ -302,7 +318,7 @@ async def expect_return(
                 here.append({"sku": held["sku"], "quantity": take})
                 wanted[held["sku"]] -= take
         if here:
-            shipment.return_expected, shipment.return_items = True, here
+            await _change(session, shipment, return_expected=True, return_items=here)
 
 
 class Refused(Exception):

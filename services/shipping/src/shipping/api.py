@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -105,5 +106,5 @@ async def list_shipments(
     if after:
         query = query.where(shipments.c.order_id > after)
     async with rt.sessions() as session:
-        rows = list((await session.execute(query)).all())
+        rows = [SimpleNamespace(**row) for row in (await session.execute(query)).mappings()]
     return {"items": [_view(s) for s in rows], "next": rows[-1].order_id if len(rows) == limit else None}

@@ -17,6 +17,8 @@ from events.types import CountryCode, Sku
 from inventory import domain, service
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
+_stock, _warehouse = Stock.__table__, Warehouse.__table__
+
 router = APIRouter(tags=["inventory"])
 
 
@@ -77,19 +79,14 @@ async def put_warehouse(
     code: WarehouseCode, rt: Runtime, body: Annotated[WarehouseBody, Body()]
 ) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
-        w = await session.get(Warehouse, code)
-        if w is None:
-            session.add(Warehouse(code=code, **body.model_dump()))
-        else:
-            for k, v in body.model_dump().items():
-                setattr(w, k, v)
+        await service.put_warehouse(session, code, body.model_dump())
     return {"code": code, **body.model_dump()}
 
 
 @router.get("/v1/warehouses", dependencies=[require(Role.OPS)])
 async def list_warehouses(rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
-        rows = await session.scalars(select(Warehouse).order_by(Warehouse.code))
+        rows = (await session.execute(select(_warehouse).order_by(_warehouse.c.code))).all()
         return {
             "items": [
                 {
@@ -109,7 +106,7 @@ async def receive(
     caller: Annotated[Caller, require(Role.ADMIN)], rt: Runtime, body: Annotated[Receipt, Body()]
 ) -> dict[str, Any]:
     async with rt.sessions.begin() as session:
-        if await session.get(Warehouse, body.warehouse) is None:
+        if await session.scalar(select(_warehouse.c.code).where(_warehouse.c.code == body.warehouse)) is None:
             raise _unknown_warehouse(body.warehouse)
         row = await service.receive(
             session,
@@ -129,7 +126,7 @@ async def adjust(
 ) -> dict[str, Any]:
     """A count: ``on_hand`` is what is on the shelf now (never below what is reserved: 409)."""
     async with rt.sessions.begin() as session:
-        if await session.get(Warehouse, body.warehouse) is None:
+        if await session.scalar(select(_warehouse.c.code).where(_warehouse.c.code == body.warehouse)) is None:
             raise _unknown_warehouse(body.warehouse)
         try:
             row = await service.adjust(
@@ -150,10 +147,11 @@ async def adjust(
 @router.get("/v1/stock/low", dependencies=[require(Role.OPS)])
 async def low_stock(rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
-        rows = await session.scalars(
-            select(Stock)
-            .where(Stock.on_hand - Stock.reserved <= Stock.low_stock_threshold)
-            .order_by(Stock.sku, Stock.warehouse)
+        rows = await service.levels(
+            session,
+            select(_stock)
+            .where(_stock.c.on_hand - _stock.c.reserved <= _stock.c.low_stock_threshold)
+            .order_by(_stock.c.sku, _stock.c.warehouse),
         )
         return {
             "items": [
@@ -189,7 +187,9 @@ async def set_threshold(
 @router.get("/v1/stock/{sku}", dependencies=[require(Role.OPS, Role.GATEWAY)])
 async def get_stock(sku: Annotated[str, Path(max_length=64)], rt: Runtime) -> dict[str, Any]:
     async with rt.sessions() as session:
-        rows = list(await session.scalars(select(Stock).where(Stock.sku == sku).order_by(Stock.warehouse)))
+        rows = await service.levels(
+            session, select(_stock).where(_stock.c.sku == sku).order_by(_stock.c.warehouse)
+        )
     if not rows:
         raise Problem(404, "not-found", "Not found", f"unknown SKU {sku}")
     on_hand, reserved = sum(r.on_hand for r in rows), sum(r.reserved for r in rows)
@@ -211,15 +211,16 @@ async def list_reservations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """Reservations in id order; ``next`` is passed back as ``after`` (make verify reads this)."""
-    query = select(Reservation).order_by(Reservation.id).limit(limit)
+    reservations = Reservation.__table__
+    query = select(reservations).order_by(reservations.c.id).limit(limit)
     if status:
-        query = query.where(Reservation.status == status)
+        query = query.where(reservations.c.status == status)
     if order_id:
-        query = query.where(Reservation.order_id == order_id)
+        query = query.where(reservations.c.order_id == order_id)
     if after is not None:
-        query = query.where(Reservation.id > after)
+        query = query.where(reservations.c.id > after)
     async with rt.sessions() as session:
-        rows = list(await session.scalars(query))
+        rows = list((await session.execute(query)).all())
         total = await session.scalar(select(func.count()).select_from(Reservation))
     return {
         "items": [

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import select
-
-from chassis.db import make_engine, make_sessionmaker
+from chassis.db import InsertIfAbsent, make_engine, make_sessionmaker
 from inventory.config import Settings
 from inventory.db import Stock, Warehouse
 
@@ -25,6 +23,9 @@ STOCK = {
 }
 
 
+_new_warehouse, _new_stock = InsertIfAbsent(Warehouse.__table__), InsertIfAbsent(Stock.__table__)
+
+
 async def load_demo_data(settings: Settings) -> None:
     """Warehouses and stock rows that do not exist yet; existing counts are left as they are."""
     engine = make_engine(settings.database_url)
@@ -32,26 +33,24 @@ async def load_demo_data(settings: Settings) -> None:
         sessions = make_sessionmaker(engine)
         async with sessions.begin() as session:
             for code, name, country, lat, lon in WAREHOUSES:
-                if await session.get(Warehouse, code) is None:
-                    session.add(Warehouse(code=code, name=name, country=country, latitude=lat, longitude=lon))
-            await session.flush()
+                await _new_warehouse(
+                    session,
+                    {"code": code, "name": name, "country": country, "latitude": lat, "longitude": lon},
+                )
             for sku, levels in STOCK.items():
                 for warehouse, quantity in levels.items():
-                    exists = await session.scalar(
-                        select(Stock.id).where(Stock.sku == sku, Stock.warehouse == warehouse)
+                    await _new_stock(
+                        session,
+                        {
+                            "warehouse": warehouse,
+                            "sku": sku,
+                            "on_hand": quantity,
+                            "reserved": 0,
+                            "low_stock_threshold": min(settings.default_low_stock_threshold, quantity - 1),
+                            "reorder_quantity": settings.default_reorder_quantity,
+                            "low_alerted": False,
+                        },
                     )
-                    if exists is None:
-                        session.add(
-                            Stock(
-                                warehouse=warehouse,
-                                sku=sku,
-                                on_hand=quantity,
-                                reserved=0,
-                                low_stock_threshold=min(settings.default_low_stock_threshold, quantity - 1),
-                                reorder_quantity=settings.default_reorder_quantity,
-                                low_alerted=False,
-                            )
-                        )
     finally:
         await engine.dispose()
 

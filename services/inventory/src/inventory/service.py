@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis import outbox
+from chassis.db import InsertIfAbsent
 from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
@@ -68,8 +68,8 @@ class Level:
     low_alerted: bool
 
 
-# Prebuilt Core statements on the message paths (docs/operations.md, "Prebuilt statements on the
-# message paths"); the admin paths stay ORM.
+# Prebuilt Core statements (docs/operations.md, "Prebuilt statements on the message paths"); the
+# admin paths (receipts, counts, thresholds) lock and write a row with the same ones.
 _stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
 _movement, _warehouse = StockMovement.__table__, Warehouse.__table__
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
@@ -84,6 +84,7 @@ _TAKE = (
 )
 # No values: the SET clause is the columns the parameters name.
 _UPDATE_STOCK = update(_stock).where(_stock.c.id == bindparam("stock_id"))
+_create_stock = InsertIfAbsent(_stock)
 _UPDATE_RESERVATION = update(_reservation).where(_reservation.c.id == bindparam("key_id"))
 _UPDATE_HOLD = update(_hold).where(_hold.c.order_id == bindparam("key_order_id"))
 _INSERT_RESERVATION = insert(_reservation)
@@ -117,7 +118,7 @@ _stage = outbox.stager(SERVICE)
 
 
 def _move(
-    row: Stock | Level,
+    row: Level,
     kind: str,
     quantity: int,
     order_id: str | None = None,
@@ -152,41 +153,41 @@ async def _lock_keys(session: AsyncSession, keys: Iterable[Key]) -> dict[Key, Le
     return await _lock(session, _LOCK_KEYS, {"keys": keys})
 
 
-async def _lock_entity(session: AsyncSession, warehouse: str, sku: str) -> Stock | None:
-    """The ORM row of ``sku`` at ``warehouse``, locked and read afresh (admin paths)."""
-    return await session.scalar(
-        select(Stock)
-        .where(Stock.warehouse == warehouse, Stock.sku == sku)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+async def _lock_one(session: AsyncSession, warehouse: str, sku: str) -> Level | None:
+    """The stock row of ``sku`` at ``warehouse``, locked; None when there is none."""
+    return (await _lock_keys(session, [(warehouse, sku)])).get((warehouse, sku))
 
 
 async def _lock_or_create(
     session: AsyncSession, warehouse: str, sku: str, *, threshold: int, reorder: int
-) -> Stock:
-    """The row of ``sku`` at ``warehouse``, locked; created empty when there is none yet."""
-    row = await _lock_entity(session, warehouse, sku)
-    if row is not None:
-        return row
-    try:
-        async with session.begin_nested():
-            row = Stock(
-                warehouse=warehouse,
-                sku=sku,
-                on_hand=0,
-                reserved=0,
-                low_stock_threshold=threshold,
-                reorder_quantity=reorder,
-                low_alerted=False,
-            )
-            session.add(row)
-    except IntegrityError:  # created meanwhile by a concurrent transaction (PostgreSQL)
-        row = await _lock_entity(session, warehouse, sku)
+) -> Level:
+    """The row of ``sku`` at ``warehouse``, locked; created empty when there is none yet (a row a
+    concurrent transaction created meanwhile is taken as it is)."""
+    row = await _lock_one(session, warehouse, sku)
+    if row is None:
+        await _create_stock(
+            session,
+            {
+                "warehouse": warehouse,
+                "sku": sku,
+                "on_hand": 0,
+                "reserved": 0,
+                "low_stock_threshold": threshold,
+                "reorder_quantity": reorder,
+                "low_alerted": False,
+            },
+        )
+        row = await _lock_one(session, warehouse, sku)
+    assert row is not None
     return row
 
 
-async def check_low(session: AsyncSession, row: Stock | Level, cause: Cause) -> None:
+async def _write(session: AsyncSession, row: Level, *names: str) -> None:
+    """Write the named columns of ``row`` (changed here) back to its stock row."""
+    await session.execute(_UPDATE_STOCK, {"stock_id": row.id, **{n: getattr(row, n) for n in names}})
+
+
+async def check_low(session: AsyncSession, row: Level, cause: Cause) -> None:
     """stock.low once when available falls to the threshold; armed again when it rises above.
     Sets ``row.low_alerted``; a :class:`Level`'s caller writes it back."""
     available = row.on_hand - row.reserved
@@ -475,12 +476,13 @@ async def receive(
     actor: str,
     threshold: int,
     reorder: int,
-) -> Stock:
+) -> Level:
     """A delivery from a supplier: units onto the shelf (``stock.restocked`` without an order)."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     row.on_hand += quantity
     await session.execute(_INSERT_MOVEMENT, _move(row, "receipt", quantity, actor=actor))
     await check_low(session, row, None)
+    await _write(session, row, "on_hand", "low_alerted")
     await _stage(session, StockRestocked(warehouse=warehouse, sku=sku, quantity=quantity), None, None)
     return row
 
@@ -495,7 +497,7 @@ async def adjust(
     actor: str,
     threshold: int,
     reorder: int,
-) -> Stock:
+) -> Level:
     """A count: ``on_hand`` is what is on the shelf now. Never below what orders hold reserved."""
     row = await _lock_or_create(session, warehouse, sku, threshold=threshold, reorder=reorder)
     if on_hand < row.reserved:
@@ -507,17 +509,38 @@ async def adjust(
     )
     row.on_hand = on_hand
     await check_low(session, row, None)
+    await _write(session, row, "on_hand", "low_alerted")
     return row
 
 
 async def set_threshold(
     session: AsyncSession, warehouse: str, sku: str, threshold: int, reorder: int | None
-) -> Stock | None:
-    row = await _lock_entity(session, warehouse, sku)
+) -> Level | None:
+    row = await _lock_one(session, warehouse, sku)
     if row is None:
         return None
     row.low_stock_threshold = threshold
     if reorder:
         row.reorder_quantity = reorder
     await check_low(session, row, None)
+    await _write(session, row, "low_stock_threshold", "reorder_quantity", "low_alerted")
     return row
+
+
+_LEVEL_COLUMNS = [_stock.c[f.name] for f in fields(Level)]
+
+
+async def levels(session: AsyncSession, query: Select[Any]) -> list[Level]:
+    """The stock rows ``query`` selects (a ``select`` of the stock table with its filters and
+    order), as every operation here holds one, unlocked (for reading)."""
+    return [Level(*row) for row in await session.execute(query.with_only_columns(*_LEVEL_COLUMNS))]
+
+
+_PUT_WAREHOUSE = update(_warehouse).where(_warehouse.c.code == bindparam("key_code"))
+_create_warehouse = InsertIfAbsent(_warehouse)
+
+
+async def put_warehouse(session: AsyncSession, code: str, values: dict[str, Any]) -> None:
+    """Create the warehouse ``code``, or change it to ``values`` (name, country, coordinates)."""
+    if not await _create_warehouse(session, {"code": code, **values}):
+        await session.execute(_PUT_WAREHOUSE, {"key_code": code, **values})

@@ -280,7 +280,7 @@ async def test_two_refunds_racing_for_one_capture_never_pay_back_more_than_it(an
     await handle_capture_payment(capture("o1", "tok_ok"), sessions, Providers.of(provider), SETTINGS)
 
     # Both read the payment before either goes on (unless its lock keeps one from reading it).
-    monkeypatch.setattr(service, "_locked_payment", Meeting().after(service._locked_payment))
+    monkeypatch.setattr(service, "payment_of", Meeting().after(service.payment_of))
     outcomes = await asyncio.gather(
         *(
             handle_refund_payment(refund("o1", key, "15.00"), sessions, Providers.of(provider), SETTINGS)

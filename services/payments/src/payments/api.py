@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import uuid4
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from chassis import outbox
 from chassis.logs import get_logger
@@ -33,7 +33,7 @@ class RefundBody(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _view(p: Payment, refunds: list[Refund], asked_by: dict[str, str] | None = None) -> dict:
+def _view(p: Any, refunds: list[Any], asked_by: dict[str, str] | None = None) -> dict:
     return {
         "order_id": p.order_id,
         "payment_id": p.payment_id,
@@ -77,17 +77,22 @@ async def list_payments(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
     """Every payment, by order id: what the consistency check (`make verify`) reads."""
-    query = select(Payment).order_by(Payment.order_id).limit(limit)
+    payment, refund = Payment.__table__, Refund.__table__
+    query = select(payment).order_by(payment.c.order_id).limit(limit)
     if status:
-        query = query.where(Payment.status == status)
+        query = query.where(payment.c.status == status)
     if after:
-        query = query.where(Payment.order_id > after)
+        query = query.where(payment.c.order_id > after)
     async with rt.sessions() as session:
-        payments = (await session.scalars(query)).all()
+        payments = (await session.execute(query)).all()
         refunds = (
-            await session.scalars(select(Refund).where(Refund.order_id.in_([p.order_id for p in payments])))
+            await session.execute(
+                select(refund)
+                .where(refund.c.order_id.in_([p.order_id for p in payments]))
+                .order_by(refund.c.created_at)
+            )
         ).all()
-    by_order: dict[str, list[Refund]] = {}
+    by_order: dict[str, list[Any]] = {}
     for r in refunds:
         by_order.setdefault(r.order_id, []).append(r)
     items = [_view(p, by_order.get(p.order_id, [])) for p in payments]
@@ -99,12 +104,13 @@ async def get_payment(order_id: str, rt: Runtime) -> dict:
     """Ops only: payments does not know which gateway placed an order, so a gateway reads the
     payment through its own order (``GET /v1/orders/{id}``), which is scoped to it."""
     async with rt.sessions() as session:
-        payment = await session.get(Payment, order_id)
+        payment = await service.payment_of(session, order_id)
         if payment is None:
             raise Problem(404, "not-found", "Not found", f"no payment for order {order_id}")
+        refund = Refund.__table__
         refunds = (
-            await session.scalars(
-                select(Refund).where(Refund.order_id == order_id).order_by(Refund.created_at)
+            await session.execute(
+                select(refund).where(refund.c.order_id == order_id).order_by(refund.c.created_at)
             )
         ).all()
         asked = await session.execute(
@@ -122,7 +128,7 @@ async def refund_by_hand(
 ) -> dict:
     """A refund by hand, recorded with the admin key's name (``refunds[].requested_by``)."""
     async with rt.sessions.begin() as session:
-        payment = await session.get(Payment, order_id)
+        payment = await service.payment_of(session, order_id, lock=True)
         if payment is None or payment.status in ("failed", CAPTURING):
             raise Problem(
                 409, "not-captured", "Nothing captured", f"order {order_id} has no captured payment"
@@ -134,10 +140,14 @@ async def refund_by_hand(
                 409, "over-refund", "Refund too large", f"at most {remaining} can still be refunded"
             )
         key = f"manual-{uuid4()}"
-        session.add(
-            RefundRequest(
-                refund_key=key, order_id=order_id, actor=caller.name, requested_at=datetime.now(UTC)
-            )
+        await session.execute(
+            insert(RefundRequest.__table__),
+            {
+                "refund_key": key,
+                "order_id": order_id,
+                "actor": caller.name,
+                "requested_at": datetime.now(UTC),
+            },
         )
         await outbox.stage(
             session,

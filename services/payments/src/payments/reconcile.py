@@ -74,7 +74,7 @@ class Round:
         }
 
 
-def compare(p: Payment, charge: Any) -> Mismatch | None:
+def compare(p: Any, charge: Any) -> Mismatch | None:
     """Our record of ``p`` against the provider's ``charge`` (None: it knows of none)."""
     taken = charge is not None and charge.status == "captured"
     ours = f"{p.status} {p.amount} {p.currency}"
@@ -88,7 +88,7 @@ def compare(p: Payment, charge: Any) -> Mismatch | None:
     return None
 
 
-def compare_refund(r: Refund, provider: str, seen: RefundSeen | None) -> Mismatch | None:
+def compare_refund(r: Any, provider: str, seen: RefundSeen | None) -> Mismatch | None:
     """Our record of a refund paid back against what the provider says of it."""
     ours = f"refund {r.refund_key} {r.amount}"
     if seen is None or seen.status == "failed":
@@ -110,23 +110,26 @@ async def reconcile(
     """Ask each payment's provider about every payment decided (updated since ``since``, and at
     least ``settled_for`` ago, so an answer on its way is not a mismatch); report, change nothing."""
     now = datetime.now(UTC)
+    payment, refund = Payment.__table__, Refund.__table__
     query = (
-        select(Payment)
-        .where(Payment.status.not_in((PENDING, CAPTURING)), Payment.updated_at <= now - settled_for)
-        .order_by(Payment.order_id)
+        select(payment)
+        .where(payment.c.status.not_in((PENDING, CAPTURING)), payment.c.updated_at <= now - settled_for)
+        .order_by(payment.c.order_id)
     )
     if since is not None:
-        query = query.where(Payment.updated_at >= since)
+        query = query.where(payment.c.updated_at >= since)
     refunds_query = (
-        select(Refund, Payment.provider, Payment.provider_ref)
-        .join(Payment, Payment.order_id == Refund.order_id)
-        .where(Refund.status == REFUNDED, Refund.created_at <= now - settled_for)
-        .order_by(Refund.order_id, Refund.refund_key)
+        select(
+            refund, payment.c.provider.label("payment_provider"), payment.c.provider_ref.label("payment_ref")
+        )
+        .join(payment, payment.c.order_id == refund.c.order_id)
+        .where(refund.c.status == REFUNDED, refund.c.created_at <= now - settled_for)
+        .order_by(refund.c.order_id, refund.c.refund_key)
     )
     if since is not None:
-        refunds_query = refunds_query.where(Refund.created_at >= since)
+        refunds_query = refunds_query.where(refund.c.created_at >= since)
     async with sessions() as session:
-        payments = (await session.scalars(query)).all()
+        payments = (await session.execute(query)).all()
         refunds = (await session.execute(refunds_query)).all()
     found, unreachable = [], 0
     for p in payments:
@@ -148,7 +151,8 @@ async def reconcile(
         mismatch = compare(p, charge)
         if mismatch is not None:
             found.append(mismatch)
-    for refund, provider, payment_ref in refunds:
+    for r in refunds:
+        provider, payment_ref = r.payment_provider, r.payment_ref
         adapter = providers.get(provider)
         if adapter is None or payment_ref is None:
             unreachable += 1
@@ -156,24 +160,24 @@ async def reconcile(
         try:
             seen = await asyncio.wait_for(
                 adapter.refund_status(
-                    payment_ref=payment_ref, idempotency_key=refund.refund_key, reference=refund.provider_ref
+                    payment_ref=payment_ref, idempotency_key=r.refund_key, reference=r.provider_ref
                 ),
                 timeout=timeout,
             )
         except (TimeoutError, Transient, OSError) as exc:
             log.warning(
                 "payment.reconciliation_unreachable",
-                order_id=refund.order_id,
+                order_id=r.order_id,
                 provider=provider,
                 error=type(exc).__name__,
             )
             unreachable += 1
             continue
-        mismatch = compare_refund(refund, provider, seen)
+        mismatch = compare_refund(r, provider, seen)
         if mismatch is not None:
             found.append(mismatch)
     counter, gauge = _metrics()
-    providers_seen = {p.provider for p in payments} | {provider for _, provider, _ in refunds}
+    providers_seen = {p.provider for p in payments} | {r.payment_provider for r in refunds}
     for name in providers_seen | {m.provider for m in found}:
         gauge.labels(name).set(sum(1 for m in found if m.provider == name))
     for m in found:

@@ -61,6 +61,44 @@ CANCEL = topology.command_queue("payments.cancel_payment")
 
 log = get_logger(__name__)
 
+# A row of payments is held one way: a Core row with its columns as attributes (a SimpleNamespace
+# where it changes), read and written with these prebuilt statements (docs/operations.md).
+_payment, _refund = Payment.__table__, Refund.__table__
+_PAYMENT = select(_payment).where(_payment.c.order_id == bindparam("order_id"))
+_PAYMENT_LOCKED = _PAYMENT.with_for_update()
+_PAYMENT_BY_KEY = select(_payment).where(
+    _payment.c.provider == bindparam("provider"), _payment.c.idempotency_key == bindparam("key")
+)
+_PAYMENT_BY_KEY_LOCKED = _PAYMENT_BY_KEY.with_for_update()
+_UPDATE_PAYMENT = update(_payment).where(_payment.c.order_id == bindparam("key_order_id"))
+_REFUND = select(_refund).where(_refund.c.refund_key == bindparam("refund_key"))
+_INSERT_REFUND = insert(_refund)
+_UPDATE_REFUND = update(_refund).where(_refund.c.refund_id == bindparam("key_refund_id"))
+
+
+def _one(result: Any) -> SimpleNamespace | None:
+    row = result.mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
+
+
+async def payment_of(session: AsyncSession, order_id: str, *, lock: bool = False) -> SimpleNamespace | None:
+    """The order's payment; ``lock``: read afresh and locked for this transaction (to change it)."""
+    return _one(await session.execute(_PAYMENT_LOCKED if lock else _PAYMENT, {"order_id": order_id}))
+
+
+async def _payment_by_key(
+    session: AsyncSession, provider: str, key: str, *, lock: bool = False
+) -> SimpleNamespace | None:
+    statement = _PAYMENT_BY_KEY_LOCKED if lock else _PAYMENT_BY_KEY
+    return _one(await session.execute(statement, {"provider": provider, "key": key}))
+
+
+async def _change_payment(session: AsyncSession, payment: SimpleNamespace, **values: Any) -> None:
+    """Write ``values`` to the payment's row, and to the row as held here."""
+    for name, value in values.items():
+        setattr(payment, name, value)
+    await session.execute(_UPDATE_PAYMENT, {"key_order_id": payment.order_id, **values})
+
 
 def captured_event(p: Any) -> PaymentCaptured:
     return PaymentCaptured(
@@ -78,9 +116,7 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
     approval that comes after the window closed takes no money."""
     if note.status == "approved":
         async with sessions() as session:
-            waiting = await session.scalar(
-                select(Payment).where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
-            )
+            waiting = await _payment_by_key(session, provider.name, note.key)
         if waiting is None or waiting.status not in (PENDING, CAPTURING) or note.reference is None:
             return "ignored"
         charge = await provider.complete(note.key, reference=note.reference)
@@ -102,12 +138,7 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
     async with sessions.begin() as session:
         if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
             return "duplicate"
-        payment = await session.scalar(
-            select(Payment)
-            .where(Payment.provider == provider.name, Payment.idempotency_key == note.key)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        payment = await _payment_by_key(session, provider.name, note.key, lock=True)
         if payment is None:
             log.warning("payment.notification_unknown", provider=provider.name)
             return "unknown"
@@ -128,10 +159,15 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
     return "captured"
 
 
-async def _record_captured(session: AsyncSession, payment: Payment, reference: str | None) -> None:
-    payment.status, payment.failure_reason, payment.provider_ref = PaymentStatus.CAPTURED, None, reference
-    payment.updated_at = datetime.now(UTC)
-    await session.flush()
+async def _record_captured(session: AsyncSession, payment: SimpleNamespace, reference: str | None) -> None:
+    await _change_payment(
+        session,
+        payment,
+        status=PaymentStatus.CAPTURED,
+        failure_reason=None,
+        provider_ref=reference,
+        updated_at=datetime.now(UTC),
+    )
     await outbox.stage(session, captured_event(payment), service=SERVICE, subject=payment.order_id)
 
 
@@ -173,7 +209,7 @@ async def close_pending(
     provider says was paid meanwhile (its notification lost or late) is captured. False when the
     provider could not be asked (the caller tries again); True when decided, here or before."""
     async with sessions() as session:
-        p = await session.get(Payment, order_id)
+        p = await payment_of(session, order_id)
     provider = providers.get(p.provider) if p is not None else None
     if p is None or p.status != PENDING:
         return True  # decided meanwhile, or never waited for a customer
@@ -188,20 +224,17 @@ async def close_pending(
         log.warning("payment.close_failed", order_id=order_id, error=type(exc).__name__)
         return False
     async with sessions.begin() as session:
-        payment = await session.scalar(
-            select(Payment)
-            .where(Payment.order_id == order_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        payment = await payment_of(session, order_id, lock=True)
+        assert payment is not None
         if payment.status != PENDING:
             return True  # decided meanwhile (its notification)
         if charge.status == "captured" and charge.amount == payment.amount:
             await _record_captured(session, payment, charge.reference)
             log.info("payment.captured_when_closed", order_id=order_id, reason=reason)
             return True
-        payment.status, payment.failure_reason = PaymentStatus.FAILED, reason
-        payment.updated_at = datetime.now(UTC)
+        await _change_payment(
+            session, payment, status=PaymentStatus.FAILED, failure_reason=reason, updated_at=datetime.now(UTC)
+        )
         await outbox.stage(
             session,
             PaymentFailed(order_id=order_id, reason=reason),
@@ -250,7 +283,6 @@ async def _with_retries(call, settings: Settings):
     raise AssertionError("unreachable")
 
 
-_payment = Payment.__table__
 _READ = select(
     _payment.c.order_id,
     _payment.c.payment_id,
@@ -429,8 +461,8 @@ async def refund(
     and amount, and the provider pays once."""
     cmd = msg.data
     async with sessions.begin() as session:
-        payment = await _locked_payment(session, cmd.order_id)
-        refund = await session.scalar(select(Refund).where(Refund.refund_key == cmd.refund_key))
+        payment = await payment_of(session, cmd.order_id, lock=True)
+        refund = _one(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
         if refund is not None and refund.status == REFUNDED:  # done before: told again
             if await inbox.claim(session, msg.id, REFUND):
                 await outbox.stage(
@@ -455,7 +487,7 @@ async def refund(
                 )
             except RefundRefused as exc:
                 raise Permanent(str(exc)) from exc
-            refund = Refund(
+            refund = SimpleNamespace(
                 refund_id=f"ref-{uuid4()}",
                 refund_key=cmd.refund_key,
                 order_id=cmd.order_id,
@@ -465,7 +497,7 @@ async def refund(
                 provider_ref=None,
                 created_at=datetime.now(UTC),
             )
-            session.add(refund)
+            await session.execute(_INSERT_REFUND, vars(refund))
         refund_id, amount, payment_ref, currency = (
             refund.refund_id,
             refund.amount,
@@ -486,31 +518,29 @@ async def refund(
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, REFUND):
             return
-        payment = await _locked_payment(session, cmd.order_id)
-        refund = await session.get(Refund, refund_id)
+        payment = await payment_of(session, cmd.order_id, lock=True)
+        refund = _one(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
+        assert payment is not None and refund is not None and refund.refund_id == refund_id
         if refund.status == REFUND_PENDING:  # else finished meanwhile by another message with the same key
             refund.status, refund.provider_ref = REFUNDED, refund_ref
-            payment.refunded_amount += refund.amount
-            payment.status = status_after_refunds(payment.amount, payment.refunded_amount)
-            payment.updated_at = datetime.now(UTC)
-            await session.flush()
+            await session.execute(
+                _UPDATE_REFUND, {"key_refund_id": refund_id, "status": REFUNDED, "provider_ref": refund_ref}
+            )
+            refunded = payment.refunded_amount + refund.amount
+            await _change_payment(
+                session,
+                payment,
+                refunded_amount=refunded,
+                status=status_after_refunds(payment.amount, refunded),
+                updated_at=datetime.now(UTC),
+            )
         await outbox.stage(
             session, _refunded_event(payment, refund), service=SERVICE, subject=cmd.order_id, causation=msg
         )
     log.info("payment.refunded", amount=str(amount), refunded_total=str(payment.refunded_amount))
 
 
-async def _locked_payment(session: AsyncSession, order_id: str) -> Payment | None:
-    """The order's payment, read afresh and locked for this transaction (refunds change it)."""
-    return await session.scalar(
-        select(Payment)
-        .where(Payment.order_id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-
-
-def _refunded_event(payment: Payment, refund: Refund) -> PaymentRefunded:
+def _refunded_event(payment: Any, refund: Any) -> PaymentRefunded:
     return PaymentRefunded(
         order_id=payment.order_id,
         payment_id=payment.payment_id,

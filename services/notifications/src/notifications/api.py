@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict
@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from chassis.settings import Role
 from chassis.web import Runtime, require
-from notifications.db import Notification, Preference
+from notifications import service
+from notifications.db import Notification
 from notifications.domain import DEFAULT_CHANNELS, Channel, NotificationStatus, mask_address
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
@@ -32,7 +33,7 @@ class PreferencesIn(BaseModel):
     channels: ChannelChoice
 
 
-def _preferences_view(customer_id: str, pref: Preference | None) -> dict:
+def _preferences_view(customer_id: str, pref: Any) -> dict:
     if pref is None:
         channels = {c.value: c in DEFAULT_CHANNELS for c in Channel}
     else:
@@ -48,7 +49,7 @@ def _preferences_view(customer_id: str, pref: Preference | None) -> dict:
 async def get_preferences(customer_id: CustomerId, rt: Runtime) -> dict:
     """The channels the customer is told on; e-mail only until they choose."""
     async with rt.sessions() as session:
-        return _preferences_view(customer_id, await session.get(Preference, customer_id))
+        return _preferences_view(customer_id, await service.preference_of(session, customer_id))
 
 
 @router.put("/preferences/{customer_id}", dependencies=[require(Role.GATEWAY)])
@@ -58,16 +59,18 @@ async def put_preferences(
     """Replace the customer's choice of channels (all three are required; all off means none)."""
     now = datetime.now(UTC)
     async with rt.sessions.begin() as session:
-        pref = await session.get(Preference, customer_id)
-        if pref is None:
-            pref = Preference(customer_id=customer_id)
-            session.add(pref)
-        pref.email, pref.sms, pref.push = body.channels.email, body.channels.sms, body.channels.push
-        pref.updated_at = now
+        pref = await service.choose_channels(
+            session,
+            customer_id,
+            email=body.channels.email,
+            sms=body.channels.sms,
+            push=body.channels.push,
+            at=now,
+        )
     return _preferences_view(customer_id, pref)
 
 
-def _notification_view(n: Notification) -> dict:
+def _notification_view(n: Any) -> dict:
     return {
         "id": n.id,
         "order_id": n.order_id,
@@ -95,11 +98,12 @@ async def list_notifications(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict:
     """What was sent (or is pending, or failed), newest first; the recipient is masked."""
-    query = select(Notification).order_by(Notification.created_at.desc(), Notification.id).limit(limit)
+    notification = Notification.__table__
+    query = select(notification).order_by(notification.c.created_at.desc(), notification.c.id).limit(limit)
     if order_id:
-        query = query.where(Notification.order_id == order_id)
+        query = query.where(notification.c.order_id == order_id)
     if status:
-        query = query.where(Notification.status == status)
+        query = query.where(notification.c.status == status)
     async with rt.sessions() as session:
-        rows = (await session.scalars(query)).all()
+        rows = (await session.execute(query)).all()
     return {"items": [_notification_view(n) for n in rows]}

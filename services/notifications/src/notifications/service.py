@@ -29,6 +29,7 @@ import weakref
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
+from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chassis import inbox, outbox
 from chassis.batch import after_commit
 from chassis.broker import Unavailable
+from chassis.db import InsertIfAbsent
 from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
@@ -97,25 +99,22 @@ async def register(msg: Envelope[RegisterRecipient], sessions: async_sessionmake
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, REGISTER):
             return
-        recipient = await session.get(Recipient, cmd.order_id)
-        if recipient is None:
-            session.add(
-                Recipient(
-                    order_id=cmd.order_id,
-                    customer_id=cmd.customer_id,
-                    name=cmd.name,
-                    email=cmd.email,
-                    phone=cmd.phone,
-                    locale=cmd.locale,
-                    registered_at=at,
-                    updated_at=now,
-                )
+        known = await session.scalar(_REGISTERED_AT, {"order_id": cmd.order_id})
+        values = {
+            "customer_id": cmd.customer_id,
+            "name": cmd.name,
+            "email": cmd.email,
+            "phone": cmd.phone,
+            "locale": cmd.locale,
+            "registered_at": at,
+            "updated_at": now,
+        }
+        if known is None:
+            await session.execute(_INSERT_RECIPIENT, {"order_id": cmd.order_id, **values})
+        elif at >= known:  # told again who it is: remembered again
+            await session.execute(
+                _UPDATE_RECIPIENT, {"key_order_id": cmd.order_id, **values, "forgotten_at": None}
             )
-        elif at >= recipient.registered_at:
-            recipient.customer_id, recipient.name, recipient.email = cmd.customer_id, cmd.name, cmd.email
-            recipient.phone, recipient.locale = cmd.phone, cmd.locale
-            recipient.registered_at, recipient.updated_at = at, now
-            recipient.forgotten_at = None  # told again who it is: remembered again
     log.info("recipient.registered", email=mask_email(cmd.email), locale=resolve_locale(cmd.locale))
 
 
@@ -143,11 +142,11 @@ async def _record(
     template: str,
     settings: Settings,
     **params: Any,
-) -> list[tuple[Notification, str | None]] | None:
+) -> list[tuple[SimpleNamespace, str | None]] | None:
     """Write a ``pending`` notification per channel the customer wants, once per event, already
     leased for sending (one transaction less than leasing them afterwards). Returns the leased
     rows, or None when the event was recorded before."""
-    leased: list[tuple[Notification, str | None]] = []
+    leased: list[tuple[SimpleNamespace, str | None]] = []
     async with sessions.begin() as session:
         if not await inbox.claim(session, msg.id, consumer):
             return None  # recorded before: _deliver finishes whatever is still pending
@@ -199,7 +198,7 @@ async def _record(
             # yet; the unique key (event, channel) refuses a second row all the same.
             await session.execute(_INSERT_NOTIFICATION, rows)
         for values in rows:
-            row = Notification(**values)  # not added to the session: what _send and the outcome read
+            row = SimpleNamespace(**values)  # what _send and the outcome read
             if row.address:
                 leased.append((row, recipient.name))
             else:
@@ -210,6 +209,29 @@ async def _record(
 
 # Prebuilt Core statements: see docs/operations.md, "Prebuilt statements on the message paths".
 _recipient, _preference, _notification = Recipient.__table__, Preference.__table__, Notification.__table__
+_REGISTERED_AT = select(_recipient.c.registered_at).where(_recipient.c.order_id == bindparam("order_id"))
+_INSERT_RECIPIENT = insert(_recipient)
+_UPDATE_RECIPIENT = update(_recipient).where(_recipient.c.order_id == bindparam("key_order_id"))
+_RECIPIENT_NAME = select(_recipient.c.name).where(_recipient.c.order_id == bindparam("order_id"))
+_PENDING_OF_EVENT = (
+    select(_notification)
+    .where(
+        _notification.c.source_event_id == bindparam("event_id"),
+        _notification.c.status == NotificationStatus.PENDING,
+    )
+    .order_by(_notification.c.channel)
+)
+_TAKE_LEASE = (
+    update(_notification)
+    .where(
+        _notification.c.id == bindparam("row_id"),
+        _notification.c.status == NotificationStatus.PENDING,
+        or_(_notification.c.lease_until.is_(None), _notification.c.lease_until <= bindparam("now")),
+    )
+    .values(
+        lease_until=bindparam("until"), attempts=_notification.c.attempts + 1, updated_at=bindparam("now")
+    )
+)
 _RECIPIENT = (
     select(
         _recipient.c.customer_id,
@@ -246,7 +268,7 @@ async def _deliver(
     channels: dict[str, ChannelAdapter],
     settings: Settings,
     msg: Envelope[Any],
-    leased: list[tuple[Notification, str | None]] | None = None,
+    leased: list[tuple[SimpleNamespace, str | None]] | None = None,
 ) -> None:
     """Send ``leased``, or else every pending notification of ``msg`` that no other delivery is
     sending right now (a redelivered event: what its first delivery left pending)."""
@@ -259,37 +281,24 @@ async def _deliver(
 
 async def _lease_pending(
     sessions: async_sessionmaker, settings: Settings, msg: Envelope[Any]
-) -> tuple[list[tuple[Notification, str | None]], int]:
+) -> tuple[list[tuple[SimpleNamespace, str | None]], int]:
     now = datetime.now(UTC)
     lease_until = now + timedelta(seconds=settings.send_lease_seconds)
-    leased: list[tuple[Notification, str | None]] = []
+    leased: list[tuple[SimpleNamespace, str | None]] = []
     busy = 0
     async with sessions.begin() as session:
-        rows = (
-            await session.scalars(
-                select(Notification)
-                .where(
-                    Notification.source_event_id == msg.id, Notification.status == NotificationStatus.PENDING
-                )
-                .order_by(Notification.channel)
-            )
-        ).all()
-        for row in rows:
+        rows = (await session.execute(_PENDING_OF_EVENT, {"event_id": msg.id})).mappings().all()
+        for values in rows:
             taken = await session.execute(
-                update(Notification)
-                .where(
-                    Notification.id == row.id,
-                    Notification.status == NotificationStatus.PENDING,
-                    or_(Notification.lease_until.is_(None), Notification.lease_until <= now),
-                )
-                .values(lease_until=lease_until, attempts=Notification.attempts + 1, updated_at=now)
-                .execution_options(synchronize_session=False)
+                _TAKE_LEASE, {"row_id": values["id"], "now": now, "until": lease_until}
             )
             if taken.rowcount != 1:
                 busy += 1
                 continue
-            recipient = await session.get(Recipient, row.order_id)
-            leased.append((row, recipient.name if recipient else None))
+            row = SimpleNamespace(
+                **{**values, "lease_until": lease_until, "attempts": values["attempts"] + 1}
+            )
+            leased.append((row, await session.scalar(_RECIPIENT_NAME, {"order_id": row.order_id})))
     return leased, busy
 
 
@@ -298,7 +307,9 @@ class _Job:
 
     __slots__ = ("busy", "done", "leased", "msg", "not_sent", "unreachable")
 
-    def __init__(self, msg: Envelope[Any], leased: list[tuple[Notification, str | None]], busy: int) -> None:
+    def __init__(
+        self, msg: Envelope[Any], leased: list[tuple[SimpleNamespace, str | None]], busy: int
+    ) -> None:
         self.msg, self.leased, self.busy = msg, leased, busy
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.not_sent: list[str] = []
@@ -338,7 +349,7 @@ class Dispatcher:
         self.rounds = 0
 
     async def deliver(
-        self, msg: Envelope[Any], leased: list[tuple[Notification, str | None]], busy: int = 0
+        self, msg: Envelope[Any], leased: list[tuple[SimpleNamespace, str | None]], busy: int = 0
     ) -> None:
         job = _Job(msg, leased, busy)
         self._waiting.append(job)
@@ -399,7 +410,7 @@ class Dispatcher:
                     )
                 else:
                     finished.append((job, row, NotificationStatus.SENT, ref, None))
-        marked: list[tuple[Notification, str | None]] = []
+        marked: list[tuple[SimpleNamespace, str | None]] = []
         if finished or released:
             now = datetime.now(UTC)
             async with self._sessions.begin() as session:
@@ -450,7 +461,7 @@ _RELEASE = (
 )
 
 
-async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Notification) -> None:
+async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Any) -> None:
     """``notification.sent`` / ``notification.failed``: channel, template, locale and order only."""
     if row.status == NotificationStatus.SENT:
         event: NotificationSent | NotificationFailed = NotificationSent(
@@ -464,3 +475,25 @@ async def _stage_outcome(session: AsyncSession, msg: Envelope[Any], row: Notific
             reason=row.last_error or "failed",
         )
     await outbox.stage(session, event, service=SERVICE, subject=row.order_id, causation=msg)
+
+
+# -- the customer's choice of channels --------------------------------------------------------
+
+_PREFERENCE = select(_preference).where(_preference.c.customer_id == bindparam("customer_id"))
+_choose = InsertIfAbsent(_preference)
+_UPDATE_PREFERENCE = update(_preference).where(_preference.c.customer_id == bindparam("key_customer_id"))
+
+
+async def preference_of(session: AsyncSession, customer_id: str) -> SimpleNamespace | None:
+    row = (await session.execute(_PREFERENCE, {"customer_id": customer_id})).mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
+
+
+async def choose_channels(
+    session: AsyncSession, customer_id: str, *, email: bool, sms: bool, push: bool, at: datetime
+) -> SimpleNamespace:
+    """The customer's channels from now on (all three chosen at once; all off means none)."""
+    values = {"email": email, "sms": sms, "push": push, "updated_at": at}
+    if not await _choose(session, {"customer_id": customer_id, **values}):
+        await session.execute(_UPDATE_PREFERENCE, {"key_customer_id": customer_id, **values})
+    return SimpleNamespace(customer_id=customer_id, **values)

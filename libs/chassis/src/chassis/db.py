@@ -149,6 +149,14 @@ processed_message = Table(
 Index("ix_processed_message_processed_at", processed_message.c.processed_at)  # the inbox's purge
 
 
+def table(model: type[Any]) -> Table:
+    """A declarative model's table, typed as the ``Table`` it is (SQLAlchemy types ``__table__``
+    as any ``FromClause``), for the Core statements built from it."""
+    found = model.__table__
+    assert isinstance(found, Table)
+    return found
+
+
 class InsertIfAbsent:
     """``INSERT … ON CONFLICT DO NOTHING`` into ``table``, built once per dialect; calling it
     answers whether the row was new. On PostgreSQL a concurrent insert of the same key waits for

@@ -11,13 +11,14 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 
+from chassis.db import table
 from chassis.settings import Role
 from chassis.web import Caller, Problem, Runtime, require
 from events.types import CountryCode, Sku
 from inventory import domain, service
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
-_stock, _warehouse = Stock.__table__, Warehouse.__table__
+_stock, _warehouse = table(Stock), table(Warehouse)
 
 router = APIRouter(tags=["inventory"])
 
@@ -55,7 +56,7 @@ class Threshold(BaseModel):
     reorder_quantity: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
 
 
-def _level(row: Stock) -> dict[str, Any]:
+def _level(row: service.Level) -> dict[str, Any]:
     return {
         "warehouse": row.warehouse,
         "on_hand": row.on_hand,
@@ -211,7 +212,7 @@ async def list_reservations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """Reservations in id order; ``next`` is passed back as ``after`` (make verify reads this)."""
-    reservations = Reservation.__table__
+    reservations = table(Reservation)
     query = select(reservations).order_by(reservations.c.id).limit(limit)
     if status:
         query = query.where(reservations.c.status == status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from chassis.db import InsertIfAbsent, make_engine, make_sessionmaker
+from chassis.db import InsertIfAbsent, make_engine, make_sessionmaker, table
 from inventory.config import Settings
 from inventory.db import Stock, Warehouse
 
@@ -23,7 +23,7 @@ STOCK = {
 }
 
 
-_new_warehouse, _new_stock = InsertIfAbsent(Warehouse.__table__), InsertIfAbsent(Stock.__table__)
+_new_warehouse, _new_stock = InsertIfAbsent(table(Warehouse)), InsertIfAbsent(table(Stock))
 
 
 async def load_demo_data(settings: Settings) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import Select, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis import outbox
-from chassis.db import InsertIfAbsent
+from chassis.db import InsertIfAbsent, table
 from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
@@ -70,8 +70,8 @@ class Level:
 
 # Prebuilt Core statements (docs/operations.md, "Prebuilt statements on the message paths"); the
 # admin paths (receipts, counts, thresholds) lock and write a row with the same ones.
-_stock, _reservation, _hold = Stock.__table__, Reservation.__table__, OrderHold.__table__
-_movement, _warehouse = StockMovement.__table__, Warehouse.__table__
+_stock, _reservation, _hold = table(Stock), table(Reservation), table(OrderHold)
+_movement, _warehouse = table(StockMovement), table(Warehouse)
 _LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
 _LOCK_SKUS = _LEVEL.where(_stock.c.sku.in_(bindparam("skus", expanding=True)))
 _LOCK_KEYS = _LEVEL.where(tuple_(_stock.c.warehouse, _stock.c.sku).in_(bindparam("keys", expanding=True)))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
+from chassis.db import table
 from chassis.settings import Role
 from chassis.web import Runtime, require
 from notifications import service
@@ -98,7 +99,7 @@ async def list_notifications(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict:
     """What was sent (or is pending, or failed), newest first; the recipient is masked."""
-    notification = Notification.__table__
+    notification = table(Notification)
     query = select(notification).order_by(notification.c.created_at.desc(), notification.c.id).limit(limit)
     if order_id:
         query = query.where(notification.c.order_id == order_id)

@@ -17,13 +17,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from chassis.db import table
 from chassis.logs import get_logger
 from chassis.tasks import every
 from notifications.db import Notification, Recipient
 
 log = get_logger(__name__)
 
-_n, _r = Notification.__table__, Recipient.__table__
+_n, _r = table(Notification), table(Recipient)
 _OLD_NOTIFICATIONS = delete(_n).where(
     _n.c.id.in_(
         select(_n.c.id)

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chassis import inbox, outbox
 from chassis.batch import after_commit
 from chassis.broker import Unavailable
-from chassis.db import InsertIfAbsent
+from chassis.db import InsertIfAbsent, table
 from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
@@ -208,7 +208,7 @@ async def _record(
 
 
 # Prebuilt Core statements: see docs/operations.md, "Prebuilt statements on the message paths".
-_recipient, _preference, _notification = Recipient.__table__, Preference.__table__, Notification.__table__
+_recipient, _preference, _notification = table(Recipient), table(Preference), table(Notification)
 _REGISTERED_AT = select(_recipient.c.registered_at).where(_recipient.c.order_id == bindparam("order_id"))
 _INSERT_RECIPIENT = insert(_recipient)
 _UPDATE_RECIPIENT = update(_recipient).where(_recipient.c.order_id == bindparam("key_order_id"))
@@ -374,7 +374,7 @@ class Dispatcher:
                         job.done.set_exception(exc)
 
     async def _round(self, jobs: list[_Job]) -> None:
-        finished: list[tuple[_Job, Notification, NotificationStatus, str | None, str | None]] = []
+        finished: list[tuple[_Job, SimpleNamespace, NotificationStatus, str | None, str | None]] = []
         released: list[dict[str, Any]] = []
         for job in jobs:
             for row, name in job.leased:

@@ -213,7 +213,7 @@ async def get_order(
     return view(await _load(rt, order_id, _gateway(caller)))
 
 
-def _cursor(order: Order) -> str:
+def _cursor(order: Any) -> str:
     return base64.urlsafe_b64encode(f"{order.created_at.isoformat()}|{order.id}".encode()).decode()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from chassis.db import table
 from chassis.logs import get_logger
 from chassis.tasks import every
 from orders.db import Order, OrderHistory
@@ -23,7 +24,7 @@ from orders.db import Order, OrderHistory
 log = get_logger(__name__)
 
 CLOSED = ("delivered", "cancelled", "returned")
-_o, _h = Order.__table__, OrderHistory.__table__
+_o, _h = table(Order), table(OrderHistory)
 _DUE = (
     select(_o.c.id, _o.c.customer, _o.c.shipping_address)
     .where(_o.c.status.in_(CLOSED), _o.c.updated_at < bindparam("before"), _o.c.forgotten_at.is_(None))

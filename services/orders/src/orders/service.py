@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from chassis import inbox, outbox
-from chassis.db import InsertIfAbsent
+from chassis.db import InsertIfAbsent, table
 from chassis.logs import get_logger
 from events import inventory, notifications, payments, shipping
 from events.envelope import Cause, utcnow
@@ -171,10 +171,10 @@ async def place_order(
 # Prebuilt Core statements, executed with parameters: see docs/operations.md, "Prebuilt statements
 # on the message paths".
 _orders, _lines, _history, _keys = (
-    Order.__table__,
-    OrderLine.__table__,
-    OrderHistory.__table__,
-    IdempotencyKey.__table__,
+    table(Order),
+    table(OrderLine),
+    table(OrderHistory),
+    table(IdempotencyKey),
 )
 _KEY = select(_keys).where(_keys.c.key == bindparam("key"))
 _INSERT_KEY = insert(_keys)
@@ -504,7 +504,7 @@ def parcels_summary(shipment: dict[str, Any] | None, reply: Any, now: datetime) 
     return {"parcels": parcels}
 
 
-_record_parcel = InsertIfAbsent(OrderParcel.__table__)
+_record_parcel = InsertIfAbsent(table(OrderParcel))
 
 
 async def _new_parcel(session: AsyncSession, order: Any, reply: object) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select
 
 from chassis import outbox
+from chassis.db import table
 from chassis.logs import get_logger
 from chassis.settings import Role
 from chassis.web import Caller, Problem, Runtime, require
@@ -77,7 +78,7 @@ async def list_payments(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
     """Every payment, by order id: what the consistency check (`make verify`) reads."""
-    payment, refund = Payment.__table__, Refund.__table__
+    payment, refund = table(Payment), table(Refund)
     query = select(payment).order_by(payment.c.order_id).limit(limit)
     if status:
         query = query.where(payment.c.status == status)
@@ -107,7 +108,7 @@ async def get_payment(order_id: str, rt: Runtime) -> dict:
         payment = await service.payment_of(session, order_id)
         if payment is None:
             raise Problem(404, "not-found", "Not found", f"no payment for order {order_id}")
-        refund = Refund.__table__
+        refund = table(Refund)
         refunds = (
             await session.execute(
                 select(refund).where(refund.c.order_id == order_id).order_by(refund.c.created_at)
@@ -141,7 +142,7 @@ async def refund_by_hand(
             )
         key = f"manual-{uuid4()}"
         await session.execute(
-            insert(RefundRequest.__table__),
+            insert(table(RefundRequest)),
             {
                 "refund_key": key,
                 "order_id": order_id,

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from chassis.db import table
 from chassis.logs import get_logger
 from payments.adapters.base import RefundSeen, Transient
 from payments.adapters.registry import Providers
@@ -110,7 +111,7 @@ async def reconcile(
     """Ask each payment's provider about every payment decided (updated since ``since``, and at
     least ``settled_for`` ago, so an answer on its way is not a mismatch); report, change nothing."""
     now = datetime.now(UTC)
-    payment, refund = Payment.__table__, Refund.__table__
+    payment, refund = table(Payment), table(Refund)
     query = (
         select(payment)
         .where(payment.c.status.not_in((PENDING, CAPTURING)), payment.c.updated_at <= now - settled_for)

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import inbox, outbox
 from chassis.broker import Permanent, Unavailable
+from chassis.db import table
 from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
@@ -63,7 +64,7 @@ log = get_logger(__name__)
 
 # A row of payments is held one way: a Core row with its columns as attributes (a SimpleNamespace
 # where it changes), read and written with these prebuilt statements (docs/operations.md).
-_payment, _refund = Payment.__table__, Refund.__table__
+_payment, _refund = table(Payment), table(Refund)
 _PAYMENT = select(_payment).where(_payment.c.order_id == bindparam("order_id"))
 _PAYMENT_LOCKED = _PAYMENT.with_for_update()
 _PAYMENT_BY_KEY = select(_payment).where(

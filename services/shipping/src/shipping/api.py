@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from chassis.db import table
 from chassis.logs import get_logger
 from chassis.settings import Role
 from chassis.web import Problem, Runtime, require, validation_errors
@@ -99,7 +100,7 @@ async def list_shipments(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """By order id; ``next`` is passed back as ``after`` (make verify reads this)."""
-    shipments = Shipment.__table__
+    shipments = table(Shipment)
     query = select(shipments).order_by(shipments.c.order_id).limit(limit)
     if status:
         query = query.where(shipments.c.status == status)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from chassis.db import table
 from chassis.logs import get_logger
 from chassis.tasks import every
 from shipping.db import Shipment
@@ -19,7 +20,7 @@ from shipping.db import Shipment
 log = get_logger(__name__)
 
 CLOSED = ("delivered", "returned", "failed")
-_s = Shipment.__table__
+_s = table(Shipment)
 _DUE = (
     select(_s.c.shipment_id, _s.c.address)
     .where(

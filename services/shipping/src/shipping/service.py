@@ -28,7 +28,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import outbox
-from chassis.db import InsertIfAbsent
+from chassis.db import InsertIfAbsent, table
 from chassis.logs import get_logger
 from chassis.tasks import background
 from events.envelope import Cause, utcnow
@@ -73,7 +73,7 @@ def _created(s: Any) -> ShipmentCreated:
 
 # Prebuilt Core statements for the create command and every carrier scan: see docs/operations.md,
 # "Prebuilt statements on the message paths".
-_shipment, _event, _cancelled = Shipment.__table__, ShipmentEvent.__table__, CancelledOrder.__table__
+_shipment, _event, _cancelled = table(Shipment), table(ShipmentEvent), table(CancelledOrder)
 # A parcel as a report reads it and the carrier endpoint answers with it (not its address).
 _PARCEL = select(
     _shipment.c.shipment_id,

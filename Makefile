@@ -25,7 +25,7 @@ help:
 	@echo "make test              every test: unit, service and integration on a real RabbitMQ"
 	@echo "make test-unit         the tests that need no broker"
 	@echo "make test-integration  the tests on a real broker and real service processes"
-	@echo "make lint              ruff format --check, ruff, mypy (strict on libs/, the domain, the saga), import-linter"
+	@echo "make lint              ruff format --check, ruff, mypy (every module; strict on libs/, the domain, the saga), import-linter"
 	@echo "make bench             the load benchmark (BENCH_ARGS=...)"
 	@echo "make verify            audit a running system through its APIs (VERIFY_ARGS=...)"
 	@echo "make asyncapi          regenerate docs/asyncapi.json from the services' routers and message models"

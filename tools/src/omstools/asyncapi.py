@@ -51,7 +51,7 @@ def build() -> dict:
             routing_key=cls.routing_key,
             title=f"{cls.ce_type()}:publish",
             description=(cls.__doc__ or "").strip() or None,
-            schema=Envelope[cls],
+            schema=Envelope[cls],  # type: ignore[valid-type]  # each message model in turn
             persist=True,
         )
         assert publisher is not None

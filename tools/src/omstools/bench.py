@@ -282,6 +282,7 @@ async def messages_per_order(
     kinds: Counter[str] = Counter()
     for n in range(orders):
         order_id = await place(client, tracker, "calibration", n)
+        assert order_id is not None, "a calibration order was refused"
         placed = tracker.orders[order_id]
         await placed.wait_settled(timeout)
         if placed.paid_at is None:
@@ -706,15 +707,15 @@ def plot(path: Path, tracker: Tracker, result: dict[str, Any]) -> None:
     t0 = min((p.sent_at for p in tracker.orders.values()), default=0.0)
     colors = {"fixed": "tab:blue", "saturation": "tab:orange"}
     for phase, color in colors.items():
-        orders = [p for p in tracker.of(phase) if p.paid_at is not None]
+        paid = [(p.sent_at, p.paid_at) for p in tracker.of(phase) if p.paid_at is not None]
         left.scatter(
-            [p.sent_at - t0 for p in orders],
-            [(p.paid_at - p.sent_at) * 1000 for p in orders],
+            [sent - t0 for sent, _ in paid],
+            [(at - sent) * 1000 for sent, at in paid],
             s=3,
             color=color,
             label=phase,
         )
-        values = sorted((p.paid_at - p.sent_at) * 1000 for p in orders)
+        values = sorted((at - sent) * 1000 for sent, at in paid)
         if values:
             h = histogram([v / 1000 for v in values])
             ps = [50, 75, 90, 95, 99, 99.9, 100]

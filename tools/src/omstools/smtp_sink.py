@@ -111,7 +111,7 @@ def _text_of(message: EmailMessage) -> tuple[str, str | None]:
 
 
 def parse_eml(path: Path) -> Mail:
-    message: EmailMessage = BytesParser(policy=policy.default).parsebytes(path.read_bytes())  # type: ignore[assignment]
+    message: EmailMessage = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
     recipients: list[str] = []
     for header in ("X-RcptTo", "To", "Cc"):
         for _, address in getaddresses(message.get_all(header, [])):

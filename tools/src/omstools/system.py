@@ -182,14 +182,14 @@ class System:
         environment may name the real providers instead). The keys are made on first use."""
         env: dict[str, str] = {}
         if "alipay" in self.standins:
-            keys = self.standin_dir("alipay")
-            ensure_keys(keys)
+            folder = self.standin_dir("alipay")
+            ensure_keys(folder)
             env.update(
                 {
                     "PAYMENTS_ALIPAY_GATEWAY": f"{self.standin_url('alipay')}/gateway.do",
                     "PAYMENTS_ALIPAY_APP_ID": STANDIN_APP_ID,
-                    "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(keys / "app_private.pem"),
-                    "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay_public.pem"),
+                    "PAYMENTS_ALIPAY_PRIVATE_KEY_FILE": str(folder / "app_private.pem"),
+                    "PAYMENTS_ALIPAY_PUBLIC_KEY_FILE": str(folder / "alipay_public.pem"),
                 }
             )
         if "wechat_pay" in self.standins:

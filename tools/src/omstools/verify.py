@@ -87,7 +87,7 @@ async def _pages(
             return items
 
 
-async def collect(urls: dict[str, str]) -> dict[str, list[dict]]:
+async def collect(urls: dict[str, str]) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as client:
         orders, reservations, payments, shipments, ledger, providers = await asyncio.gather(
             _pages(client, urls["orders"] + "/v1/orders", "cursor", "next_cursor", limit=200),
@@ -133,7 +133,7 @@ def reconcile(report: Report, payments: list[dict], ledger: dict[str, list[dict]
     """Our sandbox payments against the sandbox's books (refunds included; every other provider is
     asked by payments' reconciliation, each payment by its key): no charge nobody accounts for, no capture the
     provider never made, no refund it never paid."""
-    refunded_at_provider: Counter[str] = Counter()
+    refunded_at_provider: defaultdict[str, Decimal] = defaultdict(Decimal)
     for r in ledger["refunds"]:
         refunded_at_provider[r["charge_reference"]] += Decimal(r["amount"])
     refund_keys = {r["key"] for r in ledger["refunds"]}
@@ -202,7 +202,7 @@ def _check_parcels(report: Report, order: dict, parcels: list[dict]) -> None:
             report.breach(f"{order_id}: cancelled with a parcel on its way, and nobody asked to get it back")
 
 
-def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta) -> Report:
+def audit(data: dict[str, Any], *, now: datetime, stuck_after: timedelta) -> Report:
     report = Report()
     orders = {o["id"]: o for o in data["orders"]}
     report.orders = len(orders)
@@ -224,7 +224,7 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
         elif status not in FINAL | CARRIER_MOVES | SAGA_MOVES:
             report.breach(f"{order_id}: unknown status {status}")
 
-        lines = Counter()
+        lines: Counter[str] = Counter()
         for item in order["items"]:
             lines[item["sku"]] += int(item["quantity"])
         holds = held.pop(order_id, Counter())
@@ -275,7 +275,8 @@ def audit(data: dict[str, list[dict]], *, now: datetime, stuck_after: timedelta)
 
     if data.get("ledger") is not None:
         reconcile(report, data["payments"], data["ledger"])
-    for m in (data.get("providers") or {}).get("mismatches", []):
+    providers: Any = data.get("providers") or {}
+    for m in providers.get("mismatches", []):
         report.breach(
             f"{m['order_id']}: {m['provider']} disagrees ({m['kind']}): ours {m['ours']}, theirs {m['theirs']}"
         )

@@ -6,6 +6,7 @@ import argparse
 import gc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chassis.settings import ServiceSettings
 
@@ -32,7 +33,7 @@ def main(
     settings: Callable[[], ServiceSettings],
     app_factory: str,
     migrations_dir: Path,
-    extra: dict[str, Callable[[ServiceSettings], None]] | None = None,
+    extra: dict[str, Callable[[Any], None]] | None = None,
     argv: list[str] | None = None,
 ) -> None:
     extra = extra or {}

@@ -149,6 +149,12 @@ processed_message = Table(
 Index("ix_processed_message_processed_at", processed_message.c.processed_at)  # the inbox's purge
 
 
+def rowcount(result: Any) -> int:
+    """The rows an INSERT, UPDATE or DELETE changed (``execute`` is typed as answering any
+    ``Result``; these answer a ``CursorResult``)."""
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
 def table(model: type[Any]) -> Table:
     """A declarative model's table, typed as the ``Table`` it is (SQLAlchemy types ``__table__``
     as any ``FromClause``), for the Core statements built from it."""
@@ -170,7 +176,7 @@ class InsertIfAbsent:
 
     async def __call__(self, session: AsyncSession, values: dict[str, Any]) -> bool:
         result = await session.execute(self._statements[session.get_bind().dialect.name], values)
-        return bool(cast(CursorResult[Any], result).rowcount == 1)
+        return rowcount(result) == 1
 
 
 class InlineSqlite(aiosqlite.Connection):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +16,7 @@ from chassis.settings import Role
 from chassis.web import Caller, Problem, Runtime, require
 from events.types import CountryCode, Sku
 from inventory import domain, service
+from inventory.config import Settings
 from inventory.db import Reservation, Stock, StockMovement, Warehouse
 
 _stock, _warehouse = table(Stock), table(Warehouse)
@@ -54,6 +55,10 @@ class Threshold(BaseModel):
     warehouse: Annotated[str, Field(min_length=1, max_length=20)]
     threshold: Annotated[int, Field(ge=0, le=1_000_000)]
     reorder_quantity: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+
+
+def _settings(rt: Any) -> Settings:
+    return cast(Settings, rt.settings)
 
 
 def _level(row: service.Level) -> dict[str, Any]:
@@ -115,8 +120,8 @@ async def receive(
             body.sku,
             body.quantity,
             actor=caller.name,
-            threshold=rt.settings.default_low_stock_threshold,
-            reorder=rt.settings.default_reorder_quantity,
+            threshold=_settings(rt).default_low_stock_threshold,
+            reorder=_settings(rt).default_reorder_quantity,
         )
         return {"sku": body.sku, **_level(row)}
 
@@ -137,8 +142,8 @@ async def adjust(
                 body.on_hand,
                 body.reason,
                 actor=caller.name,
-                threshold=rt.settings.default_low_stock_threshold,
-                reorder=rt.settings.default_reorder_quantity,
+                threshold=_settings(rt).default_low_stock_threshold,
+                reorder=_settings(rt).default_reorder_quantity,
             )
         except service.Conflict as exc:
             raise Problem(409, "below-reserved", "Below what is reserved", str(exc)) from exc

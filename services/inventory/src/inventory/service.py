@@ -22,7 +22,7 @@ from sqlalchemy import Select, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis import outbox
-from chassis.db import InsertIfAbsent, table
+from chassis.db import InsertIfAbsent, rowcount, table
 from events.envelope import Cause, utcnow
 from events.inventory import (
     Shortage,
@@ -221,7 +221,7 @@ async def _set_hold(
     values = {"state": state, "shortages": shortages, "updated_at": _now()}
     if new:
         values["allocations"] = allocations
-    if not new and (await session.execute(_UPDATE_HOLD, {"key_order_id": order_id, **values})).rowcount == 1:
+    if not new and rowcount(await session.execute(_UPDATE_HOLD, {"key_order_id": order_id, **values})) == 1:
         return
     await session.execute(_INSERT_HOLD, {"order_id": order_id, **values})
 
@@ -298,7 +298,7 @@ async def reserve(
     for a in allocations:
         row = rows[(a.warehouse, a.sku)]
         taken = await session.execute(_TAKE, {"stock_id": row.id, "quantity": a.quantity})
-        if taken.rowcount != 1:
+        if rowcount(taken) != 1:
             raise StockChanged(f"stock of {a.sku} at {a.warehouse} changed while reserving")
         row.reserved += a.quantity  # the row is locked: this is what the update left
         reservations.append(

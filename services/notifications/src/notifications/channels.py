@@ -27,7 +27,7 @@ from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
 from email.policy import SMTPUTF8
 from email.utils import format_datetime, formataddr, parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -108,9 +108,8 @@ class SmtpEmail:
         email = MIMEText(message.body, "plain", "utf-8")
         email["From"] = formataddr(parseaddr(self.mail_from), charset="utf-8")
         email["To"] = formataddr((display, message.address), charset="utf-8")
-        email["Subject"] = (
-            Header(message.subject, "utf-8") if not message.subject.isascii() else message.subject
-        )
+        subject: Any = Header(message.subject, "utf-8") if not message.subject.isascii() else message.subject
+        email["Subject"] = subject  # a non-ASCII subject is encoded as a Header (RFC 2047)
         self._common_headers(email, message)
         return email
 

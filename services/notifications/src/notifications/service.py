@@ -414,9 +414,9 @@ class Dispatcher:
         if finished or released:
             now = datetime.now(UTC)
             async with self._sessions.begin() as session:
-                for job, row, status, ref, error in finished:
+                for job, row, status, sent_ref, error in finished:
                     sent = now if status == NotificationStatus.SENT else None
-                    values = {"row_id": row.id, "new_status": status, "ref": ref, "error": error}
+                    values = {"row_id": row.id, "new_status": status, "ref": sent_ref, "error": error}
                     if (await session.execute(_MARK, {**values, "now": now, "sent": sent})).rowcount != 1:
                         continue  # marked meanwhile by a delivery that took over an expired lease
                     row.status, row.last_error = status, error

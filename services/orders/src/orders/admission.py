@@ -121,13 +121,12 @@ class Admission:
         if not self.enabled:
             return
         if self._checked_at is None or now - self._checked_at >= self._refresh:
-            in_flight = await session.scalar(_IN_FLIGHT) + await session.scalar(
-                _KEYS_IN_PROGRESS, {"since": now - self._abandoned}
+            in_flight = (await session.scalar(_IN_FLIGHT) or 0) + (
+                await session.scalar(_KEYS_IN_PROGRESS, {"since": now - self._abandoned}) or 0
             )
             pace = (
-                await session.scalar(_LEFT_SINCE, {"since": now - self._window})
-                / self._window.total_seconds()
-            )
+                await session.scalar(_LEFT_SINCE, {"since": now - self._window}) or 0
+            ) / self._window.total_seconds()
             self._limit, self._checked_at = self.limit(pace), now
             self._counted, self._let_in = in_flight + self._pending, 0
         estimate = self._counted + self._let_in

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,7 @@ from events.orders import Address, PlaceOrder
 from events.types import Channel, LineItem, OrderStatus, money_places
 from orders import service
 from orders.admission import Overloaded
+from orders.config import Settings
 from orders.db import Order
 from orders.domain import ReturnRefused, business_errors
 from orders.saga import Refused
@@ -129,6 +130,10 @@ def _invalid(errors: list[dict[str, str]]) -> Problem:
     return Problem(422, "validation-error", "Invalid request", f"invalid fields: {fields}", errors=errors)
 
 
+def _settings(rt: Any) -> Settings:
+    return cast(Settings, rt.settings)
+
+
 def _gateway(caller: Caller) -> str | None:
     """The gateway whose orders alone this caller sees; None: every order (ops, admin)."""
     return caller.name if caller.role is Role.GATEWAY else None
@@ -167,7 +172,7 @@ async def place_order(
                 }
             ]
         )
-    errors = business_errors(request, max_quantity_per_line=rt.settings.max_quantity_per_line)
+    errors = business_errors(request, max_quantity_per_line=_settings(rt).max_quantity_per_line)
     if errors:
         raise _invalid([e.model_dump() for e in errors])
     try:
@@ -176,7 +181,7 @@ async def place_order(
             request,
             key=f"http:{idempotency_key}",
             actor=caller.name,
-            settings=rt.settings,
+            settings=_settings(rt),
             admission=http.app.state.admission,
         )
     except Overloaded as exc:  # nothing stored: the same key again later places the order
@@ -299,7 +304,7 @@ async def cancel_order(
             actor=caller.name,
             gateway=gateway,
             note=body.reason or None,
-            settings=rt.settings,
+            settings=_settings(rt),
         ),
         gateway,
     )
@@ -314,7 +319,7 @@ async def change_address(
 ) -> dict[str, Any]:
     gateway = _gateway(caller)
     change = service.change_address(
-        rt.sessions, order_id, address, actor=caller.name, gateway=gateway, settings=rt.settings
+        rt.sessions, order_id, address, actor=caller.name, gateway=gateway, settings=_settings(rt)
     )
     return await _answer(rt, order_id, change, gateway)
 
@@ -330,7 +335,7 @@ async def resolve_attention(
     answer, a parcel the carrier took after the order was cancelled): the mark is cleared and the
     order leaves the dashboard's "Needs attention". 409 when nothing about it waits for a person."""
     change = service.resolve_attention(
-        rt.sessions, order_id, actor=caller.name, note=body.reason or None, settings=rt.settings
+        rt.sessions, order_id, actor=caller.name, note=body.reason or None, settings=_settings(rt)
     )
     return await _answer(rt, order_id, change, None)
 
@@ -359,7 +364,7 @@ async def request_return(
             actor=caller.name,
             gateway=gateway,
             note=body.reason,
-            settings=rt.settings,
+            settings=_settings(rt),
         )
     except ReturnRefused as exc:
         raise _invalid([{"field": "items", "message": str(exc), "type": "value_error"}]) from exc

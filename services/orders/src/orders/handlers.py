@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from faststream.rabbit import RabbitRouter
 from pydantic import ValidationError
@@ -74,6 +74,7 @@ async def handle_place_order(msg: Incoming, sessions: Sessions, settings: Config
                 )
         log.info("order.rejected", command_id=msg.id, fields=[e.field for e in errors])
         return
+    assert request is not None  # it validated: no errors
     try:
         await service.place_order(
             sessions, request, key=f"amqp:{msg.id}", actor=msg.source, settings=settings, cause=msg
@@ -110,13 +111,15 @@ def _subscribe(reply: type[Event]) -> Callable[..., Awaitable[None]]:
             consumer=consumer,
         )
 
-    on_reply.__annotations__["msg"] = Envelope[reply]  # what FastStream decodes the message into
+    # what FastStream decodes the message into (the reply's type is chosen at run time)
+    on_reply.__annotations__["msg"] = Envelope[reply]  # type: ignore[valid-type]
     on_reply.__name__ = on_reply.__qualname__ = "on_" + reply.routing_key.replace(".", "_")
     return router.subscriber(queue(consumer))(on_reply)
 
 
+_REPLIES = cast(frozenset[type[Event]], saga.REPLIES)  # every one an event model of the contract
 SUBSCRIBERS: dict[type[Event], Callable[..., Awaitable[None]]] = {
-    reply: _subscribe(reply) for reply in sorted(saga.REPLIES, key=lambda r: r.routing_key)
+    reply: _subscribe(reply) for reply in sorted(_REPLIES, key=lambda r: r.routing_key)
 }
 """A subscriber per reply the saga's table names (``saga.REPLIES``), e.g. ``on_stock_reserved``."""
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from chassis import inbox, outbox
-from chassis.db import InsertIfAbsent, table
+from chassis.db import InsertIfAbsent, rowcount, table
 from chassis.logs import get_logger
 from events import inventory, notifications, payments, shipping
 from events.envelope import Cause, utcnow
@@ -42,6 +42,7 @@ from events.orders import (
 )
 from events.types import LineItem, OrderStatus, PricedLine
 from orders import saga as flow
+from orders import saga_state as state
 from orders.admission import Admission
 from orders.config import Settings
 from orders.db import IdempotencyKey, Order, OrderHistory, OrderLine, OrderParcel
@@ -145,7 +146,7 @@ async def place_order(
                     )
         except IntegrityError as exc:  # a concurrent request claimed the key first
             raise KeyInProgress(key) from exc
-        if admitted:  # its key is stored in progress: every replica's door counts it from now on
+        if admission is not None and admitted:  # stored in progress: every replica's door counts it
             admitted = False
             admission.settled()
 
@@ -164,7 +165,7 @@ async def place_order(
         log.info("order.placed", order_id=order_id, channel=request.channel, total=str(order_total(request)))
         return Placed(order_id, created=True)
     finally:
-        if admitted:
+        if admission is not None and admitted:
             admission.settled()
 
 
@@ -343,7 +344,7 @@ async def apply(
         if gateway is not None and loaded["gateway"] != gateway:
             return None  # another gateway's order: as if it did not exist
         order = SimpleNamespace(**loaded)
-        old = flow.Saga.from_dict(order.saga)
+        old = state.Saga.from_dict(order.saga)
         new, intents = flow.advance(old, reply, now=now, timeouts=settings.timeouts)
         if before is not None:
             before(order)
@@ -368,7 +369,7 @@ async def apply(
         if any(isinstance(intent, NEEDS_LINES) for intent in intents):
             order.lines = (await session.execute(_LINES, {"order_id": order_id})).all()
         for intent in intents:
-            if isinstance(intent, flow.Warn):
+            if isinstance(intent, state.Warn):
                 _saga_warnings().labels(intent.step).inc()
                 log.warning(
                     "saga.deadline_near",
@@ -377,7 +378,7 @@ async def apply(
                     waiting_since=intent.waiting_since.isoformat(),
                     gives_up_at=intent.give_up_at.isoformat(),
                 )
-            elif isinstance(intent, flow.RaiseAttention):
+            elif isinstance(intent, state.RaiseAttention):
                 await _stage(
                     session,
                     OrderNeedsAttention(order_id=order_id, step=intent.step, detail=intent.detail),
@@ -414,7 +415,7 @@ async def _save(session: AsyncSession, loaded: Any, order: SimpleNamespace) -> N
     result = await session.execute(
         _UPDATE, {**changed, "version": version + 1, "key_id": order.id, "key_version": version}
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise StaleDataError(f"order {order.id} was saved by someone else since version {version} was loaded")
 
 
@@ -424,7 +425,7 @@ async def _status_changed(
     history: list[dict[str, Any]],
     from_status: Any,
     to_status: Any,
-    new: flow.Saga,
+    new: state.Saga,
     now: datetime,
     cause: Cause,
 ) -> None:
@@ -521,18 +522,18 @@ SHIPPING_NEWS = (shipping.ShipmentCreated, shipping.ShipmentUpdated, shipping.Sh
 """The replies whose tracking details the order's ``shipment`` column records for the customer."""
 
 
-def _project(order: SimpleNamespace, saga: flow.Saga, now: datetime) -> None:
+def _project(order: SimpleNamespace, saga: state.Saga, now: datetime) -> None:
     """Write the saga's new state into the order's row: its JSON, and the columns projected from it
     (``saga_state.projection``). The only place a saga step changes those columns."""
     vars(order).update(projection(saga), updated_at=now)
-    if saga.payment in (flow.Pay.CAPTURED, flow.Pay.FAILED) or saga.final:
+    if saga.payment in (state.Pay.CAPTURED, state.Pay.FAILED) or saga.final:
         order.payment_token = None  # decided, or the order is over: the token is of no more use
 
 
-NEEDS_LINES = (flow.Reserve, flow.CreateShipment)  # the intents whose command lists the order's items
+NEEDS_LINES = (state.Reserve, state.CreateShipment)  # the intents whose command lists the order's items
 
 
-def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
+def _command(order: Any, saga: state.Saga, intent: object) -> Any:
     """An intent of the saga as the command another service takes, with the order's data."""
     oid = order.id
     address = order.shipping_address
@@ -541,7 +542,7 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
         return [LineItem(sku=line.sku, quantity=line.quantity) for line in order.lines]
 
     match intent:
-        case flow.Reserve(parcel=parcel, items=held):
+        case state.Reserve(parcel=parcel, items=held):
             return inventory.ReserveStock(
                 order_id=oid,
                 items=list(held) if held else items(),
@@ -550,18 +551,18 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 longitude=address.get("longitude"),
                 parcel=parcel,
             )
-        case flow.Release(warehouses=warehouses, parcel=parcel):
+        case state.Release(warehouses=warehouses, parcel=parcel):
             return inventory.ReleaseStock(
                 order_id=oid,
                 reason=saga.reason or "released",
                 warehouses=list(warehouses) if warehouses is not None else None,
                 parcel=parcel,
             )
-        case flow.Commit(warehouse=warehouse):
+        case state.Commit(warehouse=warehouse):
             return inventory.CommitStock(order_id=oid, warehouse=warehouse)
-        case flow.Restock(items=returned):
+        case state.Restock(items=returned):
             return inventory.RestockItems(order_id=oid, items=returned)
-        case flow.Capture():
+        case state.Capture():
             if not order.payment_token and order.payment_method == "card":
                 raise RuntimeError(f"order {oid} has no payment token left to capture with")
             return payments.CapturePayment(
@@ -571,13 +572,13 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 method=order.payment_method,
                 token=order.payment_token,
             )
-        case flow.CancelPayment():
+        case state.CancelPayment():
             return payments.CancelPayment(order_id=oid, reason=saga.reason or "cancelled")
-        case flow.Refund(amount=amount, key=key):
+        case state.Refund(amount=amount, key=key):
             return payments.RefundPayment(
                 order_id=oid, amount=amount, reason=saga.reason or "return", refund_key=key
             )
-        case flow.CreateShipment(warehouse=warehouse, parcel=parcel, items=held, replaces=replaces):
+        case state.CreateShipment(warehouse=warehouse, parcel=parcel, items=held, replaces=replaces):
             return shipping.CreateShipment(
                 order_id=oid,
                 warehouse=warehouse,
@@ -586,11 +587,11 @@ def _command(order: Any, saga: flow.Saga, intent: object) -> Any:
                 items=list(held) if held else items(),
                 replaces=replaces,
             )
-        case flow.CancelShipment():
+        case state.CancelShipment():
             return shipping.CancelShipment(order_id=oid, reason=saga.reason or "cancelled")
-        case flow.ChangeShipmentAddress():
+        case state.ChangeShipmentAddress():
             return shipping.ChangeShipmentAddress(order_id=oid, address=Address(**address))
-        case flow.ExpectReturn(items=returned):
+        case state.ExpectReturn(items=returned):
             return shipping.ExpectReturn(order_id=oid, items=returned)
     raise TypeError(f"no command for {intent!r}")
 
@@ -633,7 +634,7 @@ async def fire_deadline(
             return None
         try:
             await apply(
-                sessions, due.id, flow.DeadlineReached(), actor=SELF, settings=settings, session=session
+                sessions, due.id, state.DeadlineReached(), actor=SELF, settings=settings, session=session
             )
         except Exception as exc:
             raise DeadlineFailed(due.id) from exc
@@ -655,7 +656,13 @@ async def cancel(
 ) -> SimpleNamespace | None:
     """Until shipped: cancelled, stock released, payment refunded (``saga.Refused`` from then on)."""
     return await apply(
-        sessions, order_id, flow.CancelRequested(), actor=actor, gateway=gateway, note=note, settings=settings
+        sessions,
+        order_id,
+        state.CancelRequested(),
+        actor=actor,
+        gateway=gateway,
+        note=note,
+        settings=settings,
     )
 
 
@@ -677,7 +684,7 @@ async def change_address(
     return await apply(
         sessions,
         order_id,
-        flow.AddressChangeRequested(),
+        state.AddressChangeRequested(),
         actor=actor,
         gateway=gateway,
         note=note,
@@ -708,7 +715,7 @@ async def request_return(
     return await apply(
         sessions,
         order_id,
-        flow.ReturnRequested(items=list(items), amount=amount),
+        state.ReturnRequested(items=list(items), amount=amount),
         actor=actor,
         gateway=gateway,
         note=note,
@@ -735,7 +742,7 @@ async def resolve_attention(
     return await apply(
         sessions,
         order_id,
-        flow.AttentionResolved(),
+        state.AttentionResolved(),
         actor=actor,
         note=note,
         recorded_as="attention_resolved",

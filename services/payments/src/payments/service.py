@@ -499,6 +499,7 @@ async def refund(
                 created_at=datetime.now(UTC),
             )
             await session.execute(_INSERT_REFUND, vars(refund))
+        assert payment is not None  # a refund is held only against a captured payment
         refund_id, amount, payment_ref, currency = (
             refund.refund_id,
             refund.amount,

@@ -75,6 +75,18 @@ def ensure_keys(folder: str | Path) -> dict[str, Path]:
     return paths
 
 
+def rsa_private(path: Path) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+def rsa_public(path: Path) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
 def _signed_text(params: dict[str, str], drop: tuple[str, ...]) -> bytes:
     return "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in drop and v != "").encode()
 
@@ -134,8 +146,8 @@ class AlipayStandIn:
     def __init__(self, folder: Path, *, app_id: str, public_url: str, pay_after: float = 1.5) -> None:
         keys = ensure_keys(folder)
         self.app_id, self.public_url, self.pay_after = app_id, public_url.rstrip("/"), pay_after
-        self.app_key = serialization.load_pem_public_key(keys["app_public"].read_bytes())
-        self.key = serialization.load_pem_private_key(keys["alipay_private"].read_bytes(), password=None)
+        self.app_key = rsa_public(keys["app_public"])
+        self.key = rsa_private(keys["alipay_private"])
         self.ledger = Ledger(folder / "ledger.db")
         self.fail_refunds = 0
         self.agreements = SavedAgreements()
@@ -213,6 +225,7 @@ class AlipayStandIn:
             if NOPAY not in biz["subject"]:
                 self._spawn(self._customer_pays(trade_no))
             known = self.ledger.trade(out_trade_no=out)
+            assert known is not None
         elif known["total_amount"] != biz["total_amount"]:
             return self._fail("ACQ.CONTEXT_INCONSISTENT")
         return {

@@ -31,12 +31,11 @@ from typing import Any
 
 import httpx
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from omstools.standins import SavedAgreements, add_control_routes
-from omstools.standins.alipay import _sign, _verifies
+from omstools.standins.alipay import _sign, _verifies, rsa_private
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
 CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID = "oms-local-client", "oms-local-secret", "WH-OMS-LOCAL"
@@ -55,7 +54,7 @@ class PayPalStandIn:
         self, folder: Path, *, public_url: str, webhook_url: str | None, pay_after: float = 1.5
     ) -> None:
         keys = _rsa_pairs(folder)
-        self.key = serialization.load_pem_private_key(keys["alipay_private"].read_bytes(), password=None)
+        self.key = rsa_private(keys["alipay_private"])
         self.public = self.key.public_key()
         self.public_url, self.webhook_url, self.pay_after = public_url.rstrip("/"), webhook_url, pay_after
         self.tokens: set[str] = set()

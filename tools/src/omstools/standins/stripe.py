@@ -160,7 +160,7 @@ class StripeStandIn:
                 decline_code="generic_decline",
                 payment_intent=intent,
             )
-        self._spawn(self.notify(intent["id"]))
+        self._spawn(self.notify(str(intent["id"])))
         return JSONResponse(intent)
 
     def search(self, query: str) -> JSONResponse:

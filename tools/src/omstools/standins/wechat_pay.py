@@ -33,13 +33,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from omstools.standins import SavedAgreements, add_control_routes
-from omstools.standins.alipay import _sign, _verifies
+from omstools.standins.alipay import _sign, _verifies, rsa_private, rsa_public
 from omstools.standins.alipay import ensure_keys as _rsa_pairs
 
 MCHID, APPID = "1900000001", "wx0000000000000001"
@@ -78,8 +77,8 @@ CREATE TABLE IF NOT EXISTS refund (
 class WechatPayStandIn:
     def __init__(self, folder: Path, *, pay_after: float = 1.5) -> None:
         keys = ensure_keys(folder)
-        self.merchant = serialization.load_pem_public_key(keys["app_public"].read_bytes())
-        self.key = serialization.load_pem_private_key(keys["platform_private"].read_bytes(), password=None)
+        self.merchant = rsa_public(keys["app_public"])
+        self.key = rsa_private(keys["platform_private"])
         self.apiv3 = keys["apiv3_key"].read_text().strip().encode()
         self.pay_after, self.fail_refunds = pay_after, 0
         self.agreements = SavedAgreements()
@@ -168,6 +167,7 @@ class WechatPayStandIn:
                 ),
             )
             known = self.trade(out_trade_no=biz["out_trade_no"])
+            assert known is not None
             if NOPAY not in biz["description"]:
                 self._spawn(self._customer_pays(known["transaction_id"]))
         return self.signed(200, {"code_url": f"weixin://wxpay/bizpayurl?pr={known['transaction_id'][-12:]}"})
@@ -204,6 +204,7 @@ class WechatPayStandIn:
             ),
         )
         t = self.trade(out_trade_no=biz["out_trade_no"])
+        assert t is not None
         return self.signed(200, {**self.view(t), "trade_type": "AUTH"})
 
     def close(self, no: str) -> Response:

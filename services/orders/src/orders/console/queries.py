@@ -14,15 +14,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Integer, Select, cast, func, literal_column, select, union
+from sqlalchemy import ColumnClause, Integer, Select, cast, func, literal_column, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chassis.db import outbox_message
 from orders import service
 from orders.db import Order, OrderHistory, OrderLine, OrderParcel
 
-EMAIL = literal_column("lower(customer ->> 'email')")
-PHONE = literal_column("(customer ->> 'phone')")
+EMAIL: ColumnClause[Any] = literal_column("lower(customer ->> 'email')")
+PHONE: ColumnClause[Any] = literal_column("(customer ->> 'phone')")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ async def charts(session: AsyncSession, *, now: datetime | None = None) -> dict[
     dialect = session.get_bind().dialect.name
     by_status = dict((await session.execute(select(Order.status, func.count()).group_by(Order.status))).all())
     placed_minute = _minute(Order.created_at, dialect).label("minute")
-    placed = dict(
+    placed: dict[int, int] = dict(
         (
             await session.execute(
                 select(placed_minute, func.count()).where(Order.created_at >= since).group_by(placed_minute)

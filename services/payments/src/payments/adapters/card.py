@@ -56,7 +56,9 @@ class StripeCardAdapter:
         )
 
     async def aclose(self) -> None:
-        await self._client._requestor._client.close_async()
+        client = self._client._requestor._client
+        if client is not None:
+            await client.close_async()
 
     def trade_key(self, key: str) -> str:
         return key

@@ -275,7 +275,7 @@ class PayPalAdapter:
         captures = (unit.get("payments") or {}).get("captures") or []
         done = next((c for c in captures if c.get("status") == "COMPLETED"), None)
         status = {"COMPLETED": "captured", "APPROVED": "approved", "VOIDED": "voided"}.get(
-            order.get("status"), "pending"
+            str(order.get("status")), "pending"
         )
         amount = (done or unit).get("amount") or {}
         return Charge(

@@ -292,7 +292,8 @@ async def test_a_lost_parcel_is_reserved_again_once_and_committed_when_it_leaves
         * 2
     )
     assert await level(sessions, "SKU-SPLIT", "SH") == (1, 1)
-    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    left = CommitStock(order_id="o1", warehouse="SH", parcel="SH+1")
+    await handle_commit_stock(msg(CommitStock, left), sessions)
     assert await level(sessions, "SKU-SPLIT", "SH") == (0, 0)
     short = ReserveStock(
         order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+2"
@@ -300,6 +301,27 @@ async def test_a_lost_parcel_is_reserved_again_once_and_committed_when_it_leaves
     await handle_reserve_stock(msg(ReserveStock, short), sessions)
     failed = (await events(sessions, "stock.reservation_failed"))[-1]["data"]
     assert (failed["parcel"], failed["shortages"][0]["available"]) == ("SH+2", 0)
+
+
+async def test_a_parcel_sent_again_from_a_warehouse_whose_own_parcel_waits_keeps_apart_from_it(sessions):
+    """SH's parcel left and was lost; its replacement SH+1 is reserved at BJ, where the order's own
+    BJ parcel has not left. The replacement's commit takes its own units only, and the order's
+    release of BJ gives back BJ's own units only."""
+    await stocked(sessions, "SKU-SPLIT", SH=3, BJ=4)
+    await handle_reserve_stock(reserve("o1", "SKU-SPLIT", 5, latitude=31.2, longitude=121.5), sessions)
+    assert [await level(sessions, "SKU-SPLIT", w) for w in ("SH", "BJ")] == [(3, 3), (4, 2)]
+    await handle_commit_stock(msg(CommitStock, CommitStock(order_id="o1", warehouse="SH")), sessions)
+    again = ReserveStock(
+        order_id="o1", items=[LineItem(sku="SKU-SPLIT", quantity=1)], country="CN", parcel="SH+1"
+    )
+    await handle_reserve_stock(msg(ReserveStock, again), sessions)
+    assert await level(sessions, "SKU-SPLIT", "BJ") == (4, 3), "reserved at BJ, beside BJ's own 2"
+    left = CommitStock(order_id="o1", warehouse="BJ", parcel="SH+1")
+    await handle_commit_stock(msg(CommitStock, left), sessions)
+    assert await level(sessions, "SKU-SPLIT", "BJ") == (3, 2), "only the replacement's unit left"
+    stays = ReleaseStock(order_id="o1", reason="shipment_failed", warehouses=["BJ"])
+    await handle_release_stock(msg(ReleaseStock, stays), sessions)
+    assert await level(sessions, "SKU-SPLIT", "BJ") == (3, 0), "BJ's own units are back"
 
 
 async def test_commit_for_an_order_that_holds_nothing_is_dead_lettered(sessions):

@@ -440,6 +440,15 @@ SPLIT = StockReserved(
 )
 
 
+def run_from(saga, *replies):
+    """Feed ``replies`` to ``saga`` in order; the last state and every intent asked for."""
+    intents = []
+    for k, reply in enumerate(replies):
+        saga, more = advance(saga, reply, now=at(k), timeouts=TIMEOUTS)
+        intents += more
+    return saga, intents
+
+
 def booked(warehouse: str) -> ShipmentCreated:
     return ShipmentCreated(
         order_id=ORDER,
@@ -576,9 +585,34 @@ def test_a_lost_parcel_is_sent_again_from_stock_and_the_order_delivered_without_
     saga, intents = advance(saga, scan("BJ", "delivered"), now=at(33), timeouts=TIMEOUTS)
     assert saga.status == "shipped", "the parcel sent again is still on its way"
     saga, intents = advance(saga, again("SH", "picked_up"), now=at(34), timeouts=TIMEOUTS)
-    assert intents == [Commit(warehouse="BJ")], "its units leave the shelf"
+    assert intents == [Commit(warehouse="BJ", parcel="SH+1")], "its own units leave the shelf"
     saga, intents = advance(saga, again("SH", "delivered"), now=at(35), timeouts=TIMEOUTS)
     assert saga.status == "delivered" and saga.refunds == () and intents == []
+
+
+def test_a_parcel_sent_again_from_a_warehouse_whose_own_parcel_waits_moves_only_its_own_units():
+    """The replacement of SH's lost parcel is reserved at BJ, whose own parcel has not left. When
+    the replacement leaves, only its units leave the shelf; when BJ's own parcel then finds no
+    carrier, BJ's own units are released: the warehouse is not taken for gone because the
+    replacement left from it."""
+    spare = StockReserved(
+        order_id=ORDER, parcel="SH+1", allocations=[Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1)]
+    )
+    saga, _ = run(
+        SPLIT,
+        CAPTURED,
+        booked("SH"),
+        scan("SH", "picked_up"),
+        scan("SH", "lost"),
+        spare,
+        replacement_booked(from_warehouse="BJ"),
+    )
+    saga, intents = advance(saga, again("SH", "picked_up"), now=T0, timeouts=TIMEOUTS)
+    assert intents == [Commit(warehouse="BJ", parcel="SH+1")], "not BJ's own units, still on the shelf"
+    saga, intents = advance(
+        saga, ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="BJ"), now=at(1), timeouts=TIMEOUTS
+    )
+    assert Release(warehouses=("BJ",)) in intents, intents
 
 
 def test_a_lost_parcel_without_stock_to_send_again_is_refunded():
@@ -620,6 +654,39 @@ def test_a_parcel_sent_again_that_no_carrier_takes_gives_its_units_back_until_in
     saga, intents = advance(saga, released, now=at(32), timeouts=TIMEOUTS)
     assert (saga.status, saga.waiting_for, intents) == ("delivered", None, [])
     assert advance(saga, released, now=at(33), timeouts=TIMEOUTS)[1] == []
+
+
+def test_a_parcel_sent_again_split_over_two_warehouses_releases_both_by_the_name_it_was_reserved_under():
+    """Inventory reserved the replacement SH+1 in BJ and FRA: two legs, SH+1 and SH+1-FRA, whose
+    units it knows as SH+1's. When no carrier takes them, each leg's release names SH+1 (not a
+    name inventory never heard of), and each answer ends one leg."""
+    split_again = StockReserved(
+        order_id=ORDER,
+        parcel="SH+1",
+        allocations=[
+            Allocation(warehouse="BJ", sku="SKU-RED-MUG", quantity=1),
+            Allocation(warehouse="FRA", sku="SKU-RED-MUG", quantity=1),
+        ],
+    )
+    saga, _ = run(*SH_LOST, split_again, scan("BJ", "delivered"), prices=PRICES)
+    _, intents = run_from(
+        saga,
+        ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="SH+1"),
+        ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel="SH+1-FRA"),
+    )
+    releases = [i for i in intents if isinstance(i, Release)]
+    assert releases == [
+        Release(warehouses=("BJ",), parcel="SH+1"),
+        Release(warehouses=("FRA",), parcel="SH+1"),
+    ]
+    released = StockReleased(order_id=ORDER, allocations=[], parcel="SH+1")
+    saga, _ = run_from(
+        saga, *[ShipmentFailed(order_id=ORDER, reason="no_carrier", parcel=n) for n in ("SH+1", "SH+1-FRA")]
+    )
+    saga, _ = advance(saga, released, now=at(1), timeouts=TIMEOUTS)
+    assert saga.status != "delivered", "one leg's units are still held"
+    saga, _ = advance(saga, released, now=at(2), timeouts=TIMEOUTS)
+    assert saga.status == "delivered" and saga.waiting_for is None
 
 
 def test_a_parcel_sent_again_that_is_cancelled_with_its_order_gives_its_own_units_back():

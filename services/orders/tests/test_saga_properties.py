@@ -199,19 +199,16 @@ class World:
                     self.again_reserved.discard(parcel)
                     return [StockReleased(order_id=ORDER, allocations=[], parcel=parcel)]
                 self.reserved -= set(self.reserved if warehouses is None else warehouses)
-                self.again_reserved -= {
-                    p for p in self.again_reserved if warehouses is None or p.split("+")[0] in warehouses
-                }
-                self.released_once = True
+                self.released_once = True  # the order's own units: a parcel sent again is released by name
                 return [StockReleased(order_id=ORDER, allocations=[])]
+            case s.Commit(warehouse=warehouse, parcel=parcel) if parcel is not None:
+                self.again_reserved.discard(parcel)  # only that parcel's units left
+                return []
             case s.Commit(warehouse=warehouse):
                 for w in [warehouse] if warehouse else list(self.reserved):
                     if w in self.reserved:
                         self.reserved.discard(w)
                         self.committed.add(w)
-                self.again_reserved -= {
-                    p for p in self.again_reserved if warehouse in (None, p.split("+")[0])
-                }
                 return []
         raise AssertionError(f"unexpected intent {intent!r}")
 

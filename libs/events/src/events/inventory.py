@@ -45,6 +45,9 @@ class CommitStock(Command):
     order_id: str
     warehouse: str | None = None
     """Only this warehouse's parcel left (the order ships one parcel per warehouse); None: all."""
+    parcel: str | None = None
+    """A parcel sent again instead of a lost one left: only the units reserved for it (in
+    ``warehouse``); None: the order's own units."""
 
 
 class RestockItems(Command):

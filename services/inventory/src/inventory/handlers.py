@@ -69,7 +69,9 @@ async def handle_commit_stock(msg: Envelope[CommitStock], sessions: Sessions) ->
         if not await inbox.claim(session, msg.id, COMMIT):
             return
         try:
-            committed = await service.commit(session, msg.data.order_id, msg, msg.data.warehouse)
+            committed = await service.commit(
+                session, msg.data.order_id, msg, msg.data.warehouse, parcel=msg.data.parcel
+            )
         except service.Refused as exc:
             raise Permanent(str(exc)) from exc
     log.info("stock.committed", allocations=_units(committed.allocations))

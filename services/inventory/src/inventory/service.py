@@ -345,13 +345,15 @@ async def release(
     """Give back what the order still holds (``warehouses``: only what those hold, so the units of
     a parcel that left stay reserved for its commit, whichever comes first); remember the release
     so the order is never reserved later. ``parcel``: only what was reserved for that replacement
-    parcel (its own hold is released; the order's stays as it is)."""
+    parcel (its own hold is released; the order's stays as it is). Without it, only the order's
+    own units: a replacement's are released by name, so that one waiting in a released warehouse
+    stays reserved."""
     key = order_id if parcel is None else f"{order_id}/{parcel}"
     hold = await _hold_of(session, key, lock=True)
     held = [
         r
         for r in await _reservations(session, order_id)
-        if (warehouses is None or r.warehouse in warehouses) and (parcel is None or r.parcel == parcel)
+        if (warehouses is None or r.warehouse in warehouses) and r.parcel == parcel
     ]
     rows = await _lock_keys(session, ((r.warehouse, r.sku) for r in held))
     moves = []
@@ -384,18 +386,27 @@ async def release(
 
 
 async def commit(
-    session: AsyncSession, order_id: str, cause: Cause, warehouse: str | None = None
+    session: AsyncSession,
+    order_id: str,
+    cause: Cause,
+    warehouse: str | None = None,
+    *,
+    parcel: str | None = None,
 ) -> StockCommitted:
     """The parcel left: the reserved units leave the shelf (on hand and reserved both go down).
     ``warehouse``: only that warehouse's parcel left (an order split over warehouses ships one
-    parcel from each); the order's hold is committed once nothing of it is reserved any more."""
+    parcel from each); ``parcel``: a parcel sent again left, only the units reserved for it (None:
+    the order's own units, never a replacement's, which may wait in the same warehouse). The
+    order's hold is committed once nothing of it is reserved any more."""
     await _hold_of(session, order_id, lock=True)
+
+    def its(r: Any) -> bool:
+        return warehouse in (None, r.warehouse) and r.parcel == parcel
+
     reserved = await _reservations(session, order_id)
-    held = [r for r in reserved if warehouse in (None, r.warehouse)]
+    held = [r for r in reserved if its(r)]
     if not held:
-        done = [
-            r for r in await _reservations(session, order_id, "committed") if warehouse in (None, r.warehouse)
-        ]
+        done = [r for r in await _reservations(session, order_id, "committed") if its(r)]
         if not done:
             raise Refused(f"order {order_id} holds no reserved stock to commit")
         committed = StockCommitted(order_id=order_id, allocations=_allocations(done))  # told again

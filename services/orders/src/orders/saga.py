@@ -204,10 +204,16 @@ def _release_intent(saga: Saga) -> Release:
     """Release what did not leave. Once a parcel left, its ``Commit`` may still be on its way to
     inventory on another queue: a release of the whole order taken first would put the units the
     carrier has back on the shelf, so the release names the warehouses whose parcels stayed."""
-    gone = {p.warehouse for p in saga.parcels if _left(p)}
+    own = [p for p in saga.parcels if p.replaces is None]  # parcels sent again release by name
+    gone = {p.warehouse for p in own if _left(p)}
     if not gone:
         return Release()
-    return Release(warehouses=tuple(sorted({p.warehouse for p in saga.parcels} - gone)))
+    return Release(warehouses=tuple(sorted({p.warehouse for p in own} - gone)))
+
+
+def _commit(p: ParcelLeg) -> Commit:
+    """The parcel left: its units leave the shelf (a parcel sent again: only its own units)."""
+    return Commit(warehouse=p.warehouse, parcel=p.stock_name if p.replaces is not None else None)
 
 
 def _refund_the_rest(saga: Saga) -> tuple[Saga, list[Intent]]:
@@ -373,7 +379,7 @@ def _resend(saga: Saga) -> list[Intent]:
 
 
 def _release_again(p: ParcelLeg) -> Release:
-    return Release(warehouses=(p.warehouse,), parcel=p.name)
+    return Release(warehouses=(p.warehouse,), parcel=p.stock_name)
 
 
 RESEND = Step(
@@ -608,7 +614,7 @@ def _shipment_updated(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Time
     if (
         not _left(p) and saga.stock is Stock.RESERVED
     ):  # the parcel left the warehouse: its units are gone for good
-        intents.append(Commit(warehouse=p.warehouse))
+        intents.append(_commit(p))
     saga = _with_leg(
         saga, i, leg=leg, carrier_status=reply.status, shipment_id=p.shipment_id or reply.shipment_id
     )
@@ -705,7 +711,12 @@ def _resend_answered(
         by_warehouse.setdefault(a.warehouse, []).append(LineItem(sku=a.sku, quantity=a.quantity))
     legs = tuple(
         replace(
-            p, name=p.name if k == 0 else f"{p.name}-{w}", warehouse=w, items=tuple(items), leg=Leg.PLANNED
+            p,
+            name=p.name if k == 0 else f"{p.name}-{w}",
+            warehouse=w,
+            items=tuple(items),
+            leg=Leg.PLANNED,
+            reserved_as=p.name,
         )
         for k, (w, items) in enumerate(by_warehouse.items())
     )
@@ -770,7 +781,7 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
     if i is not None and _LEG.get(reply.status) is Leg.RETURNED and saga.parcels[i].items:
         # its first news is that it came back (scans reorder): it left, and is on the shelf again
         p = saga.parcels[i]
-        left: list[Intent] = [Commit(warehouse=p.warehouse)] if saga.stock is Stock.RESERVED else []
+        left: list[Intent] = [_commit(p)] if saga.stock is Stock.RESERVED else []
         saga = _with_leg(saga, i, leg=Leg.RETURNED, carrier_status=reply.status)
         saga, more = _cancel_answered(saga, now, t)
         return saga, [*left, Restock(items=list(p.items)), *more]
@@ -779,10 +790,10 @@ def _parcel_left(saga: Saga, reply: ShipmentUpdated, now: datetime, t: Timeouts)
         " ask for it back"
     )
     saga = replace(saga, attention=detail)
-    warehouse = saga.parcels[i].warehouse if i is not None else None
+    gone = _commit(saga.parcels[i]) if i is not None else Commit()
     if i is not None:
         saga = _with_leg(saga, i, leg=Leg.LEFT, carrier_status=reply.status)
-    commit: list[Intent] = [Commit(warehouse=warehouse)] if saga.stock is Stock.RESERVED else []
+    commit: list[Intent] = [gone] if saga.stock is Stock.RESERVED else []
     if not saga.parcels:
         saga = replace(saga, parcel=Parcel.LEFT, stock=Stock.COMMITTED if commit else saga.stock)
         return _settle(saga, now, t), [*commit, RaiseAttention(step="ship", detail=detail)]
@@ -920,7 +931,9 @@ def _stock_released(saga: Saga, reply: StockReleased, now: datetime, t: Timeouts
     """The release's answer: the stock is back, and the saga stops waiting once every compensation is.
     A release that names a parcel gave back the units of a parcel sent again that no carrier took."""
     if reply.parcel is not None:
-        i = next((k for k, p in enumerate(saga.parcels) if p.name == reply.parcel and p.releasing), None)
+        i = next(
+            (k for k, p in enumerate(saga.parcels) if p.stock_name == reply.parcel and p.releasing), None
+        )
         if i is None:
             return _ignore(saga)  # told again
         saga = _with_leg(saga, i, releasing=False)

@@ -71,6 +71,13 @@ class ParcelLeg:
     carrier_status: str | None = None  # the carrier's last word on it (created, in_transit, exception, ...)
     replaces: str | None = None  # the lost parcel it is sent instead of
     releasing: bool = False  # sent again, no carrier took it: its units' release not answered yet
+    reserved_as: str | None = None  # sent again: the name its units are reserved under (a split
+    # replacement's legs share the first one's)
+
+    @property
+    def stock_name(self) -> str:
+        """The name inventory knows the parcel's units by (a parcel sent again)."""
+        return self.reserved_as or self.name
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +89,7 @@ class ParcelLeg:
             "carrier_status": self.carrier_status,
             "replaces": self.replaces,
             "releasing": self.releasing,
+            "reserved_as": self.reserved_as,
         }
 
     @classmethod
@@ -95,6 +103,7 @@ class ParcelLeg:
             carrier_status=d.get("carrier_status"),
             replaces=d.get("replaces"),
             releasing=d.get("releasing", False),
+            reserved_as=d.get("reserved_as"),
         )
 
 
@@ -285,6 +294,7 @@ class Release:
 @dataclass(frozen=True)
 class Commit:
     warehouse: str | None = None  # the parcel from this warehouse left; None: every one
+    parcel: str | None = None  # ... the parcel sent again of that name (its own units, not the order's)
 
 
 @dataclass(frozen=True)

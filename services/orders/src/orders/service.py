@@ -558,8 +558,8 @@ def _command(order: Any, saga: state.Saga, intent: object) -> Any:
                 warehouses=list(warehouses) if warehouses is not None else None,
                 parcel=parcel,
             )
-        case state.Commit(warehouse=warehouse):
-            return inventory.CommitStock(order_id=oid, warehouse=warehouse)
+        case state.Commit(warehouse=warehouse, parcel=parcel):
+            return inventory.CommitStock(order_id=oid, warehouse=warehouse, parcel=parcel)
         case state.Restock(items=returned):
             return inventory.RestockItems(order_id=oid, items=returned)
         case state.Capture():

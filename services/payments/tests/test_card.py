@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+import stripe
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -256,3 +257,36 @@ async def test_a_refund_failing_at_the_processor_is_retried_and_pays_once(sessio
     await handle_refund_payment(msg, sessions, providers, SETTINGS)
     assert [r["amount"] for r in (await books(standin, oid))["refunds"]] == [10000]
     assert (await payment(sessions, oid)).status == "refunded"
+
+
+@pytest.mark.parametrize(
+    ("dropped", "status", "reason"),
+    [
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), "captured", None),
+        (httpx.ConnectError("Connection refused"), "captured", None),
+        (httpx.ReadTimeout("timed out"), "failed", "provider_timeout"),
+    ],
+)
+async def test_a_connection_that_fails_is_tried_again_and_only_silence_is_a_timeout(
+    sessions, providers, standin, oid, monkeypatch, dropped, status, reason
+):
+    """The processor closed the kept-alive connection the request went out on, or refused it: the
+    same idempotency key again charges once. Only a request that got no answer in time is unknown
+    (looked up, then closed: provider_timeout)."""
+    intents = providers.get("stripe")._client.v1.payment_intents
+    create = intents.create_async
+    calls = 0
+
+    async def drops_the_first(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise stripe.APIConnectionError("Unexpected error communicating with Stripe.") from dropped
+        return await create(*args, **kwargs)
+
+    monkeypatch.setattr(intents, "create_async", drops_the_first)
+    await handle_capture_payment(capture(oid, "tok_ok"), sessions, providers, SETTINGS)
+    p = await payment(sessions, oid)
+    assert (p.status, p.failure_reason) == (status, reason)
+    charged = [i for i in (await books(standin, oid))["intents"] if i["status"] == "succeeded"]
+    assert len(charged) == (1 if status == "captured" else 0)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
+import httpx
 import stripe
 
 from events.types import CURRENCY_EXPONENT
@@ -38,6 +39,18 @@ def minor_units(amount: Decimal, currency: str) -> int:
 
 def major_units(amount: int, currency: str) -> Decimal:
     return Decimal(amount).scaleb(-CURRENCY_EXPONENT.get(currency.upper(), 2))
+
+
+def _no_answer(exc: stripe.APIConnectionError) -> Exception:
+    """A request that got no answer: past its timeout, the outcome is unknown (looked up by its
+    key); a connection that failed (refused, or closed by the processor as the request went out on
+    it, as an idle kept-alive one can be) is tried again under the same idempotency key, never
+    taken for a processor that did not answer in time."""
+    if isinstance(exc.__cause__, httpx.TimeoutException):
+        return TimeoutError("card processor: no answer")
+    return Transient(
+        f"card processor: {type(exc.__cause__).__name__ if exc.__cause__ else 'connection failed'}"
+    )
 
 
 class StripeCardAdapter:
@@ -79,7 +92,7 @@ class StripeCardAdapter:
         except stripe.CardError as exc:
             raise Declined(exc.code or "card_declined") from exc
         except stripe.APIConnectionError as exc:
-            raise TimeoutError("card processor: no answer") from exc
+            raise _no_answer(exc) from exc
         except (stripe.RateLimitError, stripe.APIError) as exc:
             raise Transient(f"card processor: {type(exc).__name__}") from exc
         if intent.status != "succeeded":

@@ -203,10 +203,6 @@ class RabbitNode:
                 self._server.wait(timeout=30)
         self._stop_epmd()
 
-    def stop_app(self) -> None:
-        """Stop the broker cleanly but keep its data (a restart, for fault tests)."""
-        self.stop()
-
     def stop(self, timeout: float = 60.0) -> None:
         server, self._server = self._server, None
         if server is not None and server.poll() is None:

@@ -150,9 +150,6 @@ class Mailbox:
     def all(self) -> list[Mail]:
         return read_messages(self.folder)
 
-    def messages_to(self, address: str) -> list[Mail]:
-        return read_messages(self.folder, to=address)
-
     async def to(self, address: str) -> list[Mail]:
         return await asyncio.to_thread(read_messages, self.folder, address)
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from events.names import command_type, event_type
+from events.names import command_type, event_type, source
 
 
 class Message(BaseModel):
@@ -142,7 +142,7 @@ def build(
         "specversion": "1.0",
         "id": message_id or new_id(),
         "type": payload.ce_type(),
-        "source": f"oms/{service}",
+        "source": source(service),
         "subject": subject,
         "time": (time or utcnow()).isoformat(),
         "datacontenttype": "application/json",

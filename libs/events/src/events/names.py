@@ -26,4 +26,5 @@ def command_type(routing_key: str) -> str:
 
 
 def source(service: str) -> str:
+    """``orders`` -> ``oms/orders``: the CloudEvent ``source`` of what a service sends."""
     return f"oms/{service}"

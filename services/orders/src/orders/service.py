@@ -29,6 +29,7 @@ from chassis.db import InsertIfAbsent, rowcount, table
 from chassis.logs import get_logger
 from events import inventory, notifications, payments, shipping
 from events.envelope import Cause, utcnow
+from events.names import source
 from events.orders import (
     Address,
     OrderCancelled,
@@ -50,7 +51,7 @@ from orders.domain import order_total, request_fingerprint, return_value
 from orders.saga_state import projection
 
 SERVICE = "orders"
-SELF = "oms/orders"  # the actor of what the saga does on its own (a deadline)
+SELF = source(SERVICE)  # the actor of what the saga does on its own (a deadline)
 log = get_logger(__name__)
 _METRICS: dict[str, Counter] = {}
 

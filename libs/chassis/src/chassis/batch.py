@@ -32,7 +32,7 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +43,7 @@ from chassis.logs import get_logger
 log = get_logger("chassis.batch")
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 Step = Callable[[], Awaitable[None]]
 _after_commit: ContextVar[list[Step] | None] = ContextVar("oms_after_commit", default=None)
@@ -75,6 +76,43 @@ class _Member:
             self.done.set_result(ok)
 
 
+class Rounds(Generic[M]):
+    """Items handled together in rounds: up to ``size`` at a time, a round not yet full waiting at
+    most ``linger_seconds`` for what is arriving to join. Its task runs rounds while items wait and
+    ends when none does; the next :meth:`add` starts it again. ``handle`` deals with its own errors:
+    one that escapes ends the rounds until the next item arrives."""
+
+    def __init__(
+        self, handle: Callable[[list[M]], Awaitable[None]], *, size: int, linger_seconds: float, name: str
+    ) -> None:
+        self._handle, self._size, self._linger, self._name = handle, size, linger_seconds, name
+        self._waiting: deque[M] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, item: M) -> None:
+        self._waiting.append(item)
+        if len(self._waiting) >= self._size:
+            self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drive(), name=self._name)
+
+    def discard(self, item: M) -> None:
+        """Take back an item that has not joined a round yet."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(item)
+
+    async def _drive(self) -> None:
+        while self._waiting:
+            if len(self._waiting) < self._size:  # let what is arriving join, a few ms at most
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self._linger)
+            items = [self._waiting.popleft() for _ in range(min(self._size, len(self._waiting)))]
+            if items:
+                await self._handle(items)
+
+
 class Batcher:
     """Runs handlers in batches, one transaction a batch (see the module's docstring).
 
@@ -97,14 +135,10 @@ class Batcher:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._sessions = sessions
-        self._size = size
-        self._linger = linger_seconds
+        self._rounds = Rounds(self._batch, size=size, linger_seconds=linger_seconds, name="batcher")
         self._publish = publish
         self._mark_in = mark_in
         self._marked = marked
-        self._waiting: deque[_Member] = deque()
-        self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.messages = 0
         # Measured per batch, not per message (the handled counter is chassis.broker's).
@@ -120,16 +154,11 @@ class Batcher:
         """Run ``handler`` (one message's) in the next batch; returns once the batch committed."""
         loop = asyncio.get_running_loop()
         member = _Member(loop)
-        self._waiting.append(member)
-        if len(self._waiting) >= self._size:
-            self._arrived.set()
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._drive(), name="batcher")
+        self._rounds.add(member)
         try:
             session = await member.turn
         except BaseException:
-            with contextlib.suppress(ValueError):
-                self._waiting.remove(member)
+            self._rounds.discard(member)
             member.finish(False)
             raise
         steps: list[Step] = []
@@ -148,20 +177,11 @@ class Batcher:
             await step()
         return result
 
-    async def _drive(self) -> None:
-        """Batch after batch while messages wait; ends when none does (the next one starts it)."""
-        while self._waiting:
-            if len(self._waiting) < self._size:  # let what is arriving join, a few ms at most
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), self._linger)
-            members = [self._waiting.popleft() for _ in range(min(self._size, len(self._waiting)))]
-            if not members:
-                continue
-            try:
-                await self._run(members)
-            except Exception as exc:  # the members were told; the next batch starts afresh
-                log.warning("batch.failed", messages=len(members), error=repr(exc)[:300])
+    async def _batch(self, members: list[_Member]) -> None:
+        try:
+            await self._run(members)
+        except Exception as exc:  # the members were told; the next batch starts afresh
+            log.warning("batch.failed", messages=len(members), error=repr(exc)[:300])
 
     async def _run(self, members: list[_Member]) -> None:
         ran: list[_Member] = []

@@ -24,9 +24,7 @@ event is retried with back-off; a redelivered event finishes whatever of it is s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
-from collections import deque
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from types import SimpleNamespace
@@ -37,7 +35,7 @@ from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import inbox, outbox
-from chassis.batch import after_commit
+from chassis.batch import Rounds, after_commit
 from chassis.broker import Unavailable
 from chassis.db import InsertIfAbsent, table
 from chassis.logs import get_logger
@@ -342,36 +340,25 @@ class Dispatcher:
         linger_seconds: float = 0.002,
     ) -> None:
         self._sessions, self._channels = sessions, channels
-        self._size, self._linger = size, linger_seconds
-        self._waiting: deque[_Job] = deque()
-        self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Rounds(
+            self._dispatch, size=size, linger_seconds=linger_seconds, name="notifications.dispatch"
+        )
         self.rounds = 0
 
     async def deliver(
         self, msg: Envelope[Any], leased: list[tuple[SimpleNamespace, str | None]], busy: int = 0
     ) -> None:
         job = _Job(msg, leased, busy)
-        self._waiting.append(job)
-        if len(self._waiting) >= self._size:
-            self._arrived.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drive(), name="notifications.dispatch")
+        self._rounds.add(job)
         await job.done
 
-    async def _drive(self) -> None:
-        while self._waiting:
-            if len(self._waiting) < self._size:  # let what is arriving join, a few ms at most
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), self._linger)
-            jobs = [self._waiting.popleft() for _ in range(min(self._size, len(self._waiting)))]
-            try:
-                await self._round(jobs)
-            except Exception as exc:  # the marks did not commit: every event of the round is retried
-                for job in jobs:
-                    if not job.done.done():
-                        job.done.set_exception(exc)
+    async def _dispatch(self, jobs: list[_Job]) -> None:
+        try:
+            await self._round(jobs)
+        except Exception as exc:  # the marks did not commit: every event of the round is retried
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(exc)
 
     async def _round(self, jobs: list[_Job]) -> None:
         finished: list[tuple[_Job, SimpleNamespace, NotificationStatus, str | None, str | None]] = []

@@ -9,7 +9,8 @@ authentication, idempotency keys (the same key again replays the first answer) a
 as a ``payment_intent.succeeded`` event signed as Stripe signs (``Stripe-Signature: t=…,v1=…``,
 HMAC-SHA256 of ``"<t>.<body>"`` with the endpoint's secret), resent until answered 2xx.
 
-The sandbox card tokens of CONTRACT §7 keep their meaning: ``tok_declined`` is declined,
+The sandbox card tokens of CONTRACT §7 keep their meaning (``SavedAgreements``, as at the wallets'
+stand-ins): ``tok_declined`` is declined,
 ``tok_flaky`` fails twice with a 500 then succeeds, ``tok_slow`` never answers, ``tok_late``
 answers after ``--late-seconds``, any other ``tok_…`` succeeds. ``POST /_standin/fail-refunds``
 makes the next refunds fail with a 500; ``GET /_standin/ledger`` shows the books (SQLite in ``--dir``).
@@ -26,7 +27,6 @@ import json
 import sqlite3
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from omstools.standins import add_control_routes
+from omstools.standins import SavedAgreements, add_control_routes
 
 API_KEY = "sk_test_oms_standin"
 WEBHOOK_SECRET = "whsec_oms_standin"
@@ -76,8 +76,7 @@ class StripeStandIn:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
         self.webhook_url, self.api_key, self.webhook_secret = webhook_url, api_key, webhook_secret
-        self.late_seconds = late_seconds
-        self.flaky: Counter[str] = Counter()
+        self.customers = SavedAgreements(late_seconds)
         self.fail_refunds = 0
         self.tasks: set[asyncio.Task] = set()
         self.client = httpx.AsyncClient(timeout=10)
@@ -112,15 +111,10 @@ class StripeStandIn:
 
     async def create_intent(self, form: dict[str, str]) -> JSONResponse:
         token, oms_key = form.get("payment_method", ""), form.get("metadata[oms_key]")
-        if token == "tok_flaky":
-            self.flaky[oms_key or ""] += 1
-            if self.flaky[oms_key or ""] <= 2:
-                return self._error(500, "api_error", "An unexpected error occurred.")
-        if token == "tok_slow":
-            await asyncio.Event().wait()  # never answers
-        if token == "tok_late":
-            await asyncio.sleep(self.late_seconds)
-        declined = not token.startswith("tok_") or token == "tok_declined"
+        outcome = await self.customers.outcome(oms_key or "", token)
+        if outcome == "busy":
+            return self._error(500, "api_error", "An unexpected error occurred.")
+        declined = outcome == "declined"
         intent = {
             "id": f"pi_{uuid.uuid4().hex[:24]}",
             "object": "payment_intent",

@@ -200,6 +200,38 @@ class AlipayStandIn:
     def _fail(sub_code: str) -> dict[str, Any]:
         return {"code": "40004", "msg": "Business Failed", "sub_code": sub_code}
 
+    def _add_trade(
+        self,
+        biz: dict[str, Any],
+        *,
+        status: str,
+        subject: str,
+        notify_url: str | None,
+        time_expire: str,
+        paid_at: str | None = None,
+    ) -> str:
+        """Open the trade of ``biz``'s ``out_trade_no`` (a second one of that number is ignored);
+        its ``trade_no``. A trade paid as it is made is answered at once, never notified."""
+        trade_no = datetime.now(BEIJING).strftime("%Y%m%d") + uuid.uuid4().hex[:20]
+        self.ledger.db.execute(
+            "INSERT OR IGNORE INTO trade (out_trade_no, trade_no, status, total_amount, currency, subject, "
+            "notify_url, time_expire, paid_at, notified, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                biz["out_trade_no"],
+                trade_no,
+                status,
+                biz["total_amount"],
+                biz.get("trans_currency", "CNY"),
+                subject,
+                notify_url,
+                time_expire,
+                paid_at,
+                int(paid_at is not None),
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+        return trade_no
+
     def precreate(self, biz: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
         out = biz["out_trade_no"]
         if not Decimal("0.01") <= Decimal(biz["total_amount"]) <= Decimal("100000000"):
@@ -207,20 +239,12 @@ class AlipayStandIn:
         known = self.ledger.trade(out_trade_no=out)
         if known is None:
             expire = datetime.strptime(biz["time_expire"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
-            trade_no = datetime.now(BEIJING).strftime("%Y%m%d") + uuid.uuid4().hex[:20]
-            self.ledger.db.execute(
-                "INSERT INTO trade (out_trade_no, trade_no, status, total_amount, currency, subject, notify_url, "
-                "time_expire, created_at) VALUES (?, ?, 'WAIT_BUYER_PAY', ?, ?, ?, ?, ?, ?)",
-                (
-                    out,
-                    trade_no,
-                    biz["total_amount"],
-                    biz.get("trans_currency", "CNY"),
-                    biz["subject"],
-                    form.get("notify_url"),
-                    expire.astimezone(UTC).isoformat(),
-                    datetime.now(UTC).isoformat(),
-                ),
+            trade_no = self._add_trade(
+                biz,
+                status="WAIT_BUYER_PAY",
+                subject=biz["subject"],
+                notify_url=form.get("notify_url"),
+                time_expire=expire.astimezone(UTC).isoformat(),
             )
             if NOPAY not in biz["subject"]:
                 self._spawn(self._customer_pays(trade_no))
@@ -252,22 +276,14 @@ class AlipayStandIn:
             return {"code": "20000", "msg": "Service Currently Unavailable", "sub_code": "ACQ.SYSTEM_ERROR"}
         if outcome == "declined":
             return self._fail("ACQ.BUYER_BALANCE_NOT_ENOUGH")
-        now = datetime.now(UTC)
-        trade_no = datetime.now(BEIJING).strftime("%Y%m%d") + uuid.uuid4().hex[:20]
-        self.ledger.db.execute(
-            "INSERT OR IGNORE INTO trade (out_trade_no, trade_no, status, total_amount, currency, subject, "
-            "notify_url, time_expire, paid_at, notified, created_at) "
-            "VALUES (?, ?, 'TRADE_SUCCESS', ?, ?, ?, NULL, ?, ?, 1, ?)",
-            (
-                out,
-                trade_no,
-                biz["total_amount"],
-                biz.get("trans_currency", "CNY"),
-                biz.get("subject", ""),
-                now.isoformat(),
-                now.isoformat(),
-                now.isoformat(),
-            ),
+        now = datetime.now(UTC).isoformat()
+        self._add_trade(
+            biz,
+            status="TRADE_SUCCESS",
+            subject=biz.get("subject", ""),
+            notify_url=None,
+            time_expire=now,
+            paid_at=now,
         )
         t = self.ledger.trade(out_trade_no=out)
         assert t is not None

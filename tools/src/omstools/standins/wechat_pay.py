@@ -149,22 +149,45 @@ class WechatPayStandIn:
             "amount": {"total": t["total"], "payer_total": t["total"], "currency": t["currency"]},
         }
 
+    def _add_trade(
+        self,
+        biz: dict[str, Any],
+        *,
+        state: str,
+        description: str,
+        notify_url: str | None,
+        time_expire: str,
+        paid_at: str | None = None,
+    ) -> None:
+        """Open the trade of ``biz``'s ``out_trade_no`` (a second one of that number is ignored). A
+        trade paid as it is made is answered at once, never notified."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO trade (out_trade_no, transaction_id, state, total, currency, description, "
+            "notify_url, time_expire, paid_at, notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                biz["out_trade_no"],
+                "42000" + uuid.uuid4().hex[:23],
+                state,
+                biz["amount"]["total"],
+                biz["amount"].get("currency", "CNY"),
+                description,
+                notify_url,
+                time_expire,
+                paid_at,
+                int(paid_at is not None),
+            ),
+        )
+
     def native(self, biz: dict[str, Any]) -> Response:
         known = self.trade(out_trade_no=biz["out_trade_no"])
         if known is None:
             expire = datetime.fromisoformat(biz["time_expire"]).astimezone(UTC)
-            self.db.execute(
-                "INSERT INTO trade (out_trade_no, transaction_id, state, total, currency, description, notify_url, "
-                "time_expire) VALUES (?, ?, 'NOTPAY', ?, ?, ?, ?, ?)",
-                (
-                    biz["out_trade_no"],
-                    "42000" + uuid.uuid4().hex[:23],
-                    biz["amount"]["total"],
-                    biz["amount"].get("currency", "CNY"),
-                    biz["description"],
-                    biz.get("notify_url"),
-                    expire.isoformat(),
-                ),
+            self._add_trade(
+                biz,
+                state="NOTPAY",
+                description=biz["description"],
+                notify_url=biz.get("notify_url"),
+                time_expire=expire.isoformat(),
             )
             known = self.trade(out_trade_no=biz["out_trade_no"])
             assert known is not None
@@ -190,18 +213,13 @@ class WechatPayStandIn:
         if outcome == "declined":
             return self.signed(403, {"code": "NOT_ENOUGH", "message": "用户账户余额不足"})
         now = datetime.now(UTC).isoformat()
-        self.db.execute(
-            "INSERT OR IGNORE INTO trade (out_trade_no, transaction_id, state, total, currency, description, "
-            "notify_url, time_expire, paid_at, notified) VALUES (?, ?, 'SUCCESS', ?, ?, ?, NULL, ?, ?, 1)",
-            (
-                biz["out_trade_no"],
-                "42000" + uuid.uuid4().hex[:23],
-                biz["amount"]["total"],
-                biz["amount"].get("currency", "CNY"),
-                biz.get("description", ""),
-                now,
-                now,
-            ),
+        self._add_trade(
+            biz,
+            state="SUCCESS",
+            description=biz.get("description", ""),
+            notify_url=None,
+            time_expire=now,
+            paid_at=now,
         )
         t = self.trade(out_trade_no=biz["out_trade_no"])
         assert t is not None

@@ -180,7 +180,7 @@ class SandboxProvider:
     def trade_key(self, key: str) -> str:
         return key
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         return await self.capture(key=key, token=token, amount=amount, currency=currency)
 
     async def start(

@@ -311,6 +311,11 @@ _FINISH = (
 )
 
 
+def _subject(order_id: str) -> str:
+    """What the customer sees of an order's payment at its provider."""
+    return f"Order {order_id}"
+
+
 def capture_key(order_id: str) -> str:
     """The provider's idempotency key of an order's capture."""
     return f"capture:{order_id}"
@@ -413,7 +418,13 @@ async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, k
     """(status, failure reason, provider reference) of the attempt ``key``, from the provider."""
     try:
         ref = await _with_retries(
-            lambda: provider.charge(key=key, token=cmd.token or "", amount=cmd.amount, currency=cmd.currency),
+            lambda: provider.charge(
+                key=key,
+                token=cmd.token or "",
+                amount=cmd.amount,
+                currency=cmd.currency,
+                subject=_subject(cmd.order_id),
+            ),
             settings,
         )
         return PaymentStatus.CAPTURED, None, ref
@@ -606,7 +617,7 @@ async def _customer_pays(
                 return
     assert provider is not None
     # The sandbox's customer who never pays is told to the stand-in by the order's subject.
-    subject = f"Order {cmd.order_id}" + (f" {NOPAY}" if cmd.token == NOPAY else "")
+    subject = _subject(cmd.order_id) + (f" {NOPAY}" if cmd.token == NOPAY else "")
     try:
         action = await _with_retries(
             lambda: provider.start(

@@ -156,14 +156,14 @@ class AlipayAdapter:
     def trade_key(self, key: str) -> str:
         return trade_no_for(key)
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         """A deduction on the customer's saved agreement (``token``: its ``agreement_no``):
         ``alipay.trade.pay`` with ``product_code`` ``GENERAL_WITHHOLDING``, answered at once. The
         same ``out_trade_no`` again is the same trade: one already paid is looked up, not paid twice."""
         biz: dict[str, Any] = {
             "out_trade_no": trade_no_for(key),
             "total_amount": format(amount, ".2f"),
-            "subject": f"Order {key.rsplit(':', 1)[-1]}"[:256],
+            "subject": subject[:256],
             "product_code": "GENERAL_WITHHOLDING",
             "agreement_params": {"agreement_no": token},
         }

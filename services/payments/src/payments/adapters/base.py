@@ -85,8 +85,9 @@ class Adapter(Protocol):
         """``key`` (an order's id for the payment its customer makes, its capture key for a token)
         in the form the provider takes as its merchant order number: what its notifications name."""
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
-        """Capture with ``token``; the provider's reference. Raises Declined or Transient."""
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
+        """Capture with ``token`` (``subject``: what the customer's statement shows, where the provider
+        takes one); the provider's reference. Raises Declined or Transient."""
 
     async def start(
         self, *, key: str, amount: Decimal, currency: str, subject: str, expires_at: datetime

@@ -76,7 +76,7 @@ class StripeCardAdapter:
     def trade_key(self, key: str) -> str:
         return key
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 params={

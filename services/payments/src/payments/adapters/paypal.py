@@ -106,7 +106,7 @@ class PayPalAdapter:
     def trade_key(self, key: str) -> str:
         return key
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         """A payment with the customer's saved PayPal (``token``: its vault id): an Orders v2 order
         with ``payment_source.paypal.vault_id``, which PayPal completes and captures at once.
         PayPal finds an order only by its id, so an answer that was lost is recovered by sending
@@ -118,7 +118,7 @@ class PayPalAdapter:
                 {
                     "reference_id": key,
                     "custom_id": key,
-                    "description": f"Order {key.rsplit(':', 1)[-1]}"[:127],
+                    "description": subject[:127],
                     "amount": {"currency_code": currency, "value": format(amount, ".2f")},
                 }
             ],

@@ -129,7 +129,7 @@ class WechatPayAdapter:
     def trade_key(self, key: str) -> str:
         return out_trade_no(key)
 
-    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str) -> str:
+    async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         """A deduction on the customer's saved agreement (``token``: its ``contract_id``), by the API
         v3 deduction ``POST /v3/global/papay/transactions``, which answers with the result. The same
         ``out_trade_no`` again is the same order: one already paid is looked up, not paid twice."""
@@ -139,7 +139,7 @@ class WechatPayAdapter:
             {
                 "appid": self.appid,
                 "mchid": self.mchid,
-                "description": f"Order {key.rsplit(':', 1)[-1]}"[:127],
+                "description": subject[:127],
                 "out_trade_no": out_trade_no(key),
                 "contract_id": token,
                 "notify_url": self.notify_url,

@@ -72,7 +72,8 @@ class Level:
 # admin paths (receipts, counts, thresholds) lock and write a row with the same ones.
 _stock, _reservation, _hold = table(Stock), table(Reservation), table(OrderHold)
 _movement, _warehouse = table(StockMovement), table(Warehouse)
-_LEVEL = select(*(_stock.c[f.name] for f in fields(Level))).order_by(_stock.c.id).with_for_update()
+_LEVEL_COLUMNS = [_stock.c[f.name] for f in fields(Level)]
+_LEVEL = select(*_LEVEL_COLUMNS).order_by(_stock.c.id).with_for_update()
 _LOCK_SKUS = _LEVEL.where(_stock.c.sku.in_(bindparam("skus", expanding=True)))
 _LOCK_KEYS = _LEVEL.where(tuple_(_stock.c.warehouse, _stock.c.sku).in_(bindparam("keys", expanding=True)))
 _TAKE = (
@@ -536,9 +537,6 @@ async def set_threshold(
     await check_low(session, row, None)
     await _write(session, row, "low_stock_threshold", "reorder_quantity", "low_alerted")
     return row
-
-
-_LEVEL_COLUMNS = [_stock.c[f.name] for f in fields(Level)]
 
 
 async def levels(session: AsyncSession, query: Select[Any]) -> list[Level]:

@@ -101,6 +101,11 @@ async def _change_payment(session: AsyncSession, payment: SimpleNamespace, **val
     await session.execute(_UPDATE_PAYMENT, {"key_order_id": payment.order_id, **values})
 
 
+_MONEY_MAY_ARRIVE = (PENDING, CAPTURING, PaymentStatus.FAILED)
+"""The payments a provider's notification of money may capture (one failed when its window closed
+too: the money is recorded, and the cancelled order refunds it)."""
+
+
 def captured_event(p: Any) -> PaymentCaptured:
     return PaymentCaptured(
         order_id=p.order_id, payment_id=p.payment_id, amount=p.amount, currency=p.currency, method=p.method
@@ -129,12 +134,8 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
     if note.status != "captured":
         return "ignored"  # only money that arrived changes a payment
     async with sessions() as session:  # most tell what is recorded already (a card's webhook): no write
-        known = await session.scalar(
-            select(Payment.status).where(
-                Payment.provider == provider.name, Payment.idempotency_key == note.key
-            )
-        )
-    if known is not None and known not in (PENDING, CAPTURING, PaymentStatus.FAILED):
+        known = await _payment_by_key(session, provider.name, note.key)
+    if known is not None and known.status not in _MONEY_MAY_ARRIVE:
         return "ignored"
     async with sessions.begin() as session:
         if not await inbox.claim(session, f"{provider.name}:{note.id}"[: inbox.MAX_MESSAGE_ID], NOTIFY):
@@ -143,7 +144,7 @@ async def apply_notification(sessions: async_sessionmaker, provider: Adapter, no
         if payment is None:
             log.warning("payment.notification_unknown", provider=provider.name)
             return "unknown"
-        if payment.status not in (PENDING, CAPTURING, PaymentStatus.FAILED):
+        if payment.status not in _MONEY_MAY_ARRIVE:
             return "ignored"
         if note.amount is not None and note.amount != payment.amount:
             _mismatches().labels(provider.name).inc()

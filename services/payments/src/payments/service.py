@@ -431,8 +431,6 @@ async def _outcome(provider: Adapter, settings: Settings, cmd: CapturePayment, k
         return PaymentStatus.CAPTURED, None, ref
     except Declined:
         return PaymentStatus.FAILED, "declined", None
-    except Unsupported:
-        return PaymentStatus.FAILED, "method_unavailable", None
     except (TimeoutError, Transient, OSError) as exc:  # unknown: ask the provider what became of it
         log.warning("payment.outcome_unknown", error=type(exc).__name__)
         gave_up = "provider_unavailable" if isinstance(exc, Transient) else "provider_timeout"

@@ -343,54 +343,71 @@ async def _restage_outcome(session: AsyncSession, p: Any, msg: Envelope | None) 
     await outbox.stage(session, event, service=SERVICE, subject=p.order_id, causation=msg)
 
 
+async def _write_ahead(
+    session: AsyncSession,
+    msg: Envelope[CapturePayment],
+    name: str,
+    provider: Adapter | None,
+    key: str,
+    *,
+    expires_at: datetime | None,
+) -> Any:
+    """The order's attempt at ``provider`` (``name``), recorded ``capturing`` before the provider
+    hears of it, with ``key`` in the provider's own form (its merchant order number, as its
+    notifications name it) and the end of its window; one left ``capturing`` is resumed. None when
+    there is nothing to ask: the payment was decided before (its outcome is told again), or the
+    method's provider is not configured (failed ``method_unavailable``)."""
+    cmd = msg.data
+    known = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
+    if known is not None and known.status != CAPTURING:
+        if await inbox.claim(session, msg.id, CAPTURE):
+            log.info("payment.already_decided", status=known.status)
+            await _restage_outcome(session, known, msg)
+        return None
+    if known is not None:
+        log.info("payment.resuming_attempt", order_id=cmd.order_id)
+        return known
+    now = datetime.now(UTC)
+    attempt = SimpleNamespace(
+        order_id=cmd.order_id,
+        payment_id=f"pay-{uuid4()}",
+        method=cmd.method,
+        token_hint=mask_token(cmd.token or ""),
+        provider=name,
+        action_type=None,
+        action_url=None,
+        expires_at=expires_at,
+        currency=cmd.currency,
+        amount=cmd.amount,
+        status=CAPTURING if provider is not None else PaymentStatus.FAILED,
+        failure_reason=None if provider is not None else "method_unavailable",
+        refunded_amount=Decimal("0"),
+        provider_ref=None,
+        idempotency_key=provider.trade_key(key) if provider is not None else key,
+        created_at=now,
+        updated_at=now,
+    )
+    await session.execute(_INSERT_PAYMENT, vars(attempt))
+    if provider is None:
+        await inbox.claim(session, msg.id, CAPTURE)
+        await _restage_outcome(session, attempt, msg)
+        log.error("payment.method_unavailable", method=cmd.method, provider=name)
+        return None
+    return attempt
+
+
 async def capture(
     msg: Envelope[CapturePayment], sessions: async_sessionmaker, providers: Providers, settings: Settings
 ) -> None:
     cmd = msg.data
-    now = datetime.now(UTC)
     if providers.customer_pays(cmd.method, cmd.token):
         return await _customer_pays(msg, sessions, providers, settings)
     name = providers.name_for(cmd.method, cmd.token)
     provider = providers.get(name)
     async with sessions.begin() as session:
-        attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
-        if attempt is not None and attempt.status != CAPTURING:
-            if await inbox.claim(session, msg.id, CAPTURE):
-                log.info("payment.already_decided", status=attempt.status)
-                await _restage_outcome(session, attempt, msg)
-            return
-        if attempt is None:  # write-ahead: the attempt exists before the provider hears of it
-            attempt = SimpleNamespace(
-                order_id=cmd.order_id,
-                payment_id=f"pay-{uuid4()}",
-                method=cmd.method,
-                token_hint=mask_token(cmd.token or ""),
-                provider=name,
-                action_type=None,
-                action_url=None,
-                expires_at=None,
-                currency=cmd.currency,
-                amount=cmd.amount,
-                status=CAPTURING if provider is not None else PaymentStatus.FAILED,
-                failure_reason=None if provider is not None else "method_unavailable",
-                refunded_amount=Decimal("0"),
-                provider_ref=None,
-                # in the provider's own form (its merchant order number), as its notifications name it
-                idempotency_key=provider.trade_key(capture_key(cmd.order_id))
-                if provider is not None
-                else capture_key(cmd.order_id),
-                created_at=now,
-                updated_at=now,
-            )
-            await session.execute(_INSERT_PAYMENT, vars(attempt))
-            if provider is None:  # a saved agreement of a method whose provider is not configured
-                await inbox.claim(session, msg.id, CAPTURE)
-                await _restage_outcome(session, attempt, msg)
-                log.error("payment.method_unavailable", method=cmd.method, provider=name)
-                return
-        else:
-            log.info("payment.resuming_attempt", order_id=cmd.order_id)
-
+        attempt = await _write_ahead(session, msg, name, provider, capture_key(cmd.order_id), expires_at=None)
+    if attempt is None:
+        return
     assert provider is not None
     key = attempt.idempotency_key or capture_key(cmd.order_id)
     status, reason, provider_ref = await _outcome(provider, settings, cmd, key)
@@ -579,41 +596,13 @@ async def _customer_pays(
     cmd = msg.data
     name = providers.name_for(cmd.method, cmd.token)
     provider = providers.get(name)
-    now = datetime.now(UTC)
+    window = timedelta(seconds=settings.payment_window_seconds)
     async with sessions.begin() as session:
-        attempt = (await session.execute(_READ, {"order_id": cmd.order_id})).first()
-        if attempt is not None and attempt.status != CAPTURING:
-            if await inbox.claim(session, msg.id, CAPTURE):
-                await _restage_outcome(session, attempt, msg)
-            return
-        if attempt is None:
-            attempt = SimpleNamespace(
-                order_id=cmd.order_id,
-                payment_id=f"pay-{uuid4()}",
-                method=cmd.method,
-                token_hint=mask_token(cmd.token or ""),
-                currency=cmd.currency,
-                amount=cmd.amount,
-                status=CAPTURING,
-                failure_reason=None,
-                refunded_amount=Decimal("0"),
-                provider_ref=None,
-                provider=name,
-                idempotency_key=provider.trade_key(cmd.order_id) if provider is not None else cmd.order_id,
-                action_type=None,
-                action_url=None,
-                expires_at=now + timedelta(seconds=settings.payment_window_seconds),
-                created_at=now,
-                updated_at=now,
-            )
-            if provider is None:  # the method is not configured: nothing to open anywhere
-                attempt.status, attempt.failure_reason = PaymentStatus.FAILED, "method_unavailable"
-            await session.execute(_INSERT_PAYMENT, vars(attempt))
-            if provider is None:
-                await inbox.claim(session, msg.id, CAPTURE)
-                await _restage_outcome(session, attempt, msg)
-                log.error("payment.method_unavailable", method=cmd.method, provider=name)
-                return
+        attempt = await _write_ahead(
+            session, msg, name, provider, cmd.order_id, expires_at=datetime.now(UTC) + window
+        )
+    if attempt is None:
+        return
     assert provider is not None
     # The sandbox's customer who never pays is told to the stand-in by the order's subject.
     subject = _subject(cmd.order_id) + (f" {NOPAY}" if cmd.token == NOPAY else "")

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiosqlite
@@ -32,7 +33,7 @@ from sqlalchemy import (
     make_url,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
@@ -147,6 +148,18 @@ processed_message = Table(
     Column("processed_at", UtcDateTime(), nullable=False),
 )
 Index("ix_processed_message_processed_at", processed_message.c.processed_at)  # the inbox's purge
+
+
+def held(result: Result[Any]) -> list[SimpleNamespace]:
+    """The rows of ``result`` as the services hold a row: its columns as attributes, to read and
+    change before one UPDATE writes the changed ones back (docs/operations.md)."""
+    return [SimpleNamespace(**row) for row in result.mappings()]
+
+
+def held_first(result: Result[Any]) -> SimpleNamespace | None:
+    """The first row of ``result`` as :func:`held` gives it; None when there is none."""
+    row = result.mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
 
 
 def rowcount(result: Any) -> int:

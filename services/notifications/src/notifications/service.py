@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chassis import inbox, outbox
 from chassis.batch import Rounds, after_commit
 from chassis.broker import Unavailable
-from chassis.db import InsertIfAbsent, table
+from chassis.db import InsertIfAbsent, held_first, table
 from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
@@ -472,8 +472,7 @@ _UPDATE_PREFERENCE = update(_preference).where(_preference.c.customer_id == bind
 
 
 async def preference_of(session: AsyncSession, customer_id: str) -> SimpleNamespace | None:
-    row = (await session.execute(_PREFERENCE, {"customer_id": customer_id})).mappings().first()
-    return SimpleNamespace(**row) if row is not None else None
+    return held_first(await session.execute(_PREFERENCE, {"customer_id": customer_id}))
 
 
 async def choose_channels(

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import inbox, outbox
 from chassis.broker import Permanent, Unavailable
-from chassis.db import table
+from chassis.db import held_first, table
 from chassis.logs import get_logger
 from events import topology
 from events.envelope import Envelope
@@ -77,21 +77,16 @@ _INSERT_REFUND = insert(_refund)
 _UPDATE_REFUND = update(_refund).where(_refund.c.refund_id == bindparam("key_refund_id"))
 
 
-def _one(result: Any) -> SimpleNamespace | None:
-    row = result.mappings().first()
-    return SimpleNamespace(**row) if row is not None else None
-
-
 async def payment_of(session: AsyncSession, order_id: str, *, lock: bool = False) -> SimpleNamespace | None:
     """The order's payment; ``lock``: read afresh and locked for this transaction (to change it)."""
-    return _one(await session.execute(_PAYMENT_LOCKED if lock else _PAYMENT, {"order_id": order_id}))
+    return held_first(await session.execute(_PAYMENT_LOCKED if lock else _PAYMENT, {"order_id": order_id}))
 
 
 async def _payment_by_key(
     session: AsyncSession, provider: str, key: str, *, lock: bool = False
 ) -> SimpleNamespace | None:
     statement = _PAYMENT_BY_KEY_LOCKED if lock else _PAYMENT_BY_KEY
-    return _one(await session.execute(statement, {"provider": provider, "key": key}))
+    return held_first(await session.execute(statement, {"provider": provider, "key": key}))
 
 
 async def _change_payment(session: AsyncSession, payment: SimpleNamespace, **values: Any) -> None:
@@ -490,7 +485,7 @@ async def refund(
     cmd = msg.data
     async with sessions.begin() as session:
         payment = await payment_of(session, cmd.order_id, lock=True)
-        refund = _one(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
+        refund = held_first(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
         if refund is not None and refund.status == REFUNDED:  # done before: told again
             if await inbox.claim(session, msg.id, REFUND):
                 await outbox.stage(
@@ -548,7 +543,7 @@ async def refund(
         if not await inbox.claim(session, msg.id, REFUND):
             return
         payment = await payment_of(session, cmd.order_id, lock=True)
-        refund = _one(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
+        refund = held_first(await session.execute(_REFUND, {"refund_key": cmd.refund_key}))
         assert payment is not None and refund is not None and refund.refund_id == refund_id
         if refund.status == REFUND_PENDING:  # else finished meanwhile by another message with the same key
             refund.status, refund.provider_ref = REFUNDED, refund_ref

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from chassis.db import table
+from chassis.db import held, table
 from chassis.logs import get_logger
 from chassis.settings import Role
 from chassis.web import Problem, Runtime, require, validation_errors
@@ -107,5 +106,5 @@ async def list_shipments(
     if after:
         query = query.where(shipments.c.order_id > after)
     async with rt.sessions() as session:
-        rows = [SimpleNamespace(**row) for row in (await session.execute(query)).mappings()]
+        rows = held(await session.execute(query))
     return {"items": [_view(s) for s in rows], "next": rows[-1].order_id if len(rows) == limit else None}

@@ -28,7 +28,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chassis import outbox
-from chassis.db import InsertIfAbsent, table
+from chassis.db import InsertIfAbsent, held, held_first, table
 from chassis.logs import get_logger
 from chassis.tasks import background
 from events.envelope import Cause, utcnow
@@ -125,8 +125,7 @@ _remember_cancelled = InsertIfAbsent(_cancelled)
 
 async def of_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> list[SimpleNamespace]:
     """The order's parcels, first booked first; ``lock``: locked for this transaction (to change them)."""
-    found = await session.execute(_OF_ORDER_LOCKED if lock else _OF_ORDER, {"order_id": order_id})
-    return [SimpleNamespace(**row) for row in found.mappings()]
+    return held(await session.execute(_OF_ORDER_LOCKED if lock else _OF_ORDER, {"order_id": order_id}))
 
 
 async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) -> SimpleNamespace | None:
@@ -136,8 +135,7 @@ async def by_order(session: AsyncSession, order_id: str, *, lock: bool = False) 
 
 
 async def by_id(session: AsyncSession, shipment_id: str) -> SimpleNamespace | None:
-    row = (await session.execute(_BY_ID, {"shipment_id": shipment_id})).mappings().first()
-    return SimpleNamespace(**row) if row is not None else None
+    return held_first(await session.execute(_BY_ID, {"shipment_id": shipment_id}))
 
 
 async def _change(session: AsyncSession, shipment: SimpleNamespace, **values: Any) -> None:
@@ -159,14 +157,12 @@ async def trail(session: AsyncSession, shipment_id: str) -> list[dict[str, Any]]
 
 async def by_tracking(session: AsyncSession, tracking_number: str) -> SimpleNamespace | None:
     """The parcel a carrier reports on, for :func:`report`."""
-    row = (await session.execute(_BY_TRACKING, {"tracking_number": tracking_number})).mappings().first()
-    return SimpleNamespace(**row) if row is not None else None
+    return held_first(await session.execute(_BY_TRACKING, {"tracking_number": tracking_number}))
 
 
 async def due(session: AsyncSession, now: datetime, batch: int) -> list[SimpleNamespace]:
     """The parcels, not cancelled, whose next simulated step is due, for :func:`report`."""
-    rows = (await session.execute(_DUE, {"now": now, "batch": batch})).mappings().all()
-    return [SimpleNamespace(**row) for row in rows]
+    return held(await session.execute(_DUE, {"now": now, "batch": batch}))
 
 
 async def unschedule(session: AsyncSession, shipment: SimpleNamespace) -> None:
@@ -312,11 +308,11 @@ async def expect_return(
         if shipment.status != St.DELIVERED:
             continue
         here = []
-        for held in shipment.items or []:
-            take = min(held["quantity"], wanted.get(held["sku"], 0))
+        for line in shipment.items or []:
+            take = min(line["quantity"], wanted.get(line["sku"], 0))
             if take:
-                here.append({"sku": held["sku"], "quantity": take})
-                wanted[held["sku"]] -= take
+                here.append({"sku": line["sku"], "quantity": take})
+                wanted[line["sku"]] -= take
         if here:
             await _change(session, shipment, return_expected=True, return_items=here)
 

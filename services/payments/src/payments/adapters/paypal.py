@@ -45,6 +45,16 @@ _HEADERS = (
 )
 
 
+def _unit(key: str, amount: Decimal, currency: str, subject: str) -> dict[str, Any]:
+    """The order's one purchase unit, named by ``key`` (the idempotency key) in both its ids."""
+    return {
+        "reference_id": key,
+        "custom_id": key,
+        "description": subject[:127],
+        "amount": {"currency_code": currency, "value": format(amount, ".2f")},
+    }
+
+
 class PayPalAdapter:
     name = "paypal"
     acknowledgement = ""
@@ -114,14 +124,7 @@ class PayPalAdapter:
         order it made: a timeout is retried as a transient failure, never taken for "not paid"."""
         body = {
             "intent": "CAPTURE",
-            "purchase_units": [
-                {
-                    "reference_id": key,
-                    "custom_id": key,
-                    "description": subject[:127],
-                    "amount": {"currency_code": currency, "value": format(amount, ".2f")},
-                }
-            ],
+            "purchase_units": [_unit(key, amount, currency, subject)],
             "payment_source": {"paypal": {"vault_id": token}},
         }
         try:
@@ -143,14 +146,7 @@ class PayPalAdapter:
             "/v2/checkout/orders",
             {
                 "intent": "CAPTURE",
-                "purchase_units": [
-                    {
-                        "reference_id": key,
-                        "custom_id": key,
-                        "description": subject[:127],
-                        "amount": {"currency_code": currency, "value": format(amount, ".2f")},
-                    }
-                ],
+                "purchase_units": [_unit(key, amount, currency, subject)],
                 "payment_source": {
                     "paypal": {
                         "experience_context": {

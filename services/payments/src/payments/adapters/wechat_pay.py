@@ -129,6 +129,17 @@ class WechatPayAdapter:
     def trade_key(self, key: str) -> str:
         return out_trade_no(key)
 
+    def _order(self, key: str, amount: Decimal, currency: str, subject: str) -> dict[str, Any]:
+        """What a deduction and a Native payment both tell of the merchant's order."""
+        return {
+            "appid": self.appid,
+            "mchid": self.mchid,
+            "description": subject[:127],
+            "out_trade_no": out_trade_no(key),
+            "notify_url": self.notify_url,
+            "amount": {"total": int(amount * 100), "currency": currency},
+        }
+
     async def charge(self, *, key: str, token: str, amount: Decimal, currency: str, subject: str) -> str:
         """A deduction on the customer's saved agreement (``token``: its ``contract_id``), by the API
         v3 deduction ``POST /v3/global/papay/transactions``, which answers with the result. The same
@@ -137,14 +148,9 @@ class WechatPayAdapter:
             "POST",
             "/v3/global/papay/transactions",
             {
-                "appid": self.appid,
-                "mchid": self.mchid,
-                "description": subject[:127],
-                "out_trade_no": out_trade_no(key),
+                **self._order(key, amount, currency, subject),
                 "contract_id": token,
-                "notify_url": self.notify_url,
                 "merchant_category_code": self.merchant_category_code,
-                "amount": {"total": int(amount * 100), "currency": currency},
             },
         )
         state = answer.get("trade_state")
@@ -165,13 +171,8 @@ class WechatPayAdapter:
             "POST",
             "/v3/pay/transactions/native",
             {
-                "appid": self.appid,
-                "mchid": self.mchid,
-                "description": subject[:127],
-                "out_trade_no": out_trade_no(key),
+                **self._order(key, amount, currency, subject),
                 "time_expire": expires_at.astimezone(BEIJING).isoformat(timespec="seconds"),
-                "notify_url": self.notify_url,
-                "amount": {"total": int(amount * 100), "currency": currency},
             },
         )
         if status != 200 or "code_url" not in answer:
